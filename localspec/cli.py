@@ -1,0 +1,57 @@
+"""`localspec` command line. Each area registers its own subcommands; heavy imports happen in handlers."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from localspec.errors import LocalspecError
+
+# Modules that define `register(subparsers)`; each handler is set with `parser.set_defaults(func=...)`
+# and returns an exit code. Keep these modules' top-level imports light: every command imports them all.
+COMMAND_MODULES = (
+    "localspec.complete_cmd",
+    "localspec.daemon.cli",
+    "localspec.models.cli",
+    "localspec.tui.cli",
+    "localspec.lsp.cli",
+    "localspec.bench_cmd",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="localspec",
+        description="Local coding assistant: lossless speculative decoding on llama.cpp.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue  # an area not built yet
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except LocalspecError as exc:
+        print(f"localspec: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("localspec: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""Typed configuration: defaults < config.toml < LOCALSPEC_* environment < command-line flags.
+
+Every value remembers where it came from so `localspec config show` can explain itself.
+The TOML file groups keys in sections; the environment names are LOCALSPEC_<SECTION>_<KEY>
+(e.g. LOCALSPEC_SERVER_PORT=9000).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from localspec import locations
+from localspec.errors import ConfigError
+
+DEFAULT_PAIR = "qwen2.5-coder-1.5b+0.5b"
+SPECULATIVE_MODES = ("adaptive", "draft", "ngram", "none")
+
+
+@dataclass
+class Config:
+    # [models]: catalog names or paths to GGUF files. An empty draft means "the pair's draft" or none.
+    target: str = field(default=DEFAULT_PAIR, metadata={"section": "models"})
+    draft: str = field(default="", metadata={"section": "models"})
+    models_dir: str = field(default="", metadata={"section": "models", "key": "dir"})
+    target_gpu_layers: int = field(default=-1, metadata={"section": "models"})
+    draft_gpu_layers: int = field(default=-1, metadata={"section": "models"})
+    # [engine]
+    n_ctx: int = field(default=4096, metadata={"section": "engine"})
+    threads: int = field(default=0, metadata={"section": "engine"})
+    slots: int = field(default=4, metadata={"section": "engine"})
+    # [speculative]
+    mode: str = field(default="adaptive", metadata={"section": "speculative"})
+    draft_max: int = field(default=16, metadata={"section": "speculative"})
+    draft_p_min: float = field(default=0.6, metadata={"section": "speculative"})
+    # [server]
+    host: str = field(default="127.0.0.1", metadata={"section": "server"})
+    port: int = field(default=8717, metadata={"section": "server"})
+    allow_origins: list[str] = field(default_factory=list, metadata={"section": "server"})
+    # Where each value came from: "default", "config file", "env LOCALSPEC_…", "flag --…".
+    sources: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    def models_path(self) -> Path:
+        return Path(self.models_dir).expanduser() if self.models_dir else locations.default_models_dir()
+
+    def validate(self) -> None:
+        if self.mode not in SPECULATIVE_MODES:
+            raise ConfigError(f"speculative.mode must be one of {', '.join(SPECULATIVE_MODES)}, not {self.mode!r}.")
+        if not 0 <= self.draft_max <= 64:
+            raise ConfigError(f"speculative.draft_max must be between 0 and 64, not {self.draft_max}.")
+        if not 0.0 <= self.draft_p_min <= 1.0:
+            raise ConfigError(f"speculative.draft_p_min must be between 0 and 1, not {self.draft_p_min}.")
+        if self.n_ctx < 64:
+            raise ConfigError(f"engine.n_ctx must be at least 64, not {self.n_ctx}.")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"server.port must be between 0 and 65535, not {self.port}.")
+        if self.slots < 1:
+            raise ConfigError(f"engine.slots must be at least 1, not {self.slots}.")
+
+
+def _field_key(f: dataclasses.Field[Any]) -> tuple[str, str]:
+    return f.metadata["section"], f.metadata.get("key", f.name)
+
+
+def _config_fields() -> list[dataclasses.Field[Any]]:
+    return [f for f in fields(Config) if f.name != "sources"]
+
+
+def _coerce(name: str, raw: Any, like: Any, origin: str) -> Any:
+    try:
+        if isinstance(like, bool):
+            if isinstance(raw, str):
+                return raw.strip().lower() in ("1", "true", "yes", "on")
+            return bool(raw)
+        if isinstance(like, int):
+            return int(raw)
+        if isinstance(like, float):
+            return float(raw)
+        if isinstance(like, list):
+            if isinstance(raw, str):
+                return [item.strip() for item in raw.split(",") if item.strip()]
+            return list(raw)
+        return str(raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{name} from {origin} must be a {type(like).__name__}, got {raw!r}.") from exc
+
+
+def load_config(
+    path: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build the effective config. `overrides` are command-line values keyed by field name (None = unset)."""
+    path = path or locations.config_file()
+    environ = os.environ if environ is None else environ
+    config = Config()
+    defaults = Config()
+    file_values: dict[str, Any] = {}
+    if path.exists():
+        try:
+            file_values = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path} is not valid TOML ({exc}). Fix or delete it; defaults apply without it.") from exc
+    for f in _config_fields():
+        section, key = _field_key(f)
+        like = getattr(defaults, f.name)
+        config.sources[f.name] = "default"
+        section_values = file_values.get(section, {})
+        if isinstance(section_values, dict) and key in section_values:
+            setattr(config, f.name, _coerce(f"{section}.{key}", section_values[key], like, str(path)))
+            config.sources[f.name] = f"config file {path}"
+        env_name = f"LOCALSPEC_{section}_{key}".upper()
+        if env_name in environ:
+            setattr(config, f.name, _coerce(f"{section}.{key}", environ[env_name], like, env_name))
+            config.sources[f.name] = f"env {env_name}"
+        if overrides and overrides.get(f.name) is not None:
+            setattr(config, f.name, _coerce(f.name, overrides[f.name], like, "command line"))
+            config.sources[f.name] = "command line"
+    config.validate()
+    return config
+
+
+def update_config_file(values: Mapping[str, Any], path: Path | None = None) -> Path:
+    """Set fields (by field name) in config.toml, keeping the rest; written atomically."""
+    path = path or locations.config_file()
+    document: dict[str, Any] = {}
+    if path.exists():
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    by_name = {f.name: f for f in _config_fields()}
+    for name, value in values.items():
+        if name not in by_name:
+            raise ConfigError(f"Unknown setting {name!r}; known: {', '.join(sorted(by_name))}.")
+        section, key = _field_key(by_name[name])
+        document.setdefault(section, {})[key] = value
+    tmp = path.with_suffix(".toml.tmp")
+    tmp.write_text(tomli_w.dumps(document), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def describe(config: Config) -> list[tuple[str, Any, str]]:
+    """(section.key, value, source) rows for `localspec config show`."""
+    rows = []
+    for f in _config_fields():
+        section, key = _field_key(f)
+        rows.append((f"{section}.{key}", getattr(config, f.name), config.sources.get(f.name, "default")))
+    return rows

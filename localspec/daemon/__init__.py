@@ -1,0 +1,1 @@
+"""The daemon: OpenAI-compatible HTTP API over the engine, scheduling, discovery, security."""

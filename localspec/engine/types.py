@@ -1,0 +1,151 @@
+"""Plain data types of the engine's public API: requests in, step events and results out."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Literal
+
+DraftSource = Literal["draft", "ngram", "none"]
+SpeculativeMode = Literal["adaptive", "draft", "ngram", "none"]
+FinishReason = Literal["stop", "length", "cancelled"]
+
+
+@dataclass
+class SamplingParams:
+    """Target sampling. temperature 0 means greedy (argmax) and makes the output deterministic."""
+
+    temperature: float = 0.0
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
+    seed: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+class CancelToken:
+    """Set from any thread; the engine checks it between decode steps."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+
+@dataclass
+class GenerationRequest:
+    prompt: str | list[int]
+    max_tokens: int = 256
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    stop: list[str] = field(default_factory=list)
+    # KV slot key: requests with the same key reuse each other's cached prefix ("chat", "infill", ...).
+    slot: str = "default"
+    # None = the engine's configured mode; "none" = the target alone.
+    speculative: SpeculativeMode | None = None
+    draft_max: int | None = None
+    # Text prompts: parse special tokens such as <|im_start|> (chat templates do), add BOS if the model wants.
+    parse_special: bool = True
+    add_bos: bool = True
+    # Extra text the n-gram drafter may copy from (other files of the user's repository, for instance).
+    lookup_texts: list[str] = field(default_factory=list)
+    # Drop the prompt's start to fit the context instead of failing (documented truncation).
+    truncate_prompt: bool = False
+    cancel: CancelToken = field(default_factory=CancelToken)
+
+
+@dataclass
+class StepEvent:
+    """One target pass: the text it settled (possibly empty while a UTF-8 character or stop string is pending)."""
+
+    text: str
+    tokens: int  # tokens settled in this step
+    drafted: int
+    accepted: int
+    source: DraftSource
+    # How many leading characters of `text` came from accepted draft tokens (the rest the target produced).
+    drafted_chars: int = 0
+
+
+@dataclass
+class RequestStats:
+    prompt_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens reused from the slot's KV cache
+    prompt_truncated_tokens: int = 0
+    tokens: int = 0  # generated tokens
+    drafted: int = 0
+    accepted: int = 0
+    target_passes: int = 0
+    steps_by_source: dict[str, int] = field(default_factory=lambda: {"draft": 0, "ngram": 0, "none": 0})
+    settled_near_ties: int = 0  # positions re-decoded alone because the verify margin was tiny
+    t_prompt: float = 0.0
+    t_draft: float = 0.0
+    t_verify: float = 0.0
+    t_sample: float = 0.0
+    t_total: float = 0.0
+
+    @property
+    def acceptance(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+    @property
+    def mean_accepted_length(self) -> float:
+        """Tokens settled per target pass (1.0 = no gain from speculation)."""
+        return self.tokens / self.target_passes if self.target_passes else 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        decode_time = self.t_total - self.t_prompt
+        return self.tokens / decode_time if decode_time > 0 else 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "cached_tokens": self.cached_tokens,
+            "prompt_truncated_tokens": self.prompt_truncated_tokens,
+            "tokens": self.tokens,
+            "drafted": self.drafted,
+            "accepted": self.accepted,
+            "acceptance": round(self.acceptance, 4),
+            "target_passes": self.target_passes,
+            "mean_accepted_length": round(self.mean_accepted_length, 3),
+            "steps_by_source": dict(self.steps_by_source),
+            "settled_near_ties": self.settled_near_ties,
+            "tokens_per_second": round(self.tokens_per_second, 3),
+            "time": {
+                "prompt": round(self.t_prompt, 4),
+                "draft": round(self.t_draft, 4),
+                "verify": round(self.t_verify, 4),
+                "sample": round(self.t_sample, 4),
+                "total": round(self.t_total, 4),
+            },
+        }
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    token_ids: list[int]
+    finish_reason: FinishReason
+    stats: RequestStats
+
+
+@dataclass
+class ModelInfo:
+    path: str
+    name: str
+    architecture: str
+    n_params: int
+    n_vocab: int
+    n_ctx_train: int
+    has_fim: bool
+    chat_template: str | None

@@ -1,0 +1,1 @@
+"""Language server (pygls): `localspec.lsp`."""

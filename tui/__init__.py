@@ -1,0 +1,1 @@
+"""Terminal chat UI (Textual): `localspec.tui`."""
