@@ -32,6 +32,8 @@ class Config:
     models_dir: str = field(default="", metadata={"section": "models", "key": "dir"})
     target_gpu_layers: int = field(default=-1, metadata={"section": "models"})
     draft_gpu_layers: int = field(default=-1, metadata={"section": "models"})
+    # `models pull` refuses to start unless this much disk stays free after the download.
+    min_free_gb: float = field(default=1.0, metadata={"section": "models"})
     # [engine]
     n_ctx: int = field(default=4096, metadata={"section": "engine"})
     threads: int = field(default=0, metadata={"section": "engine"})
@@ -52,7 +54,9 @@ class Config:
 
     def validate(self) -> None:
         if self.mode not in SPECULATIVE_MODES:
-            raise ConfigError(f"speculative.mode must be one of {', '.join(SPECULATIVE_MODES)}, not {self.mode!r}.")
+            raise ConfigError(
+                f"speculative.mode must be one of {', '.join(SPECULATIVE_MODES)}, not {self.mode!r}."
+            )
         if not 0 <= self.draft_max <= 64:
             raise ConfigError(f"speculative.draft_max must be between 0 and 64, not {self.draft_max}.")
         if not 0.0 <= self.draft_p_min <= 1.0:
@@ -107,7 +111,9 @@ def load_config(
         try:
             file_values = tomllib.loads(path.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path} is not valid TOML ({exc}). Fix or delete it; defaults apply without it.") from exc
+            raise ConfigError(
+                f"{path} is not valid TOML ({exc}). Fix or delete it; defaults apply without it."
+            ) from exc
     for f in _config_fields():
         section, key = _field_key(f)
         like = getattr(defaults, f.name)

@@ -14,8 +14,18 @@ import gguf
 import numpy as np
 
 MERGES = [("d", "e"), ("e", "f"), ("de", "f"), ("Ġ", "t"), ("i", "n"), ("r", "e"), ("o", "n"), ("Ġ", "a")]
-SPECIALS = ["<s>", "</s>", "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<|fim_pad|>",
-            "<|repo_name|>", "<|file_sep|>", "<|im_start|>", "<|im_end|>"]
+SPECIALS = [
+    "<s>",
+    "</s>",
+    "<|fim_prefix|>",
+    "<|fim_suffix|>",
+    "<|fim_middle|>",
+    "<|fim_pad|>",
+    "<|repo_name|>",
+    "<|file_sep|>",
+    "<|im_start|>",
+    "<|im_end|>",
+]
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
@@ -40,8 +50,11 @@ def vocabulary(with_fim: bool = True) -> tuple[list[str], list[int]]:
     byte_map = _bytes_to_unicode()
     tokens = [byte_map[b] for b in range(256)] + ["".join(pair) for pair in MERGES]
     types = [gguf.TokenType.NORMAL] * len(tokens)
-    specials = SPECIALS if with_fim else [s for s in SPECIALS if "fim" not in s and "file_sep" not in s
-                                          and "repo" not in s]
+    specials = (
+        SPECIALS
+        if with_fim
+        else [s for s in SPECIALS if "fim" not in s and "file_sep" not in s and "repo" not in s]
+    )
     tokens += specials
     types += [gguf.TokenType.CONTROL] * len(specials)
     return tokens, [int(t) for t in types]
@@ -92,8 +105,9 @@ def _weights(spec: TinySpec, n_vocab: int) -> dict[str, np.ndarray]:
         noise_rng = np.random.default_rng(spec.seed + 10_000)
         for name, value in tensors.items():
             if value.ndim == 2:
-                tensors[name] = value + (noise_rng.standard_normal(value.shape) * spec.noise
-                                         * value.std()).astype(np.float32)
+                tensors[name] = value + (
+                    noise_rng.standard_normal(value.shape) * spec.noise * value.std()
+                ).astype(np.float32)
     return tensors
 
 

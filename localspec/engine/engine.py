@@ -1,0 +1,354 @@
+"""The engine: a target model, an optional draft model, prompt-cache slots, and the speculative loop.
+
+A library with no knowledge of HTTP, terminals or editors. Not thread-safe: drive it from one thread
+(the daemon's scheduler does); `CancelToken.cancel()` is the one call that may come from another thread.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+from localspec.engine.chooser import AdaptiveChooser
+from localspec.engine.compat import ensure_compatible
+from localspec.engine.drafters import common_prefix_length
+from localspec.engine.llama_model import LlamaModel
+from localspec.engine.speculative import Generation, SlotState
+from localspec.engine.types import (
+    GenerationRequest,
+    GenerationResult,
+    ModelInfo,
+    RequestStats,
+    SpeculativeMode,
+)
+from localspec.errors import ContextOverflowError, InvalidRequestError, UnsupportedError
+
+# Greedy positions whose top-2 logit margin in a batched verify pass is below this are re-evaluated alone.
+# Measured on this project's CPU build: batched vs one-token logits differ by up to ~0.3 at the top.
+DEFAULT_TIE_MARGIN = 0.35
+
+
+@dataclass
+class EngineSettings:
+    target_path: Path
+    draft_path: Path | None = None
+    n_ctx: int = 4096  # per slot
+    threads: int = 0  # 0 = all cores
+    target_gpu_layers: int = -1  # -1 = all layers on the GPU when llama.cpp has one, else CPU
+    draft_gpu_layers: int = -1
+    slots: int = 4
+    mode: SpeculativeMode = "adaptive"
+    draft_max: int = 16
+    draft_p_min: float = 0.6
+    tie_margin: float = DEFAULT_TIE_MARGIN
+
+
+class Engine:
+    def __init__(self, settings: EngineSettings) -> None:
+        self.settings = settings
+        self.target = LlamaModel(
+            Path(settings.target_path),
+            role="target",
+            n_ctx_per_seq=settings.n_ctx,
+            n_seq=settings.slots,
+            n_threads=settings.threads,
+            gpu_layers=settings.target_gpu_layers,
+        )
+        self.draft: LlamaModel | None = None
+        if settings.draft_path is not None:
+            try:
+                self.draft = LlamaModel(
+                    Path(settings.draft_path),
+                    role="draft",
+                    n_ctx_per_seq=settings.n_ctx,
+                    n_seq=settings.slots,
+                    n_threads=settings.threads,
+                    gpu_layers=settings.draft_gpu_layers,
+                )
+                ensure_compatible(self.target, self.draft)
+            except Exception:
+                self.close()
+                raise
+        self._slots = [
+            SlotState(seq_id=i, key="", target_tokens=[], draft_tokens=[]) for i in range(settings.slots)
+        ]
+        self._choosers: dict[tuple[str, str], AdaptiveChooser] = {}
+        self._totals = RequestStats()
+        self._requests = 0
+        self._started = time.time()
+        self._chat_formatter: Jinja2ChatFormatter | None = None
+
+    # ---- information ------------------------------------------------------------------------------------------
+
+    @property
+    def n_ctx(self) -> int:
+        return self.settings.n_ctx
+
+    @staticmethod
+    def _info(model: LlamaModel) -> ModelInfo:
+        special = model.special_tokens()
+        return ModelInfo(
+            path=str(model.path),
+            name=model.metadata("general.name") or model.path.stem,
+            architecture=model.metadata("general.architecture") or "unknown",
+            n_params=model.n_params(),
+            n_vocab=model.n_vocab,
+            n_ctx_train=model.n_ctx_train(),
+            has_fim=all(special[k] >= 0 for k in ("fim_pre", "fim_suf", "fim_mid")),
+            chat_template=model.metadata("tokenizer.chat_template"),
+        )
+
+    @property
+    def target_info(self) -> ModelInfo:
+        return self._info(self.target)
+
+    @property
+    def draft_info(self) -> ModelInfo | None:
+        return self._info(self.draft) if self.draft else None
+
+    def stats(self) -> dict[str, Any]:
+        totals = self._totals
+        decode_time = totals.t_total - totals.t_prompt
+        return {
+            "requests": self._requests,
+            "tokens": totals.tokens,
+            "prompt_tokens": totals.prompt_tokens,
+            "cache_hit_tokens": totals.cached_tokens,
+            "drafted": totals.drafted,
+            "accepted": totals.accepted,
+            "acceptance": round(totals.acceptance, 4),
+            "target_passes": totals.target_passes,
+            "mean_accepted_length": round(totals.mean_accepted_length, 3),
+            "tokens_per_second": round(totals.tokens / decode_time, 3) if decode_time > 0 else 0.0,
+            "steps_by_source": dict(totals.steps_by_source),
+            "settled_near_ties": totals.settled_near_ties,
+            "time": {
+                "prompt": round(totals.t_prompt, 3),
+                "draft": round(totals.t_draft, 3),
+                "verify": round(totals.t_verify, 3),
+                "sample": round(totals.t_sample, 3),
+            },
+            "slots": [
+                {"key": s.key, "cached_tokens": len(s.target_tokens), "busy": s.busy} for s in self._slots
+            ],
+        }
+
+    # ---- prompts ----------------------------------------------------------------------------------------------
+
+    def tokenize(self, text: str, add_bos: bool = False, parse_special: bool = True) -> list[int]:
+        return self.target.tokenize(text, add_bos=add_bos, parse_special=parse_special)
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return b"".join(self.target.piece(t) for t in tokens).decode("utf-8", errors="replace")
+
+    def _token_text(self, token: int) -> str:
+        return self.target.token_text(token).decode("utf-8", errors="replace") if token >= 0 else ""
+
+    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
+        """Render messages with the chat template stored in the target GGUF (generation prompt appended)."""
+        if self._chat_formatter is None:
+            template = self.target.metadata("tokenizer.chat_template")
+            if not template:
+                raise UnsupportedError(
+                    f"The target model {self.target.path.name} has no chat template; use /v1/completions instead."
+                )
+            special = self.target.special_tokens()
+            self._chat_formatter = Jinja2ChatFormatter(
+                template,
+                eos_token=self._token_text(special["eos"]),
+                bos_token=self._token_text(special["bos"]),
+            )
+        try:
+            return self._chat_formatter(messages=messages).prompt  # type: ignore[arg-type]
+        except Exception as exc:  # jinja2 raises many kinds; the template decides what is valid
+            raise InvalidRequestError(f"The model's chat template rejected these messages: {exc}") from exc
+
+    def infill_prompt(
+        self,
+        prefix: str,
+        suffix: str,
+        extra: list[tuple[str, str]] | None = None,
+        filename: str | None = None,
+        max_tokens: int = 256,
+    ) -> list[int]:
+        """Fill-in-the-middle prompt in the model's FIM tokens (the layout llama.cpp's server uses).
+
+        When it does not fit the context, extra chunks go first, then the prefix's start and the suffix's end.
+        """
+        special = self.target.special_tokens()
+        if min(special["fim_pre"], special["fim_suf"], special["fim_mid"]) < 0:
+            raise UnsupportedError(
+                f"The target model {self.target.path.name} has no fill-in-the-middle tokens, so it cannot do "
+                "infill. Use a code model with FIM support (e.g. Qwen2.5-Coder)."
+            )
+        budget = self.n_ctx - max_tokens - 8
+        prefix_tokens = self.tokenize(prefix, parse_special=False)
+        suffix_tokens = self.tokenize(suffix, parse_special=False)
+        suffix_tokens = suffix_tokens[: max(0, budget // 4)]
+        prefix_tokens = (
+            prefix_tokens[-max(0, budget - len(suffix_tokens)) :] if budget > len(suffix_tokens) else []
+        )
+        head: list[int] = []
+        if self.target.adds_bos() and special["bos"] >= 0:
+            head.append(special["bos"])
+        has_repo_tokens = special["fim_rep"] >= 0 and special["fim_sep"] >= 0
+        room = budget - len(prefix_tokens) - len(suffix_tokens)
+        if has_repo_tokens and (extra or filename):
+            repo = [special["fim_rep"], *self.tokenize("localspec\n", parse_special=False)]
+            chunks = [repo]
+            for chunk_name, text in extra or []:
+                chunk = [special["fim_sep"], *self.tokenize(f"{chunk_name}\n{text}", parse_special=False)]
+                if sum(map(len, chunks)) + len(chunk) > room:
+                    break
+                chunks.append(chunk)
+            chunks.append(
+                [special["fim_sep"], *self.tokenize(f"{filename or 'file'}\n", parse_special=False)]
+            )
+            if sum(map(len, chunks)) <= room:
+                for chunk in chunks:
+                    head.extend(chunk)
+        return [
+            *head,
+            special["fim_pre"],
+            *prefix_tokens,
+            special["fim_suf"],
+            *suffix_tokens,
+            special["fim_mid"],
+        ]
+
+    def _prompt_tokens(self, request: GenerationRequest) -> tuple[list[int], int]:
+        if isinstance(request.prompt, list):
+            tokens = list(request.prompt)
+            if any(not 0 <= t < self.target.n_vocab for t in tokens):
+                raise InvalidRequestError(f"Prompt token ids must be in [0, {self.target.n_vocab}).")
+        else:
+            bos = self.target.special_tokens()["bos"]
+            # Chat templates often write the BOS text themselves; do not add a second one.
+            starts_with_bos = bos >= 0 and request.prompt.startswith(self._token_text(bos) or "\0")
+            add_bos = request.add_bos and self.target.adds_bos() and not starts_with_bos
+            tokens = self.target.tokenize(
+                request.prompt, add_bos=add_bos, parse_special=request.parse_special
+            )
+        if not tokens:
+            raise InvalidRequestError("The prompt is empty; send at least one character.")
+        limit = self.n_ctx - 1  # room for at least one generated token
+        if len(tokens) <= limit:
+            return tokens, 0
+        if not request.truncate_prompt:
+            raise ContextOverflowError(
+                f"The prompt is {len(tokens)} tokens but the context holds {self.n_ctx} per request "
+                f"(and at least one token must be generated). Shorten the prompt, raise engine.n_ctx, or ask "
+                "for truncation (the prompt's start is dropped)."
+            )
+        keep = max(1, limit - min(request.max_tokens, limit // 2))
+        return tokens[-keep:], len(tokens) - keep
+
+    # ---- generation -------------------------------------------------------------------------------------------
+
+    def _acquire_slot(self, key: str, prompt: list[int]) -> SlotState:
+        free = [s for s in self._slots if not s.busy]
+        if not free:
+            raise InvalidRequestError(
+                f"All {len(self._slots)} engine slots are busy; wait for a request to finish or raise engine.slots."
+            )
+        same_key = [s for s in free if s.key == key]
+        if same_key:
+            slot = same_key[0]
+        else:
+            # Prefer the slot sharing the longest prefix with this prompt; else the least recently used.
+            slot = max(free, key=lambda s: (common_prefix_length(s.target_tokens, prompt), -s.last_used))
+            if common_prefix_length(slot.target_tokens, prompt) == 0:
+                slot = min(free, key=lambda s: s.last_used)
+        slot.key = key
+        slot.busy = True
+        return slot
+
+    def _chooser(self, key: str, mode: SpeculativeMode) -> AdaptiveChooser:
+        chooser = self._choosers.get((key, mode))
+        if chooser is None:
+            ratio = self.draft.n_params() / self.target.n_params() if self.draft else 0.0
+            chooser = AdaptiveChooser(
+                mode,
+                self.settings.draft_max,
+                self.draft is not None,
+                draft_cost_ratio=max(0.1, min(1.0, ratio * 1.5)),
+            )
+            self._choosers[(key, mode)] = chooser
+        return chooser
+
+    def generate(self, request: GenerationRequest) -> Generation:
+        if request.max_tokens < 1:
+            raise InvalidRequestError(f"max_tokens must be at least 1, not {request.max_tokens}.")
+        if request.draft_max is not None and not 0 <= request.draft_max <= 64:
+            raise InvalidRequestError(f"draft_max must be between 0 and 64, not {request.draft_max}.")
+        prompt, truncated = self._prompt_tokens(request)
+        mode: SpeculativeMode = request.speculative or self.settings.mode
+        if mode == "draft" and self.draft is None:
+            mode = "none"
+        stats = RequestStats(prompt_tokens=len(prompt), prompt_truncated_tokens=truncated)
+        lookups = [self.tokenize(text, parse_special=False) for text in request.lookup_texts]
+        slot = self._acquire_slot(request.slot, prompt)
+        try:
+            return Generation(
+                request,
+                prompt,
+                self.target,
+                self.draft if mode in ("adaptive", "draft") else None,
+                slot,
+                self._chooser(request.slot, mode),
+                self.settings.tie_margin,
+                self.settings.draft_p_min,
+                lookups,
+                stats,
+                on_finish=self._record,
+            )
+        except Exception:
+            slot.busy = False
+            raise
+
+    def complete(self, request: GenerationRequest) -> GenerationResult:
+        generation = self.generate(request)
+        for _ in generation:
+            pass
+        assert generation.result is not None
+        return generation.result
+
+    def _record(self, generation: Generation) -> None:
+        self._requests += 1
+        stats, totals = generation.stats, self._totals
+        for name in (
+            "prompt_tokens",
+            "cached_tokens",
+            "tokens",
+            "drafted",
+            "accepted",
+            "target_passes",
+            "settled_near_ties",
+            "t_prompt",
+            "t_draft",
+            "t_verify",
+            "t_sample",
+            "t_total",
+        ):
+            setattr(totals, name, getattr(totals, name) + getattr(stats, name))
+        for source, count in stats.steps_by_source.items():
+            totals.steps_by_source[source] += count
+
+    def reset_cache(self) -> None:
+        """Forget every slot's cached prefix (benchmarks use it to measure cold prompts)."""
+        for slot in self._slots:
+            if not slot.busy:
+                self.target.remove_from(slot.seq_id, 0)
+                slot.target_tokens.clear()
+                if self.draft:
+                    self.draft.remove_from(slot.seq_id, 0)
+                slot.draft_tokens.clear()
+
+    def close(self) -> None:
+        if getattr(self, "draft", None) is not None:
+            self.draft.close()  # type: ignore[union-attr]
+        self.target.close()

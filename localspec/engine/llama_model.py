@@ -1,0 +1,330 @@
+"""One GGUF model loaded through llama-cpp-python's low-level API, with one context whose KV memory holds
+several independent sequences (one per prompt-cache slot).
+
+This is the only module that touches ctypes; everything above it speaks token ids and numpy views.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import threading
+from pathlib import Path
+
+import llama_cpp
+import numpy as np
+
+from localspec.errors import ContextOverflowError, ModelLoadError
+
+GGUF_MAGIC = b"GGUF"
+_backend_lock = threading.Lock()
+_backend_ready = False
+
+
+def _ensure_backend() -> None:
+    global _backend_ready
+    with _backend_lock:
+        if not _backend_ready:
+            llama_cpp.llama_backend_init()
+            _backend_ready = True
+
+
+@llama_cpp.llama_log_callback
+def _quiet_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    # llama.cpp logs every tensor at load time to stderr; keep errors only (the daemon logs its own summary).
+    if level == 4 and os.environ.get("LOCALSPEC_LLAMA_LOG", "error") != "none":  # GGML_LOG_LEVEL_ERROR
+        os.write(2, text)
+
+
+def quiet_llama_logs() -> None:
+    if os.environ.get("LOCALSPEC_LLAMA_LOG") != "all":
+        llama_cpp.llama_log_set(_quiet_log, ctypes.c_void_p(0))
+
+
+def check_gguf_file(path: Path, role: str) -> None:
+    """Fail early, with a message a user can act on, for the commonest broken-file cases."""
+    if not path.exists():
+        raise ModelLoadError(
+            f"The {role} model file {path} does not exist. Check the path, or run "
+            "`localspec models list` to see installed models."
+        )
+    if not path.is_file():
+        raise ModelLoadError(f"The {role} model path {path} is not a file.")
+    try:
+        with path.open("rb") as handle:
+            magic = handle.read(4)
+    except OSError as exc:
+        raise ModelLoadError(f"Cannot read the {role} model file {path}: {exc.strerror}.") from exc
+    if magic != GGUF_MAGIC:
+        raise ModelLoadError(
+            f"The {role} model file {path} is not a GGUF file (it starts with {magic!r}, not "
+            "b'GGUF'). It may be corrupt or still downloading; re-download it "
+            "(`localspec models pull NAME`) or point to a .gguf file."
+        )
+
+
+def default_threads() -> int:
+    return max(1, os.cpu_count() or 1)
+
+
+class _ThreadpoolParams(ctypes.Structure):
+    # ggml.h: struct ggml_threadpool_params (GGML_MAX_N_THREADS = 512)
+    _fields_ = [
+        ("cpumask", ctypes.c_bool * 512),
+        ("n_threads", ctypes.c_int),
+        ("prio", ctypes.c_int),
+        ("poll", ctypes.c_uint32),
+        ("strict_cpu", ctypes.c_bool),
+        ("paused", ctypes.c_bool),
+    ]
+
+
+_threadpools: dict[int, int] = {}
+
+
+def shared_threadpool(n_threads: int) -> int | None:
+    """One CPU threadpool for every context of this process.
+
+    Each llama.cpp context otherwise makes its own pool, and a pool's threads spin for a while after each
+    decode: the target's idle threads then steal the cores the draft needs (measured: draft decode 2x slower).
+    Returns None where the library does not export the functions (then contexts keep their own pools).
+    """
+    with _backend_lock:
+        if n_threads in _threadpools:
+            return _threadpools[n_threads]
+        lib_dir = Path(llama_cpp.__file__).parent / "lib"
+        try:
+            base = ctypes.CDLL(str(next(lib_dir.glob("libggml-base.*"))))
+            cpu = ctypes.CDLL(str(next(lib_dir.glob("libggml-cpu.*"))))
+            base.ggml_threadpool_params_default.restype = _ThreadpoolParams
+            base.ggml_threadpool_params_default.argtypes = [ctypes.c_int]
+            cpu.ggml_threadpool_new.restype = ctypes.c_void_p
+            cpu.ggml_threadpool_new.argtypes = [ctypes.POINTER(_ThreadpoolParams)]
+        except (StopIteration, OSError, AttributeError):
+            return None
+        params = base.ggml_threadpool_params_default(n_threads)
+        pool = cpu.ggml_threadpool_new(ctypes.byref(params))
+        if not pool:
+            return None
+        _threadpools[n_threads] = pool
+        return int(pool)
+
+
+def _attach_threadpool(ctx: llama_cpp.llama_context_p, pool: int) -> None:
+    lib = ctypes.CDLL(str(next((Path(llama_cpp.__file__).parent / "lib").glob("libllama.*"))))
+    lib.llama_attach_threadpool.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    lib.llama_attach_threadpool.restype = None
+    lib.llama_attach_threadpool(ctx, pool, pool)
+
+
+class LlamaModel:
+    """A loaded model plus its context. Not thread-safe: the engine drives it from one thread."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        role: str,
+        n_ctx_per_seq: int,
+        n_seq: int = 1,
+        n_threads: int = 0,
+        gpu_layers: int = -1,
+        n_batch: int = 512,
+        vocab_only: bool = False,
+    ) -> None:
+        self.path = path
+        self.role = role
+        check_gguf_file(path, role)
+        _ensure_backend()
+        quiet_llama_logs()
+        model_params = llama_cpp.llama_model_default_params()
+        if gpu_layers < 0:
+            gpu_layers = 999 if llama_cpp.llama_supports_gpu_offload() else 0
+        model_params.n_gpu_layers = gpu_layers
+        model_params.vocab_only = vocab_only
+        self._model = llama_cpp.llama_model_load_from_file(str(path).encode(), model_params)
+        if not self._model:
+            raise ModelLoadError(
+                f"llama.cpp could not load the {role} model {path}. The file may be truncated or corrupt, "
+                "or use an architecture this llama.cpp does not support. Re-download it "
+                "(`localspec models verify` checks installed files) or choose another model."
+            )
+        self._vocab = llama_cpp.llama_model_get_vocab(self._model)
+        self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._vocab))
+        self._pieces: dict[int, bytes] = {}
+        self._ctx = None
+        self.n_ctx_per_seq = n_ctx_per_seq
+        self.n_seq = n_seq
+        self.n_batch = n_batch
+        if vocab_only:
+            return
+        threads = n_threads or default_threads()
+        ctx_params = llama_cpp.llama_context_default_params()
+        ctx_params.n_ctx = n_ctx_per_seq * n_seq
+        ctx_params.n_batch = n_batch
+        ctx_params.n_ubatch = n_batch
+        ctx_params.n_seq_max = n_seq
+        ctx_params.n_threads = threads
+        ctx_params.n_threads_batch = threads
+        ctx_params.kv_unified = False
+        ctx_params.no_perf = True
+        self._ctx = llama_cpp.llama_init_from_model(self._model, ctx_params)
+        if not self._ctx:
+            self.close()
+            raise ModelLoadError(
+                f"llama.cpp could not create a context of {n_ctx_per_seq * n_seq} tokens for the {role} model "
+                f"{path} (out of memory?). Lower engine.n_ctx or engine.slots in the config."
+            )
+        pool = shared_threadpool(threads)
+        if pool is not None:
+            _attach_threadpool(self._ctx, pool)
+        self._memory = llama_cpp.llama_get_memory(self._ctx)
+        self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
+        self._scratch = np.empty(self.n_vocab, dtype=np.float32)
+
+    # ---- vocabulary -------------------------------------------------------------------------------------------
+
+    @property
+    def vocab(self) -> llama_cpp.llama_vocab_p:
+        return self._vocab
+
+    def tokenize(self, text: str, *, add_bos: bool, parse_special: bool) -> list[int]:
+        data = text.encode("utf-8")
+        capacity = len(data) + 16
+        buffer = (llama_cpp.llama_token * capacity)()
+        count = llama_cpp.llama_tokenize(
+            self._vocab, data, len(data), buffer, capacity, add_bos, parse_special
+        )
+        if count < 0:  # buffer too small: the negated count is the size needed
+            capacity = -count
+            buffer = (llama_cpp.llama_token * capacity)()
+            count = llama_cpp.llama_tokenize(
+                self._vocab, data, len(data), buffer, capacity, add_bos, parse_special
+            )
+        return list(buffer[:count])
+
+    def piece(self, token: int) -> bytes:
+        """The bytes a token renders to (special tokens render as nothing)."""
+        cached = self._pieces.get(token)
+        if cached is None:
+            buffer = ctypes.create_string_buffer(64)
+            size = llama_cpp.llama_token_to_piece(self._vocab, token, buffer, 64, 0, False)
+            if size < 0:
+                buffer = ctypes.create_string_buffer(-size)
+                size = llama_cpp.llama_token_to_piece(self._vocab, token, buffer, -size, 0, False)
+            cached = buffer.raw[:size]
+            self._pieces[token] = cached
+        return cached
+
+    def token_text(self, token: int) -> bytes:
+        """The raw vocabulary entry (used to compare vocabularies)."""
+        return bytes(llama_cpp.llama_vocab_get_text(self._vocab, token) or b"")
+
+    def is_end_of_generation(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
+
+    def metadata(self, key: str) -> str | None:
+        buffer = ctypes.create_string_buffer(1 << 16)
+        size = llama_cpp.llama_model_meta_val_str(self._model, key.encode(), buffer, len(buffer))
+        if size < 0:
+            return None
+        if size >= len(buffer):  # chat templates can be long
+            buffer = ctypes.create_string_buffer(size + 1)
+            llama_cpp.llama_model_meta_val_str(self._model, key.encode(), buffer, len(buffer))
+        return buffer.value.decode("utf-8", errors="replace")
+
+    def special_tokens(self) -> dict[str, int]:
+        v = self._vocab
+        return {
+            "bos": llama_cpp.llama_vocab_bos(v),
+            "eos": llama_cpp.llama_vocab_eos(v),
+            "eot": llama_cpp.llama_vocab_eot(v),
+            "fim_pre": llama_cpp.llama_vocab_fim_pre(v),
+            "fim_suf": llama_cpp.llama_vocab_fim_suf(v),
+            "fim_mid": llama_cpp.llama_vocab_fim_mid(v),
+            "fim_rep": llama_cpp.llama_vocab_fim_rep(v),
+            "fim_sep": llama_cpp.llama_vocab_fim_sep(v),
+        }
+
+    def vocab_type(self) -> int:
+        return int(llama_cpp.llama_vocab_type(self._vocab))
+
+    def adds_bos(self) -> bool:
+        return bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
+
+    def n_params(self) -> int:
+        return int(llama_cpp.llama_model_n_params(self._model))
+
+    def n_ctx_train(self) -> int:
+        return int(llama_cpp.llama_model_n_ctx_train(self._model))
+
+    # ---- decoding ---------------------------------------------------------------------------------------------
+
+    @property
+    def ctx(self) -> llama_cpp.llama_context_p:
+        assert self._ctx is not None, "this model was loaded vocabulary-only"
+        return self._ctx
+
+    def decode(self, tokens: list[int], start_pos: int, seq_id: int, outputs: str = "last") -> int:
+        """Evaluate `tokens` at positions start_pos.. in sequence `seq_id`.
+
+        outputs: "none", "last" (logits for the final token only) or "all" (one row per token; needs
+        len(tokens) <= n_batch). Returns the number of logit rows now readable through `logits()`.
+        """
+        if start_pos + len(tokens) > self.n_ctx_per_seq:
+            raise ContextOverflowError(
+                f"The {self.role} context is full ({self.n_ctx_per_seq} tokens per slot). Shorten the prompt, "
+                "lower max_tokens, or raise engine.n_ctx."
+            )
+        batch = self._batch
+        n_out = 0
+        for chunk_start in range(0, len(tokens), self.n_batch):
+            chunk = tokens[chunk_start : chunk_start + self.n_batch]
+            last_chunk = chunk_start + self.n_batch >= len(tokens)
+            for i, token in enumerate(chunk):
+                batch.token[i] = token
+                batch.pos[i] = start_pos + chunk_start + i
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = seq_id
+                wants = outputs == "all" or (outputs == "last" and last_chunk and i == len(chunk) - 1)
+                batch.logits[i] = wants
+            batch.n_tokens = len(chunk)
+            n_out = sum(1 for i in range(len(chunk)) if batch.logits[i])
+            status = llama_cpp.llama_decode(self._ctx, batch)
+            if status == 1:
+                raise ContextOverflowError(
+                    f"The {self.role} model found no free KV slot for {len(chunk)} tokens; the context is full. "
+                    "Shorten the prompt or raise engine.n_ctx."
+                )
+            if status != 0:
+                raise RuntimeError(f"llama_decode failed with status {status} on the {self.role} model")
+        return n_out
+
+    def logits(self, rows: int) -> np.ndarray:
+        """A (rows, n_vocab) float32 view of the last decode's logits; valid until the next decode."""
+        pointer = llama_cpp.llama_get_logits(self._ctx)
+        return np.ctypeslib.as_array(pointer, shape=(rows, self.n_vocab))
+
+    def remove_from(self, seq_id: int, position: int) -> None:
+        """Drop KV entries of `seq_id` at positions >= `position` (rollback)."""
+        llama_cpp.llama_memory_seq_rm(self._memory, seq_id, position, -1)
+
+    def top_probability(self, row: np.ndarray, top_logit: float) -> float:
+        """Softmax probability of the top token, computed without allocating."""
+        np.subtract(row, top_logit, out=self._scratch)
+        np.exp(self._scratch, out=self._scratch)
+        return float(1.0 / self._scratch.sum())
+
+    def close(self) -> None:
+        if self._ctx:
+            llama_cpp.llama_batch_free(self._batch)
+            llama_cpp.llama_free(self._ctx)
+            self._ctx = None
+        if self._model:
+            llama_cpp.llama_model_free(self._model)
+            self._model = None
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # interpreter shutdown: ctypes may already be gone
+            self.close()

@@ -1,0 +1,230 @@
+"""The speculative decoding loop for one request.
+
+State between steps: the target's KV holds `committed`; `pending` is the latest settled token, not yet evaluated.
+A step drafts d1..dk after committed + [pending], evaluates [pending, d1..dk] in ONE target batch, and walks the
+rows: row i holds the target's distribution after d_i. The target's own pick at row i is kept; while it equals
+d_(i+1) the walk goes on. So every output token is the target's choice, and a step settles accepted + 1 tokens.
+
+Numerics: a batched pass runs other kernels than a one-token pass, so logits differ in the last bits and a
+near-tie can flip. Where the greedy top-2 margin at a row is below `tie_margin`, that position is re-evaluated
+alone (as the target alone would evaluate it) before its token is taken.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from localspec.engine.chooser import AdaptiveChooser
+from localspec.engine.drafters import DraftModelDrafter, NgramDrafter, sync_sequence
+from localspec.engine.llama_model import LlamaModel
+from localspec.engine.sampling import TokenPicker
+from localspec.engine.text_stream import TextStream
+from localspec.engine.types import (
+    DraftSource,
+    FinishReason,
+    GenerationRequest,
+    GenerationResult,
+    RequestStats,
+    StepEvent,
+)
+
+
+@dataclass
+class SlotState:
+    """One KV sequence id in each model, and the tokens each KV currently holds (the prompt cache)."""
+
+    seq_id: int
+    key: str
+    target_tokens: list[int]
+    draft_tokens: list[int]
+    last_used: float = 0.0
+    busy: bool = False
+
+
+class Generation:
+    """Iterate for StepEvents; `result` is set once finished. Call `close()` to release the slot early."""
+
+    def __init__(
+        self,
+        request: GenerationRequest,
+        prompt: list[int],
+        target: LlamaModel,
+        draft: LlamaModel | None,
+        slot: SlotState,
+        chooser: AdaptiveChooser,
+        tie_margin: float,
+        draft_p_min: float,
+        lookup_streams: list[list[int]],
+        stats: RequestStats,
+        on_finish: object = None,
+    ) -> None:
+        self.request = request
+        self.target = target
+        self.slot = slot
+        self.chooser = chooser
+        self.tie_margin = tie_margin
+        self.stats = stats
+        self._on_finish = on_finish
+        self._started = time.perf_counter()
+        self._stream = TextStream(request.stop)
+        self._output: list[int] = []
+        self.result: GenerationResult | None = None
+        self._draft = DraftModelDrafter(draft, slot.seq_id, slot.draft_tokens, draft_p_min) if draft else None
+        self._ngram = NgramDrafter()
+        for stream in lookup_streams:
+            self._ngram.add_extra(stream)
+        # Evaluate the prompt except its last token, reusing the slot's cached prefix; the last token is the first
+        # `pending` so prompt and generation share one code path.
+        started = time.perf_counter()
+        self.stats.cached_tokens = sync_sequence(target, slot.seq_id, slot.target_tokens, prompt[:-1], "none")
+        self.stats.t_prompt = time.perf_counter() - started
+        self._committed = slot.target_tokens  # same list: the slot always knows what its KV holds
+        self._pending = prompt[-1]
+        self._picker = TokenPicker(target, request.sampling, prompt)
+
+    def __iter__(self) -> Iterator[StepEvent]:
+        while (event := self.step()) is not None:
+            yield event
+
+    @property
+    def finished(self) -> bool:
+        return self.result is not None
+
+    # ---- one step ---------------------------------------------------------------------------------------------
+
+    def step(self) -> StepEvent | None:
+        if self.result is not None:
+            return None
+        if self.request.cancel.cancelled:
+            return self._final_event(self._finish("cancelled"))
+        remaining = self.request.max_tokens - len(self._output)
+        room = self.target.n_ctx_per_seq - len(self._committed) - 1
+        if remaining <= 0 or room <= 0:
+            return self._final_event(self._finish("length"))
+        budget = min(
+            remaining - 1,
+            room - 1,
+            self.request.draft_max if self.request.draft_max is not None else self.chooser.draft_max,
+        )
+        context = [*self._committed, self._pending]
+        ngram = (
+            self._ngram.propose(context, max(budget, 0)) if self.chooser.mode in ("adaptive", "ngram") else []
+        )
+        plan = self.chooser.plan(budget, len(ngram))
+        source: DraftSource = plan.source
+        started = time.perf_counter()
+        if source == "draft" and self._draft is not None:
+            drafts = self._draft.propose(context, plan.k)
+        elif source == "ngram":
+            drafts = ngram[: plan.k]
+        else:
+            source, drafts = "none", []
+        t_draft = time.perf_counter() - started
+
+        started = time.perf_counter()
+        base = len(self._committed)
+        n_rows = self.target.decode([self._pending, *drafts], base, self.slot.seq_id, "all")
+        t_verify = time.perf_counter() - started
+
+        started = time.perf_counter()
+        settled: list[int] = []
+        t_settle = 0.0
+        for row in range(n_rows):
+            token, margin = self._picker.pick(row, n_rows)
+            if n_rows > 1 and margin < self.tie_margin:
+                token, t_settle = self._settle_alone(base, drafts, row)
+                settled.append(token)
+                break
+            settled.append(token)
+            if row >= len(drafts) or token != drafts[row]:
+                break
+        accepted = len(settled) - 1
+        # Keep [pending, d1..d_accepted] in the KV (unless a settle already trimmed it) and drop the rest.
+        keep = base + 1 + accepted
+        self.target.remove_from(self.slot.seq_id, keep)
+        self._committed.extend([self._pending, *drafts[:accepted]])
+        self._pending = settled[-1]
+        t_sample = time.perf_counter() - started - t_settle
+        t_verify += t_settle
+
+        self.chooser.record(source, len(drafts), accepted, t_draft, t_verify, n_rows)
+        stats = self.stats
+        stats.drafted += len(drafts)
+        stats.accepted += accepted
+        stats.target_passes += 1
+        stats.steps_by_source[source] += 1
+        stats.t_draft += t_draft
+        stats.t_verify += t_verify
+        stats.t_sample += t_sample
+        return self._emit(settled, len(drafts), accepted, source)
+
+    def _settle_alone(self, base: int, drafts: list[int], row: int) -> tuple[int, float]:
+        """Re-evaluate the input token of `row` in a one-token pass and take the target-alone choice there."""
+        started = time.perf_counter()
+        position = base + row
+        token_in = self._pending if row == 0 else drafts[row - 1]
+        self.target.remove_from(self.slot.seq_id, position)
+        self.target.decode([token_in], position, self.slot.seq_id, "all")
+        token, _ = self._picker.pick(0, 1)
+        self.stats.settled_near_ties += 1
+        return token, time.perf_counter() - started
+
+    def _emit(self, settled: list[int], drafted: int, accepted: int, source: DraftSource) -> StepEvent:
+        text_from_drafts = ""
+        text = ""
+        finish: FinishReason | None = None
+        emitted = 0
+        for index, token in enumerate(settled):
+            if self.target.is_end_of_generation(token):
+                finish = "stop"
+                break
+            self._output.append(token)
+            emitted += 1
+            text += self._stream.push(self.target.piece(token))
+            if index < accepted:
+                text_from_drafts = text
+            if self._stream.stopped:
+                finish = "stop"
+                break
+            if len(self._output) >= self.request.max_tokens:
+                finish = "length"
+                break
+        event = StepEvent(
+            text=text,
+            tokens=emitted,
+            drafted=drafted,
+            accepted=accepted,
+            source=source,
+            drafted_chars=len(text_from_drafts),
+        )
+        self.stats.tokens = len(self._output)
+        if finish is not None:
+            event.text += self._finish(finish)
+        return event
+
+    @staticmethod
+    def _final_event(tail: str) -> StepEvent | None:
+        return StepEvent(text=tail, tokens=0, drafted=0, accepted=0, source="none") if tail else None
+
+    def _finish(self, reason: FinishReason) -> str:
+        """Record the result, release the slot, and return the text held back until now (if any)."""
+        tail = self._stream.finish()
+        self.stats.tokens = len(self._output)
+        self.stats.t_total = time.perf_counter() - self._started
+        self.result = GenerationResult(self._stream.text, list(self._output), reason, self.stats)
+        self.close()
+        return tail
+
+    def close(self) -> None:
+        """Release the slot (the KV stays cached for the next request with the same prefix)."""
+        if self.result is None:
+            self.stats.t_total = time.perf_counter() - self._started
+            self.result = GenerationResult(self._stream.text, list(self._output), "cancelled", self.stats)
+        if self.slot.busy:
+            self.slot.busy = False
+            self.slot.last_used = time.monotonic()
+            self._picker.close()
+            if callable(self._on_finish):
+                self._on_finish(self)

