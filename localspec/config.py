@@ -41,7 +41,7 @@ class Config:
     # [speculative]
     mode: str = field(default="adaptive", metadata={"section": "speculative"})
     draft_max: int = field(default=16, metadata={"section": "speculative"})
-    draft_p_min: float = field(default=0.6, metadata={"section": "speculative"})
+    draft_p_min: float = field(default=0.75, metadata={"section": "speculative"})
     # [server]
     host: str = field(default="127.0.0.1", metadata={"section": "server"})
     port: int = field(default=8717, metadata={"section": "server"})

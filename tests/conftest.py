@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tiny_models import TinySpec, write_tiny_model  # noqa: E402
+from tiny_models import TinySpec, write_tiny_model
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,9 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
         target=write_tiny_model(folder / "target.gguf", TinySpec(seed=1), name="tiny-target"),
         draft_same=write_tiny_model(folder / "draft-same.gguf", TinySpec(seed=1), name="tiny-draft-same"),
         draft_similar=write_tiny_model(
-            folder / "draft-similar.gguf", TinySpec(seed=2, noise_from=1, noise=0.35), name="tiny-draft-similar"
+            folder / "draft-similar.gguf",
+            TinySpec(seed=2, noise_from=1, noise=0.05),
+            name="tiny-draft-similar",
         ),
         draft_other=write_tiny_model(
             folder / "draft-other.gguf", TinySpec(seed=3, n_embd=32, n_ff=64), name="tiny-draft-other"
@@ -50,3 +54,91 @@ def localspec_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for name in ("CONFIG", "DATA", "STATE", "LOG", "CACHE"):
         monkeypatch.delenv(f"LOCALSPEC_{name}_DIR", raising=False)
     return home
+
+
+@dataclass
+class RunningDaemon:
+    """A real `localspec serve` subprocess on loopback (see the `daemon` fixture)."""
+
+    url: str
+    token: str
+    home: Path
+    process: subprocess.Popen[bytes]
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+def start_daemon(home: Path, args: list[str], timeout: float = 60.0) -> RunningDaemon:
+    """Start `python -m localspec serve ARGS` with LOCALSPEC_HOME=home and wait until /health says ok."""
+    import json
+    import os
+    import time
+
+    import httpx
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOCALSPEC_")}
+    env["LOCALSPEC_HOME"] = str(home)
+    home.mkdir(parents=True, exist_ok=True)
+    stderr = (home / "serve-stderr.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "localspec", "serve", "--host", "127.0.0.1", "--port", "0", *args],
+        env=env,
+        stdout=stderr,
+        stderr=stderr,
+    )
+    stderr.close()
+    discovery = home / "state" / "daemon.json"
+    deadline = time.monotonic() + timeout
+    last = "no daemon.json yet"
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            log = (home / "serve-stderr.log").read_text(errors="replace")
+            raise RuntimeError(f"localspec serve exited with {process.returncode}:\n{log}")
+        try:
+            info = json.loads(discovery.read_text())
+            if info.get("pid") == process.pid:
+                health = httpx.get(f"{info['url']}/health", timeout=5).json()
+                last = str(health)
+                if health["status"] == "ok":
+                    token = (home / "config" / "token").read_text().strip()
+                    return RunningDaemon(url=info["url"], token=token, home=home, process=process)
+                if health["status"] == "error":
+                    break
+        except (OSError, ValueError, KeyError, httpx.HTTPError) as exc:
+            last = repr(exc)
+        time.sleep(0.05)
+    stop_daemon(process)
+    log = (home / "serve-stderr.log").read_text(errors="replace")
+    raise RuntimeError(f"localspec serve did not become healthy ({last}):\n{log}")
+
+
+def stop_daemon(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+
+@pytest.fixture
+def daemon(tiny_models: TinyModels, localspec_home: Path) -> Iterator[RunningDaemon]:
+    """A real daemon (tiny target + similar draft) on 127.0.0.1, random port, in this test's LOCALSPEC_HOME.
+
+    The test process's LOCALSPEC_HOME points at the same home, so `localspec.client.discover()` finds it.
+    """
+    running = start_daemon(
+        localspec_home,
+        # One thread: tiny models gain nothing from more, and llama.cpp's thread barrier crawls on busy CPUs.
+        [
+            *("--target", str(tiny_models.target), "--draft", str(tiny_models.draft_similar)),
+            *("--n-ctx", "2048", "--threads", "1"),
+        ],
+    )
+    try:
+        yield running
+    finally:
+        stop_daemon(running.process)

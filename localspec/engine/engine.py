@@ -30,6 +30,8 @@ from localspec.errors import ContextOverflowError, InvalidRequestError, Unsuppor
 # Greedy positions whose top-2 logit margin in a batched verify pass is below this are re-evaluated alone.
 # Measured on this project's CPU build: batched vs one-token logits differ by up to ~0.3 at the top.
 DEFAULT_TIE_MARGIN = 0.35
+# A slot belonging to another key is reused only when it shares at least this many prompt tokens.
+MIN_SHARED_PREFIX = 256
 
 
 @dataclass
@@ -43,7 +45,7 @@ class EngineSettings:
     slots: int = 4
     mode: SpeculativeMode = "adaptive"
     draft_max: int = 16
-    draft_p_min: float = 0.6
+    draft_p_min: float = 0.75
     tie_margin: float = DEFAULT_TIE_MARGIN
 
 
@@ -256,13 +258,16 @@ class Engine:
                 f"All {len(self._slots)} engine slots are busy; wait for a request to finish or raise engine.slots."
             )
         same_key = [s for s in free if s.key == key]
+        unused = [s for s in free if not s.key]
+        shared = max(free, key=lambda s: common_prefix_length(s.target_tokens, prompt))
         if same_key:
             slot = same_key[0]
+        elif common_prefix_length(shared.target_tokens, prompt) >= MIN_SHARED_PREFIX:
+            slot = shared  # another client's cache is worth taking over: most of it is this prompt too
+        elif unused:
+            slot = unused[0]
         else:
-            # Prefer the slot sharing the longest prefix with this prompt; else the least recently used.
-            slot = max(free, key=lambda s: (common_prefix_length(s.target_tokens, prompt), -s.last_used))
-            if common_prefix_length(slot.target_tokens, prompt) == 0:
-                slot = min(free, key=lambda s: s.last_used)
+            slot = min(free, key=lambda s: s.last_used)  # each client kind keeps its slot; evict the oldest
         slot.key = key
         slot.busy = True
         return slot

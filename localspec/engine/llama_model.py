@@ -93,7 +93,7 @@ def shared_threadpool(n_threads: int) -> int | None:
     with _backend_lock:
         if n_threads in _threadpools:
             return _threadpools[n_threads]
-        lib_dir = Path(llama_cpp.__file__).parent / "lib"
+        lib_dir = _library_dir()
         try:
             base = ctypes.CDLL(str(next(lib_dir.glob("libggml-base.*"))))
             cpu = ctypes.CDLL(str(next(lib_dir.glob("libggml-cpu.*"))))
@@ -111,8 +111,13 @@ def shared_threadpool(n_threads: int) -> int | None:
         return int(pool)
 
 
+def _library_dir() -> Path:
+    # llama-cpp-python loads its libraries from LLAMA_CPP_LIB_PATH when set (e.g. a CUDA build), else its own lib/.
+    return Path(os.environ.get("LLAMA_CPP_LIB_PATH") or Path(llama_cpp.__file__).parent / "lib")
+
+
 def _attach_threadpool(ctx: llama_cpp.llama_context_p, pool: int) -> None:
-    lib = ctypes.CDLL(str(next((Path(llama_cpp.__file__).parent / "lib").glob("libllama.*"))))
+    lib = llama_cpp.llama_cpp._lib  # the libllama already loaded by llama-cpp-python
     lib.llama_attach_threadpool.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
     lib.llama_attach_threadpool.restype = None
     lib.llama_attach_threadpool(ctx, pool, pool)
@@ -181,7 +186,8 @@ class LlamaModel:
             _attach_threadpool(self._ctx, pool)
         self._memory = llama_cpp.llama_get_memory(self._ctx)
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
-        self._scratch = np.empty(self.n_vocab, dtype=np.float32)
+        self._logits_address: int | None = None
+        self._logits_view = np.empty((0, self.n_vocab), dtype=np.float32)
 
     # ---- vocabulary -------------------------------------------------------------------------------------------
 
@@ -304,17 +310,21 @@ class LlamaModel:
     def logits(self, rows: int) -> np.ndarray:
         """A (rows, n_vocab) float32 view of the last decode's logits; valid until the next decode."""
         pointer = llama_cpp.llama_get_logits(self._ctx)
-        return np.ctypeslib.as_array(pointer, shape=(rows, self.n_vocab))
+        address = ctypes.cast(pointer, ctypes.c_void_p).value
+        if address != self._logits_address or rows > self._logits_view.shape[0]:
+            # Making a numpy view costs more than the argmax of a row: keep one per output buffer.
+            self._logits_view = np.ctypeslib.as_array(pointer, shape=(max(rows, self.n_batch), self.n_vocab))
+            self._logits_address = address
+        return self._logits_view[:rows]
+
+    def synchronize(self) -> None:
+        """Wait for queued GPU work (llama_decode returns before a GPU finishes), so timings are real."""
+        llama_cpp.llama_synchronize(self._ctx)
 
     def remove_from(self, seq_id: int, position: int) -> None:
         """Drop KV entries of `seq_id` at positions >= `position` (rollback)."""
         llama_cpp.llama_memory_seq_rm(self._memory, seq_id, position, -1)
 
-    def top_probability(self, row: np.ndarray, top_logit: float) -> float:
-        """Softmax probability of the top token, computed without allocating."""
-        np.subtract(row, top_logit, out=self._scratch)
-        np.exp(self._scratch, out=self._scratch)
-        return float(1.0 / self._scratch.sum())
 
     def close(self) -> None:
         if self._ctx:
@@ -328,3 +338,13 @@ class LlamaModel:
     def __del__(self) -> None:
         with contextlib.suppress(Exception):  # interpreter shutdown: ctypes may already be gone
             self.close()
+
+
+def top_two(row: np.ndarray) -> tuple[int, float]:
+    """(argmax, top-1 minus top-2 logit) of a logits row, in place and without copying the row."""
+    token = int(np.argmax(row))
+    top = row[token]
+    row[token] = -np.inf
+    runner_up = row.max()
+    row[token] = top
+    return token, float(top - runner_up)

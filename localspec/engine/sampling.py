@@ -12,9 +12,8 @@ import math
 import random
 
 import llama_cpp
-import numpy as np
 
-from localspec.engine.llama_model import LlamaModel
+from localspec.engine.llama_model import LlamaModel, top_two
 from localspec.engine.types import SamplingParams
 from localspec.errors import InvalidRequestError
 
@@ -73,13 +72,7 @@ class TokenPicker:
         if self._chain is not None:
             token = llama_cpp.llama_sampler_sample(self._chain, self.model.ctx, row_index)
             return int(token), math.inf
-        row = self.model.logits(n_rows)[row_index]
-        token = int(np.argmax(row))
-        top = row[token]
-        row[token] = -np.inf  # in place, restored below: avoids copying the vocabulary-sized row
-        runner_up = row.max()
-        row[token] = top
-        return token, float(top - runner_up)
+        return top_two(self.model.logits(n_rows)[row_index])
 
     def close(self) -> None:
         if self._chain is not None:

@@ -126,6 +126,7 @@ class Generation:
         started = time.perf_counter()
         base = len(self._committed)
         n_rows = self.target.decode([self._pending, *drafts], base, self.slot.seq_id, "all")
+        self.target.synchronize()
         t_verify = time.perf_counter() - started
 
         started = time.perf_counter()
@@ -134,10 +135,14 @@ class Generation:
         for row in range(n_rows):
             token, margin = self._picker.pick(row, n_rows)
             if n_rows > 1 and margin < self.tie_margin:
-                token, t_settle = self._settle_alone(base, drafts, row)
+                token, margin, t_settle = self._settle_alone(base, drafts, row)
                 settled.append(token)
+                if self.request.record_margins:
+                    self.stats.margins.append(margin)
                 break
             settled.append(token)
+            if self.request.record_margins:
+                self.stats.margins.append(margin)
             if row >= len(drafts) or token != drafts[row]:
                 break
         accepted = len(settled) - 1
@@ -160,16 +165,16 @@ class Generation:
         stats.t_sample += t_sample
         return self._emit(settled, len(drafts), accepted, source)
 
-    def _settle_alone(self, base: int, drafts: list[int], row: int) -> tuple[int, float]:
+    def _settle_alone(self, base: int, drafts: list[int], row: int) -> tuple[int, float, float]:
         """Re-evaluate the input token of `row` in a one-token pass and take the target-alone choice there."""
         started = time.perf_counter()
         position = base + row
         token_in = self._pending if row == 0 else drafts[row - 1]
         self.target.remove_from(self.slot.seq_id, position)
         self.target.decode([token_in], position, self.slot.seq_id, "all")
-        token, _ = self._picker.pick(0, 1)
+        token, margin = self._picker.pick(0, 1)
         self.stats.settled_near_ties += 1
-        return token, time.perf_counter() - started
+        return token, margin, time.perf_counter() - started
 
     def _emit(self, settled: list[int], drafted: int, accepted: int, source: DraftSource) -> StepEvent:
         text_from_drafts = ""
@@ -177,6 +182,7 @@ class Generation:
         finish: FinishReason | None = None
         emitted = 0
         for index, token in enumerate(settled):
+            self.stats.settled += 1
             if self.target.is_end_of_generation(token):
                 finish = "stop"
                 break

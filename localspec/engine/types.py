@@ -60,6 +60,8 @@ class GenerationRequest:
     lookup_texts: list[str] = field(default_factory=list)
     # Drop the prompt's start to fit the context instead of failing (documented truncation).
     truncate_prompt: bool = False
+    # Keep the target's top-2 logit margin for every settled token (benchmarks use it to explain divergences).
+    record_margins: bool = False
     cancel: CancelToken = field(default_factory=CancelToken)
 
 
@@ -82,6 +84,7 @@ class RequestStats:
     cached_tokens: int = 0  # prompt tokens reused from the slot's KV cache
     prompt_truncated_tokens: int = 0
     tokens: int = 0  # generated tokens
+    settled: int = 0  # tokens the target passes settled, counting a final end-of-generation token
     drafted: int = 0
     accepted: int = 0
     target_passes: int = 0
@@ -92,6 +95,7 @@ class RequestStats:
     t_verify: float = 0.0
     t_sample: float = 0.0
     t_total: float = 0.0
+    margins: list[float] = field(default_factory=list)  # only with GenerationRequest.record_margins
 
     @property
     def acceptance(self) -> float:
@@ -100,7 +104,7 @@ class RequestStats:
     @property
     def mean_accepted_length(self) -> float:
         """Tokens settled per target pass (1.0 = no gain from speculation)."""
-        return self.tokens / self.target_passes if self.target_passes else 0.0
+        return self.settled / self.target_passes if self.target_passes else 0.0
 
     @property
     def tokens_per_second(self) -> float:

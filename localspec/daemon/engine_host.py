@@ -1,0 +1,175 @@
+"""Loads engines in the background and hands them to the scheduler; remembers what /health reports.
+
+The server listens before the models are loaded, so clients can show progress ("loading") instead of
+failing to connect. A reload loads the new engine next to the old one, which keeps serving until the new
+one is ready; a load that fails leaves the old one in place and is reported in /health and the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from localspec import __version__
+from localspec.config import Config
+from localspec.daemon.scheduler import Scheduler
+from localspec.errors import LocalspecError
+
+if TYPE_CHECKING:
+    from localspec.engine import Engine, EngineSettings
+
+log = logging.getLogger("localspec.daemon")
+MAX_ERRORS = 10
+
+
+def resolve_models(config: Config) -> tuple[Path, Path | None]:
+    """Model files for the config: .gguf paths as given, catalog names through localspec.models."""
+    from localspec.models import resolve_pair
+
+    return resolve_pair(config)
+
+
+def engine_settings(config: Config) -> EngineSettings:
+    from localspec.engine import EngineSettings
+
+    target, draft = resolve_models(config)
+    return EngineSettings(
+        target_path=target,
+        draft_path=draft,
+        n_ctx=config.n_ctx,
+        threads=config.threads,
+        target_gpu_layers=config.target_gpu_layers,
+        draft_gpu_layers=config.draft_gpu_layers,
+        slots=config.slots,
+        mode=config.mode,  # type: ignore[arg-type]  # Config.validate() checked it
+        draft_max=config.draft_max,
+        draft_p_min=config.draft_p_min,
+    )
+
+
+class EngineHost:
+    def __init__(self, scheduler: Scheduler) -> None:
+        self.scheduler = scheduler
+        self._lock = threading.Lock()
+        self._settings: EngineSettings | None = None  # of the engine serving now
+        self._models: dict[str, Any] = {"target": None, "draft": None}
+        self._info: dict[str, Any] = {}
+        self._errors: list[dict[str, Any]] = []
+        self._loading: dict[str, Any] | None = None
+        self._load_seq = 0
+
+    @property
+    def current_settings(self) -> EngineSettings | None:
+        return self._settings
+
+    def load_config(self, config: Config) -> threading.Thread | None:
+        """Resolve the config's models and load them in the background (no-op if they are already serving)."""
+        try:
+            settings = engine_settings(config)
+        except LocalspecError as exc:
+            self.report_error(str(exc))
+            return None
+        if settings == self._settings:
+            return None
+        return self.load(settings)
+
+    def load(self, settings: EngineSettings) -> threading.Thread:
+        with self._lock:
+            self._load_seq += 1
+            seq = self._load_seq
+            self._loading = {
+                "target": str(settings.target_path),
+                "draft": str(settings.draft_path) if settings.draft_path else None,
+                "started_at": time.time(),
+            }
+            if not self.scheduler.has_engine:
+                self.scheduler.set_unavailable(None)  # queued requests wait for this load instead of failing
+        thread = threading.Thread(target=self._load, args=(settings, seq), name="localspec-load", daemon=True)
+        thread.start()
+        return thread
+
+    def report_error(self, message: str) -> None:
+        log.error("%s", message)
+        with self._lock:
+            self._errors.append({"message": message, "at": time.time()})
+            del self._errors[:-MAX_ERRORS]
+            if not self.scheduler.has_engine and self._loading is None:
+                self.scheduler.set_unavailable(message)
+
+    def _load(self, settings: EngineSettings, seq: int) -> None:
+        from localspec.engine import Engine
+
+        log.info("loading target %s, draft %s", settings.target_path, settings.draft_path)
+        started = time.monotonic()
+        try:
+            engine = Engine(settings)
+        except Exception as exc:
+            with self._lock:
+                if seq == self._load_seq:
+                    self._loading = None
+            kept = " The previous models keep serving." if self._settings is not None else ""
+            self.report_error(f"Loading {settings.target_path.name} failed: {exc}{kept}")
+            return
+        with self._lock:
+            if seq != self._load_seq:  # a newer load superseded this one
+                stale: Engine | None = engine
+            else:
+                stale = None
+                self._loading = None
+                self._settings = settings
+                self._errors.clear()
+                self._models = {
+                    "target": engine.target_info.name if engine.target_info else settings.target_path.stem,
+                    "draft": engine.draft_info.name if engine.draft_info else None,
+                }
+                self._info = {
+                    "target": _info_dict(engine.target_info),
+                    "draft": _info_dict(engine.draft_info),
+                    "n_ctx": engine.n_ctx,
+                    "mode": settings.mode,
+                }
+                self.scheduler.install(engine)
+        if stale is not None:
+            stale.close()
+            return
+        log.info("models ready in %.2fs: %s", time.monotonic() - started, self._models)
+
+    def health(self) -> dict[str, Any]:
+        with self._lock:
+            if self._settings is not None:
+                status = "ok"
+            elif self._loading is not None:
+                status = "loading"
+            else:
+                status = "error"
+            loading = dict(self._loading) if self._loading else None
+            if loading:
+                loading["elapsed"] = round(time.time() - loading["started_at"], 2)
+            return {
+                "status": status,
+                "version": __version__,
+                "models": dict(self._models),
+                "errors": [dict(e) for e in self._errors],
+                "loading": loading,
+            }
+
+    def model_info(self) -> dict[str, Any]:
+        with self._lock:
+            return dict(self._info)
+
+
+def _info_dict(info: Any) -> dict[str, Any] | None:
+    if info is None:
+        return None
+    return {
+        "name": info.name,
+        "path": info.path,
+        "architecture": info.architecture,
+        "n_params": info.n_params,
+        "n_vocab": info.n_vocab,
+        "n_ctx_train": info.n_ctx_train,
+        "has_fim": info.has_fim,
+    }

@@ -1,0 +1,293 @@
+"""One engine worker thread and a priority queue of generation jobs.
+
+The engine is not thread-safe, so every engine call happens on the worker thread. Jobs come from the event
+loop; step events go back to it through `loop.call_soon_threadsafe`, so neither side ever waits on the other.
+Between decode steps the worker steps the highest-priority live generation: an editor infill that arrives
+during a long chat reply runs at once (the chat's Generation stays alive on its own KV slot) and the chat
+resumes when the infill is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from localspec.engine.types import CancelToken, GenerationRequest, GenerationResult, RequestStats, StepEvent
+from localspec.errors import DaemonUnavailableError
+
+if TYPE_CHECKING:
+    from localspec.engine import Engine
+
+log = logging.getLogger("localspec.daemon.scheduler")
+
+JobKind = Literal["infill", "chat", "completion"]
+# Lower runs first. Infill is latency-critical (the editor waits on every keystroke).
+PRIORITY: dict[str, int] = {"infill": 0, "chat": 1, "completion": 1}
+RECENT_REQUESTS = 64
+
+
+@dataclass
+class Job:
+    kind: JobKind
+    slot: str
+    # Builds the request on the worker thread (templates and FIM prompts need the engine's tokenizer).
+    prepare: Callable[[Engine], GenerationRequest]
+    loop: asyncio.AbstractEventLoop
+    stream: bool = False
+    cancel: CancelToken = field(default_factory=CancelToken)
+    # ("step", StepEvent) items when streaming, then one ("done", GenerationResult) or ("error", Exception).
+    events: asyncio.Queue[tuple[str, Any]] = field(default_factory=asyncio.Queue)
+    id: int = 0
+    max_tokens: int = 0
+    submitted_at: float = field(default_factory=time.monotonic)
+    # Set by the transport when it ended the job for its own reason (an infill stop rule), not the client.
+    stopped_by_rule: bool = False
+
+    @property
+    def priority(self) -> int:
+        return PRIORITY[self.kind]
+
+    def _post(self, item: tuple[str, Any]) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, item)
+        except RuntimeError:  # the event loop is gone (server shutting down)
+            self.cancel.cancel()
+
+
+@dataclass
+class _Active:
+    job: Job
+    generation: Any  # localspec.engine.Generation
+
+
+@dataclass
+class DaemonCounters:
+    requests: dict[str, int] = field(default_factory=dict)  # by kind
+    finish_reasons: dict[str, int] = field(default_factory=dict)
+    errors: int = 0
+    preemptions: int = 0
+    recent: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECENT_REQUESTS))
+
+
+class Scheduler:
+    """Owns the engine worker thread. Install an engine with `install()`; submit jobs from the event loop."""
+
+    def __init__(self, max_active: int = 4) -> None:
+        self._max_active = max(1, max_active)
+        self._lock = threading.Condition()
+        self._pending: list[Job] = []
+        self._to_close: list[Engine] = []
+        self._active: list[_Active] = []
+        self._engine: Engine | None = None
+        self._next_engine: Engine | None = None
+        self._unavailable: str | None = None  # why jobs cannot run (no engine could be loaded)
+        self._stopping = False
+        self._ids = itertools.count(1)
+        self._last_stepped: Job | None = None
+        self._stats_lock = threading.Lock()
+        self._counters = DaemonCounters()
+        self._engine_stats: dict[str, Any] = {}
+        self._thread = threading.Thread(target=self._run, name="localspec-engine", daemon=True)
+        self._thread.start()
+
+    # ---- called from other threads ----
+
+    def submit(self, job: Job) -> Job:
+        job.id = next(self._ids)
+        with self._lock:
+            if self._stopping:
+                raise DaemonUnavailableError("The daemon is shutting down; retry in a moment.")
+            self._pending.append(job)
+            self._lock.notify()
+        return job
+
+    def install(self, engine: Engine) -> None:
+        """Swap in a loaded engine once the running generations finish; new jobs wait for it."""
+        with self._lock:
+            if self._next_engine is not None:
+                self._to_close.append(self._next_engine)
+            self._next_engine = engine
+            self._unavailable = None
+            self._lock.notify()
+
+    def set_unavailable(self, reason: str | None) -> None:
+        """With no engine to run on, fail queued and new jobs with this reason (None: let them wait)."""
+        with self._lock:
+            self._unavailable = reason
+            self._lock.notify()
+
+    @property
+    def has_engine(self) -> bool:
+        return self._engine is not None or self._next_engine is not None
+
+    def snapshot(self) -> dict[str, Any]:
+        """Daemon counters and the engine's cumulative stats as of the last finished request."""
+        with self._stats_lock:
+            c = self._counters
+            return {
+                "engine": dict(self._engine_stats),
+                "requests": dict(c.requests),
+                "finish_reasons": dict(c.finish_reasons),
+                "errors": c.errors,
+                "preemptions": c.preemptions,
+                "queue_length": len(self._pending),
+                "active": len(self._active),
+                "recent": list(c.recent),
+            }
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with self._lock:
+            self._stopping = True
+            for item in self._active:
+                item.job.cancel.cancel()
+            for job in self._pending:
+                job.cancel.cancel()
+            self._lock.notify()
+        self._thread.join(timeout)
+
+    # ---- the worker thread ----
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._has_work():
+                    self._lock.wait()
+                if self._stopping and not self._active and not self._pending:
+                    break
+                self._swap_engine_if_idle()
+                to_close, self._to_close = self._to_close, []
+            for engine in to_close:
+                engine.close()
+            self._admit()
+            if self._active:
+                self._step_one()
+        if self._engine is not None:
+            self._engine.close()
+        if self._next_engine is not None:
+            self._next_engine.close()
+
+    def _has_work(self) -> bool:
+        if self._stopping or self._active or self._to_close:
+            return True
+        if self._next_engine is not None:
+            return True
+        return bool(self._pending) and (self._engine is not None or self._unavailable is not None)
+
+    def _swap_engine_if_idle(self) -> None:
+        if self._next_engine is None or self._active:
+            return
+        old, self._engine, self._next_engine = self._engine, self._next_engine, None
+        if old is not None:
+            self._to_close.append(old)
+        self._refresh_engine_stats()
+        log.info("engine swapped in: %s", self._engine.target_info.path if self._engine.target_info else "?")
+
+    def _admit(self) -> None:
+        """Start pending jobs whose slot is free, highest priority first, up to `max_active` at once."""
+        with self._lock:
+            if self._next_engine is not None and self._active:
+                return  # draining for a model swap
+            self._pending.sort(key=lambda j: (j.priority, j.id))
+            candidates = list(self._pending)
+        busy = {a.job.slot for a in self._active}
+        for job in candidates:
+            if job.cancel.cancelled:
+                self._remove_pending(job)
+                self._finish(job, _cancelled_result(), started=False)
+                continue
+            if self._engine is None:
+                if self._unavailable is not None:
+                    self._remove_pending(job)
+                    self._fail(job, DaemonUnavailableError(self._unavailable))
+                continue
+            if job.slot in busy or len(self._active) >= self._max_active:
+                continue
+            self._remove_pending(job)
+            try:
+                request = job.prepare(self._engine)
+                request.slot = job.slot
+                request.cancel = job.cancel
+                job.max_tokens = request.max_tokens
+                generation = self._engine.generate(request)
+            except Exception as exc:
+                self._fail(job, exc)
+                continue
+            self._active.append(_Active(job, generation))
+            busy.add(job.slot)
+
+    def _remove_pending(self, job: Job) -> None:
+        with self._lock:
+            self._pending.remove(job)
+
+    def _step_one(self) -> None:
+        current = min(self._active, key=lambda a: (a.job.priority, a.job.id))
+        last = self._last_stepped
+        if last is not None and last is not current.job and any(a.job is last for a in self._active):
+            with self._stats_lock:
+                self._counters.preemptions += 1
+        self._last_stepped = current.job
+        try:
+            event: StepEvent | None = current.generation.step()
+        except Exception as exc:
+            self._active.remove(current)
+            self._fail(current.job, exc)
+            return
+        if event is None:
+            self._active.remove(current)
+            self._finish(current.job, current.generation.result, started=True)
+        elif current.job.stream and event.text:
+            current.job._post(("step", event))
+
+    def _finish(self, job: Job, result: GenerationResult, started: bool) -> None:
+        reason = (
+            "stop" if job.stopped_by_rule and result.finish_reason == "cancelled" else result.finish_reason
+        )
+        if started:
+            self._refresh_engine_stats()
+        with self._stats_lock:
+            counters = self._counters
+            counters.requests[job.kind] = counters.requests.get(job.kind, 0) + 1
+            counters.finish_reasons[reason] = counters.finish_reasons.get(reason, 0) + 1
+            counters.recent.append(
+                {
+                    "id": job.id,
+                    "kind": job.kind,
+                    "slot": job.slot,
+                    "finish_reason": reason,
+                    "max_tokens": job.max_tokens,
+                    "prompt_tokens": result.stats.prompt_tokens,
+                    "cached_tokens": result.stats.cached_tokens,
+                    "tokens": result.stats.tokens,
+                    "drafted": result.stats.drafted,
+                    "accepted": result.stats.accepted,
+                    "started": started,
+                    "seconds": round(time.monotonic() - job.submitted_at, 4),
+                }
+            )
+        job._post(("done", result))
+
+    def _fail(self, job: Job, exc: BaseException) -> None:
+        with self._stats_lock:
+            self._counters.errors += 1
+        log.info("request %s (%s) failed: %s", job.id, job.kind, exc)
+        job._post(("error", exc))
+
+    def _refresh_engine_stats(self) -> None:
+        if self._engine is not None:
+            try:
+                stats = dict(self._engine.stats())
+                with self._stats_lock:
+                    self._engine_stats = stats
+            except Exception:  # stats are informative; never let them break serving
+                log.exception("engine.stats() failed")
+
+
+def _cancelled_result() -> GenerationResult:
+    return GenerationResult(text="", token_ids=[], finish_reason="cancelled", stats=RequestStats())

@@ -1,0 +1,139 @@
+"""Request bodies of the HTTP API as pydantic models: bad input becomes a 400 naming the field.
+
+Unknown OpenAI fields (user, logprobs, ...) are ignored so stock clients work; the ones we read are checked.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from localspec.engine.types import SamplingParams
+
+SpeculativeField = Literal["adaptive", "draft", "ngram", "none"] | None
+SLOT_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class _Sampling(_Body):
+    model: str | None = None
+    max_tokens: Annotated[int, Field(ge=1, le=131072)] | None = None
+    temperature: Annotated[float, Field(ge=0.0, le=5.0)] = 0.0
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 0.95
+    top_k: Annotated[int, Field(ge=0, le=1000)] = 40
+    min_p: Annotated[float, Field(ge=0.0, le=1.0)] = 0.05
+    repeat_penalty: Annotated[float, Field(gt=0.0, le=5.0)] = 1.0
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool = False
+    n: Annotated[int, Field(ge=1, le=1)] = 1
+    # localspec extensions
+    speculative: SpeculativeField = None
+    draft_max: Annotated[int, Field(ge=0, le=64)] | None = None
+    slot: Annotated[str, Field(pattern=SLOT_PATTERN)] | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_strings(cls, value: str | list[str] | None) -> str | list[str] | None:
+        stops = [value] if isinstance(value, str) else (value or [])
+        if len(stops) > 16:
+            raise ValueError("at most 16 stop strings")
+        if any(not s for s in stops):
+            raise ValueError("stop strings must not be empty")
+        return value
+
+    def stop_list(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(
+            temperature=self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            min_p=self.min_p,
+            repeat_penalty=self.repeat_penalty,
+            seed=self.seed,
+        )
+
+
+class CompletionBody(_Sampling):
+    # A string, a one-string list, or token ids.
+    prompt: str | list[str] | list[int]
+    max_tokens: Annotated[int, Field(ge=1, le=131072)] | None = 256
+
+    @field_validator("prompt")
+    @classmethod
+    def _one_prompt(cls, value: str | list[str] | list[int]) -> str | list[str] | list[int]:
+        if isinstance(value, list) and value and isinstance(value[0], str) and len(value) != 1:
+            raise ValueError("batched prompts are not supported; send one prompt per request")
+        if isinstance(value, list) and not value:
+            raise ValueError("prompt must not be empty")
+        return value
+
+    def prompt_value(self) -> str | list[int]:
+        if isinstance(self.prompt, list) and self.prompt and isinstance(self.prompt[0], str):
+            return str(self.prompt[0])
+        return self.prompt  # type: ignore[return-value]
+
+
+class _ContentPart(_Body):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(_Body):
+    role: Literal["system", "user", "assistant", "developer", "tool"]
+    content: str | list[_ContentPart] | None = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class ChatBody(_Sampling):
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    max_completion_tokens: Annotated[int, Field(ge=1, le=131072)] | None = None
+
+    def token_budget(self) -> int:
+        return self.max_completion_tokens or self.max_tokens or 1024
+
+    def message_dicts(self) -> list[dict[str, str]]:
+        # Chat templates know system/user/assistant; "developer" is OpenAI's new name for "system".
+        return [
+            {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+            for m in self.messages
+        ]
+
+
+class ExtraFile(_Body):
+    filename: Annotated[str, Field(max_length=4096)]
+    text: str
+
+
+class InfillBody(_Sampling):
+    prefix: str
+    suffix: str = ""
+    extra: Annotated[list[ExtraFile], Field(max_length=64)] = []
+    filename: Annotated[str, Field(max_length=4096)] | None = None
+    max_tokens: Annotated[int, Field(ge=1, le=4096)] | None = 128
+    single_line: bool = False
+
+
+def validation_message(exc: ValidationError) -> str:
+    """One readable sentence per problem: `max_tokens: Input should be greater than or equal to 1`."""
+    parts = []
+    for error in exc.errors(include_url=False):
+        location = ".".join(str(p) for p in error["loc"]) or "body"
+        parts.append(f"{location}: {error['msg']}")
+    return (
+        "Invalid request: " + "; ".join(parts[:8]) + ("" if len(parts) <= 8 else f" (+{len(parts) - 8} more)")
+    )

@@ -1,0 +1,148 @@
+"""Names to files: what the daemon and the CLI call to find the GGUF files a config means.
+
+A name is, in order: a path to a GGUF file, a model registered with `models add`, a catalog pair (its
+target, or its draft when a draft is asked for), or a catalog model. Nothing here downloads.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from localspec.models.catalog import Catalog, CatalogModel, CatalogPair, load_catalog, unknown_name_error
+from localspec.models.errors import ModelNotInstalledError
+from localspec.models.install import is_installed, model_path
+from localspec.models.registry import load_registry
+
+from localspec.config import Config
+from localspec.errors import IncompatibleModelsError, ModelLoadError
+
+NO_DRAFT = "none"
+
+
+def looks_like_path(name: str) -> bool:
+    return name.endswith(".gguf") or os.sep in name or name.startswith(("~", ".")) or Path(name).is_file()
+
+
+def _installed_path(model: CatalogModel, models_dir: Path, pull_name: str) -> Path:
+    if not is_installed(model, models_dir):
+        raise ModelNotInstalledError(
+            f"The model {model.name} ({model.file}) is not installed in {models_dir}. "
+            f"Run `localspec models pull {pull_name}` to download it."
+        )
+    return model_path(model, models_dir)
+
+
+def resolve_model(
+    name_or_path: str,
+    models_dir: Path,
+    *,
+    role: Literal["target", "draft"] = "target",
+    catalog: Catalog | None = None,
+) -> Path:
+    """The GGUF file for a path or an installed name; ModelLoadError saying what to run if there is none."""
+    name = name_or_path.strip()
+    if looks_like_path(name):
+        path = Path(name).expanduser()
+        if path.is_file():
+            return path.resolve()
+        if path.parent == Path(".") and (models_dir / name).is_file():
+            return (models_dir / name).resolve()
+        raise ModelLoadError(
+            f"The model file {path} does not exist. Check the path, or run `localspec models list`."
+        )
+    local = load_registry().local
+    if name in local:
+        path = Path(local[name].path)
+        if not path.is_file():
+            raise ModelLoadError(
+                f"The registered model {name!r} points at {path}, which no longer exists. Register the "
+                f"file's new location with `localspec models add NEW_PATH --name {name}`, or "
+                f"`localspec models rm {name}`."
+            )
+        return path
+    catalog = catalog or load_catalog()
+    entry = catalog.lookup(name)
+    if isinstance(entry, CatalogPair):
+        return _installed_path(
+            catalog.models[entry.draft if role == "draft" else entry.target], models_dir, entry.name
+        )
+    if isinstance(entry, CatalogModel):
+        return _installed_path(entry, models_dir, entry.name)
+    raise unknown_name_error(name, catalog.names() + list(local))
+
+
+def resolve_pair(config: Config, *, catalog: Catalog | None = None) -> tuple[Path, Path | None]:
+    """(target, draft) files for config.target / config.draft.
+
+    config.target may name a pair (both files); a non-empty config.draft overrides the pair's draft, and
+    "none" runs without one.
+    """
+    catalog = catalog or load_catalog()
+    models_dir = config.models_path()
+    target_name = config.target.strip() or (pair.name if (pair := catalog.default_pair()) else "")
+    draft_name = config.draft.strip()
+    entry = None if looks_like_path(target_name) else catalog.lookup(target_name)
+    pair_draft: Path | None = None
+    if isinstance(entry, CatalogPair) and target_name not in load_registry().local:
+        target_model, draft_model = catalog.pair_models(entry)
+        needed = [target_model] if draft_name else [target_model, draft_model]
+        missing = [m.name for m in needed if not is_installed(m, models_dir)]
+        if missing:
+            raise ModelNotInstalledError(
+                f"The model pair {entry.name} is not installed in {models_dir} "
+                f"(missing: {', '.join(missing)}). "
+                f"Run `localspec models pull {entry.name}` to download it."
+            )
+        target = model_path(target_model, models_dir)
+        if not draft_name:
+            pair_draft = model_path(draft_model, models_dir)
+    else:
+        target = resolve_model(target_name, models_dir, catalog=catalog)
+    if draft_name.lower() == NO_DRAFT:
+        return target, None
+    if draft_name:
+        return target, resolve_model(draft_name, models_dir, role="draft", catalog=catalog)
+    return target, pair_draft
+
+
+@dataclass
+class PairChoice:
+    """What `models use` resolved and will write to config."""
+
+    target_setting: str
+    draft_setting: str
+    target: Path
+    draft: Path | None
+
+
+def choose_pair(
+    target: str, draft: str | None, config: Config, *, catalog: Catalog | None = None
+) -> PairChoice:
+    """Resolve TARGET [DRAFT] for `models use`, check the pair can work together, and say what to store.
+
+    Paths are stored absolute (the daemon may run from another directory); names are stored as names.
+    """
+    from localspec.engine.compat import check_compatible  # loads vocabularies through llama.cpp
+
+    def setting(name: str) -> str:
+        if name.lower() == NO_DRAFT or not looks_like_path(name):
+            return name
+        return str(Path(name).expanduser().resolve())
+
+    candidate = Config(
+        target=setting(target),
+        draft=setting(draft) if draft else "",
+        models_dir=config.models_dir,
+    )
+    target_path, draft_path = resolve_pair(candidate, catalog=catalog)
+    if draft_path is not None:
+        try:
+            check_compatible(target_path, draft_path)
+        except IncompatibleModelsError as exc:
+            raise IncompatibleModelsError(
+                f"{exc} The active pair was not changed; pass another DRAFT, or `none` to run the target alone."
+            ) from exc
+    return PairChoice(candidate.target, candidate.draft, target_path, draft_path)

@@ -1,0 +1,300 @@
+"""The HTTP API over a real `localspec serve` on loopback, driven by the official `openai` client and httpx.
+
+Tiny models emit random bytes, so the assertions compare the daemon's answers with each other (stream vs
+non-stream, the same request twice) and check shapes, never the text itself.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from conftest import RunningDaemon, TinyModels, start_daemon, stop_daemon
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from openai.types.chat import ChatCompletionMessageParam
+
+SPECULATIVE_KEYS = {
+    "drafted",
+    "accepted",
+    "acceptance",
+    "mean_accepted_length",
+    "tokens_per_second",
+    "draft_sources",
+}
+
+
+@pytest.fixture(scope="module")
+def shared(tiny_models: TinyModels, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDaemon]:
+    """One daemon for the tests here that do not count requests (starting one per test costs ~0.5 s)."""
+    running = start_daemon(
+        tmp_path_factory.mktemp("api") / "home",
+        [
+            *("--target", str(tiny_models.target), "--draft", str(tiny_models.draft_similar)),
+            *("--n-ctx", "2048", "--threads", "1"),
+        ],
+    )
+    yield running
+    stop_daemon(running.process)
+
+
+@pytest.fixture
+def oai(shared: RunningDaemon) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{shared.url}/v1", api_key=shared.token, max_retries=0, timeout=30)
+
+
+def test_models_lists_the_target(oai: openai.OpenAI) -> None:
+    models = oai.models.list()
+    assert [m.id for m in models.data] == ["tiny-target"]
+
+
+def test_completion_stream_equals_non_stream_and_reports_speculation(oai: openai.OpenAI) -> None:
+    whole = oai.completions.create(model="tiny-target", prompt="def add(a, b):", max_tokens=40, temperature=0)
+    text = whole.choices[0].text
+    assert whole.usage is not None and whole.usage.completion_tokens > 0
+    assert whole.choices[0].finish_reason in ("stop", "length")
+    extra = whole.model_extra or {}
+    assert set(extra["speculative"]) == SPECULATIVE_KEYS
+
+    chunks = list(oai.completions.create(model="x", prompt="def add(a, b):", max_tokens=40, stream=True))
+    assert "".join(c.choices[0].text for c in chunks) == text
+    last = chunks[-1].model_extra or {}
+    assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    assert set(last["speculative"]) == SPECULATIVE_KEYS
+    for chunk in chunks[:-1]:
+        step = (chunk.model_extra or {})["speculative_step"]
+        assert step["source"] in ("draft", "ngram", "none")
+        assert 0 <= step["drafted_chars"] <= len(chunk.choices[0].text)
+
+
+def test_chat_uses_the_template_and_streams_the_same_text(oai: openai.OpenAI) -> None:
+    messages: list[ChatCompletionMessageParam] = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Write a loop."},
+    ]
+    whole = oai.chat.completions.create(model="tiny-target", messages=messages, max_tokens=30)
+    assert whole.choices[0].message.role == "assistant"
+    # The template wraps each message in <|im_start|>role ... <|im_end|>: far more tokens than the raw text.
+    assert whole.usage is not None and whole.usage.prompt_tokens > len("Be brief.Write a loop.") // 2
+
+    stream = oai.chat.completions.create(model="tiny-target", messages=messages, max_tokens=30, stream=True)
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == whole.choices[0].message.content
+    assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+
+
+def test_speculative_none_gives_the_same_text_as_adaptive(oai: openai.OpenAI) -> None:
+    # Lossless speculation: drafting changes the speed, never the greedy output.
+    prompt = "for i in range(10):"
+    adaptive = oai.completions.create(
+        model="m", prompt=prompt, max_tokens=48, extra_body={"speculative": "adaptive", "slot": "a"}
+    )
+    plain = oai.completions.create(
+        model="m", prompt=prompt, max_tokens=48, extra_body={"speculative": "none", "slot": "b"}
+    )
+    assert adaptive.choices[0].text == plain.choices[0].text
+    assert (plain.model_extra or {})["speculative"]["drafted"] == 0
+
+
+def test_infill_stream_and_non_stream_agree(shared: RunningDaemon) -> None:
+    body = {"prefix": "def add(a, b):\n    return ", "suffix": "\n\nprint(add(1, 2))\n", "max_tokens": 32}
+    whole = httpx.post(f"{shared.url}/v1/infill", json=body, headers=shared.headers, timeout=30)
+    assert whole.status_code == 200, whole.text
+    data = whole.json()
+    assert data["finish_reason"] in ("stop", "length")
+    assert set(data["speculative"]) == SPECULATIVE_KEYS
+    assert data["usage"]["completion_tokens"] >= 1
+
+    pieces, final = [], None
+    with httpx.stream(
+        "POST", f"{shared.url}/v1/infill", json={**body, "stream": True}, headers=shared.headers, timeout=30
+    ) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                chunk = json.loads(line[6:])
+                pieces.append(chunk["content"])
+                if "finish_reason" in chunk:
+                    final = chunk
+    assert "".join(pieces) == data["content"]
+    assert final is not None and final["finish_reason"] == data["finish_reason"]
+
+
+def test_infill_single_line_never_returns_more_than_one_line(shared: RunningDaemon) -> None:
+    for prefix in ("x = ", "def f(", "import ", "if a:\n    "):
+        body = {"prefix": prefix, "suffix": "\n", "max_tokens": 64, "single_line": True}
+        data = httpx.post(f"{shared.url}/v1/infill", json=body, headers=shared.headers, timeout=30).json()
+        assert "\n" not in data["content"].lstrip("\n"), data
+
+
+def test_infill_with_extra_files_is_accepted(shared: RunningDaemon) -> None:
+    body = {
+        "prefix": "from util import helper\nhelper(",
+        "suffix": ")\n",
+        "extra": [{"filename": "util.py", "text": "def helper(x):\n    return x\n"}],
+        "filename": "main.py",
+        "max_tokens": 16,
+    }
+    response = httpx.post(f"{shared.url}/v1/infill", json=body, headers=shared.headers, timeout=30)
+    assert response.status_code == 200, response.text
+    assert response.json()["usage"]["prompt_tokens"] > len("def helper(x):") // 2
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "fragment"),
+    [
+        ("/v1/completions", {"prompt": "x", "max_tokens": 0}, "max_tokens"),
+        ("/v1/completions", {"prompt": "x", "temperature": "hot"}, "temperature"),
+        ("/v1/completions", {"prompt": "x", "n": 3}, "n"),
+        ("/v1/completions", {"max_tokens": 5}, "prompt"),
+        ("/v1/completions", {"prompt": ["a", "b"]}, "batched"),
+        ("/v1/completions", {"prompt": "x", "speculative": "turbo"}, "speculative"),
+        ("/v1/completions", {"prompt": "x", "slot": "../../etc"}, "slot"),
+        ("/v1/completions", {"prompt": [999999]}, "token ids"),
+        ("/v1/chat/completions", {"messages": []}, "messages"),
+        ("/v1/chat/completions", {"messages": [{"role": "robot", "content": "hi"}]}, "role"),
+        ("/v1/infill", {"suffix": "x"}, "prefix"),
+        ("/v1/infill", {"prefix": "x", "max_tokens": -1}, "max_tokens"),
+    ],
+)
+def test_bad_requests_get_400_with_a_message(
+    shared: RunningDaemon, path: str, body: dict, fragment: str
+) -> None:
+    response = httpx.post(f"{shared.url}{path}", json=body, headers=shared.headers, timeout=30)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert fragment in error["message"]
+    assert error["type"] == "invalid_request_error"
+
+
+def test_malformed_json_and_unknown_routes_are_4xx(shared: RunningDaemon) -> None:
+    bad = httpx.post(f"{shared.url}/v1/completions", content=b"{not json", headers=shared.headers, timeout=10)
+    assert bad.status_code == 400 and "not valid JSON" in bad.json()["error"]["message"]
+    not_object = httpx.post(f"{shared.url}/v1/completions", json=[1, 2], headers=shared.headers, timeout=10)
+    assert not_object.status_code == 400 and "JSON object" in not_object.json()["error"]["message"]
+    missing = httpx.get(f"{shared.url}/v1/nothing", headers=shared.headers, timeout=10)
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    wrong_method = httpx.get(f"{shared.url}/v1/completions", headers=shared.headers, timeout=10)
+    assert wrong_method.status_code == 405
+
+
+def test_prompt_longer_than_the_context_is_400_not_500(oai: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        oai.completions.create(model="m", prompt="word " * 3000, max_tokens=5)
+    assert caught.value.code == "context_length_exceeded"
+    with pytest.raises(openai.BadRequestError):  # same answer when streaming: a 400 before any chunk
+        list(oai.completions.create(model="m", prompt="word " * 3000, max_tokens=5, stream=True))
+
+
+def test_stats_and_metrics_count_requests(daemon: RunningDaemon) -> None:
+    oai = openai.OpenAI(base_url=f"{daemon.url}/v1", api_key=daemon.token, max_retries=0, timeout=30)
+    oai.completions.create(model="m", prompt="abc", max_tokens=8)
+    oai.completions.create(model="m", prompt="abc", max_tokens=8)  # same prefix: a KV cache hit
+    stats = httpx.get(f"{daemon.url}/v1/stats", headers=daemon.headers, timeout=10).json()
+    assert stats["requests"]["completion"] == 2
+    assert stats["engine"]["tokens"] >= 2
+    assert stats["engine"]["cache_hit_tokens"] > 0
+    assert stats["queue_length"] == 0
+    metrics = httpx.get(f"{daemon.url}/metrics", headers=daemon.headers, timeout=10)
+    assert metrics.headers["content-type"].startswith("text/plain")
+    assert 'localspec_requests_total{kind="completion"} 2' in metrics.text
+    assert "localspec_acceptance_ratio" in metrics.text
+    assert "localspec_queue_length 0" in metrics.text
+
+
+def test_model_without_fim_tokens_gets_a_clear_400(tiny_models: TinyModels, tmp_path: Path) -> None:
+    running = start_daemon(tmp_path / "home", ["--target", str(tiny_models.no_fim), "--threads", "1"])
+    try:
+        response = httpx.post(
+            f"{running.url}/v1/infill",
+            json={"prefix": "a", "suffix": "b"},
+            headers=running.headers,
+            timeout=30,
+        )
+        assert response.status_code == 400
+        assert "fill-in-the-middle" in response.json()["error"]["message"]
+        assert response.json()["error"]["code"] == "unsupported"
+    finally:
+        stop_daemon(running.process)
+
+
+_ANY_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3)
+    ),
+    max_leaves=6,
+)
+_FIELDS = {
+    "/v1/completions": [
+        "prompt",
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "top_k",
+        "seed",
+        "stop",
+        "speculative",
+        "slot",
+        "n",
+        "draft_max",
+        "min_p",
+        "repeat_penalty",
+    ],
+    "/v1/chat/completions": [
+        "messages",
+        "max_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "seed",
+        "stop",
+        "speculative",
+        "slot",
+    ],
+    "/v1/infill": [
+        "prefix",
+        "suffix",
+        "extra",
+        "filename",
+        "max_tokens",
+        "single_line",
+        "stop",
+        "temperature",
+    ],
+}
+_GOOD = {
+    "/v1/completions": {"prompt": "x", "max_tokens": 4},
+    "/v1/chat/completions": {"messages": [{"role": "user", "content": "x"}], "max_tokens": 4},
+    "/v1/infill": {"prefix": "x", "suffix": "y", "max_tokens": 4},
+}
+
+
+@pytest.mark.parametrize("path", list(_FIELDS))
+def test_no_request_body_makes_the_daemon_fail_with_500(shared: RunningDaemon, path: str) -> None:
+    """Start from a valid body and replace fields with arbitrary JSON: the answer is 200 or a 4xx error."""
+
+    @settings(max_examples=40, deadline=None)
+    @given(st.dictionaries(st.sampled_from(_FIELDS[path]), _ANY_JSON, max_size=4))
+    def check(changes: dict) -> None:
+        body = {**_GOOD[path], **changes}
+        if isinstance(body.get("max_tokens"), int) and body["max_tokens"] > 64:
+            body["max_tokens"] = 64  # keep generations short; the range check is tested elsewhere
+        response = httpx.post(f"{shared.url}{path}", json=body, headers=shared.headers, timeout=30)
+        assert response.status_code == 200 or 400 <= response.status_code < 500, (body, response.text)
+        if response.status_code != 200:
+            assert response.json()["error"]["message"]
+
+    check()

@@ -1,0 +1,93 @@
+"""localspec.client against a real daemon: discovery, sync and async streaming, cancellation, error mapping."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from conftest import RunningDaemon
+
+from localspec.client import AsyncDaemonClient, DaemonClient, discover, ensure_daemon
+from localspec.errors import ContextOverflowError, DaemonUnavailableError, InvalidRequestError
+
+MESSAGES = [{"role": "user", "content": "hello"}]
+
+
+def test_discover_and_ensure_find_the_running_daemon(daemon: RunningDaemon) -> None:
+    info = discover()
+    assert info is not None and info.url == daemon.url and info.pid == daemon.process.pid
+    with ensure_daemon(autostart=False) as client:
+        assert client.url == daemon.url
+        assert client.token == daemon.token
+        assert client.health()["status"] == "ok"
+
+
+def test_sync_stream_matches_the_whole_answer(daemon: RunningDaemon) -> None:
+    with DaemonClient() as client:
+        whole = client.chat(MESSAGES, max_tokens=24)
+        with client.stream_chat(MESSAGES, max_tokens=24) as stream:
+            text = "".join(chunk["choices"][0]["delta"].get("content") or "" for chunk in stream)
+        assert text == whole["choices"][0]["message"]["content"]
+        assert stream.final is not None
+        # Same tokens generated (the cached prompt share differs: the second request reuses the first's KV).
+        assert stream.final["usage"]["completion_tokens"] == whole["usage"]["completion_tokens"]
+        infill = client.infill("x = ", "\n", max_tokens=8)
+        with client.stream_infill("x = ", "\n", max_tokens=8) as infill_stream:
+            assert "".join(c["content"] for c in infill_stream) == infill["content"]
+
+
+async def test_async_stream_matches_the_whole_answer(daemon: RunningDaemon) -> None:
+    async with AsyncDaemonClient() as client:
+        whole = await client.complete("abc", max_tokens=20)
+        pieces = []
+        async with client.stream_complete("abc", max_tokens=20) as stream:
+            async for chunk in stream:
+                pieces.append(chunk["choices"][0]["text"])
+        assert "".join(pieces) == whole["choices"][0]["text"]
+        assert (
+            stream.final is not None
+            and stream.final["choices"][0]["finish_reason"] == whole["choices"][0]["finish_reason"]
+        )
+        assert (await client.infill("a", "b", max_tokens=4))["usage"]["completion_tokens"] >= 1
+
+
+async def test_async_stream_closed_early_cancels_on_the_daemon(daemon: RunningDaemon) -> None:
+    async with AsyncDaemonClient() as client:
+        async with client.stream_chat(MESSAGES, max_tokens=400, slot="early") as stream:
+            async for _chunk in stream:
+                break
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            recent = (await client.stats())["recent"]
+            if recent and recent[-1]["slot"] == "early":
+                # The tiny model may also have reached its end-of-generation token first; either way it ended.
+                assert recent[-1]["finish_reason"] in ("cancelled", "stop")
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError("the early-closed generation never finished")
+
+
+def test_errors_map_to_the_localspec_hierarchy(daemon: RunningDaemon) -> None:
+    with DaemonClient() as client:
+        with pytest.raises(ContextOverflowError):
+            client.complete("word " * 3000, max_tokens=4)
+        with pytest.raises(InvalidRequestError, match="max_tokens"):
+            client.complete("x", max_tokens=0)
+        with pytest.raises(ContextOverflowError):
+            client.stream_complete("word " * 3000, max_tokens=4)
+    with (
+        DaemonClient(daemon.url, token="wrong-token-wrong-token") as bad,
+        pytest.raises(DaemonUnavailableError),
+    ):
+        bad.models()
+
+
+def test_a_stopped_daemon_is_reported_as_unavailable(daemon: RunningDaemon) -> None:
+    client = DaemonClient()
+    daemon.process.terminate()
+    daemon.process.wait(timeout=15)
+    with pytest.raises(DaemonUnavailableError, match="localspec serve"):
+        client.health()
+    client.close()
+    assert discover() is None

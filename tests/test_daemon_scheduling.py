@@ -1,0 +1,184 @@
+"""Scheduling on a real daemon: client disconnects cancel generations; editor infill pre-empts a chat reply.
+
+These need generations long enough to interrupt. The shared tiny models reach an end-of-generation token
+within ~200 tokens, so this module writes "endless" variants: the same random weights with the output rows of
+the special (control) tokens zeroed. Their logit is then 0 while the best of ~260 random logits is well above
+0, so greedy decoding never ends early and runs to max_tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import tiny_models
+from conftest import RunningDaemon, start_daemon, stop_daemon
+
+CHAT = [{"role": "user", "content": "Tell me everything."}]
+LONG = 1500  # tokens; ~0.2-2 s of decoding for these tiny models, depending on how busy the CPU is
+
+
+def write_endless_model(path: Path, spec: tiny_models.TinySpec, name: str) -> Path:
+    n_normal = 256 + len(tiny_models.MERGES)
+    original = tiny_models._weights
+
+    def weights(spec: tiny_models.TinySpec, n_vocab: int) -> dict[str, np.ndarray]:
+        tensors = original(spec, n_vocab)
+        tensors["output.weight"][n_normal:] = 0.0
+        return tensors
+
+    tiny_models._weights = weights
+    try:
+        return tiny_models.write_tiny_model(path, spec, name=name)
+    finally:
+        tiny_models._weights = original
+
+
+@pytest.fixture(scope="module")
+def endless(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDaemon]:
+    folder = tmp_path_factory.mktemp("endless")
+    target = write_endless_model(folder / "target.gguf", tiny_models.TinySpec(seed=1), "endless-target")
+    draft = write_endless_model(
+        folder / "draft.gguf", tiny_models.TinySpec(seed=2, noise_from=1, noise=0.05), "endless-draft"
+    )
+    running = start_daemon(
+        folder / "home", ["--target", str(target), "--draft", str(draft), "--n-ctx", "2048", "--threads", "1"]
+    )
+    yield running
+    stop_daemon(running.process)
+
+
+def _recent(daemon: RunningDaemon) -> list[dict[str, Any]]:
+    stats = httpx.get(f"{daemon.url}/v1/stats", headers=daemon.headers, timeout=10).json()
+    return stats["recent"]
+
+
+def _wait_for_request(daemon: RunningDaemon, kind: str, count: int, timeout: float = 20) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        finished = [r for r in _recent(daemon) if r["kind"] == kind]
+        if len(finished) >= count:
+            return finished[count - 1]
+        time.sleep(0.02)
+    raise AssertionError(f"no finished {kind} request #{count} in /v1/stats")
+
+
+def _chat_body(**extra: Any) -> dict[str, Any]:
+    return {"messages": CHAT, "max_tokens": LONG, **extra}
+
+
+def test_endless_model_runs_to_max_tokens(endless: RunningDaemon) -> None:
+    body = {"prompt": "x", "max_tokens": 200}
+    data = httpx.post(f"{endless.url}/v1/completions", json=body, headers=endless.headers, timeout=60).json()
+    assert data["choices"][0]["finish_reason"] == "length"
+    assert data["usage"]["completion_tokens"] == 200
+
+
+def test_closing_a_stream_cancels_the_generation(endless: RunningDaemon) -> None:
+    before = len([r for r in _recent(endless) if r["kind"] == "chat"])
+    with httpx.stream(
+        "POST",
+        f"{endless.url}/v1/chat/completions",
+        json=_chat_body(stream=True, slot="gone"),
+        headers=endless.headers,
+        timeout=30,
+    ) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                break  # one chunk, then hang up
+    record = _wait_for_request(endless, "chat", before + 1)
+    assert record["finish_reason"] == "cancelled"
+    assert 0 < record["tokens"] < LONG // 2, record
+
+
+def test_a_non_streaming_client_that_disconnects_cancels_too(endless: RunningDaemon) -> None:
+    before = len([r for r in _recent(endless) if r["kind"] == "completion"])
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            f"{endless.url}/v1/completions",
+            json={"prompt": "y", "max_tokens": 2000, "slot": "gone2"},
+            headers=endless.headers,
+            timeout=httpx.Timeout(0.05, connect=5),
+        )
+    record = _wait_for_request(endless, "completion", before + 1)
+    assert record["finish_reason"] == "cancelled"
+    assert record["tokens"] < 2000
+
+
+def _stream_chat(daemon: RunningDaemon, first_chunk: threading.Event, out: dict[str, Any]) -> None:
+    pieces = []
+    with httpx.stream(
+        "POST",
+        f"{daemon.url}/v1/chat/completions",
+        json=_chat_body(stream=True),
+        headers=daemon.headers,
+        timeout=60,
+    ) as response:
+        for line in response.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            pieces.append(chunk["choices"][0]["delta"].get("content") or "")
+            out["finish_reason"] = chunk["choices"][0]["finish_reason"]
+            first_chunk.set()
+    out["text"] = "".join(pieces)
+
+
+def test_infill_preempts_a_running_chat_and_both_finish_correctly(endless: RunningDaemon) -> None:
+    infill_body = {"prefix": "def f(x):\n    return ", "suffix": "\n", "max_tokens": 24}
+    # Each alone first: the reference outputs (greedy, so deterministic).
+    chat_alone = httpx.post(
+        f"{endless.url}/v1/chat/completions", json=_chat_body(), headers=endless.headers, timeout=60
+    ).json()
+    infill_alone = httpx.post(
+        f"{endless.url}/v1/infill", json=infill_body, headers=endless.headers, timeout=60
+    )
+    preemptions_before = httpx.get(f"{endless.url}/v1/stats", headers=endless.headers, timeout=10).json()[
+        "preemptions"
+    ]
+
+    first_chunk, chat_out = threading.Event(), dict[str, Any]()
+    chat_thread = threading.Thread(target=_stream_chat, args=(endless, first_chunk, chat_out))
+    chat_thread.start()
+    assert first_chunk.wait(30)
+    infill = httpx.post(f"{endless.url}/v1/infill", json=infill_body, headers=endless.headers, timeout=60)
+    chat_thread.join(60)
+
+    assert infill.json()["content"] == infill_alone.json()["content"]
+    assert chat_out["text"] == chat_alone["choices"][0]["message"]["content"]
+    assert chat_out["finish_reason"] == "length"
+    stats = httpx.get(f"{endless.url}/v1/stats", headers=endless.headers, timeout=10).json()
+    assert stats["preemptions"] > preemptions_before
+    order = [r["kind"] for r in stats["recent"]][-2:]
+    assert order == ["infill", "chat"], "the infill should finish while the chat was still generating"
+
+
+def test_an_infill_between_two_chat_turns_does_not_evict_the_chat_cache(daemon: RunningDaemon) -> None:
+    first = httpx.post(
+        f"{daemon.url}/v1/chat/completions",
+        json={"messages": CHAT, "max_tokens": 8},
+        headers=daemon.headers,
+        timeout=30,
+    ).json()
+    for prefix in ("import os\n", "def g():\n    ", "x = "):
+        infill = {"prefix": prefix * 20, "suffix": "\n", "max_tokens": 8}
+        assert httpx.post(
+            f"{daemon.url}/v1/infill", json=infill, headers=daemon.headers, timeout=30
+        ).is_success
+    follow_up = [*CHAT, {"role": "assistant", "content": "ok"}, {"role": "user", "content": "more"}]
+    second = httpx.post(
+        f"{daemon.url}/v1/chat/completions",
+        json={"messages": follow_up, "max_tokens": 8},
+        headers=daemon.headers,
+        timeout=30,
+    ).json()
+    # The follow-up starts with the first turn's prompt, still cached in the chat's own slot.
+    assert second["usage"]["prompt_tokens_details"]["cached_tokens"] >= first["usage"]["prompt_tokens"] - 1
