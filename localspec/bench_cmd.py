@@ -21,21 +21,34 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--target", help="target GGUF path or catalog name (default: configured)")
     parser.add_argument("--draft", help="draft GGUF path or catalog name (default: configured)")
-    parser.add_argument("--workloads", default="humaneval,fim,code-edit",
-                        help="comma-separated: humaneval, fim, code-edit (default: all three)")
+    parser.add_argument(
+        "--workloads",
+        default="humaneval,fim,code-edit",
+        help="comma-separated: humaneval, fim, code-edit (default: all three)",
+    )
     parser.add_argument("--jsonl", type=Path, help="also run your own prompts (one JSON object per line)")
     parser.add_argument("--prompts", type=int, default=10, help="prompts per workload (default 10)")
     parser.add_argument("--max-tokens", type=int, default=128)
-    parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {', '.join(MODES)}")
+    parser.add_argument(
+        "--modes", default=",".join(MODES), help=f"comma-separated subset of {', '.join(MODES)}"
+    )
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
-    parser.add_argument("--gpu-layers", type=int, default=-1, help="layers on the GPU (-1: all when available)")
+    parser.add_argument(
+        "--gpu-layers", type=int, default=-1, help="layers on the GPU (-1: all when available)"
+    )
     parser.add_argument("--n-ctx", type=int, default=4096)
     parser.add_argument("--draft-max", type=int, default=16)
     parser.add_argument("--draft-p-min", type=float, default=0.75)
     parser.add_argument("--tie-margin", type=float, help="near-tie settling threshold (default: engine's)")
-    parser.add_argument("--against-llama-server", type=Path, metavar="PATH",
-                        help="llama-server binary: also run it alone and in its speculative modes")
-    parser.add_argument("--out", type=Path, default=Path("bench/results"), help="folder for JSON and PNG results")
+    parser.add_argument(
+        "--against-llama-server",
+        type=Path,
+        metavar="PATH",
+        help="llama-server binary: also run it alone and in its speculative modes",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("bench/results"), help="folder for JSON and PNG results"
+    )
     parser.set_defaults(func=run)
 
 
@@ -60,19 +73,30 @@ def run(args: argparse.Namespace) -> int:
     config = load_config()
     target, draft = resolve_model_paths(config, args.target, args.draft)
     threads = args.threads or default_threads()
-    tasks = []
+    tasks: list[workloads.Task] = []
     for name in [w.strip() for w in args.workloads.split(",") if w.strip()]:
         if name not in workloads.WORKLOADS:
-            raise InvalidRequestError(f"Unknown workload {name!r}; choose from {', '.join(workloads.WORKLOADS)}.")
+            raise InvalidRequestError(
+                f"Unknown workload {name!r}; choose from {', '.join(workloads.WORKLOADS)}."
+            )
         tasks.extend(workloads.WORKLOADS[name](args.prompts, args.max_tokens))
     if args.jsonl:
         tasks.extend(workloads.from_jsonl(args.jsonl, args.max_tokens))
 
-    engine = Engine(EngineSettings(
-        target_path=target, draft_path=draft, n_ctx=args.n_ctx, threads=threads, target_gpu_layers=args.gpu_layers,
-        draft_gpu_layers=args.gpu_layers, slots=1, draft_max=args.draft_max, draft_p_min=args.draft_p_min,
-        tie_margin=DEFAULT_TIE_MARGIN if args.tie_margin is None else args.tie_margin,
-    ))
+    engine = Engine(
+        EngineSettings(
+            target_path=target,
+            draft_path=draft,
+            n_ctx=args.n_ctx,
+            threads=threads,
+            target_gpu_layers=args.gpu_layers,
+            draft_gpu_layers=args.gpu_layers,
+            slots=1,
+            draft_max=args.draft_max,
+            draft_p_min=args.draft_p_min,
+            tie_margin=DEFAULT_TIE_MARGIN if args.tie_margin is None else args.tie_margin,
+        )
+    )
     prompts = [runner.prompt_tokens(engine, task) for task in tasks]
     server_modes = runner.llama_server_modes(draft) if args.against_llama_server else []
     runs: list[runner.Run] = []
@@ -97,8 +121,15 @@ def run(args: argparse.Namespace) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         for server_mode in server_modes:
             bar = progress.add_task(f"llama-server {server_mode.name}", total=len(tasks))
-            server = runner.LlamaServer(args.against_llama_server, target, server_mode, args.n_ctx, threads,
-                                        99 if args.gpu_layers < 0 else args.gpu_layers, args.out / "llama-server.log")
+            server = runner.LlamaServer(
+                args.against_llama_server,
+                target,
+                server_mode,
+                args.n_ctx,
+                threads,
+                99 if args.gpu_layers < 0 else args.gpu_layers,
+                args.out / "llama-server.log",
+            )
             try:
                 references = {r.task_id: r for r in runs if r.system == "llama-server" and r.mode == "none"}
                 for task, tokens in zip(tasks, prompts, strict=True):
@@ -113,10 +144,19 @@ def run(args: argparse.Namespace) -> int:
     rows = runner.summarize(runs)
     report.print_table(rows, Console(width=170))
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    meta = {"date": stamp, "machine": platform.node(), "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(), "threads": threads, "target": str(target), "draft": str(draft),
-            "max_tokens": args.max_tokens, "prompts_per_workload": args.prompts, "gpu_layers": args.gpu_layers,
-            "tie_margin": engine.settings.tie_margin}
+    meta = {
+        "date": stamp,
+        "machine": platform.node(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "threads": threads,
+        "target": str(target),
+        "draft": str(draft),
+        "max_tokens": args.max_tokens,
+        "prompts_per_workload": args.prompts,
+        "gpu_layers": args.gpu_layers,
+        "tie_margin": engine.settings.tie_margin,
+    }
     json_path = args.out / f"bench-{stamp}.json"
     runner.write_json(json_path, meta, rows, runs)
     console.print(f"results: {json_path}")

@@ -79,6 +79,14 @@ def _unavailable(url: str, exc: Exception) -> DaemonUnavailableError:
     )
 
 
+def _cut_off(url: str, exc: Exception) -> DaemonUnavailableError:
+    # The connection broke after the answer began: the daemon stopped, crashed or was killed mid-reply.
+    return DaemonUnavailableError(
+        f"The localspec daemon at {url} closed the connection mid-reply ({exc or type(exc).__name__}); "
+        "it may have stopped or crashed. Check `localspec status`, then send again."
+    )
+
+
 def _resolve(url: str | None, token: str | None) -> tuple[str, str | None]:
     if url is None:
         info = discover()
@@ -114,6 +122,7 @@ class Stream(AbstractContextManager["Stream"]):
 
     def __init__(self, response_cm: AbstractContextManager[httpx.Response], url: str) -> None:
         self._cm = response_cm
+        self._url = url
         self._closed = False
         try:
             self._response = response_cm.__enter__()
@@ -135,6 +144,9 @@ class Stream(AbstractContextManager["Stream"]):
         except StopIteration:
             self.close()
             raise
+        except httpx.TransportError as exc:
+            self.close()
+            raise _cut_off(self._url, exc) from exc
         except BaseException:
             self.close()
             raise
@@ -199,6 +211,9 @@ class AsyncStream(AbstractAsyncContextManager["AsyncStream"]):
                 if "usage" in chunk:
                     self.final = chunk
                 return chunk
+        except httpx.TransportError as exc:
+            await self.aclose()
+            raise _cut_off(self._url, exc) from exc
         except BaseException:
             await self.aclose()
             raise

@@ -53,7 +53,7 @@ def _summary(text: str, stats: dict[str, Any]) -> dict[str, Any]:
         "acceptance": stats["acceptance"],
         "tokens_per_second": stats["tokens_per_second"],
         "mean_accepted_length": stats.get("mean_accepted_length"),
-        "steps_by_source": stats.get("steps_by_source"),
+        "steps_by_source": stats.get("steps_by_source") or stats.get("draft_sources"),
     }
 
 
@@ -61,7 +61,8 @@ def _print_stats(label: str, stats: dict[str, Any]) -> None:
     print(
         f"[{label}] {stats['tokens']} tokens, {stats['tokens_per_second']:.2f} tok/s, drafted {stats['drafted']}, "
         f"accepted {stats['accepted']} (acceptance {stats['acceptance']:.0%}), "
-        f"mean accepted length {stats.get('mean_accepted_length', 0):.2f}, steps {stats.get('steps_by_source')}",
+        f"mean accepted length {stats.get('mean_accepted_length', 0):.2f} tokens per target pass, "
+        f"steps by draft source {stats.get('steps_by_source') or stats.get('draft_sources')}",
         file=sys.stderr,
     )
 

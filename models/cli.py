@@ -7,12 +7,12 @@ import json
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from localspec.models.catalog import Catalog, CatalogModel
     from rich.console import Console
     from rich.progress import Progress as RichBars
     from rich.progress import TaskID
 
     from localspec.config import Config
+    from localspec.models.catalog import Catalog, CatalogModel
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -124,9 +124,8 @@ def _count(n: int) -> str:
 
 
 def _context() -> tuple[Config, Catalog]:
-    from localspec.models.catalog import load_catalog
-
     from localspec.config import load_config
+    from localspec.models.catalog import load_catalog
 
     return load_config(), load_catalog()
 
@@ -144,11 +143,12 @@ def _catalog_models(catalog: Catalog, names: list[str]) -> list[CatalogModel]:
 
 
 def _list(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
     from localspec.models.download import human_size
     from localspec.models.install import is_installed, partial_bytes
     from localspec.models.registry import load_registry
     from localspec.models.resolve import resolve_pair
-    from rich.table import Table
 
     config, catalog = _context()
     models_dir = config.models_path()
@@ -417,9 +417,8 @@ def _add(args: argparse.Namespace) -> int:
 
 
 def _use(args: argparse.Namespace) -> int:
-    from localspec.models.resolve import choose_pair
-
     from localspec.config import update_config_file
+    from localspec.models.resolve import choose_pair
 
     config, catalog = _context()
     choice = choose_pair(args.target, args.draft, config, catalog=catalog)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from filelock import FileLock, Timeout
+
 from localspec.models.catalog import CatalogModel, HuggingFaceSource, PyPISource, Source, UrlSource
 from localspec.models.download import (
     NullProgress,

@@ -11,13 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from localspec.config import Config
+from localspec.errors import IncompatibleModelsError, ModelLoadError
 from localspec.models.catalog import Catalog, CatalogModel, CatalogPair, load_catalog, unknown_name_error
 from localspec.models.errors import ModelNotInstalledError
 from localspec.models.install import is_installed, model_path
 from localspec.models.registry import load_registry
-
-from localspec.config import Config
-from localspec.errors import IncompatibleModelsError, ModelLoadError
 
 NO_DRAFT = "none"
 

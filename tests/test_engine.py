@@ -268,3 +268,18 @@ def test_stats_are_consistent(similar_engine: Engine) -> None:
     assert stats["requests"] > 0
     assert stats["accepted"] <= stats["drafted"]
     assert 0.0 <= stats["acceptance"] <= 1.0
+
+
+def test_a_llama_build_that_dies_with_sigill_becomes_a_clear_error(
+    tiny_models, localspec_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from localspec.engine import canary
+
+    # The child really dies from SIGILL, as a -march=native build with AMX does on a VM that forbids AMX.
+    monkeypatch.setattr(canary, "_CHILD", "import os, signal; os.kill(os.getpid(), signal.SIGILL)")
+    monkeypatch.setattr(canary, "_checked", False)
+    with pytest.raises(ModelLoadError, match=r"(?s)illegal instruction \(SIGILL\).*build_flags\.py"):
+        canary.ensure_llama_runs(tiny_models.target)
+    monkeypatch.setattr(canary, "_CHILD", "pass")
+    canary.ensure_llama_runs(tiny_models.target)  # a healthy build is remembered
+    assert (localspec_home / "cache" / "llama-canary.ok").exists()

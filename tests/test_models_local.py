@@ -8,6 +8,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+
+from localspec import locations
+from localspec.cli import main
+from localspec.config import Config, load_config
+from localspec.errors import ModelLoadError
 from localspec.models import (
     ModelNotInstalledError,
     UnknownModelError,
@@ -16,11 +21,6 @@ from localspec.models import (
     resolve_pair,
 )
 from localspec.models.registry import load_registry
-
-from localspec import locations
-from localspec.cli import main
-from localspec.config import Config, load_config
-from localspec.errors import ModelLoadError
 
 CATALOG = """
 [pairs."tiny-pair"]

@@ -17,11 +17,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from localspec.models import ChecksumMismatchError, DiskSpaceError, DownloadError, load_catalog, pull_model
-from localspec.models.registry import load_registry
 
 from localspec.cli import main
 from localspec.config import load_config
+from localspec.models import ChecksumMismatchError, DiskSpaceError, DownloadError, load_catalog, pull_model
+from localspec.models.registry import load_registry
 
 MODEL = "tiny-target"
 

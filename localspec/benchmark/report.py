@@ -11,17 +11,32 @@ from rich.table import Table
 
 def print_table(rows: list[dict[str, Any]], console: Console) -> None:
     table = Table(title="localspec bench (decode tok/s; speedup vs target alone in this run)")
-    for column in ("workload", "system", "mode", "tok/s", "speedup", "vs localspec alone", "acceptance",
-                   "mean acc. len", "draft/verify/sample", "identical"):
+    for column in (
+        "workload",
+        "system",
+        "mode",
+        "tok/s",
+        "speedup",
+        "vs localspec alone",
+        "acceptance",
+        "mean acc. len",
+        "draft/verify/sample",
+        "identical",
+    ):
         table.add_column(column, justify="right" if column not in ("workload", "system", "mode") else "left")
     for row in sorted(rows, key=lambda r: (r["workload"], r["system"] != "localspec", r["mode"])):
         split = row["time_split"]
         table.add_row(
-            row["workload"], row["system"], row["mode"], f"{row['tokens_per_second']:.1f}",
-            _ratio(row["speedup_vs_own_target_alone"]), _ratio(row["speedup_vs_localspec_target_alone"]),
+            row["workload"],
+            row["system"],
+            row["mode"],
+            f"{row['tokens_per_second']:.1f}",
+            _ratio(row["speedup_vs_own_target_alone"]),
+            _ratio(row["speedup_vs_localspec_target_alone"]),
             f"{row['acceptance']:.2f}" if row["acceptance"] is not None else "-",
             f"{row['mean_accepted_length']:.2f}" if row["mean_accepted_length"] else "-",
-            f"{split['draft']:.2f}/{split['verify']:.2f}/{split['sample']:.2f}" if row["system"] == "localspec"
+            f"{split['draft']:.2f}/{split['verify']:.2f}/{split['sample']:.2f}"
+            if row["system"] == "localspec"
             else "-",
             f"{row['identical']}/{row['compared']}" if row["compared"] else "-",
         )
@@ -45,8 +60,12 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path:
     for index, (system, mode) in enumerate(series):
         by_workload = {r["workload"]: r for r in rows if (r["system"], r["mode"]) == (system, mode)}
         xs = [w + index * width for w in range(len(workloads))]
-        speed_axis.bar(xs, [by_workload.get(w, {}).get("speedup_vs_localspec_target_alone") or 0 for w in workloads],
-                       width, label=f"{system} {mode}")
+        speed_axis.bar(
+            xs,
+            [by_workload.get(w, {}).get("speedup_vs_localspec_target_alone") or 0 for w in workloads],
+            width,
+            label=f"{system} {mode}",
+        )
         accept_axis.bar(xs, [by_workload.get(w, {}).get("acceptance") or 0 for w in workloads], width)
     for axis, title in ((speed_axis, "speedup vs localspec target alone"), (accept_axis, "acceptance")):
         axis.set_xticks([w + 0.4 - width / 2 for w in range(len(workloads))], workloads)

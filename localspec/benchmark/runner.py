@@ -57,14 +57,28 @@ def prompt_tokens(engine: Engine, task: Task) -> list[int]:
 def run_localspec(engine: Engine, task: Task, tokens: list[int], mode: str) -> Run:
     engine.reset_cache()  # every run pays for its prompt alike; decode speed is what is compared
     result = engine.complete(
-        GenerationRequest(prompt=tokens, max_tokens=task.max_tokens, speculative=mode,  # type: ignore[arg-type]
-                          slot="bench", record_margins=mode == TARGET_ALONE)
+        GenerationRequest(
+            prompt=tokens,
+            max_tokens=task.max_tokens,
+            speculative=mode,  # type: ignore[arg-type]
+            slot="bench",
+            record_margins=mode == TARGET_ALONE,
+        )
     )
     stats = result.stats
     return Run(
-        system="localspec", mode=mode, workload=task.workload, task_id=task.task_id, tokens=stats.tokens,
-        decode_seconds=stats.t_total - stats.t_prompt, drafted=stats.drafted, accepted=stats.accepted,
-        target_passes=stats.target_passes, text=result.text, token_ids=result.token_ids, settled=stats.settled,
+        system="localspec",
+        mode=mode,
+        workload=task.workload,
+        task_id=task.task_id,
+        tokens=stats.tokens,
+        decode_seconds=stats.t_total - stats.t_prompt,
+        drafted=stats.drafted,
+        accepted=stats.accepted,
+        target_passes=stats.target_passes,
+        text=result.text,
+        token_ids=result.token_ids,
+        settled=stats.settled,
         time_split={"draft": stats.t_draft, "verify": stats.t_verify, "sample": stats.t_sample},
         margins=stats.margins,
     )
@@ -75,19 +89,28 @@ def compare(run: Run, reference: Run) -> None:
     if run.token_ids or reference.token_ids:
         run.identical = run.token_ids == reference.token_ids
         if not run.identical:
-            position = next((i for i, (a, b) in enumerate(zip(run.token_ids, reference.token_ids, strict=False))
-                             if a != b), min(len(run.token_ids), len(reference.token_ids)))
+            position = next(
+                (
+                    i
+                    for i, (a, b) in enumerate(zip(run.token_ids, reference.token_ids, strict=False))
+                    if a != b
+                ),
+                min(len(run.token_ids), len(reference.token_ids)),
+            )
             margin = reference.margins[position] if position < len(reference.margins) else None
             run.divergence = {"position": position, "target_alone_margin": margin}
     else:
         run.identical = run.text == reference.text
         if not run.identical:
-            position = next((i for i, (a, b) in enumerate(zip(run.text, reference.text, strict=False)) if a != b),
-                            min(len(run.text), len(reference.text)))
+            position = next(
+                (i for i, (a, b) in enumerate(zip(run.text, reference.text, strict=False)) if a != b),
+                min(len(run.text), len(reference.text)),
+            )
             run.divergence = {"char_position": position}
 
 
 # ---- llama-server ------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class ServerMode:
@@ -98,10 +121,27 @@ class ServerMode:
 def llama_server_modes(draft: Path | None) -> list[ServerMode]:
     modes = [ServerMode(TARGET_ALONE, [])]
     if draft is not None:
-        modes.append(ServerMode("draft-simple n16 p0.75", ["-md", str(draft), "--spec-type", "draft-simple",
-                                                          "--spec-draft-n-max", "16", "--spec-draft-p-min", "0.75"]))
-        modes.append(ServerMode("draft-simple n8", ["-md", str(draft), "--spec-type", "draft-simple",
-                                                   "--spec-draft-n-max", "8"]))
+        modes.append(
+            ServerMode(
+                "draft-simple n16 p0.75",
+                [
+                    "-md",
+                    str(draft),
+                    "--spec-type",
+                    "draft-simple",
+                    "--spec-draft-n-max",
+                    "16",
+                    "--spec-draft-p-min",
+                    "0.75",
+                ],
+            )
+        )
+        modes.append(
+            ServerMode(
+                "draft-simple n8",
+                ["-md", str(draft), "--spec-type", "draft-simple", "--spec-draft-n-max", "8"],
+            )
+        )
     modes.append(ServerMode("ngram-mod", ["--spec-type", "ngram-mod"]))
     return modes
 
@@ -115,11 +155,37 @@ def _free_port() -> int:
 class LlamaServer:
     """A llama-server process for one mode; stopped on exit."""
 
-    def __init__(self, binary: Path, target: Path, mode: ServerMode, n_ctx: int, threads: int, gpu_layers: int,
-                 log: Path) -> None:
+    def __init__(
+        self,
+        binary: Path,
+        target: Path,
+        mode: ServerMode,
+        n_ctx: int,
+        threads: int,
+        gpu_layers: int,
+        log: Path,
+    ) -> None:
         self.port = _free_port()
-        command = [str(binary), "-m", str(target), "--host", "127.0.0.1", "--port", str(self.port), "-c", str(n_ctx),
-                   "-np", "1", "-t", str(threads), "-tb", str(threads), "-ngl", str(gpu_layers), *mode.args]
+        command = [
+            str(binary),
+            "-m",
+            str(target),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "-c",
+            str(n_ctx),
+            "-np",
+            "1",
+            "-t",
+            str(threads),
+            "-tb",
+            str(threads),
+            "-ngl",
+            str(gpu_layers),
+            *mode.args,
+        ]
         if "-md" in mode.args:
             command += ["-ngld", str(gpu_layers)]
         self._log = log.open("ab")
@@ -139,7 +205,13 @@ class LlamaServer:
         raise LocalspecError(f"llama-server did not become healthy in 300 s; see {log}")
 
     def complete(self, tokens: list[int], max_tokens: int) -> dict[str, Any]:
-        body = {"prompt": tokens, "n_predict": max_tokens, "temperature": 0.0, "top_k": 1, "cache_prompt": False}
+        body = {
+            "prompt": tokens,
+            "n_predict": max_tokens,
+            "temperature": 0.0,
+            "top_k": 1,
+            "cache_prompt": False,
+        }
         response = httpx.post(f"{self.url}/completion", json=body, timeout=600)
         response.raise_for_status()
         return dict(response.json())
@@ -159,9 +231,16 @@ def run_llama_server(server: LlamaServer, mode: str, task: Task, tokens: list[in
     predicted = int(timings.get("predicted_n", 0))
     seconds = float(timings.get("predicted_ms", 0.0)) / 1000.0
     return Run(
-        system="llama-server", mode=mode, workload=task.workload, task_id=task.task_id, tokens=predicted,
-        decode_seconds=seconds, drafted=int(timings.get("draft_n", 0)),
-        accepted=int(timings.get("draft_n_accepted", 0)), target_passes=0, text=str(data.get("content", "")),
+        system="llama-server",
+        mode=mode,
+        workload=task.workload,
+        task_id=task.task_id,
+        tokens=predicted,
+        decode_seconds=seconds,
+        drafted=int(timings.get("draft_n", 0)),
+        accepted=int(timings.get("draft_n_accepted", 0)),
+        target_passes=0,
+        text=str(data.get("content", "")),
     )
 
 
@@ -189,25 +268,35 @@ def summarize(runs: list[Run]) -> list[dict[str, Any]]:
         speed = tokens / max(1e-9, seconds)
         split = {key: sum(r.time_split.get(key, 0.0) for r in items) for key in ("draft", "verify", "sample")}
         divergences = [r.divergence for r in items if r.divergence]
-        rows.append({
-            "system": system, "mode": mode, "workload": workload, "prompts": len(items), "tokens": tokens,
-            "tokens_per_second": round(speed, 2),
-            "speedup_vs_own_target_alone": round(speed / alone_speed[(system, workload)], 3)
-            if (system, workload) in alone_speed else None,
-            "speedup_vs_localspec_target_alone": round(speed / localspec_alone[workload], 3)
-            if workload in localspec_alone else None,
-            "acceptance": round(accepted / drafted, 3) if drafted else None,
-            "mean_accepted_length": round(settled / passes, 2) if passes else None,
-            "time_split": {k: round(v / seconds, 3) if seconds else 0.0 for k, v in split.items()},
-            "identical": sum(1 for r in items if r.identical),
-            "compared": sum(1 for r in items if r.identical is not None),
-            "divergences": divergences,
-        })
+        rows.append(
+            {
+                "system": system,
+                "mode": mode,
+                "workload": workload,
+                "prompts": len(items),
+                "tokens": tokens,
+                "tokens_per_second": round(speed, 2),
+                "speedup_vs_own_target_alone": round(speed / alone_speed[(system, workload)], 3)
+                if (system, workload) in alone_speed
+                else None,
+                "speedup_vs_localspec_target_alone": round(speed / localspec_alone[workload], 3)
+                if workload in localspec_alone
+                else None,
+                "acceptance": round(accepted / drafted, 3) if drafted else None,
+                "mean_accepted_length": round(settled / passes, 2) if passes else None,
+                "time_split": {k: round(v / seconds, 3) if seconds else 0.0 for k, v in split.items()},
+                "identical": sum(1 for r in items if r.identical),
+                "compared": sum(1 for r in items if r.identical is not None),
+                "divergences": divergences,
+            }
+        )
     return rows
 
 
 def write_json(path: Path, meta: dict[str, Any], rows: list[dict[str, Any]], runs: list[Run]) -> None:
-    path.write_text(json.dumps({"meta": meta, "summary": rows, "runs": [r.as_json() for r in runs]}, indent=1))
+    path.write_text(
+        json.dumps({"meta": meta, "summary": rows, "runs": [r.as_json() for r in runs]}, indent=1)
+    )
 
 
 ProgressHook = Callable[[str], None]

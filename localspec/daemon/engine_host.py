@@ -70,7 +70,8 @@ class EngineHost:
         try:
             settings = engine_settings(config)
         except LocalspecError as exc:
-            self.report_error(str(exc))
+            kept = " The previous models keep serving." if self._settings is not None else ""
+            self.report_error(f"{exc}{kept}")
             return None
         if settings == self._settings:
             return None

@@ -57,7 +57,9 @@ class DraftModelDrafter:
         # Stop drafting where the draft is unsure. The top probability is estimated from the top-2 logit margin
         # alone (p = 1 / (1 + e^-margin), an upper bound): exact softmax over a 150k vocabulary per draft token
         # costs a fifth of a GPU draft step.
-        self._min_margin = math.log(p_min / (1.0 - p_min)) if 0.0 < p_min < 1.0 else (-math.inf if p_min <= 0 else math.inf)
+        self._min_margin = (
+            math.log(p_min / (1.0 - p_min)) if 0.0 < p_min < 1.0 else (-math.inf if p_min <= 0 else math.inf)
+        )
 
     def propose(self, context: list[int], k: int) -> list[int]:
         if k <= 0:

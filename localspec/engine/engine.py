@@ -13,6 +13,7 @@ from typing import Any
 
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
+from localspec.engine.canary import ensure_llama_runs
 from localspec.engine.chooser import AdaptiveChooser
 from localspec.engine.compat import ensure_compatible
 from localspec.engine.drafters import common_prefix_length
@@ -52,6 +53,8 @@ class EngineSettings:
 class Engine:
     def __init__(self, settings: EngineSettings) -> None:
         self.settings = settings
+        if Path(settings.target_path).is_file():
+            ensure_llama_runs(Path(settings.target_path))
         self.target = LlamaModel(
             Path(settings.target_path),
             role="target",

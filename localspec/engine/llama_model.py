@@ -148,6 +148,9 @@ class LlamaModel:
             gpu_layers = 999 if llama_cpp.llama_supports_gpu_offload() else 0
         model_params.n_gpu_layers = gpu_layers
         model_params.vocab_only = vocab_only
+        # Read the weights into memory instead of mapping the file: with a mapping, a file truncated or
+        # overwritten in place while loaded (`cp new.gguf model.gguf`) kills the process with SIGBUS.
+        model_params.load_mode = llama_cpp.LLAMA_LOAD_MODE_NONE
         self._model = llama_cpp.llama_model_load_from_file(str(path).encode(), model_params)
         if not self._model:
             raise ModelLoadError(
@@ -324,7 +327,6 @@ class LlamaModel:
     def remove_from(self, seq_id: int, position: int) -> None:
         """Drop KV entries of `seq_id` at positions >= `position` (rollback)."""
         llama_cpp.llama_memory_seq_rm(self._memory, seq_id, position, -1)
-
 
     def close(self) -> None:
         if self._ctx:

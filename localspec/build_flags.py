@@ -1,0 +1,60 @@
+"""Print the CMAKE_ARGS that build llama-cpp-python safely for this machine.
+
+Run it BEFORE installing (it imports nothing from localspec):
+    CMAKE_ARGS="$(python3 localspec/build_flags.py)" pip install -e .
+
+Why: llama.cpp's default build uses -march=native, which enables every instruction set the CPU advertises
+through cpuid, including AMX. Many VMs advertise AMX but the kernel does not permit it, and the first decode
+then dies with SIGILL. On x86-64 Linux we name the extensions the kernel reports in /proc/cpuinfo instead.
+With an NVIDIA GPU and toolkit (nvcc) present, the CUDA backend is added (LOCALSPEC_CUDA=0/1 overrides).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+from pathlib import Path
+
+# /proc/cpuinfo flag -> llama.cpp CMake option
+X86_OPTIONS = {
+    "avx": "GGML_AVX",
+    "avx2": "GGML_AVX2",
+    "fma": "GGML_FMA",
+    "f16c": "GGML_F16C",
+    "avx512f": "GGML_AVX512",
+    "avx512_vnni": "GGML_AVX512_VNNI",
+    "avx512_bf16": "GGML_AVX512_BF16",
+    "avx_vnni": "GGML_AVX_VNNI",
+}
+
+
+def _has_nvidia_gpu() -> bool:
+    # The CUDA compiler alone is not enough: a CUDA build on a machine without a GPU cannot load libcuda.
+    forced = os.environ.get("LOCALSPEC_CUDA")
+    if forced is not None:
+        return forced not in ("0", "", "false", "no")
+    return shutil.which("nvcc") is not None and Path("/dev/nvidia0").exists()
+
+
+def cmake_args(
+    cpuinfo: str | None = None, machine: str | None = None, has_gpu: bool | None = None
+) -> list[str]:
+    machine = (machine or platform.machine()).lower()
+    args: list[str] = []
+    if machine in ("x86_64", "amd64"):
+        if cpuinfo is None:
+            path = Path("/proc/cpuinfo")
+            cpuinfo = path.read_text() if path.exists() else ""
+        flags_line = next((line for line in cpuinfo.splitlines() if line.startswith("flags")), "")
+        flags = set(flags_line.partition(":")[2].split())
+        if flags:
+            args.append("-DGGML_NATIVE=OFF")
+            args += [f"-D{option}=ON" for flag, option in X86_OPTIONS.items() if flag in flags]
+    if has_gpu if has_gpu is not None else _has_nvidia_gpu():
+        args.append("-DGGML_CUDA=ON")
+    return args
+
+
+if __name__ == "__main__":
+    print(" ".join(cmake_args()))
