@@ -1,0 +1,79 @@
+"""The language server's settings: one fully defaulted model, read from `initializationOptions` and
+`workspace/didChangeConfiguration`.
+
+Editors send camelCase keys (`maxTokens`, `debounceMs`), either at the top level or under a
+`localspec` section; snake_case works too. Unknown keys are ignored so newer editor configs do not
+break an older server.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.alias_generators import to_camel
+
+from localspec.errors import ConfigError
+
+SECTION = "localspec"
+
+
+class LspSettings(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True)
+
+    enable: bool = True
+    # Generation
+    max_tokens: int = Field(default=64, ge=1, le=2048)
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    # "auto": one line when the cursor has code after it on its line, several otherwise.
+    line_mode: Literal["auto", "single", "multi"] = "auto"
+    # Prompt windows around the cursor: whole lines, then capped in characters.
+    prefix_lines: int = Field(default=64, ge=0)
+    suffix_lines: int = Field(default=16, ge=0)
+    prefix_max_chars: int = Field(default=8000, ge=0)
+    suffix_max_chars: int = Field(default=2000, ge=0)
+    # Extra context from other files (a ring of chunks, as llama.vscode keeps).
+    ring_chunks: int = Field(default=16, ge=0, le=256)
+    chunk_lines: int = Field(default=64, ge=1)
+    extra_max_chars: int = Field(default=8000, ge=0)
+    watch_workspace: bool = True
+    watch_max_file_bytes: int = Field(default=256_000, ge=0)
+    # Latency
+    debounce_ms: int = Field(default=120, ge=0, le=5000)
+    cache_size: int = Field(default=256, ge=0)
+    precompute: bool = True
+    request_timeout_s: float = Field(default=30.0, gt=0)
+    # Start `localspec serve` in the background when no daemon answers.
+    auto_start_daemon: bool = True
+
+    @classmethod
+    def from_options(cls, options: Any, base: LspSettings | None = None) -> LspSettings:
+        """Settings from an editor's options object, over `base` (defaults when None)."""
+        values = _section(options)
+        current = (base or cls()).model_dump()
+        known = {name: info.alias or name for name, info in cls.model_fields.items()}
+        for name, alias in known.items():
+            if alias in values:
+                current[name] = values[alias]
+            elif name in values:
+                current[name] = values[name]
+        try:
+            return cls.model_validate(current)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}" for error in exc.errors()
+            )
+            raise ConfigError(
+                f"Invalid localspec language-server settings ({problems}); keeping the previous ones."
+            ) from None
+
+    def as_options(self) -> dict[str, Any]:
+        """camelCase view, as the editor spells the settings (for the stats command and docs)."""
+        return self.model_dump(by_alias=True)
+
+
+def _section(options: Any) -> dict[str, Any]:
+    if not isinstance(options, dict):
+        return {}
+    nested = options.get(SECTION)
+    return nested if isinstance(nested, dict) else options

@@ -1,0 +1,68 @@
+"""Prompt windows around the cursor, language detection, line mode and the settings model."""
+
+from __future__ import annotations
+
+import pytest
+
+from localspec.errors import ConfigError
+from localspec.lsp.prompt import build_prompt, language_for, prefix_window, suffix_window, wants_single_line
+from localspec.lsp.settings import LspSettings
+
+LINES = "".join(f"line{i}\n" for i in range(10))
+
+
+def test_prefix_window_keeps_whole_lines_before_the_cursor_line() -> None:
+    offset = LINES.index("line5") + 2
+    assert prefix_window(LINES, offset, max_lines=2, max_chars=1000) == "line3\nline4\nli"
+    assert prefix_window(LINES, offset, max_lines=100, max_chars=1000) == LINES[:offset]
+
+
+def test_prefix_window_drops_oldest_lines_to_fit_the_character_cap() -> None:
+    offset = LINES.index("line5") + 2
+    assert prefix_window(LINES, offset, max_lines=100, max_chars=14) == "line4\nli"
+    # A single line longer than the cap is cut inside the line.
+    long_line = "x" * 50
+    assert prefix_window(long_line, 50, max_lines=10, max_chars=8) == "x" * 8
+
+
+def test_suffix_window_takes_rest_of_line_and_following_lines() -> None:
+    offset = LINES.index("line5") + 2
+    assert suffix_window(LINES, offset, max_lines=2, max_chars=1000) == "ne5\nline6\nline7\n"
+    assert suffix_window(LINES, offset, max_lines=2, max_chars=10) == "ne5\nline6\n"
+    assert suffix_window(LINES, len(LINES), max_lines=2, max_chars=10) == ""
+
+
+def test_single_line_when_code_follows_the_cursor() -> None:
+    text = "print(x)\n"
+    assert wants_single_line(text, text.index("x"), "auto")
+    assert not wants_single_line(text, text.index("\n"), "auto")
+    assert not wants_single_line(text, text.index("x"), "multi")
+    assert wants_single_line(text, text.index("\n"), "single")
+
+
+def test_language_from_language_id_or_extension() -> None:
+    assert language_for("src/app.py", None) == "python"
+    assert language_for("src/app.rs", "plaintext") == "rust"
+    assert language_for("Makefile", None) == "plaintext"
+    assert language_for("x.txt", "lua") == "lua"
+
+
+def test_build_prompt_uses_settings() -> None:
+    settings = LspSettings.from_options({"prefixLines": 1, "suffixLines": 0, "lineMode": "single"})
+    prompt = build_prompt(LINES, LINES.index("line5"), "a.py", settings, None, [("b.py", "x = 1\n")])
+    assert (prompt.prefix, prompt.suffix) == ("line4\n", "line5\n")
+    assert prompt.single_line and prompt.language == "python" and prompt.extra == [("b.py", "x = 1\n")]
+
+
+def test_settings_accept_camel_case_snake_case_and_a_localspec_section() -> None:
+    settings = LspSettings.from_options({"localspec": {"maxTokens": 12, "debounce_ms": 5, "unknown": 1}})
+    assert (settings.max_tokens, settings.debounce_ms, settings.enable) == (12, 5, True)
+    updated = LspSettings.from_options({"enable": False}, base=settings)
+    assert (updated.max_tokens, updated.enable) == (12, False)
+    assert LspSettings.from_options(None) == LspSettings()
+    assert updated.as_options()["maxTokens"] == 12
+
+
+def test_invalid_settings_name_the_field() -> None:
+    with pytest.raises(ConfigError, match="max_tokens"):
+        LspSettings.from_options({"maxTokens": 0})
