@@ -131,11 +131,15 @@ def run(args: argparse.Namespace) -> int:
                 args.out / "llama-server.log",
             )
             try:
-                references = {r.task_id: r for r in runs if r.system == "llama-server" and r.mode == "none"}
+                references = {
+                    (r.workload, r.task_id): r
+                    for r in runs
+                    if r.system == "llama-server" and r.mode == "none"
+                }
                 for task, tokens in zip(tasks, prompts, strict=True):
                     result = runner.run_llama_server(server, server_mode.name, task, tokens)
-                    if server_mode.name != "none" and task.task_id in references:
-                        runner.compare(result, references[task.task_id])
+                    if server_mode.name != "none" and (task.workload, task.task_id) in references:
+                        runner.compare(result, references[(task.workload, task.task_id)])
                     runs.append(result)
                     progress.advance(bar)
             finally:

@@ -283,3 +283,27 @@ def test_a_llama_build_that_dies_with_sigill_becomes_a_clear_error(
     monkeypatch.setattr(canary, "_CHILD", "pass")
     canary.ensure_llama_runs(tiny_models.target)  # a healthy build is remembered
     assert (localspec_home / "cache" / "llama-canary.ok").exists()
+
+
+def test_chooser_backs_off_where_speculation_cannot_pay_and_uses_good_ngrams() -> None:
+    from localspec.engine.chooser import AdaptiveChooser
+
+    chooser = AdaptiveChooser("adaptive", draft_max=16, has_draft_model=True, draft_cost_ratio=0.7)
+    # A machine where a verify pass costs nearly one target pass per token (a 2-core CPU): drafts never pay.
+    for n in (1, 2, 4, 8, 1, 3):
+        chooser.record("none", 0, 0, 0.0, 0.025 * n, n)
+    for _ in range(100):
+        assert chooser.plan(budget=16, ngram_available=0).source == "none"
+        chooser.record("none", 0, 0, 0.0, 0.025, 1)
+    # Where batching is cheap and n-gram copies are always accepted, the n-gram source wins, at full length.
+    cheap = AdaptiveChooser("adaptive", draft_max=16, has_draft_model=False)
+    for n in (1, 9, 1, 5):
+        cheap.record("none", 0, 0, 0.0, 0.002 + 0.0001 * (n - 1), n)
+    for _ in range(10):
+        cheap.record("ngram", 8, 8, 0.0, 0.0028, 9)
+    plan = cheap.plan(budget=16, ngram_available=12)
+    assert plan.source == "ngram" and plan.k == 12
+    # When n-gram drafts stop being accepted, it backs off to the target alone.
+    for _ in range(30):
+        cheap.record("ngram", 8, 0, 0.0, 0.0028, 9)
+    assert cheap.plan(budget=16, ngram_available=12).source == "none"

@@ -33,6 +33,7 @@ class Run:
     target_passes: int
     text: str
     settled: int = 0
+    steps_by_source: dict[str, int] = field(default_factory=dict)
     token_ids: list[int] = field(default_factory=list)
     time_split: dict[str, float] = field(default_factory=dict)
     margins: list[float] = field(default_factory=list)
@@ -268,6 +269,10 @@ def summarize(runs: list[Run]) -> list[dict[str, Any]]:
         speed = tokens / max(1e-9, seconds)
         split = {key: sum(r.time_split.get(key, 0.0) for r in items) for key in ("draft", "verify", "sample")}
         divergences = [r.divergence for r in items if r.divergence]
+        sources: dict[str, int] = {}
+        for r in items:
+            for source, count in r.steps_by_source.items():
+                sources[source] = sources.get(source, 0) + count
         rows.append(
             {
                 "system": system,

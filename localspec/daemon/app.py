@@ -27,6 +27,7 @@ from localspec.daemon import responses
 from localspec.daemon.engine_host import EngineHost
 from localspec.daemon.infill_rules import InfillStopper
 from localspec.daemon.metrics import prometheus_text
+from localspec.daemon.openapi import openapi_document
 from localspec.daemon.responses import Shaper
 from localspec.daemon.scheduler import Job, JobKind
 from localspec.daemon.schemas import ChatBody, CompletionBody, InfillBody, validation_message
@@ -89,8 +90,22 @@ async def _parse(request: Request, model: type[_Body]) -> _Body:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"The request body is not valid JSON: {exc}.", "invalid_json") from exc
+    except RecursionError as exc:
+        raise ApiError(400, "The request body's JSON is nested too deeply.", "invalid_json") from exc
     if not isinstance(data, dict):
         raise ApiError(400, "The request body must be a JSON object.", "invalid_json")
+    try:
+        # JSON may escape lone UTF-16 surrogates ("\ud800"): valid JSON, but not text the tokenizer can encode.
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ApiError(
+            400,
+            "The request body holds a string that is not valid Unicode (an unpaired surrogate escape such as "
+            "\\ud800). Send UTF-8 text.",
+            "invalid_unicode",
+        ) from exc
+    except RecursionError as exc:
+        raise ApiError(400, "The request body's JSON is nested too deeply.", "invalid_json") from exc
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -324,6 +339,10 @@ async def metrics(request: Request) -> Response:
     return PlainTextResponse(prometheus_text(_stats(request)), media_type="text/plain; version=0.0.4")
 
 
+async def openapi(request: Request) -> Response:
+    return JSONResponse(openapi_document())
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
@@ -346,6 +365,7 @@ def create_app(settings: AppSettings, engine_host: EngineHost) -> Starlette:
         Route("/v1/infill", infill, methods=["POST"]),
         Route("/v1/stats", stats, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
     ]
     middleware = [
         Middleware(

@@ -237,6 +237,10 @@ class Scheduler:
             event: StepEvent | None = current.generation.step()
         except Exception as exc:
             self._active.remove(current)
+            try:
+                current.generation.close()  # release its engine slot, or a few failures would busy them all
+            except Exception:
+                log.exception("closing a failed generation")
             self._fail(current.job, exc)
             return
         if event is None:

@@ -13,6 +13,21 @@ from dataclasses import dataclass
 from localspec.engine.types import DraftSource, SpeculativeMode
 
 PROBE_EVERY = 24  # steps between re-tries of a source that currently looks unprofitable
+OPTIMISTIC_ACCEPTANCE = 0.95
+PRIOR_ACCEPTANCE = 0.85
+CANDIDATE_LENGTHS = (
+    1,
+    2,
+    3,
+    4,
+    6,
+    8,
+    12,
+    16,
+    24,
+    32,
+)  # draft lengths the planner weighs (fewer = cheaper steps)
+PROBE_MARGIN = 1.1  # a probe must promise this much over the target alone to be worth its cost
 
 
 def expected_tokens(acceptance: float, k: int) -> float:
@@ -37,7 +52,9 @@ class _Ewma:
 class VerifyCost:
     """Least-squares fit of verify time t(n) = one + (n - 1) * extra over recent passes (decayed sums)."""
 
-    def __init__(self, one: float = 0.05, extra_ratio: float = 0.15, decay: float = 0.97) -> None:
+    # Prior: an extra token in a pass costs half a one-token pass (measured 0.5-0.9 on a 2-core CPU and ~0.6 on
+    # an H100 for small batches: small batches are far from free).
+    def __init__(self, one: float = 0.05, extra_ratio: float = 0.5, decay: float = 0.97) -> None:
         self.one = one
         self.extra = one * extra_ratio
         self._extra_ratio = extra_ratio
@@ -79,28 +96,44 @@ class AdaptiveChooser:
         self.mode = mode
         self.draft_max = draft_max
         self.has_draft_model = has_draft_model
-        # Acceptance per drafted token (priors are deliberately hopeful so each source gets tried).
-        self.acceptance = {"draft": _Ewma(0.7), "ngram": _Ewma(0.6)}
+        # Acceptance per drafted token. The priors are hopeful so that each source gets tried; measurements
+        # replace them within a few steps.
+        self.acceptance = {"draft": _Ewma(PRIOR_ACCEPTANCE), "ngram": _Ewma(PRIOR_ACCEPTANCE)}
         self.verify_cost = VerifyCost()
-        self.c_draft = _Ewma(0.05 * draft_cost_ratio)  # seconds per draft-model token
+        # Seconds per draft-model token; until measured, a fraction of a one-token target pass.
+        self.c_draft = _Ewma(0.0)
+        self._draft_cost_ratio = draft_cost_ratio
         self._since_tried = {"draft": 0, "ngram": 0}
+
+    def start_request(self) -> None:
+        """Whether the text repeats itself is a property of each request: n-gram acceptance starts hopeful again.
+        The draft model's acceptance and the measured costs carry over (they describe the model pair)."""
+        self.acceptance["ngram"] = _Ewma(PRIOR_ACCEPTANCE)
+        self._since_tried["ngram"] = 0
 
     # ---- planning ---------------------------------------------------------------------------------------------
 
-    def _rate(self, source: DraftSource, k: int) -> float:
+    def _draft_token_cost(self) -> float:
+        return self.c_draft.value if self.c_draft.samples else self.verify_cost.one * self._draft_cost_ratio
+
+    def _rate(self, source: DraftSource, k: int, acceptance: float | None = None) -> float:
         cost = self.verify_cost.estimate(k + 1)
         if source == "draft":
-            cost += k * self.c_draft.value
-        tokens = 1.0 if source == "none" else expected_tokens(self.acceptance[source].value, k)
-        return tokens / cost
+            cost += k * self._draft_token_cost()
+        if source == "none":
+            return 1.0 / cost
+        return expected_tokens(self.acceptance[source].value if acceptance is None else acceptance, k) / cost
 
-    def best_draft_length(self, budget: int) -> int:
-        best_k, best_rate = 0, self._rate("none", 0)
-        for k in range(1, min(budget, self.draft_max) + 1):
-            rate = self._rate("draft", k)
+    def _best_length(
+        self, source: DraftSource, limit: int, acceptance: float | None = None
+    ) -> tuple[int, float]:
+        """The draft length in 1..limit with the best expected rate, and that rate."""
+        best_k, best_rate = 0, 0.0
+        for k in sorted({*(k for k in CANDIDATE_LENGTHS if k <= limit), limit} - {0}):
+            rate = self._rate(source, k, acceptance)
             if rate > best_rate:
                 best_k, best_rate = k, rate
-        return best_k
+        return best_k, best_rate
 
     def plan(self, budget: int, ngram_available: int) -> Plan:
         """budget: most drafts the request can still use; ngram_available: length of the n-gram proposal."""
@@ -111,17 +144,28 @@ class AdaptiveChooser:
             return Plan("draft", budget) if self.has_draft_model else Plan("none", 0)
         if self.mode == "ngram":
             return Plan("ngram", min(budget, ngram_available)) if ngram_available else Plan("none", 0)
-        options = [(self._rate("none", 0), Plan("none", 0))]
+        alone = self._rate("none", 0)
+        best_rate, plan = alone, Plan("none", 0)
         if ngram_available:
-            k = min(budget, ngram_available)
-            options.append((self._rate("ngram", k), Plan("ngram", k)))
+            k, rate = self._best_length("ngram", min(budget, ngram_available))
+            if rate > best_rate:
+                best_rate, plan = rate, Plan("ngram", k)
+            elif self._since_tried["ngram"] >= PROBE_EVERY:
+                k, hopeful = self._best_length(
+                    "ngram", min(budget, ngram_available, 4), OPTIMISTIC_ACCEPTANCE
+                )
+                if hopeful > PROBE_MARGIN * alone:
+                    return Plan("ngram", k)  # n-gram drafts cost nothing to make: re-probe cheaply
         if self.has_draft_model:
-            k = self.best_draft_length(budget)
-            if k:
-                options.append((self._rate("draft", k), Plan("draft", k)))
-        _, plan = max(options, key=lambda option: option[0])
-        if plan.source == "none" and self.has_draft_model and self._since_tried["draft"] >= PROBE_EVERY:
-            return Plan("draft", min(budget, 4))  # a cheap probe keeps the acceptance estimate current
+            k, rate = self._best_length("draft", budget)
+            if rate > best_rate:
+                best_rate, plan = rate, Plan("draft", k)
+            elif plan.source == "none" and self._since_tried["draft"] >= PROBE_EVERY:
+                # Acceptance changes with the text: re-probe now and then, but only where a nearly perfect
+                # draft would beat the target alone at the measured costs (on many machines it never can).
+                k, hopeful = self._best_length("draft", min(budget, 4), acceptance=OPTIMISTIC_ACCEPTANCE)
+                if hopeful > PROBE_MARGIN * alone:
+                    return Plan("draft", k)
         return plan
 
     # ---- measuring --------------------------------------------------------------------------------------------

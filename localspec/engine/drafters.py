@@ -110,10 +110,8 @@ class NgramDrafter:
     def propose(self, context: list[int], k: int) -> list[int]:
         if k <= 0:
             return []
-        if common_prefix_length(self._tokens, context) != len(self._tokens):
-            self._tokens, self._last_end, self._indexed = [], {}, 0
-        already = len(self._tokens)
-        self._tokens.extend(context[already:])
+        # A generation's context only grows, so only its new tail needs indexing.
+        self._tokens.extend(context[len(self._tokens) :])
         self._index_until(len(self._tokens))
         for n in range(self.max_n, self.min_n - 1, -1):
             if len(context) < n:

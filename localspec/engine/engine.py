@@ -300,6 +300,8 @@ class Engine:
         stats = RequestStats(prompt_tokens=len(prompt), prompt_truncated_tokens=truncated)
         lookups = [self.tokenize(text, parse_special=False) for text in request.lookup_texts]
         slot = self._acquire_slot(request.slot, prompt)
+        chooser = self._chooser(request.slot, mode)
+        chooser.start_request()
         try:
             return Generation(
                 request,
@@ -307,7 +309,7 @@ class Engine:
                 self.target,
                 self.draft if mode in ("adaptive", "draft") else None,
                 slot,
-                self._chooser(request.slot, mode),
+                chooser,
                 self.settings.tie_margin,
                 self.settings.draft_p_min,
                 lookups,
@@ -332,6 +334,7 @@ class Engine:
             "prompt_tokens",
             "cached_tokens",
             "tokens",
+            "settled",
             "drafted",
             "accepted",
             "target_passes",

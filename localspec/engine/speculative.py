@@ -81,6 +81,7 @@ class Generation:
         self.stats.cached_tokens = sync_sequence(target, slot.seq_id, slot.target_tokens, prompt[:-1], "none")
         self.stats.t_prompt = time.perf_counter() - started
         self._committed = slot.target_tokens  # same list: the slot always knows what its KV holds
+        self._context = [*prompt]  # committed + [pending], kept incrementally (drafters read it every step)
         self._pending = prompt[-1]
         self._picker = TokenPicker(target, request.sampling, prompt)
 
@@ -108,7 +109,7 @@ class Generation:
             room - 1,
             self.request.draft_max if self.request.draft_max is not None else self.chooser.draft_max,
         )
-        context = [*self._committed, self._pending]
+        context = self._context
         ngram = (
             self._ngram.propose(context, max(budget, 0)) if self.chooser.mode in ("adaptive", "ngram") else []
         )
@@ -150,6 +151,7 @@ class Generation:
         keep = base + 1 + accepted
         self.target.remove_from(self.slot.seq_id, keep)
         self._committed.extend([self._pending, *drafts[:accepted]])
+        self._context.extend([*drafts[:accepted], settled[-1]])
         self._pending = settled[-1]
         t_sample = time.perf_counter() - started - t_settle
         t_verify += t_settle

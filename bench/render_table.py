@@ -1,0 +1,78 @@
+"""Render a `localspec bench` JSON file as a Markdown table (for docs/BENCHMARKS.md and the README).
+
+Usage: python bench/render_table.py RESULTS.json [MORE.json ...]
+Identical-output counts are recomputed from the stored runs: each speculative run against the same system's
+target-alone run of the same (workload, task).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+
+def rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    alone = {(r["system"], r["workload"], r["task_id"]): r for r in runs if r["mode"] == "none"}
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    for run in runs:
+        groups[(run["workload"], run["system"], run["mode"])].append(run)
+    speed = {
+        key: sum(r["tokens"] for r in items) / sum(r["decode_seconds"] for r in items)
+        for key, items in groups.items()
+    }
+    table = []
+    for (workload, system, mode), items in sorted(
+        groups.items(), key=lambda kv: (kv[0][0], kv[0][1] != "localspec", kv[0][2] != "none", kv[0][2])
+    ):
+        drafted = sum(r["drafted"] for r in items)
+        accepted = sum(r["accepted"] for r in items)
+        identical = compared = 0
+        if mode != "none":
+            for r in items:
+                reference = alone.get((system, workload, r["task_id"]))
+                if reference is not None:
+                    compared += 1
+                    same = r["identical"] if system == "localspec" else r["text"] == reference["text"]
+                    identical += bool(same)
+        table.append(
+            {
+                "workload": workload,
+                "system": system,
+                "mode": mode,
+                "tok/s": speed[(workload, system, mode)],
+                "vs own alone": speed[(workload, system, mode)] / speed[(workload, system, "none")],
+                "vs localspec alone": speed[(workload, system, mode)] / speed[(workload, "localspec", "none")]
+                if (workload, "localspec", "none") in speed
+                else None,
+                "acceptance": accepted / drafted if drafted else None,
+                "identical": f"{identical}/{compared}" if compared else "-",
+            }
+        )
+    return table
+
+
+def markdown(table: list[dict[str, Any]]) -> str:
+    lines = [
+        "| workload | system | mode | tok/s | vs its own target alone | vs localspec target alone | acceptance "
+        "| identical to target alone |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in table:
+        ratio = f"{row['vs localspec alone']:.2f}x" if row["vs localspec alone"] is not None else "-"
+        acceptance = f"{row['acceptance']:.2f}" if row["acceptance"] is not None else "-"
+        lines.append(
+            f"| {row['workload']} | {row['system']} | {row['mode']} | {row['tok/s']:.1f} | "
+            f"{row['vs own alone']:.2f}x | {ratio} | {acceptance} | {row['identical']} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    for name in sys.argv[1:]:
+        data = json.loads(Path(name).read_text())
+        print(f"<!-- {name}: {json.dumps(data['meta'])} -->")
+        print(markdown(rows(data["runs"])))
+        print()
