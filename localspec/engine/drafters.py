@@ -78,50 +78,78 @@ class DraftModelDrafter:
         return drafts
 
 
+class _Continuations:
+    """For every n-gram seen: the token that followed it last, and how consistently the same token followed."""
+
+    def __init__(self, min_n: int, max_n: int) -> None:
+        self.min_n, self.max_n = min_n, max_n
+        self.table: dict[
+            tuple[int, ...], list[int]
+        ] = {}  # n-gram -> [next token, times it followed, times seen]
+
+    def add(self, tokens: list[int], start: int, end: int) -> None:
+        """Record the continuation of every n-gram ending at positions start..end-1 (the follower at i + 1)."""
+        table = self.table
+        for i in range(start, end):
+            follower = tokens[i + 1]
+            for n in range(self.min_n, self.max_n + 1):
+                if i + 1 < n:
+                    break
+                key = tuple(tokens[i + 1 - n : i + 1])
+                entry = table.get(key)
+                if entry is None:
+                    table[key] = [follower, 1, 1]
+                elif entry[0] == follower:
+                    entry[1] += 1
+                    entry[2] += 1
+                else:  # the n-gram is ambiguous: remember the newest follower, with its weaker record
+                    entry[0], entry[1], entry[2] = follower, 1, entry[2] + 1
+
+    def next_token(self, tail: list[int]) -> int | None:
+        """The confident follower of the longest n-gram ending `tail`, if any."""
+        for n in range(self.max_n, self.min_n - 1, -1):
+            if len(tail) < n:
+                continue
+            entry = self.table.get(tuple(tail[-n:]))
+            # Short n-grams recur by chance in code: trust them only when they were followed consistently.
+            if entry is not None and entry[1] * 2 > entry[2] and (n >= 3 or entry[1] >= 2):
+                return entry[0]
+        return None
+
+
 class NgramDrafter:
-    """Prompt-lookup decoding over the growing context plus optional extra token streams."""
+    """Prompt-lookup decoding: continue the text the way the same n-grams continued before, in the context
+    (prompt and generated text) or in extra token streams such as other files of the user's repository.
+
+    Drafting goes token by token, re-matching after each drafted token, and stops where no n-gram of the
+    current tail has a consistent continuation, so drafts are short where the text does not repeat itself.
+    """
 
     def __init__(self, max_n: int = 4, min_n: int = 2) -> None:
-        self.max_n = max_n
-        self.min_n = min_n
         self._tokens: list[int] = []
-        self._last_end: dict[tuple[int, ...], int] = {}  # n-gram -> end index of its latest occurrence
-        self._indexed = 0  # n-grams ending before this index are in _last_end
-        self._extra: list[list[int]] = []
-        self._extra_index: dict[tuple[int, ...], tuple[int, int]] = {}
+        self._context = _Continuations(min_n, max_n)
+        self._extra = _Continuations(min_n, max_n)
+        self._max_n = max_n
 
     def add_extra(self, tokens: list[int]) -> None:
         """Index another token stream (e.g. a repository file) to copy from."""
-        which = len(self._extra)
-        self._extra.append(tokens)
-        for end in range(len(tokens)):
-            for n in range(self.min_n, self.max_n + 1):
-                if end + 1 >= n:
-                    self._extra_index[tuple(tokens[end + 1 - n : end + 1])] = (which, end)
-
-    def _index_until(self, length: int) -> None:
-        # Index n-grams ending before the last token, so a lookup never finds the suffix itself.
-        for end in range(self._indexed, length - 1):
-            for n in range(self.min_n, self.max_n + 1):
-                if end + 1 >= n:
-                    self._last_end[tuple(self._tokens[end + 1 - n : end + 1])] = end
-        self._indexed = max(self._indexed, length - 1)
+        self._extra.add(tokens, 0, len(tokens) - 1)
 
     def propose(self, context: list[int], k: int) -> list[int]:
         if k <= 0:
             return []
         # A generation's context only grows, so only its new tail needs indexing.
+        indexed = max(0, len(self._tokens) - 1)
         self._tokens.extend(context[len(self._tokens) :])
-        self._index_until(len(self._tokens))
-        for n in range(self.max_n, self.min_n - 1, -1):
-            if len(context) < n:
-                continue
-            key = tuple(context[-n:])
-            end = self._last_end.get(key)
-            if end is not None:
-                return self._tokens[end + 1 : end + 1 + k]
-            hit = self._extra_index.get(key)
-            if hit is not None:
-                which, extra_end = hit
-                return self._extra[which][extra_end + 1 : extra_end + 1 + k]
-        return []
+        self._context.add(self._tokens, indexed, len(self._tokens) - 1)
+        tail = self._tokens[-self._max_n :]
+        drafts: list[int] = []
+        while len(drafts) < k:
+            token = self._context.next_token(tail)
+            if token is None:
+                token = self._extra.next_token(tail)
+            if token is None:
+                break
+            drafts.append(token)
+            tail = [*tail[1:], token] if len(tail) >= self._max_n else [*tail, token]
+        return drafts
