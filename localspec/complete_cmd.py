@@ -72,27 +72,14 @@ def run(args: argparse.Namespace) -> int:
     if args.daemon:
         return _run_daemon(args, prompt)
     from localspec.config import load_config
-    from localspec.engine import Engine, EngineSettings, GenerationRequest, SamplingParams
-    from localspec.model_paths import resolve_model_paths
+    from localspec.engine import Engine, GenerationRequest, SamplingParams
+    from localspec.model_paths import engine_settings, resolve_model_paths
 
     config = load_config(
         overrides={"n_ctx": args.n_ctx, "threads": args.threads, "draft_max": args.draft_max}
     )
     target_path, draft_path = resolve_model_paths(config, args.target, args.draft, args.no_draft)
-    engine = Engine(
-        EngineSettings(
-            target_path=target_path,
-            draft_path=draft_path,
-            n_ctx=config.n_ctx,
-            threads=config.threads,
-            target_gpu_layers=config.target_gpu_layers,
-            draft_gpu_layers=config.draft_gpu_layers,
-            slots=2,
-            mode=args.mode or config.mode,  # type: ignore[arg-type]
-            draft_max=config.draft_max,
-            draft_p_min=config.draft_p_min,
-        )
-    )
+    engine = Engine(engine_settings(config, target_path, draft_path, slots=2, mode=args.mode or config.mode))
     try:
 
         def request(mode: str | None, slot: str) -> GenerationRequest:

@@ -1,10 +1,14 @@
-"""Turn the configured model names (catalog names or paths) plus command-line choices into GGUF paths."""
+"""From configuration to engine: model names (catalog names or paths) to GGUF paths, and engine settings."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from localspec.config import Config
+
+if TYPE_CHECKING:
+    from localspec.engine import EngineSettings
 
 
 def _resolve(name_or_path: str, config: Config) -> Path:
@@ -28,3 +32,22 @@ def resolve_model_paths(
         # A target named on the command line gets no configured draft: it may not share its vocabulary.
         draft_path = _resolve(draft, config) if draft and draft != "none" else None
     return target_path, None if no_draft else draft_path
+
+
+def engine_settings(config: Config, target: Path, draft: Path | None, **overrides: Any) -> EngineSettings:
+    """The engine settings a config asks for (overrides win: e.g. fewer slots for a one-shot command)."""
+    from localspec.engine import EngineSettings
+
+    values: dict[str, Any] = {
+        "target_path": target,
+        "draft_path": draft,
+        "n_ctx": config.n_ctx,
+        "threads": config.threads,
+        "target_gpu_layers": config.target_gpu_layers,
+        "draft_gpu_layers": config.draft_gpu_layers,
+        "slots": config.slots,
+        "mode": config.mode,  # Config.validate() checked it
+        "draft_max": config.draft_max,
+        "draft_p_min": config.draft_p_min,
+    }
+    return EngineSettings(**{**values, **overrides})

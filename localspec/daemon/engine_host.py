@@ -33,21 +33,10 @@ def resolve_models(config: Config) -> tuple[Path, Path | None]:
 
 
 def engine_settings(config: Config) -> EngineSettings:
-    from localspec.engine import EngineSettings
+    from localspec.model_paths import engine_settings as settings_for
 
     target, draft = resolve_models(config)
-    return EngineSettings(
-        target_path=target,
-        draft_path=draft,
-        n_ctx=config.n_ctx,
-        threads=config.threads,
-        target_gpu_layers=config.target_gpu_layers,
-        draft_gpu_layers=config.draft_gpu_layers,
-        slots=config.slots,
-        mode=config.mode,  # type: ignore[arg-type]  # Config.validate() checked it
-        draft_max=config.draft_max,
-        draft_p_min=config.draft_p_min,
-    )
+    return settings_for(config, target, draft)
 
 
 class EngineHost:

@@ -55,25 +55,11 @@ class Engine:
         self.settings = settings
         if Path(settings.target_path).is_file():
             ensure_llama_runs(Path(settings.target_path))
-        self.target = LlamaModel(
-            Path(settings.target_path),
-            role="target",
-            n_ctx_per_seq=settings.n_ctx,
-            n_seq=settings.slots,
-            n_threads=settings.threads,
-            gpu_layers=settings.target_gpu_layers,
-        )
+        self.target = self._load(settings.target_path, "target", settings.target_gpu_layers)
         self.draft: LlamaModel | None = None
         if settings.draft_path is not None:
             try:
-                self.draft = LlamaModel(
-                    Path(settings.draft_path),
-                    role="draft",
-                    n_ctx_per_seq=settings.n_ctx,
-                    n_seq=settings.slots,
-                    n_threads=settings.threads,
-                    gpu_layers=settings.draft_gpu_layers,
-                )
+                self.draft = self._load(settings.draft_path, "draft", settings.draft_gpu_layers)
                 ensure_compatible(self.target, self.draft)
             except Exception:
                 self.close()
@@ -86,6 +72,17 @@ class Engine:
         self._requests = 0
         self._started = time.time()
         self._chat_formatter: Jinja2ChatFormatter | None = None
+
+    def _load(self, path: Path, role: str, gpu_layers: int) -> LlamaModel:
+        settings = self.settings
+        return LlamaModel(
+            Path(path),
+            role=role,
+            n_ctx_per_seq=settings.n_ctx,
+            n_seq=settings.slots,
+            n_threads=settings.threads,
+            gpu_layers=gpu_layers,
+        )
 
     # ---- information ------------------------------------------------------------------------------------------
 
