@@ -293,7 +293,11 @@ async def test_other_files_reach_the_prompt_as_extra_context(
     uri = open_document(client, tmp_path, "main.py", DOC)
     items = await inline(client, uri, CURSOR)
 
-    extra = [{"filename": "gen/consts.py", "text": generated}, {"filename": "helper.py", "text": helper}]
+    # The prompt carries the chunks newest first; which of the two arrived last depends on event timing.
+    texts = {"gen/consts.py": generated, "helper.py": helper}
+    newest_first = [name for name in reversed((await stats(client))["context_chunks"]) if name in texts]
+    assert sorted(newest_first) == sorted(texts)
+    extra = [{"filename": name, "text": texts[name]} for name in newest_first]
     expected = await daemon_infill(daemon, DOC[:CURSOR_OFFSET], DOC[CURSOR_OFFSET:], extra=extra)
     assert [item.insert_text for item in items] == ([expected] if expected else [])
     without_extra = await daemon_infill(daemon, DOC[:CURSOR_OFFSET], DOC[CURSOR_OFFSET:])
