@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from localspec.engine.chooser import AdaptiveChooser
-from localspec.engine.drafters import DraftModelDrafter, NgramDrafter, sync_sequence
+from localspec.engine.drafters import Drafter, DraftModelDrafter, NgramDrafter, sync_sequence
 from localspec.engine.llama_model import LlamaModel
 from localspec.engine.sampling import TokenPicker
 from localspec.engine.text_stream import TextStream
@@ -71,7 +71,9 @@ class Generation:
         self._stream = TextStream(request.stop)
         self._output: list[int] = []
         self.result: GenerationResult | None = None
-        self._draft = DraftModelDrafter(draft, slot.seq_id, slot.draft_tokens, draft_p_min) if draft else None
+        self._draft: Drafter | None = (
+            DraftModelDrafter(draft, slot.seq_id, slot.draft_tokens, draft_p_min) if draft else None
+        )
         self._ngram = NgramDrafter()
         for stream in lookup_streams:
             self._ngram.add_extra(stream)
@@ -135,16 +137,13 @@ class Generation:
         t_settle = 0.0
         for row in range(n_rows):
             token, margin = self._picker.pick(row, n_rows)
-            if n_rows > 1 and margin < self.tie_margin:
+            near_tie = n_rows > 1 and margin < self.tie_margin
+            if near_tie:  # the walk ends here: later rows were computed after a token that may change
                 token, margin, t_settle = self._settle_alone(base, drafts, row)
-                settled.append(token)
-                if self.request.record_margins:
-                    self.stats.margins.append(margin)
-                break
             settled.append(token)
             if self.request.record_margins:
                 self.stats.margins.append(margin)
-            if row >= len(drafts) or token != drafts[row]:
+            if near_tie or row >= len(drafts) or token != drafts[row]:
                 break
         accepted = len(settled) - 1
         # Keep [pending, d1..d_accepted] in the KV (unless a settle already trimmed it) and drop the rest.
@@ -154,9 +153,9 @@ class Generation:
         self._context.extend([*drafts[:accepted], settled[-1]])
         self._pending = settled[-1]
         t_sample = time.perf_counter() - started - t_settle
-        t_verify += t_settle
 
         self.chooser.record(source, len(drafts), accepted, t_draft, t_verify, n_rows)
+        t_verify += t_settle
         stats = self.stats
         stats.drafted += len(drafts)
         stats.accepted += accepted
