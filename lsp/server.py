@@ -13,8 +13,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cattrs import ClassValidationError, transform_error
 from lsprotocol import types
+from pygls.exceptions import JsonRpcException
 from pygls.lsp.server import LanguageServer
+from pygls.protocol import LanguageServerProtocol
 from pygls.uris import to_fs_path
 
 from localspec import __version__
@@ -34,12 +37,31 @@ COMMAND_STATS = "localspec.stats"
 CHUNK_REFRESH_S = 1.0
 
 
+class _Protocol(LanguageServerProtocol):
+    """Answers a request it cannot parse (a negative position, a missing field) with a JSON-RPC error.
+
+    pygls logs such a message and drops it, and the editor would wait for an answer forever.
+    """
+
+    def structure_message(self, data: dict[str, Any]) -> Any:
+        try:
+            return super().structure_message(data)
+        except JsonRpcException as exc:
+            if "method" in data and "id" in data:
+                cause = exc.__cause__
+                details = "; ".join(transform_error(cause)) if isinstance(cause, ClassValidationError) else ""
+                message = f"{exc.message}: {details}" if details else exc.message
+                self._send_response(data["id"], error=types.ResponseError(code=exc.code, message=message))
+            raise
+
+
 class LocalspecLanguageServer(LanguageServer):
     def __init__(self, link: DaemonLink | None = None) -> None:
         super().__init__(
             name="localspec",
             version=__version__,
             text_document_sync_kind=types.TextDocumentSyncKind.Incremental,
+            protocol_cls=_Protocol,
         )
         self.settings = LspSettings()
         self.ring = ChunkRing(self.settings.ring_chunks, self.settings.chunk_lines)

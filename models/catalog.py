@@ -151,6 +151,13 @@ def _source(raw: Any, where: str) -> Source:
 def _model(name: str, raw: dict[str, Any], where: str) -> CatalogModel:
     if "file" not in raw:
         raise CatalogError(f"{where}: model {name!r} needs a `file`.")
+    file = raw["file"]
+    # `pull` writes and `rm` deletes models_dir / file: a path there could reach any file the user can write.
+    if not isinstance(file, str) or file in ("", ".", "..") or any(c in file for c in "/\\\0"):
+        raise CatalogError(
+            f"{where}: model {name!r} has file {file!r}; it must be a plain file name (no folders), "
+            "as it is stored in the models directory."
+        )
     role = raw.get("role", "any")
     if role not in ("target", "draft", "any"):
         raise CatalogError(f"{where}: model {name!r} has role {role!r}; use target, draft or any.")

@@ -307,3 +307,11 @@ def test_chooser_backs_off_where_speculation_cannot_pay_and_uses_good_ngrams() -
     for _ in range(30):
         cheap.record("ngram", 8, 0, 0.0, 0.0028, 9)
     assert cheap.plan(budget=16, ngram_available=12).source == "none"
+
+
+def test_per_slot_state_stays_bounded_whatever_slot_names_clients_send(similar_engine: Engine) -> None:
+    from localspec.engine.engine import MAX_CHOOSERS
+
+    for index in range(MAX_CHOOSERS + 20):
+        run(similar_engine, "x", "adaptive", max_tokens=1, slot=f"client-{index}")
+    assert len(similar_engine._choosers) <= MAX_CHOOSERS

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Iterator
 from typing import ClassVar
 
 from textual import on, work
@@ -30,7 +31,14 @@ from localspec.tui.screens.confirm import ConfirmScreen
 from localspec.tui.screens.help import HelpScreen
 from localspec.tui.screens.settings import SettingsScreen
 from localspec.tui.screens.text_prompt import TextPromptScreen
-from localspec.tui.store import DEFAULT_TITLE, ChatSettings, Conversation, ConversationStore, Message
+from localspec.tui.store import (
+    DEFAULT_TITLE,
+    ChatSettings,
+    Conversation,
+    ConversationStore,
+    Message,
+    StoreError,
+)
 from localspec.tui.widgets.chat_view import ChatView
 from localspec.tui.widgets.conversation_header import ConversationHeader
 from localspec.tui.widgets.notice import Notice
@@ -183,10 +191,11 @@ class ChatApp(App[None]):
                 "A reply is still streaming: wait, or press Esc to cancel it first.", severity="warning"
             )
             return
-        self.conversation = self.store.create_conversation()
-        self.query_one("#search", Input).value = ""
-        await self._show_conversation()
-        self.query_one(StatusBar).clear_stats()
+        with self._saving():
+            self.conversation = self.store.create_conversation()
+            self.query_one("#search", Input).value = ""
+            await self._show_conversation()
+            self.query_one(StatusBar).clear_stats()
         self.query_one(PromptInput).focus()
 
     def action_rename_conversation(self) -> None:
@@ -196,11 +205,12 @@ class ChatApp(App[None]):
 
         def rename(title: str | None) -> None:
             if title is not None and title.strip():
-                self.store.rename_conversation(conversation.id, title)
-                conversation.title = title.strip()
-                self.sub_title = conversation.title
-                self.query_one(ConversationHeader).show(conversation)
-                self._refresh_sidebar()
+                with self._saving():
+                    self.store.rename_conversation(conversation.id, title)
+                    conversation.title = title.strip()
+                    self.sub_title = conversation.title
+                    self.query_one(ConversationHeader).show(conversation)
+                    self._refresh_sidebar()
 
         self.push_screen(TextPromptScreen("Rename conversation", conversation.title), rename)
 
@@ -217,10 +227,11 @@ class ChatApp(App[None]):
         async def delete(confirmed: bool | None) -> None:
             if not confirmed:
                 return
-            self.store.delete_conversation(conversation.id)
-            remaining = self.store.list_conversations()
-            self.conversation = remaining[0] if remaining else self.store.create_conversation()
-            await self._show_conversation()
+            with self._saving():
+                self.store.delete_conversation(conversation.id)
+                remaining = self.store.list_conversations()
+                self.conversation = remaining[0] if remaining else self.store.create_conversation()
+                await self._show_conversation()
 
         self.push_screen(
             ConfirmScreen(f"Delete “{conversation.title}” and all its messages?", "Delete"), delete
@@ -243,15 +254,24 @@ class ChatApp(App[None]):
             if result is None:
                 return
             system_prompt, settings = result
-            conversation.system_prompt = system_prompt
-            conversation.settings = settings
-            self.store.update_conversation_settings(conversation.id, system_prompt, conversation.settings)
-            self.query_one(ConversationHeader).show(conversation)
-            self.notify("Settings saved for this conversation.")
+            with self._saving():
+                self.store.update_conversation_settings(conversation.id, system_prompt, settings)
+                conversation.system_prompt = system_prompt
+                conversation.settings = settings
+                self.query_one(ConversationHeader).show(conversation)
+                self.notify("Settings saved for this conversation.")
 
         self.push_screen(
             SettingsScreen(conversation.title, conversation.system_prompt, conversation.settings), save
         )
+
+    @contextlib.contextmanager
+    def _saving(self) -> Iterator[None]:
+        """Run a store write; when it fails (a full disk), say so and leave the screen as it was."""
+        try:
+            yield
+        except StoreError as exc:
+            self.query_one(Notice).show_error(str(exc))
 
     def action_toggle_origin(self) -> None:
         self.show_origin = not self.show_origin
@@ -311,9 +331,25 @@ class ChatApp(App[None]):
         assert conversation is not None
         chat = self.query_one(ChatView)
         status = self.query_one(StatusBar)
-        user = self.store.add_message(conversation.id, "user", text)
+        try:
+            user = self.store.add_message(conversation.id, "user", text)
+        except StoreError as exc:
+            # Nothing was sent or saved: give the text back and say why (a full disk, usually).
+            self._give_back(text)
+            self.query_one(Notice).show_error(str(exc))
+            self.generating = False
+            return
         await chat.add(user, show_origin=self.show_origin)
-        reply = self.store.add_message(conversation.id, "assistant", "", status="streaming")
+        try:
+            reply = self.store.add_message(conversation.id, "assistant", "", status="streaming")
+        except StoreError as exc:
+            with contextlib.suppress(StoreError):
+                self.store.delete_message(user.id)
+            await chat.remove_message(user.id)
+            self._give_back(text)
+            self.query_one(Notice).show_error(str(exc))
+            self.generating = False
+            return
         view = await chat.add(reply, show_origin=self.show_origin)
         view.start_stream()
         live = LiveStats()
@@ -321,6 +357,7 @@ class ChatApp(App[None]):
         finish_reason = "stop"
         finished = False
         failure: str | None = None
+        save_failure: str | None = None  # the reply keeps streaming on screen when saving it fails
         last_persist = time.monotonic()
         try:
             if not await self._ensure_connected():
@@ -342,8 +379,11 @@ class ChatApp(App[None]):
                         finished = True
                 self._show_stats(live)
                 if time.monotonic() - last_persist >= PERSIST_INTERVAL_S:
-                    self.store.update_message(reply)
                     last_persist = time.monotonic()
+                    try:
+                        self.store.update_message(reply)
+                    except StoreError as exc:
+                        save_failure = str(exc)
             if not finished:
                 raise DaemonUnavailableError(
                     "The daemon ended the reply early (it stopped or restarted). Send again, or press ctrl+r."
@@ -361,16 +401,20 @@ class ChatApp(App[None]):
             undo = failure is not None and not reply.content
             if failure is not None and not undo:
                 reply.status = "error"
-            self.store.update_message(reply)
+            try:
+                self.store.update_message(reply)
+            except StoreError as exc:
+                save_failure = str(exc)
             await view.stop_stream()
             if undo:
                 # Nothing came back: undo the turn and give the typed text back, so nothing is lost.
                 await self._undo_turn(user, reply, text)
             else:
                 view.refresh_header()
-                self._auto_title(conversation, text)
-            if failure:
-                self.query_one(Notice).show_error(failure)
+                with contextlib.suppress(StoreError):  # a title is not worth a second error
+                    self._auto_title(conversation, text)
+            if failure or save_failure:
+                self.query_one(Notice).show_error(" ".join(m for m in (failure, save_failure) if m))
             if not undo:
                 self._show_stats(live)
             status.state = "ready" if self.connection.connected else "offline"
@@ -380,8 +424,13 @@ class ChatApp(App[None]):
     async def _undo_turn(self, user: Message, reply: Message, text: str) -> None:
         chat = self.query_one(ChatView)
         for message in (reply, user):
-            self.store.delete_message(message.id)
+            with contextlib.suppress(StoreError):  # at worst an empty turn stays in the store
+                self.store.delete_message(message.id)
             await chat.remove_message(message.id)
+        self._give_back(text)
+
+    def _give_back(self, text: str) -> None:
+        """Put a message that was not sent back into the input, before anything typed since."""
         prompt = self.query_one(PromptInput)
         typed_since = prompt.text.strip()
         prompt.load_text(f"{text}\n{typed_since}" if typed_since else text)

@@ -10,6 +10,8 @@ import json
 import sqlite3
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -119,6 +121,25 @@ class ConversationStore:
     def close(self) -> None:
         self._db.close()
 
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        # Every write is one SQLite transaction: when it fails (disk full, read-only folder) it rolls back
+        # whole, so what was saved before stays intact; callers get a StoreError that says what to do.
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StoreError(
+                f"Could not save to the conversation store {self.path} ({exc}). Free some disk space "
+                "(or check the folder is writable) and try again; everything saved earlier is kept."
+            ) from exc
+
     def _recover_interrupted(self) -> int:
         cursor = self._db.execute("UPDATE messages SET status='interrupted' WHERE status='streaming'")
         return cursor.rowcount
@@ -128,13 +149,14 @@ class ConversationStore:
     def create_conversation(
         self, title: str = DEFAULT_TITLE, system_prompt: str = "", settings: ChatSettings | None = None
     ) -> Conversation:
-        now = self._clock()
-        conv = Conversation(uuid.uuid4().hex, title, system_prompt, settings or ChatSettings(), now, now)
-        self._db.execute(
-            "INSERT INTO conversations VALUES (?, ?, ?, ?, ?, ?)",
-            (conv.id, conv.title, conv.system_prompt, conv.settings.to_json(), now, now),
-        )
-        return conv
+        with self._writing():
+            now = self._clock()
+            conv = Conversation(uuid.uuid4().hex, title, system_prompt, settings or ChatSettings(), now, now)
+            self._db.execute(
+                "INSERT INTO conversations VALUES (?, ?, ?, ?, ?, ?)",
+                (conv.id, conv.title, conv.system_prompt, conv.settings.to_json(), now, now),
+            )
+            return conv
 
     def get_conversation(self, conversation_id: str) -> Conversation | None:
         row = self._db.execute("SELECT * FROM conversations WHERE id=?", (conversation_id,)).fetchone()
@@ -155,51 +177,58 @@ class ConversationStore:
         return [_conversation(row) for row in rows]
 
     def rename_conversation(self, conversation_id: str, title: str) -> None:
-        self._db.execute(
-            "UPDATE conversations SET title=? WHERE id=?", (title.strip() or DEFAULT_TITLE, conversation_id)
-        )
+        with self._writing():
+            self._db.execute(
+                "UPDATE conversations SET title=? WHERE id=?",
+                (title.strip() or DEFAULT_TITLE, conversation_id),
+            )
 
     def update_conversation_settings(
         self, conversation_id: str, system_prompt: str, settings: ChatSettings
     ) -> None:
-        self._db.execute(
-            "UPDATE conversations SET system_prompt=?, settings=? WHERE id=?",
-            (system_prompt, settings.to_json(), conversation_id),
-        )
+        with self._writing():
+            self._db.execute(
+                "UPDATE conversations SET system_prompt=?, settings=? WHERE id=?",
+                (system_prompt, settings.to_json(), conversation_id),
+            )
 
     def delete_conversation(self, conversation_id: str) -> None:
-        self._db.execute("DELETE FROM conversations WHERE id=?", (conversation_id,))
+        with self._writing():
+            self._db.execute("DELETE FROM conversations WHERE id=?", (conversation_id,))
 
     # messages
 
     def add_message(
         self, conversation_id: str, role: Role, content: str, status: MessageStatus = "complete"
     ) -> Message:
-        now = self._clock()
-        cursor = self._db.execute(
-            "INSERT INTO messages (conversation_id, role, content, status, created_at)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (conversation_id, role, content, status, now),
-        )
-        self._db.execute("UPDATE conversations SET updated_at=? WHERE id=?", (now, conversation_id))
-        assert cursor.lastrowid is not None
+        with self._writing():
+            now = self._clock()
+            cursor = self._db.execute(
+                "INSERT INTO messages (conversation_id, role, content, status, created_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (conversation_id, role, content, status, now),
+            )
+            self._db.execute("UPDATE conversations SET updated_at=? WHERE id=?", (now, conversation_id))
+            assert cursor.lastrowid is not None
         return Message(cursor.lastrowid, conversation_id, role, content, status, created_at=now)
 
     def update_message(self, message: Message) -> None:
         """Persist a message's current content, status, origin runs and stats (one commit)."""
-        self._db.execute(
-            "UPDATE messages SET content=?, status=?, origin=?, stats=? WHERE id=?",
-            (
-                message.content,
-                message.status,
-                json.dumps(message.origin),
-                json.dumps(message.stats),
-                message.id,
-            ),
-        )
+        with self._writing():
+            self._db.execute(
+                "UPDATE messages SET content=?, status=?, origin=?, stats=? WHERE id=?",
+                (
+                    message.content,
+                    message.status,
+                    json.dumps(message.origin),
+                    json.dumps(message.stats),
+                    message.id,
+                ),
+            )
 
     def delete_message(self, message_id: int) -> None:
-        self._db.execute("DELETE FROM messages WHERE id=?", (message_id,))
+        with self._writing():
+            self._db.execute("DELETE FROM messages WHERE id=?", (message_id,))
 
     def messages(self, conversation_id: str) -> list[Message]:
         rows = self._db.execute(

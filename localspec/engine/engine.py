@@ -33,6 +33,7 @@ from localspec.errors import ContextOverflowError, InvalidRequestError, Unsuppor
 DEFAULT_TIE_MARGIN = 0.35
 # A slot belonging to another key is reused only when it shares at least this many prompt tokens.
 MIN_SHARED_PREFIX = 256
+MAX_CHOOSERS = 64
 
 
 @dataclass
@@ -273,8 +274,10 @@ class Engine:
         return slot
 
     def _chooser(self, key: str, mode: SpeculativeMode) -> AdaptiveChooser:
-        chooser = self._choosers.get((key, mode))
+        chooser = self._choosers.pop((key, mode), None)
         if chooser is None:
+            if len(self._choosers) >= MAX_CHOOSERS:  # slot keys come from clients: keep the most recent only
+                del self._choosers[next(iter(self._choosers))]
             ratio = self.draft.n_params() / self.target.n_params() if self.draft else 0.0
             chooser = AdaptiveChooser(
                 mode,
@@ -282,7 +285,9 @@ class Engine:
                 self.draft is not None,
                 draft_cost_ratio=max(0.1, min(1.0, ratio * 1.5)),
             )
-            self._choosers[(key, mode)] = chooser
+        self._choosers[(key, mode)] = (
+            chooser  # (re)inserted last: the dict's order is least recently used first
+        )
         return chooser
 
     def generate(self, request: GenerationRequest) -> Generation:
