@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import RunningDaemon, TinyModels, start_daemon, stop_daemon
+from waiting import wait_until
 
 from localspec.config import update_config_file
 
@@ -124,15 +125,6 @@ def _health(daemon: RunningDaemon) -> dict[str, Any]:
     return httpx.get(f"{daemon.url}/health", timeout=10).json()
 
 
-def _wait(predicate: Any, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not reached in time")
-
-
 def test_hot_reload_swaps_a_good_model_and_keeps_serving_after_a_corrupt_one(
     tiny_models: TinyModels, tmp_path: Path
 ) -> None:
@@ -148,7 +140,7 @@ def test_hot_reload_swaps_a_good_model_and_keeps_serving_after_a_corrupt_one(
 
         # A good change: another target, no draft. It loads in the background and swaps in.
         update_config_file({"target": str(tiny_models.no_fim), "draft": "none"}, config_file)
-        _wait(lambda: _health(running)["models"]["target"] == "tiny-no-fim")
+        wait_until(lambda: _health(running)["models"]["target"] == "tiny-no-fim")
         assert _health(running)["models"]["draft"] is None
         models = httpx.get(f"{running.url}/v1/models", headers=running.headers, timeout=10).json()
         assert models["data"][0]["id"] == "tiny-no-fim"
@@ -157,7 +149,7 @@ def test_hot_reload_swaps_a_good_model_and_keeps_serving_after_a_corrupt_one(
         corrupt = tmp_path / "corrupt.gguf"
         corrupt.write_bytes(b"GGUF" + os.urandom(4096))
         update_config_file({"target": str(corrupt)}, config_file)
-        _wait(lambda: bool(_health(running)["errors"]))
+        wait_until(lambda: bool(_health(running)["errors"]))
         health = _health(running)
         assert health["status"] == "ok"
         assert health["models"]["target"] == "tiny-no-fim"
@@ -194,11 +186,11 @@ def test_a_daemon_whose_first_load_failed_answers_503_and_recovers_on_a_config_f
         stderr=subprocess.DEVNULL,
     )
     try:
-        _wait(lambda: (home / "state" / "daemon.json").exists())
+        wait_until(lambda: (home / "state" / "daemon.json").exists())
         info = json.loads((home / "state" / "daemon.json").read_text())
         token = (home / "config" / "token").read_text().strip()
         running = RunningDaemon(url=info["url"], token=token, home=home, process=process)
-        _wait(lambda: _health(running)["status"] == "error")
+        wait_until(lambda: _health(running)["status"] == "error")
         assert "corrupt.gguf" in _health(running)["errors"][0]["message"]
         refused = httpx.post(
             f"{running.url}/v1/completions",
@@ -210,7 +202,7 @@ def test_a_daemon_whose_first_load_failed_answers_503_and_recovers_on_a_config_f
         assert "corrupt.gguf" in refused.json()["error"]["message"]
 
         update_config_file({"target": str(tiny_models.target)}, config_file)
-        _wait(lambda: _health(running)["status"] == "ok")
+        wait_until(lambda: _health(running)["status"] == "ok")
         assert _health(running)["errors"] == []
         served = httpx.post(
             f"{running.url}/v1/completions",

@@ -12,8 +12,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ import pytest
 import tiny_models
 from conftest import RunningDaemon, TinyModels, start_daemon, stop_daemon
 from test_daemon_scheduling import write_endless_model
+from waiting import wait_until
 
 from localspec.client import AsyncDaemonClient, DaemonClient, discover
 from localspec.config import update_config_file
@@ -62,15 +62,6 @@ def _sigkill(daemon: RunningDaemon) -> None:
 
 def _health(url: str) -> dict[str, Any]:
     return httpx.get(f"{url}/health", timeout=10).json()
-
-
-def _wait(predicate: Callable[[], bool], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not reached in time")
 
 
 # ---- daemon killed mid-stream ----
@@ -207,7 +198,7 @@ def test_model_file_damaged_while_loaded_keeps_serving_and_a_reload_reports_it(
 
         # A reload (here: another n_ctx, so the settings differ) must read the file again and fail cleanly.
         update_config_file({"n_ctx": 1024}, config_file)
-        _wait(lambda: bool(_health(running.url)["errors"]))
+        wait_until(lambda: bool(_health(running.url)["errors"]))
         health = _health(running.url)
         assert health["status"] == "ok" and health["models"]["target"] == "tiny-target"
         message = health["errors"][0]["message"]
@@ -230,7 +221,7 @@ def test_draft_file_deleted_before_a_reload_keeps_the_old_pair(
     try:
         draft.unlink()
         update_config_file({"n_ctx": 1024}, config_file)
-        _wait(lambda: bool(_health(running.url)["errors"]))
+        wait_until(lambda: bool(_health(running.url)["errors"]))
         health = _health(running.url)
         assert health["models"] == {"target": "tiny-target", "draft": "tiny-draft-similar"}
         assert "draft.gguf" in health["errors"][0]["message"]
