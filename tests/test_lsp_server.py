@@ -451,7 +451,7 @@ async def test_cancel_request_cancels_the_generation_on_the_daemon(
     async def cancelled_on_daemon() -> bool:
         return (await daemon_stats(daemon))["finish_reasons"].get("cancelled") == 1
 
-    assert await wait_until(cancelled_on_daemon)
+    assert await wait_until(cancelled_on_daemon, timeout=90)  # the daemon first works through the flood
 
 
 async def test_configuration_changes_apply_to_the_next_request(
