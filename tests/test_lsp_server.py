@@ -26,7 +26,7 @@ from localspec.lsp.text_edits import end_position
 SERVER = [sys.executable, "-m", "localspec", "lsp"]
 # Deterministic and quick: no debounce, short suggestions, no background pre-compute unless a test wants it.
 FAST = {"debounceMs": 0, "maxTokens": 16, "precompute": False}
-TIMEOUT = 20.0
+TIMEOUT = 60.0  # generous: CI machines are small and busy; passing runs take a second or two
 
 CAPABILITIES = types.ClientCapabilities(
     general=types.GeneralClientCapabilities(position_encodings=[types.PositionEncodingKind.Utf16]),
