@@ -114,27 +114,12 @@ class Engine:
         return self._info(self.draft) if self.draft else None
 
     def stats(self) -> dict[str, Any]:
+        """Cumulative stats over finished requests, in the per-request format plus engine-wide fields."""
         totals = self._totals
-        decode_time = totals.t_total - totals.t_prompt
         return {
             "requests": self._requests,
-            "tokens": totals.tokens,
-            "prompt_tokens": totals.prompt_tokens,
+            **totals.as_dict(),
             "cache_hit_tokens": totals.cached_tokens,
-            "drafted": totals.drafted,
-            "accepted": totals.accepted,
-            "acceptance": round(totals.acceptance, 4),
-            "target_passes": totals.target_passes,
-            "mean_accepted_length": round(totals.mean_accepted_length, 3),
-            "tokens_per_second": round(totals.tokens / decode_time, 3) if decode_time > 0 else 0.0,
-            "steps_by_source": dict(totals.steps_by_source),
-            "settled_near_ties": totals.settled_near_ties,
-            "time": {
-                "prompt": round(totals.t_prompt, 3),
-                "draft": round(totals.t_draft, 3),
-                "verify": round(totals.t_verify, 3),
-                "sample": round(totals.t_sample, 3),
-            },
             "slots": [
                 {"key": s.key, "cached_tokens": len(s.target_tokens), "busy": s.busy} for s in self._slots
             ],

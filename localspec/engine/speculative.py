@@ -13,7 +13,7 @@ alone (as the target alone would evaluate it) before its token is taken.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from localspec.engine.chooser import AdaptiveChooser
@@ -58,7 +58,7 @@ class Generation:
         draft_p_min: float,
         lookup_streams: list[list[int]],
         stats: RequestStats,
-        on_finish: object = None,
+        on_finish: Callable[[Generation], None] | None = None,
     ) -> None:
         self.request = request
         self.target = target
@@ -233,5 +233,5 @@ class Generation:
             self.slot.busy = False
             self.slot.last_used = time.monotonic()
             self._picker.close()
-            if callable(self._on_finish):
+            if self._on_finish is not None:
                 self._on_finish(self)
