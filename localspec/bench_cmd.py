@@ -59,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from localspec.benchmark import report, runner, workloads
     from localspec.config import load_config
     from localspec.engine import Engine, EngineSettings
+    from localspec.engine.drafters import NgramHistory
     from localspec.engine.engine import DEFAULT_TIE_MARGIN
     from localspec.engine.llama_model import default_threads
     from localspec.errors import InvalidRequestError
@@ -104,12 +105,16 @@ def run(args: argparse.Namespace) -> int:
     # Warm-up (GPU kernels, CUDA graphs, caches) so the first measured mode is not penalised.
     for mode in modes:
         runner.run_localspec(engine, tasks[0], prompts[0][: min(len(prompts[0]), 64)], mode)
+    # Each mode keeps its own history of earlier outputs, as a session would, so that no mode can copy another
+    # mode's output of the same prompt: only earlier tasks' outputs feed the n-gram drafter.
+    histories = {mode: NgramHistory() for mode in modes}
     with Progress(*columns, console=console) as progress:
         bar = progress.add_task("localspec", total=len(tasks) * len(modes))
         for task, tokens in zip(tasks, prompts, strict=True):
             reference = None
             for mode in modes:
                 progress.update(bar, description=f"localspec {mode:<8} {task.workload} {task.task_id}")
+                engine.history = histories[mode]
                 result = runner.run_localspec(engine, task, tokens, mode)
                 if mode == "none":
                     reference = result

@@ -42,6 +42,8 @@ class Config:
     mode: str = field(default="adaptive", metadata={"section": "speculative"})
     draft_max: int = field(default=16, metadata={"section": "speculative"})
     draft_p_min: float = field(default=0.75, metadata={"section": "speculative"})
+    # Tokens of earlier outputs kept (in memory only) as an n-gram draft source for later requests; 0 = off.
+    history_tokens: int = field(default=32768, metadata={"section": "speculative"})
     # [server]
     host: str = field(default="127.0.0.1", metadata={"section": "server"})
     port: int = field(default=8717, metadata={"section": "server"})
@@ -61,6 +63,10 @@ class Config:
             raise ConfigError(f"speculative.draft_max must be between 0 and 64, not {self.draft_max}.")
         if not 0.0 <= self.draft_p_min <= 1.0:
             raise ConfigError(f"speculative.draft_p_min must be between 0 and 1, not {self.draft_p_min}.")
+        if not 0 <= self.history_tokens <= 1_048_576:
+            raise ConfigError(
+                f"speculative.history_tokens must be between 0 and 1048576, not {self.history_tokens}."
+            )
         if self.n_ctx < 64:
             raise ConfigError(f"engine.n_ctx must be at least 64, not {self.n_ctx}.")
         if not 0 <= self.port <= 65535:

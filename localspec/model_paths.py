@@ -49,5 +49,6 @@ def engine_settings(config: Config, target: Path, draft: Path | None, **override
         "mode": config.mode,  # Config.validate() checked it
         "draft_max": config.draft_max,
         "draft_p_min": config.draft_p_min,
+        "history_tokens": config.history_tokens,
     }
     return EngineSettings(**{**values, **overrides})

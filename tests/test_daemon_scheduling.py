@@ -48,6 +48,12 @@ def endless(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDaemon]
     draft = write_endless_model(
         folder / "draft.gguf", tiny_models.TinySpec(seed=2, noise_from=1, noise=0.05), "endless-draft"
     )
+    # Outputs are compared across runs, so every run must draft alike: without the history of earlier outputs
+    # (a later run would copy an earlier one), since these random models have exact ties that differently
+    # batched passes may break the other way deep into a 1500-token output.
+    config = folder / "home" / "config" / "config.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text("[speculative]\nhistory_tokens = 0\n", encoding="utf-8")
     running = start_daemon(
         folder / "home", ["--target", str(target), "--draft", str(draft), "--n-ctx", "2048", "--threads", "1"]
     )

@@ -1,9 +1,10 @@
 """Adaptive choice of draft source and length from measured acceptance and measured costs.
 
-Model: a source whose drafts are accepted token by token with probability a settles, with k drafts,
-E(k) = (1 - a^(k+1)) / (1 - a) tokens per target pass. A step costs k * c_draft + c_verify(k + 1) seconds,
-with c_verify(n) fitted from measured passes. The chooser picks the source and k with the best expected
-tokens per second, compared with the target alone (1 / c_verify(1)), so speculation backs off when it does not pay.
+Model: a source's i-th drafted token is accepted with probability a_i once the ones before it were (measured per
+position: a_1, a_2, a_3 and a_4+), so k drafts settle E(k) = 1 + a_1 + a_1 a_2 + ... tokens per target pass.
+A step costs k * c_draft + c_verify(k + 1) seconds, with c_verify(n) measured for every pass size n. The chooser
+picks the source and k with the best expected tokens per second, compared with the target alone
+(1 / c_verify(1)), so speculation backs off when it does not pay.
 """
 
 from __future__ import annotations
@@ -15,25 +16,10 @@ from localspec.engine.types import DraftSource, SpeculativeMode
 PROBE_EVERY = 24  # steps between re-tries of a source that currently looks unprofitable
 OPTIMISTIC_ACCEPTANCE = 0.95
 PRIOR_ACCEPTANCE = 0.85
-CANDIDATE_LENGTHS = (
-    1,
-    2,
-    3,
-    4,
-    6,
-    8,
-    12,
-    16,
-    24,
-    32,
-)  # draft lengths the planner weighs (fewer = cheaper steps)
 PROBE_MARGIN = 1.1  # a probe must promise this much over the target alone to be worth its cost
-
-
-def expected_tokens(acceptance: float, k: int) -> float:
-    if acceptance >= 0.999:
-        return k + 1.0
-    return (1.0 - acceptance ** (k + 1)) / (1.0 - acceptance)
+LONG_RUN_WEIGHT = 0.05  # weight of one outcome in the n-gram acceptance carried from request to request
+FASTER_WEIGHT, SLOWER_WEIGHT = 0.5, 0.1  # weight of a pass timed below / above its size's estimate
+POSITIONS = 4  # acceptance is measured separately for the 1st, 2nd, 3rd and 4th-and-later drafted token
 
 
 @dataclass
@@ -49,38 +35,86 @@ class _Ewma:
         self.value += weight * (sample - self.value)
 
 
-class VerifyCost:
-    """Least-squares fit of verify time t(n) = one + (n - 1) * extra over recent passes (decayed sums)."""
+class PositionalAcceptance:
+    """Acceptance of the i-th drafted token given that the ones before it were accepted.
 
-    # Prior: an extra token in a pass costs half a one-token pass (measured 0.5-0.9 on a 2-core CPU and ~0.6 on
-    # an H100 for small batches: small batches are far from free).
-    def __init__(self, one: float = 0.05, extra_ratio: float = 0.5, decay: float = 0.97) -> None:
-        self.one = one
-        self.extra = one * extra_ratio
-        self._extra_ratio = extra_ratio
-        self._decay = decay
-        self._sums = [0.0, 0.0, 0.0, 0.0, 0.0]  # weight, x, x*x, t, x*t with x = n - 1
+    One rate per position because drafts are nearly all-or-nothing: a copied run whose first token is right
+    usually stays right (measured on code: ~0.65 for the first n-gram token, ~0.9 from the fourth on), so a single
+    rate would draft too much where the first guess is weak and too little along a good run.
+    """
 
-    def add(self, n: int, seconds: float) -> None:
-        x = n - 1.0
-        self._sums = [s * self._decay for s in self._sums]
-        for i, value in enumerate((1.0, x, x * x, seconds, x * seconds)):
-            self._sums[i] += value
-        w, sx, sxx, st, sxt = self._sums
-        variance = w * sxx - sx * sx
-        if variance > 1e-6 * w * w:
-            extra = (w * sxt - sx * st) / variance
-            one = (st - extra * sx) / w
-            if extra >= 0.0 and one > 0.0:
-                self.one, self.extra = one, extra
-                return
-        # All passes had (nearly) the same size: split the mean time with the prior ratio.
-        mean_x, mean_t = sx / w, st / w
-        self.one = mean_t / (1.0 + mean_x * self._extra_ratio)
-        self.extra = self.one * self._extra_ratio
+    def __init__(self, prior: float | list[float], weight: float = 0.15) -> None:
+        priors = prior if isinstance(prior, list) else [prior] * POSITIONS
+        self.rates = [_Ewma(value, weight) for value in priors]
 
-    def estimate(self, n: int) -> float:
-        return self.one + (n - 1) * self.extra
+    def rate(self, position: int) -> float:
+        return self.rates[min(position, POSITIONS - 1)].value
+
+    def record(self, drafted: int, accepted: int) -> None:
+        # Positions up to the first rejection were tried; those after it tell nothing.
+        for i in range(min(drafted, accepted + 1)):
+            self.rates[min(i, POSITIONS - 1)].add(1.0 if i < accepted else 0.0)
+
+
+class PassCosts:
+    """Seconds per target pass over n tokens (for each n) and per draft-model token, on this machine.
+
+    Measured per size because batched passes are neither free nor linear: on a 2-core CPU a 16-token pass costs
+    less than a 12-token one (llama.cpp switches to other kernels), on a GPU small batches cost nearly one pass.
+    The engine measures every size once at start-up (`Engine` calibration); each real pass then updates its size.
+    One instance is shared by all requests: the costs describe the machine and the model pair, not the text.
+    """
+
+    def __init__(self, one: float = 0.05, extra_ratio: float = 0.5, draft_ratio: float = 0.4) -> None:
+        self._prior_one, self._prior_extra = one, one * extra_ratio
+        self._by_size: dict[int, _Ewma] = {}
+        self._draft_ratio = draft_ratio
+        self._draft_token = _Ewma(0.0)
+
+    def record_verify(self, n: int, seconds: float) -> None:
+        estimate = self._by_size.get(n)
+        if estimate is None:
+            self._by_size[n] = _Ewma(seconds, samples=1)
+            return
+        # Quick to go down, slow to go up: a pass is rarely faster than it can be, but often slower (a busy
+        # machine, a first pass of its shape), and an estimate stuck too high would keep its size from being
+        # planned, and so from being measured again.
+        estimate.weight = FASTER_WEIGHT if seconds < estimate.value else SLOWER_WEIGHT
+        estimate.add(seconds)
+
+    def record_draft(self, tokens: int, seconds: float) -> None:
+        if not tokens:
+            return
+        if self._draft_token.samples == 0:  # no prior to blend with: the first measurement is the estimate
+            self._draft_token = _Ewma(seconds / tokens, samples=1)
+        else:
+            self._draft_token.add(seconds / tokens)
+
+    def measured_sizes(self) -> set[int]:
+        return set(self._by_size)
+
+    def verify(self, n: int) -> float:
+        if (known := self._by_size.get(n)) is not None:
+            return known.value
+        sizes = sorted(self._by_size)
+        below = [s for s in sizes if s < n]
+        above = [s for s in sizes if s > n]
+        if below and above:  # interpolate between the nearest measured sizes
+            low, high = below[-1], above[0]
+            t_low, t_high = self._by_size[low].value, self._by_size[high].value
+            return t_low + (t_high - t_low) * (n - low) / (high - low)
+        if len(below) >= 2:  # extend the line through the two largest measured sizes
+            low, high = below[-2], below[-1]
+            t_low, t_high = self._by_size[low].value, self._by_size[high].value
+            return t_high + max(0.0, (t_high - t_low) / (high - low)) * (n - high)
+        if below or above:  # one size known: scale it per token
+            size = (below or above)[-1]
+            return self._by_size[size].value * n / size
+        return self._prior_one + (n - 1) * self._prior_extra
+
+    def draft_token(self) -> float:
+        """Seconds per draft-model token; until measured, a fraction of a one-token target pass."""
+        return self._draft_token.value if self._draft_token.samples else self.verify(1) * self._draft_ratio
 
 
 @dataclass
@@ -91,46 +125,49 @@ class Plan:
 
 class AdaptiveChooser:
     def __init__(
-        self, mode: SpeculativeMode, draft_max: int, has_draft_model: bool, draft_cost_ratio: float = 0.4
+        self,
+        mode: SpeculativeMode,
+        draft_max: int,
+        has_draft_model: bool,
+        costs: PassCosts | None = None,
     ) -> None:
         self.mode = mode
         self.draft_max = draft_max
         self.has_draft_model = has_draft_model
         # Acceptance per drafted token. The priors are hopeful so that each source gets tried; measurements
         # replace them within a few steps.
-        self.acceptance = {"draft": _Ewma(PRIOR_ACCEPTANCE), "ngram": _Ewma(PRIOR_ACCEPTANCE)}
-        self.verify_cost = VerifyCost()
-        # Seconds per draft-model token; until measured, a fraction of a one-token target pass.
-        self.c_draft = _Ewma(0.0)
-        self._draft_cost_ratio = draft_cost_ratio
-        self._since_tried = {"draft": 0, "ngram": 0}
+        self.acceptance = {
+            "draft": PositionalAcceptance(PRIOR_ACCEPTANCE),
+            "ngram": PositionalAcceptance(PRIOR_ACCEPTANCE),
+        }
+        self._ngram_long_run = PositionalAcceptance(PRIOR_ACCEPTANCE, weight=LONG_RUN_WEIGHT)
+        self.costs = costs if costs is not None else PassCosts()
+        self._since_tried = {"draft": 0, "ngram": 0, "none": 0}
 
     def start_request(self) -> None:
-        """Whether the text repeats itself is a property of each request: n-gram acceptance starts hopeful again.
-        The draft model's acceptance and the measured costs carry over (they describe the model pair)."""
-        self.acceptance["ngram"] = _Ewma(PRIOR_ACCEPTANCE)
+        """Whether the text repeats itself is a property of each request: n-gram acceptance starts again from the
+        slow average over this client's requests, and moves fast. The draft model's acceptance and the measured
+        costs carry over (they describe the model pair)."""
+        self.acceptance["ngram"] = PositionalAcceptance([rate.value for rate in self._ngram_long_run.rates])
         self._since_tried["ngram"] = 0
 
     # ---- planning ---------------------------------------------------------------------------------------------
 
-    def _draft_token_cost(self) -> float:
-        return self.c_draft.value if self.c_draft.samples else self.verify_cost.one * self._draft_cost_ratio
-
-    def _rate(self, source: DraftSource, k: int, acceptance: float | None = None) -> float:
-        cost = self.verify_cost.estimate(k + 1)
-        if source == "draft":
-            cost += k * self._draft_token_cost()
-        if source == "none":
-            return 1.0 / cost
-        return expected_tokens(self.acceptance[source].value if acceptance is None else acceptance, k) / cost
+    def _alone_rate(self) -> float:
+        return 1.0 / self.costs.verify(1)
 
     def _best_length(
         self, source: DraftSource, limit: int, acceptance: float | None = None
     ) -> tuple[int, float]:
-        """The draft length in 1..limit with the best expected rate, and that rate."""
+        """The draft length in 1..limit with the best expected tokens per second, and that rate."""
+        rates = self.acceptance[source]
+        per_draft_token = self.costs.draft_token() if source == "draft" else 0.0
         best_k, best_rate = 0, 0.0
-        for k in sorted({*(k for k in CANDIDATE_LENGTHS if k <= limit), limit} - {0}):
-            rate = self._rate(source, k, acceptance)
+        expected = survive = 1.0
+        for k in range(1, limit + 1):
+            survive *= acceptance if acceptance is not None else rates.rate(k - 1)
+            expected += survive
+            rate = expected / (self.costs.verify(k + 1) + k * per_draft_token)
             if rate > best_rate:
                 best_k, best_rate = k, rate
         return best_k, best_rate
@@ -144,7 +181,9 @@ class AdaptiveChooser:
             return Plan("draft", budget) if self.has_draft_model else Plan("none", 0)
         if self.mode == "ngram":
             return Plan("ngram", min(budget, ngram_available)) if ngram_available else Plan("none", 0)
-        alone = self._rate("none", 0)
+        if self._since_tried["none"] >= 2 * PROBE_EVERY:
+            return Plan("none", 0)  # now and then, re-time a one-token pass: every plan is compared with it
+        alone = self._alone_rate()
         best_rate, plan = alone, Plan("none", 0)
         if ngram_available:
             k, rate = self._best_length("ngram", min(budget, ngram_available))
@@ -182,15 +221,11 @@ class AdaptiveChooser:
         for name in self._since_tried:
             self._since_tried[name] = 0 if name == source else self._since_tried[name] + 1
         if verify_tokens:
-            self.verify_cost.add(verify_tokens, t_verify)
+            self.costs.record_verify(verify_tokens, t_verify)
         if source == "none" or drafted == 0:
             return
         if source == "draft":
-            self.c_draft.add(t_draft / drafted)
-        # Per-token acceptance: each accepted draft is a success; a rejection (if any) one failure.
-        rejected = 1 if accepted < drafted else 0
-        estimate = self.acceptance[source]
-        for _ in range(accepted):
-            estimate.add(1.0)
-        if rejected:
-            estimate.add(0.0)
+            self.costs.record_draft(drafted, t_draft)
+        self.acceptance[source].record(drafted, accepted)
+        if source == "ngram":
+            self._ngram_long_run.record(drafted, accepted)

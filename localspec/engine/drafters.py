@@ -2,12 +2,15 @@
 
 - DraftModelDrafter: a small model of the same family, greedy, stopping early when it is unsure.
 - NgramDrafter: prompt-lookup decoding: find the context's last n tokens earlier in the context (or in extra texts
-  such as other files of the user's repository) and propose what followed them there. Costs almost nothing.
+  such as other files of the user's repository, or the session's earlier outputs) and propose what followed them
+  there. Costs almost nothing.
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
+from collections.abc import Sequence
 from typing import Protocol
 
 from localspec.engine.llama_model import LlamaModel, top_two
@@ -78,7 +81,7 @@ class DraftModelDrafter:
         return drafts
 
 
-class _Continuations:
+class NgramTable:
     """For every n-gram seen: the token that followed it last, and how consistently the same token followed."""
 
     def __init__(self, min_n: int, max_n: int) -> None:
@@ -125,10 +128,12 @@ class NgramDrafter:
     current tail has a consistent continuation, so drafts are short where the text does not repeat itself.
     """
 
-    def __init__(self, max_n: int = 4, min_n: int = 2) -> None:
+    def __init__(self, max_n: int = 4, min_n: int = 2, shared: Sequence[NgramTable] = ()) -> None:
         self._tokens: list[int] = []
-        self._context = _Continuations(min_n, max_n)
-        self._extra = _Continuations(min_n, max_n)
+        self._context = NgramTable(min_n, max_n)
+        self._extra = NgramTable(min_n, max_n)
+        # Looked up in this order: the request's own text first, then its extra texts, then shared tables.
+        self._tables = [self._context, self._extra, *shared]
         self._max_n = max_n
 
     def add_extra(self, tokens: list[int]) -> None:
@@ -145,11 +150,53 @@ class NgramDrafter:
         tail = self._tokens[-self._max_n :]
         drafts: list[int] = []
         while len(drafts) < k:
-            token = self._context.next_token(tail)
-            if token is None:
-                token = self._extra.next_token(tail)
+            token = None
+            for table in self._tables:
+                if (token := table.next_token(tail)) is not None:
+                    break
             if token is None:
                 break
             drafts.append(token)
             tail = [*tail[1:], token] if len(tail) >= self._max_n else [*tail, token]
         return drafts
+
+
+class NgramHistory:
+    """N-grams of the session's earlier outputs, shared by later requests: code the model wrote once (names,
+    idioms, a function it is now asked to change) tends to come back (llama.cpp's dynamic lookup cache does the
+    same). Bounded to the most recent `max_tokens` tokens; outputs only, so long prompts sent again and again (an
+    editor's context) do not crowd it.
+    """
+
+    def __init__(self, max_tokens: int = 32768, max_n: int = 4, min_n: int = 2) -> None:
+        self.max_tokens = max_tokens
+        self._orders = (min_n, max_n)
+        self.table = NgramTable(min_n, max_n)
+        self._texts: deque[list[int]] = deque()
+        self._size = 0
+
+    def add(self, tokens: list[int]) -> None:
+        if len(tokens) < 2 or self.max_tokens <= 0:
+            return
+        tokens = tokens[-self.max_tokens :]
+        self._texts.append(tokens)
+        self._size += len(tokens)
+        if self._size <= 2 * self.max_tokens:
+            self.table.add(tokens, 0, len(tokens) - 1)
+            return
+        # Rebuilt from the most recent texts only now and then, so indexing stays cheap on average.
+        while self._size > self.max_tokens:
+            self._size -= len(self._texts.popleft())
+        self.table = NgramTable(*self._orders)
+        for text in self._texts:
+            self.table.add(text, 0, len(text) - 1)
+
+    @property
+    def size(self) -> int:
+        """Tokens indexed now."""
+        return self._size
+
+    def clear(self) -> None:
+        self.table = NgramTable(*self._orders)
+        self._texts.clear()
+        self._size = 0

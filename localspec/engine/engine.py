@@ -14,9 +14,9 @@ from typing import Any
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from localspec.engine.canary import ensure_llama_runs
-from localspec.engine.chooser import AdaptiveChooser
+from localspec.engine.chooser import AdaptiveChooser, PassCosts
 from localspec.engine.compat import ensure_compatible
-from localspec.engine.drafters import common_prefix_length
+from localspec.engine.drafters import NgramHistory, common_prefix_length
 from localspec.engine.llama_model import LlamaModel
 from localspec.engine.speculative import Generation, SlotState
 from localspec.engine.types import (
@@ -49,6 +49,7 @@ class EngineSettings:
     draft_max: int = 16
     draft_p_min: float = 0.75
     tie_margin: float = DEFAULT_TIE_MARGIN
+    history_tokens: int = 32768  # earlier outputs kept as an n-gram source (0 = none)
 
 
 class Engine:
@@ -69,10 +70,55 @@ class Engine:
             SlotState(seq_id=i, key="", target_tokens=[], draft_tokens=[]) for i in range(settings.slots)
         ]
         self._choosers: dict[tuple[str, str], AdaptiveChooser] = {}
+        ratio = self.draft.n_params() / self.target.n_params() if self.draft else 0.0
+        self.costs = PassCosts(draft_ratio=max(0.1, min(1.0, ratio * 1.5)))
+        if settings.mode != "none":
+            self._calibrate()
+        # N-grams of earlier outputs, one more draft source for later requests (replaceable: `bench` keeps one
+        # per mode so a mode never copies another mode's output of the same prompt).
+        self.history = NgramHistory(settings.history_tokens)
         self._totals = RequestStats()
         self._requests = 0
         self._started = time.time()
         self._chat_formatter: Jinja2ChatFormatter | None = None
+
+    def _calibrate(self) -> None:
+        """Time one target pass of every size a step can verify (and a draft-model token): the chooser plans
+        with these from the first request on, and every real pass updates them. ~2 s on a 2-core CPU."""
+        seq_id = self._slots[0].seq_id
+        sizes = range(1, min(self.settings.draft_max + 1, self.target.n_ctx_per_seq - 1, 64) + 1)
+        tokens = [0] * (max(sizes) + 1)  # any token: a pass costs the same whatever it reads
+        self.target.decode(tokens, 0, seq_id, "all")  # warm-up: first-use allocations are not a pass cost
+        self.target.remove_from(seq_id, 1)
+        # Each size's best of two sweeps: on a GPU the first passes of each batch shape also capture and upload
+        # its graph (measured: 3x a warm pass). A slow CPU sweep has no such start-up and is not repeated.
+        best: dict[int, float] = {}
+        started = time.perf_counter()
+        for sweep in range(2):
+            if sweep and time.perf_counter() - started > 1.0:
+                break
+            for n in sizes:
+                seconds = self._timed_pass(self.target, tokens[:n], seq_id)
+                best[n] = min(best.get(n, seconds), seconds)
+        for n, seconds in best.items():
+            self.costs.record_verify(n, seconds)
+        self.target.remove_from(seq_id, 0)
+        if self.draft is not None:
+            self.draft.decode(tokens[:1], 0, seq_id, "last")
+            self.costs.record_draft(
+                1, min(self._timed_pass(self.draft, tokens[:1], seq_id) for _ in range(3))
+            )
+            self.draft.remove_from(seq_id, 0)
+
+    @staticmethod
+    def _timed_pass(model: LlamaModel, tokens: list[int], seq_id: int) -> float:
+        """Seconds for one pass over `tokens` after position 0 of `seq_id` (the KV is left as it was)."""
+        started = time.perf_counter()
+        model.decode(tokens, 1, seq_id, "all")
+        model.synchronize()
+        elapsed = time.perf_counter() - started
+        model.remove_from(seq_id, 1)
+        return elapsed
 
     def _load(self, path: Path, role: str, gpu_layers: int) -> LlamaModel:
         settings = self.settings
@@ -263,13 +309,7 @@ class Engine:
         if chooser is None:
             if len(self._choosers) >= MAX_CHOOSERS:  # slot keys come from clients: keep the most recent only
                 del self._choosers[next(iter(self._choosers))]
-            ratio = self.draft.n_params() / self.target.n_params() if self.draft else 0.0
-            chooser = AdaptiveChooser(
-                mode,
-                self.settings.draft_max,
-                self.draft is not None,
-                draft_cost_ratio=max(0.1, min(1.0, ratio * 1.5)),
-            )
+            chooser = AdaptiveChooser(mode, self.settings.draft_max, self.draft is not None, self.costs)
         self._choosers[(key, mode)] = (
             chooser  # (re)inserted last: the dict's order is least recently used first
         )
@@ -300,6 +340,7 @@ class Engine:
                 self.settings.tie_margin,
                 self.settings.draft_p_min,
                 lookups,
+                [self.history.table],
                 stats,
                 on_finish=self._record,
             )
@@ -316,6 +357,8 @@ class Engine:
 
     def _record(self, generation: Generation) -> None:
         self._requests += 1
+        if generation.result is not None:
+            self.history.add(generation.result.token_ids)
         stats, totals = generation.stats, self._totals
         for name in (
             "prompt_tokens",

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from localspec.engine.chooser import AdaptiveChooser
-from localspec.engine.drafters import Drafter, DraftModelDrafter, NgramDrafter, sync_sequence
+from localspec.engine.drafters import Drafter, DraftModelDrafter, NgramDrafter, NgramTable, sync_sequence
 from localspec.engine.llama_model import LlamaModel
 from localspec.engine.sampling import TokenPicker
 from localspec.engine.text_stream import TextStream
@@ -57,6 +57,7 @@ class Generation:
         tie_margin: float,
         draft_p_min: float,
         lookup_streams: list[list[int]],
+        shared_ngrams: list[NgramTable],
         stats: RequestStats,
         on_finish: Callable[[Generation], None] | None = None,
     ) -> None:
@@ -74,7 +75,7 @@ class Generation:
         self._draft: Drafter | None = (
             DraftModelDrafter(draft, slot.seq_id, slot.draft_tokens, draft_p_min) if draft else None
         )
-        self._ngram = NgramDrafter()
+        self._ngram = NgramDrafter(shared=shared_ngrams)
         for stream in lookup_streams:
             self._ngram.add_extra(stream)
         # Evaluate the prompt except its last token, reusing the slot's cached prefix; the last token is the first
