@@ -48,12 +48,12 @@ def replay(
             elif policy == "all":
                 k = len(proposal)
             else:
-                plan = chooser.plan(budget, len(proposal))
+                plan = chooser.plan(budget, len(proposal), drafter.match_length)
                 k = plan.k if plan.source == "ngram" else 0
             accepted = common_prefix_length(proposal[:k], output[position:])
             seconds = costs.verify(k + 1)
             spent += seconds
-            chooser.record("ngram" if k else "none", k, accepted, 0.0, seconds, k + 1)
+            chooser.record("ngram" if k else "none", k, accepted, 0.0, seconds, k + 1, drafter.match_length)
             position += accepted + 1
         earlier.add(output)
     return alone / spent

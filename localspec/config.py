@@ -43,7 +43,7 @@ class Config:
     draft_max: int = field(default=16, metadata={"section": "speculative"})
     draft_p_min: float = field(default=0.75, metadata={"section": "speculative"})
     # Tokens of earlier outputs kept (in memory only) as an n-gram draft source for later requests; 0 = off.
-    history_tokens: int = field(default=32768, metadata={"section": "speculative"})
+    history_tokens: int = field(default=16384, metadata={"section": "speculative"})
     # [server]
     host: str = field(default="127.0.0.1", metadata={"section": "server"})
     port: int = field(default=8717, metadata={"section": "server"})

@@ -433,3 +433,24 @@ def test_a_cost_measured_too_high_is_corrected_by_the_next_passes() -> None:
     assert sources[0] == "draft"
     assert costs.verify(1) == pytest.approx(0.002, rel=0.1)
     assert sources[-100:].count("none") >= 90  # what remains are the periodic re-probes of the draft model
+
+
+def test_ngram_drafts_are_judged_by_the_length_of_the_match_that_proposed_them() -> None:
+    from localspec.engine.chooser import AdaptiveChooser, PassCosts
+    from localspec.engine.drafters import NgramDrafter
+
+    # The drafter reports the longest match: 8 tokens repeated verbatim, then only a 2-token echo.
+    text = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 50, 1, 2, 3, 4, 5, 6, 7, 8]
+    drafter = NgramDrafter()
+    assert drafter.propose(text, 4) == [9, 10, 50, 1]
+    assert drafter.match_length == 8
+    costs = PassCosts()
+    for n in range(1, 18):
+        costs.record_verify(n, 0.002 + 0.0003 * (n - 1))
+    chooser = AdaptiveChooser("adaptive", draft_max=16, has_draft_model=False, costs=costs)
+    for _ in range(30):
+        chooser.record("ngram", 4, 0, 0.0, 0.003, 5, ngram_match=2)  # short matches: always wrong
+        chooser.record("ngram", 8, 8, 0.0, 0.004, 9, ngram_match=8)  # long matches: always right
+    chooser.record("none", 0, 0, 0.0, 0.002, 1)  # (a one-token pass is re-timed now and then)
+    assert chooser.plan(budget=16, ngram_available=8, ngram_match=2).source == "none"
+    assert chooser.plan(budget=16, ngram_available=8, ngram_match=8) == Plan("ngram", 8)

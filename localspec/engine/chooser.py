@@ -1,7 +1,8 @@
 """Adaptive choice of draft source and length from measured acceptance and measured costs.
 
 Model: a source's i-th drafted token is accepted with probability a_i once the ones before it were (measured per
-position: a_1, a_2, a_3 and a_4+), so k drafts settle E(k) = 1 + a_1 + a_1 a_2 + ... tokens per target pass.
+position: a_1, a_2, a_3 and a_4+; for n-grams also per length of the match that proposed the draft), so k drafts
+settle E(k) = 1 + a_1 + a_1 a_2 + ... tokens per target pass.
 A step costs k * c_draft + c_verify(k + 1) seconds, with c_verify(n) measured for every pass size n. The chooser
 picks the source and k with the best expected tokens per second, compared with the target alone
 (1 / c_verify(1)), so speculation backs off when it does not pay.
@@ -20,6 +21,15 @@ PROBE_MARGIN = 1.1  # a probe must promise this much over the target alone to be
 LONG_RUN_WEIGHT = 0.05  # weight of one outcome in the n-gram acceptance carried from request to request
 FASTER_WEIGHT, SLOWER_WEIGHT = 0.5, 0.1  # weight of a pass timed below / above its size's estimate
 POSITIONS = 4  # acceptance is measured separately for the 1st, 2nd, 3rd and 4th-and-later drafted token
+
+
+def match_class(match_length: int) -> str:
+    """n-gram drafts are judged apart by how long a match proposed them: acceptance of the first drafted token
+    was measured at ~0.45 after a 2-token match and ~0.9 after 8 tokens."""
+    return "short" if match_length <= 3 else ("mid" if match_length < 8 else "long")
+
+
+MATCH_CLASSES = ("short", "mid", "long")
 
 
 @dataclass
@@ -136,11 +146,12 @@ class AdaptiveChooser:
         self.has_draft_model = has_draft_model
         # Acceptance per drafted token. The priors are hopeful so that each source gets tried; measurements
         # replace them within a few steps.
-        self.acceptance = {
-            "draft": PositionalAcceptance(PRIOR_ACCEPTANCE),
-            "ngram": PositionalAcceptance(PRIOR_ACCEPTANCE),
+        self.draft_acceptance = PositionalAcceptance(PRIOR_ACCEPTANCE)
+        # n-gram acceptance per match class: for this request, and a slow average over this client's requests.
+        self._ngram_long_run = {
+            name: PositionalAcceptance(PRIOR_ACCEPTANCE, weight=LONG_RUN_WEIGHT) for name in MATCH_CLASSES
         }
-        self._ngram_long_run = PositionalAcceptance(PRIOR_ACCEPTANCE, weight=LONG_RUN_WEIGHT)
+        self.ngram_acceptance = {name: PositionalAcceptance(PRIOR_ACCEPTANCE) for name in MATCH_CLASSES}
         self.costs = costs if costs is not None else PassCosts()
         self._since_tried = {"draft": 0, "ngram": 0, "none": 0}
 
@@ -148,7 +159,10 @@ class AdaptiveChooser:
         """Whether the text repeats itself is a property of each request: n-gram acceptance starts again from the
         slow average over this client's requests, and moves fast. The draft model's acceptance and the measured
         costs carry over (they describe the model pair)."""
-        self.acceptance["ngram"] = PositionalAcceptance([rate.value for rate in self._ngram_long_run.rates])
+        self.ngram_acceptance = {
+            name: PositionalAcceptance([rate.value for rate in long_run.rates])
+            for name, long_run in self._ngram_long_run.items()
+        }
         self._since_tried["ngram"] = 0
 
     # ---- planning ---------------------------------------------------------------------------------------------
@@ -157,11 +171,9 @@ class AdaptiveChooser:
         return 1.0 / self.costs.verify(1)
 
     def _best_length(
-        self, source: DraftSource, limit: int, acceptance: float | None = None
+        self, rates: PositionalAcceptance, per_draft_token: float, limit: int, acceptance: float | None = None
     ) -> tuple[int, float]:
         """The draft length in 1..limit with the best expected tokens per second, and that rate."""
-        rates = self.acceptance[source]
-        per_draft_token = self.costs.draft_token() if source == "draft" else 0.0
         best_k, best_rate = 0, 0.0
         expected = survive = 1.0
         for k in range(1, limit + 1):
@@ -172,8 +184,9 @@ class AdaptiveChooser:
                 best_k, best_rate = k, rate
         return best_k, best_rate
 
-    def plan(self, budget: int, ngram_available: int) -> Plan:
-        """budget: most drafts the request can still use; ngram_available: length of the n-gram proposal."""
+    def plan(self, budget: int, ngram_available: int, ngram_match: int = 0) -> Plan:
+        """budget: most drafts the request can still use; ngram_available: length of the n-gram proposal;
+        ngram_match: length of the match that proposed it."""
         budget = min(budget, self.draft_max)
         if budget <= 0 or self.mode == "none":
             return Plan("none", 0)
@@ -186,23 +199,27 @@ class AdaptiveChooser:
         alone = self._alone_rate()
         best_rate, plan = alone, Plan("none", 0)
         if ngram_available:
-            k, rate = self._best_length("ngram", min(budget, ngram_available))
+            rates = self.ngram_acceptance[match_class(ngram_match)]
+            k, rate = self._best_length(rates, 0.0, min(budget, ngram_available))
             if rate > best_rate:
                 best_rate, plan = rate, Plan("ngram", k)
             elif self._since_tried["ngram"] >= PROBE_EVERY:
                 k, hopeful = self._best_length(
-                    "ngram", min(budget, ngram_available, 4), OPTIMISTIC_ACCEPTANCE
+                    rates, 0.0, min(budget, ngram_available, 4), OPTIMISTIC_ACCEPTANCE
                 )
                 if hopeful > PROBE_MARGIN * alone:
                     return Plan("ngram", k)  # n-gram drafts cost nothing to make: re-probe cheaply
         if self.has_draft_model:
-            k, rate = self._best_length("draft", budget)
+            per_token = self.costs.draft_token()
+            k, rate = self._best_length(self.draft_acceptance, per_token, budget)
             if rate > best_rate:
                 best_rate, plan = rate, Plan("draft", k)
             elif plan.source == "none" and self._since_tried["draft"] >= PROBE_EVERY:
                 # Acceptance changes with the text: re-probe now and then, but only where a nearly perfect
                 # draft would beat the target alone at the measured costs (on many machines it never can).
-                k, hopeful = self._best_length("draft", min(budget, 4), acceptance=OPTIMISTIC_ACCEPTANCE)
+                k, hopeful = self._best_length(
+                    self.draft_acceptance, per_token, min(budget, 4), OPTIMISTIC_ACCEPTANCE
+                )
                 if hopeful > PROBE_MARGIN * alone:
                     return Plan("draft", k)
         return plan
@@ -217,6 +234,7 @@ class AdaptiveChooser:
         t_draft: float,
         t_verify: float,
         verify_tokens: int,
+        ngram_match: int = 0,
     ) -> None:
         for name in self._since_tried:
             self._since_tried[name] = 0 if name == source else self._since_tried[name] + 1
@@ -226,6 +244,7 @@ class AdaptiveChooser:
             return
         if source == "draft":
             self.costs.record_draft(drafted, t_draft)
-        self.acceptance[source].record(drafted, accepted)
-        if source == "ngram":
-            self._ngram_long_run.record(drafted, accepted)
+            self.draft_acceptance.record(drafted, accepted)
+        else:
+            self.ngram_acceptance[match_class(ngram_match)].record(drafted, accepted)
+            self._ngram_long_run[match_class(ngram_match)].record(drafted, accepted)

@@ -49,7 +49,7 @@ class EngineSettings:
     draft_max: int = 16
     draft_p_min: float = 0.75
     tie_margin: float = DEFAULT_TIE_MARGIN
-    history_tokens: int = 32768  # earlier outputs kept as an n-gram source (0 = none)
+    history_tokens: int = 16384  # earlier outputs kept as an n-gram source (0 = none)
 
 
 class Engine:

@@ -116,7 +116,7 @@ class Generation:
         ngram = (
             self._ngram.propose(context, max(budget, 0)) if self.chooser.mode in ("adaptive", "ngram") else []
         )
-        plan = self.chooser.plan(budget, len(ngram))
+        plan = self.chooser.plan(budget, len(ngram), self._ngram.match_length)
         source: DraftSource = plan.source
         started = time.perf_counter()
         if source == "draft" and self._draft is not None:
@@ -155,7 +155,9 @@ class Generation:
         self._pending = settled[-1]
         t_sample = time.perf_counter() - started - t_settle
 
-        self.chooser.record(source, len(drafts), accepted, t_draft, t_verify, n_rows)
+        self.chooser.record(
+            source, len(drafts), accepted, t_draft, t_verify, n_rows, self._ngram.match_length
+        )
         t_verify += t_settle
         stats = self.stats
         stats.drafted += len(drafts)
