@@ -38,10 +38,10 @@ class _Ewma:
     weight: float = 0.15
     samples: int = 0
 
-    def add(self, sample: float) -> None:
+    def add(self, sample: float, weight: float | None = None) -> None:
         self.samples += 1
         # The first samples carry more weight so the estimate leaves its prior quickly.
-        weight = max(self.weight, 1.0 / (self.samples + 1))
+        weight = max(self.weight if weight is None else weight, 1.0 / (self.samples + 1))
         self.value += weight * (sample - self.value)
 
 
@@ -71,7 +71,7 @@ class PassCosts:
 
     Measured per size because batched passes are neither free nor linear: on a 2-core CPU a 16-token pass costs
     less than a 12-token one (llama.cpp switches to other kernels), on a GPU small batches cost nearly one pass.
-    The engine measures every size once at start-up (`Engine` calibration); each real pass then updates its size.
+    The engine times every size at start-up (`Engine._calibrate`); each real pass then updates its size.
     One instance is shared by all requests: the costs describe the machine and the model pair, not the text.
     """
 
@@ -89,8 +89,7 @@ class PassCosts:
         # Quick to go down, slow to go up: a pass is rarely faster than it can be, but often slower (a busy
         # machine, a first pass of its shape), and an estimate stuck too high would keep its size from being
         # planned, and so from being measured again.
-        estimate.weight = FASTER_WEIGHT if seconds < estimate.value else SLOWER_WEIGHT
-        estimate.add(seconds)
+        estimate.add(seconds, FASTER_WEIGHT if seconds < estimate.value else SLOWER_WEIGHT)
 
     def record_draft(self, tokens: int, seconds: float) -> None:
         if not tokens:
