@@ -12,7 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tiny_models import TinySpec, write_tiny_model
+from tiny_models import TinySpec, write_endless_pair, write_tiny_model
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,12 @@ class TinyModels:
     draft_other: Path  # unrelated weights, same tokenizer: low acceptance
     draft_bad_vocab: Path  # different special tokens: incompatible with the target
     no_fim: Path  # a model without FIM tokens
+
+
+@pytest.fixture(scope="session")
+def endless_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A tiny target and draft that never emit end-of-generation: a reply streams until max_tokens."""
+    return write_endless_pair(tmp_path_factory.mktemp("endless-models"))
 
 
 @pytest.fixture(scope="session")

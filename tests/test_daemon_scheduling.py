@@ -16,38 +16,19 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import pytest
-import tiny_models
 from conftest import RunningDaemon, start_daemon, stop_daemon
 
 CHAT = [{"role": "user", "content": "Tell me everything."}]
 LONG = 1500  # tokens; ~0.2-2 s of decoding for these tiny models, depending on how busy the CPU is
 
 
-def write_endless_model(path: Path, spec: tiny_models.TinySpec, name: str) -> Path:
-    n_normal = 256 + len(tiny_models.MERGES)
-    original = tiny_models._weights
-
-    def weights(spec: tiny_models.TinySpec, n_vocab: int) -> dict[str, np.ndarray]:
-        tensors = original(spec, n_vocab)
-        tensors["output.weight"][n_normal:] = 0.0
-        return tensors
-
-    tiny_models._weights = weights
-    try:
-        return tiny_models.write_tiny_model(path, spec, name=name)
-    finally:
-        tiny_models._weights = original
-
-
 @pytest.fixture(scope="module")
-def endless(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDaemon]:
+def endless(
+    endless_pair: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningDaemon]:
     folder = tmp_path_factory.mktemp("endless")
-    target = write_endless_model(folder / "target.gguf", tiny_models.TinySpec(seed=1), "endless-target")
-    draft = write_endless_model(
-        folder / "draft.gguf", tiny_models.TinySpec(seed=2, noise_from=1, noise=0.05), "endless-draft"
-    )
+    target, draft = endless_pair
     # Outputs are compared across runs, so every run must draft alike: without the history of earlier outputs
     # (a later run would copy an earlier one), since these random models have exact ties that differently
     # batched passes may break the other way deep into a 1500-token output.

@@ -18,9 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-import tiny_models
 from conftest import RunningDaemon, TinyModels, start_daemon, stop_daemon
-from test_daemon_scheduling import write_endless_model
 from waiting import wait_until
 
 from localspec.client import AsyncDaemonClient, DaemonClient, discover
@@ -28,17 +26,6 @@ from localspec.config import update_config_file
 from localspec.errors import DaemonUnavailableError
 
 CHAT = [{"role": "user", "content": "Tell me everything."}]
-
-
-@pytest.fixture(scope="module")
-def endless_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A target and draft that never emit end-of-generation: a reply streams until max_tokens."""
-    folder = tmp_path_factory.mktemp("endless-faults")
-    target = write_endless_model(folder / "target.gguf", tiny_models.TinySpec(seed=1), "endless-target")
-    draft = write_endless_model(
-        folder / "draft.gguf", tiny_models.TinySpec(seed=2, noise_from=1, noise=0.05), "endless-draft"
-    )
-    return target, draft
 
 
 def _serve_args(pair: tuple[Path, Path]) -> list[str]:

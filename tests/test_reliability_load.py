@@ -2,7 +2,7 @@
 
 The drivers here are shared with tests/soak/ (which runs them at full scale: 1,000 cancelled requests,
 500 mixed ones); the tests in this file run them scaled down to CI time. Both use "endless" tiny models
-(see test_daemon_scheduling) so every generation is still running when the client walks away.
+(`tiny_models.write_endless_pair`) so every generation is still running when the client walks away.
 
 What a skeptic wants to see after the load, and what `check_quiet` asserts:
 - every request the daemon accepted was finished exactly once (the per-kind counters add up),
@@ -27,9 +27,7 @@ from typing import Any
 
 import httpx
 import pytest
-import tiny_models
 from conftest import RunningDaemon, start_daemon, stop_daemon
-from test_daemon_scheduling import write_endless_model
 
 LONG = 1500  # tokens: seconds of decoding, so a cancelled request is always cut off mid-generation
 PROBE = {"prompt": "def probe(x):\n    return", "max_tokens": 24, "slot": "probe"}
@@ -37,16 +35,6 @@ CHAT = [{"role": "user", "content": "Explain the code."}]
 CODE = "import os\n\n\ndef walk(root):\n    for name in os.listdir(root):\n        "
 # Growth allowed in the daemon's resident memory over a run (allocator noise, logs, per-slot caches).
 RSS_BOUND_MB = 32
-
-
-@pytest.fixture(scope="module")
-def endless_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    folder = tmp_path_factory.mktemp("endless-load")
-    target = write_endless_model(folder / "target.gguf", tiny_models.TinySpec(seed=1), "endless-target")
-    draft = write_endless_model(
-        folder / "draft.gguf", tiny_models.TinySpec(seed=2, noise_from=1, noise=0.05), "endless-draft"
-    )
-    return target, draft
 
 
 def start_endless(pair: tuple[Path, Path], home: Path) -> RunningDaemon:

@@ -16,12 +16,10 @@ from typing import Any
 
 import pytest
 import test_lsp_server as lsp
-import tiny_models
 from conftest import RunningDaemon, start_daemon, stop_daemon
 from lsprotocol import types
 from pygls.exceptions import JsonRpcException
 from pytest_lsp import LanguageClient
-from test_daemon_scheduling import write_endless_model
 from test_reliability_load import RSS_BOUND_MB, rss_mb, stats, wait_quiet
 
 start_lsp = lsp.start_lsp  # the fixture: `localspec lsp` processes with a workspace folder
@@ -29,16 +27,6 @@ DOC = lsp.DOC
 CURSOR = lsp.CURSOR
 # Every request generates (no cache, no pre-compute, no debounce) and would run for long: only a cancel ends it.
 STORM = {"debounceMs": 0, "maxTokens": 1500, "precompute": False, "cacheSize": 0}
-
-
-@pytest.fixture(scope="module")
-def endless_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    folder = tmp_path_factory.mktemp("endless-lsp")
-    target = write_endless_model(folder / "target.gguf", tiny_models.TinySpec(seed=1), "endless-target")
-    draft = write_endless_model(
-        folder / "draft.gguf", tiny_models.TinySpec(seed=2, noise_from=1, noise=0.05), "endless-draft"
-    )
-    return target, draft
 
 
 def _write_config(home: Path, pair: tuple[Path, Path]) -> None:

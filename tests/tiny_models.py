@@ -74,6 +74,7 @@ class TinySpec:
     with_fim: bool = True
     eos_token: str = "</s>"
     add_bos: bool = True
+    endless: bool = False  # never pick a special token (no end of generation): replies run to max_tokens
 
 
 def _weights(spec: TinySpec, n_vocab: int) -> dict[str, np.ndarray]:
@@ -108,6 +109,8 @@ def _weights(spec: TinySpec, n_vocab: int) -> dict[str, np.ndarray]:
                 tensors[name] = value + (
                     noise_rng.standard_normal(value.shape) * spec.noise * value.std()
                 ).astype(np.float32)
+    if spec.endless:
+        tensors["output.weight"][256 + len(MERGES) :] = 0.0
     return tensors
 
 
@@ -148,3 +151,12 @@ def write_tiny_model(path: Path, spec: TinySpec = TinySpec(), name: str = "tiny"
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+def write_endless_pair(folder: Path) -> tuple[Path, Path]:
+    """A target and a similar draft that never emit end-of-generation: a reply streams until max_tokens."""
+    target = write_tiny_model(folder / "target.gguf", TinySpec(seed=1, endless=True), name="endless-target")
+    draft = write_tiny_model(
+        folder / "draft.gguf", TinySpec(seed=2, noise_from=1, noise=0.05, endless=True), name="endless-draft"
+    )
+    return target, draft

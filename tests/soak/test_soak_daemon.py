@@ -11,9 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import tiny_models
 from conftest import RunningDaemon, stop_daemon
-from test_daemon_scheduling import write_endless_model
 from test_reliability_load import (
     PROBE,
     cancellation_storm,
@@ -30,12 +28,8 @@ pytestmark = pytest.mark.soak
 
 
 @pytest.fixture
-def endless_daemon(tmp_path: Path) -> Iterator[RunningDaemon]:
-    target = write_endless_model(tmp_path / "target.gguf", tiny_models.TinySpec(seed=1), "endless-target")
-    draft = write_endless_model(
-        tmp_path / "draft.gguf", tiny_models.TinySpec(seed=2, noise_from=1, noise=0.05), "endless-draft"
-    )
-    running = start_endless((target, draft), tmp_path / "home")
+def endless_daemon(endless_pair: tuple[Path, Path], tmp_path: Path) -> Iterator[RunningDaemon]:
+    running = start_endless(endless_pair, tmp_path / "home")
     try:
         yield running
     finally:

@@ -9,7 +9,7 @@ import pytest
 import test_lsp_server as lsp
 from conftest import RunningDaemon
 from test_reliability_load import RSS_BOUND_MB, rss_mb, wait_quiet
-from test_reliability_lsp import STORM, endless_daemon, endless_pair, lsp_storm  # noqa: F401  (fixtures)
+from test_reliability_lsp import STORM, endless_daemon, lsp_storm  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.soak
 start_lsp = lsp.start_lsp
