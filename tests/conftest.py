@@ -130,20 +130,20 @@ def stop_daemon(process: subprocess.Popen[bytes]) -> None:
             process.wait(timeout=5)
 
 
+def tiny_serve_args(models: TinyModels, n_ctx: int = 2048) -> list[str]:
+    """`localspec serve` flags for the tiny target + similar draft."""
+    # One thread: tiny models gain nothing from more, and llama.cpp's thread barrier crawls on busy CPUs.
+    target, draft = str(models.target), str(models.draft_similar)
+    return ["--target", target, "--draft", draft, "--n-ctx", str(n_ctx), "--threads", "1"]
+
+
 @pytest.fixture
 def daemon(tiny_models: TinyModels, localspec_home: Path) -> Iterator[RunningDaemon]:
     """A real daemon (tiny target + similar draft) on 127.0.0.1, random port, in this test's LOCALSPEC_HOME.
 
     The test process's LOCALSPEC_HOME points at the same home, so `localspec.client.discover()` finds it.
     """
-    running = start_daemon(
-        localspec_home,
-        # One thread: tiny models gain nothing from more, and llama.cpp's thread barrier crawls on busy CPUs.
-        [
-            *("--target", str(tiny_models.target), "--draft", str(tiny_models.draft_similar)),
-            *("--n-ctx", "2048", "--threads", "1"),
-        ],
-    )
+    running = start_daemon(localspec_home, tiny_serve_args(tiny_models))
     try:
         yield running
     finally:

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from conftest import RunningDaemon, TinyModels, start_daemon, stop_daemon
+from conftest import RunningDaemon, TinyModels, start_daemon, stop_daemon, tiny_serve_args
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from openai.types.chat import ChatCompletionMessageParam
@@ -33,10 +33,7 @@ def shared(tiny_models: TinyModels, tmp_path_factory: pytest.TempPathFactory) ->
     """One daemon for the tests here that do not count requests (starting one per test costs ~0.5 s)."""
     running = start_daemon(
         tmp_path_factory.mktemp("api") / "home",
-        [
-            *("--target", str(tiny_models.target), "--draft", str(tiny_models.draft_similar)),
-            *("--n-ctx", "2048", "--threads", "1"),
-        ],
+        tiny_serve_args(tiny_models),
     )
     yield running
     stop_daemon(running.process)

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 import schemathesis
-from conftest import RunningDaemon, TinyModels, start_daemon, stop_daemon
+from conftest import RunningDaemon, TinyModels, start_daemon, stop_daemon, tiny_serve_args
 from hypothesis import HealthCheck, given, settings
 
 from localspec.daemon.openapi import openapi_document
@@ -27,10 +27,7 @@ def shared(tiny_models: TinyModels, tmp_path_factory: pytest.TempPathFactory) ->
     # A small context bounds every generation the fuzzer asks for (max_tokens up to 131072 is valid input).
     running = start_daemon(
         tmp_path_factory.mktemp("input") / "home",
-        [
-            *("--target", str(tiny_models.target), "--draft", str(tiny_models.draft_similar)),
-            *("--n-ctx", "512", "--threads", "1"),
-        ],
+        tiny_serve_args(tiny_models, n_ctx=512),
     )
     yield running
     stop_daemon(running.process)
