@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from localspec.engine import CancelToken, Engine, EngineSettings, GenerationRequest, SamplingParams
-from localspec.engine.chooser import Plan
+from localspec.engine.chooser import PassCosts, Plan
 from localspec.engine.compat import check_compatible
 from localspec.errors import ContextOverflowError, IncompatibleModelsError, ModelLoadError, UnsupportedError
 
@@ -454,3 +454,84 @@ def test_ngram_drafts_are_judged_by_the_length_of_the_match_that_proposed_them()
     chooser.record("none", 0, 0, 0.0, 0.002, 1)  # (a one-token pass is re-timed now and then)
     assert chooser.plan(budget=16, ngram_available=8, ngram_match=2).source == "none"
     assert chooser.plan(budget=16, ngram_available=8, ngram_match=8) == Plan("ngram", 8)
+
+
+def gpu_like_costs() -> PassCosts:
+    """Pass prices measured on an H100 (ms): a pass after one of the same size replays a CUDA graph (warm)."""
+    from localspec.engine.chooser import PassCosts
+
+    costs = PassCosts()
+    for n in range(1, 18):
+        costs.record_verify(n, (2.43 + 0.30 * (n - 1)) / 1000)  # after a pass of another size
+        costs.record_verify(n, (1.73 + 0.25 * (n - 1)) / 1000, warm=True)
+    costs.record_draft(1, 1.11 / 1000)
+    return costs
+
+
+def test_chooser_prices_passes_by_the_size_of_the_pass_before() -> None:
+    from localspec.engine.chooser import AdaptiveChooser
+
+    costs = gpu_like_costs()
+    assert costs.switch_cost() == pytest.approx(0.0007)
+    chooser = AdaptiveChooser("adaptive", draft_max=16, has_draft_model=True, costs=costs)
+    for _ in range(30):
+        chooser.record("draft", 3, 3, 0.0033, 0.0033, 4)  # a draft model right 9 times in 10 or better
+        chooser.record("ngram", 8, 8, 0.0, 0.004, 9, ngram_match=8)  # long n-gram matches: always right
+    chooser.record("none", 0, 0, 0.0, 0.00173, 1, warm=True)  # (a one-token pass is re-timed now and then)
+    # The draft model would pay if every pass cost its warm price, but a speculative pass after the target
+    # alone's one-token passes is cold and makes the next one-token pass cold too: it does not.
+    assert chooser.plan(budget=16, ngram_available=0, previous=1).source == "none"
+    # A long, reliable n-gram match pays even so.
+    assert chooser.plan(budget=16, ngram_available=8, ngram_match=8, previous=1) == Plan("ngram", 8)
+    # Three drafts after a 5-token pass: padding to 5 (warm) beats a cold 4-token pass.
+    assert chooser.plan(budget=16, ngram_available=3, ngram_match=8, previous=5) == Plan("ngram", 3, 5)
+
+
+def test_padded_passes_keep_the_output_of_the_target_alone(similar_engine: Engine) -> None:
+    # Every pass padded to 8 tokens, whatever the chooser drafts: the rows after the drafts must be ignored and
+    # their KV entries dropped.
+    from localspec.engine.chooser import AdaptiveChooser
+
+    sizes: list[int] = []
+    plan, decode = AdaptiveChooser.plan, similar_engine.target.decode
+
+    def padded_plan(self: AdaptiveChooser, *args: object, **kwargs: object) -> Plan:
+        chosen = plan(self, *args, **kwargs)  # type: ignore[arg-type]
+        return Plan(chosen.source, chosen.k, pass_size=8) if chosen.k < 7 else chosen
+
+    def recording_decode(tokens: list[int], start_pos: int, seq_id: int, outputs: str = "last") -> int:
+        sizes.append(len(tokens))
+        return decode(tokens, start_pos, seq_id, outputs)
+
+    for prompt in (PROMPT, "x = [1, 2, 3, 4, 5, 6, 7, 8]\n" * 6, "zq"):
+        alone = run(similar_engine, prompt, "none", max_tokens=40)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(AdaptiveChooser, "plan", padded_plan)
+            patch.setattr(similar_engine.target, "decode", recording_decode)
+            sizes.clear()
+            for mode in ("adaptive", "draft", "ngram"):
+                spec = run(similar_engine, prompt, mode, max_tokens=40)
+                assert spec.token_ids == alone.token_ids, (prompt, mode)
+        assert sizes.count(8) >= 3  # (one per mode at least; short replies end early)
+
+
+def test_a_slot_reuses_its_ngram_index_when_the_next_prompt_shares_its_start(similar_engine: Engine) -> None:
+    from localspec.engine.drafters import MIN_REUSED_PREFIX
+
+    # An editor sends nearly the same file on every keystroke: index the shared start once.
+    file_text = "".join(f"def f{i}(x):\n    return x * {i}\n\n" for i in range(12))
+    edited = file_text + "def h("
+    expected = [
+        run(similar_engine, text, "none", max_tokens=12).token_ids for text in (file_text + "def g(", edited)
+    ]
+    first = run(similar_engine, file_text + "def g(", "adaptive", max_tokens=12, slot="editor")
+    slot = next(s for s in similar_engine._slots if s.key == "editor")
+    assert slot.ngram_index is not None
+    tokens, table = slot.ngram_index
+    assert len(tokens) > MIN_REUSED_PREFIX
+    again = run(similar_engine, edited, "adaptive", max_tokens=12, slot="editor")
+    assert slot.ngram_index[1] is table  # the same table, extended
+    assert [first.token_ids, again.token_ids] == expected
+    # Another text in the slot starts a fresh index.
+    run(similar_engine, "import os\n" * 3, "adaptive", max_tokens=4, slot="editor")
+    assert slot.ngram_index[1] is not table

@@ -3,9 +3,11 @@
 Model: a source's i-th drafted token is accepted with probability a_i once the ones before it were (measured per
 position: a_1, a_2, a_3 and a_4+; for n-grams also per length of the match that proposed the draft), so k drafts
 settle E(k) = 1 + a_1 + a_1 a_2 + ... tokens per target pass.
-A step costs k * c_draft + c_verify(k + 1) seconds, with c_verify(n) measured for every pass size n. The chooser
-picks the source and k with the best expected tokens per second, compared with the target alone
-(1 / c_verify(1)), so speculation backs off when it does not pay.
+A step costs k * c_draft + c_verify(k + 1) seconds, with c_verify(n) measured for every pass size n, "warm" (after a
+pass of the same size) and "cold" (after another size; on a GPU only a warm pass replays llama.cpp's CUDA graph).
+The chooser picks the source and k with the best expected tokens per second, compared with the target alone
+(1 / c_verify(1) warm), so speculation backs off when it does not pay; on a GPU it may pad a pass to the size of
+the one before, to keep it warm.
 """
 
 from __future__ import annotations
@@ -73,18 +75,25 @@ class PassCosts:
     less than a 12-token one (llama.cpp switches to other kernels), on a GPU small batches cost nearly one pass.
     The engine times every size at start-up (`Engine._calibrate`); each real pass then updates its size.
     One instance is shared by all requests: the costs describe the machine and the model pair, not the text.
+
+    Two prices per size: "cold", a pass after a pass of another size, and "warm", after one of the same size. On a
+    GPU llama.cpp replays a captured CUDA graph only while consecutive passes have the same shape (an H100: 1.7 ms
+    for one token after one-token passes, 2.4 ms after a 3-token pass). On a CPU no warm prices are measured and
+    the cold ones stand for both.
     """
 
     def __init__(self, one: float = 0.05, extra_ratio: float = 0.5, draft_ratio: float = 0.4) -> None:
         self._prior_one, self._prior_extra = one, one * extra_ratio
-        self._by_size: dict[int, _Ewma] = {}
+        self._cold: dict[int, _Ewma] = {}
+        self._warm: dict[int, _Ewma] = {}
         self._draft_ratio = draft_ratio
         self._draft_token = _Ewma(0.0)
 
-    def record_verify(self, n: int, seconds: float) -> None:
-        estimate = self._by_size.get(n)
+    def record_verify(self, n: int, seconds: float, warm: bool = False) -> None:
+        table = self._warm if warm else self._cold
+        estimate = table.get(n)
         if estimate is None:
-            self._by_size[n] = _Ewma(seconds, samples=1)
+            table[n] = _Ewma(seconds, samples=1)
             return
         # Quick to go down, slow to go up: a pass is rarely faster than it can be, but often slower (a busy
         # machine, a first pass of its shape), and an estimate stuck too high would keep its size from being
@@ -99,26 +108,42 @@ class PassCosts:
         else:
             self._draft_token.add(seconds / tokens)
 
-    def measured_sizes(self) -> set[int]:
-        return set(self._by_size)
+    def measured_sizes(self, warm: bool = False) -> set[int]:
+        return set(self._warm if warm else self._cold)
 
-    def verify(self, n: int) -> float:
-        if (known := self._by_size.get(n)) is not None:
+    def verify(self, n: int, warm: bool = False) -> float:
+        """Seconds for a pass over n tokens; warm: right after a pass of the same size."""
+        if warm and (known := self._warm.get(n)) is not None:
             return known.value
-        sizes = sorted(self._by_size)
+        cold = self._estimate(self._cold, n)
+        if warm and self._warm:  # an unmeasured warm size saves what the nearest measured one does
+            nearest = min(self._warm, key=lambda size: abs(size - n))
+            return cold * min(1.0, self._warm[nearest].value / self._estimate(self._cold, nearest))
+        return cold
+
+    def switch_cost(self) -> float:
+        """What a one-token pass costs more after a pass of another size (0 on a CPU)."""
+        if 1 not in self._warm:
+            return 0.0
+        return max(0.0, self._estimate(self._cold, 1) - self._warm[1].value)
+
+    def _estimate(self, table: dict[int, _Ewma], n: int) -> float:
+        if (known := table.get(n)) is not None:
+            return known.value
+        sizes = sorted(table)
         below = [s for s in sizes if s < n]
         above = [s for s in sizes if s > n]
         if below and above:  # interpolate between the nearest measured sizes
             low, high = below[-1], above[0]
-            t_low, t_high = self._by_size[low].value, self._by_size[high].value
+            t_low, t_high = table[low].value, table[high].value
             return t_low + (t_high - t_low) * (n - low) / (high - low)
         if len(below) >= 2:  # extend the line through the two largest measured sizes
             low, high = below[-2], below[-1]
-            t_low, t_high = self._by_size[low].value, self._by_size[high].value
+            t_low, t_high = table[low].value, table[high].value
             return t_high + max(0.0, (t_high - t_low) / (high - low)) * (n - high)
         if below or above:  # one size known: scale it per token
             size = (below or above)[-1]
-            return self._by_size[size].value * n / size
+            return table[size].value * n / size
         return self._prior_one + (n - 1) * self._prior_extra
 
     def draft_token(self) -> float:
@@ -130,6 +155,7 @@ class PassCosts:
 class Plan:
     source: DraftSource
     k: int
+    pass_size: int = 0  # 0, or pad the pass to this size (the previous pass's: warm on a GPU)
 
 
 class AdaptiveChooser:
@@ -167,25 +193,45 @@ class AdaptiveChooser:
     # ---- planning ---------------------------------------------------------------------------------------------
 
     def _alone_rate(self) -> float:
-        return 1.0 / self.costs.verify(1)
+        # In the long run the target alone's one-token passes follow one-token passes: the warm price.
+        return 1.0 / self.costs.verify(1, warm=True)
+
+    def _step_cost(self, n: int, previous: int) -> float:
+        """A pass over n tokens right after a pass over `previous` tokens (0: another kind of pass). Leaving
+        the target alone's one-token passes also makes the next one cold, so that is charged here too."""
+        cost = self.costs.verify(n, warm=n == previous)
+        if previous == 1 and n != 1:
+            cost += self.costs.switch_cost()
+        return cost
 
     def _best_length(
-        self, rates: PositionalAcceptance, per_draft_token: float, limit: int, acceptance: float | None = None
-    ) -> tuple[int, float]:
-        """The draft length in 1..limit with the best expected tokens per second, and that rate."""
-        best_k, best_rate = 0, 0.0
+        self,
+        rates: PositionalAcceptance,
+        per_draft_token: float,
+        limit: int,
+        acceptance: float | None = None,
+        previous: int = 0,
+    ) -> tuple[int, float, int]:
+        """The draft length in 1..limit with the best expected tokens per second, that rate, and the pass size to
+        pad to (0: none; the previous pass's size when padding pays, a pass of the same size being warm)."""
+        best_k, best_rate, best_size = 0, 0.0, 0
         expected = survive = 1.0
         for k in range(1, limit + 1):
             survive *= acceptance if acceptance is not None else rates.rate(k - 1)
             expected += survive
-            rate = expected / (self.costs.verify(k + 1) + k * per_draft_token)
+            rate = expected / (self._step_cost(k + 1, previous) + k * per_draft_token)
             if rate > best_rate:
-                best_k, best_rate = k, rate
-        return best_k, best_rate
+                best_k, best_rate, best_size = k, rate, 0
+        if limit + 1 < previous <= self.draft_max + 1 and limit:
+            padded = expected / (self._step_cost(previous, previous) + limit * per_draft_token)
+            if padded > best_rate:
+                best_k, best_rate, best_size = limit, padded, previous
+        return best_k, best_rate, best_size
 
-    def plan(self, budget: int, ngram_available: int, ngram_match: int = 0) -> Plan:
+    def plan(self, budget: int, ngram_available: int, ngram_match: int = 0, previous: int = 0) -> Plan:
         """budget: most drafts the request can still use; ngram_available: length of the n-gram proposal;
-        ngram_match: length of the match that proposed it."""
+        ngram_match: length of the match that proposed it; previous: tokens in the target's last pass (0: a
+        pass of another kind, such as a prompt)."""
         budget = min(budget, self.draft_max)
         if budget <= 0 or self.mode == "none":
             return Plan("none", 0)
@@ -199,28 +245,28 @@ class AdaptiveChooser:
         best_rate, plan = alone, Plan("none", 0)
         if ngram_available:
             rates = self.ngram_acceptance[match_class(ngram_match)]
-            k, rate = self._best_length(rates, 0.0, min(budget, ngram_available))
+            k, rate, size = self._best_length(rates, 0.0, min(budget, ngram_available), previous=previous)
             if rate > best_rate:
-                best_rate, plan = rate, Plan("ngram", k)
+                best_rate, plan = rate, Plan("ngram", k, size)
             elif self._since_tried["ngram"] >= PROBE_EVERY:
-                k, hopeful = self._best_length(
-                    rates, 0.0, min(budget, ngram_available, 4), OPTIMISTIC_ACCEPTANCE
+                k, hopeful, size = self._best_length(
+                    rates, 0.0, min(budget, ngram_available, 4), OPTIMISTIC_ACCEPTANCE, previous
                 )
                 if hopeful > PROBE_MARGIN * alone:
-                    return Plan("ngram", k)  # n-gram drafts cost nothing to make: re-probe cheaply
+                    return Plan("ngram", k, size)  # n-gram drafts cost nothing to make: re-probe cheaply
         if self.has_draft_model:
             per_token = self.costs.draft_token()
-            k, rate = self._best_length(self.draft_acceptance, per_token, budget)
+            k, rate, size = self._best_length(self.draft_acceptance, per_token, budget, previous=previous)
             if rate > best_rate:
-                best_rate, plan = rate, Plan("draft", k)
+                best_rate, plan = rate, Plan("draft", k, size)
             elif plan.source == "none" and self._since_tried["draft"] >= PROBE_EVERY:
                 # Acceptance changes with the text: re-probe now and then, but only where a nearly perfect
                 # draft would beat the target alone at the measured costs (on many machines it never can).
-                k, hopeful = self._best_length(
-                    self.draft_acceptance, per_token, min(budget, 4), OPTIMISTIC_ACCEPTANCE
+                k, hopeful, size = self._best_length(
+                    self.draft_acceptance, per_token, min(budget, 4), OPTIMISTIC_ACCEPTANCE, previous
                 )
                 if hopeful > PROBE_MARGIN * alone:
-                    return Plan("draft", k)
+                    return Plan("draft", k, size)
         return plan
 
     # ---- measuring --------------------------------------------------------------------------------------------
@@ -234,11 +280,13 @@ class AdaptiveChooser:
         t_verify: float,
         verify_tokens: int,
         ngram_match: int = 0,
+        warm: bool = False,
     ) -> None:
+        """warm: the pass followed a pass of the same size."""
         for name in self._since_tried:
             self._since_tried[name] = 0 if name == source else self._since_tried[name] + 1
         if verify_tokens:
-            self.costs.record_verify(verify_tokens, t_verify)
+            self.costs.record_verify(verify_tokens, t_verify, warm)
         if source == "none" or drafted == 0:
             return
         if source == "draft":

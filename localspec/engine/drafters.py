@@ -30,11 +30,24 @@ def common_prefix_length(a: list[int], b: list[int]) -> int:
     return index
 
 
-def sync_sequence(model: LlamaModel, seq_id: int, cached: list[int], wanted: list[int], outputs: str) -> int:
+# A draft model on a GPU catches up this many tokens or fewer one token at a time, as it drafts: its one-token CUDA
+# graph then stays in use (llama.cpp captures a graph anew whenever the pass shape changes).
+ONE_BY_ONE_CATCH_UP = 4
+
+
+def sync_sequence(
+    model: LlamaModel,
+    seq_id: int,
+    cached: list[int],
+    wanted: list[int],
+    outputs: str,
+    one_by_one: bool = False,
+) -> int:
     """Make sequence `seq_id` hold exactly `wanted`, reusing the longest common prefix of what it holds.
 
     `cached` (the tokens the KV currently holds) is updated in place. With outputs="last" the final token is
     always evaluated, so its logits are readable afterwards. Returns how many tokens were reused.
+    one_by_one: evaluate a short remainder as one-token passes with logits (the shape of a drafting pass).
     """
     reuse = common_prefix_length(cached, wanted)
     if outputs == "last" and reuse == len(wanted) and wanted:
@@ -42,17 +55,25 @@ def sync_sequence(model: LlamaModel, seq_id: int, cached: list[int], wanted: lis
     if reuse < len(cached):
         model.remove_from(seq_id, reuse)
         del cached[reuse:]
-    if reuse < len(wanted):
-        model.decode(wanted[reuse:], reuse, seq_id, outputs)
-        cached.extend(wanted[reuse:])
+    missing = wanted[reuse:]
+    if one_by_one and len(missing) <= ONE_BY_ONE_CATCH_UP:
+        for position, token in enumerate(missing, start=reuse):
+            model.decode([token], position, seq_id, "last")
+    elif missing:
+        model.decode(missing, reuse, seq_id, outputs)
+    cached.extend(missing)
     return reuse
 
 
 class DraftModelDrafter:
     """Greedy drafting with the draft model in its own KV sequence (kept in step with the target's)."""
 
-    def __init__(self, model: LlamaModel, seq_id: int, cached: list[int], p_min: float) -> None:
+    def __init__(
+        self, model: LlamaModel, seq_id: int, cached: list[int], p_min: float, one_by_one: bool | None = None
+    ) -> None:
         self.model = model
+        # Catch up short remainders one token at a time (see sync_sequence); by default where the draft is on a GPU.
+        self.one_by_one = model.offloaded if one_by_one is None else one_by_one
         self.seq_id = seq_id
         self.cached = (
             cached  # tokens in the draft's KV for this slot (shared with the slot, updated in place)
@@ -67,7 +88,7 @@ class DraftModelDrafter:
     def propose(self, context: list[int], k: int) -> list[int]:
         if k <= 0:
             return []
-        sync_sequence(self.model, self.seq_id, self.cached, context, "last")
+        sync_sequence(self.model, self.seq_id, self.cached, context, "last", self.one_by_one)
         drafts: list[int] = []
         while True:
             token, margin = top_two(self.model.logits(1)[0])
@@ -82,6 +103,10 @@ class DraftModelDrafter:
 
 
 NGRAM_ORDERS = (2, 3, 4, 6, 8)  # n-gram lengths indexed; the longest match wins
+MIN_REUSED_PREFIX = (
+    64  # a slot's n-gram index is reused when the new prompt starts with this much of its context
+)
+STALE_INDEX_FACTOR = 3  # ... and rebuilt once it holds this many times the entries a fresh index would
 
 
 class NgramTable:
@@ -141,6 +166,28 @@ class NgramDrafter:
         # Length of the n-gram that proposed the first token of the last draft: the longer the match, the likelier
         # the draft is accepted (measured on code: ~0.45 after a 2-token match, ~0.9 after 8 tokens).
         self.match_length = 0
+
+    @classmethod
+    def resuming(
+        cls, index: tuple[list[int], NgramTable] | None, prompt: list[int], shared: Sequence[NgramTable] = ()
+    ) -> NgramDrafter:
+        """A drafter for `prompt` that reuses a slot's index of the previous request's context, `index`, when most
+        of it is this prompt's start (an editor sends nearly the same file on every keystroke): only the rest is
+        indexed, ~10 us a token in Python. N-grams of the old context past the shared prefix stay in the table;
+        they can only cost a rejected draft."""
+        drafter = cls(shared)
+        if index is not None:
+            tokens, table = index
+            shared_prefix = common_prefix_length(tokens, prompt)
+            small_enough = len(table.table) <= STALE_INDEX_FACTOR * len(NGRAM_ORDERS) * len(prompt)
+            if shared_prefix >= max(MIN_REUSED_PREFIX, len(tokens) // 2) and small_enough:
+                drafter._tokens = prompt[:shared_prefix]
+                drafter._context = drafter._tables[0] = table
+        return drafter
+
+    def index(self) -> tuple[list[int], NgramTable]:
+        """The context indexed so far and its table, for `resuming` by the slot's next request."""
+        return self._tokens, self._context
 
     def add_extra(self, tokens: list[int]) -> None:
         """Index another token stream (e.g. a repository file) to copy from."""

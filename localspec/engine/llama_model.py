@@ -159,6 +159,13 @@ class LlamaModel:
                 "(`localspec models verify` checks installed files) or choose another model."
             )
         self._vocab = llama_cpp.llama_model_get_vocab(self._model)
+        # Every layer and the output layer on the GPU.
+        self.offloaded = bool(llama_cpp.llama_supports_gpu_offload()) and gpu_layers > int(
+            llama_cpp.llama_model_n_layer(self._model)
+        )
+        # Tokens in the last pass when it returned logits for all of them (0 for other passes): on a GPU a pass of
+        # the same shape as the one before replays its CUDA graph.
+        self.last_pass_size = 0
         self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._vocab))
         self._pieces: dict[int, bytes] = {}
         self._ctx = None
@@ -300,6 +307,7 @@ class LlamaModel:
                 batch.logits[i] = wants
             batch.n_tokens = len(chunk)
             n_out = sum(1 for i in range(len(chunk)) if batch.logits[i])
+            self.last_pass_size = len(chunk) if n_out == len(chunk) else 0
             status = llama_cpp.llama_decode(self._ctx, batch)
             if status == 1:
                 raise ContextOverflowError(

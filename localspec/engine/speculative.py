@@ -41,6 +41,8 @@ class SlotState:
     draft_tokens: list[int]
     last_used: float = 0.0
     busy: bool = False
+    # The n-gram index of the last request's context (prompt and output), reused when the next prompt shares it.
+    ngram_index: tuple[list[int], NgramTable] | None = None
 
 
 class Generation:
@@ -75,7 +77,7 @@ class Generation:
         self._draft: Drafter | None = (
             DraftModelDrafter(draft, slot.seq_id, slot.draft_tokens, draft_p_min) if draft else None
         )
-        self._ngram = NgramDrafter(shared=shared_ngrams)
+        self._ngram = NgramDrafter.resuming(slot.ngram_index, prompt, shared_ngrams)
         for stream in lookup_streams:
             self._ngram.add_extra(stream)
         # Evaluate the prompt except its last token, reusing the slot's cached prefix; the last token is the first
@@ -116,7 +118,8 @@ class Generation:
         ngram = (
             self._ngram.propose(context, max(budget, 0)) if self.chooser.mode in ("adaptive", "ngram") else []
         )
-        plan = self.chooser.plan(budget, len(ngram), self._ngram.match_length)
+        previous = self.target.last_pass_size
+        plan = self.chooser.plan(budget, len(ngram), self._ngram.match_length, previous)
         source: DraftSource = plan.source
         started = time.perf_counter()
         if source == "draft" and self._draft is not None:
@@ -129,14 +132,17 @@ class Generation:
 
         started = time.perf_counter()
         base = len(self._committed)
-        n_rows = self.target.decode([self._pending, *drafts], base, self.slot.seq_id, "all")
+        tokens = [self._pending, *drafts]
+        if plan.pass_size > len(tokens):  # padded to the previous pass's size (warm on a GPU); rows not read
+            tokens += [tokens[-1]] * (min(plan.pass_size, self.target.n_ctx_per_seq - base) - len(tokens))
+        n_rows = self.target.decode(tokens, base, self.slot.seq_id, "all")
         self.target.synchronize()
         t_verify = time.perf_counter() - started
 
         started = time.perf_counter()
         settled: list[int] = []
         t_settle = 0.0
-        for row in range(n_rows):
+        for row in range(len(drafts) + 1):
             token, margin = self._picker.pick(row, n_rows)
             near_tie = n_rows > 1 and margin < self.tie_margin
             if near_tie:  # the walk ends here: later rows were computed after a token that may change
@@ -156,7 +162,14 @@ class Generation:
         t_sample = time.perf_counter() - started - t_settle
 
         self.chooser.record(
-            source, len(drafts), accepted, t_draft, t_verify, n_rows, self._ngram.match_length
+            source,
+            len(drafts),
+            accepted,
+            t_draft,
+            t_verify,
+            n_rows,
+            self._ngram.match_length,
+            n_rows == previous,
         )
         t_verify += t_settle
         stats = self.stats
@@ -233,6 +246,9 @@ class Generation:
             self.stats.t_total = time.perf_counter() - self._started
             self.result = GenerationResult(self._stream.text, list(self._output), "cancelled", self.stats)
         if self.slot.busy:
+            tokens, table = self._ngram.index()
+            if tokens:  # (a request in a mode without n-grams indexes nothing; keep what the slot had)
+                self.slot.ngram_index = (tokens, table)
             self.slot.busy = False
             self.slot.last_used = time.monotonic()
             self._picker.close()
