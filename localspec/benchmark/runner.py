@@ -80,6 +80,7 @@ def run_localspec(engine: Engine, task: Task, tokens: list[int], mode: str) -> R
         text=result.text,
         token_ids=result.token_ids,
         settled=stats.settled,
+        steps_by_source=dict(stats.steps_by_source),
         time_split={"draft": stats.t_draft, "verify": stats.t_verify, "sample": stats.t_sample},
         margins=stats.margins,
     )

@@ -1,0 +1,53 @@
+"""`localspec bench` end to end on the tiny models: every workload and mode, JSON and plot, losslessness report."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+MODES = {"none", "draft", "ngram", "adaptive"}
+
+
+def test_bench_runs_every_workload_and_mode_and_reports_speed_acceptance_and_identity(
+    tiny_models, localspec_home: Path, tmp_path: Path
+) -> None:
+    prompts = tmp_path / "mine.jsonl"
+    prompts.write_text(
+        json.dumps({"prompt": "def add(a, b):\n    return a + b\n\ndef", "id": "own-1"})
+        + "\n"
+        + json.dumps({"prefix": "x = [1, 2, 3]\ny = [", "suffix": "]\n", "id": "own-2"})
+        + "\n"
+    )
+    out = tmp_path / "results"
+    completed = subprocess.run(
+        [
+            sys.executable, "-m", "localspec", "bench",
+            "--target", str(tiny_models.target), "--draft", str(tiny_models.draft_similar),
+            "--workloads", "humaneval,fim,code-edit", "--jsonl", str(prompts),
+            "--prompts", "2", "--max-tokens", "16", "--threads", "1", "--n-ctx", "2048",
+            "--out", str(out),
+        ],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert "speedup" in completed.stdout  # the table
+    result = json.loads(next(out.glob("bench-*.json")).read_text())
+    assert next(out.glob("bench-*.png")).stat().st_size > 0
+    runs = result["runs"]
+    workloads = {run["workload"] for run in runs}
+    assert {"humaneval", "fim", "code-edit"} <= workloads and len(workloads) == 4  # plus the JSONL prompts
+    assert {run["mode"] for run in runs} == MODES
+    for run in runs:
+        if run["mode"] == "none":
+            continue
+        # Every speculative run is compared with the target alone; a difference names its position and margin.
+        assert run["identical"] is True or run["divergence"]["target_alone_margin"] is not None
+        assert sum(run["steps_by_source"].values()) == run["target_passes"]
+    summary = {(row["mode"], row["workload"]): row for row in result["summary"]}
+    for mode in MODES:
+        for workload in workloads:
+            row = summary[(mode, workload)]
+            assert row["tokens_per_second"] > 0 and row["speedup_vs_own_target_alone"] > 0
+    assert any(summary[("draft", workload)]["acceptance"] for workload in workloads)
