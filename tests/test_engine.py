@@ -360,6 +360,8 @@ def test_engine_measures_every_verify_size_at_start(similar_engine: Engine) -> N
     assert set(range(1, similar_engine.settings.draft_max + 2)) <= costs.measured_sizes()
     assert all(costs.verify(n) > 0 for n in range(1, 40))
     assert costs.draft_token() > 0
+    # What the daemon logs at start-up, so a user can see what the chooser plans with.
+    assert costs.describe().startswith("target pass 1: ") and "draft token" in costs.describe()
     # The first measurement is the estimate as it is (not blended with an empty prior).
     fresh = PassCosts()
     fresh.record_draft(2, 0.004)

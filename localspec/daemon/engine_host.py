@@ -126,6 +126,7 @@ class EngineHost:
             stale.close()
             return
         log.info("models ready in %.2fs: %s", time.monotonic() - started, self._models)
+        log.info("measured pass costs: %s", engine.costs.describe())
 
     def health(self) -> dict[str, Any]:
         with self._lock:

@@ -146,6 +146,18 @@ class PassCosts:
             return table[size].value * n / size
         return self._prior_one + (n - 1) * self._prior_extra
 
+    def describe(self) -> str:
+        """The main prices in milliseconds, for logs."""
+        sizes = [n for n in (1, 2, 4, 8, 16) if n in self._cold]
+        text = "target pass " + ", ".join(f"{n}: {self.verify(n) * 1000:.1f}" for n in sizes)
+        if self._warm:
+            text += (
+                " (after a pass of the same size: "
+                + ", ".join(f"{n}: {self.verify(n, warm=True) * 1000:.1f}" for n in sizes)
+                + ")"
+            )
+        return text + f"; draft token {self.draft_token() * 1000:.1f}"
+
     def draft_token(self) -> float:
         """Seconds per draft-model token; until measured, a fraction of a one-token target pass."""
         return self._draft_token.value if self._draft_token.samples else self.verify(1) * self._draft_ratio

@@ -100,10 +100,13 @@ class Engine:
                 fast = False
                 break
             for n in sizes:
-                if self.target.offloaded:  # as in a session: after a one-token pass (or a 2-token one)
-                    self._timed_pass(self.target, tokens[: 2 if n == 1 else 1], seq_id)
-                seconds = self._timed_pass(self.target, tokens[:n], seq_id)
-                best[n] = min(best.get(n, seconds), seconds)
+                # The one-token pass is the yardstick of every plan, and the first passes after loading can be
+                # slow (measured in the daemon: 49 ms for a 25 ms pass): take the best of three.
+                for _ in range(3 if n == 1 else 1):
+                    if self.target.offloaded:  # as in a session: after a one-token pass (or a 2-token one)
+                        self._timed_pass(self.target, tokens[: 2 if n == 1 else 1], seq_id)
+                    seconds = self._timed_pass(self.target, tokens[:n], seq_id)
+                    best[n] = min(best.get(n, seconds), seconds)
         for n, seconds in best.items():  # each pass followed one of another size: cold prices
             self.costs.record_verify(n, seconds)
         if fast:
