@@ -208,14 +208,6 @@ class AdaptiveChooser:
         # In the long run the target alone's one-token passes follow one-token passes: the warm price.
         return 1.0 / self.costs.verify(1, warm=True)
 
-    def _step_cost(self, n: int, previous: int) -> float:
-        """A pass over n tokens right after a pass over `previous` tokens (0: another kind of pass). Leaving
-        the target alone's one-token passes also makes the next one cold, so that is charged here too."""
-        cost = self.costs.verify(n, warm=n == previous)
-        if previous == 1 and n != 1:
-            cost += self.costs.switch_cost()
-        return cost
-
     def _best_length(
         self,
         rates: PositionalAcceptance,
@@ -225,17 +217,24 @@ class AdaptiveChooser:
         previous: int = 0,
     ) -> tuple[int, float, int]:
         """The draft length in 1..limit with the best expected tokens per second, that rate, and the pass size to
-        pad to (0: none; the previous pass's size when padding pays, a pass of the same size being warm)."""
+        pad to (0: none; the previous pass's size when padding pays, a pass of the same size being warm).
+
+        previous: tokens in the last pass (0: another kind of pass). A pass of k + 1 tokens is warm when the last
+        one had that size; leaving the target alone's one-token passes also makes the next one cold, so that is
+        charged to the step too.
+        """
+        leaving_alone = self.costs.switch_cost() if previous == 1 else 0.0
         best_k, best_rate, best_size = 0, 0.0, 0
         expected = survive = 1.0
         for k in range(1, limit + 1):
             survive *= acceptance if acceptance is not None else rates.rate(k - 1)
             expected += survive
-            rate = expected / (self._step_cost(k + 1, previous) + k * per_draft_token)
+            step = self.costs.verify(k + 1, warm=k + 1 == previous) + leaving_alone + k * per_draft_token
+            rate = expected / step
             if rate > best_rate:
                 best_k, best_rate, best_size = k, rate, 0
         if limit + 1 < previous <= self.draft_max + 1 and limit:
-            padded = expected / (self._step_cost(previous, previous) + limit * per_draft_token)
+            padded = expected / (self.costs.verify(previous, warm=True) + limit * per_draft_token)
             if padded > best_rate:
                 best_k, best_rate, best_size = limit, padded, previous
         return best_k, best_rate, best_size

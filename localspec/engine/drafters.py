@@ -103,10 +103,10 @@ class DraftModelDrafter:
 
 
 NGRAM_ORDERS = (2, 3, 4, 6, 8)  # n-gram lengths indexed; the longest match wins
-MIN_REUSED_PREFIX = (
-    64  # a slot's n-gram index is reused when the new prompt starts with this much of its context
-)
-STALE_INDEX_FACTOR = 3  # ... and rebuilt once it holds this many times the entries a fresh index would
+# A slot's n-gram index is reused when the new prompt starts with this many tokens of its context (and half of
+# it), and rebuilt once it holds STALE_INDEX_FACTOR times the entries a fresh index would.
+MIN_REUSED_PREFIX = 64
+STALE_INDEX_FACTOR = 3
 
 
 class NgramTable:
