@@ -537,3 +537,40 @@ def test_a_slot_reuses_its_ngram_index_when_the_next_prompt_shares_its_start(sim
     # Another text in the slot starts a fresh index.
     run(similar_engine, "import os\n" * 3, "adaptive", max_tokens=4, slot="editor")
     assert slot.ngram_index[1] is not table
+
+
+def test_a_draft_model_on_a_gpu_catches_up_one_token_at_a_time(similar_engine: Engine) -> None:
+    # On a GPU the draft model's one-token passes replay a CUDA graph only while every pass has that shape, so a
+    # short catch-up (the tokens accepted since its last draft) runs as one-token passes too, with the same drafts.
+    from localspec.engine.drafters import ONE_BY_ONE_CATCH_UP, DraftModelDrafter
+
+    model = similar_engine.draft
+    assert model is not None
+    passes: list[tuple[int, str]] = []
+    decode = model.decode
+
+    def recording_decode(tokens: list[int], start_pos: int, seq_id: int, outputs: str = "last") -> int:
+        passes.append((len(tokens), outputs))
+        return decode(tokens, start_pos, seq_id, outputs)
+
+    context = similar_engine.tokenize(PROMPT, add_bos=True)
+    drafted: dict[bool, list[list[int]]] = {}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(model, "decode", recording_decode)
+        for seq_id, one_by_one in ((1, False), (2, True)):
+            model.remove_from(seq_id, 0)
+            drafter = DraftModelDrafter(model, seq_id, [], p_min=0.0, one_by_one=one_by_one)
+            first = drafter.propose(context, 3)
+            passes.clear()
+            # The target accepted every draft and settled a token of its own: the draft's KV lacks the last draft
+            # and that token.
+            later = [*context, *first, 7]
+            second = drafter.propose(later, 3)
+            drafted[one_by_one] = [first, second]
+            if one_by_one:
+                assert ONE_BY_ONE_CATCH_UP >= 2  # (a 2-token catch-up is short enough)
+                assert all(shape == (1, "last") for shape in passes)
+            else:
+                assert passes[0] == (2, "last")  # the catch-up in one 2-token pass
+            model.remove_from(seq_id, 0)
+    assert drafted[True] == drafted[False]
