@@ -574,3 +574,17 @@ def test_a_draft_model_on_a_gpu_catches_up_one_token_at_a_time(similar_engine: E
                 assert passes[0] == (2, "last")  # the catch-up in one 2-token pass
             model.remove_from(seq_id, 0)
     assert drafted[True] == drafted[False]
+
+
+def test_the_model_knows_the_size_of_its_last_pass(similar_engine: Engine) -> None:
+    # The chooser prices a pass by the one before it (warm when of the same size): only a pass with logits for every
+    # token counts as a verify pass of its size; a prompt pass is "another kind" (0).
+    target = similar_engine.target
+    similar_engine.reset_cache()
+    target.decode([5, 6, 7], 0, 2, "all")
+    assert target.last_pass_size == 3
+    target.decode([8, 9], 3, 2, "none")
+    assert target.last_pass_size == 0
+    target.decode([10], 5, 2, "all")
+    assert target.last_pass_size == 1
+    target.remove_from(2, 0)
