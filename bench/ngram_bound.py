@@ -53,7 +53,7 @@ def replay(
             accepted = common_prefix_length(proposal[:k], output[position:])
             seconds = costs.verify(k + 1)
             spent += seconds
-            chooser.record("ngram" if k else "none", k, accepted, 0.0, seconds, k + 1, drafter.match_length)
+            chooser.record("ngram" if k else "none", k, accepted, seconds, k + 1, drafter.match_length)
             position += accepted + 1
         earlier.add(output)
     return alone / spent

@@ -98,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
             tie_margin=DEFAULT_TIE_MARGIN if args.tie_margin is None else args.tie_margin,
         )
     )
+    start_up_prices = engine.costs.describe()  # what the chooser plans with before any request (milliseconds)
+    console.print(f"measured at start-up: {start_up_prices}")
     prompts = [runner.prompt_tokens(engine, task) for task in tasks]
     server_modes = runner.llama_server_modes(draft) if args.against_llama_server else []
     runs: list[runner.Run] = []
@@ -165,6 +167,7 @@ def run(args: argparse.Namespace) -> int:
         "prompts_per_workload": args.prompts,
         "gpu_layers": args.gpu_layers,
         "tie_margin": engine.settings.tie_margin,
+        "start_up_prices": start_up_prices,
     }
     json_path = args.out / f"bench-{stamp}.json"
     runner.write_json(json_path, meta, rows, runs)

@@ -35,6 +35,9 @@ def test_bench_runs_every_workload_and_mode_and_reports_speed_acceptance_and_ide
     assert "speedup" in completed.stdout  # the table
     result = json.loads(next(out.glob("bench-*.json")).read_text())
     assert next(out.glob("bench-*.png")).stat().st_size > 0
+    # The prices the chooser started from are kept with the results (and printed).
+    assert result["meta"]["start_up_prices"].startswith("target pass 1: ")
+    assert "draft catch-up of 64 tokens" in " ".join(completed.stderr.split())
     runs = result["runs"]
     workloads = {run["workload"] for run in runs}
     assert {"humaneval", "fim", "code-edit"} <= workloads and len(workloads) == 4  # plus the JSONL prompts

@@ -310,21 +310,21 @@ def test_chooser_backs_off_where_speculation_cannot_pay_and_uses_good_ngrams() -
     )
     # A machine where a verify pass costs nearly one target pass per token (a 2-core CPU): drafts never pay.
     for n in (1, 2, 4, 8, 1, 3):
-        chooser.record("none", 0, 0, 0.0, 0.025 * n, n)
+        chooser.record("none", 0, 0, 0.025 * n, n)
     for _ in range(100):
         assert chooser.plan(budget=16, ngram_available=0).source == "none"
-        chooser.record("none", 0, 0, 0.0, 0.025, 1)
+        chooser.record("none", 0, 0, 0.025, 1)
     # Where batching is cheap and n-gram copies are always accepted, the n-gram source wins, at full length.
     cheap = AdaptiveChooser("adaptive", draft_max=16, has_draft_model=False)
     for n in (1, 9, 1, 5):
-        cheap.record("none", 0, 0, 0.0, 0.002 + 0.0001 * (n - 1), n)
+        cheap.record("none", 0, 0, 0.002 + 0.0001 * (n - 1), n)
     for _ in range(10):
-        cheap.record("ngram", 8, 8, 0.0, 0.0028, 9)
+        cheap.record("ngram", 8, 8, 0.0028, 9)
     plan = cheap.plan(budget=16, ngram_available=12)
     assert plan.source == "ngram" and plan.k == 12
     # When n-gram drafts stop being accepted, it backs off to the target alone.
     for _ in range(30):
-        cheap.record("ngram", 8, 0, 0.0, 0.0028, 9)
+        cheap.record("ngram", 8, 0, 0.0028, 9)
     assert cheap.plan(budget=16, ngram_available=12).source == "none"
 
 
@@ -346,7 +346,7 @@ def test_chooser_plans_with_the_measured_cost_of_each_pass_size() -> None:
         costs.record_verify(n, 0.024 * n if n < 16 else 0.139 + 0.02 * (n - 16))
     chooser = AdaptiveChooser("adaptive", draft_max=16, has_draft_model=False, costs=costs)
     for _ in range(20):
-        chooser.record("ngram", 15, 15, 0.0, 0.139, 16)
+        chooser.record("ngram", 15, 15, 0.139, 16)
     assert chooser.plan(budget=16, ngram_available=16) == Plan("ngram", 15)
     assert (
         chooser.plan(budget=16, ngram_available=12).source == "none"
@@ -428,10 +428,10 @@ def test_a_cost_measured_too_high_is_corrected_by_the_next_passes() -> None:
         plan = chooser.plan(budget=16, ngram_available=0)
         sources.append(plan.source)
         if plan.source == "none":
-            chooser.record("none", 0, 0, 0.0, 0.002, 1)
+            chooser.record("none", 0, 0, 0.002, 1)
         else:
             accepted = int(plan.k * 0.9)
-            chooser.record("draft", plan.k, accepted, 0.0013 * plan.k, costs.verify(plan.k + 1), plan.k + 1)
+            chooser.record("draft", plan.k, accepted, costs.verify(plan.k + 1), plan.k + 1)
     assert sources[0] == "draft"
     assert costs.verify(1) == pytest.approx(0.002, rel=0.1)
     assert sources[-100:].count("none") >= 90  # what remains are the periodic re-probes of the draft model
@@ -451,9 +451,9 @@ def test_ngram_drafts_are_judged_by_the_length_of_the_match_that_proposed_them()
         costs.record_verify(n, 0.002 + 0.0003 * (n - 1))
     chooser = AdaptiveChooser("adaptive", draft_max=16, has_draft_model=False, costs=costs)
     for _ in range(30):
-        chooser.record("ngram", 4, 0, 0.0, 0.003, 5, ngram_match=2)  # short matches: always wrong
-        chooser.record("ngram", 8, 8, 0.0, 0.004, 9, ngram_match=8)  # long matches: always right
-    chooser.record("none", 0, 0, 0.0, 0.002, 1)  # (a one-token pass is re-timed now and then)
+        chooser.record("ngram", 4, 0, 0.003, 5, ngram_match=2)  # short matches: always wrong
+        chooser.record("ngram", 8, 8, 0.004, 9, ngram_match=8)  # long matches: always right
+    chooser.record("none", 0, 0, 0.002, 1)  # (a one-token pass is re-timed now and then)
     assert chooser.plan(budget=16, ngram_available=8, ngram_match=2).source == "none"
     assert chooser.plan(budget=16, ngram_available=8, ngram_match=8) == Plan("ngram", 8)
 
@@ -477,9 +477,9 @@ def test_chooser_prices_passes_by_the_size_of_the_pass_before() -> None:
     assert costs.switch_cost() == pytest.approx(0.0007)
     chooser = AdaptiveChooser("adaptive", draft_max=16, has_draft_model=True, costs=costs)
     for _ in range(30):
-        chooser.record("draft", 3, 3, 0.0033, 0.0033, 4)  # a draft model right 9 times in 10 or better
-        chooser.record("ngram", 8, 8, 0.0, 0.004, 9, ngram_match=8)  # long n-gram matches: always right
-    chooser.record("none", 0, 0, 0.0, 0.00173, 1, warm=True)  # (a one-token pass is re-timed now and then)
+        chooser.record("draft", 3, 3, 0.0033, 4)  # a draft model right 9 times in 10 or better
+        chooser.record("ngram", 8, 8, 0.004, 9, ngram_match=8)  # long n-gram matches: always right
+    chooser.record("none", 0, 0, 0.00173, 1, warm=True)  # (a one-token pass is re-timed now and then)
     # The draft model would pay if every pass cost its warm price, but a speculative pass after the target
     # alone's one-token passes is cold and makes the next one-token pass cold too: it does not.
     assert chooser.plan(budget=16, ngram_available=0, previous=1).source == "none"
@@ -588,3 +588,71 @@ def test_the_model_knows_the_size_of_its_last_pass(similar_engine: Engine) -> No
     target.decode([10], 5, 2, "all")
     assert target.last_pass_size == 1
     target.remove_from(2, 0)
+
+
+def test_the_draft_model_times_its_catch_ups_and_one_token_passes(similar_engine: Engine) -> None:
+    # The chooser charges the draft model for what it must read before drafting (the prompt, or what n-gram steps
+    # settled): the drafter reports how far behind it is and times its passes by kind.
+    from localspec.engine.chooser import PassCosts
+    from localspec.engine.drafters import DraftModelDrafter
+
+    model = similar_engine.draft
+    assert model is not None
+    costs = PassCosts()
+    drafter = DraftModelDrafter(model, 1, [], p_min=0.0, one_by_one=False, costs=costs)
+    model.remove_from(1, 0)
+    context = similar_engine.tokenize(PROMPT, add_bos=True)
+    assert drafter.backlog(context) == len(context)  # a fresh KV: the whole prompt
+    first = drafter.propose(context, 3)
+    assert costs.draft_catch_up(len(context)) > 0 and costs.draft_token() > 0
+    # Kept up: only the token the target settles after the drafts is new.
+    assert drafter.backlog([*context, *first[:2], 7]) == 1
+    assert drafter.backlog([*context, *first, 7]) == 2  # every draft accepted: the last one was never read
+    assert drafter.backlog(context[:5]) == 1  # (a shorter context: re-read its last token for its logits)
+    model.remove_from(1, 0)
+
+
+def test_common_prefix_length_matches_a_plain_walk() -> None:
+    import random
+
+    from localspec.engine.drafters import common_prefix_length
+
+    generator = random.Random(7)
+    for _ in range(2000):
+        a = [generator.randint(0, 2) for _ in range(generator.randint(0, 300))]
+        b = a[: generator.randint(0, len(a))] + [
+            generator.randint(0, 2) for _ in range(generator.randint(0, 300))
+        ]
+        walk = 0
+        while walk < min(len(a), len(b)) and a[walk] == b[walk]:
+            walk += 1
+        assert common_prefix_length(a, b) == common_prefix_length(b, a) == walk
+    assert common_prefix_length(list(range(5000)), list(range(5000))) == 5000
+
+
+def test_the_draft_model_is_not_started_where_its_catch_up_costs_more_than_it_gains() -> None:
+    from localspec.engine.chooser import AdaptiveChooser
+
+    # H100-like prices, a draft model accepted every time, and a batched draft pass of n tokens costing
+    # 1.5 ms + 0.01 ms per token.
+    costs = gpu_like_costs()
+    costs.record_draft(1, 0.0005)  # a draft model cheap enough to pay once it keeps up
+    for n in (16, 64):
+        costs.record_draft_pass(n, 0.0015 + 0.00001 * n)
+    chooser = AdaptiveChooser("adaptive", draft_max=16, has_draft_model=True, costs=costs)
+    for _ in range(30):
+        chooser.record("draft", 8, 8, costs.verify(9), 9)
+    chooser.record("none", 0, 0, 0.00173, 1, warm=True)
+    assert chooser.plan(budget=16, ngram_available=0, previous=1, draft_backlog=1).source == "draft"
+    # A long prompt to read first: worth it over the 64 tokens a run is assumed to settle, not over the last 3.
+    assert chooser.plan(budget=16, ngram_available=0, previous=1, draft_backlog=2000).source == "draft"
+    assert (
+        chooser.plan(budget=2, ngram_available=0, previous=1, draft_backlog=2000, remaining=3).source
+        == "none"
+    )
+    # Runs of the draft model measured short (two steps, then n-grams take over): a catch-up is not worth it.
+    for _ in range(10):
+        chooser.record("draft", 1, 1, costs.verify(2), 2)
+        chooser.record("ngram", 8, 8, 0.004, 9, ngram_match=8)
+    assert chooser.plan(budget=16, ngram_available=0, previous=1, draft_backlog=2000).source == "none"
+    assert chooser.plan(budget=16, ngram_available=0, previous=1, draft_backlog=1).source == "draft"

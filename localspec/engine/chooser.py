@@ -5,6 +5,8 @@ position: a_1, a_2, a_3 and a_4+; for n-grams also per length of the match that 
 settle E(k) = 1 + a_1 + a_1 a_2 + ... tokens per target pass.
 A step costs k * c_draft + c_verify(k + 1) seconds, with c_verify(n) measured for every pass size n, "warm" (after a
 pass of the same size) and "cold" (after another size; on a GPU only a warm pass replays llama.cpp's CUDA graph).
+Before drafting, the draft model must first read what it has not seen (the prompt, or the tokens n-gram steps
+settled): that catch-up is charged too, spread over the tokens a run of draft-model steps usually settles.
 The chooser picks the source and k with the best expected tokens per second, compared with the target alone
 (1 / c_verify(1) warm), so speculation backs off when it does not pay; on a GPU it may pad a pass to the size of
 the one before, to keep it warm.
@@ -23,6 +25,9 @@ PROBE_MARGIN = 1.1  # a probe must promise this much over the target alone to be
 LONG_RUN_WEIGHT = 0.05  # weight of one outcome in the n-gram acceptance carried from request to request
 FASTER_WEIGHT, SLOWER_WEIGHT = 0.5, 0.1  # weight of a pass timed below / above its size's estimate
 POSITIONS = 4  # acceptance is measured separately for the 1st, 2nd, 3rd and 4th-and-later drafted token
+# Tokens a run of consecutive draft-model steps is assumed to settle until runs are measured: the draft model's
+# catch-up before a run is spread over them.
+PRIOR_DRAFT_RUN = 64
 
 
 def match_class(match_length: int) -> str:
@@ -82,12 +87,22 @@ class PassCosts:
     the cold ones stand for both.
     """
 
-    def __init__(self, one: float = 0.05, extra_ratio: float = 0.5, draft_ratio: float = 0.4) -> None:
+    def __init__(
+        self,
+        one: float = 0.05,
+        extra_ratio: float = 0.5,
+        draft_ratio: float = 0.4,
+        draft_one_by_one: int = 1,
+    ) -> None:
+        """draft_one_by_one: the draft model catches up this many tokens or fewer in one-token passes (a draft on
+        a GPU: see `drafters.sync_sequence`), more in one batched pass."""
         self._prior_one, self._prior_extra = one, one * extra_ratio
         self._cold: dict[int, _Ewma] = {}
         self._warm: dict[int, _Ewma] = {}
         self._draft_ratio = draft_ratio
         self._draft_token = _Ewma(0.0)
+        self._draft_passes: dict[int, _Ewma] = {}  # the draft model's batched passes (catch-ups), per size
+        self.draft_one_by_one = draft_one_by_one
 
     def record_verify(self, n: int, seconds: float, warm: bool = False) -> None:
         table = self._warm if warm else self._cold
@@ -107,6 +122,23 @@ class PassCosts:
             self._draft_token = _Ewma(seconds / tokens, samples=1)
         else:
             self._draft_token.add(seconds / tokens)
+
+    def record_draft_pass(self, n: int, seconds: float) -> None:
+        """A batched draft-model pass over n tokens (a catch-up)."""
+        estimate = self._draft_passes.get(n)
+        if estimate is None:
+            self._draft_passes[n] = _Ewma(seconds, samples=1)
+        else:
+            estimate.add(seconds, FASTER_WEIGHT if seconds < estimate.value else SLOWER_WEIGHT)
+
+    def draft_catch_up(self, n: int) -> float:
+        """Seconds for the draft model to read n tokens it has not seen, its last pass leaving logits to draft
+        from (n = 1 in steady drafting: the token the target settled after the drafts)."""
+        if n <= self.draft_one_by_one:
+            return n * self.draft_token()
+        if not self._draft_passes:  # not measured: a batched token costs a fifth of a one-token pass
+            return self.draft_token() * (1 + (n - 1) / 5)
+        return self._estimate(self._draft_passes, n)
 
     def measured_sizes(self, warm: bool = False) -> set[int]:
         return set(self._warm if warm else self._cold)
@@ -156,7 +188,10 @@ class PassCosts:
                 + ", ".join(f"{n}: {self.verify(n, warm=True) * 1000:.1f}" for n in sizes)
                 + ")"
             )
-        return text + f"; draft token {self.draft_token() * 1000:.1f}"
+        text += f"; draft token {self.draft_token() * 1000:.1f}"
+        if self._draft_passes:
+            text += f", draft catch-up of 64 tokens {self.draft_catch_up(64) * 1000:.1f}"
+        return text
 
     def draft_token(self) -> float:
         """Seconds per draft-model token; until measured, a fraction of a one-token target pass."""
@@ -191,6 +226,9 @@ class AdaptiveChooser:
         self.ngram_acceptance = {name: PositionalAcceptance(PRIOR_ACCEPTANCE) for name in MATCH_CLASSES}
         self.costs = costs if costs is not None else PassCosts()
         self._since_tried = {"draft": 0, "ngram": 0, "none": 0}
+        # Tokens settled by a run of consecutive draft-model steps (the current one, and their usual number).
+        self._draft_run = 0
+        self._draft_run_length = _Ewma(PRIOR_DRAFT_RUN, weight=0.3)
 
     def start_request(self) -> None:
         """Whether the text repeats itself is a property of each request: n-gram acceptance starts again from the
@@ -201,6 +239,7 @@ class AdaptiveChooser:
             for name, long_run in self._ngram_long_run.items()
         }
         self._since_tried["ngram"] = 0
+        self._end_draft_run()
 
     # ---- planning ---------------------------------------------------------------------------------------------
 
@@ -215,13 +254,16 @@ class AdaptiveChooser:
         limit: int,
         acceptance: float | None = None,
         previous: int = 0,
+        one_off: float = 0.0,
+        horizon: float = 1.0,
     ) -> tuple[int, float, int]:
         """The draft length in 1..limit with the best expected tokens per second, that rate, and the pass size to
         pad to (0: none; the previous pass's size when padding pays, a pass of the same size being warm).
 
         previous: tokens in the last pass (0: another kind of pass). A pass of k + 1 tokens is warm when the last
         one had that size; leaving the target alone's one-token passes also makes the next one cold, so that is
-        charged to the step too.
+        charged to the step too. one_off: seconds paid once before a run of such steps expected to settle
+        `horizon` tokens (the draft model's catch-up); a step bears its share.
         """
         leaving_alone = self.costs.switch_cost() if previous == 1 else 0.0
         best_k, best_rate, best_size = 0, 0.0, 0
@@ -229,20 +271,33 @@ class AdaptiveChooser:
         for k in range(1, limit + 1):
             survive *= acceptance if acceptance is not None else rates.rate(k - 1)
             expected += survive
-            step = self.costs.verify(k + 1, warm=k + 1 == previous) + leaving_alone + k * per_draft_token
+            share = one_off * min(1.0, expected / horizon)
+            step = (
+                self.costs.verify(k + 1, warm=k + 1 == previous) + leaving_alone + k * per_draft_token + share
+            )
             rate = expected / step
             if rate > best_rate:
                 best_k, best_rate, best_size = k, rate, 0
         if limit + 1 < previous <= self.draft_max + 1 and limit:
-            padded = expected / (self.costs.verify(previous, warm=True) + limit * per_draft_token)
+            share = one_off * min(1.0, expected / horizon)
+            padded = expected / (self.costs.verify(previous, warm=True) + limit * per_draft_token + share)
             if padded > best_rate:
                 best_k, best_rate, best_size = limit, padded, previous
         return best_k, best_rate, best_size
 
-    def plan(self, budget: int, ngram_available: int, ngram_match: int = 0, previous: int = 0) -> Plan:
+    def plan(
+        self,
+        budget: int,
+        ngram_available: int,
+        ngram_match: int = 0,
+        previous: int = 0,
+        draft_backlog: int = 1,
+        remaining: int | None = None,
+    ) -> Plan:
         """budget: most drafts the request can still use; ngram_available: length of the n-gram proposal;
         ngram_match: length of the match that proposed it; previous: tokens in the target's last pass (0: a
-        pass of another kind, such as a prompt)."""
+        pass of another kind, such as a prompt); draft_backlog: tokens the draft model must read before it can
+        draft (1 while it keeps up); remaining: tokens the request may still generate (None: unknown)."""
         budget = min(budget, self.draft_max)
         if budget <= 0 or self.mode == "none":
             return Plan("none", 0)
@@ -267,14 +322,31 @@ class AdaptiveChooser:
                     return Plan("ngram", k, size)  # n-gram drafts cost nothing to make: re-probe cheaply
         if self.has_draft_model:
             per_token = self.costs.draft_token()
-            k, rate, size = self._best_length(self.draft_acceptance, per_token, budget, previous=previous)
+            # Steady drafting reads one new token per step (priced in per_token); more is a catch-up, paid once
+            # for the run of draft-model steps it starts.
+            catch_up = self.costs.draft_catch_up(draft_backlog) - per_token if draft_backlog > 1 else 0.0
+            horizon = max(
+                1.0,
+                self._draft_run_length.value
+                if remaining is None
+                else min(remaining, self._draft_run_length.value),
+            )
+            k, rate, size = self._best_length(
+                self.draft_acceptance, per_token, budget, previous=previous, one_off=catch_up, horizon=horizon
+            )
             if rate > best_rate:
                 best_rate, plan = rate, Plan("draft", k, size)
             elif plan.source == "none" and self._since_tried["draft"] >= PROBE_EVERY:
                 # Acceptance changes with the text: re-probe now and then, but only where a nearly perfect
                 # draft would beat the target alone at the measured costs (on many machines it never can).
                 k, hopeful, size = self._best_length(
-                    self.draft_acceptance, per_token, min(budget, 4), OPTIMISTIC_ACCEPTANCE, previous
+                    self.draft_acceptance,
+                    per_token,
+                    min(budget, 4),
+                    OPTIMISTIC_ACCEPTANCE,
+                    previous,
+                    catch_up,
+                    horizon,
                 )
                 if hopeful > PROBE_MARGIN * alone:
                     return Plan("draft", k, size)
@@ -287,7 +359,6 @@ class AdaptiveChooser:
         source: DraftSource,
         drafted: int,
         accepted: int,
-        t_draft: float,
         t_verify: float,
         verify_tokens: int,
         ngram_match: int = 0,
@@ -298,11 +369,19 @@ class AdaptiveChooser:
             self._since_tried[name] = 0 if name == source else self._since_tried[name] + 1
         if verify_tokens:
             self.costs.record_verify(verify_tokens, t_verify, warm)
+        if source == "draft":
+            self._draft_run += accepted + 1
+        else:
+            self._end_draft_run()
         if source == "none" or drafted == 0:
             return
-        if source == "draft":
-            self.costs.record_draft(drafted, t_draft)
+        if source == "draft":  # (the draft model's passes are timed by the drafter: `PassCosts.record_draft`)
             self.draft_acceptance.record(drafted, accepted)
         else:
             self.ngram_acceptance[match_class(ngram_match)].record(drafted, accepted)
             self._ngram_long_run[match_class(ngram_match)].record(drafted, accepted)
+
+    def _end_draft_run(self) -> None:
+        if self._draft_run:
+            self._draft_run_length.add(self._draft_run)
+            self._draft_run = 0

@@ -9,10 +9,12 @@
 from __future__ import annotations
 
 import math
+import time
 from collections import deque
 from collections.abc import Sequence
 from typing import Protocol
 
+from localspec.engine.chooser import PassCosts
 from localspec.engine.llama_model import LlamaModel, top_two
 
 
@@ -21,13 +23,20 @@ class Drafter(Protocol):
 
 
 def common_prefix_length(a: list[int], b: list[int]) -> int:
+    """Length of the longest common prefix. The two usually agree up to near their ends (a KV's tokens and the
+    context it should hold), so long prefixes are tested first with slice compares, which run in C, and only the
+    last stretch is walked in Python (a context of thousands of tokens is compared every step)."""
     limit = min(len(a), len(b))
-    if limit and a[:limit] == b[:limit]:
-        return limit
-    index = 0
-    while index < limit and a[index] == b[index]:
-        index += 1
-    return index
+    known, back = 0, 0  # a[:known] == b[:known]
+    while True:
+        candidate = max(known, limit - back)
+        if a[known:candidate] == b[known:candidate]:
+            break
+        limit, back = candidate, max(16, back * 4)  # no common prefix reaches `candidate`
+    known = candidate
+    while known < limit and a[known] == b[known]:
+        known += 1
+    return known
 
 
 # A draft model on a GPU catches up this many tokens or fewer one token at a time, as it drafts: its one-token CUDA
@@ -66,10 +75,20 @@ def sync_sequence(
 
 
 class DraftModelDrafter:
-    """Greedy drafting with the draft model in its own KV sequence (kept in step with the target's)."""
+    """Greedy drafting with the draft model in its own KV sequence (kept in step with the target's).
+
+    With `costs`, it times its passes there: one-token passes (drafting, and short catch-ups on a GPU) as the
+    price of a draft token, batched catch-ups by size.
+    """
 
     def __init__(
-        self, model: LlamaModel, seq_id: int, cached: list[int], p_min: float, one_by_one: bool | None = None
+        self,
+        model: LlamaModel,
+        seq_id: int,
+        cached: list[int],
+        p_min: float,
+        one_by_one: bool | None = None,
+        costs: PassCosts | None = None,
     ) -> None:
         self.model = model
         # Catch up short remainders one token at a time (see sync_sequence); by default where the draft is on a GPU.
@@ -78,6 +97,7 @@ class DraftModelDrafter:
         self.cached = (
             cached  # tokens in the draft's KV for this slot (shared with the slot, updated in place)
         )
+        self.costs = costs
         # Stop drafting where the draft is unsure. The top probability is estimated from the top-2 logit margin
         # alone (p = 1 / (1 + e^-margin), an upper bound): exact softmax over a 150k vocabulary per draft token
         # costs a fifth of a GPU draft step.
@@ -85,10 +105,25 @@ class DraftModelDrafter:
             math.log(p_min / (1.0 - p_min)) if 0.0 < p_min < 1.0 else (-math.inf if p_min <= 0 else math.inf)
         )
 
+    def backlog(self, context: list[int]) -> int:
+        """Tokens the draft model must read before drafting after `context` (1 while it keeps up)."""
+        reuse = common_prefix_length(self.cached, context)
+        return len(context) - (reuse - 1 if reuse == len(context) else reuse)
+
     def propose(self, context: list[int], k: int) -> list[int]:
         if k <= 0:
             return []
-        sync_sequence(self.model, self.seq_id, self.cached, context, "last", self.one_by_one)
+        started = time.perf_counter()
+        missing = len(context) - sync_sequence(
+            self.model, self.seq_id, self.cached, context, "last", self.one_by_one
+        )
+        batched = missing > 1 and not (self.one_by_one and missing <= ONE_BY_ONE_CATCH_UP)
+        one_token_passes = 0 if batched else missing
+        if batched:
+            self.model.synchronize()  # (the logits read below would wait for it anyway)
+            if self.costs is not None:
+                self.costs.record_draft_pass(missing, time.perf_counter() - started)
+            started = time.perf_counter()
         drafts: list[int] = []
         while True:
             token, margin = top_two(self.model.logits(1)[0])
@@ -99,6 +134,9 @@ class DraftModelDrafter:
                 break
             self.model.decode([token], len(self.cached), self.seq_id, "last")
             self.cached.append(token)
+            one_token_passes += 1
+        if self.costs is not None:
+            self.costs.record_draft(one_token_passes, time.perf_counter() - started)
         return drafts
 
 

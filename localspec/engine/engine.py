@@ -16,7 +16,7 @@ from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from localspec.engine.canary import ensure_llama_runs
 from localspec.engine.chooser import AdaptiveChooser, PassCosts
 from localspec.engine.compat import ensure_compatible
-from localspec.engine.drafters import NgramHistory, common_prefix_length
+from localspec.engine.drafters import ONE_BY_ONE_CATCH_UP, NgramHistory, common_prefix_length
 from localspec.engine.llama_model import LlamaModel
 from localspec.engine.speculative import Generation, SlotState
 from localspec.engine.types import (
@@ -34,6 +34,8 @@ DEFAULT_TIE_MARGIN = 0.35
 # A slot belonging to another key is reused only when it shares at least this many prompt tokens.
 MIN_SHARED_PREFIX = 256
 MAX_CHOOSERS = 64
+# Sizes of the draft model's batched catch-up passes timed at start-up (larger ones are extrapolated).
+DRAFT_CATCH_UP_SIZES = (4, 16, 64)
 
 
 @dataclass
@@ -71,7 +73,10 @@ class Engine:
         ]
         self._choosers: dict[tuple[str, str], AdaptiveChooser] = {}
         ratio = self.draft.n_params() / self.target.n_params() if self.draft else 0.0
-        self.costs = PassCosts(draft_ratio=max(0.1, min(1.0, ratio * 1.5)))
+        self.costs = PassCosts(
+            draft_ratio=max(0.1, min(1.0, ratio * 1.5)),
+            draft_one_by_one=ONE_BY_ONE_CATCH_UP if self.draft is not None and self.draft.offloaded else 1,
+        )
         if settings.mode != "none":
             self._calibrate()
         # N-grams of earlier outputs, one more draft source for later requests (replaceable: `bench` keeps one
@@ -83,8 +88,9 @@ class Engine:
         self._chat_formatter: Jinja2ChatFormatter | None = None
 
     def _calibrate(self) -> None:
-        """Time one target pass of every size a step can verify (and a draft-model token): the chooser plans
-        with these from the first request on, and every real pass updates them. ~2 s on a 2-core CPU."""
+        """Time one target pass of every size a step can verify, a draft-model token and a few draft-model
+        catch-ups (batched passes): the chooser plans with these from the first request on, and every real pass
+        updates them. ~2.5 s on a 2-core CPU."""
         seq_id = self._slots[0].seq_id
         sizes = range(1, min(self.settings.draft_max + 1, self.target.n_ctx_per_seq - 1, 64) + 1)
         tokens = [0] * (max(sizes) + 1)  # any token: a pass costs the same whatever it reads
@@ -117,17 +123,22 @@ class Engine:
                 self.costs.record_verify(n, min(warm[2:]), warm=True)
         self.target.remove_from(seq_id, 0)
         if self.draft is not None:
-            self.draft.decode(tokens[:1], 0, seq_id, "last")
+            catch_up_sizes = [n for n in DRAFT_CATCH_UP_SIZES if n < self.draft.n_ctx_per_seq - 1]
+            catch_ups = [0] * max(catch_up_sizes, default=1)
+            self.draft.decode(catch_ups, 0, seq_id, "last")  # warm-up, as for the target
+            self.draft.remove_from(seq_id, 1)
             self.costs.record_draft(
                 1, min(self._timed_pass(self.draft, tokens[:1], seq_id) for _ in range(3))
             )
+            for n in catch_up_sizes:  # (each after a pass of another size, as a catch-up is)
+                self.costs.record_draft_pass(n, self._timed_pass(self.draft, catch_ups[:n], seq_id, "last"))
             self.draft.remove_from(seq_id, 0)
 
     @staticmethod
-    def _timed_pass(model: LlamaModel, tokens: list[int], seq_id: int) -> float:
+    def _timed_pass(model: LlamaModel, tokens: list[int], seq_id: int, outputs: str = "all") -> float:
         """Seconds for one pass over `tokens` after position 0 of `seq_id` (the KV is left as it was)."""
         started = time.perf_counter()
-        model.decode(tokens, 1, seq_id, "all")
+        model.decode(tokens, 1, seq_id, outputs)
         model.synchronize()
         elapsed = time.perf_counter() - started
         model.remove_from(seq_id, 1)

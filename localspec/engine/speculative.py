@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from localspec.engine.chooser import AdaptiveChooser
-from localspec.engine.drafters import Drafter, DraftModelDrafter, NgramDrafter, NgramTable, sync_sequence
+from localspec.engine.drafters import DraftModelDrafter, NgramDrafter, NgramTable, sync_sequence
 from localspec.engine.llama_model import LlamaModel
 from localspec.engine.sampling import TokenPicker
 from localspec.engine.text_stream import TextStream
@@ -74,8 +74,10 @@ class Generation:
         self._stream = TextStream(request.stop)
         self._output: list[int] = []
         self.result: GenerationResult | None = None
-        self._draft: Drafter | None = (
-            DraftModelDrafter(draft, slot.seq_id, slot.draft_tokens, draft_p_min) if draft else None
+        self._draft = (
+            DraftModelDrafter(draft, slot.seq_id, slot.draft_tokens, draft_p_min, costs=chooser.costs)
+            if draft
+            else None
         )
         self._ngram = NgramDrafter.resuming(slot.ngram_index, prompt, shared_ngrams)
         for stream in lookup_streams:
@@ -119,7 +121,10 @@ class Generation:
             self._ngram.propose(context, max(budget, 0)) if self.chooser.mode in ("adaptive", "ngram") else []
         )
         previous = self.target.last_pass_size
-        plan = self.chooser.plan(budget, len(ngram), self._ngram.match_length, previous)
+        backlog = (
+            self._draft.backlog(context) if self._draft is not None and self.chooser.mode == "adaptive" else 1
+        )
+        plan = self.chooser.plan(budget, len(ngram), self._ngram.match_length, previous, backlog, remaining)
         source: DraftSource = plan.source
         started = time.perf_counter()
         if source == "draft" and self._draft is not None:
@@ -165,7 +170,6 @@ class Generation:
             source,
             len(drafts),
             accepted,
-            t_draft,
             t_verify,
             n_rows,
             self._ngram.match_length,
