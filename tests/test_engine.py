@@ -656,3 +656,31 @@ def test_the_draft_model_is_not_started_where_its_catch_up_costs_more_than_it_ga
         chooser.record("ngram", 8, 8, 0.004, 9, ngram_match=8)
     assert chooser.plan(budget=16, ngram_available=0, previous=1, draft_backlog=2000).source == "none"
     assert chooser.plan(budget=16, ngram_available=0, previous=1, draft_backlog=1).source == "draft"
+
+
+def test_passes_after_the_draft_model_are_priced_apart() -> None:
+    from localspec.engine.chooser import AdaptiveChooser
+
+    # On an H100 a verify pass right after draft-model passes was measured 1.5x the price of the same pass after
+    # a target pass. Those passes must neither make the target alone look slow (a draft step whose draft model
+    # proposed nothing is a one-token pass) nor be priced as target-only passes.
+    def chooser_with(costs: PassCosts) -> AdaptiveChooser:
+        costs.record_draft(1, 0.0006)
+        chooser = AdaptiveChooser("adaptive", draft_max=16, has_draft_model=True, costs=costs)
+        for _ in range(30):
+            chooser.draft_acceptance.record(8, 7)  # 7 of 8 drafts accepted
+        return chooser
+
+    costs = gpu_like_costs()
+    chooser = chooser_with(costs)
+    assert costs.verify(9, after_draft=True) == costs.verify(9)  # not measured yet: as after another size
+    assert chooser.plan(budget=16, ngram_available=0, previous=1).source == "draft"
+    alone = costs.verify(1, warm=True)
+    for _ in range(30):
+        chooser.record("draft", 0, 0, 0.004, 1, warm=True)
+    assert costs.verify(1, warm=True) == alone
+    assert costs.verify(1, after_draft=True) == pytest.approx(0.004)
+    slower = gpu_like_costs()
+    for n in range(1, 18):
+        slower.record_verify(n, 1.5 * slower.verify(n), after_draft=True)
+    assert chooser_with(slower).plan(budget=16, ngram_available=0, previous=1).source == "none"

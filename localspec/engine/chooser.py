@@ -9,7 +9,8 @@ Before drafting, the draft model must first read what it has not seen (the promp
 settled): that catch-up is charged too, spread over the tokens a run of draft-model steps usually settles.
 The chooser picks the source and k with the best expected tokens per second, compared with the target alone
 (1 / c_verify(1) warm), so speculation backs off when it does not pay; on a GPU it may pad a pass to the size of
-the one before, to keep it warm.
+the one before, to keep it warm. A verify pass right after the draft model's passes has prices of its own (on an
+H100 a 17-token one took 7.2 ms there, 4.6 ms after another 17-token target pass).
 """
 
 from __future__ import annotations
@@ -84,7 +85,8 @@ class PassCosts:
     Two prices per size: "cold", a pass after a pass of another size, and "warm", after one of the same size. On a
     GPU llama.cpp replays a captured CUDA graph only while consecutive passes have the same shape (an H100: 1.7 ms
     for one token after one-token passes, 2.4 ms after a 3-token pass). On a CPU no warm prices are measured and
-    the cold ones stand for both.
+    the cold ones stand for both. A third table holds passes right after draft-model passes: the draft model's
+    verify passes, priced apart so that they neither pass for nor spoil the target alone's prices.
     """
 
     def __init__(
@@ -99,13 +101,14 @@ class PassCosts:
         self._prior_one, self._prior_extra = one, one * extra_ratio
         self._cold: dict[int, _Ewma] = {}
         self._warm: dict[int, _Ewma] = {}
+        self._after_draft: dict[int, _Ewma] = {}
         self._draft_ratio = draft_ratio
         self._draft_token = _Ewma(0.0)
         self._draft_passes: dict[int, _Ewma] = {}  # the draft model's batched passes (catch-ups), per size
         self.draft_one_by_one = draft_one_by_one
 
-    def record_verify(self, n: int, seconds: float, warm: bool = False) -> None:
-        table = self._warm if warm else self._cold
+    def record_verify(self, n: int, seconds: float, warm: bool = False, after_draft: bool = False) -> None:
+        table = self._after_draft if after_draft else (self._warm if warm else self._cold)
         estimate = table.get(n)
         if estimate is None:
             table[n] = _Ewma(seconds, samples=1)
@@ -143,15 +146,26 @@ class PassCosts:
     def measured_sizes(self, warm: bool = False) -> set[int]:
         return set(self._warm if warm else self._cold)
 
-    def verify(self, n: int, warm: bool = False) -> float:
-        """Seconds for a pass over n tokens; warm: right after a pass of the same size."""
-        if warm and (known := self._warm.get(n)) is not None:
-            return known.value
+    def verify(self, n: int, warm: bool = False, after_draft: bool = False) -> float:
+        """Seconds for a pass over n tokens; warm: right after a pass of the same size; after_draft: right after
+        draft-model passes."""
         cold = self._estimate(self._cold, n)
-        if warm and self._warm:  # an unmeasured warm size saves what the nearest measured one does
-            nearest = min(self._warm, key=lambda size: abs(size - n))
-            return cold * min(1.0, self._warm[nearest].value / self._estimate(self._cold, nearest))
+        if after_draft:
+            return self._relative_to_cold(self._after_draft, n, cold)
+        if warm and n in self._warm:
+            return self._warm[n].value
+        if warm:  # an unmeasured warm size saves what the nearest measured one does
+            return min(cold, self._relative_to_cold(self._warm, n, cold))
         return cold
+
+    def _relative_to_cold(self, table: dict[int, _Ewma], n: int, cold: float) -> float:
+        """Size n as measured in `table`, or the cold price scaled as the nearest size measured there (or as is)."""
+        if (known := table.get(n)) is not None:
+            return known.value
+        if not table:
+            return cold
+        nearest = min(table, key=lambda size: abs(size - n))
+        return cold * table[nearest].value / self._estimate(self._cold, nearest)
 
     def switch_cost(self) -> float:
         """What a one-token pass costs more after a pass of another size (0 on a CPU)."""
@@ -186,6 +200,12 @@ class PassCosts:
             text += (
                 " (after a pass of the same size: "
                 + ", ".join(f"{n}: {self.verify(n, warm=True) * 1000:.1f}" for n in sizes)
+                + ")"
+            )
+        if self._after_draft:
+            text += (
+                " (after draft-model passes: "
+                + ", ".join(f"{n}: {self.verify(n, after_draft=True) * 1000:.1f}" for n in sizes)
                 + ")"
             )
         text += f"; draft token {self.draft_token() * 1000:.1f}"
@@ -256,6 +276,7 @@ class AdaptiveChooser:
         previous: int = 0,
         one_off: float = 0.0,
         horizon: float = 1.0,
+        after_draft: bool = False,
     ) -> tuple[int, float, int]:
         """The draft length in 1..limit with the best expected tokens per second, that rate, and the pass size to
         pad to (0: none; the previous pass's size when padding pays, a pass of the same size being warm).
@@ -263,7 +284,8 @@ class AdaptiveChooser:
         previous: tokens in the last pass (0: another kind of pass). A pass of k + 1 tokens is warm when the last
         one had that size; leaving the target alone's one-token passes also makes the next one cold, so that is
         charged to the step too. one_off: seconds paid once before a run of such steps expected to settle
-        `horizon` tokens (the draft model's catch-up); a step bears its share.
+        `horizon` tokens (the draft model's catch-up); a step bears its share. after_draft: the pass follows
+        draft-model passes, and is priced as such whatever its size.
         """
         leaving_alone = self.costs.switch_cost() if previous == 1 else 0.0
         best_k, best_rate, best_size = 0, 0.0, 0
@@ -272,15 +294,15 @@ class AdaptiveChooser:
             survive *= acceptance if acceptance is not None else rates.rate(k - 1)
             expected += survive
             share = one_off * min(1.0, expected / horizon)
-            step = (
-                self.costs.verify(k + 1, warm=k + 1 == previous) + leaving_alone + k * per_draft_token + share
-            )
+            verify = self.costs.verify(k + 1, warm=k + 1 == previous, after_draft=after_draft)
+            step = verify + leaving_alone + k * per_draft_token + share
             rate = expected / step
             if rate > best_rate:
                 best_k, best_rate, best_size = k, rate, 0
         if limit + 1 < previous <= self.draft_max + 1 and limit:
             share = one_off * min(1.0, expected / horizon)
-            padded = expected / (self.costs.verify(previous, warm=True) + limit * per_draft_token + share)
+            verify = self.costs.verify(previous, warm=True, after_draft=after_draft)
+            padded = expected / (verify + limit * per_draft_token + share)
             if padded > best_rate:
                 best_k, best_rate, best_size = limit, padded, previous
         return best_k, best_rate, best_size
@@ -332,7 +354,7 @@ class AdaptiveChooser:
                 else min(remaining, self._draft_run_length.value),
             )
             k, rate, size = self._best_length(
-                self.draft_acceptance, per_token, budget, previous=previous, one_off=catch_up, horizon=horizon
+                self.draft_acceptance, per_token, budget, None, previous, catch_up, horizon, after_draft=True
             )
             if rate > best_rate:
                 best_rate, plan = rate, Plan("draft", k, size)
@@ -347,6 +369,7 @@ class AdaptiveChooser:
                     previous,
                     catch_up,
                     horizon,
+                    after_draft=True,
                 )
                 if hopeful > PROBE_MARGIN * alone:
                     return Plan("draft", k, size)
@@ -364,11 +387,12 @@ class AdaptiveChooser:
         ngram_match: int = 0,
         warm: bool = False,
     ) -> None:
-        """warm: the pass followed a pass of the same size."""
+        """warm: the pass followed a target pass of the same size."""
         for name in self._since_tried:
             self._since_tried[name] = 0 if name == source else self._since_tried[name] + 1
         if verify_tokens:
-            self.costs.record_verify(verify_tokens, t_verify, warm)
+            # (a draft-model step's pass follows the draft model's passes, whatever the size before)
+            self.costs.record_verify(verify_tokens, t_verify, warm, after_draft=source == "draft")
         if source == "draft":
             self._draft_run += accepted + 1
         else:
