@@ -474,7 +474,9 @@ def test_chooser_prices_passes_by_the_size_of_the_pass_before() -> None:
     from localspec.engine.chooser import AdaptiveChooser
 
     costs = gpu_like_costs()
-    assert costs.switch_cost() == pytest.approx(0.0007)
+    # Leaving one-token passes: the next one runs kernel by kernel, the one after captures the graph anew (as
+    # dear as a cold pass until measured).
+    assert costs.switch_cost() == pytest.approx(2 * 0.0007)
     chooser = AdaptiveChooser("adaptive", draft_max=16, has_draft_model=True, costs=costs)
     for _ in range(30):
         chooser.record("draft", 3, 3, 0.0033, 4)  # a draft model right 9 times in 10 or better
@@ -485,8 +487,12 @@ def test_chooser_prices_passes_by_the_size_of_the_pass_before() -> None:
     assert chooser.plan(budget=16, ngram_available=0, previous=1).source == "none"
     # A long, reliable n-gram match pays even so.
     assert chooser.plan(budget=16, ngram_available=8, ngram_match=8, previous=1) == Plan("ngram", 8)
-    # Three drafts after a 5-token pass: padding to 5 (warm) beats a cold 4-token pass.
+    # Three drafts after 5-token passes: padding to 5 (warm) beats a cold 4-token pass.
     assert chooser.plan(budget=16, ngram_available=3, ngram_match=8, previous=5) == Plan("ngram", 3, 5)
+    # After only one 5-token pass, another would capture the graph, not replay it: measured dearer, no padding.
+    for n in range(1, 18):
+        costs.record_verify(n, costs.verify(n) * 1.3, capture=True)
+    assert chooser.plan(budget=16, ngram_available=3, ngram_match=8, previous=5, streak=1) == Plan("ngram", 3)
 
 
 def test_padded_passes_keep_the_output_of_the_target_alone(similar_engine: Engine) -> None:
@@ -582,11 +588,15 @@ def test_the_model_knows_the_size_of_its_last_pass(similar_engine: Engine) -> No
     target = similar_engine.target
     similar_engine.reset_cache()
     target.decode([5, 6, 7], 0, 2, "all")
-    assert target.last_pass_size == 3
+    assert (target.last_pass_size, target.pass_streak) == (3, 1)
     target.decode([8, 9], 3, 2, "none")
     assert target.last_pass_size == 0
     target.decode([10], 5, 2, "all")
-    assert target.last_pass_size == 1
+    assert (target.last_pass_size, target.pass_streak) == (1, 1)
+    # A GPU captures a graph on the second pass of a shape and replays it from the third: passes are counted.
+    target.decode([11], 6, 2, "all")
+    target.decode([12], 7, 2, "all")
+    assert (target.last_pass_size, target.pass_streak) == (1, 3)
     target.remove_from(2, 0)
 
 
@@ -674,7 +684,7 @@ def test_passes_after_the_draft_model_are_priced_apart() -> None:
     costs = gpu_like_costs()
     chooser = chooser_with(costs)
     assert costs.verify(9, after_draft=True) == costs.verify(9)  # not measured yet: as after another size
-    assert chooser.plan(budget=16, ngram_available=0, previous=1).source == "draft"
+    assert chooser.plan(budget=16, ngram_available=0).source == "draft"
     alone = costs.verify(1, warm=True)
     for _ in range(30):
         chooser.record("draft", 0, 0, 0.004, 1, warm=True)
@@ -683,4 +693,4 @@ def test_passes_after_the_draft_model_are_priced_apart() -> None:
     slower = gpu_like_costs()
     for n in range(1, 18):
         slower.record_verify(n, 1.5 * slower.verify(n), after_draft=True)
-    assert chooser_with(slower).plan(budget=16, ngram_available=0, previous=1).source == "none"
+    assert chooser_with(slower).plan(budget=16, ngram_available=0).source == "none"

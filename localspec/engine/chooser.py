@@ -3,8 +3,9 @@
 Model: a source's i-th drafted token is accepted with probability a_i once the ones before it were (measured per
 position: a_1, a_2, a_3 and a_4+; for n-grams also per length of the match that proposed the draft), so k drafts
 settle E(k) = 1 + a_1 + a_1 a_2 + ... tokens per target pass.
-A step costs k * c_draft + c_verify(k + 1) seconds, with c_verify(n) measured for every pass size n, "warm" (after a
-pass of the same size) and "cold" (after another size; on a GPU only a warm pass replays llama.cpp's CUDA graph).
+A step costs k * c_draft + c_verify(k + 1) seconds, with c_verify(n) measured for every pass size n, "cold" (after a
+pass of another size), "capture" (the second in a row of its size) and "warm" (the third or later: on a GPU only
+these replay llama.cpp's CUDA graph; it is captured on the second).
 Before drafting, the draft model must first read what it has not seen (the prompt, or the tokens n-gram steps
 settled): that catch-up is charged too, spread over the tokens a run of draft-model steps usually settles.
 The chooser picks the source and k with the best expected tokens per second, compared with the target alone
@@ -102,13 +103,19 @@ class PassCosts:
         self._cold: dict[int, _Ewma] = {}
         self._warm: dict[int, _Ewma] = {}
         self._after_draft: dict[int, _Ewma] = {}
+        self._capture: dict[int, _Ewma] = {}  # the second pass in a row of a size (a GPU captures its graph)
         self._draft_ratio = draft_ratio
         self._draft_token = _Ewma(0.0)
         self._draft_passes: dict[int, _Ewma] = {}  # the draft model's batched passes (catch-ups), per size
         self.draft_one_by_one = draft_one_by_one
 
-    def record_verify(self, n: int, seconds: float, warm: bool = False, after_draft: bool = False) -> None:
-        table = self._after_draft if after_draft else (self._warm if warm else self._cold)
+    def record_verify(
+        self, n: int, seconds: float, warm: bool = False, after_draft: bool = False, capture: bool = False
+    ) -> None:
+        if after_draft:
+            table = self._after_draft
+        else:
+            table = self._warm if warm else (self._capture if capture else self._cold)
         estimate = table.get(n)
         if estimate is None:
             table[n] = _Ewma(seconds, samples=1)
@@ -146,12 +153,14 @@ class PassCosts:
     def measured_sizes(self, warm: bool = False) -> set[int]:
         return set(self._warm if warm else self._cold)
 
-    def verify(self, n: int, warm: bool = False, after_draft: bool = False) -> float:
-        """Seconds for a pass over n tokens; warm: right after a pass of the same size; after_draft: right after
-        draft-model passes."""
+    def verify(self, n: int, warm: bool = False, after_draft: bool = False, capture: bool = False) -> float:
+        """Seconds for a pass over n tokens; warm: after two or more passes of the same size; capture: after
+        exactly one; after_draft: right after draft-model passes."""
         cold = self._estimate(self._cold, n)
         if after_draft:
             return self._relative_to_cold(self._after_draft, n, cold)
+        if capture:
+            return self._relative_to_cold(self._capture, n, cold)
         if warm and n in self._warm:
             return self._warm[n].value
         if warm:  # an unmeasured warm size saves what the nearest measured one does
@@ -171,7 +180,9 @@ class PassCosts:
         """What a one-token pass costs more after a pass of another size (0 on a CPU)."""
         if 1 not in self._warm:
             return 0.0
-        return max(0.0, self._estimate(self._cold, 1) - self._warm[1].value)
+        # The next one-token pass runs kernel by kernel, the one after captures the graph anew.
+        warm = self._warm[1].value
+        return max(0.0, self._estimate(self._cold, 1) - warm) + max(0.0, self.verify(1, capture=True) - warm)
 
     def _estimate(self, table: dict[int, _Ewma], n: int) -> float:
         if (known := table.get(n)) is not None:
@@ -274,6 +285,7 @@ class AdaptiveChooser:
         limit: int,
         acceptance: float | None = None,
         previous: int = 0,
+        streak: int = 2,
         one_off: float = 0.0,
         horizon: float = 1.0,
         after_draft: bool = False,
@@ -281,8 +293,8 @@ class AdaptiveChooser:
         """The draft length in 1..limit with the best expected tokens per second, that rate, and the pass size to
         pad to (0: none; the previous pass's size when padding pays, a pass of the same size being warm).
 
-        previous: tokens in the last pass (0: another kind of pass). A pass of k + 1 tokens is warm when the last
-        one had that size; leaving the target alone's one-token passes also makes the next one cold, so that is
+        previous: tokens in the last pass (0: another kind of pass), streak: passes in a row of that size. A pass
+        of k + 1 tokens replays a graph (warm) when the last two had that size, captures one after one; leaving the target alone's one-token passes also makes the next one cold, so that is
         charged to the step too. one_off: seconds paid once before a run of such steps expected to settle
         `horizon` tokens (the draft model's catch-up); a step bears its share. after_draft: the pass follows
         draft-model passes, and is priced as such whatever its size.
@@ -294,14 +306,15 @@ class AdaptiveChooser:
             survive *= acceptance if acceptance is not None else rates.rate(k - 1)
             expected += survive
             share = one_off * min(1.0, expected / horizon)
-            verify = self.costs.verify(k + 1, warm=k + 1 == previous, after_draft=after_draft)
+            same = k + 1 == previous
+            verify = self.costs.verify(k + 1, same and streak >= 2, after_draft, same and streak == 1)
             step = verify + leaving_alone + k * per_draft_token + share
             rate = expected / step
             if rate > best_rate:
                 best_k, best_rate, best_size = k, rate, 0
         if limit + 1 < previous <= self.draft_max + 1 and limit:
             share = one_off * min(1.0, expected / horizon)
-            verify = self.costs.verify(previous, warm=True, after_draft=after_draft)
+            verify = self.costs.verify(previous, streak >= 2, after_draft, streak == 1)
             padded = expected / (verify + limit * per_draft_token + share)
             if padded > best_rate:
                 best_k, best_rate, best_size = limit, padded, previous
@@ -315,10 +328,11 @@ class AdaptiveChooser:
         previous: int = 0,
         draft_backlog: int = 1,
         remaining: int | None = None,
+        streak: int = 2,
     ) -> Plan:
         """budget: most drafts the request can still use; ngram_available: length of the n-gram proposal;
         ngram_match: length of the match that proposed it; previous: tokens in the target's last pass (0: a
-        pass of another kind, such as a prompt); draft_backlog: tokens the draft model must read before it can
+        pass of another kind, such as a prompt); streak: passes in a row of that size; draft_backlog: tokens the draft model must read before it can
         draft (1 while it keeps up); remaining: tokens the request may still generate (None: unknown)."""
         budget = min(budget, self.draft_max)
         if budget <= 0 or self.mode == "none":
@@ -333,12 +347,14 @@ class AdaptiveChooser:
         best_rate, plan = alone, Plan("none", 0)
         if ngram_available:
             rates = self.ngram_acceptance[match_class(ngram_match)]
-            k, rate, size = self._best_length(rates, 0.0, min(budget, ngram_available), previous=previous)
+            k, rate, size = self._best_length(
+                rates, 0.0, min(budget, ngram_available), None, previous, streak
+            )
             if rate > best_rate:
                 best_rate, plan = rate, Plan("ngram", k, size)
             elif self._since_tried["ngram"] >= PROBE_EVERY:
                 k, hopeful, size = self._best_length(
-                    rates, 0.0, min(budget, ngram_available, 4), OPTIMISTIC_ACCEPTANCE, previous
+                    rates, 0.0, min(budget, ngram_available, 4), OPTIMISTIC_ACCEPTANCE, previous, streak
                 )
                 if hopeful > PROBE_MARGIN * alone:
                     return Plan("ngram", k, size)  # n-gram drafts cost nothing to make: re-probe cheaply
@@ -354,7 +370,7 @@ class AdaptiveChooser:
                 else min(remaining, self._draft_run_length.value),
             )
             k, rate, size = self._best_length(
-                self.draft_acceptance, per_token, budget, None, previous, catch_up, horizon, after_draft=True
+                self.draft_acceptance, per_token, budget, None, previous, streak, catch_up, horizon, True
             )
             if rate > best_rate:
                 best_rate, plan = rate, Plan("draft", k, size)
@@ -367,6 +383,7 @@ class AdaptiveChooser:
                     min(budget, 4),
                     OPTIMISTIC_ACCEPTANCE,
                     previous,
+                    streak,
                     catch_up,
                     horizon,
                     after_draft=True,
@@ -386,13 +403,14 @@ class AdaptiveChooser:
         verify_tokens: int,
         ngram_match: int = 0,
         warm: bool = False,
+        capture: bool = False,
     ) -> None:
-        """warm: the pass followed a target pass of the same size."""
+        """warm: the pass followed two or more target passes of its size; capture: exactly one."""
         for name in self._since_tried:
             self._since_tried[name] = 0 if name == source else self._since_tried[name] + 1
         if verify_tokens:
             # (a draft-model step's pass follows the draft model's passes, whatever the size before)
-            self.costs.record_verify(verify_tokens, t_verify, warm, after_draft=source == "draft")
+            self.costs.record_verify(verify_tokens, t_verify, warm, source == "draft", capture)
         if source == "draft":
             self._draft_run += accepted + 1
         else:

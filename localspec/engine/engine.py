@@ -117,10 +117,11 @@ class Engine:
         for n, seconds in best.items():  # each pass followed one of another size: cold prices
             self.costs.record_verify(n, seconds)
         if fast:
-            # Warm prices: passes after passes of the same size (on a GPU they replay a CUDA graph, captured on
-            # the second pass of a shape). A slow CPU has no such difference and keeps the cold prices.
+            # Passes after passes of the same size: on a GPU the second of a shape captures a CUDA graph, the
+            # third and later replay it (warm). A slow CPU has no such difference and keeps the cold prices.
             for n in sizes:
                 warm = [self._timed_pass(self.target, tokens[:n], seq_id) for _ in range(4)]
+                self.costs.record_verify(n, warm[1], capture=True)
                 self.costs.record_verify(n, min(warm[2:]), warm=True)
         if self.draft is not None:
             catch_up_sizes = [n for n in DRAFT_CATCH_UP_SIZES if n < self.draft.n_ctx_per_seq - 1]

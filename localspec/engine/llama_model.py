@@ -163,9 +163,11 @@ class LlamaModel:
         self.offloaded = bool(llama_cpp.llama_supports_gpu_offload()) and gpu_layers > int(
             llama_cpp.llama_model_n_layer(self._model)
         )
-        # Tokens in the last pass when it returned logits for all of them (0 for other passes): on a GPU a pass of
-        # the same shape as the one before replays its CUDA graph.
+        # Tokens in the last pass when it returned logits for all of them (0 for other passes), and how many
+        # passes in a row had that size. On a GPU llama.cpp runs the first pass of a new shape kernel by kernel,
+        # captures a CUDA graph on the second, and replays it from the third on.
         self.last_pass_size = 0
+        self.pass_streak = 0
         self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._vocab))
         self._pieces: dict[int, bytes] = {}
         self._ctx = None
@@ -307,7 +309,9 @@ class LlamaModel:
                 batch.logits[i] = wants
             batch.n_tokens = len(chunk)
             n_out = sum(1 for i in range(len(chunk)) if batch.logits[i])
-            self.last_pass_size = len(chunk) if n_out == len(chunk) else 0
+            size = len(chunk) if n_out == len(chunk) else 0
+            self.pass_streak = self.pass_streak + 1 if size == self.last_pass_size else 1
+            self.last_pass_size = size
             status = llama_cpp.llama_decode(self._ctx, batch)
             if status == 1:
                 raise ContextOverflowError(

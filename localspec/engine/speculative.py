@@ -120,11 +120,13 @@ class Generation:
         ngram = (
             self._ngram.propose(context, max(budget, 0)) if self.chooser.mode in ("adaptive", "ngram") else []
         )
-        previous = self.target.last_pass_size
+        previous, streak = self.target.last_pass_size, self.target.pass_streak
         backlog = (
             self._draft.backlog(context) if self._draft is not None and self.chooser.mode == "adaptive" else 1
         )
-        plan = self.chooser.plan(budget, len(ngram), self._ngram.match_length, previous, backlog, remaining)
+        plan = self.chooser.plan(
+            budget, len(ngram), self._ngram.match_length, previous, backlog, remaining, streak
+        )
         source: DraftSource = plan.source
         started = time.perf_counter()
         if source == "draft" and self._draft is not None:
@@ -173,7 +175,8 @@ class Generation:
             t_verify,
             n_rows,
             self._ngram.match_length,
-            n_rows == previous,
+            warm=n_rows == previous and streak >= 2,
+            capture=n_rows == previous and streak == 1,
         )
         t_verify += t_settle
         stats = self.stats
