@@ -82,10 +82,9 @@ def test_greedy_speculative_output_equals_target_alone(
 
 
 @settings(
-    max_examples=10,
+    max_examples=100,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
-    derandomize=True,
 )
 @given(
     seed=st.integers(0, 2**31),
@@ -100,14 +99,34 @@ def test_sampled_speculative_output_equals_target_alone_with_the_same_seed(
     alone = run(similar_engine, PROMPT, "none", max_tokens=40, sampling=sampling)
     spec = run(similar_engine, PROMPT, "draft", max_tokens=40, sampling=sampling)
     if spec.token_ids != alone.token_ids:
-        # The one allowed difference: a position where the two picks are tied in the target's own distribution
-        # (the tiny models have exact ties), so batched logits a few ulps off may order them the other way.
-        # Known gap (hence the fixed examples): a draw that lands within a few ulps of a boundary of the
-        # cumulative distribution can flip between two untied tokens too (seed 318525, temperature 0.796875,
-        # top_k 0: logits 0.74 apart); the assertion should test that boundary instead.
-        at = next(i for i, (a, b) in enumerate(zip(alone.token_ids, spec.token_ids, strict=False)) if a != b)
+        # The one allowed difference: batched logits differ from one-token ones in the last bits, which can move a
+        # boundary of the sampler's cumulative distribution past the draw. Only two tokens that are neighbours in
+        # the target's own ranking share a boundary (tied ones too: the tiny models have exact ties); any
+        # other difference would mean the speculative run sampled from another distribution. (Seen: seed
+        # 318525, temperature 0.796875, top_k 0: the top two tokens, logits 0.74 apart.)
+        pairs = zip(alone.token_ids, spec.token_ids, strict=False)
+        at = next(
+            (i for i, (a, b) in enumerate(pairs) if a != b), min(len(alone.token_ids), len(spec.token_ids))
+        )
         logits = target_logits_after(similar_engine, PROMPT, alone.token_ids[:at])
-        assert abs(logits[alone.token_ids[at]] - logits[spec.token_ids[at]]) < 1e-3
+        if repeat_penalty != 1.0:  # rank as the sampler does, after the penalty on recent tokens
+            prompt = similar_engine.tokenize(PROMPT, add_bos=similar_engine.target.adds_bos())
+            for token in set((prompt + alone.token_ids[:at])[-sampling.repeat_last_n :]):
+                value = logits[token]
+                logits[token] = value / repeat_penalty if value > 0 else value * repeat_penalty
+
+        def picked(
+            tokens: list[int],
+        ) -> list[int]:  # the token taken at `at`: any end-of-generation one if none
+            if at < len(tokens):
+                return [tokens[at]]
+            return [t for t in range(len(logits)) if similar_engine.target.is_end_of_generation(t)]
+
+        def neighbours(a: int, b: int) -> bool:  # nothing ranked strictly between them
+            low, high = sorted((logits[a], logits[b]))
+            return not any(low + 1e-3 < value < high - 1e-3 for value in logits)
+
+        assert any(neighbours(a, b) for a in picked(alone.token_ids) for b in picked(spec.token_ids))
 
 
 def target_logits_after(engine: Engine, prompt: str, generated: list[int]) -> list[float]:
