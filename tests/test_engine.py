@@ -719,18 +719,3 @@ def test_passes_after_the_draft_model_are_priced_apart() -> None:
     for n in range(1, 18):
         slower.record_verify(n, 1.5 * slower.verify(n), after_draft=True)
     assert chooser_with(slower).plan(budget=16, ngram_available=0).source == "none"
-
-
-def test_a_machine_without_graph_replay_keeps_one_price_per_size() -> None:
-    from localspec.engine.chooser import PassCosts
-
-    # On a CPU start-up timing finds no difference between a pass after one of its size and after another, and
-    # every real pass updates the one price of its size, whatever came before it.
-    costs = PassCosts()
-    costs.depends_on_previous = False
-    costs.record_verify(1, 0.025)
-    costs.record_verify(1, 0.020, warm=True)
-    costs.record_verify(1, 0.030, capture=True)
-    costs.record_verify(1, 0.030, after_draft=True)
-    assert costs.verify(1, warm=True) == costs.verify(1) == costs.verify(1, after_draft=True)
-    assert costs.switch_cost() == 0.0

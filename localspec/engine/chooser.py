@@ -107,17 +107,12 @@ class PassCosts:
         self._draft_ratio = draft_ratio
         self._draft_token = _Ewma(0.0)
         self._draft_passes: dict[int, _Ewma] = {}  # the draft model's batched passes (catch-ups), per size
-        # Whether a pass's price depends on the passes before it (a GPU's CUDA graphs). Where start-up timing finds
-        # no such machine (a CPU), every pass is booked as cold: one price per size.
-        self.depends_on_previous = True
         self.draft_one_by_one = draft_one_by_one
 
     def record_verify(
         self, n: int, seconds: float, warm: bool = False, after_draft: bool = False, capture: bool = False
     ) -> None:
-        if not self.depends_on_previous:
-            table = self._cold
-        elif after_draft:
+        if after_draft:
             table = self._after_draft
         else:
             table = self._warm if warm else (self._capture if capture else self._cold)

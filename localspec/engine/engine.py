@@ -116,7 +116,6 @@ class Engine:
                     best[n] = min(best.get(n, seconds), seconds)
         for n, seconds in best.items():  # each pass followed one of another size: cold prices
             self.costs.record_verify(n, seconds)
-        self.costs.depends_on_previous = fast
         if fast:
             # Passes after passes of the same size: on a GPU the second of a shape captures a CUDA graph, the
             # third and later replay it (warm). A slow CPU has no such difference and keeps the cold prices.
