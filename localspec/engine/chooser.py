@@ -85,8 +85,8 @@ class PassCosts:
 
     Two prices per size: "cold", a pass after a pass of another size, and "warm", after one of the same size. On a
     GPU llama.cpp replays a captured CUDA graph only while consecutive passes have the same shape (an H100: 1.7 ms
-    for one token after one-token passes, 2.4 ms after a 3-token pass). On a CPU no warm prices are measured and
-    the cold ones stand for both. A third table holds passes right after draft-model passes: the draft model's
+    for one token after one-token passes, 2.4 ms after a 3-token pass). On a CPU start-up measures no warm prices
+    (the cold ones stand for both until real passes of a repeated size are timed). A third table holds passes right after draft-model passes: the draft model's
     verify passes, priced apart so that they neither pass for nor spoil the target alone's prices.
     """
 
