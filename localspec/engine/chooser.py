@@ -86,8 +86,9 @@ class PassCosts:
     Two prices per size: "cold", a pass after a pass of another size, and "warm", after one of the same size. On a
     GPU llama.cpp replays a captured CUDA graph only while consecutive passes have the same shape (an H100: 1.7 ms
     for one token after one-token passes, 2.4 ms after a 3-token pass). On a CPU start-up measures no warm prices
-    (the cold ones stand for both until real passes of a repeated size are timed). A third table holds passes right after draft-model passes: the draft model's
-    verify passes, priced apart so that they neither pass for nor spoil the target alone's prices.
+    (the cold ones stand for both until real passes of a repeated size are timed). More tables hold the second
+    pass in a row of a size (on a GPU it captures the graph) and passes right after draft-model passes (the draft
+    model's verify passes, priced apart so that they neither pass for nor spoil the target alone's prices).
     """
 
     def __init__(
@@ -116,6 +117,10 @@ class PassCosts:
             table = self._after_draft
         else:
             table = self._warm if warm else (self._capture if capture else self._cold)
+        self._record(table, n, seconds)
+
+    @staticmethod
+    def _record(table: dict[int, _Ewma], n: int, seconds: float) -> None:
         estimate = table.get(n)
         if estimate is None:
             table[n] = _Ewma(seconds, samples=1)
@@ -135,11 +140,7 @@ class PassCosts:
 
     def record_draft_pass(self, n: int, seconds: float) -> None:
         """A batched draft-model pass over n tokens (a catch-up)."""
-        estimate = self._draft_passes.get(n)
-        if estimate is None:
-            self._draft_passes[n] = _Ewma(seconds, samples=1)
-        else:
-            estimate.add(seconds, FASTER_WEIGHT if seconds < estimate.value else SLOWER_WEIGHT)
+        self._record(self._draft_passes, n, seconds)
 
     def draft_catch_up(self, n: int) -> float:
         """Seconds for the draft model to read n tokens it has not seen, its last pass leaving logits to draft
@@ -150,8 +151,8 @@ class PassCosts:
             return self.draft_token() * (1 + (n - 1) / 5)
         return self._estimate(self._draft_passes, n)
 
-    def measured_sizes(self, warm: bool = False) -> set[int]:
-        return set(self._warm if warm else self._cold)
+    def measured_sizes(self) -> set[int]:
+        return set(self._cold)
 
     def verify(self, n: int, warm: bool = False, after_draft: bool = False, capture: bool = False) -> float:
         """Seconds for a pass over n tokens; warm: after two or more passes of the same size; capture: after
@@ -294,10 +295,11 @@ class AdaptiveChooser:
         pad to (0: none; the previous pass's size when padding pays, a pass of the same size being warm).
 
         previous: tokens in the last pass (0: another kind of pass), streak: passes in a row of that size. A pass
-        of k + 1 tokens replays a graph (warm) when the last two had that size, captures one after one; leaving the target alone's one-token passes also makes the next one cold, so that is
-        charged to the step too. one_off: seconds paid once before a run of such steps expected to settle
-        `horizon` tokens (the draft model's catch-up); a step bears its share. after_draft: the pass follows
-        draft-model passes, and is priced as such whatever its size.
+        of k + 1 tokens replays a graph (warm) when the last two had that size, captures one after one; leaving
+        the target alone's one-token passes also makes the next one cold, so that is charged to the step too.
+        one_off: seconds paid once before a run of such steps expected to settle `horizon` tokens (the draft
+        model's catch-up); a step bears its share. after_draft: the pass follows draft-model passes, and is priced
+        as such whatever its size.
         """
         leaving_alone = self.costs.switch_cost() if previous == 1 else 0.0
         best_k, best_rate, best_size = 0, 0.0, 0
@@ -332,8 +334,9 @@ class AdaptiveChooser:
     ) -> Plan:
         """budget: most drafts the request can still use; ngram_available: length of the n-gram proposal;
         ngram_match: length of the match that proposed it; previous: tokens in the target's last pass (0: a
-        pass of another kind, such as a prompt); streak: passes in a row of that size; draft_backlog: tokens the draft model must read before it can
-        draft (1 while it keeps up); remaining: tokens the request may still generate (None: unknown)."""
+        pass of another kind, such as a prompt); streak: passes in a row of that size; draft_backlog: tokens the
+        draft model must read before it can draft (1 while it keeps up); remaining: tokens the request may still
+        generate (None: unknown)."""
         budget = min(budget, self.draft_max)
         if budget <= 0 or self.mode == "none":
             return Plan("none", 0)

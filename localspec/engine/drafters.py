@@ -1,4 +1,4 @@
-"""Draft sources behind one small interface: propose up to k tokens that likely follow `context`.
+"""Draft sources: each proposes up to k tokens that likely follow `context` (`propose(context, k)`).
 
 - DraftModelDrafter: a small model of the same family, greedy, stopping early when it is unsure.
 - NgramDrafter: prompt-lookup decoding: find the context's last n tokens earlier in the context (or in extra texts
@@ -12,14 +12,9 @@ import math
 import time
 from collections import deque
 from collections.abc import Sequence
-from typing import Protocol
 
 from localspec.engine.chooser import PassCosts
 from localspec.engine.llama_model import LlamaModel, top_two
-
-
-class Drafter(Protocol):
-    def propose(self, context: list[int], k: int) -> list[int]: ...
 
 
 def common_prefix_length(a: list[int], b: list[int]) -> int:
@@ -44,6 +39,17 @@ def common_prefix_length(a: list[int], b: list[int]) -> int:
 ONE_BY_ONE_CATCH_UP = 4
 
 
+def _reusable_prefix(cached: list[int], wanted: list[int], outputs: str) -> int:
+    """Tokens of `cached` that `sync_sequence` keeps: the common prefix, less the final token when its logits are
+    wanted and nothing else would be evaluated."""
+    reuse = common_prefix_length(cached, wanted)
+    return reuse - 1 if outputs == "last" and reuse == len(wanted) and wanted else reuse
+
+
+def _catches_up_one_by_one(one_by_one: bool, missing: int) -> bool:
+    return one_by_one and missing <= ONE_BY_ONE_CATCH_UP
+
+
 def sync_sequence(
     model: LlamaModel,
     seq_id: int,
@@ -58,14 +64,12 @@ def sync_sequence(
     always evaluated, so its logits are readable afterwards. Returns how many tokens were reused.
     one_by_one: evaluate a short remainder as one-token passes with logits (the shape of a drafting pass).
     """
-    reuse = common_prefix_length(cached, wanted)
-    if outputs == "last" and reuse == len(wanted) and wanted:
-        reuse -= 1
+    reuse = _reusable_prefix(cached, wanted, outputs)
     if reuse < len(cached):
         model.remove_from(seq_id, reuse)
         del cached[reuse:]
     missing = wanted[reuse:]
-    if one_by_one and len(missing) <= ONE_BY_ONE_CATCH_UP:
+    if _catches_up_one_by_one(one_by_one, len(missing)):
         for position, token in enumerate(missing, start=reuse):
             model.decode([token], position, seq_id, "last")
     elif missing:
@@ -107,8 +111,7 @@ class DraftModelDrafter:
 
     def backlog(self, context: list[int]) -> int:
         """Tokens the draft model must read before drafting after `context` (1 while it keeps up)."""
-        reuse = common_prefix_length(self.cached, context)
-        return len(context) - (reuse - 1 if reuse == len(context) else reuse)
+        return len(context) - _reusable_prefix(self.cached, context, "last")
 
     def propose(self, context: list[int], k: int) -> list[int]:
         if k <= 0:
@@ -117,7 +120,7 @@ class DraftModelDrafter:
         missing = len(context) - sync_sequence(
             self.model, self.seq_id, self.cached, context, "last", self.one_by_one
         )
-        batched = missing > 1 and not (self.one_by_one and missing <= ONE_BY_ONE_CATCH_UP)
+        batched = missing > 1 and not _catches_up_one_by_one(self.one_by_one, missing)
         one_token_passes = 0 if batched else missing
         if batched:
             self.model.synchronize()  # (the logits read below would wait for it anyway)
