@@ -485,6 +485,87 @@ def test_ngram_drafts_are_judged_by_the_length_of_the_match_that_proposed_them()
     assert chooser.plan(budget=16, ngram_available=8, ngram_match=8) == Plan("ngram", 8)
 
 
+def test_ngram_re_probes_hope_for_what_matches_of_that_length_usually_give() -> None:
+    from localspec.engine.chooser import PROBE_EVERY, AdaptiveChooser, PassCosts
+
+    costs = PassCosts()  # a 2-core CPU: a 4-token pass costs nearly three one-token passes
+    for n, ms in ((1, 25), (2, 44), (4, 69), (8, 120), (16, 135)):
+        costs.record_verify(n, ms / 1000)
+    chooser = AdaptiveChooser("adaptive", draft_max=16, has_draft_model=False, costs=costs)
+    # Over earlier requests, 2-token matches proposed a right first token 3 times in 10, 8-token ones 9 in 10.
+    for i in range(40):
+        chooser.record("ngram", 3, 3 if i % 10 < 3 else 0, 0.069, 4, ngram_match=2)
+        chooser.record("ngram", 3, 3 if i % 10 < 9 else 0, 0.069, 4, ngram_match=8)
+    chooser.start_request()
+    # In this request both failed until the chooser stopped planning them; then the text went on without them.
+    for _ in range(4):
+        chooser.record("ngram", 3, 0, 0.069, 4, ngram_match=2)
+        chooser.record("ngram", 3, 0, 0.069, 4, ngram_match=8)
+    for _ in range(PROBE_EVERY):
+        chooser.record("none", 0, 0, 0.025, 1)
+    # A re-probe hopes for a first token as good as such matches usually give: an 8-token match is worth
+    # re-trying, a 2-token one is not (a failed 4-token pass costs nearly two tokens' time here).
+    assert chooser.plan(budget=16, ngram_available=8, ngram_match=8).source == "ngram"
+    assert chooser.plan(budget=16, ngram_available=8, ngram_match=2).source == "none"
+
+
+def test_planning_from_the_first_ngram_draft_gives_the_plan_of_the_whole_proposal() -> None:
+    import random
+
+    from localspec.engine.chooser import AdaptiveChooser, PassCosts
+
+    rng = random.Random(20261126)
+    built_lazily = 0
+    for _ in range(500):
+        costs = PassCosts()
+        one = rng.uniform(0.001, 0.03)
+        extra = one * rng.uniform(0.05, 1.0)
+        gpu_like = rng.random() < 0.5  # a pass after one of its size is much cheaper: padding may pay
+        for n in rng.sample(range(1, 18), rng.randint(1, 17)):
+            price = one + extra * (n - 1) * rng.uniform(0.6, 1.4)
+            costs.record_verify(n, price)
+            if gpu_like:
+                costs.record_verify(n, price * rng.uniform(0.4, 0.7), warm=True)
+            for flags in ({"warm": True}, {"capture": True}, {"after_draft": True}):
+                if rng.random() < 0.4:
+                    costs.record_verify(n, price * rng.uniform(0.6, 1.3), **flags)
+        if rng.random() < 0.7:
+            costs.record_draft(1, one * rng.uniform(0.2, 0.9))
+        chooser = AdaptiveChooser("adaptive", 16, has_draft_model=rng.random() < 0.5, costs=costs)
+        for _ in range(rng.randint(0, 60)):  # outcomes so far, probes due or not
+            source = rng.choice(["ngram", "ngram", "draft", "none"])
+            drafted = 0 if source == "none" else rng.randint(1, 16)
+            chooser.record(
+                source,  # type: ignore[arg-type]
+                drafted,
+                rng.randint(0, drafted),
+                one * (1 + drafted * rng.uniform(0.1, 1.0)),
+                drafted + 1,
+                ngram_match=rng.choice([2, 3, 4, 6, 8]),
+            )
+        budget = rng.randint(0, 16)
+        whole = [rng.randrange(1000) for _ in range(rng.randint(0, budget))]
+        match = rng.choice([2, 3, 4, 6, 8]) if whole else 0
+        asked: list[int] = []
+
+        def propose(k: int, whole: list[int] = whole, match: int = match, asked: list[int] = asked):
+            asked.append(k)
+            return whole[: max(k, 0)], match
+
+        context = dict(
+            previous=rng.choice([0, 1, 1, 2, 3, 5, 9, 17]),
+            draft_backlog=rng.choice([1, 1, 40]),
+            remaining=rng.choice([None, 5, 100]),
+            streak=rng.randint(1, 40),
+        )
+        plan, drafts = chooser.plan_with_ngrams(budget, propose, **context)  # type: ignore[arg-type]
+        assert plan == chooser.plan(budget, len(whole), match, **context)  # type: ignore[arg-type]
+        if plan.source == "ngram":
+            assert drafts[: plan.k] == whole[: plan.k] and len(drafts) >= plan.k
+        built_lazily += sum(asked) < len(whole)
+    assert built_lazily > 50  # many plans needed only part of the proposal
+
+
 def gpu_like_costs() -> PassCosts:
     """Pass prices measured on an H100 (ms): a pass after one of the same size replays a CUDA graph (warm)."""
     from localspec.engine.chooser import PassCosts

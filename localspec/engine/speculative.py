@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from localspec.engine.chooser import AdaptiveChooser
+from localspec.engine.chooser import AdaptiveChooser, Plan
 from localspec.engine.drafters import DraftModelDrafter, NgramDrafter, NgramTable, sync_sequence
 from localspec.engine.llama_model import LlamaModel
 from localspec.engine.sampling import TokenPicker
@@ -117,16 +117,11 @@ class Generation:
             self.request.draft_max if self.request.draft_max is not None else self.chooser.draft_max,
         )
         context = self._context
-        ngram = (
-            self._ngram.propose(context, max(budget, 0)) if self.chooser.mode in ("adaptive", "ngram") else []
-        )
         previous, streak = self.target.last_pass_size, self.target.pass_streak
         backlog = (
             self._draft.backlog(context) if self._draft is not None and self.chooser.mode == "adaptive" else 1
         )
-        plan = self.chooser.plan(
-            budget, len(ngram), self._ngram.match_length, previous, backlog, remaining, streak
-        )
+        plan, ngram = self._plan(context, budget, previous, streak, backlog, remaining)
         source: DraftSource = plan.source
         started = time.perf_counter()
         if source == "draft" and self._draft is not None:
@@ -188,6 +183,18 @@ class Generation:
         stats.t_verify += t_verify
         stats.t_sample += t_sample
         return self._emit(settled, len(drafts), accepted, source)
+
+    def _plan(
+        self, context: list[int], budget: int, previous: int, streak: int, backlog: int, remaining: int
+    ) -> tuple[Plan, list[int]]:
+        """The chooser's plan and the n-gram proposal it may use."""
+        if self.chooser.mode not in ("adaptive", "ngram"):
+            return self.chooser.plan(budget, 0, 0, previous, backlog, remaining, streak), []
+
+        def propose(k: int) -> tuple[list[int], int]:
+            return self._ngram.propose(context, k), self._ngram.match_length
+
+        return self.chooser.plan_with_ngrams(budget, propose, previous, backlog, remaining, streak)
 
     def _settle_alone(self, base: int, drafts: list[int], row: int) -> tuple[int, float, float]:
         """Re-evaluate the input token of `row` in a one-token pass and take the target-alone choice there."""
