@@ -122,6 +122,11 @@ def run(args: argparse.Namespace) -> int:
                     reference = result
                 elif reference is not None:
                     runner.compare(result, reference)
+                    if (
+                        result.divergence and not reference.margins
+                    ):  # explain it with the target's margin there
+                        runner.fill_margins(engine, task, tokens, reference)
+                        runner.compare(result, reference)
                 runs.append(result)
                 progress.advance(bar)
         engine.close()

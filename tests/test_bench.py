@@ -54,3 +54,34 @@ def test_bench_runs_every_workload_and_mode_and_reports_speed_acceptance_and_ide
             row = summary[(mode, workload)]
             assert row["tokens_per_second"] > 0 and row["speedup_vs_own_target_alone"] > 0
     assert any(summary[("draft", workload)]["acceptance"] for workload in workloads)
+
+
+def test_a_divergence_is_explained_by_the_target_alone_margin_measured_outside_the_timed_run(
+    tiny_models,
+) -> None:
+    import dataclasses
+
+    from localspec.benchmark import runner
+    from localspec.benchmark.workloads import Task
+    from localspec.engine import Engine, EngineSettings
+
+    engine = Engine(EngineSettings(target_path=tiny_models.target, n_ctx=512, slots=1, threads=2))
+    try:
+        task = Task("humaneval", "t-1", "completion", prompt="def add(a, b):\n    return", max_tokens=12)
+        tokens = runner.prompt_tokens(engine, task)
+        # The timed target-alone run does not pay for margins.
+        reference = runner.run_localspec(engine, task, tokens, runner.TARGET_ALONE)
+        assert reference.margins == [] and len(reference.token_ids) >= 4
+        # A run that differs from it at position 3 (as a speculative run would at a flipped near-tie).
+        other = dataclasses.replace(reference, mode="adaptive", token_ids=list(reference.token_ids))
+        other.token_ids[3] += 1
+        runner.compare(other, reference)
+        assert other.divergence == {"position": 3, "target_alone_margin": None}
+        runner.fill_margins(engine, task, tokens, reference)
+        runner.compare(other, reference)
+        measured = runner.run_localspec(engine, task, tokens, runner.TARGET_ALONE, record_margins=True)
+        assert reference.margins == measured.margins and len(measured.margins) >= len(reference.token_ids)
+        assert other.divergence == {"position": 3, "target_alone_margin": measured.margins[3]}
+        assert measured.margins[3] >= 0.0
+    finally:
+        engine.close()

@@ -15,6 +15,7 @@ import httpx
 
 from localspec.benchmark.workloads import Task
 from localspec.engine import Engine, GenerationRequest
+from localspec.engine.drafters import NgramHistory
 from localspec.errors import LocalspecError
 
 TARGET_ALONE = "none"
@@ -55,7 +56,9 @@ def prompt_tokens(engine: Engine, task: Task) -> list[int]:
     return engine.tokenize(text, add_bos=engine.target.adds_bos())
 
 
-def run_localspec(engine: Engine, task: Task, tokens: list[int], mode: str) -> Run:
+def run_localspec(
+    engine: Engine, task: Task, tokens: list[int], mode: str, record_margins: bool = False
+) -> Run:
     engine.reset_cache()  # every run pays for its prompt alike; decode speed is what is compared
     result = engine.complete(
         GenerationRequest(
@@ -63,7 +66,7 @@ def run_localspec(engine: Engine, task: Task, tokens: list[int], mode: str) -> R
             max_tokens=task.max_tokens,
             speculative=mode,  # type: ignore[arg-type]
             slot="bench",
-            record_margins=mode == TARGET_ALONE,
+            record_margins=record_margins,
         )
     )
     stats = result.stats
@@ -84,6 +87,22 @@ def run_localspec(engine: Engine, task: Task, tokens: list[int], mode: str) -> R
         time_split={"draft": stats.t_draft, "verify": stats.t_verify, "sample": stats.t_sample},
         margins=stats.margins,
     )
+
+
+def fill_margins(engine: Engine, task: Task, tokens: list[int], reference: Run) -> None:
+    """Give the target-alone `reference` its top-2 margin at every position, from a second, untimed run: recording
+    them in the timed run would cost it a second pass over every logits row, which a real target-alone run skips.
+    Greedy decoding repeats itself, so the second run settles the same tokens (checked)."""
+    if reference.margins:
+        return
+    history = engine.history
+    engine.history = NgramHistory(0)  # (this run's output must not feed any mode's n-gram history)
+    try:
+        again = run_localspec(engine, task, tokens, TARGET_ALONE, record_margins=True)
+    finally:
+        engine.history = history
+    if again.token_ids == reference.token_ids:
+        reference.margins = again.margins
 
 
 def compare(run: Run, reference: Run) -> None:

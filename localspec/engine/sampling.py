@@ -12,6 +12,7 @@ import math
 import random
 
 import llama_cpp
+import numpy as np
 
 from localspec.engine.llama_model import LlamaModel, top_two
 from localspec.engine.types import SamplingParams
@@ -64,15 +65,18 @@ class TokenPicker:
             for token in history[-max(params.repeat_last_n, 0) :] if params.repeat_penalty != 1.0 else []:
                 llama_cpp.llama_sampler_accept(chain, token)
 
-    def pick(self, row_index: int, n_rows: int) -> tuple[int, float]:
+    def pick(self, row_index: int, n_rows: int, margin: bool = True) -> tuple[int, float]:
         """(token, top-2 logit margin) for output row `row_index` of the last decode.
 
-        The margin is only known on the greedy fast path; elsewhere it is +inf (never treated as a near-tie).
+        The margin is only known on the greedy fast path, and only computed when asked for (a second pass over a
+        vocabulary-sized row that the GPU just copied: ~25 us on an H100's host); elsewhere it is +inf (never
+        treated as a near-tie).
         """
         if self._chain is not None:
             token = llama_cpp.llama_sampler_sample(self._chain, self.model.ctx, row_index)
             return int(token), math.inf
-        return top_two(self.model.logits(n_rows)[row_index])
+        row = self.model.logits(n_rows)[row_index]
+        return top_two(row) if margin else (int(np.argmax(row)), math.inf)
 
     def close(self) -> None:
         if self._chain is not None:

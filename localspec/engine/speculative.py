@@ -144,8 +144,10 @@ class Generation:
         started = time.perf_counter()
         settled: list[int] = []
         t_settle = 0.0
+        # Margins decide near-ties in batched passes; a one-token pass needs one only when the request records them.
+        want_margin = n_rows > 1 or self.request.record_margins
         for row in range(len(drafts) + 1):
-            token, margin = self._picker.pick(row, n_rows)
+            token, margin = self._picker.pick(row, n_rows, want_margin)
             near_tie = n_rows > 1 and margin < self.tie_margin
             if near_tie:  # the walk ends here: later rows were computed after a token that may change
                 token, margin, t_settle = self._settle_alone(base, drafts, row)
@@ -203,7 +205,7 @@ class Generation:
         token_in = self._pending if row == 0 else drafts[row - 1]
         self.target.remove_from(self.slot.seq_id, position)
         self.target.decode([token_in], position, self.slot.seq_id, "all")
-        token, margin = self._picker.pick(0, 1)
+        token, margin = self._picker.pick(0, 1, self.request.record_margins)
         self.stats.settled_near_ties += 1
         return token, margin, time.perf_counter() - started
 
