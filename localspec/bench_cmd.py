@@ -122,9 +122,8 @@ def run(args: argparse.Namespace) -> int:
                     reference = result
                 elif reference is not None:
                     runner.compare(result, reference)
-                    if (
-                        result.divergence and not reference.margins
-                    ):  # explain it with the target's margin there
+                    # A divergence is explained by the target's margin there, read from an untimed run.
+                    if result.divergence and not reference.margins:
                         runner.fill_margins(engine, task, tokens, reference)
                         runner.compare(result, reference)
                 runs.append(result)

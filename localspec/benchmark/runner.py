@@ -93,8 +93,6 @@ def fill_margins(engine: Engine, task: Task, tokens: list[int], reference: Run) 
     """Give the target-alone `reference` its top-2 margin at every position, from a second, untimed run: recording
     them in the timed run would cost it a second pass over every logits row, which a real target-alone run skips.
     Greedy decoding repeats itself, so the second run settles the same tokens (checked)."""
-    if reference.margins:
-        return
     history = engine.history
     engine.history = NgramHistory(0)  # (this run's output must not feed any mode's n-gram history)
     try:

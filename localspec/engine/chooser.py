@@ -418,8 +418,10 @@ class AdaptiveChooser:
         on for the whole budget, builds what the plan takes, and plans again with the real length where it turns
         out shorter. The result is the plan of the whole proposal: a longer proposal only adds draft lengths to
         choose from. (After a pass of more than two tokens a plan may pad a short draft up to that size, which
-        depends on the real length: there the whole proposal is built first.)
+        depends on the real length: there the whole proposal is built first.) Modes without n-grams propose nothing.
         """
+        if self.mode not in ("adaptive", "ngram"):
+            return self.plan(budget, 0, 0, previous, draft_backlog, remaining, streak), []
         lazy = self.mode == "adaptive" and previous <= 2
         drafts, match = propose(min(1, budget) if lazy else max(budget, 0))
         available = budget if lazy and drafts else len(drafts)

@@ -190,8 +190,6 @@ class Generation:
         self, context: list[int], budget: int, previous: int, streak: int, backlog: int, remaining: int
     ) -> tuple[Plan, list[int]]:
         """The chooser's plan and the n-gram proposal it may use."""
-        if self.chooser.mode not in ("adaptive", "ngram"):
-            return self.chooser.plan(budget, 0, 0, previous, backlog, remaining, streak), []
 
         def propose(k: int) -> tuple[list[int], int]:
             return self._ngram.propose(context, k), self._ngram.match_length
