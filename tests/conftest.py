@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -50,6 +51,24 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
         ),
         no_fim=write_tiny_model(folder / "no-fim.gguf", TinySpec(seed=5, with_fim=False), name="tiny-no-fim"),
     )
+
+
+@pytest.fixture(scope="session")
+def llama_cpp_tools() -> Path:
+    """The folder holding llama.cpp's own `llama-server` and `rpc-server`, built by `.ci/build-llama-server` from
+    the llama.cpp that llama-cpp-python vendors (`.ci/install-system-deps` runs it; LOCALSPEC_LLAMA_CPP_BIN
+    overrides the folder). Missing tools fail the run in CI and skip the test elsewhere."""
+    import llama_cpp
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    default = cache / "localspec-build" / f"llama.cpp-{llama_cpp.__version__}" / "bin"
+    folder = Path(os.environ.get("LOCALSPEC_LLAMA_CPP_BIN") or default)
+    if not all((folder / name).is_file() for name in ("llama-server", "rpc-server")):
+        message = f"llama-server/rpc-server not found in {folder}: run `bash .ci/build-llama-server` first"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return folder
 
 
 @pytest.fixture
