@@ -18,8 +18,10 @@ from pathlib import Path
 
 from localspec.benchmark import runner, workloads
 from localspec.engine import Engine, EngineSettings, GenerationRequest
-from localspec.engine.chooser import AdaptiveChooser, PassCosts
-from localspec.engine.drafters import NgramDrafter, NgramHistory, common_prefix_length
+from localspec.engine.chooser import AdaptiveChooser
+from localspec.engine.drafters import NgramDrafter, NgramHistory
+from localspec.engine.pass_costs import PassCosts
+from localspec.engine.prefix_cache import common_prefix_length
 
 POLICIES = ("all", "adaptive", "oracle")
 

@@ -10,8 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from localspec.engine import CancelToken, Engine, EngineSettings, GenerationRequest, SamplingParams
-from localspec.engine.chooser import PassCosts, Plan
+from localspec.engine.chooser import Plan
 from localspec.engine.compat import check_compatible
+from localspec.engine.pass_costs import PassCosts
 from localspec.errors import ContextOverflowError, IncompatibleModelsError, ModelLoadError, UnsupportedError
 
 PROMPT = "def add(a, b):\n    return a + b\n\ndef"
@@ -330,7 +331,8 @@ def test_a_llama_build_that_dies_with_sigill_becomes_a_clear_error(
 
 
 def test_chooser_backs_off_where_speculation_cannot_pay_and_uses_good_ngrams() -> None:
-    from localspec.engine.chooser import AdaptiveChooser, PassCosts
+    from localspec.engine.chooser import AdaptiveChooser
+    from localspec.engine.pass_costs import PassCosts
 
     chooser = AdaptiveChooser(
         "adaptive", draft_max=16, has_draft_model=True, costs=PassCosts(draft_ratio=0.7)
@@ -364,7 +366,8 @@ def test_per_slot_state_stays_bounded_whatever_slot_names_clients_send(similar_e
 
 
 def test_chooser_plans_with_the_measured_cost_of_each_pass_size() -> None:
-    from localspec.engine.chooser import AdaptiveChooser, PassCosts
+    from localspec.engine.chooser import AdaptiveChooser
+    from localspec.engine.pass_costs import PassCosts
 
     # Pass costs like a 2-core CPU's: nearly a pass per token up to 15, but a 16-token pass is cheaper than a
     # 12-token one (llama.cpp switches kernels). With long, reliable copies the chooser drafts 15, not 11.
@@ -381,7 +384,7 @@ def test_chooser_plans_with_the_measured_cost_of_each_pass_size() -> None:
 
 
 def test_engine_measures_every_verify_size_at_start(similar_engine: Engine) -> None:
-    from localspec.engine.chooser import PassCosts
+    from localspec.engine.pass_costs import PassCosts
 
     costs = similar_engine.costs
     assert set(range(1, similar_engine.settings.draft_max + 2)) <= costs.measured_sizes()
@@ -440,7 +443,8 @@ def test_history_can_be_turned_off_from_the_config(tiny_models, localspec_home: 
 
 
 def test_a_cost_measured_too_high_is_corrected_by_the_next_passes() -> None:
-    from localspec.engine.chooser import AdaptiveChooser, PassCosts
+    from localspec.engine.chooser import AdaptiveChooser
+    from localspec.engine.pass_costs import PassCosts
 
     # A GPU-like machine whose one-token pass was timed at 3x its cost at start-up (a first pass of its shape):
     # the draft model looks worth it until the periodic one-token pass re-times the target alone.
@@ -465,8 +469,9 @@ def test_a_cost_measured_too_high_is_corrected_by_the_next_passes() -> None:
 
 
 def test_ngram_drafts_are_judged_by_the_length_of_the_match_that_proposed_them() -> None:
-    from localspec.engine.chooser import AdaptiveChooser, PassCosts
+    from localspec.engine.chooser import AdaptiveChooser
     from localspec.engine.drafters import NgramDrafter
+    from localspec.engine.pass_costs import PassCosts
 
     # The drafter reports the longest match: 8 tokens repeated verbatim, then only a 2-token echo.
     text = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 50, 1, 2, 3, 4, 5, 6, 7, 8]
@@ -486,7 +491,8 @@ def test_ngram_drafts_are_judged_by_the_length_of_the_match_that_proposed_them()
 
 
 def test_ngram_re_probes_hope_for_what_matches_of_that_length_usually_give() -> None:
-    from localspec.engine.chooser import PROBE_EVERY, AdaptiveChooser, PassCosts
+    from localspec.engine.chooser import PROBE_EVERY, AdaptiveChooser
+    from localspec.engine.pass_costs import PassCosts
 
     costs = PassCosts()  # a 2-core CPU: a 4-token pass costs nearly three one-token passes
     for n, ms in ((1, 25), (2, 44), (4, 69), (8, 120), (16, 135)):
@@ -512,7 +518,8 @@ def test_ngram_re_probes_hope_for_what_matches_of_that_length_usually_give() -> 
 def test_planning_from_the_first_ngram_draft_gives_the_plan_of_the_whole_proposal() -> None:
     import random
 
-    from localspec.engine.chooser import AdaptiveChooser, PassCosts
+    from localspec.engine.chooser import AdaptiveChooser
+    from localspec.engine.pass_costs import PassCosts
 
     rng = random.Random(20261126)
     built_lazily = 0
@@ -526,7 +533,7 @@ def test_planning_from_the_first_ngram_draft_gives_the_plan_of_the_whole_proposa
             costs.record_verify(n, price)
             if gpu_like:
                 costs.record_verify(n, price * rng.uniform(0.4, 0.7), warm=True)
-            for flags in ({"warm": True}, {"capture": True}, {"after_draft": True}):
+            for flags in ({"warm": True}, {"capture": True}):
                 if rng.random() < 0.4:
                     costs.record_verify(n, price * rng.uniform(0.6, 1.3), **flags)
         if rng.random() < 0.7:
@@ -568,13 +575,23 @@ def test_planning_from_the_first_ngram_draft_gives_the_plan_of_the_whole_proposa
 
 def gpu_like_costs() -> PassCosts:
     """Pass prices measured on an H100 (ms): a pass after one of the same size replays a CUDA graph (warm)."""
-    from localspec.engine.chooser import PassCosts
+    from localspec.engine.pass_costs import PassCosts
 
     costs = PassCosts()
     for n in range(1, 18):
         costs.record_verify(n, (2.43 + 0.30 * (n - 1)) / 1000)  # after a pass of another size
         costs.record_verify(n, (1.73 + 0.25 * (n - 1)) / 1000, warm=True)
     costs.record_draft(1, 1.11 / 1000)
+    return costs
+
+
+def deep_gpu_costs() -> PassCosts:
+    """Pass prices of an expensive target on a GPU (ms): kernels launched one by one cost far more than a replay."""
+    costs = PassCosts()
+    for n in range(1, 18):
+        costs.record_verify(n, (42.0 + 1.2 * (n - 1)) / 1000)
+        costs.record_verify(n, (16.0 + 0.4 * (n - 1)) / 1000, warm=True)
+    costs.record_draft(1, 1.2 / 1000)
     return costs
 
 
@@ -639,7 +656,7 @@ def test_a_slot_reuses_its_ngram_index_when_the_next_prompt_shares_its_start(sim
         run(similar_engine, text, "none", max_tokens=12).token_ids for text in (file_text + "def g(", edited)
     ]
     first = run(similar_engine, file_text + "def g(", "adaptive", max_tokens=12, slot="editor")
-    slot = next(s for s in similar_engine._slots if s.key == "editor")
+    slot = next(s for s in similar_engine._slots.slots if s.key == "editor")
     assert slot.ngram_index is not None
     tokens, table = slot.ngram_index
     assert len(tokens) > MIN_REUSED_PREFIX
@@ -654,7 +671,8 @@ def test_a_slot_reuses_its_ngram_index_when_the_next_prompt_shares_its_start(sim
 def test_a_draft_model_on_a_gpu_catches_up_one_token_at_a_time(similar_engine: Engine) -> None:
     # On a GPU the draft model's one-token passes replay a CUDA graph only while every pass has that shape, so a
     # short catch-up (the tokens accepted since its last draft) runs as one-token passes too, with the same drafts.
-    from localspec.engine.drafters import ONE_BY_ONE_CATCH_UP, DraftModelDrafter
+    from localspec.engine.drafters import DraftModelDrafter
+    from localspec.engine.prefix_cache import ONE_BY_ONE_CATCH_UP
 
     model = similar_engine.draft
     assert model is not None
@@ -709,8 +727,8 @@ def test_the_model_knows_the_size_of_its_last_pass(similar_engine: Engine) -> No
 def test_the_draft_model_times_its_catch_ups_and_one_token_passes(similar_engine: Engine) -> None:
     # The chooser charges the draft model for what it must read before drafting (the prompt, or what n-gram steps
     # settled): the drafter reports how far behind it is and times its passes by kind.
-    from localspec.engine.chooser import PassCosts
     from localspec.engine.drafters import DraftModelDrafter
+    from localspec.engine.pass_costs import PassCosts
 
     model = similar_engine.draft
     assert model is not None
@@ -731,7 +749,7 @@ def test_the_draft_model_times_its_catch_ups_and_one_token_passes(similar_engine
 def test_common_prefix_length_matches_a_plain_walk() -> None:
     import random
 
-    from localspec.engine.drafters import common_prefix_length
+    from localspec.engine.prefix_cache import common_prefix_length
 
     generator = random.Random(7)
     for _ in range(2000):
@@ -774,29 +792,81 @@ def test_the_draft_model_is_not_started_where_its_catch_up_costs_more_than_it_ga
     assert chooser.plan(budget=16, ngram_available=0, previous=1, draft_backlog=1).source == "draft"
 
 
-def test_passes_after_the_draft_model_are_priced_apart() -> None:
+def test_a_draft_that_stops_short_is_padded_to_the_warm_size_on_a_gpu_and_not_on_a_cpu() -> None:
     from localspec.engine.chooser import AdaptiveChooser
 
-    # On an H100 a verify pass right after draft-model passes was measured 1.5x the price of the same pass after
-    # a target pass. Those passes must neither make the target alone look slow (a draft step whose draft model
-    # proposed nothing is a one-token pass) nor be priced as target-only passes.
-    def chooser_with(costs: PassCosts) -> AdaptiveChooser:
-        costs.record_draft(1, 0.0006)
-        chooser = AdaptiveChooser("adaptive", draft_max=16, has_draft_model=True, costs=costs)
-        for _ in range(30):
-            chooser.draft_acceptance.record(8, 7)  # 7 of 8 drafts accepted
-        return chooser
-
-    costs = gpu_like_costs()
-    chooser = chooser_with(costs)
-    assert costs.verify(9, after_draft=True) == costs.verify(9)  # not measured yet: as after another size
-    assert chooser.plan(budget=16, ngram_available=0).source == "draft"
-    alone = costs.verify(1, warm=True)
-    for _ in range(30):
-        chooser.record("draft", 0, 0, 0.004, 1, warm=True)
-    assert costs.verify(1, warm=True) == alone
-    assert costs.verify(1, after_draft=True) == pytest.approx(0.004)
-    slower = gpu_like_costs()
+    # A draft model that stopped after 3 of 16 tokens. Where a pass replaying its CUDA graph costs far less than
+    # one launched kernel by kernel (an expensive target on a GPU), padding to the planned 17 tokens pays: passes
+    # of one size follow each other and stay warm. Where a small pass costs less even so, it does not.
+    gpu = AdaptiveChooser("draft", draft_max=16, has_draft_model=True, costs=deep_gpu_costs())
+    assert gpu.pass_size(4, 17, previous=17, streak=5) == 17
+    assert gpu.pass_size(4, 17, previous=9, streak=1) == 17
+    assert gpu.pass_size(17, 17, previous=17, streak=5) == 17
+    small_gpu = AdaptiveChooser("draft", draft_max=16, has_draft_model=True, costs=gpu_like_costs())
+    assert small_gpu.pass_size(4, 17, previous=17, streak=5) == 4
+    cpu_costs = PassCosts()  # a CPU: no warm prices, a pass costs about its size
     for n in range(1, 18):
-        slower.record_verify(n, 1.5 * slower.verify(n), after_draft=True)
-    assert chooser_with(slower).plan(budget=16, ngram_available=0).source == "none"
+        cpu_costs.record_verify(n, 0.025 * n)
+    cpu = AdaptiveChooser("draft", draft_max=16, has_draft_model=True, costs=cpu_costs)
+    assert cpu.pass_size(4, 17, previous=17, streak=5) == 4
+
+
+def test_early_stops_of_the_draft_model_count_against_longer_drafts() -> None:
+    from localspec.engine.chooser import AdaptiveChooser
+
+    chooser = AdaptiveChooser("adaptive", draft_max=16, has_draft_model=True, costs=gpu_like_costs())
+    before = chooser.draft_acceptance.rate(3)
+    for _ in range(20):  # the draft model always stops after 3 confident tokens, all of them accepted
+        chooser.record("draft", 3, 3, 0.004, 17, warm=True, requested=16)
+    assert chooser.draft_acceptance.rate(0) > 0.95 and chooser.draft_acceptance.rate(2) > 0.95
+    assert chooser.draft_acceptance.rate(3) < min(before, 0.1)
+    # A draft cut short by the request's own limit is no early stop.
+    chooser.record("draft", 3, 3, 0.004, 4, requested=3)
+    assert chooser.draft_acceptance.rate(3) < 0.1
+
+
+def test_draft_steps_padded_to_a_warm_size_keep_the_output_of_the_target_alone(
+    similar_engine: Engine,
+) -> None:
+    # With GPU-like prices, draft steps whose draft model stops early (p_min) are padded to the planned size.
+    sizes: list[int] = []
+    decode = similar_engine.target.decode
+
+    def recording_decode(tokens: list[int], start_pos: int, seq_id: int, outputs: str = "last") -> int:
+        if outputs == "all":
+            sizes.append(len(tokens))
+        return decode(tokens, start_pos, seq_id, outputs)
+
+    alone = run(similar_engine, PROMPT, "none", max_tokens=48)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(similar_engine, "costs", deep_gpu_costs())
+        patch.setattr(similar_engine.settings, "draft_p_min", 0.9)
+        patch.setattr(similar_engine.target, "decode", recording_decode)
+        spec = run(similar_engine, PROMPT, "draft", max_tokens=48, slot="padded-draft", draft_max=8)
+    assert spec.token_ids == alone.token_ids
+    assert spec.stats.drafted < 8 * spec.stats.target_passes  # the draft model stopped early...
+    assert sizes.count(9) >= spec.stats.target_passes - 2  # ...and the passes kept their planned size
+
+
+def test_a_cost_aware_draft_stops_where_another_token_costs_more_than_it_may_save(same_engine: Engine) -> None:
+    # Adaptive mode drafts on while the chance that the whole draft is accepted, times the target time a token
+    # saves, exceeds what a draft token costs: long drafts where the draft model is cheap, none where it is dear.
+    from localspec.engine.drafters import DraftModelDrafter
+    from localspec.engine.pass_costs import PassCosts
+
+    model = same_engine.draft
+    assert model is not None
+    context = same_engine.tokenize(PROMPT, add_bos=True)
+    lengths = {}
+    for name, draft_price in (("cheap", 0.0001), ("dear", 0.0099)):
+        costs = PassCosts()
+        costs.record_verify(1, 0.01, warm=True)
+        costs.record_draft(1, draft_price)
+        model.remove_from(1, 0)
+        drafter = DraftModelDrafter(model, 1, [], p_min=0.0, one_by_one=False, costs=costs, stop_by_cost=True)
+        lengths[name] = len(drafter.propose(context, 12))
+    model.remove_from(1, 0)
+    unbounded = DraftModelDrafter(model, 1, [], p_min=0.0, one_by_one=False).propose(context, 12)
+    model.remove_from(1, 0)
+    assert len(unbounded) == 12
+    assert lengths["dear"] < lengths["cheap"] <= 12

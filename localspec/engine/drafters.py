@@ -13,76 +13,22 @@ import time
 from collections import deque
 from collections.abc import Sequence
 
-from localspec.engine.chooser import PassCosts
 from localspec.engine.llama_model import LlamaModel, top_two
-
-
-def common_prefix_length(a: list[int], b: list[int]) -> int:
-    """Length of the longest common prefix. The two usually agree up to near their ends (a KV's tokens and the
-    context it should hold), so long prefixes are tested first with slice compares, which run in C, and only the
-    last stretch is walked in Python (a context of thousands of tokens is compared every step)."""
-    limit = min(len(a), len(b))
-    known, back = 0, 0  # a[:known] == b[:known]
-    while True:
-        candidate = max(known, limit - back)
-        if a[known:candidate] == b[known:candidate]:
-            break
-        limit, back = candidate, max(16, back * 4)  # no common prefix reaches `candidate`
-    known = candidate
-    while known < limit and a[known] == b[known]:
-        known += 1
-    return known
-
-
-# A draft model on a GPU catches up this many tokens or fewer one token at a time, as it drafts: its one-token CUDA
-# graph then stays in use (llama.cpp captures a graph anew whenever the pass shape changes).
-ONE_BY_ONE_CATCH_UP = 4
-
-
-def _reusable_prefix(cached: list[int], wanted: list[int], outputs: str) -> int:
-    """Tokens of `cached` that `sync_sequence` keeps: the common prefix, less the final token when its logits are
-    wanted and nothing else would be evaluated."""
-    reuse = common_prefix_length(cached, wanted)
-    return reuse - 1 if outputs == "last" and reuse == len(wanted) and wanted else reuse
-
-
-def _catches_up_one_by_one(one_by_one: bool, missing: int) -> bool:
-    return one_by_one and missing <= ONE_BY_ONE_CATCH_UP
-
-
-def sync_sequence(
-    model: LlamaModel,
-    seq_id: int,
-    cached: list[int],
-    wanted: list[int],
-    outputs: str,
-    one_by_one: bool = False,
-) -> int:
-    """Make sequence `seq_id` hold exactly `wanted`, reusing the longest common prefix of what it holds.
-
-    `cached` (the tokens the KV currently holds) is updated in place. With outputs="last" the final token is
-    always evaluated, so its logits are readable afterwards. Returns how many tokens were reused.
-    one_by_one: evaluate a short remainder as one-token passes with logits (the shape of a drafting pass).
-    """
-    reuse = _reusable_prefix(cached, wanted, outputs)
-    if reuse < len(cached):
-        model.remove_from(seq_id, reuse)
-        del cached[reuse:]
-    missing = wanted[reuse:]
-    if _catches_up_one_by_one(one_by_one, len(missing)):
-        for position, token in enumerate(missing, start=reuse):
-            model.decode([token], position, seq_id, "last")
-    elif missing:
-        model.decode(missing, reuse, seq_id, outputs)
-    cached.extend(missing)
-    return reuse
+from localspec.engine.pass_costs import PassCosts
+from localspec.engine.prefix_cache import (
+    catches_up_one_by_one,
+    common_prefix_length,
+    reusable_prefix,
+    sync_sequence,
+)
 
 
 class DraftModelDrafter:
     """Greedy drafting with the draft model in its own KV sequence (kept in step with the target's).
 
     With `costs`, it times its passes there: one-token passes (drafting, and short catch-ups on a GPU) as the
-    price of a draft token, batched catch-ups by size.
+    price of a draft token, batched catch-ups by size; with `stop_by_cost` too, it stops where one more draft
+    token costs more than it is expected to save.
     """
 
     def __init__(
@@ -93,6 +39,7 @@ class DraftModelDrafter:
         p_min: float,
         one_by_one: bool | None = None,
         costs: PassCosts | None = None,
+        stop_by_cost: bool = False,
     ) -> None:
         self.model = model
         # Catch up short remainders one token at a time (see sync_sequence); by default where the draft is on a GPU.
@@ -102,6 +49,7 @@ class DraftModelDrafter:
             cached  # tokens in the draft's KV for this slot (shared with the slot, updated in place)
         )
         self.costs = costs
+        self.stop_by_cost = stop_by_cost and costs is not None
         # Stop drafting where the draft is unsure. The top probability is estimated from the top-2 logit margin
         # alone (p = 1 / (1 + e^-margin), an upper bound): exact softmax over a 150k vocabulary per draft token
         # costs a fifth of a GPU draft step.
@@ -111,7 +59,7 @@ class DraftModelDrafter:
 
     def backlog(self, context: list[int]) -> int:
         """Tokens the draft model must read before drafting after `context` (1 while it keeps up)."""
-        return len(context) - _reusable_prefix(self.cached, context, "last")
+        return len(context) - reusable_prefix(self.cached, context, "last")
 
     def propose(self, context: list[int], k: int) -> list[int]:
         if k <= 0:
@@ -120,7 +68,7 @@ class DraftModelDrafter:
         missing = len(context) - sync_sequence(
             self.model, self.seq_id, self.cached, context, "last", self.one_by_one
         )
-        batched = missing > 1 and not _catches_up_one_by_one(self.one_by_one, missing)
+        batched = missing > 1 and not catches_up_one_by_one(self.one_by_one, missing)
         one_token_passes = 0 if batched else missing
         if batched:
             self.model.synchronize()  # (the logits read below would wait for it anyway)
@@ -128,9 +76,17 @@ class DraftModelDrafter:
                 self.costs.record_draft_pass(missing, time.perf_counter() - started)
             started = time.perf_counter()
         drafts: list[int] = []
+        # With stop_by_cost, also stop once the whole draft so far is unlikely enough to be accepted that one more
+        # draft token costs more than the target time it may save (where a draft token costs a tenth of a target
+        # token, a draft goes on while its chance of being accepted whole is above a tenth).
+        floor = -math.inf
+        if self.stop_by_cost and self.costs is not None:
+            floor = math.log(self.costs.draft_token() / self.costs.verify(1, warm=True))
+        chance = 0.0  # log of the estimated chance that every draft so far is accepted
         while True:
             token, margin = top_two(self.model.logits(1)[0])
-            if margin < self._min_margin:
+            chance -= math.log1p(math.exp(-margin)) if margin < 30 else 0.0
+            if margin < self._min_margin or chance < floor:
                 break
             drafts.append(token)
             if len(drafts) >= k or self.model.is_end_of_generation(token):
@@ -205,7 +161,7 @@ class NgramDrafter:
         self._tables = [self._context, self._extra, *shared]
         self._max_n = max(NGRAM_ORDERS)
         # Length of the n-gram that proposed the first token of the last draft: the longer the match, the likelier
-        # the draft is accepted (measured on code: ~0.45 after a 2-token match, ~0.9 after 8 tokens).
+        # the draft is accepted (`estimates.match_class`).
         self.match_length = 0
 
     @classmethod

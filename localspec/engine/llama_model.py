@@ -87,7 +87,7 @@ def shared_threadpool(n_threads: int) -> int | None:
     """One CPU threadpool for every context of this process.
 
     Each llama.cpp context otherwise makes its own pool, and a pool's threads spin for a while after each
-    decode: the target's idle threads then steal the cores the draft needs (measured: draft decode 2x slower).
+    decode: the target's idle threads then steal the cores the draft needs.
     Returns None where the library does not export the functions (then contexts keep their own pools).
     """
     with _backend_lock:

@@ -69,7 +69,7 @@ class TokenPicker:
         """(token, top-2 logit margin) for output row `row_index` of the last decode.
 
         The margin is only known on the greedy fast path, and only computed when asked for (a second pass over a
-        vocabulary-sized row that the GPU just copied: ~25 us on an H100's host); elsewhere it is +inf (never
+        vocabulary-sized row the GPU just copied); elsewhere it is +inf (never
         treated as a near-tie).
         """
         if self._chain is not None:

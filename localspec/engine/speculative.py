@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 from localspec.engine.chooser import AdaptiveChooser, Plan
-from localspec.engine.drafters import DraftModelDrafter, NgramDrafter, NgramTable, sync_sequence
+from localspec.engine.drafters import DraftModelDrafter, NgramDrafter, NgramTable
 from localspec.engine.llama_model import LlamaModel
+from localspec.engine.prefix_cache import SlotState, sync_sequence
 from localspec.engine.sampling import TokenPicker
 from localspec.engine.text_stream import TextStream
 from localspec.engine.types import (
@@ -29,20 +29,6 @@ from localspec.engine.types import (
     RequestStats,
     StepEvent,
 )
-
-
-@dataclass
-class SlotState:
-    """One KV sequence id in each model, and the tokens each KV currently holds (the prompt cache)."""
-
-    seq_id: int
-    key: str
-    target_tokens: list[int]
-    draft_tokens: list[int]
-    last_used: float = 0.0
-    busy: bool = False
-    # The n-gram index of the last request's context (prompt and output), reused when the next prompt shares it.
-    ngram_index: tuple[list[int], NgramTable] | None = None
 
 
 class Generation:
@@ -75,7 +61,14 @@ class Generation:
         self._output: list[int] = []
         self.result: GenerationResult | None = None
         self._draft = (
-            DraftModelDrafter(draft, slot.seq_id, slot.draft_tokens, draft_p_min, costs=chooser.costs)
+            DraftModelDrafter(
+                draft,
+                slot.seq_id,
+                slot.draft_tokens,
+                draft_p_min,
+                costs=chooser.costs,
+                stop_by_cost=chooser.mode == "adaptive",
+            )
             if draft
             else None
         )
@@ -135,8 +128,13 @@ class Generation:
         started = time.perf_counter()
         base = len(self._committed)
         tokens = [self._pending, *drafts]
-        if plan.pass_size > len(tokens):  # padded to the previous pass's size (warm on a GPU); rows not read
-            tokens += [tokens[-1]] * (min(plan.pass_size, self.target.n_ctx_per_seq - base) - len(tokens))
+        size = plan.pass_size
+        if source == "draft":  # the draft model may stop short of the plan: pad where that keeps passes warm
+            size = self.chooser.pass_size(len(tokens), max(size, plan.k + 1), previous, streak)
+        if size > len(
+            tokens
+        ):  # padded (a pass of the size before is warm on a GPU); its extra rows are not read
+            tokens += [tokens[-1]] * (min(size, self.target.n_ctx_per_seq - base) - len(tokens))
         n_rows = self.target.decode(tokens, base, self.slot.seq_id, "all")
         self.target.synchronize()
         t_verify = time.perf_counter() - started
@@ -174,6 +172,7 @@ class Generation:
             self._ngram.match_length,
             warm=n_rows == previous and streak >= 2,
             capture=n_rows == previous and streak == 1,
+            requested=plan.k,
         )
         t_verify += t_settle
         stats = self.stats
@@ -263,8 +262,7 @@ class Generation:
             tokens, table = self._ngram.index()
             if tokens:  # (a request in a mode without n-grams indexes nothing; keep what the slot had)
                 self.slot.ngram_index = (tokens, table)
-            self.slot.busy = False
-            self.slot.last_used = time.monotonic()
+            self.slot.release()
             self._picker.close()
             if self._on_finish is not None:
                 self._on_finish(self)

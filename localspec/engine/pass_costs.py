@@ -1,0 +1,208 @@
+"""What a pass costs on this machine: seconds per target pass of each size and per draft-model token, measured at
+start-up (`calibrate`) and kept current by every real pass."""
+
+from __future__ import annotations
+
+import time
+
+from localspec.engine.estimates import Ewma
+from localspec.engine.llama_model import LlamaModel
+
+FASTER_WEIGHT, SLOWER_WEIGHT = 0.5, 0.1  # weight of a pass timed below / above its size's estimate
+# Sizes of the draft model's batched catch-up passes timed at start-up (larger ones are extrapolated).
+DRAFT_CATCH_UP_SIZES = (4, 16, 64)
+
+
+class PassCosts:
+    """Seconds per target pass over n tokens (for each n) and per draft-model token, on this machine.
+
+    Measured per size because batched passes are neither free nor linear (llama.cpp picks other kernels by batch
+    size). One instance is shared by all requests: the costs describe the machine and the model pair, not the text.
+
+    Three prices per size, because on a GPU llama.cpp replays a captured CUDA graph only while consecutive passes
+    of a context have the same shape: "cold" (after a pass of another size: kernels launched one by one),
+    "capture" (the second in a row: the graph is captured) and "warm" (the third or later: replayed). On a CPU
+    they are the same, and the cold price stands for all three until passes of a repeated size are timed.
+    """
+
+    def __init__(
+        self,
+        one: float = 0.05,
+        extra_ratio: float = 0.5,
+        draft_ratio: float = 0.4,
+        draft_one_by_one: int = 1,
+    ) -> None:
+        """draft_one_by_one: the draft model catches up this many tokens or fewer in one-token passes (a draft on
+        a GPU: see `drafters.sync_sequence`), more in one batched pass."""
+        self._prior_one, self._prior_extra = one, one * extra_ratio
+        self._cold: dict[int, Ewma] = {}
+        self._warm: dict[int, Ewma] = {}
+        self._capture: dict[int, Ewma] = {}
+        self._draft_ratio = draft_ratio
+        self._draft_token = Ewma(0.0)
+        self._draft_passes: dict[int, Ewma] = {}  # the draft model's batched passes (catch-ups), per size
+        self.draft_one_by_one = draft_one_by_one
+
+    def record_verify(self, n: int, seconds: float, warm: bool = False, capture: bool = False) -> None:
+        table = self._warm if warm else (self._capture if capture else self._cold)
+        self._record(table, n, seconds)
+
+    @staticmethod
+    def _record(table: dict[int, Ewma], n: int, seconds: float) -> None:
+        estimate = table.get(n)
+        if estimate is None:
+            table[n] = Ewma(seconds, samples=1)
+            return
+        # Quick to go down, slow to go up: a pass is rarely faster than it can be, but often slower (a busy
+        # machine, a first pass of its shape), and an estimate stuck too high would keep its size from being
+        # planned, and so from being measured again.
+        estimate.add(seconds, FASTER_WEIGHT if seconds < estimate.value else SLOWER_WEIGHT)
+
+    def record_draft(self, tokens: int, seconds: float) -> None:
+        if not tokens:
+            return
+        if self._draft_token.samples == 0:  # no prior to blend with: the first measurement is the estimate
+            self._draft_token = Ewma(seconds / tokens, samples=1)
+        else:
+            self._draft_token.add(seconds / tokens)
+
+    def record_draft_pass(self, n: int, seconds: float) -> None:
+        """A batched draft-model pass over n tokens (a catch-up)."""
+        self._record(self._draft_passes, n, seconds)
+
+    def draft_catch_up(self, n: int) -> float:
+        """Seconds for the draft model to read n tokens it has not seen, its last pass leaving logits to draft
+        from (n = 1 in steady drafting: the token the target settled after the drafts)."""
+        if n <= self.draft_one_by_one:
+            return n * self.draft_token()
+        if not self._draft_passes:  # not measured: a batched token costs a fifth of a one-token pass
+            return self.draft_token() * (1 + (n - 1) / 5)
+        return self._estimate(self._draft_passes, n)
+
+    def measured_sizes(self) -> set[int]:
+        return set(self._cold)
+
+    def verify(self, n: int, warm: bool = False, capture: bool = False) -> float:
+        """Seconds for a pass over n tokens; warm: after two or more passes of the same size; capture: after
+        exactly one."""
+        cold = self._estimate(self._cold, n)
+        if capture:
+            return self._relative_to_cold(self._capture, n, cold)
+        if warm and n in self._warm:
+            return self._warm[n].value
+        if warm:  # an unmeasured warm size saves what the nearest measured one does
+            return min(cold, self._relative_to_cold(self._warm, n, cold))
+        return cold
+
+    def _relative_to_cold(self, table: dict[int, Ewma], n: int, cold: float) -> float:
+        """Size n as measured in `table`, or the cold price scaled as the nearest size measured there (or as is)."""
+        if (known := table.get(n)) is not None:
+            return known.value
+        if not table:
+            return cold
+        nearest = min(table, key=lambda size: abs(size - n))
+        return cold * table[nearest].value / self._estimate(self._cold, nearest)
+
+    def switch_cost(self) -> float:
+        """What a one-token pass costs more after a pass of another size (0 on a CPU)."""
+        if 1 not in self._warm:
+            return 0.0
+        # (Only the cold pass is charged, not the capture after it: docs/BENCHMARKS.md, "switch cost".)
+        return max(0.0, self._estimate(self._cold, 1) - self._warm[1].value)
+
+    def in_sequence(self, n: int, previous: int, streak: int) -> float:
+        """Seconds for a pass over n tokens after `streak` passes in a row of `previous` tokens."""
+        same = n == previous
+        return self.verify(n, warm=same and streak >= 2, capture=same and streak == 1)
+
+    def _estimate(self, table: dict[int, Ewma], n: int) -> float:
+        if (known := table.get(n)) is not None:
+            return known.value
+        sizes = sorted(table)
+        below = [s for s in sizes if s < n]
+        above = [s for s in sizes if s > n]
+        if below and above:  # interpolate between the nearest measured sizes
+            low, high = below[-1], above[0]
+            t_low, t_high = table[low].value, table[high].value
+            return t_low + (t_high - t_low) * (n - low) / (high - low)
+        if len(below) >= 2:  # extend the line through the two largest measured sizes
+            low, high = below[-2], below[-1]
+            t_low, t_high = table[low].value, table[high].value
+            return t_high + max(0.0, (t_high - t_low) / (high - low)) * (n - high)
+        if below or above:  # one size known: scale it per token
+            size = (below or above)[-1]
+            return table[size].value * n / size
+        return self._prior_one + (n - 1) * self._prior_extra
+
+    def describe(self) -> str:
+        """The main prices in milliseconds, for logs."""
+        sizes = sorted({n for n in (1, 2, 4, 8, 16) if n in self._cold} | {max(self._cold, default=1)})
+        text = "target pass " + ", ".join(f"{n}: {self.verify(n) * 1000:.1f}" for n in sizes)
+        if self._warm:
+            text += (
+                " (after two of the same size: "
+                + ", ".join(f"{n}: {self.verify(n, warm=True) * 1000:.1f}" for n in sizes)
+                + ")"
+            )
+        text += f"; draft token {self.draft_token() * 1000:.1f}"
+        if self._draft_passes:
+            text += f", draft catch-up of 64 tokens {self.draft_catch_up(64) * 1000:.1f}"
+        return text
+
+    def draft_token(self) -> float:
+        """Seconds per draft-model token; until measured, a fraction of a one-token target pass."""
+        return self._draft_token.value if self._draft_token.samples else self.verify(1) * self._draft_ratio
+
+
+def calibrate(
+    costs: PassCosts, target: LlamaModel, draft: LlamaModel | None, seq_id: int, max_size: int
+) -> None:
+    """Time target passes of every size a step can verify (1..max_size) cold, and on a GPU (or a fast CPU) also
+    capture and warm; a draft-model token and a few draft-model catch-ups. The chooser plans with these from the
+    first request on; every real pass then updates its price. Leaves sequence `seq_id` empty in both models."""
+    sizes = range(1, min(max_size, target.n_ctx_per_seq - 1, 64) + 1)
+    tokens = [0] * (max(sizes) + 1)  # any token: a pass costs the same whatever it reads
+    target.decode(tokens, 0, seq_id, "all")  # warm-up: first-use allocations are not a pass cost
+    target.remove_from(seq_id, 1)
+    # Cold prices, each size's best of two sweeps (the first passes after loading can be slow). A slow CPU sweep
+    # is not repeated: start-up stays short, and a CPU has no warm/cold difference to measure.
+    best: dict[int, float] = {}
+    started = time.perf_counter()
+    repeat = True
+    for sweep in range(2):
+        if sweep and not target.offloaded and time.perf_counter() - started > 1.0:
+            repeat = False
+            break
+        for n in sizes:
+            for _ in range(3 if n == 1 else 1):  # the one-token pass is the yardstick of every plan
+                if target.offloaded:  # as in a session: after a one-token pass (or a 2-token one)
+                    _timed_pass(target, tokens[: 2 if n == 1 else 1], seq_id)
+                seconds = _timed_pass(target, tokens[:n], seq_id)
+                best[n] = min(best.get(n, seconds), seconds)
+    for n, seconds in best.items():
+        costs.record_verify(n, seconds)
+    if repeat:
+        for n in sizes:
+            passes = [_timed_pass(target, tokens[:n], seq_id) for _ in range(4)]
+            costs.record_verify(n, passes[1], capture=True)
+            costs.record_verify(n, min(passes[2:]), warm=True)
+    if draft is not None:
+        catch_up_sizes = [n for n in DRAFT_CATCH_UP_SIZES if n < draft.n_ctx_per_seq - 1]
+        catch_ups = [0] * max(catch_up_sizes, default=1)
+        draft.decode(catch_ups, 0, seq_id, "last")  # warm-up, as for the target
+        draft.remove_from(seq_id, 1)
+        costs.record_draft(1, min(_timed_pass(draft, tokens[:1], seq_id) for _ in range(3)))
+        for n in catch_up_sizes:  # (each after a pass of another size, as a catch-up is)
+            costs.record_draft_pass(n, _timed_pass(draft, catch_ups[:n], seq_id, "last"))
+        draft.remove_from(seq_id, 0)
+    target.remove_from(seq_id, 0)
+
+
+def _timed_pass(model: LlamaModel, tokens: list[int], seq_id: int, outputs: str = "all") -> float:
+    """Seconds for one pass over `tokens` after position 0 of `seq_id` (the KV is left as it was)."""
+    started = time.perf_counter()
+    model.decode(tokens, 1, seq_id, outputs)
+    model.synchronize()
+    elapsed = time.perf_counter() - started
+    model.remove_from(seq_id, 1)
+    return elapsed

@@ -1,0 +1,126 @@
+"""Prompt layout: text to tokens, the model's chat template, its fill-in-the-middle layout, and fitting a prompt into
+the context budget."""
+
+from __future__ import annotations
+
+from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+from localspec.engine.llama_model import LlamaModel
+from localspec.engine.types import GenerationRequest
+from localspec.errors import ContextOverflowError, InvalidRequestError, UnsupportedError
+
+
+class PromptLayout:
+    """Builds the token ids a request is decoded from, with the target model's vocabulary and templates."""
+
+    def __init__(self, model: LlamaModel, n_ctx: int) -> None:
+        self.model = model
+        self.n_ctx = n_ctx
+        self._chat_formatter: Jinja2ChatFormatter | None = None
+
+    def tokenize(self, text: str, add_bos: bool = False, parse_special: bool = True) -> list[int]:
+        return self.model.tokenize(text, add_bos=add_bos, parse_special=parse_special)
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return b"".join(self.model.piece(t) for t in tokens).decode("utf-8", errors="replace")
+
+    def _token_text(self, token: int) -> str:
+        return self.model.token_text(token).decode("utf-8", errors="replace") if token >= 0 else ""
+
+    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
+        """Render messages with the chat template stored in the target GGUF (generation prompt appended)."""
+        if self._chat_formatter is None:
+            template = self.model.metadata("tokenizer.chat_template")
+            if not template:
+                raise UnsupportedError(
+                    f"The target model {self.model.path.name} has no chat template; use /v1/completions instead."
+                )
+            special = self.model.special_tokens()
+            self._chat_formatter = Jinja2ChatFormatter(
+                template,
+                eos_token=self._token_text(special["eos"]),
+                bos_token=self._token_text(special["bos"]),
+            )
+        try:
+            return self._chat_formatter(messages=messages).prompt  # type: ignore[arg-type]
+        except Exception as exc:  # jinja2 raises many kinds; the template decides what is valid
+            raise InvalidRequestError(f"The model's chat template rejected these messages: {exc}") from exc
+
+    def infill_prompt(
+        self,
+        prefix: str,
+        suffix: str,
+        extra: list[tuple[str, str]] | None = None,
+        filename: str | None = None,
+        max_tokens: int = 256,
+    ) -> list[int]:
+        """Fill-in-the-middle prompt in the model's FIM tokens (the layout llama.cpp's server uses).
+
+        When it does not fit the context, extra chunks go first, then the prefix's start and the suffix's end.
+        """
+        special = self.model.special_tokens()
+        if min(special["fim_pre"], special["fim_suf"], special["fim_mid"]) < 0:
+            raise UnsupportedError(
+                f"The target model {self.model.path.name} has no fill-in-the-middle tokens, so it cannot do "
+                "infill. Use a code model with FIM support (e.g. Qwen2.5-Coder)."
+            )
+        budget = self.n_ctx - max_tokens - 8
+        prefix_tokens = self.tokenize(prefix, parse_special=False)
+        suffix_tokens = self.tokenize(suffix, parse_special=False)
+        suffix_tokens = suffix_tokens[: max(0, budget // 4)]
+        prefix_tokens = (
+            prefix_tokens[-max(0, budget - len(suffix_tokens)) :] if budget > len(suffix_tokens) else []
+        )
+        head: list[int] = []
+        if self.model.adds_bos() and special["bos"] >= 0:
+            head.append(special["bos"])
+        has_repo_tokens = special["fim_rep"] >= 0 and special["fim_sep"] >= 0
+        room = budget - len(prefix_tokens) - len(suffix_tokens)
+        if has_repo_tokens and (extra or filename):
+            repo = [special["fim_rep"], *self.tokenize("localspec\n", parse_special=False)]
+            chunks = [repo]
+            for chunk_name, text in extra or []:
+                chunk = [special["fim_sep"], *self.tokenize(f"{chunk_name}\n{text}", parse_special=False)]
+                if sum(map(len, chunks)) + len(chunk) > room:
+                    break
+                chunks.append(chunk)
+            chunks.append(
+                [special["fim_sep"], *self.tokenize(f"{filename or 'file'}\n", parse_special=False)]
+            )
+            if sum(map(len, chunks)) <= room:
+                for chunk in chunks:
+                    head.extend(chunk)
+        return [
+            *head,
+            special["fim_pre"],
+            *prefix_tokens,
+            special["fim_suf"],
+            *suffix_tokens,
+            special["fim_mid"],
+        ]
+
+    def request_tokens(self, request: GenerationRequest) -> tuple[list[int], int]:
+        """The request's prompt as token ids, and how many tokens were dropped from its start to fit."""
+        if isinstance(request.prompt, list):
+            tokens = list(request.prompt)
+            if any(not 0 <= t < self.model.n_vocab for t in tokens):
+                raise InvalidRequestError(f"Prompt token ids must be in [0, {self.model.n_vocab}).")
+        else:
+            bos = self.model.special_tokens()["bos"]
+            # Chat templates often write the BOS text themselves; do not add a second one.
+            starts_with_bos = bos >= 0 and request.prompt.startswith(self._token_text(bos) or "\0")
+            add_bos = request.add_bos and self.model.adds_bos() and not starts_with_bos
+            tokens = self.model.tokenize(request.prompt, add_bos=add_bos, parse_special=request.parse_special)
+        if not tokens:
+            raise InvalidRequestError("The prompt is empty; send at least one character.")
+        limit = self.n_ctx - 1  # room for at least one generated token
+        if len(tokens) <= limit:
+            return tokens, 0
+        if not request.truncate_prompt:
+            raise ContextOverflowError(
+                f"The prompt is {len(tokens)} tokens but the context holds {self.n_ctx} per request "
+                f"(and at least one token must be generated). Shorten the prompt, raise engine.n_ctx, or ask "
+                "for truncation (the prompt's start is dropped)."
+            )
+        keep = max(1, limit - min(request.max_tokens, limit // 2))
+        return tokens[-keep:], len(tokens) - keep
