@@ -180,6 +180,23 @@ def test_bench_against_llama_server_runs_each_server_mode_fresh_warm_and_with_al
     assert "llama-server" in {row["system"] for row in result["summary"]}
 
 
+def test_prompt_counts_are_one_number_for_all_workloads_or_one_per_named_workload() -> None:
+    from localspec.benchmark.workloads import prompt_counts
+    from localspec.errors import LocalspecError
+
+    names = ["humaneval", "fim", "code-edit"]
+    assert prompt_counts("20", names) == {"humaneval": 20, "fim": 20, "code-edit": 20}
+    assert prompt_counts("humaneval=20, fim=5", names) == {"humaneval": 20, "fim": 5, "code-edit": 10}
+    for bad, message in (
+        ("humaneval=x", "at least 1"),
+        ("0", "at least 1"),
+        ("jsonl=3", "not a selected workload"),
+        ("20,fim=3", "one number, or name=number"),
+    ):
+        with pytest.raises(LocalspecError, match=message):
+            prompt_counts(bad, names)
+
+
 def test_each_workload_starts_every_mode_with_an_empty_ngram_history(endless_pair: tuple[Path, Path]) -> None:
     """The workloads share HumanEval problems: a later workload must not copy a mode's earlier answer to the same
     problem. Here two workloads hold the same prompt: the second decodes exactly as the first, no history to use."""
