@@ -111,6 +111,9 @@ def run(args: argparse.Namespace) -> int:
     scale = Scale(args.scale_layers, args.scale_ffn)
     config = load_config()
     source, draft = resolve_model_paths(config, args.target, args.draft)
+    if draft is None and "draft" in modes:
+        modes.remove("draft")
+        console.print("no draft model: the draft mode is skipped")
     target = _scaled_target(source, scale, args.scaled_dir, console)
     label = f"{scale.label()} {source.name}" if not scale.identity else source.name
     threads = args.threads or default_threads()

@@ -304,3 +304,13 @@ def test_shutdown_frees_the_threadpools_and_takes_llama_cpp_logging_out_of_pytho
     before, after = completed.stderr.split("-- shutdown --")
     assert "missing.gguf" not in before  # dropped by localspec's callback
     assert "failed to open GGUF file '/nonexistent/missing.gguf'" in after  # printed by llama.cpp itself
+
+
+def test_bench_without_a_draft_model_skips_the_draft_mode(tiny_models, tmp_path: Path) -> None:
+    run = _bench(
+        tmp_path / "home", tmp_path / "results",
+        "--target", str(tiny_models.target), "--draft", "none",
+        "--workloads", "humaneval", "--prompts", "1", "--modes", "draft,ngram",
+    )  # fmt: skip
+    assert "no draft model: the draft mode is skipped" in run.completed.stderr
+    assert {r["mode"] for r in run.result["runs"]} == {"none", "ngram"}
