@@ -114,14 +114,18 @@ def run(args: argparse.Namespace) -> int:
     if draft is None and "draft" in modes:
         modes.remove("draft")
         console.print("no draft model: the draft mode is skipped")
-    target = _scaled_target(source, scale, args.scaled_dir, console)
-    label = f"{scale.label()} {source.name}" if not scale.identity else source.name
-    threads = args.threads or default_threads()
     tasks: list[Task] = []
     for name in names:
         tasks.extend(workloads.WORKLOADS[name](counts[name], args.max_tokens))
     if args.jsonl:
         tasks.extend(workloads.from_jsonl(args.jsonl, args.max_tokens))
+    if not tasks:
+        raise InvalidRequestError(
+            "Nothing to run: name at least one --workloads entry or give --jsonl prompts."
+        )
+    target = _scaled_target(source, scale, args.scaled_dir, console)
+    label = f"{scale.label()} {source.name}" if not scale.identity else source.name
+    threads = args.threads or default_threads()
 
     engine: Engine | None = None
     try:

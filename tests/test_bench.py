@@ -314,3 +314,12 @@ def test_bench_without_a_draft_model_skips_the_draft_mode(tiny_models, tmp_path:
     )  # fmt: skip
     assert "no draft model: the draft mode is skipped" in run.completed.stderr
     assert {r["mode"] for r in run.result["runs"]} == {"none", "ngram"}
+
+
+def test_a_bench_with_nothing_to_run_says_what_to_give(
+    tiny_models, localspec_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from localspec.cli import main
+
+    assert main(["bench", "--target", str(tiny_models.target), "--workloads", ""]) == 1
+    assert "name at least one --workloads entry or give --jsonl prompts" in capsys.readouterr().err
