@@ -7,7 +7,15 @@ import datetime
 import os
 import platform
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from localspec.benchmark.cost_scaled import Scale
+    from localspec.benchmark.runner import Run, ServerMode
+    from localspec.benchmark.workloads import Task
+    from localspec.engine import Engine
 
 MODES = ("none", "draft", "ngram", "adaptive")
 
@@ -20,6 +28,26 @@ def register(subparsers: Any) -> None:
         "target alone and how many outputs are identical to the target alone.",
     )
     parser.add_argument("--target", help="target GGUF path or catalog name (default: configured)")
+    parser.add_argument(
+        "--scale-layers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="benchmark a cost-scaled copy of the target with N times its layers (added layers add exactly zero: "
+        "same output, N times the cost per token)",
+    )
+    parser.add_argument(
+        "--scale-ffn",
+        type=int,
+        default=1,
+        metavar="M",
+        help="benchmark a cost-scaled copy of the target with M times its FFN width (added units add zero)",
+    )
+    parser.add_argument(
+        "--scaled-dir",
+        type=Path,
+        help="folder for cost-scaled copies, written once and reused (default: localspec's cache folder)",
+    )
     parser.add_argument("--draft", help="draft GGUF path or catalog name (default: configured)")
     parser.add_argument(
         "--workloads",
@@ -27,7 +55,11 @@ def register(subparsers: Any) -> None:
         help="comma-separated: humaneval, fim, code-edit (default: all three)",
     )
     parser.add_argument("--jsonl", type=Path, help="also run your own prompts (one JSON object per line)")
-    parser.add_argument("--prompts", type=int, default=10, help="prompts per workload (default 10)")
+    parser.add_argument(
+        "--prompts",
+        default="10",
+        help="prompts per workload: one number for all, or e.g. humaneval=20,fim=10,code-edit=10 (default 10)",
+    )
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument(
         "--modes", default=",".join(MODES), help=f"comma-separated subset of {', '.join(MODES)}"
@@ -54,14 +86,13 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from localspec.benchmark import report, runner, workloads
+    from localspec.benchmark.cost_scaled import Scale
     from localspec.config import load_config
     from localspec.engine import Engine, EngineSettings
-    from localspec.engine.drafters import NgramHistory
     from localspec.engine.engine import DEFAULT_TIE_MARGIN
-    from localspec.engine.llama_model import default_threads
+    from localspec.engine.llama_model import default_threads, shutdown
     from localspec.errors import InvalidRequestError
     from localspec.model_paths import resolve_model_paths
 
@@ -71,48 +102,152 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidRequestError(f"Unknown mode(s) {', '.join(unknown)}; choose from {', '.join(MODES)}.")
     if "none" not in modes:
         modes.insert(0, "none")  # the reference every other mode is compared with
+    names = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    if unknown := [w for w in names if w not in workloads.WORKLOADS]:
+        raise InvalidRequestError(
+            f"Unknown workload(s) {', '.join(unknown)}; choose from {', '.join(workloads.WORKLOADS)}."
+        )
+    counts = workloads.prompt_counts(args.prompts, names)
+    scale = Scale(args.scale_layers, args.scale_ffn)
     config = load_config()
-    target, draft = resolve_model_paths(config, args.target, args.draft)
-    threads = args.threads or default_threads()
-    tasks: list[workloads.Task] = []
-    for name in [w.strip() for w in args.workloads.split(",") if w.strip()]:
-        if name not in workloads.WORKLOADS:
-            raise InvalidRequestError(
-                f"Unknown workload {name!r}; choose from {', '.join(workloads.WORKLOADS)}."
-            )
-        tasks.extend(workloads.WORKLOADS[name](args.prompts, args.max_tokens))
+    source, draft = resolve_model_paths(config, args.target, args.draft)
+    if draft is None and "draft" in modes:
+        modes.remove("draft")
+        console.print("no draft model: the draft mode is skipped")
+    tasks: list[Task] = []
+    for name in names:
+        tasks.extend(workloads.WORKLOADS[name](counts[name], args.max_tokens))
     if args.jsonl:
         tasks.extend(workloads.from_jsonl(args.jsonl, args.max_tokens))
-
-    engine = Engine(
-        EngineSettings(
-            target_path=target,
-            draft_path=draft,
-            n_ctx=args.n_ctx,
-            threads=threads,
-            target_gpu_layers=args.gpu_layers,
-            draft_gpu_layers=args.gpu_layers,
-            slots=1,
-            draft_max=args.draft_max,
-            draft_p_min=args.draft_p_min,
-            tie_margin=DEFAULT_TIE_MARGIN if args.tie_margin is None else args.tie_margin,
+    if not tasks:
+        raise InvalidRequestError(
+            "Nothing to run: name at least one --workloads entry or give --jsonl prompts."
         )
-    )
-    start_up_prices = engine.costs.describe()  # what the chooser plans with before any request (milliseconds)
-    console.print(f"measured at start-up: {start_up_prices}")
-    prompts = [runner.prompt_tokens(engine, task) for task in tasks]
-    server_modes = runner.llama_server_modes(draft) if args.against_llama_server else []
-    runs: list[runner.Run] = []
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    target = _scaled_target(source, scale, args.scaled_dir, console)
+    label = f"{scale.label()} {source.name}" if not scale.identity else source.name
+    threads = args.threads or default_threads()
+
+    engine: Engine | None = None
+    try:
+        engine = Engine(
+            EngineSettings(
+                target_path=target,
+                draft_path=draft,
+                n_ctx=args.n_ctx,
+                threads=threads,
+                target_gpu_layers=args.gpu_layers,
+                draft_gpu_layers=args.gpu_layers,
+                slots=1,
+                draft_max=args.draft_max,
+                draft_p_min=args.draft_p_min,
+                tie_margin=DEFAULT_TIE_MARGIN if args.tie_margin is None else args.tie_margin,
+            )
+        )
+        start_up_prices = engine.costs.describe()  # what the chooser plans with before any request (ms)
+        console.print(f"measured at start-up: {start_up_prices}")
+        prompts = [runner.prompt_tokens(engine, task) for task in tasks]
+        tie_margin = engine.settings.tie_margin
+        runs = _run_localspec(engine, modes, tasks, prompts, console)
+    finally:
+        if engine is not None:
+            engine.close()
+        shutdown()  # llama.cpp's process-wide state goes before the interpreter's teardown, in order
+    args.out.mkdir(parents=True, exist_ok=True)
+    server_commands: dict[str, str] = {}
+    if args.against_llama_server:
+        for server_mode in runner.llama_server_modes(draft):
+            server_runs, command = _run_llama_server(
+                args, server_mode, target, threads, tasks, prompts, console
+            )
+            runs += server_runs
+            server_commands[server_mode.name] = " ".join(command)
+        references = {
+            (r.workload, r.task_id): r for r in runs if r.system == "llama-server" and r.mode == "none"
+        }
+        for result in runs:
+            reference = references.get((result.workload, result.task_id))
+            if result.system == "llama-server" and result.mode != "none" and reference is not None:
+                runner.compare(result, reference)
+
+    rows = runner.summarize(runs)
+    report.print_table(rows, Console(width=170), label)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    meta = {
+        "date": stamp,
+        "machine": platform.node(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "threads": threads,
+        "target": str(target),
+        "target_label": label,
+        "cost_scaled": None
+        if scale.identity
+        else {"source": str(source), "layers": scale.layers, "ffn": scale.ffn},
+        "draft": str(draft),
+        "max_tokens": args.max_tokens,
+        "prompts_per_workload": counts,
+        "gpu_layers": args.gpu_layers,
+        "tie_margin": tie_margin,
+        "start_up_prices": start_up_prices,
+        "llama_server_commands": server_commands,
+    }
+    json_path = args.out / f"bench-{stamp}.json"
+    runner.write_json(json_path, meta, rows, runs)
+    console.print(f"results: {json_path}")
+    try:
+        console.print(f"plot: {report.plot(rows, args.out / f'bench-{stamp}.png', label)}")
+    except ImportError:
+        console.print("plot skipped: pip install matplotlib (or localspec[bench])")
+    return 0
+
+
+def _scaled_target(source: Path, scale: Scale, folder: Path | None, console: Console) -> Path:
+    """The target to load: `source` itself, or its cost-scaled copy (written once into the cache, then reused)."""
+    if scale.identity:
+        return source
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    from localspec import locations
+    from localspec.benchmark.cost_scaled import cached_scaled_copy
+    from localspec.engine.llama_model import check_gguf_file
+
+    check_gguf_file(source, "target")
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        bar = progress.add_task(f"writing {scale.label()} copy of {source.name}", total=None)
+
+        def advance(done: int, total: int) -> None:
+            progress.update(bar, completed=done, total=total)
+
+        path, written = cached_scaled_copy(
+            source, scale, folder or locations.cache_dir() / "cost-scaled", advance
+        )
+    console.print(f"{'wrote' if written else 'reusing'} {scale.label()} target: {path}")
+    return path
+
+
+def _run_localspec(
+    engine: Engine, modes: list[str], tasks: list[Task], prompts: list[list[int]], console: Console
+) -> list[Run]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from localspec.benchmark import runner
+    from localspec.engine.drafters import NgramHistory
+
+    runs: list[Run] = []
     # Warm-up (GPU kernels, CUDA graphs, caches) so the first measured mode is not penalised.
     for mode in modes:
         runner.run_localspec(engine, tasks[0], prompts[0][: min(len(prompts[0]), 64)], mode)
-    # Each mode keeps its own history of earlier outputs, as a session would, so that no mode can copy another
-    # mode's output of the same prompt: only earlier tasks' outputs feed the n-gram drafter.
-    histories = {mode: NgramHistory() for mode in modes}
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
         bar = progress.add_task("localspec", total=len(tasks) * len(modes))
-        for task, tokens in zip(tasks, prompts, strict=True):
+        histories: dict[str, NgramHistory] = {}
+        for index, (task, tokens) in enumerate(zip(tasks, prompts, strict=True)):
+            if index == 0 or task.workload != tasks[index - 1].workload:
+                # Each mode keeps its own history of earlier outputs, as a session would, started afresh for each
+                # workload: the workloads share problems, and no run may copy an earlier answer to its own problem
+                # (or another mode's answer to the same prompt).
+                histories = {mode: NgramHistory(engine.settings.history_tokens) for mode in modes}
             reference = None
             for mode in modes:
                 progress.update(bar, description=f"localspec {mode:<8} {task.workload} {task.task_id}")
@@ -128,56 +263,48 @@ def run(args: argparse.Namespace) -> int:
                         runner.compare(result, reference)
                 runs.append(result)
                 progress.advance(bar)
-        engine.close()
-        args.out.mkdir(parents=True, exist_ok=True)
-        for server_mode in server_modes:
-            bar = progress.add_task(f"llama-server {server_mode.name}", total=len(tasks))
+    return runs
+
+
+def _run_llama_server(
+    args: argparse.Namespace,
+    mode: ServerMode,
+    target: Path,
+    threads: int,
+    tasks: list[Task],
+    prompts: list[list[int]],
+    console: Console,
+) -> tuple[list[Run], list[str]]:
+    """One llama-server mode over every task. A fresh server per workload, warmed up by one request, as localspec's
+    modes are: its n-gram table (ngram-mod) lives as long as the server, like localspec's per-workload history."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from localspec.benchmark import runner
+
+    runs: list[Run] = []
+    command: list[str] = []
+    layers = "all" if args.gpu_layers < 0 else str(args.gpu_layers)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        bar = progress.add_task(f"llama-server {mode.name}", total=len(tasks))
+        for workload in dict.fromkeys(task.workload for task in tasks):
+            mine = [(t, p) for t, p in zip(tasks, prompts, strict=True) if t.workload == workload]
             server = runner.LlamaServer(
                 args.against_llama_server,
                 target,
-                server_mode,
+                mode,
                 args.n_ctx,
                 threads,
-                99 if args.gpu_layers < 0 else args.gpu_layers,
+                layers,
                 args.out / "llama-server.log",
             )
+            command = server.command
             try:
-                references = {
-                    (r.workload, r.task_id): r
-                    for r in runs
-                    if r.system == "llama-server" and r.mode == "none"
-                }
-                for task, tokens in zip(tasks, prompts, strict=True):
-                    result = runner.run_llama_server(server, server_mode.name, task, tokens)
-                    if server_mode.name != "none" and (task.workload, task.task_id) in references:
-                        runner.compare(result, references[(task.workload, task.task_id)])
-                    runs.append(result)
+                first, first_tokens = mine[0]
+                server.complete(first_tokens[:64], first.max_tokens)  # warm-up, as localspec's modes get
+                for task, tokens in mine:
+                    runs.append(runner.run_llama_server(server, mode.name, task, tokens))
                     progress.advance(bar)
             finally:
                 server.close()
-
-    rows = runner.summarize(runs)
-    report.print_table(rows, Console(width=170))
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    meta = {
-        "date": stamp,
-        "machine": platform.node(),
-        "processor": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
-        "threads": threads,
-        "target": str(target),
-        "draft": str(draft),
-        "max_tokens": args.max_tokens,
-        "prompts_per_workload": args.prompts,
-        "gpu_layers": args.gpu_layers,
-        "tie_margin": engine.settings.tie_margin,
-        "start_up_prices": start_up_prices,
-    }
-    json_path = args.out / f"bench-{stamp}.json"
-    runner.write_json(json_path, meta, rows, runs)
-    console.print(f"results: {json_path}")
-    try:
-        console.print(f"plot: {report.plot(rows, args.out / f'bench-{stamp}.png')}")
-    except ImportError:
-        console.print("plot skipped: pip install matplotlib (or localspec[bench])")
-    return 0
+    return runs, command

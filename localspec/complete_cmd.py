@@ -73,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         return _run_daemon(args, prompt)
     from localspec.config import load_config
     from localspec.engine import Engine, GenerationRequest, SamplingParams
+    from localspec.engine.llama_model import shutdown
     from localspec.model_paths import engine_settings, resolve_model_paths
 
     config = load_config(
@@ -129,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
         return exit_code
     finally:
         engine.close()
+        shutdown()  # llama.cpp's process-wide state goes before the interpreter's teardown, in order
 
 
 def _run_daemon(args: argparse.Namespace, prompt: str) -> int:

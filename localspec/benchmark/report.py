@@ -9,8 +9,11 @@ from rich.console import Console
 from rich.table import Table
 
 
-def print_table(rows: list[dict[str, Any]], console: Console) -> None:
-    table = Table(title="localspec bench (decode tok/s; speedup vs target alone in this run)")
+def print_table(rows: list[dict[str, Any]], console: Console, target: str) -> None:
+    """`target` names what was measured, e.g. "cost-scaled (x5 layers) qwen2.5-coder-1.5b.gguf"."""
+    table = Table(
+        title=f"localspec bench, target {target} (decode tok/s; speedup vs target alone in this run)"
+    )
     for column in (
         "workload",
         "system",
@@ -21,6 +24,7 @@ def print_table(rows: list[dict[str, Any]], console: Console) -> None:
         "acceptance",
         "mean acc. len",
         "draft/verify/sample",
+        "near ties",
         "identical",
     ):
         table.add_column(column, justify="right" if column not in ("workload", "system", "mode") else "left")
@@ -38,6 +42,7 @@ def print_table(rows: list[dict[str, Any]], console: Console) -> None:
             f"{split['draft']:.2f}/{split['verify']:.2f}/{split['sample']:.2f}"
             if row["system"] == "localspec"
             else "-",
+            str(row["settled_near_ties"]) if row["settled_near_ties"] is not None else "-",
             f"{row['identical']}/{row['compared']}" if row["compared"] else "-",
         )
     console.print(table)
@@ -47,7 +52,7 @@ def _ratio(value: float | None) -> str:
     return f"{value:.2f}x" if value is not None else "-"
 
 
-def plot(rows: list[dict[str, Any]], path: Path) -> Path:
+def plot(rows: list[dict[str, Any]], path: Path, target: str) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -70,6 +75,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path:
     for axis, title in ((speed_axis, "speedup vs localspec target alone"), (accept_axis, "acceptance")):
         axis.set_xticks([w + 0.4 - width / 2 for w in range(len(workloads))], workloads)
         axis.set_title(title)
+    figure.suptitle(f"target: {target}")
     speed_axis.axhline(1.0, color="black", linewidth=0.8)
     speed_axis.legend(fontsize="small")
     figure.tight_layout()

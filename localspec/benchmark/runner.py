@@ -6,7 +6,6 @@ import json
 import socket
 import subprocess
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ class Run:
     target_passes: int
     text: str
     settled: int = 0
+    settled_near_ties: int = 0  # positions re-evaluated alone because a batched pass found a near-tie there
     steps_by_source: dict[str, int] = field(default_factory=dict)
     token_ids: list[int] = field(default_factory=list)
     time_split: dict[str, float] = field(default_factory=dict)
@@ -83,6 +83,7 @@ def run_localspec(
         text=result.text,
         token_ids=result.token_ids,
         settled=stats.settled,
+        settled_near_ties=stats.settled_near_ties,
         steps_by_source=dict(stats.steps_by_source),
         time_split={"draft": stats.t_draft, "verify": stats.t_verify, "sample": stats.t_sample},
         margins=stats.margins,
@@ -181,7 +182,7 @@ class LlamaServer:
         mode: ServerMode,
         n_ctx: int,
         threads: int,
-        gpu_layers: int,
+        gpu_layers: str,
         log: Path,
     ) -> None:
         self.port = _free_port()
@@ -202,11 +203,12 @@ class LlamaServer:
             "-tb",
             str(threads),
             "-ngl",
-            str(gpu_layers),
+            gpu_layers,
             *mode.args,
         ]
         if "-md" in mode.args:
-            command += ["-ngld", str(gpu_layers)]
+            command += ["-ngld", gpu_layers]
+        self.command = command
         self._log = log.open("ab")
         self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT)
         self.url = f"http://127.0.0.1:{self.port}"
@@ -284,6 +286,7 @@ def summarize(runs: list[Run]) -> list[dict[str, Any]]:
         accepted = sum(r.accepted for r in items)
         passes = sum(r.target_passes for r in items)
         settled = sum(r.settled for r in items)
+        near_ties = sum(r.settled_near_ties for r in items)
         speed = tokens / max(1e-9, seconds)
         split = {key: sum(r.time_split.get(key, 0.0) for r in items) for key in ("draft", "verify", "sample")}
         divergences = [r.divergence for r in items if r.divergence]
@@ -307,6 +310,7 @@ def summarize(runs: list[Run]) -> list[dict[str, Any]]:
                 else None,
                 "acceptance": round(accepted / drafted, 3) if drafted else None,
                 "mean_accepted_length": round(settled / passes, 2) if passes else None,
+                "settled_near_ties": near_ties if system == "localspec" else None,
                 "time_split": {k: round(v / seconds, 3) if seconds else 0.0 for k, v in split.items()},
                 "identical": sum(1 for r in items if r.identical),
                 "compared": sum(1 for r in items if r.identical is not None),
@@ -320,6 +324,3 @@ def write_json(path: Path, meta: dict[str, Any], rows: list[dict[str, Any]], run
     path.write_text(
         json.dumps({"meta": meta, "summary": rows, "runs": [r.as_json() for r in runs]}, indent=1)
     )
-
-
-ProgressHook = Callable[[str], None]

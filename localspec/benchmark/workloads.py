@@ -117,3 +117,28 @@ def from_jsonl(path: Path, max_tokens: int) -> Iterator[Task]:
 
 
 WORKLOADS = {"humaneval": humaneval, "fim": fill_in_the_middle, "code-edit": code_edit}
+
+
+def prompt_counts(spec: str, workloads: list[str], default: int = 10) -> dict[str, int]:
+    """Prompts per workload from `--prompts`: one number for all ("20") or per workload
+    ("humaneval=20,fim=10,code-edit=10"; a workload not named gets `default`)."""
+    counts = dict.fromkeys(workloads, default)
+    items = [item.strip() for item in spec.split(",") if item.strip()]
+    for item in items:
+        name, equals, number = item.rpartition("=")
+        name = name.strip()
+        if equals and name not in workloads:
+            raise LocalspecError(
+                f"--prompts names {name!r}, which is not a selected workload ({', '.join(workloads)})."
+            )
+        if not equals and len(items) > 1:
+            raise LocalspecError(f"--prompts {spec!r}: give one number, or name=number for each workload.")
+        try:
+            count = int(number)
+        except ValueError:
+            count = -1
+        if count < 1:
+            raise LocalspecError(f"--prompts {item!r}: the count must be a whole number of at least 1.")
+        for workload in [name] if equals else workloads:
+            counts[workload] = count
+    return counts

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import os
 import threading
 from pathlib import Path
@@ -109,6 +110,30 @@ def shared_threadpool(n_threads: int) -> int | None:
             return None
         _threadpools[n_threads] = pool
         return int(pool)
+
+
+def shutdown() -> None:
+    """Release what llama.cpp holds process-wide, in order, before the interpreter tears itself down: the shared
+    CPU threadpools (in a build without OpenMP their worker threads would otherwise still run at exit), the Python
+    log callback (a log line from a library destructor after Python finalised would call a freed Python function),
+    then the backend.
+
+    Call it once every model is closed, as a command's last step; loading a model afterwards starts over.
+    """
+    global _backend_ready
+    gc.collect()  # models and sampler chains only reachable through reference cycles are freed now, not at exit
+    with _backend_lock:
+        if _threadpools:
+            cpu = ctypes.CDLL(str(next(_library_dir().glob("libggml-cpu.*"))))
+            cpu.ggml_threadpool_free.argtypes = [ctypes.c_void_p]
+            cpu.ggml_threadpool_free.restype = None
+            for pool in _threadpools.values():
+                cpu.ggml_threadpool_free(pool)  # joins its worker threads
+            _threadpools.clear()
+        llama_cpp.llama_log_set(llama_cpp.llama_log_callback(), ctypes.c_void_p(0))  # NULL: ggml's own logger
+        if _backend_ready:
+            llama_cpp.llama_backend_free()
+            _backend_ready = False
 
 
 def _library_dir() -> Path:
