@@ -148,6 +148,8 @@ def run(args: argparse.Namespace) -> int:
         prompts = [runner.prompt_tokens(engine, task) for task in tasks]
         tie_margin = engine.settings.tie_margin
         runs = _run_localspec(engine, modes, tasks, prompts, console)
+        end_prices = engine.costs.describe()  # the same prices as every measured pass left them
+        console.print(f"prices after the runs: {end_prices}")
     finally:
         if engine is not None:
             engine.close()
@@ -189,6 +191,7 @@ def run(args: argparse.Namespace) -> int:
         "gpu_layers": args.gpu_layers,
         "tie_margin": tie_margin,
         "start_up_prices": start_up_prices,
+        "end_prices": end_prices,
         "llama_server_commands": server_commands,
     }
     json_path = args.out / f"bench-{stamp}.json"
