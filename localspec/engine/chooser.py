@@ -85,6 +85,7 @@ class AdaptiveChooser:
         acceptance: float | None = None,
         one_off: float = 0.0,
         horizon: float = 1.0,
+        amortize: bool = False,
     ) -> tuple[int, float, int]:
         """The draft length in 1..limit with the best expected tokens per second, that rate, and the pass size to
         pad to (0: none; the previous pass's size when padding pays, a pass of the same size being warm).
@@ -92,17 +93,28 @@ class AdaptiveChooser:
         previous, streak: the target's last pass size and how many passes in a row had it (see `plan`); leaving
         one-token passes makes the next one cold, so that is charged too. acceptance: one rate for every position
         instead of `rates`. one_off: seconds paid once before a run of such steps expected to settle `horizon`
-        tokens (the draft model's catch-up), of which a step bears its share.
+        tokens (the draft model's catch-up), of which a step bears its share. amortize: price a step as one of a
+        run of steps of its size (warm passes), the cost of getting there being one-off too.
         """
-        leaving_alone = self.costs.switch_cost() if previous == 1 else 0.0
+        costs = self.costs
+        leaving_alone = costs.switch_cost() if previous == 1 else 0.0
         best_k, best_rate, best_size = 0, 0.0, 0
         expected = survive = 1.0
         for k in range(1, limit + 1):
             survive *= acceptance if acceptance is not None else rates.rate(k - 1)
             expected += survive
-            share = one_off * min(1.0, expected / horizon)
-            verify = self.costs.in_sequence(k + 1, previous, streak)
-            step = verify + leaving_alone + k * per_draft_token + share
+            if amortize:  # a run of such steps: warm passes, once warmed up (a cold and a capture pass)
+                verify = costs.verify(k + 1, warm=True)
+                entry = costs.in_sequence(k + 1, previous, streak) - verify + leaving_alone
+                if not (k + 1 == previous and streak >= 1):
+                    entry += costs.verify(k + 1, capture=True) - verify
+                step = (
+                    verify + k * per_draft_token + (one_off + max(0.0, entry)) * min(1.0, expected / horizon)
+                )
+            else:
+                share = one_off * min(1.0, expected / horizon)
+                verify = costs.in_sequence(k + 1, previous, streak)
+                step = verify + leaving_alone + k * per_draft_token + share
             rate = expected / step
             if rate > best_rate:
                 best_k, best_rate, best_size = k, rate, 0
@@ -178,6 +190,7 @@ class AdaptiveChooser:
                     streak=streak,
                     one_off=catch_up,
                     horizon=horizon,
+                    amortize=True,
                 )
 
             k, rate, size = drafting(budget)

@@ -166,6 +166,9 @@ def calibrate(
     target.remove_from(seq_id, 1)
     # Cold prices, each size's best of two sweeps (the first passes after loading can be slow). A slow CPU sweep
     # is not repeated: start-up stays short, and a CPU has no warm/cold difference to measure.
+    between_draft = draft is not None and target.offloaded  # cold passes of a draft step follow draft passes
+    if draft is not None:
+        draft.decode(tokens[:2], 0, seq_id, "last")
     best: dict[int, float] = {}
     started = time.perf_counter()
     repeat = True
@@ -177,8 +180,13 @@ def calibrate(
             for _ in range(3 if n == 1 else 1):  # the one-token pass is the yardstick of every plan
                 if target.offloaded:  # as in a session: after a one-token pass (or a 2-token one)
                     _timed_pass(target, tokens[: 2 if n == 1 else 1], seq_id)
+                if between_draft and n > 1 and draft is not None:
+                    for _ in range(2):
+                        _timed_pass(draft, tokens[:1], seq_id, "last", start=2)
                 seconds = _timed_pass(target, tokens[:n], seq_id)
                 best[n] = min(best.get(n, seconds), seconds)
+    if draft is not None:
+        draft.remove_from(seq_id, 0)
     for n, seconds in best.items():
         costs.record_verify(n, seconds)
     if repeat:
@@ -198,11 +206,13 @@ def calibrate(
     target.remove_from(seq_id, 0)
 
 
-def _timed_pass(model: LlamaModel, tokens: list[int], seq_id: int, outputs: str = "all") -> float:
-    """Seconds for one pass over `tokens` after position 0 of `seq_id` (the KV is left as it was)."""
-    started = time.perf_counter()
-    model.decode(tokens, 1, seq_id, outputs)
+def _timed_pass(
+    model: LlamaModel, tokens: list[int], seq_id: int, outputs: str = "all", start: int = 1
+) -> float:
+    """Seconds for one pass over `tokens` at position `start` of `seq_id` (the KV is left as it was)."""
+    began = time.perf_counter()
+    model.decode(tokens, start, seq_id, outputs)
     model.synchronize()
-    elapsed = time.perf_counter() - started
-    model.remove_from(seq_id, 1)
+    elapsed = time.perf_counter() - began
+    model.remove_from(seq_id, start)
     return elapsed
