@@ -316,7 +316,7 @@ def test_stats_are_consistent(similar_engine: Engine) -> None:
 
 
 def test_a_llama_build_that_dies_with_sigill_becomes_a_clear_error(
-    tiny_models, localspec_home: Path, monkeypatch: pytest.MonkeyPatch
+    localspec_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from localspec.engine import canary
 
@@ -324,10 +324,52 @@ def test_a_llama_build_that_dies_with_sigill_becomes_a_clear_error(
     monkeypatch.setattr(canary, "_CHILD", "import os, signal; os.kill(os.getpid(), signal.SIGILL)")
     monkeypatch.setattr(canary, "_checked", False)
     with pytest.raises(ModelLoadError, match=r"(?s)illegal instruction \(SIGILL\).*build_flags\.py"):
-        canary.ensure_llama_runs(tiny_models.target)
-    monkeypatch.setattr(canary, "_CHILD", "pass")
-    canary.ensure_llama_runs(tiny_models.target)  # a healthy build is remembered
+        canary.ensure_llama_runs()
+    assert not (localspec_home / "cache" / "llama-canary.ok").exists()
+
+
+def test_the_crash_check_decodes_a_tiny_model_of_its_own_and_remembers_a_healthy_build(
+    localspec_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from localspec.engine import canary
+
+    monkeypatch.setattr(canary, "_checked", False)
+    canary.ensure_llama_runs()  # the real child: writes its quantized model, loads and decodes it
     assert (localspec_home / "cache" / "llama-canary.ok").exists()
+    monkeypatch.setattr(canary, "_checked", False)
+    monkeypatch.setattr(canary, "_CHILD", "raise SystemExit('the check must not run again for this build')")
+    canary.ensure_llama_runs()
+
+
+def test_the_canary_model_is_small_and_uses_quantized_cpu_kernels(tmp_path: Path) -> None:
+    import gguf
+
+    from localspec.engine.canary import write_canary_model
+
+    path = write_canary_model(tmp_path / "canary.gguf")
+    assert path.stat().st_size < 2_000_000
+    kinds = {t.tensor_type.name for t in gguf.GGUFReader(path).tensors}
+    assert {"Q4_0", "Q8_0", "F32"} <= kinds
+
+
+@pytest.mark.parametrize("signal_name", ["SIGKILL", "SIGSEGV"])
+def test_a_killed_check_is_never_called_a_corrupt_file(
+    signal_name: str, localspec_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from localspec.engine import canary
+
+    # SIGKILL is what the out-of-memory killer sends: no verdict on the build, and the check runs again later.
+    # Any other crash of the tiny built-in model is the build's fault, and says how to rebuild.
+    monkeypatch.setattr(canary, "_CHILD", f"import os, signal; os.kill(os.getpid(), signal.{signal_name})")
+    monkeypatch.setattr(canary, "_checked", False)
+    if signal_name == "SIGKILL":
+        canary.ensure_llama_runs()
+    else:
+        with pytest.raises(ModelLoadError, match=r"(?s)SIGSEGV.*tiny built-in model.*Rebuild") as raised:
+            canary.ensure_llama_runs()
+        assert "corrupt" not in str(raised.value)
+    assert not (localspec_home / "cache" / "llama-canary.ok").exists()
+    assert canary._checked is False
 
 
 def test_chooser_backs_off_where_speculation_cannot_pay_and_uses_good_ngrams() -> None:

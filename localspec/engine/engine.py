@@ -58,8 +58,7 @@ class Engine:
         (the daemon loads a new engine beside a serving one and times it on the scheduler's thread, because
         every context shares one CPU threadpool that serves one decode at a time)."""
         self.settings = settings
-        if Path(settings.target_path).is_file():
-            ensure_llama_runs(Path(settings.target_path))
+        ensure_llama_runs()
         self.target = self._load(settings.target_path, "target", settings.target_gpu_layers)
         self.draft: LlamaModel | None = None
         if settings.draft_path is not None:
