@@ -13,7 +13,14 @@ from localspec.engine import CancelToken, Engine, EngineSettings, GenerationRequ
 from localspec.engine.chooser import Plan
 from localspec.engine.compat import check_compatible
 from localspec.engine.pass_costs import PassCosts
-from localspec.errors import ContextOverflowError, IncompatibleModelsError, ModelLoadError, UnsupportedError
+from localspec.errors import (
+    ConfigError,
+    ContextOverflowError,
+    IncompatibleModelsError,
+    InvalidRequestError,
+    ModelLoadError,
+    UnsupportedError,
+)
 
 PROMPT = "def add(a, b):\n    return a + b\n\ndef"
 
@@ -128,6 +135,23 @@ def test_sampled_speculative_output_equals_target_alone_with_the_same_seed(
             return not any(low + 1e-3 < value < high - 1e-3 for value in logits)
 
         assert any(neighbours(a, b) for a in picked(alone.token_ids) for b in picked(spec.token_ids))
+
+
+@pytest.mark.parametrize("mode", ["draft", "ngram", "adaptive"])
+def test_greedy_with_a_repeat_penalty_penalises_the_same_history_as_the_target_alone(
+    similar_engine: Engine, mode: str
+) -> None:
+    # The penalty's history is the prompt plus exactly the settled tokens: a rejected draft token never enters
+    # it, or the penalised logits (and so the picks) would drift from the target alone's.
+    sampling = SamplingParams(repeat_penalty=1.5, repeat_last_n=16)
+    penalty_mattered = False
+    for prompt in (PROMPT, "x = x + x + x", "hello hello hello", "1, 2, 3, 1, 2, 3,"):
+        alone = run(similar_engine, prompt, "none", max_tokens=48, sampling=sampling)
+        spec = run(similar_engine, prompt, mode, max_tokens=48, sampling=sampling)
+        assert spec.token_ids == alone.token_ids
+        plain = run(similar_engine, prompt, "none", max_tokens=48)
+        penalty_mattered |= plain.token_ids != alone.token_ids
+    assert penalty_mattered  # else these prompts would not test the penalty at all
 
 
 def target_logits_after(engine: Engine, prompt: str, generated: list[int]) -> list[float]:
@@ -247,6 +271,18 @@ def test_prompt_longer_than_the_context_is_a_clear_error_or_truncated(tiny_model
         assert len(long.token_ids) < 64 or long.finish_reason == "stop"
     finally:
         engine.close()
+
+
+def test_draft_mode_without_a_draft_model_is_refused_not_silently_run_alone(tiny_models) -> None:
+    engine = make_engine(tiny_models.target, None, slots=1)
+    try:
+        with pytest.raises(InvalidRequestError, match=r'speculative="draft" needs a draft model.*"ngram"'):
+            engine.generate(GenerationRequest(prompt=PROMPT, max_tokens=4, speculative="draft"))
+        assert engine.complete(GenerationRequest(prompt=PROMPT, max_tokens=4, speculative="ngram")).token_ids
+    finally:
+        engine.close()
+    with pytest.raises(ConfigError, match=r'mode = "draft" needs a draft model'):
+        make_engine(tiny_models.target, None, mode="draft")
 
 
 def test_incompatible_draft_is_refused_naming_both_files(tiny_models) -> None:

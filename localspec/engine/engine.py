@@ -28,7 +28,7 @@ from localspec.engine.types import (
     RequestStats,
     SpeculativeMode,
 )
-from localspec.errors import InvalidRequestError
+from localspec.errors import ConfigError, InvalidRequestError
 
 # Greedy positions whose top-2 logit margin in a batched verify pass is below this are re-evaluated alone
 # (batched and one-token passes differ in the last bits: docs/BENCHMARKS.md has the measured spread).
@@ -58,6 +58,11 @@ class Engine:
         (the daemon loads a new engine beside a serving one and times it on the scheduler's thread, because
         every context shares one CPU threadpool that serves one decode at a time)."""
         self.settings = settings
+        if settings.mode == "draft" and settings.draft_path is None:
+            raise ConfigError(
+                'speculative.mode = "draft" needs a draft model, and none is configured. Set [models] draft '
+                '(or --draft), or choose the mode "adaptive", "ngram" or "none".'
+            )
         ensure_llama_runs()
         self.target = self._load(settings.target_path, "target", settings.target_gpu_layers)
         self.draft: LlamaModel | None = None
@@ -188,7 +193,11 @@ class Engine:
         prompt, truncated = self.prompts.request_tokens(request)
         mode: SpeculativeMode = request.speculative or self.settings.mode
         if mode == "draft" and self.draft is None:
-            mode = "none"
+            raise InvalidRequestError(
+                'speculative="draft" needs a draft model, and none is loaded. Ask for "adaptive", "ngram" or '
+                '"none" instead, or load a pair with a draft model ([models] draft in config.toml, --draft, '
+                "or `localspec models use PAIR`)."
+            )
         stats = RequestStats(prompt_tokens=len(prompt), prompt_truncated_tokens=truncated)
         lookups = [self.tokenize(text, parse_special=False) for text in request.lookup_texts]
         slot = self._slots.acquire(request.slot, prompt)
