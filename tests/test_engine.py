@@ -266,9 +266,20 @@ def test_prompt_longer_than_the_context_is_a_clear_error_or_truncated(tiny_model
         result = engine.complete(GenerationRequest(prompt="word " * 200, max_tokens=8, truncate_prompt=True))
         assert result.stats.prompt_truncated_tokens > 0
         assert result.stats.prompt_tokens <= 64
-        # Generation stops at a full context with finish_reason "length".
-        long = engine.complete(GenerationRequest(prompt="hi", max_tokens=500))
-        assert len(long.token_ids) < 64 or long.finish_reason == "stop"
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize("mode", ["none", "adaptive"])
+def test_a_generation_stops_at_a_full_context_with_finish_reason_length(
+    endless_pair: tuple[Path, Path], mode: str
+) -> None:
+    target, draft = endless_pair  # never emits end-of-generation: only the context can stop it
+    engine = make_engine(target, draft, n_ctx=64, slots=1)
+    try:
+        result = engine.complete(GenerationRequest(prompt="hi", max_tokens=500, speculative=mode))
+        assert result.finish_reason == "length"
+        assert result.stats.prompt_tokens + len(result.token_ids) == 64
     finally:
         engine.close()
 
@@ -344,11 +355,16 @@ def test_near_tie_positions_are_settled_alone(tiny_models) -> None:
         engine.close()
 
 
-def test_stats_are_consistent(similar_engine: Engine) -> None:
-    stats = similar_engine.stats()
-    assert stats["requests"] > 0
-    assert stats["accepted"] <= stats["drafted"]
-    assert 0.0 <= stats["acceptance"] <= 1.0
+def test_stats_add_up_the_requests_they_count(similar_engine: Engine) -> None:
+    before = similar_engine.stats()
+    results = [run(similar_engine, PROMPT, mode, max_tokens=40, slot="stats") for mode in ("draft", "none")]
+    after = similar_engine.stats()
+    assert after["requests"] == before["requests"] + 2
+    for name in ("tokens", "drafted", "accepted", "target_passes", "prompt_tokens"):
+        assert after[name] == before[name] + sum(getattr(r.stats, name) for r in results), name
+    assert results[0].stats.drafted > 0  # the draft-model run drafted, so the totals moved
+    assert after["accepted"] <= after["drafted"]
+    assert after["acceptance"] == pytest.approx(after["accepted"] / after["drafted"], abs=1e-4)
 
 
 def test_a_llama_build_that_dies_with_sigill_becomes_a_clear_error(
