@@ -942,7 +942,9 @@ def test_draft_steps_padded_to_a_warm_size_keep_the_output_of_the_target_alone(
     assert sizes.count(9) >= spec.stats.target_passes - 2  # ...and the passes kept their planned size
 
 
-def test_a_cost_aware_draft_stops_where_another_token_costs_more_than_it_may_save(same_engine: Engine) -> None:
+def test_a_cost_aware_draft_stops_where_another_token_costs_more_than_it_may_save(
+    same_engine: Engine,
+) -> None:
     # Adaptive mode drafts on while the chance that the whole draft is accepted, times the target time a token
     # saves, exceeds what a draft token costs: long drafts where the draft model is cheap, none where it is dear.
     from localspec.engine.drafters import DraftModelDrafter
