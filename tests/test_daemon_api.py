@@ -208,9 +208,30 @@ def test_stats_and_metrics_count_requests(daemon: RunningDaemon) -> None:
     assert "localspec_queue_length 0" in metrics.text
 
 
-def test_model_without_fim_tokens_gets_a_clear_400(tiny_models: TinyModels, tmp_path: Path) -> None:
+def test_a_daemon_without_fim_tokens_or_a_draft_model_answers_what_it_cannot_do_with_a_clear_400(
+    tiny_models: TinyModels, tmp_path: Path
+) -> None:
     running = start_daemon(tmp_path / "home", ["--target", str(tiny_models.no_fim), "--threads", "1"])
     try:
+        for path, body in (
+            ("/v1/completions", {"prompt": "a", "max_tokens": 4, "speculative": "draft"}),
+            (
+                "/v1/chat/completions",
+                {"messages": [{"role": "user", "content": "a"}], "speculative": "draft"},
+            ),
+        ):
+            response = httpx.post(f"{running.url}{path}", json=body, headers=running.headers, timeout=30)
+            assert response.status_code == 400, response.text
+            error = response.json()["error"]
+            assert error["code"] == "invalid_request"
+            assert (
+                'speculative="draft" needs a draft model' in error["message"]
+                and '"adaptive"' in error["message"]
+            )
+        body = {"prompt": "a", "max_tokens": 4, "speculative": "ngram"}
+        assert (
+            httpx.post(f"{running.url}/v1/completions", json=body, headers=running.headers).status_code == 200
+        )
         response = httpx.post(
             f"{running.url}/v1/infill",
             json={"prefix": "a", "suffix": "b"},

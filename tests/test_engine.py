@@ -13,7 +13,14 @@ from localspec.engine import CancelToken, Engine, EngineSettings, GenerationRequ
 from localspec.engine.chooser import Plan
 from localspec.engine.compat import check_compatible
 from localspec.engine.pass_costs import PassCosts
-from localspec.errors import ContextOverflowError, IncompatibleModelsError, ModelLoadError, UnsupportedError
+from localspec.errors import (
+    ConfigError,
+    ContextOverflowError,
+    IncompatibleModelsError,
+    InvalidRequestError,
+    ModelLoadError,
+    UnsupportedError,
+)
 
 PROMPT = "def add(a, b):\n    return a + b\n\ndef"
 
@@ -130,6 +137,23 @@ def test_sampled_speculative_output_equals_target_alone_with_the_same_seed(
         assert any(neighbours(a, b) for a in picked(alone.token_ids) for b in picked(spec.token_ids))
 
 
+@pytest.mark.parametrize("mode", ["draft", "ngram", "adaptive"])
+def test_greedy_with_a_repeat_penalty_penalises_the_same_history_as_the_target_alone(
+    similar_engine: Engine, mode: str
+) -> None:
+    # The penalty's history is the prompt plus exactly the settled tokens: a rejected draft token never enters
+    # it, or the penalised logits (and so the picks) would drift from the target alone's.
+    sampling = SamplingParams(repeat_penalty=1.5, repeat_last_n=16)
+    penalty_mattered = False
+    for prompt in (PROMPT, "x = x + x + x", "hello hello hello", "1, 2, 3, 1, 2, 3,"):
+        alone = run(similar_engine, prompt, "none", max_tokens=48, sampling=sampling)
+        spec = run(similar_engine, prompt, mode, max_tokens=48, sampling=sampling)
+        assert spec.token_ids == alone.token_ids
+        plain = run(similar_engine, prompt, "none", max_tokens=48)
+        penalty_mattered |= plain.token_ids != alone.token_ids
+    assert penalty_mattered  # else these prompts would not test the penalty at all
+
+
 def target_logits_after(engine: Engine, prompt: str, generated: list[int]) -> list[float]:
     """The target's logits after prompt + generated, from one plain prefill (no speculation)."""
     tokens = engine.tokenize(prompt, add_bos=engine.target.adds_bos()) + generated
@@ -242,11 +266,34 @@ def test_prompt_longer_than_the_context_is_a_clear_error_or_truncated(tiny_model
         result = engine.complete(GenerationRequest(prompt="word " * 200, max_tokens=8, truncate_prompt=True))
         assert result.stats.prompt_truncated_tokens > 0
         assert result.stats.prompt_tokens <= 64
-        # Generation stops at a full context with finish_reason "length".
-        long = engine.complete(GenerationRequest(prompt="hi", max_tokens=500))
-        assert len(long.token_ids) < 64 or long.finish_reason == "stop"
     finally:
         engine.close()
+
+
+@pytest.mark.parametrize("mode", ["none", "adaptive"])
+def test_a_generation_stops_at_a_full_context_with_finish_reason_length(
+    endless_pair: tuple[Path, Path], mode: str
+) -> None:
+    target, draft = endless_pair  # never emits end-of-generation: only the context can stop it
+    engine = make_engine(target, draft, n_ctx=64, slots=1)
+    try:
+        result = engine.complete(GenerationRequest(prompt="hi", max_tokens=500, speculative=mode))
+        assert result.finish_reason == "length"
+        assert result.stats.prompt_tokens + len(result.token_ids) == 64
+    finally:
+        engine.close()
+
+
+def test_draft_mode_without_a_draft_model_is_refused_not_silently_run_alone(tiny_models) -> None:
+    engine = make_engine(tiny_models.target, None, slots=1)
+    try:
+        with pytest.raises(InvalidRequestError, match=r'speculative="draft" needs a draft model.*"ngram"'):
+            engine.generate(GenerationRequest(prompt=PROMPT, max_tokens=4, speculative="draft"))
+        assert engine.complete(GenerationRequest(prompt=PROMPT, max_tokens=4, speculative="ngram")).token_ids
+    finally:
+        engine.close()
+    with pytest.raises(ConfigError, match=r'mode = "draft" needs a draft model'):
+        make_engine(tiny_models.target, None, mode="draft")
 
 
 def test_incompatible_draft_is_refused_naming_both_files(tiny_models) -> None:
@@ -308,15 +355,20 @@ def test_near_tie_positions_are_settled_alone(tiny_models) -> None:
         engine.close()
 
 
-def test_stats_are_consistent(similar_engine: Engine) -> None:
-    stats = similar_engine.stats()
-    assert stats["requests"] > 0
-    assert stats["accepted"] <= stats["drafted"]
-    assert 0.0 <= stats["acceptance"] <= 1.0
+def test_stats_add_up_the_requests_they_count(similar_engine: Engine) -> None:
+    before = similar_engine.stats()
+    results = [run(similar_engine, PROMPT, mode, max_tokens=40, slot="stats") for mode in ("draft", "none")]
+    after = similar_engine.stats()
+    assert after["requests"] == before["requests"] + 2
+    for name in ("tokens", "drafted", "accepted", "target_passes", "prompt_tokens"):
+        assert after[name] == before[name] + sum(getattr(r.stats, name) for r in results), name
+    assert results[0].stats.drafted > 0  # the draft-model run drafted, so the totals moved
+    assert after["accepted"] <= after["drafted"]
+    assert after["acceptance"] == pytest.approx(after["accepted"] / after["drafted"], abs=1e-4)
 
 
 def test_a_llama_build_that_dies_with_sigill_becomes_a_clear_error(
-    tiny_models, localspec_home: Path, monkeypatch: pytest.MonkeyPatch
+    localspec_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from localspec.engine import canary
 
@@ -324,10 +376,52 @@ def test_a_llama_build_that_dies_with_sigill_becomes_a_clear_error(
     monkeypatch.setattr(canary, "_CHILD", "import os, signal; os.kill(os.getpid(), signal.SIGILL)")
     monkeypatch.setattr(canary, "_checked", False)
     with pytest.raises(ModelLoadError, match=r"(?s)illegal instruction \(SIGILL\).*build_flags\.py"):
-        canary.ensure_llama_runs(tiny_models.target)
-    monkeypatch.setattr(canary, "_CHILD", "pass")
-    canary.ensure_llama_runs(tiny_models.target)  # a healthy build is remembered
+        canary.ensure_llama_runs()
+    assert not (localspec_home / "cache" / "llama-canary.ok").exists()
+
+
+def test_the_crash_check_decodes_a_tiny_model_of_its_own_and_remembers_a_healthy_build(
+    localspec_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from localspec.engine import canary
+
+    monkeypatch.setattr(canary, "_checked", False)
+    canary.ensure_llama_runs()  # the real child: writes its quantized model, loads and decodes it
     assert (localspec_home / "cache" / "llama-canary.ok").exists()
+    monkeypatch.setattr(canary, "_checked", False)
+    monkeypatch.setattr(canary, "_CHILD", "raise SystemExit('the check must not run again for this build')")
+    canary.ensure_llama_runs()
+
+
+def test_the_canary_model_is_small_and_uses_quantized_cpu_kernels(tmp_path: Path) -> None:
+    import gguf
+
+    from localspec.engine.canary import write_canary_model
+
+    path = write_canary_model(tmp_path / "canary.gguf")
+    assert path.stat().st_size < 2_000_000
+    kinds = {t.tensor_type.name for t in gguf.GGUFReader(path).tensors}
+    assert {"Q4_0", "Q8_0", "F32"} <= kinds
+
+
+@pytest.mark.parametrize("signal_name", ["SIGKILL", "SIGSEGV"])
+def test_a_killed_check_is_never_called_a_corrupt_file(
+    signal_name: str, localspec_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from localspec.engine import canary
+
+    # SIGKILL is what the out-of-memory killer sends: no verdict on the build, and the check runs again later.
+    # Any other crash of the tiny built-in model is the build's fault, and says how to rebuild.
+    monkeypatch.setattr(canary, "_CHILD", f"import os, signal; os.kill(os.getpid(), signal.{signal_name})")
+    monkeypatch.setattr(canary, "_checked", False)
+    if signal_name == "SIGKILL":
+        canary.ensure_llama_runs()
+    else:
+        with pytest.raises(ModelLoadError, match=r"(?s)SIGSEGV.*tiny built-in model.*Rebuild") as raised:
+            canary.ensure_llama_runs()
+        assert "corrupt" not in str(raised.value)
+    assert not (localspec_home / "cache" / "llama-canary.ok").exists()
+    assert canary._checked is False
 
 
 def test_chooser_backs_off_where_speculation_cannot_pay_and_uses_good_ngrams() -> None:
@@ -848,7 +942,9 @@ def test_draft_steps_padded_to_a_warm_size_keep_the_output_of_the_target_alone(
     assert sizes.count(9) >= spec.stats.target_passes - 2  # ...and the passes kept their planned size
 
 
-def test_a_cost_aware_draft_stops_where_another_token_costs_more_than_it_may_save(same_engine: Engine) -> None:
+def test_a_cost_aware_draft_stops_where_another_token_costs_more_than_it_may_save(
+    same_engine: Engine,
+) -> None:
     # Adaptive mode drafts on while the chance that the whole draft is accepted, times the target time a token
     # saves, exceeds what a draft token costs: long drafts where the draft model is cheap, none where it is dear.
     from localspec.engine.drafters import DraftModelDrafter

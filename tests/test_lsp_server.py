@@ -384,11 +384,16 @@ async def test_accepting_before_the_precompute_finishes_waits_for_it(
 async def test_a_newer_request_supersedes_a_debouncing_one(
     daemon: RunningDaemon, start_lsp: StartLsp, tmp_path: Path
 ) -> None:
-    client = await start_lsp(daemon.home, {**FAST, "debounceMs": 400})
+    # A debounce long enough that the newer request surely arrives while the older one still waits in it.
+    client = await start_lsp(daemon.home, {**FAST, "debounceMs": 2000})
     uri = open_document(client, tmp_path, "main.py", DOC)
 
     older = inline_request(client, uri, CURSOR)
-    await asyncio.sleep(0.1)
+
+    async def older_is_debouncing() -> bool:
+        return (await stats(client))["in_flight"] == 1
+
+    assert await wait_until(older_is_debouncing)
     type_text(client, uri, 2, CURSOR, "r")
     newer = inline_request(client, uri, types.Position(line=CURSOR.line, character=CURSOR.character + 1))
     older_result = await asyncio.wait_for(older, TIMEOUT)

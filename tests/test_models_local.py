@@ -154,7 +154,7 @@ def test_list_shows_installed_models_and_the_active_pair(tiny_models, models_dir
     assert main(["models", "list", "--json"]) == 0
     document = json.loads(capsys.readouterr().out)
     status = {m["name"]: m["status"] for m in document["models"]}
-    assert status == {"tiny-t": "installed", "tiny-d": "partial 10 B"}
+    assert status == {"tiny-t": "installed, unverified", "tiny-d": "partial 10 B"}
     assert document["pairs"][0]["active"] is True and document["pairs"][0]["installed"] is False
     assert "localspec models pull tiny-pair" in document["active"]["error"]
 

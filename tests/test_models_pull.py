@@ -8,6 +8,7 @@ and source fall-through paths; a local wheel folder stands in for the package in
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import socket
 import threading
@@ -364,3 +365,41 @@ def test_a_second_concurrent_pull_of_the_same_file_is_refused(server, env, tmp_p
     with FileLock(str(env / ".downloads" / "tiny.gguf.lock")), pytest.raises(DownloadError, match="Another"):
         _pull()
     assert server.requests == []
+
+
+def test_a_source_that_sends_no_hash_installs_with_a_warning_and_stays_marked_unverified(
+    server, env, tmp_path, model_bytes, capsys
+):
+    server.files["/files/tiny.gguf"] = model_bytes  # a plain URL: no X-Linked-Etag, and no pin
+    _catalog(tmp_path, [f'{{ kind = "url", url = "{server.url}/files/tiny.gguf" }}'], model_bytes, pin=False)
+
+    assert main(["models", "pull", MODEL]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "installed UNVERIFIED" in err and "sent none" in err and "/files/tiny.gguf" in err
+    record = load_registry().pulled[MODEL]
+    assert record.verified is False and record.sha256 == hashlib.sha256(model_bytes).hexdigest()
+
+    assert main(["models", "list", "--json"]) == 0
+    [listed] = json.loads(capsys.readouterr().out)["models"]
+    assert listed["status"] == "installed, unverified" and listed["verified"] is False
+    assert main(["models", "verify", MODEL]) == 0
+    assert "ok: tiny-target" in (out := capsys.readouterr().out) and "unverified" in out
+
+
+def test_a_hash_announced_by_the_source_counts_as_verified(server, env, tmp_path, model_bytes, capsys):
+    server.files["/org/tiny-GGUF/resolve/main/tiny.gguf"] = model_bytes  # announces its X-Linked-Etag
+    _catalog(
+        tmp_path,
+        ['{ kind = "huggingface", repo = "org/tiny-GGUF", file = "tiny.gguf" }'],
+        model_bytes,
+        pin=False,
+    )
+
+    assert main(["models", "pull", MODEL]) == 0
+    assert "UNVERIFIED" not in capsys.readouterr().err
+    assert load_registry().pulled[MODEL].verified is True
+    assert main(["models", "list", "--json"]) == 0
+    [listed] = json.loads(capsys.readouterr().out)["models"]
+    assert listed["status"] == "installed" and listed["verified"] is True
+    assert main(["models", "verify", MODEL]) == 0
+    assert "unverified" not in capsys.readouterr().out

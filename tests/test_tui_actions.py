@@ -7,6 +7,7 @@ from pathlib import Path
 
 from test_tui_app import wait_for
 from test_tui_snapshots import REPLY, fixed_store
+from textual.command import CommandList, CommandPalette
 from textual.widgets import Input, OptionList, Select, Static, TextArea
 
 from localspec.tui.app import ChatApp
@@ -138,10 +139,18 @@ async def test_command_palette_runs_an_action(tmp_path: Path) -> None:
     async with app.run_test(size=SIZE) as pilot:
         before = len(app.store.list_conversations())
         await pilot.press("ctrl+p", *"new conversation")
-        await pilot.pause(0.3)
+
+        def palette_found_only_the_command() -> bool:  # its search runs in a worker after each key
+            if not isinstance(app.screen, CommandPalette):
+                return False
+            results = app.screen.query_one(CommandList)
+            return results.option_count == 1 and "New conversation" in str(
+                results.get_option_at_index(0).prompt
+            )
+
+        await wait_for(pilot, palette_found_only_the_command)
         await pilot.press("enter")
-        await pilot.pause()
-        assert len(app.store.list_conversations()) == before + 1
+        await wait_for(pilot, lambda: len(app.store.list_conversations()) == before + 1)
         assert app.conversation is not None and app.conversation.title == "New conversation"
 
 

@@ -109,7 +109,8 @@ class Scheduler:
         return job
 
     def install(self, engine: Engine) -> None:
-        """Swap in a loaded engine once the running generations finish; new jobs wait for it."""
+        """Swap in a loaded engine once the running generations finish (timing it first, on the worker
+        thread, if it was built with `calibrate=False`); new jobs wait for it."""
         with self._lock:
             if self._next_engine is not None:
                 self._to_close.append(self._next_engine)
@@ -161,10 +162,13 @@ class Scheduler:
                     self._lock.wait()
                 if self._stopping and not self._active and not self._pending:
                     break
-                self._swap_engine_if_idle()
+                uncalibrated = self._swap_engine_if_idle()
                 to_close, self._to_close = self._to_close, []
             for engine in to_close:
                 engine.close()
+            if uncalibrated is not None:
+                self._calibrate(uncalibrated)
+                continue  # swap it in on the next turn (unless a newer engine was installed meanwhile)
             self._admit()
             if self._active:
                 self._step_one()
@@ -180,14 +184,34 @@ class Scheduler:
             return True
         return bool(self._pending) and (self._engine is not None or self._unavailable is not None)
 
-    def _swap_engine_if_idle(self) -> None:
+    def _swap_engine_if_idle(self) -> Engine | None:
+        """Swap in the installed engine once no generation runs; returns it instead while it is uncalibrated."""
         if self._next_engine is None or self._active:
-            return
+            return None
+        if not self._next_engine.calibrated:
+            return self._next_engine
         old, self._engine, self._next_engine = self._engine, self._next_engine, None
         if old is not None:
             self._to_close.append(old)
         self._refresh_engine_stats()
         log.info("engine swapped in: %s", self._engine.target_info.path if self._engine.target_info else "?")
+        return None
+
+    def _calibrate(self, engine: Engine) -> None:
+        """Time a new engine here, on the one thread that decodes: every llama.cpp context shares one CPU
+        threadpool, which must never run two decodes at once. A failure keeps the serving engine."""
+        try:
+            engine.calibrate()
+        except Exception as exc:
+            log.exception("timing the new engine failed; it is not swapped in")
+            with self._lock:
+                if self._next_engine is engine:
+                    self._next_engine = None
+                    if self._engine is None:
+                        self._unavailable = f"The models loaded but failed their first passes: {exc}"
+                self._to_close.append(engine)
+            return
+        log.info("measured pass costs: %s", engine.costs.describe())
 
     def _admit(self) -> None:
         """Start pending jobs whose slot is free, highest priority first, up to `max_active` at once."""

@@ -16,7 +16,8 @@ from localspec.engine.chooser import AdaptiveChooser
 from localspec.engine.compat import ensure_compatible
 from localspec.engine.drafters import NgramHistory
 from localspec.engine.llama_model import LlamaModel
-from localspec.engine.pass_costs import PassCosts, calibrate
+from localspec.engine.pass_costs import PassCosts
+from localspec.engine.pass_costs import calibrate as time_passes
 from localspec.engine.prefix_cache import ONE_BY_ONE_CATCH_UP, SlotPool
 from localspec.engine.prompts import PromptLayout
 from localspec.engine.speculative import Generation
@@ -27,7 +28,7 @@ from localspec.engine.types import (
     RequestStats,
     SpeculativeMode,
 )
-from localspec.errors import InvalidRequestError
+from localspec.errors import ConfigError, InvalidRequestError
 
 # Greedy positions whose top-2 logit margin in a batched verify pass is below this are re-evaluated alone
 # (batched and one-token passes differ in the last bits: docs/BENCHMARKS.md has the measured spread).
@@ -52,10 +53,17 @@ class EngineSettings:
 
 
 class Engine:
-    def __init__(self, settings: EngineSettings) -> None:
+    def __init__(self, settings: EngineSettings, *, calibrate: bool = True) -> None:
+        """Load the models; with `calibrate=False` the start-up timing waits for an explicit `calibrate()`
+        (the daemon loads a new engine beside a serving one and times it on the scheduler's thread, because
+        every context shares one CPU threadpool that serves one decode at a time)."""
         self.settings = settings
-        if Path(settings.target_path).is_file():
-            ensure_llama_runs(Path(settings.target_path))
+        if settings.mode == "draft" and settings.draft_path is None:
+            raise ConfigError(
+                'speculative.mode = "draft" needs a draft model, and none is configured. Set [models] draft '
+                '(or --draft), or choose the mode "adaptive", "ngram" or "none".'
+            )
+        ensure_llama_runs()
         self.target = self._load(settings.target_path, "target", settings.target_gpu_layers)
         self.draft: LlamaModel | None = None
         if settings.draft_path is not None:
@@ -73,16 +81,24 @@ class Engine:
             draft_ratio=max(0.1, min(1.0, ratio * 1.5)),
             draft_one_by_one=ONE_BY_ONE_CATCH_UP if self.draft is not None and self.draft.offloaded else 1,
         )
-        if settings.mode != "none":
-            calibrate(
-                self.costs, self.target, self.draft, self._slots.slots[0].seq_id, settings.draft_max + 1
-            )
+        self.calibrated = False
+        if calibrate:
+            self.calibrate()
         # N-grams of earlier outputs, one more draft source for later requests (replaceable: `bench` keeps one
         # per mode so a mode never copies another mode's output of the same prompt).
         self.history = NgramHistory(settings.history_tokens)
         self._totals = RequestStats()
         self._requests = 0
         self._started = time.time()
+
+    def calibrate(self) -> None:
+        """Time the passes the chooser plans with (once; a no-op for mode "none"). Decodes on the shared
+        threadpool: call it only where no other engine can decode at the same time."""
+        if not self.calibrated and self.settings.mode != "none":
+            time_passes(
+                self.costs, self.target, self.draft, self._slots.slots[0].seq_id, self.settings.draft_max + 1
+            )
+        self.calibrated = True
 
     def _load(self, path: Path, role: str, gpu_layers: int) -> LlamaModel:
         settings = self.settings
@@ -177,7 +193,11 @@ class Engine:
         prompt, truncated = self.prompts.request_tokens(request)
         mode: SpeculativeMode = request.speculative or self.settings.mode
         if mode == "draft" and self.draft is None:
-            mode = "none"
+            raise InvalidRequestError(
+                'speculative="draft" needs a draft model, and none is loaded. Ask for "adaptive", "ngram" or '
+                '"none" instead, or load a pair with a draft model ([models] draft in config.toml, --draft, '
+                "or `localspec models use PAIR`)."
+            )
         stats = RequestStats(prompt_tokens=len(prompt), prompt_truncated_tokens=truncated)
         lookups = [self.tokenize(text, parse_special=False) for text in request.lookup_texts]
         slot = self._slots.acquire(request.slot, prompt)

@@ -82,6 +82,9 @@ class _ThreadpoolParams(ctypes.Structure):
 
 
 _threadpools: dict[int, int] = {}
+# One lock per shared pool, held during each decode: a pool computes one graph at a time, and two decodes on it
+# at once (two threads driving two engines) would corrupt both. The lock turns that bug into a clear error.
+_pool_in_use: dict[int, threading.Lock] = {}
 
 
 def shared_threadpool(n_threads: int) -> int | None:
@@ -109,6 +112,7 @@ def shared_threadpool(n_threads: int) -> int | None:
         if not pool:
             return None
         _threadpools[n_threads] = pool
+        _pool_in_use[int(pool)] = threading.Lock()
         return int(pool)
 
 
@@ -219,8 +223,10 @@ class LlamaModel:
                 f"{path} (out of memory?). Lower engine.n_ctx or engine.slots in the config."
             )
         pool = shared_threadpool(threads)
+        self._pool_in_use: threading.Lock | None = None
         if pool is not None:
             _attach_threadpool(self._ctx, pool)
+            self._pool_in_use = _pool_in_use[pool]
         self._memory = llama_cpp.llama_get_memory(self._ctx)
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self._logits_address: int | None = None
@@ -337,7 +343,7 @@ class LlamaModel:
             size = len(chunk) if n_out == len(chunk) else 0
             self.pass_streak = self.pass_streak + 1 if size == self.last_pass_size else 1
             self.last_pass_size = size
-            status = llama_cpp.llama_decode(self._ctx, batch)
+            status = self._decode_on_pool(batch)
             if status == 1:
                 raise ContextOverflowError(
                     f"The {self.role} model found no free KV slot for {len(chunk)} tokens; the context is full. "
@@ -346,6 +352,20 @@ class LlamaModel:
             if status != 0:
                 raise RuntimeError(f"llama_decode failed with status {status} on the {self.role} model")
         return n_out
+
+    def _decode_on_pool(self, batch: llama_cpp.llama_batch) -> int:
+        in_use = self._pool_in_use
+        if in_use is None:
+            return int(llama_cpp.llama_decode(self._ctx, batch))
+        if not in_use.acquire(blocking=False):
+            raise RuntimeError(
+                f"Two decodes ran at once on the shared CPU threadpool (the {self.role} model's and another): "
+                "a localspec bug, since one pool computes one graph at a time. Please report it."
+            )
+        try:
+            return int(llama_cpp.llama_decode(self._ctx, batch))
+        finally:
+            in_use.release()
 
     def logits(self, rows: int) -> np.ndarray:
         """A (rows, n_vocab) float32 view of the last decode's logits; valid until the next decode."""
