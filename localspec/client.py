@@ -26,10 +26,7 @@ from typing import Any, Self
 
 import httpx
 
-from localspec import locations
-from localspec.daemon import discovery
-from localspec.daemon.discovery import DaemonInfo
-from localspec.daemon.security import read_token
+from localspec import locations, rendezvous
 from localspec.errors import (
     ContextOverflowError,
     DaemonUnavailableError,
@@ -37,6 +34,7 @@ from localspec.errors import (
     LocalspecError,
     UnsupportedError,
 )
+from localspec.rendezvous import DaemonInfo, read_token
 
 Progress = Callable[[str], None]
 DEFAULT_TIMEOUT = httpx.Timeout(600.0, connect=5.0)
@@ -55,7 +53,7 @@ __all__ = [
 
 def discover() -> DaemonInfo | None:
     """The running daemon recorded in the state dir (its process alive), or None."""
-    return discovery.read()
+    return rendezvous.read()
 
 
 def _error_from(status: int, body: bytes) -> LocalspecError:
@@ -419,7 +417,7 @@ def ensure_daemon(
     if info is None or _health(info.url) is None:
         if not autostart:
             raise DaemonUnavailableError("No localspec daemon is running. Start one with `localspec serve`.")
-        with discovery.start_lock(timeout=timeout):
+        with rendezvous.start_lock(timeout=timeout):
             info = discover()  # another client may have started one while we waited for the lock
             if info is None or _health(info.url) is None:
                 report("starting the localspec daemon")
@@ -474,12 +472,12 @@ def stop_daemon(timeout: float = 15.0) -> DaemonInfo | None:
     try:
         os.kill(info.pid, signal.SIGTERM)
     except ProcessLookupError:
-        discovery.remove(info.pid)
+        rendezvous.remove(info.pid)
         return info
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not discovery.pid_alive(info.pid):
-            discovery.remove(info.pid)
+        if not rendezvous.pid_alive(info.pid):
+            rendezvous.remove(info.pid)
             return info
         time.sleep(0.05)
     raise DaemonUnavailableError(
