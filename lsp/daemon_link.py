@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from localspec.client import AsyncDaemonClient, discover, ensure_daemon
+from localspec.client import AsyncDaemonClient, Health, discover, ensure_daemon
 from localspec.errors import DaemonUnavailableError, LocalspecError
 from localspec.lsp.prompt import InfillPrompt
 
@@ -62,15 +62,12 @@ class DaemonLink:
         if self.status == "ok":
             return client
         try:
-            health = await asyncio.wait_for(client.health(), CONNECT_TIMEOUT_S)
+            health = Health.parse(client.url, await asyncio.wait_for(client.health(), CONNECT_TIMEOUT_S))
         except TimeoutError:
             raise DaemonUnavailableError(f"The daemon at {client.url} does not answer /health.") from None
-        if health.get("status") != "ok":
-            self.status = str(health.get("status", "unknown"))
-            errors = "; ".join(str(error.get("message", error)) for error in health.get("errors") or [])
-            raise DaemonUnavailableError(
-                f"The daemon at {client.url} is {self.status}" + (f": {errors}" if errors else "")
-            )
+        if not health.ready:
+            self.status = health.status
+            raise health.not_ready()
         self.status = "ok"
         return client
 

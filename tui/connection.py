@@ -30,7 +30,7 @@ class Connection:
     async def connect(self, progress: Callable[[str], None]) -> str:
         """Return the model pair's description once the daemon is healthy."""
         # The client module imports httpx; keep it out of `localspec --help`.
-        from localspec.client import AsyncDaemonClient, ensure_daemon
+        from localspec.client import AsyncDaemonClient, Health, ensure_daemon
 
         # ensure_daemon blocks (file lock, process start, health polling): keep it off the event loop.
         found = await asyncio.to_thread(ensure_daemon, autostart=self.autostart, progress=progress)
@@ -38,16 +38,11 @@ class Connection:
         if self.client is None or self.client.url != found.url or self.client.token != found.token:
             await self.aclose()
             self.client = AsyncDaemonClient(found.url, found.token)
-        health = await self.client.health()
-        if health.get("status") != "ok":
-            errors = "; ".join(str(e.get("message", e)) for e in health.get("errors") or [])
-            raise DaemonUnavailableError(
-                f"The daemon's models are not loaded: {errors or health.get('status')}"
-            )
+        health = Health.parse(self.client.url, await self.client.health())
+        if not health.ready:
+            raise health.not_ready()
         self.connected = True
-        models = health.get("models") or {}
-        target, draft = models.get("target") or "?", models.get("draft")
-        return f"{target} + {draft}" if draft else f"{target} (no draft)"
+        return health.pair()
 
     async def stream_chat(
         self, messages: list[dict[str, str]], options: dict[str, Any]
