@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_daemon(args: argparse.Namespace, prompt: str) -> int:
-    from localspec.client import ensure_daemon
+    from localspec.client import connect
 
     if args.check or args.target or args.draft or args.no_draft:
         print(
@@ -144,7 +144,7 @@ def _run_daemon(args: argparse.Namespace, prompt: str) -> int:
         return 2
     text_parts: list[str] = []
     final: dict[str, Any] = {}
-    with ensure_daemon(autostart=True) as client:
+    with connect(autostart=True) as client:
         for chunk in client.stream_complete(
             prompt,
             max_tokens=args.max_tokens,

@@ -54,6 +54,10 @@ def _source(module: str) -> Path | None:
 
 def _imports(module: str) -> set[str]:
     """First-party modules that `module` imports anywhere in its file (top level, functions, TYPE_CHECKING)."""
+    return {name for name in _imported_names(module) if name.startswith("localspec") and _source(name)}
+
+
+def _imported_names(module: str) -> set[str]:
     path = _source(module)
     if path is None:
         return set()
@@ -69,7 +73,7 @@ def _imports(module: str) -> set[str]:
                 base = f"{parent}.{base}" if base else parent
             found.add(base)
             found |= {f"{base}.{alias.name}" for alias in node.names}  # `from pkg import submodule`
-    return {name for name in found if name.startswith("localspec") and _source(name) is not None}
+    return found
 
 
 def _reachable(start: str) -> set[str]:
@@ -108,3 +112,10 @@ def test_the_daemon_imports_nothing_from_the_client() -> None:
     for module in _modules("localspec.daemon"):
         if module != "localspec.daemon.cli":
             assert "localspec.client" not in _reachable(module), module
+
+
+def test_the_tui_and_the_lsp_reach_the_daemon_only_through_the_client() -> None:
+    for package in ("localspec.tui", "localspec.lsp"):
+        for module in _modules(package):
+            assert _in("localspec.daemon", _reachable(module)) == set(), module
+            assert "httpx" not in _imported_names(module), module

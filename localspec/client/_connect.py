@@ -3,6 +3,8 @@ models are loaded, stop it."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -10,17 +12,20 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
+from typing import TypeVar
 
 import httpx
 
 from localspec import locations, rendezvous
 from localspec.client import _wire
-from localspec.client._clients import DaemonClient
+from localspec.client._clients import AsyncDaemonClient, DaemonClient
 from localspec.client._wire import Health
 from localspec.errors import DaemonUnavailableError
 from localspec.rendezvous import DaemonInfo
 
 Progress = Callable[[str], None]
+T = TypeVar("T")
 
 
 def discover() -> DaemonInfo | None:
@@ -60,18 +65,39 @@ def _tail(path: os.PathLike[str] | str, lines: int = 15) -> str:
         return ""
 
 
-def ensure_daemon(
+def connect(
+    *,
     autostart: bool = True,
     progress: Progress | None = None,
     timeout: float = 180.0,
     serve_args: Sequence[str] = (),
 ) -> DaemonClient:
-    """A client for a daemon with loaded models; starts `localspec serve` in the background if none runs.
+    """A client for a daemon whose models are loaded; starts `localspec serve` in the background if none runs.
 
     A file lock makes concurrent callers (two editors opening at once) start one daemon between them.
-    `progress` gets short human-readable messages while the daemon starts and loads its models.
-    Blocking: call it from a worker thread in async programs (`await asyncio.to_thread(ensure_daemon)`).
+    `progress` gets short human-readable messages while the daemon starts and loads its models. `timeout=0`
+    looks once and never waits: DaemonUnavailableError says why the daemon cannot serve yet.
     """
+    return DaemonClient(_ready(autostart, progress, timeout, serve_args).url)
+
+
+async def aconnect(
+    *,
+    autostart: bool = True,
+    progress: Progress | None = None,
+    timeout: float = 180.0,
+    serve_args: Sequence[str] = (),
+) -> AsyncDaemonClient:
+    """`connect()` for asyncio programs: it waits off the event loop and calls `progress` on it."""
+    loop = asyncio.get_running_loop()
+    report = None if progress is None else partial(_call_soon, loop, progress)
+    info = await _off_loop(loop, partial(_ready, autostart, report, timeout, serve_args))
+    return AsyncDaemonClient(info.url)
+
+
+def _ready(
+    autostart: bool, progress: Progress | None, timeout: float, serve_args: Sequence[str]
+) -> DaemonInfo:
     report = progress or (lambda _message: None)
     deadline = time.monotonic() + timeout
     info = discover()
@@ -83,7 +109,7 @@ def ensure_daemon(
             if info is None or _health(info.url) is None:
                 report("starting the localspec daemon")
                 info = _start(serve_args, deadline)
-    return DaemonClient(_wait_ready(info, report, deadline).url)
+    return _wait_ready(info, report, deadline)
 
 
 def _start(serve_args: Sequence[str], deadline: float) -> DaemonInfo:
@@ -102,8 +128,9 @@ def _start(serve_args: Sequence[str], deadline: float) -> DaemonInfo:
 
 
 def _wait_ready(info: DaemonInfo, report: Progress, deadline: float) -> DaemonInfo:
+    """Polls /health until the models are loaded (at least once, even when the deadline has passed)."""
     last = ""
-    while time.monotonic() < deadline:
+    while True:
         health = _health(info.url)
         if health is None:
             if discover() is None:
@@ -115,10 +142,39 @@ def _wait_ready(info: DaemonInfo, report: Progress, deadline: float) -> DaemonIn
         elif health.progress() != last:
             last = health.progress()
             report(last)
+        if time.monotonic() >= deadline:
+            if health is None:
+                raise DaemonUnavailableError(f"The localspec daemon at {info.url} does not answer /health.")
+            raise health.not_ready()
         time.sleep(0.1)
-    raise DaemonUnavailableError(
-        f"The localspec daemon at {info.url} did not finish loading its models in time."
-    )
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, function: Callable[[str], None], message: str) -> None:
+    with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is listening any more
+        loop.call_soon_threadsafe(function, message)
+
+
+async def _off_loop(loop: asyncio.AbstractEventLoop, work: Callable[[], T]) -> T:
+    """Runs blocking `work` in a daemon thread. Unlike `asyncio.to_thread`, it never holds up the program's
+    exit, which matters when a start waits minutes for models to load."""
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(outcome: Callable[[], None]) -> None:
+        if not future.done():  # the caller may have been cancelled meanwhile
+            outcome()
+
+    def run() -> None:
+        try:
+            result = work()
+        except BaseException as exc:
+            outcome = partial(future.set_exception, exc)
+        else:
+            outcome = partial(future.set_result, result)
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, outcome)
+
+    threading.Thread(target=run, name="localspec-connect", daemon=True).start()
+    return await future
 
 
 def stop_daemon(timeout: float = 15.0) -> DaemonInfo | None:

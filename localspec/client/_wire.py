@@ -110,7 +110,7 @@ def reading(url: str) -> Iterator[None]:
     """Turns a connection broken after the answer began (the daemon stopped mid-reply) into an error."""
     try:
         yield
-    except httpx.TransportError as exc:
+    except httpx.HTTPError as exc:
         raise DaemonUnavailableError(
             f"The localspec daemon at {url} closed the connection mid-reply ({exc or type(exc).__name__}); "
             "it may have stopped or crashed. Check `localspec status`, then send again."
