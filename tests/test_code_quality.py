@@ -119,3 +119,11 @@ def test_the_tui_and_the_lsp_reach_the_daemon_only_through_the_client() -> None:
         for module in _modules(package):
             assert _in("localspec.daemon", _reachable(module)) == set(), module
             assert "httpx" not in _imported_names(module), module
+
+
+def test_models_resolve_names_without_the_config_or_the_engine() -> None:
+    # Its command-line module reads and writes config.toml and checks pairs with the engine: it is a caller.
+    for module in _modules("localspec.models"):
+        if module != "localspec.models.cli":
+            reached = _reachable(module)
+            assert _in("localspec.config", reached) | _in("localspec.engine", reached) == set(), module
