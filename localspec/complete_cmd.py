@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_daemon(args: argparse.Namespace, prompt: str) -> int:
-    from localspec.client import DaemonClient, ensure_daemon
+    from localspec.client import connect
 
     if args.check or args.target or args.draft or args.no_draft:
         print(
@@ -142,25 +142,24 @@ def _run_daemon(args: argparse.Namespace, prompt: str) -> int:
             file=sys.stderr,
         )
         return 2
-    ensure_daemon(autostart=True)
-    client = DaemonClient.discover()
     text_parts: list[str] = []
     final: dict[str, Any] = {}
-    for chunk in client.stream_completion(
-        prompt,
-        max_tokens=args.max_tokens,
-        temperature=args.temperature,
-        seed=args.seed,
-        stop=args.stop or None,
-        speculative=args.mode,
-    ):
-        text = chunk["choices"][0].get("text", "") if chunk.get("choices") else ""
-        text_parts.append(text)
-        if not args.json:
-            sys.stdout.write(text)
-            sys.stdout.flush()
-        if chunk.get("speculative"):
-            final = {**chunk["speculative"], "tokens": chunk.get("usage", {}).get("completion_tokens", 0)}
+    with connect(autostart=True) as client:
+        for chunk in client.stream_complete(
+            prompt,
+            max_tokens=args.max_tokens,
+            temperature=args.temperature,
+            seed=args.seed,
+            stop=args.stop or None,
+            speculative=args.mode,
+        ):
+            text = chunk["choices"][0].get("text", "") if chunk.get("choices") else ""
+            text_parts.append(text)
+            if not args.json:
+                sys.stdout.write(text)
+                sys.stdout.flush()
+            if chunk.get("speculative"):
+                final = {**chunk["speculative"], "tokens": chunk.get("usage", {}).get("completion_tokens", 0)}
     stats = {"tokens": 0, "drafted": 0, "accepted": 0, "acceptance": 0.0, "tokens_per_second": 0.0, **final}
     if args.json:
         print(json.dumps(_summary("".join(text_parts), stats)))

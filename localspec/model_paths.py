@@ -26,7 +26,7 @@ def resolve_model_paths(
     if target is None and draft is None:
         from localspec.models import resolve_pair
 
-        target_path, draft_path = resolve_pair(config)
+        target_path, draft_path = resolve_pair(config.target, config.draft, config.models_path())
     else:
         target_path = _resolve(target, config) if target else resolve_model_paths(config)[0]
         # A target named on the command line gets no configured draft: it may not share its vocabulary.

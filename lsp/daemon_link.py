@@ -2,81 +2,80 @@
 
 Each suggestion is one streamed `POST /v1/infill`; leaving the stream early (a newer request, or
 `$/cancelRequest` cancelling the asyncio task) closes the HTTP connection and the daemon cancels the
-generation. When no daemon answers, `start_in_background` runs `client.ensure_daemon` in a thread so
-the editor is never blocked while models load.
+generation. A suggestion never waits for a daemon to start or load: when none is ready it fails at once,
+and `start_in_background` runs `client.aconnect` in a task so the editor is never blocked while models load.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from collections.abc import Callable
 from typing import Any
 
-import httpx
-
-from localspec.client import AsyncDaemonClient, discover, ensure_daemon
+from localspec.client import AsyncDaemonClient, aconnect, discover
 from localspec.errors import DaemonUnavailableError, LocalspecError
 from localspec.lsp.prompt import InfillPrompt
 
 log = logging.getLogger(__name__)
 
-# Connecting to a local daemon is instant or refused; never let an editor wait on it.
-CONNECT_TIMEOUT_S = 2.0
 START_TIMEOUT_S = 300.0
 
 
 class DaemonLink:
     def __init__(self, report: Callable[[str, bool], None] | None = None) -> None:
-        # report(message, is_warning) runs on the event loop (start-up results come from a thread).
+        # report(message, is_warning) tells the editor how a background start went.
         self.report = report or (lambda message, warning: None)
         self._client: AsyncDaemonClient | None = None
-        self._start_thread: threading.Thread | None = None
+        self._looking: asyncio.Task[AsyncDaemonClient] | None = None
+        self._start_task: asyncio.Task[None] | None = None
         self.status = "unknown"
         self.last_error: str | None = None
         self.last_speculative: dict[str, Any] | None = None
 
-    def _current_client(self, timeout: float) -> AsyncDaemonClient:
-        """A client for the daemon recorded now; a restarted daemon (new port) gets a new client."""
+    async def _ready_client(self) -> AsyncDaemonClient:
+        """The client, once the daemon recorded now has its models loaded; a restarted daemon gets a new one.
+
+        The daemon listens before its models are loaded and queues requests meanwhile; looking first (until
+        it is ready once) lets the editor get an empty answer now instead of waiting. Requests share one look,
+        which a request cancelled meanwhile (the user typed on) does not cancel.
+        """
         info = discover()
         if info is None:
             self.status = "starting" if self.starting else "down"
             raise DaemonUnavailableError("No localspec daemon is running.")
-        if self._client is not None and self._client.url == info.url.rstrip("/"):
-            return self._client
-        if self._client is not None:
-            stale = self._client
-            asyncio.get_running_loop().create_task(stale.aclose())
-        self._client = AsyncDaemonClient(info.url, timeout=httpx.Timeout(timeout, connect=CONNECT_TIMEOUT_S))
-        self.status = "unknown"  # a new daemon: check it has loaded its models before waiting on it
-        return self._client
-
-    async def _ready_client(self, timeout: float) -> AsyncDaemonClient:
-        """The client, once the daemon has its models loaded.
-
-        The daemon listens before its models are loaded and queues requests meanwhile; asking /health
-        first (until it is ready once) lets the editor get an empty answer now instead of waiting.
-        """
-        client = self._current_client(timeout)
-        if self.status == "ok":
+        client = self._client
+        if client is not None and client.url == info.url.rstrip("/") and self.status == "ok":
             return client
+        if self._looking is None or self._looking.done():
+            self._looking = asyncio.get_running_loop().create_task(self._look())
+            # Retrieve a failure nobody waited for, so asyncio does not report it as lost.
+            self._looking.add_done_callback(lambda task: task.cancelled() or task.exception())
+        return await asyncio.shield(self._looking)
+
+    async def _look(self) -> AsyncDaemonClient:
         try:
-            health = await asyncio.wait_for(client.health(), CONNECT_TIMEOUT_S)
-        except TimeoutError:
-            raise DaemonUnavailableError(f"The daemon at {client.url} does not answer /health.") from None
-        if health.get("status") != "ok":
-            self.status = str(health.get("status", "unknown"))
-            errors = "; ".join(str(error.get("message", error)) for error in health.get("errors") or [])
-            raise DaemonUnavailableError(
-                f"The daemon at {client.url} is {self.status}" + (f": {errors}" if errors else "")
-            )
-        self.status = "ok"
+            client = await aconnect(autostart=False, timeout=0)
+        except DaemonUnavailableError:
+            self.status = "starting" if self.starting else "not ready"
+            raise
+        return await self._adopt(client)
+
+    async def _adopt(self, client: AsyncDaemonClient) -> AsyncDaemonClient:
+        """Use `client` from now on, unless the one in use already talks to the same daemon (it may be
+        streaming a suggestion)."""
+        current, self.status = self._client, "ok"
+        if current is not None and current.url == client.url:
+            await client.aclose()
+            return current
+        self._client = client
+        if current is not None:
+            await current.aclose()
         return client
 
     async def infill(self, prompt: InfillPrompt, max_tokens: int, temperature: float, timeout: float) -> str:
         """The daemon's completion for this prompt (streamed; cancelling the caller cancels it)."""
-        client = await self._ready_client(timeout)
+        client = await self._ready_client()
         params: dict[str, Any] = {
             "extra": [{"filename": name, "text": text} for name, text in prompt.extra],
             "filename": prompt.filename,
@@ -97,11 +96,7 @@ class DaemonLink:
                 f"The daemon did not finish a suggestion within {timeout:g}s; lower maxTokens or raise "
                 "requestTimeoutS."
             ) from None
-        except httpx.HTTPError as exc:  # the connection broke mid-stream
-            self.status = "down"
-            self.last_error = str(exc)
-            raise DaemonUnavailableError(f"The daemon connection failed: {exc}") from exc
-        except DaemonUnavailableError as exc:
+        except DaemonUnavailableError as exc:  # it stopped, or the connection broke mid-stream
             self.status = "down"
             self.last_error = str(exc)
             raise
@@ -110,38 +105,26 @@ class DaemonLink:
 
     @property
     def starting(self) -> bool:
-        return self._start_thread is not None and self._start_thread.is_alive()
+        return self._start_task is not None and not self._start_task.done()
 
     def start_in_background(self) -> bool:
         """Start `localspec serve` (or wait for one that is starting) without blocking; True if under way."""
-        if self.starting:
-            return True
-        loop = asyncio.get_running_loop()
-        self.status = "starting"
-
-        def run() -> None:
-            try:
-                ensure_daemon(autostart=True, timeout=START_TIMEOUT_S).close()
-            except LocalspecError as exc:
-                loop.call_soon_threadsafe(self._started, str(exc))
-            except Exception as exc:  # a thread must not die silently: tell the editor
-                loop.call_soon_threadsafe(self._started, f"{type(exc).__name__}: {exc}")
-            else:
-                loop.call_soon_threadsafe(self._started, None)
-
-        self._start_thread = threading.Thread(target=run, name="localspec-daemon-start", daemon=True)
-        self._start_thread.start()
+        if not self.starting:
+            self.status = "starting"
+            self._start_task = asyncio.get_running_loop().create_task(self._start())
         return True
 
-    def _started(self, error: str | None) -> None:
-        if error is None:
-            self.status = "ok"
-            self.last_error = None
-            self.report("localspec: the daemon is up; suggestions are on their way.", False)
-        else:
+    async def _start(self) -> None:
+        try:
+            client = await aconnect(autostart=True, timeout=START_TIMEOUT_S)
+        except Exception as exc:  # a failed start must not fail silently: tell the editor
             self.status = "error"
-            self.last_error = error
-            self.report(f"localspec: could not start the daemon: {error}", True)
+            self.last_error = str(exc) if isinstance(exc, LocalspecError) else f"{type(exc).__name__}: {exc}"
+            self.report(f"localspec: could not start the daemon: {self.last_error}", True)
+            return
+        await self._adopt(client)
+        self.last_error = None
+        self.report("localspec: the daemon is up; suggestions are on their way.", False)
 
     def warm_up(self, autostart: bool) -> None:
         """At editor start: if no daemon runs, start loading one now rather than at the first keystroke."""
@@ -158,6 +141,9 @@ class DaemonLink:
         }
 
     async def aclose(self) -> None:
+        for task in (self._start_task, self._looking):
+            if task is not None:
+                task.cancel()
         if self._client is not None:
             await self._client.aclose()
             self._client = None

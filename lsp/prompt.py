@@ -1,47 +1,11 @@
 """What the model sees for one suggestion: prefix and suffix windows around the cursor, the file's
-name and language, extra chunks from other files, and whether to stop at the end of the line."""
+name, extra chunks from other files, and whether to stop at the end of the line."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import PurePath
 
 from localspec.lsp.settings import LspSettings
-
-# Extensions for editors that send a generic or empty languageId.
-_LANGUAGES = {
-    ".py": "python",
-    ".pyi": "python",
-    ".js": "javascript",
-    ".mjs": "javascript",
-    ".ts": "typescript",
-    ".tsx": "typescriptreact",
-    ".jsx": "javascriptreact",
-    ".rs": "rust",
-    ".go": "go",
-    ".c": "c",
-    ".h": "c",
-    ".cc": "cpp",
-    ".cpp": "cpp",
-    ".hpp": "cpp",
-    ".java": "java",
-    ".kt": "kotlin",
-    ".rb": "ruby",
-    ".php": "php",
-    ".cs": "csharp",
-    ".swift": "swift",
-    ".lua": "lua",
-    ".sh": "shellscript",
-    ".bash": "shellscript",
-    ".sql": "sql",
-    ".html": "html",
-    ".css": "css",
-    ".md": "markdown",
-    ".json": "json",
-    ".toml": "toml",
-    ".yaml": "yaml",
-    ".yml": "yaml",
-}
 
 
 @dataclass(frozen=True)
@@ -49,15 +13,8 @@ class InfillPrompt:
     prefix: str
     suffix: str
     filename: str
-    language: str
     single_line: bool
     extra: list[tuple[str, str]] = field(default_factory=list)
-
-
-def language_for(filename: str, language_id: str | None = None) -> str:
-    if language_id and language_id not in ("plaintext", "text"):
-        return language_id
-    return _LANGUAGES.get(PurePath(filename).suffix.lower(), "plaintext")
 
 
 def prefix_window(text: str, offset: int, max_lines: int, max_chars: int) -> str:
@@ -108,14 +65,12 @@ def build_prompt(
     offset: int,
     filename: str,
     settings: LspSettings,
-    language_id: str | None = None,
     extra: list[tuple[str, str]] | None = None,
 ) -> InfillPrompt:
     return InfillPrompt(
         prefix=prefix_window(text, offset, settings.prefix_lines, settings.prefix_max_chars),
         suffix=suffix_window(text, offset, settings.suffix_lines, settings.suffix_max_chars),
         filename=filename,
-        language=language_for(filename, language_id),
         single_line=wants_single_line(text, offset, settings.line_mode),
         extra=list(extra or []),
     )

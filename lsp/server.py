@@ -158,7 +158,6 @@ class LocalspecLanguageServer(LanguageServer):
             text=text,
             offset=offset_at(text, position, self.encoding),
             filename=self.display_name(uri),
-            language_id=document.language_id,
         )
 
     def remember_chunk(self, uri: str, line: int, force: bool = False) -> None:

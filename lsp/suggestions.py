@@ -128,7 +128,6 @@ class DocumentSnapshot:
     text: str
     offset: int
     filename: str
-    language_id: str | None
 
 
 class Suggester:
@@ -157,7 +156,6 @@ class Suggester:
             snapshot.offset,
             snapshot.filename,
             settings,
-            snapshot.language_id,
             self._extra_context(snapshot.filename),
         )
 
@@ -255,7 +253,6 @@ class Suggester:
             text=snapshot.text[: snapshot.offset] + shown + snapshot.text[snapshot.offset :],
             offset=snapshot.offset + len(shown),
             filename=snapshot.filename,
-            language_id=snapshot.language_id,
         )
         prompt = self._prompt(accepted)
         prefix = accepted.text[: accepted.offset]

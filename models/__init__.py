@@ -1,7 +1,8 @@
 """Model catalog and management: `localspec.models`.
 
-The daemon and the CLI call `resolve_pair(config)` / `resolve_model(name, models_dir)` to turn names into
-GGUF files; `localspec models ...` (see `cli.py`) lists, pulls, verifies, registers and selects models.
+The daemon and the CLI call `resolve_pair(target, draft, models_dir)` / `resolve_model(name, models_dir)` to
+turn names into GGUF files; `localspec models ...` (see `cli.py`) lists, pulls, verifies, registers and
+selects models.
 """
 
 from localspec.models.catalog import Catalog, CatalogModel, CatalogPair, load_catalog

@@ -167,7 +167,7 @@ def _list(args: argparse.Namespace) -> int:
         return "-"
 
     try:
-        target, draft = resolve_pair(config, catalog=catalog)
+        target, draft = resolve_pair(config.target, config.draft, models_dir, catalog=catalog)
         active: dict[str, Any] = {
             "target": str(target),
             "draft": str(draft) if draft else None,
@@ -424,10 +424,13 @@ def _add(args: argparse.Namespace) -> int:
 
 def _use(args: argparse.Namespace) -> int:
     from localspec.config import update_config_file
+    from localspec.engine.compat import check_compatible  # loads vocabularies through llama.cpp
     from localspec.models.resolve import choose_pair
 
     config, catalog = _context()
-    choice = choose_pair(args.target, args.draft, config, catalog=catalog)
+    choice = choose_pair(
+        args.target, args.draft, config.models_path(), check_compatible=check_compatible, catalog=catalog
+    )
     path = update_config_file({"target": choice.target_setting, "draft": choice.draft_setting})
     print(f"active pair written to {path}:")
     print(f"  target {choice.target_setting} -> {choice.target}")

@@ -1,17 +1,18 @@
-"""Names to files: what the daemon and the CLI call to find the GGUF files a config means.
+"""Names to files: what the daemon and the CLI call to find the GGUF files in a models directory.
 
 A name is, in order: a path to a GGUF file, a model registered with `models add`, a catalog pair (its
-target, or its draft when a draft is asked for), or a catalog model. Nothing here downloads.
+target, or its draft when a draft is asked for), or a catalog model. Nothing here downloads, reads the
+configuration or loads a model: callers pass the names, the directory and (for `choose_pair`) the check.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from localspec.config import Config
 from localspec.errors import IncompatibleModelsError, ModelLoadError
 from localspec.models.catalog import Catalog, CatalogModel, CatalogPair, load_catalog, unknown_name_error
 from localspec.models.errors import ModelNotInstalledError
@@ -73,16 +74,17 @@ def resolve_model(
     raise unknown_name_error(name, catalog.names() + list(local))
 
 
-def resolve_pair(config: Config, *, catalog: Catalog | None = None) -> tuple[Path, Path | None]:
-    """(target, draft) files for config.target / config.draft.
+def resolve_pair(
+    target: str, draft: str, models_dir: Path, *, catalog: Catalog | None = None
+) -> tuple[Path, Path | None]:
+    """(target, draft) files for the `models.target` / `models.draft` settings.
 
-    config.target may name a pair (both files); a non-empty config.draft overrides the pair's draft, and
-    "none" runs without one.
+    `target` may name a pair (both files; "" is the catalog's default pair); a non-empty `draft` overrides the
+    pair's draft, and "none" runs without one.
     """
     catalog = catalog or load_catalog()
-    models_dir = config.models_path()
-    target_name = config.target.strip() or (pair.name if (pair := catalog.default_pair()) else "")
-    draft_name = config.draft.strip()
+    target_name = target.strip() or (pair.name if (pair := catalog.default_pair()) else "")
+    draft_name = draft.strip()
     entry = None if looks_like_path(target_name) else catalog.lookup(target_name)
     pair_draft: Path | None = None
     if isinstance(entry, CatalogPair) and target_name not in load_registry().local:
@@ -95,16 +97,16 @@ def resolve_pair(config: Config, *, catalog: Catalog | None = None) -> tuple[Pat
                 f"(missing: {', '.join(missing)}). "
                 f"Run `localspec models pull {entry.name}` to download it."
             )
-        target = model_path(target_model, models_dir)
+        target_path = model_path(target_model, models_dir)
         if not draft_name:
             pair_draft = model_path(draft_model, models_dir)
     else:
-        target = resolve_model(target_name, models_dir, catalog=catalog)
+        target_path = resolve_model(target_name, models_dir, catalog=catalog)
     if draft_name.lower() == NO_DRAFT:
-        return target, None
+        return target_path, None
     if draft_name:
-        return target, resolve_model(draft_name, models_dir, role="draft", catalog=catalog)
-    return target, pair_draft
+        return target_path, resolve_model(draft_name, models_dir, role="draft", catalog=catalog)
+    return target_path, pair_draft
 
 
 @dataclass
@@ -118,25 +120,26 @@ class PairChoice:
 
 
 def choose_pair(
-    target: str, draft: str | None, config: Config, *, catalog: Catalog | None = None
+    target: str,
+    draft: str | None,
+    models_dir: Path,
+    *,
+    check_compatible: Callable[[Path, Path], None],
+    catalog: Catalog | None = None,
 ) -> PairChoice:
     """Resolve TARGET [DRAFT] for `models use`, check the pair can work together, and say what to store.
 
+    `check_compatible(target, draft)` raises IncompatibleModelsError (the engine's check loads vocabularies).
     Paths are stored absolute (the daemon may run from another directory); names are stored as names.
     """
-    from localspec.engine.compat import check_compatible  # loads vocabularies through llama.cpp
 
     def setting(name: str) -> str:
         if name.lower() == NO_DRAFT or not looks_like_path(name):
             return name
         return str(Path(name).expanduser().resolve())
 
-    candidate = Config(
-        target=setting(target),
-        draft=setting(draft) if draft else "",
-        models_dir=config.models_dir,
-    )
-    target_path, draft_path = resolve_pair(candidate, catalog=catalog)
+    target_setting, draft_setting = setting(target), setting(draft) if draft else ""
+    target_path, draft_path = resolve_pair(target_setting, draft_setting, models_dir, catalog=catalog)
     if draft_path is not None:
         try:
             check_compatible(target_path, draft_path)
@@ -144,4 +147,4 @@ def choose_pair(
             raise IncompatibleModelsError(
                 f"{exc} The active pair was not changed; pass another DRAFT, or `none` to run the target alone."
             ) from exc
-    return PairChoice(candidate.target, candidate.draft, target_path, draft_path)
+    return PairChoice(target_setting, draft_setting, target_path, draft_path)

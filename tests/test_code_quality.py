@@ -1,7 +1,8 @@
-"""ruff (lint + format) and mypy stay clean: CI fails otherwise."""
+"""ruff (lint + format) and mypy stay clean, and imports point one way: CI fails otherwise."""
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -28,3 +29,101 @@ def test_ruff_format_is_clean() -> None:
 def test_mypy_is_clean() -> None:
     result = _run("mypy")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# Where each installed package's source lives (pyproject's package-dir: models/, tui/ and lsp/ are top level).
+_PACKAGE_DIRS = {
+    "localspec.models": ROOT / "models",
+    "localspec.tui": ROOT / "tui",
+    "localspec.lsp": ROOT / "lsp",
+    "localspec": ROOT / "localspec",
+}
+
+
+def _source(module: str) -> Path | None:
+    for package, folder in _PACKAGE_DIRS.items():
+        if module == package or module.startswith(package + "."):
+            rest = module[len(package) + 1 :].split(".") if module != package else []
+            base = folder.joinpath(*rest)
+            for candidate in (base / "__init__.py", base.with_suffix(".py")):
+                if candidate.is_file():
+                    return candidate
+            return None
+    return None
+
+
+def _imports(module: str) -> set[str]:
+    """First-party modules that `module` imports anywhere in its file (top level, functions, TYPE_CHECKING)."""
+    return {name for name in _imported_names(module) if name.startswith("localspec") and _source(name)}
+
+
+def _imported_names(module: str) -> set[str]:
+    path = _source(module)
+    if path is None:
+        return set()
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{parent}.{base}" if base else parent
+            found.add(base)
+            found |= {f"{base}.{alias.name}" for alias in node.names}  # `from pkg import submodule`
+    return found
+
+
+def _reachable(start: str) -> set[str]:
+    """Every first-party module `start` can import, directly or through others."""
+    seen, todo = set(), [start]
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo += _imports(module)
+    return seen
+
+
+def _modules(package: str) -> list[str]:
+    init = _source(package)
+    assert init is not None and init.name == "__init__.py", package
+    folder = init.parent
+    return [package] + [f"{package}.{path.stem}" for path in folder.glob("*.py") if path.stem != "__init__"]
+
+
+def _in(package: str, modules: set[str]) -> set[str]:
+    return {m for m in modules if m == package or m.startswith(package + ".")}
+
+
+def test_the_import_graph_sees_lazy_imports() -> None:
+    # The checks below rely on this: the CLI imports the client only inside a handler.
+    assert "localspec.client" in _imports("localspec.daemon.cli")
+
+
+def test_the_client_imports_nothing_from_the_daemon() -> None:
+    assert _in("localspec.daemon", _reachable("localspec.client")) == set()
+
+
+def test_the_daemon_imports_nothing_from_the_client() -> None:
+    # Its command-line module (serve/status/stop) is a client of the daemon, not part of it.
+    for module in _modules("localspec.daemon"):
+        if module != "localspec.daemon.cli":
+            assert "localspec.client" not in _reachable(module), module
+
+
+def test_the_tui_and_the_lsp_reach_the_daemon_only_through_the_client() -> None:
+    for package in ("localspec.tui", "localspec.lsp"):
+        for module in _modules(package):
+            assert _in("localspec.daemon", _reachable(module)) == set(), module
+            assert "httpx" not in _imported_names(module), module
+
+
+def test_models_resolve_names_without_the_config_or_the_engine() -> None:
+    # Its command-line module reads and writes config.toml and checks pairs with the engine: it is a caller.
+    for module in _modules("localspec.models"):
+        if module != "localspec.models.cli":
+            reached = _reachable(module)
+            assert _in("localspec.config", reached) | _in("localspec.engine", reached) == set(), module

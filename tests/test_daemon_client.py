@@ -8,7 +8,7 @@ import time
 import pytest
 from conftest import RunningDaemon
 
-from localspec.client import AsyncDaemonClient, DaemonClient, discover, ensure_daemon
+from localspec.client import AsyncDaemonClient, DaemonClient, connect, discover
 from localspec.errors import ContextOverflowError, DaemonUnavailableError, InvalidRequestError
 
 MESSAGES = [{"role": "user", "content": "hello"}]
@@ -17,7 +17,7 @@ MESSAGES = [{"role": "user", "content": "hello"}]
 def test_discover_and_ensure_find_the_running_daemon(daemon: RunningDaemon) -> None:
     info = discover()
     assert info is not None and info.url == daemon.url and info.pid == daemon.process.pid
-    with ensure_daemon(autostart=False) as client:
+    with connect(autostart=False) as client:
         assert client.url == daemon.url
         assert client.token == daemon.token
         assert client.health()["status"] == "ok"

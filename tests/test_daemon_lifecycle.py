@@ -1,5 +1,5 @@
-"""Daemon lifecycle on real processes: discovery, status/stop, auto-start by two clients at once, hot reload,
-config show, logs."""
+"""Daemon lifecycle on real processes: discovery, status/stop, connect() starting a daemon (two clients at once,
+load progress), hot reload, config show, logs."""
 
 from __future__ import annotations
 
@@ -76,9 +76,9 @@ def test_config_show_explains_where_values_come_from(tmp_path: Path) -> None:
 
 _ENSURE = """
 import json, sys
-from localspec.client import ensure_daemon
+from localspec.client import connect
 messages = []
-client = ensure_daemon(progress=messages.append, timeout=90, serve_args=sys.argv[1:])
+client = connect(progress=messages.append, timeout=90, serve_args=sys.argv[1:])
 health = client.health()
 print(json.dumps({"url": client.url, "status": health["status"], "messages": messages}))
 """
@@ -113,12 +113,84 @@ def test_two_clients_starting_at_once_make_one_daemon(tiny_models: TinyModels, t
             time.sleep(0.05)
 
 
-def test_ensure_daemon_without_autostart_reports_no_daemon(localspec_home: Path) -> None:
-    from localspec.client import ensure_daemon
+def test_connect_without_autostart_reports_no_daemon(localspec_home: Path) -> None:
+    from localspec.client import connect
     from localspec.errors import DaemonUnavailableError
 
     with pytest.raises(DaemonUnavailableError, match="localspec serve"):
-        ensure_daemon(autostart=False)
+        connect(autostart=False)
+
+
+def test_connect_starts_the_daemon_and_reports_its_models_loading(
+    tiny_models: TinyModels, localspec_home: Path
+) -> None:
+    from localspec.client import connect, stop_daemon
+
+    messages: list[str] = []
+    serve_args = ["--port", "0", "--threads", "1", "--target", str(tiny_models.target), "--no-watch"]
+    try:
+        # A fresh home runs llama.cpp's canary in a child process before the load, so "loading" lasts a while.
+        with connect(progress=messages.append, timeout=90, serve_args=serve_args) as client:
+            assert client.health()["status"] == "ok"
+        assert messages == ["starting the localspec daemon", "loading target.gguf"]
+    finally:
+        stop_daemon()
+
+
+async def test_aconnect_reports_progress_on_the_event_loop_and_reuses_a_ready_daemon(
+    tiny_models: TinyModels, localspec_home: Path
+) -> None:
+    import threading
+
+    from localspec.client import aconnect, stop_daemon
+
+    loop_thread = threading.get_ident()
+    threads: set[int] = set()
+    messages: list[str] = []
+
+    def progress(message: str) -> None:
+        threads.add(threading.get_ident())
+        messages.append(message)
+
+    serve_args = ["--port", "0", "--threads", "1", "--target", str(tiny_models.target), "--no-watch"]
+    try:
+        async with await aconnect(progress=progress, timeout=90, serve_args=serve_args) as client:
+            assert (await client.health())["status"] == "ok"
+        assert messages[0] == "starting the localspec daemon" and threads == {loop_thread}
+        messages.clear()
+        async with await aconnect(progress=progress, timeout=0) as again:  # ready: no start, no waiting
+            assert again.url == client.url
+        assert messages == []
+    finally:
+        stop_daemon()
+
+
+def test_connect_without_waiting_says_why_the_models_did_not_load(
+    localspec_home: Path, tmp_path: Path
+) -> None:
+    from localspec.client import connect
+    from localspec.errors import DaemonUnavailableError
+
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF but not really a model")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOCALSPEC_")} | {
+        "LOCALSPEC_HOME": str(localspec_home)
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "localspec", "serve", "--port", "0", "--target", str(broken), "--no-watch"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        discovery = localspec_home / "state" / "daemon.json"
+        wait_until(discovery.exists)
+        url = json.loads(discovery.read_text())["url"]
+        wait_until(lambda: httpx.get(f"{url}/health", timeout=5).json()["status"] == "error")
+        with pytest.raises(DaemonUnavailableError, match=r"could not load its models: .*broken\.gguf"):
+            connect(autostart=False, timeout=0)
+    finally:
+        stop_daemon(process)
 
 
 def _health(daemon: RunningDaemon) -> dict[str, Any]:

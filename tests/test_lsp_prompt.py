@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from localspec.errors import ConfigError
-from localspec.lsp.prompt import build_prompt, language_for, prefix_window, suffix_window, wants_single_line
+from localspec.lsp.prompt import build_prompt, prefix_window, suffix_window, wants_single_line
 from localspec.lsp.settings import LspSettings
 
 LINES = "".join(f"line{i}\n" for i in range(10))
@@ -40,18 +40,11 @@ def test_single_line_when_code_follows_the_cursor() -> None:
     assert wants_single_line(text, text.index("\n"), "single")
 
 
-def test_language_from_language_id_or_extension() -> None:
-    assert language_for("src/app.py", None) == "python"
-    assert language_for("src/app.rs", "plaintext") == "rust"
-    assert language_for("Makefile", None) == "plaintext"
-    assert language_for("x.txt", "lua") == "lua"
-
-
 def test_build_prompt_uses_settings() -> None:
     settings = LspSettings.from_options({"prefixLines": 1, "suffixLines": 0, "lineMode": "single"})
-    prompt = build_prompt(LINES, LINES.index("line5"), "a.py", settings, None, [("b.py", "x = 1\n")])
+    prompt = build_prompt(LINES, LINES.index("line5"), "a.py", settings, [("b.py", "x = 1\n")])
     assert (prompt.prefix, prompt.suffix) == ("line4\n", "line5\n")
-    assert prompt.single_line and prompt.language == "python" and prompt.extra == [("b.py", "x = 1\n")]
+    assert prompt.single_line and prompt.extra == [("b.py", "x = 1\n")]
 
 
 def test_settings_accept_camel_case_snake_case_and_a_localspec_section() -> None:

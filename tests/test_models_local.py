@@ -11,7 +11,7 @@ import pytest
 
 from localspec import locations
 from localspec.cli import main
-from localspec.config import Config, load_config
+from localspec.config import load_config
 from localspec.errors import ModelLoadError
 from localspec.models import (
     ModelNotInstalledError,
@@ -110,30 +110,40 @@ def test_use_writes_a_compatible_pair_of_paths_to_config(tiny_models, models_dir
     assert main(["models", "use", str(tiny_models.target), str(tiny_models.draft_same)]) == 0
     config = load_config()
     assert config.sources["target"].startswith("config file")
-    assert resolve_pair(config) == (tiny_models.target.resolve(), tiny_models.draft_same.resolve())
+    assert resolve_pair(config.target, config.draft, config.models_path()) == (
+        tiny_models.target.resolve(),
+        tiny_models.draft_same.resolve(),
+    )
 
 
 def test_use_a_catalog_pair_by_name_then_without_draft(tiny_models, models_dir):
     _install_pair(tiny_models, models_dir)
     assert main(["models", "use", "tiny-pair"]) == 0
     assert (load_config().target, load_config().draft) == ("tiny-pair", "")
-    assert resolve_pair(load_config()) == (models_dir / "tiny-t.gguf", models_dir / "tiny-d.gguf")
+    config = load_config()
+    assert resolve_pair(config.target, config.draft, models_dir) == (
+        models_dir / "tiny-t.gguf",
+        models_dir / "tiny-d.gguf",
+    )
 
     assert main(["models", "use", "tiny-pair", "none"]) == 0
-    assert resolve_pair(load_config()) == (models_dir / "tiny-t.gguf", None)
+    config = load_config()
+    assert resolve_pair(config.target, config.draft, models_dir) == (models_dir / "tiny-t.gguf", None)
 
 
 def test_resolve_pair_names_the_pull_command_when_not_installed(models_dir):
     with pytest.raises(ModelNotInstalledError, match=r"localspec models pull tiny-pair"):
-        resolve_pair(Config(target="tiny-pair", models_dir=str(models_dir)))
+        resolve_pair("tiny-pair", "", models_dir)
     with pytest.raises(ModelNotInstalledError, match=r"localspec models pull tiny-d"):
         resolve_model("tiny-d", models_dir)
 
 
 def test_resolve_pair_draft_override_needs_only_the_target_of_the_pair(tiny_models, models_dir):
     shutil.copy(tiny_models.target, models_dir / "tiny-t.gguf")
-    config = Config(target="tiny-pair", draft=str(tiny_models.draft_same), models_dir=str(models_dir))
-    assert resolve_pair(config) == (models_dir / "tiny-t.gguf", tiny_models.draft_same.resolve())
+    assert resolve_pair("tiny-pair", str(tiny_models.draft_same), models_dir) == (
+        models_dir / "tiny-t.gguf",
+        tiny_models.draft_same.resolve(),
+    )
 
 
 def test_unknown_names_suggest_close_matches(models_dir):

@@ -126,8 +126,7 @@ class ChatApp(App[None]):
         status.state = "connecting"
 
         def progress(message: str) -> None:
-            # Called from the client's waiting thread: hop to the UI thread.
-            self.call_from_thread(setattr, status, "state", message)
+            status.state = message
 
         try:
             models = await self.connection.connect(progress)

@@ -6,7 +6,6 @@ stream a chat reply as OpenAI chunk dicts, and turn failures into messages that 
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -28,26 +27,16 @@ class Connection:
         self.connected = False
 
     async def connect(self, progress: Callable[[str], None]) -> str:
-        """Return the model pair's description once the daemon is healthy."""
+        """Return the model pair's description once the daemon is healthy; `progress` runs on the event loop."""
         # The client module imports httpx; keep it out of `localspec --help`.
-        from localspec.client import AsyncDaemonClient, ensure_daemon
+        from localspec.client import Health, aconnect
 
-        # ensure_daemon blocks (file lock, process start, health polling): keep it off the event loop.
-        found = await asyncio.to_thread(ensure_daemon, autostart=self.autostart, progress=progress)
-        found.close()
-        if self.client is None or self.client.url != found.url or self.client.token != found.token:
-            await self.aclose()
-            self.client = AsyncDaemonClient(found.url, found.token)
-        health = await self.client.health()
-        if health.get("status") != "ok":
-            errors = "; ".join(str(e.get("message", e)) for e in health.get("errors") or [])
-            raise DaemonUnavailableError(
-                f"The daemon's models are not loaded: {errors or health.get('status')}"
-            )
+        client = await aconnect(autostart=self.autostart, progress=progress)
+        await self.aclose()
+        self.client = client
+        health = Health.parse(client.url, await client.health())
         self.connected = True
-        models = health.get("models") or {}
-        target, draft = models.get("target") or "?", models.get("draft")
-        return f"{target} + {draft}" if draft else f"{target} (no draft)"
+        return health.pair()
 
     async def stream_chat(
         self, messages: list[dict[str, str]], options: dict[str, Any]

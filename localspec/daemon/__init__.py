@@ -1,1 +1,1 @@
-"""The daemon: OpenAI-compatible HTTP API over the engine, scheduling, discovery, security."""
+"""The daemon: the OpenAI-compatible HTTP API over the engine, its scheduler, its guards and reloads."""

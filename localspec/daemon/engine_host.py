@@ -29,7 +29,7 @@ def resolve_models(config: Config) -> tuple[Path, Path | None]:
     """Model files for the config: .gguf paths as given, catalog names through localspec.models."""
     from localspec.models import resolve_pair
 
-    return resolve_pair(config)
+    return resolve_pair(config.target, config.draft, config.models_path())
 
 
 def engine_settings(config: Config) -> EngineSettings:

@@ -49,15 +49,6 @@ def ensure_token(path: Path | None = None) -> str:
     return token
 
 
-def read_token(path: Path | None = None) -> str | None:
-    """The client side: the token if the file exists."""
-    path = path or locations.token_file()
-    try:
-        return path.read_text(encoding="utf-8").strip() or None
-    except FileNotFoundError:
-        return None
-
-
 def is_loopback(host: str) -> bool:
     if host in LOOPBACK_NAMES:
         return True

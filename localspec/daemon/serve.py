@@ -14,9 +14,9 @@ from typing import Any
 
 import uvicorn
 
-from localspec import locations
+from localspec import locations, rendezvous
 from localspec.config import Config
-from localspec.daemon import discovery, logs
+from localspec.daemon import logs
 from localspec.daemon.app import AppSettings, create_app
 from localspec.daemon.engine_host import EngineHost
 from localspec.daemon.reload import ConfigWatcher
@@ -76,7 +76,7 @@ def run(
         print(
             f"localspec: WARNING: listening on {config.host}, reachable from other machines.", file=sys.stderr
         )
-    running = discovery.read()
+    running = rendezvous.read()
     if running is not None and running.pid != os.getpid():
         raise ConfigError(
             f"A localspec daemon is already running at {running.url} (pid {running.pid}). "
@@ -95,7 +95,7 @@ def run(
         uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=3)
     )
     watcher = ConfigWatcher(locations.config_file(), host, overrides) if watch else None
-    info = discovery.write(config.host, port)
+    info = rendezvous.write(config.host, port)
     log.info("serving on %s (pid %d); log %s", info.url, info.pid, log_path)
     print(f"localspec: serving on {info.url} (log: {log_path})", file=sys.stderr, flush=True)
     try:
@@ -103,7 +103,7 @@ def run(
             watcher.start()
         asyncio.run(server.serve(sockets=[sock]))
     finally:
-        discovery.remove()
+        rendezvous.remove()
         if watcher is not None:
             watcher.stop()
         scheduler.stop()

@@ -1,7 +1,8 @@
-"""Where clients find the running daemon: `daemon.json` in the state dir, plus the start-up lock.
+"""Where the daemon and its clients meet: `daemon.json` in the state dir, the start-up lock, the token file.
 
-The file is written once the server is listening (so it holds the real port, even for --port 0) and removed
-on shutdown. A stale file (the pid is gone) counts as no daemon.
+The daemon writes `daemon.json` once it is listening (so it holds the real port, even for --port 0) and
+removes it on shutdown; a stale file (the pid is gone) counts as no daemon. Both sides import this module,
+and neither imports the other.
 """
 
 from __future__ import annotations
@@ -92,3 +93,12 @@ def remove(pid: int | None = None) -> None:
             path.unlink()
     except (OSError, ValueError):
         pass
+
+
+def read_token(path: Path | None = None) -> str | None:
+    """The bearer token clients send, if the token file exists (the daemon creates it on first start)."""
+    path = path or locations.token_file()
+    try:
+        return path.read_text(encoding="utf-8").strip() or None
+    except FileNotFoundError:
+        return None
