@@ -75,7 +75,8 @@ def start_rpc_server(tools: Path, log_dir: Path, timeout: float = 30) -> Served:
     """`rpc-server -H 127.0.0.1 -p PORT` (one CPU worker, as it would run on another machine)."""
     port = free_port()
     log = log_dir / f"rpc-server-{port}.log"
-    command = [str(tools / "rpc-server"), "-H", "127.0.0.1", "-p", str(port), "-t", "1"]
+    # Line-buffered, so its log shows each client connection as it happens.
+    command = ["stdbuf", "-oL", str(tools / "rpc-server"), "-H", "127.0.0.1", "-p", str(port), "-t", "1"]
     served = Served(f"127.0.0.1:{port}", port, _spawn(command, log), log)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

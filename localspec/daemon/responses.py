@@ -15,13 +15,15 @@ def new_id(prefix: str) -> str:
 
 
 def usage(result: GenerationResult) -> dict[str, Any]:
-    stats = result.stats
-    cached = None if "cached_tokens" in unknown_fields(result.stats) else stats.cached_tokens
+    stats, unknown = result.stats, unknown_fields(result.stats)
+    prompt = None if "prompt_tokens" in unknown else stats.prompt_tokens
     return {
-        "prompt_tokens": stats.prompt_tokens,
+        "prompt_tokens": prompt,
         "completion_tokens": stats.tokens,
-        "total_tokens": stats.prompt_tokens + stats.tokens,
-        "prompt_tokens_details": {"cached_tokens": cached},
+        "total_tokens": None if prompt is None else prompt + stats.tokens,
+        "prompt_tokens_details": {
+            "cached_tokens": None if "cached_tokens" in unknown else stats.cached_tokens
+        },
     }
 
 

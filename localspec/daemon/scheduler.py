@@ -269,7 +269,7 @@ class Scheduler:
                     "slot": job.slot,
                     "finish_reason": reason,
                     "max_tokens": job.max_tokens,
-                    "prompt_tokens": result.stats.prompt_tokens,
+                    "prompt_tokens": None if "prompt_tokens" in unknown else result.stats.prompt_tokens,
                     "cached_tokens": None if "cached_tokens" in unknown else result.stats.cached_tokens,
                     "tokens": result.stats.tokens,
                     "drafted": None if "drafted" in unknown else result.stats.drafted,

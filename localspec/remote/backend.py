@@ -16,7 +16,7 @@ import queue
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -292,11 +292,11 @@ class RemoteEngine:
                 f"The remote server at {where} sent nothing for {self.settings.timeout:g} s; it may be "
                 "overloaded or stuck. Raise engine.remote_timeout if it is just slow."
             )
-        if isinstance(exc, httpx.RemoteProtocolError):
+        if isinstance(exc, httpx.RemoteProtocolError | httpx.NetworkError):
             return RemoteBackendError(
                 f"The remote server at {where} broke off the connection mid-answer (did it stop or crash?)."
             )
-        return RemoteBackendError(f"Talking to the remote server at {where} failed: {type(exc).__name__}.")
+        return RemoteBackendError(f"The remote server at {where} could not be used ({type(exc).__name__}).")
 
     def _status_error(self, status: int, body: bytes, path: str) -> RemoteBackendError:
         message = error_message(body)
@@ -373,7 +373,8 @@ async def _cancel_on(token: CancelToken, task: asyncio.Task[Any] | None) -> None
 
 @dataclass
 class _Totals:
-    """Cumulative stats of finished requests; a field becomes unknown once any request could not report it."""
+    """Cumulative stats of finished requests. A field sums the requests that reported it, and stays unknown
+    (None) until one does: a request cut short before the remote's summary leaves the totals as they were."""
 
     requests: int = 0
     prompt_tokens: int = 0
@@ -383,34 +384,31 @@ class _Totals:
     accepted: int = 0
     decode_seconds: float = 0.0
     total_seconds: float = 0.0
-    unknown: frozenset[str] = frozenset()
+    reported: set[str] = field(default_factory=set)
 
     def add(self, stats: RemoteStats) -> None:
         self.requests += 1
-        self.prompt_tokens += stats.prompt_tokens
         self.tokens += stats.tokens
-        self.cached_tokens += stats.cached_tokens
-        self.drafted += stats.drafted
-        self.accepted += stats.accepted
         self.decode_seconds += max(0.0, stats.t_total - stats.t_prompt)
         self.total_seconds += stats.t_total
-        self.unknown |= stats.unknown
+        for name in ("prompt_tokens", "cached_tokens", "drafted", "accepted"):
+            if name not in stats.unknown:
+                setattr(self, name, getattr(self, name) + getattr(stats, name))
+                self.reported.add(name)
 
     def as_dict(self) -> dict[str, Any]:
         def known(name: str, value: Any) -> Any:
-            return None if name in self.unknown else value
+            return value if name in self.reported else None
 
         return {
             "requests": self.requests,
-            "prompt_tokens": self.prompt_tokens,
+            "prompt_tokens": known("prompt_tokens", self.prompt_tokens),
             "tokens": self.tokens,
             "cached_tokens": known("cached_tokens", self.cached_tokens),
             "cache_hit_tokens": known("cached_tokens", self.cached_tokens),
             "drafted": known("drafted", self.drafted),
             "accepted": known("accepted", self.accepted),
-            "acceptance": known(
-                "acceptance", round(self.accepted / self.drafted, 4) if self.drafted else 0.0
-            ),
+            "acceptance": known("drafted", round(self.accepted / self.drafted, 4) if self.drafted else 0.0),
             "tokens_per_second": round(self.tokens / self.decode_seconds, 3) if self.decode_seconds else 0.0,
             "time": {"total": round(self.total_seconds, 4)},
         }

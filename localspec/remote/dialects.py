@@ -163,6 +163,8 @@ class StreamState:
         unknown = set(SPECULATIVE_FIELDS)
         if cached is not None:
             unknown.discard("cached_tokens")
+        if _int(usage.get("prompt_tokens")) is None:  # a stream closed before the remote's summary
+            unknown.add("prompt_tokens")
         if self.kind == "llama-server" and timings:
             # llama-server reports draft_n only when it drafted: no field means none drafted, a known 0.
             stats.drafted = _int(timings.get("draft_n")) or 0
