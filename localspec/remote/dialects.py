@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from localspec.engine.types import FinishReason, GenerationRequest, SamplingParams
 from localspec.errors import RemoteBackendError
-from localspec.remote.stats import SPECULATIVE_FIELDS, RemoteStats
+from localspec.remote.stats import OPTIONAL_FIELDS, RemoteStats
 
 RemoteKind = Literal["llama-server", "vllm", "openai"]
 
@@ -160,7 +160,7 @@ class StreamState:
             t_prompt=(self.first_text_at or now) - self.started,
             t_total=now - self.started,
         )
-        unknown = set(SPECULATIVE_FIELDS)
+        unknown = set(OPTIONAL_FIELDS)
         if cached is not None:
             unknown.discard("cached_tokens")
         if _int(usage.get("prompt_tokens")) is None:  # a stream closed before the remote's summary

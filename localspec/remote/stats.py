@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 from localspec.engine.types import RequestStats, StepEvent
 
-# The `speculative` fields a remote may leave unknown; responses show them as null, never as 0.
-SPECULATIVE_FIELDS = frozenset(
+# Fields a remote may leave unknown (its speculation, its prompt cache); responses show them as null, never 0.
+OPTIONAL_FIELDS = frozenset(
     {"drafted", "accepted", "acceptance", "mean_accepted_length", "draft_sources", "cached_tokens"}
 )
 
