@@ -57,12 +57,18 @@ def _summary(text: str, stats: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _shown(value: Any, spec: str = "") -> str:
+    """A stat as text; null (a remote backend that does not report it) shows as unknown, never as 0."""
+    return "unknown" if value is None else format(value, spec)
+
+
 def _print_stats(label: str, stats: dict[str, Any]) -> None:
     print(
-        f"[{label}] {stats['tokens']} tokens, {stats['tokens_per_second']:.2f} tok/s, drafted {stats['drafted']}, "
-        f"accepted {stats['accepted']} (acceptance {stats['acceptance']:.0%}), "
-        f"mean accepted length {stats.get('mean_accepted_length', 0):.2f} tokens per target pass, "
-        f"steps by draft source {stats.get('steps_by_source') or stats.get('draft_sources')}",
+        f"[{label}] {stats['tokens']} tokens, {stats['tokens_per_second']:.2f} tok/s, "
+        f"drafted {_shown(stats['drafted'])}, accepted {_shown(stats['accepted'])} "
+        f"(acceptance {_shown(stats['acceptance'], '.0%')}), "
+        f"mean accepted length {_shown(stats.get('mean_accepted_length', 0), '.2f')} tokens per target pass, "
+        f"steps by draft source {_shown(stats.get('steps_by_source') or stats.get('draft_sources'))}",
         file=sys.stderr,
     )
 

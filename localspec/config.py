@@ -22,6 +22,10 @@ from localspec.errors import ConfigError
 
 DEFAULT_PAIR = "qwen2.5-coder-1.5b+0.5b"
 SPECULATIVE_MODES = ("adaptive", "draft", "ngram", "none")
+BACKENDS = ("local", "remote")
+REMOTE_KINDS = ("auto", "llama-server", "vllm", "openai")
+# Qwen2.5-Coder's fill-in-the-middle tokens (the default pair's), for remotes without an infill endpoint.
+DEFAULT_FIM_TOKENS = ["<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"]
 
 
 @dataclass
@@ -38,6 +42,20 @@ class Config:
     n_ctx: int = field(default=4096, metadata={"section": "engine"})
     threads: int = field(default=0, metadata={"section": "engine"})
     slots: int = field(default=4, metadata={"section": "engine"})
+    # "local": llama.cpp in this process; "remote": an existing inference server does the decoding (docs/REMOTE.md).
+    backend: str = field(default="local", metadata={"section": "engine"})
+    remote_url: str = field(default="", metadata={"section": "engine"})
+    # The remote's bearer key is read from this file or environment variable; the key itself is never stored here.
+    remote_api_key_file: str = field(default="", metadata={"section": "engine"})
+    remote_api_key_env: str = field(default="", metadata={"section": "engine"})
+    remote_model: str = field(default="", metadata={"section": "engine"})  # "" = the remote's first model
+    remote_kind: str = field(default="auto", metadata={"section": "engine"})
+    # Seconds the remote may stay silent (connecting, or between two chunks of a stream) before a request fails.
+    remote_timeout: float = field(default=120.0, metadata={"section": "engine"})
+    # prefix, suffix, middle tokens of the remote model, for infill through /v1/completions (not llama-server).
+    remote_fim_tokens: list[str] = field(
+        default_factory=lambda: list(DEFAULT_FIM_TOKENS), metadata={"section": "engine"}
+    )
     # [speculative]
     mode: str = field(default="adaptive", metadata={"section": "speculative"})
     draft_max: int = field(default=16, metadata={"section": "speculative"})
@@ -71,6 +89,26 @@ class Config:
             raise ConfigError(f"engine.n_ctx must be at least 64, not {self.n_ctx}.")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"server.port must be between 0 and 65535, not {self.port}.")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"engine.backend must be one of {', '.join(BACKENDS)}, not {self.backend!r}.")
+        if self.remote_kind not in REMOTE_KINDS:
+            raise ConfigError(
+                f"engine.remote_kind must be one of {', '.join(REMOTE_KINDS)}, not {self.remote_kind!r}."
+            )
+        if self.backend == "remote" and not self.remote_url.startswith(("http://", "https://")):
+            raise ConfigError(
+                'engine.backend is "remote" but engine.remote_url is '
+                f"{self.remote_url or 'empty'}; set it to the server's address, e.g. http://10.0.0.5:8080."
+            )
+        if self.remote_timeout <= 0:
+            raise ConfigError(
+                f"engine.remote_timeout must be more than 0 seconds, not {self.remote_timeout}."
+            )
+        if len(self.remote_fim_tokens) != 3:
+            raise ConfigError(
+                "engine.remote_fim_tokens must name three tokens (prefix, suffix, middle), not "
+                f"{self.remote_fim_tokens!r}."
+            )
         if self.slots < 1:
             raise ConfigError(f"engine.slots must be at least 1, not {self.slots}.")
 

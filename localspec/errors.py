@@ -33,3 +33,7 @@ class ConfigError(LocalspecError):
 
 class DaemonUnavailableError(LocalspecError):
     """No daemon answers, and starting one failed or timed out."""
+
+
+class RemoteBackendError(LocalspecError):
+    """The remote inference server (engine.backend = "remote") is down, too slow, refused, or answered garbage."""

@@ -42,10 +42,11 @@ def parse_chunk(chunk: dict[str, Any]) -> list[ReplyDelta | ReplyDone]:
         events.append(
             ReplyDelta(
                 text=text,
-                drafted_chars=min(int(step.get("drafted_chars", 0)), len(text)),
-                drafted=int(step.get("drafted", 0)),
-                accepted=int(step.get("accepted", 0)),
-                source=str(step.get("source", "none")),
+                # null (a remote backend does not say per chunk): counted as target text with no drafts
+                drafted_chars=min(int(step.get("drafted_chars") or 0), len(text)),
+                drafted=int(step.get("drafted") or 0),
+                accepted=int(step.get("accepted") or 0),
+                source=str(step.get("source") or "none"),
             )
         )
     if final:
@@ -109,34 +110,40 @@ class LiveStats:
 
     @property
     def tokens_per_second(self) -> float:
-        if "tokens_per_second" in self.final:
+        if self.final.get("tokens_per_second") is not None:
             return float(self.final["tokens_per_second"])
         elapsed = time.monotonic() - self.started
         return self.tokens / elapsed if elapsed > 0 else 0.0
 
-    @property
-    def drafted_total(self) -> int:
-        return int(self.final.get("drafted", self.drafted))
+    # The final summary's fields are null where the daemon's backend (a remote server) does not report them:
+    # they stay None (unknown) here rather than turning into 0.
 
     @property
-    def acceptance(self) -> float:
-        if "acceptance" in self.final:
-            return float(self.final["acceptance"])
-        return self.accepted / self.drafted if self.drafted else 0.0
+    def drafted_total(self) -> int | None:
+        return self._final_or("drafted", self.drafted)
 
     @property
-    def mean_accepted_length(self) -> float:
-        if "mean_accepted_length" in self.final:
-            return float(self.final["mean_accepted_length"])
-        return self.tokens / self.steps if self.steps else 0.0
+    def acceptance(self) -> float | None:
+        return self._final_or("acceptance", self.accepted / self.drafted if self.drafted else 0.0)
+
+    @property
+    def mean_accepted_length(self) -> float | None:
+        return self._final_or("mean_accepted_length", self.tokens / self.steps if self.steps else 0.0)
+
+    def _final_or(self, key: str, live: Any) -> Any:
+        if key not in self.final:
+            return live
+        value = self.final[key]
+        return None if value is None else type(live)(value)
 
     def summary(self) -> dict[str, Any]:
+        acceptance, mean_length = self.acceptance, self.mean_accepted_length
         return {
             "tokens_per_second": round(self.tokens_per_second, 2),
-            "acceptance": round(self.acceptance, 4),
-            "mean_accepted_length": round(self.mean_accepted_length, 3),
+            "acceptance": None if acceptance is None else round(acceptance, 4),
+            "mean_accepted_length": None if mean_length is None else round(mean_length, 3),
             "drafted": self.drafted_total,
-            "accepted": int(self.final.get("accepted", self.accepted)),
+            "accepted": self._final_or("accepted", self.accepted),
         }
 
 

@@ -20,6 +20,7 @@ from localspec.errors import (
     DaemonUnavailableError,
     InvalidRequestError,
     LocalspecError,
+    RemoteBackendError,
     UnsupportedError,
 )
 
@@ -89,6 +90,8 @@ def error_from(status: int, body: bytes) -> LocalspecError:
         return ContextOverflowError(message)
     if code == "unsupported":
         return UnsupportedError(message)
+    if code == "remote_error":  # the daemon is fine; the remote server it decodes on is not
+        return RemoteBackendError(message)
     if status in (401, 403) or status >= 500:
         return DaemonUnavailableError(message)
     return InvalidRequestError(message)

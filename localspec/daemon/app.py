@@ -39,11 +39,12 @@ from localspec.errors import (
     InvalidRequestError,
     LocalspecError,
     ModelLoadError,
+    RemoteBackendError,
     UnsupportedError,
 )
 
 if TYPE_CHECKING:
-    from localspec.engine import Engine
+    from localspec.daemon.backend import Backend
 
 log = logging.getLogger("localspec.daemon")
 Event = tuple[str, Any]
@@ -72,6 +73,8 @@ def error_response(exc: BaseException) -> JSONResponse:
         status, kind, code = 400, "invalid_request_error", "context_length_exceeded"
     elif isinstance(exc, UnsupportedError):
         status, kind, code = 400, "invalid_request_error", "unsupported"
+    elif isinstance(exc, RemoteBackendError):
+        status, kind, code = 502, "server_error", "remote_error"
     elif isinstance(exc, DaemonUnavailableError | ModelLoadError):
         status, kind, code = 503, "server_error", "model_unavailable"
     elif isinstance(exc, InvalidRequestError | LocalspecError):
@@ -139,7 +142,7 @@ class _Watch:
 
 
 def _submit(
-    request: Request, kind: JobKind, slot: str, prepare: Callable[[Engine], GenerationRequest], stream: bool
+    request: Request, kind: JobKind, slot: str, prepare: Callable[[Backend], GenerationRequest], stream: bool
 ) -> Job:
     """Queue a generation; `stream` asks for every step's event, not just the result."""
     job = Job(kind=kind, slot=slot, prepare=prepare, loop=asyncio.get_running_loop(), stream=stream)
@@ -216,7 +219,7 @@ def _openai_formats(shaper: responses.Shaper) -> _Formats:
 async def completions(request: Request) -> Response:
     body = await _parse(request, CompletionBody)
 
-    def prepare(engine: Engine) -> GenerationRequest:
+    def prepare(engine: Backend) -> GenerationRequest:
         return GenerationRequest(
             prompt=body.prompt_value(),
             max_tokens=body.max_tokens or 256,
@@ -236,7 +239,7 @@ async def chat_completions(request: Request) -> Response:
     body = await _parse(request, ChatBody)
     messages = body.message_dicts()
 
-    def prepare(engine: Engine) -> GenerationRequest:
+    def prepare(engine: Backend) -> GenerationRequest:
         return GenerationRequest(
             prompt=engine.chat_prompt(messages),
             max_tokens=body.token_budget(),
@@ -254,7 +257,7 @@ async def infill(request: Request) -> Response:
     body = await _parse(request, InfillBody)
     extra = [(e.filename, e.text) for e in body.extra]
 
-    def prepare(engine: Engine) -> GenerationRequest:
+    def prepare(engine: Backend) -> GenerationRequest:
         max_tokens = body.max_tokens or 128
         # Keep at least half the context for the code around the cursor, however many tokens were asked for.
         reserve = min(max_tokens, engine.n_ctx // 2)
@@ -326,6 +329,7 @@ def _stats(request: Request) -> dict[str, Any]:
     return {
         "status": health_now["status"],
         "models": health_now["models"],
+        "backend": health_now["backend"],
         "uptime": round(time.time() - request.app.state.settings.started_at, 1),
         **host.scheduler.snapshot(),
     }

@@ -20,6 +20,17 @@ _SERVE_FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--draft-gpu-layers", "draft_gpu_layers", int, "draft layers on the GPU (-1 = all)"),
     ("--mode", "mode", str, "speculative mode: adaptive, draft, ngram or none"),
     ("--draft-max", "draft_max", int, "most tokens drafted per step"),
+    ("--backend", "backend", str, "local (llama.cpp here) or remote (an inference server; docs/REMOTE.md)"),
+    ("--remote-url", "remote_url", str, "the remote server's address, e.g. http://10.0.0.5:8080"),
+    ("--remote-model", "remote_model", str, "the model name the remote serves (default: its first)"),
+    ("--remote-kind", "remote_kind", str, "auto, llama-server, vllm or openai"),
+    ("--remote-api-key-file", "remote_api_key_file", str, "file holding the remote's bearer key"),
+    (
+        "--remote-timeout",
+        "remote_timeout",
+        float,
+        "seconds the remote may stay silent before a request fails",
+    ),
 )
 
 
@@ -98,6 +109,7 @@ def _status(args: argparse.Namespace) -> int:
         return 1
     health, stats = report["health"], report["stats"]
     print(f"  status: {health['status']}")
+    print(f"  backend: {_backend_line(health.get('backend') or {})}")
     print(f"  target: {health['models'].get('target')}  draft: {health['models'].get('draft')}")
     for error in health.get("errors", []):
         print(f"  error: {error['message']}")
@@ -105,11 +117,26 @@ def _status(args: argparse.Namespace) -> int:
     if engine:
         print(
             f"  requests: {engine.get('requests', 0)}  tokens: {engine.get('tokens', 0)}  "
-            f"tokens/s: {engine.get('tokens_per_second', 0)}  acceptance: {engine.get('acceptance', 0):.0%}  "
-            f"cache hits: {engine.get('cache_hit_tokens', 0)} tokens"
+            f"tokens/s: {engine.get('tokens_per_second', 0)}  acceptance: {_percent(engine.get('acceptance'))}  "
+            f"cache hits: {_known(engine.get('cache_hit_tokens'))} tokens"
         )
     print(f"  queue: {stats.get('queue_length', 0)}  active: {stats.get('active', 0)}")
     return 0
+
+
+def _backend_line(backend: dict[str, Any]) -> str:
+    if backend.get("name") != "remote":
+        return "local (llama.cpp in the daemon)"
+    return f"remote {backend.get('kind')} at {backend.get('url')}, model {backend.get('model') or '(first listed)'}"
+
+
+def _known(value: Any) -> str:
+    """A stat, or "unknown" where the backend does not report it (null), never a made-up 0."""
+    return "unknown" if value is None else str(value)
+
+
+def _percent(value: Any) -> str:
+    return "unknown" if value is None else f"{value:.0%}"
 
 
 def _stop(args: argparse.Namespace) -> int:

@@ -26,6 +26,10 @@ def _number(value: Any) -> float | None:
     return float(value)
 
 
+def _label(value: Any) -> str:
+    return str(value or "").replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
 def prometheus_text(stats: dict[str, Any]) -> str:
     lines: list[str] = []
 
@@ -74,6 +78,14 @@ def prometheus_text(stats: dict[str, Any]) -> str:
         "gauge",
         "Generations in progress.",
         [("", float(stats.get("active", 0)))],
+    )
+    backend = stats.get("backend") or {}
+    labels = f'{{backend="{_label(backend.get("name"))}",kind="{_label(backend.get("kind", "llama-cpp-python"))}"}}'
+    metric(
+        "localspec_backend_info",
+        "gauge",
+        "The engine that serves: local, or a remote server.",
+        [(labels, 1.0)],
     )
     metric(
         "localspec_up",

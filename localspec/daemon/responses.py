@@ -7,6 +7,7 @@ import uuid
 from typing import Any
 
 from localspec.engine.types import GenerationResult, StepEvent
+from localspec.remote.stats import RemoteStep, unknown_fields
 
 
 def new_id(prefix: str) -> str:
@@ -14,18 +15,21 @@ def new_id(prefix: str) -> str:
 
 
 def usage(result: GenerationResult) -> dict[str, Any]:
-    stats = result.stats
+    stats, unknown = result.stats, unknown_fields(result.stats)
+    prompt = None if "prompt_tokens" in unknown else stats.prompt_tokens
     return {
-        "prompt_tokens": stats.prompt_tokens,
+        "prompt_tokens": prompt,
         "completion_tokens": stats.tokens,
-        "total_tokens": stats.prompt_tokens + stats.tokens,
-        "prompt_tokens_details": {"cached_tokens": stats.cached_tokens},
+        "total_tokens": None if prompt is None else prompt + stats.tokens,
+        "prompt_tokens_details": {
+            "cached_tokens": None if "cached_tokens" in unknown else stats.cached_tokens
+        },
     }
 
 
 def speculative(result: GenerationResult) -> dict[str, Any]:
-    stats = result.stats
-    return {
+    stats, unknown = result.stats, unknown_fields(result.stats)
+    report: dict[str, Any] = {
         "drafted": stats.drafted,
         "accepted": stats.accepted,
         "acceptance": round(stats.acceptance, 4),
@@ -33,9 +37,12 @@ def speculative(result: GenerationResult) -> dict[str, Any]:
         "tokens_per_second": round(stats.tokens_per_second, 2),
         "draft_sources": dict(stats.steps_by_source),
     }
+    return {key: None if key in unknown else value for key, value in report.items()}
 
 
 def speculative_step(event: StepEvent, drafted_chars: int | None = None) -> dict[str, Any]:
+    if isinstance(event, RemoteStep):  # a remote's stream chunk does not say what was drafted in it
+        return {"drafted": None, "accepted": None, "source": None, "drafted_chars": None}
     return {
         "drafted": event.drafted,
         "accepted": event.accepted,

@@ -21,9 +21,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from localspec.engine.types import CancelToken, GenerationRequest, GenerationResult, RequestStats, StepEvent
 from localspec.errors import DaemonUnavailableError
+from localspec.remote.stats import unknown_fields
 
 if TYPE_CHECKING:
-    from localspec.engine import Engine
+    from localspec.daemon.backend import Backend, Generating
 
 log = logging.getLogger("localspec.daemon.scheduler")
 
@@ -38,7 +39,7 @@ class Job:
     kind: JobKind
     slot: str
     # Builds the request on the worker thread (templates and FIM prompts need the engine's tokenizer).
-    prepare: Callable[[Engine], GenerationRequest]
+    prepare: Callable[[Backend], GenerationRequest]
     loop: asyncio.AbstractEventLoop
     stream: bool = False
     cancel: CancelToken = field(default_factory=CancelToken)
@@ -64,7 +65,7 @@ class Job:
 @dataclass
 class _Active:
     job: Job
-    generation: Any  # localspec.engine.Generation
+    generation: Generating
 
 
 @dataclass
@@ -83,10 +84,10 @@ class Scheduler:
         self._max_active = max(1, max_active)
         self._lock = threading.Condition()
         self._pending: list[Job] = []
-        self._to_close: list[Engine] = []
+        self._to_close: list[Backend] = []
         self._active: list[_Active] = []
-        self._engine: Engine | None = None
-        self._next_engine: Engine | None = None
+        self._engine: Backend | None = None
+        self._next_engine: Backend | None = None
         self._unavailable: str | None = None  # why jobs cannot run (no engine could be loaded)
         self._stopping = False
         self._ids = itertools.count(1)
@@ -108,7 +109,7 @@ class Scheduler:
             self._lock.notify()
         return job
 
-    def install(self, engine: Engine) -> None:
+    def install(self, engine: Backend) -> None:
         """Swap in a loaded engine once the running generations finish (timing it first, on the worker
         thread, if it was built with `calibrate=False`); new jobs wait for it."""
         with self._lock:
@@ -184,7 +185,7 @@ class Scheduler:
             return True
         return bool(self._pending) and (self._engine is not None or self._unavailable is not None)
 
-    def _swap_engine_if_idle(self) -> Engine | None:
+    def _swap_engine_if_idle(self) -> Backend | None:
         """Swap in the installed engine once no generation runs; returns it instead while it is uncalibrated."""
         if self._next_engine is None or self._active:
             return None
@@ -194,14 +195,14 @@ class Scheduler:
         if old is not None:
             self._to_close.append(old)
         self._refresh_engine_stats()
-        log.info("engine swapped in: %s", self._engine.target_info.path if self._engine.target_info else "?")
+        log.info("engine swapped in")
         return None
 
-    def _calibrate(self, engine: Engine) -> None:
+    def _calibrate(self, engine: Backend) -> None:
         """Time a new engine here, on the one thread that decodes: every llama.cpp context shares one CPU
         threadpool, which must never run two decodes at once. A failure keeps the serving engine."""
         try:
-            engine.calibrate()
+            prices = engine.calibrate()
         except Exception as exc:
             log.exception("timing the new engine failed; it is not swapped in")
             with self._lock:
@@ -211,7 +212,8 @@ class Scheduler:
                         self._unavailable = f"The models loaded but failed their first passes: {exc}"
                 self._to_close.append(engine)
             return
-        log.info("measured pass costs: %s", engine.costs.describe())
+        if prices:
+            log.info("measured pass costs: %s", prices)
 
     def _admit(self) -> None:
         """Start pending jobs whose slot is free, highest priority first, up to `max_active` at once."""
@@ -269,7 +271,8 @@ class Scheduler:
             return
         if event is None:
             self._active.remove(current)
-            self._finish(current.job, current.generation.result, started=True)
+            result = current.generation.result  # a finished generation always has one
+            self._finish(current.job, result if result is not None else _cancelled_result(), started=True)
         elif current.job.stream and event.text:
             current.job._post(("step", event))
 
@@ -279,6 +282,7 @@ class Scheduler:
         )
         if started:
             self._refresh_engine_stats()
+        unknown = unknown_fields(result.stats)  # what a remote backend did not report is null, not 0
         with self._stats_lock:
             counters = self._counters
             counters.requests[job.kind] = counters.requests.get(job.kind, 0) + 1
@@ -290,11 +294,11 @@ class Scheduler:
                     "slot": job.slot,
                     "finish_reason": reason,
                     "max_tokens": job.max_tokens,
-                    "prompt_tokens": result.stats.prompt_tokens,
-                    "cached_tokens": result.stats.cached_tokens,
+                    "prompt_tokens": None if "prompt_tokens" in unknown else result.stats.prompt_tokens,
+                    "cached_tokens": None if "cached_tokens" in unknown else result.stats.cached_tokens,
                     "tokens": result.stats.tokens,
-                    "drafted": result.stats.drafted,
-                    "accepted": result.stats.accepted,
+                    "drafted": None if "drafted" in unknown else result.stats.drafted,
+                    "accepted": None if "accepted" in unknown else result.stats.accepted,
                     "started": started,
                     "seconds": round(time.monotonic() - job.submitted_at, 4),
                 }

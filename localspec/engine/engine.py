@@ -91,14 +91,15 @@ class Engine:
         self._requests = 0
         self._started = time.time()
 
-    def calibrate(self) -> None:
-        """Time the passes the chooser plans with (once; a no-op for mode "none"). Decodes on the shared
-        threadpool: call it only where no other engine can decode at the same time."""
+    def calibrate(self) -> str:
+        """Time the passes the chooser plans with (once; a no-op for mode "none") and return the prices, for
+        logs. Decodes on the shared threadpool: call it only where no other engine can decode at the same time."""
         if not self.calibrated and self.settings.mode != "none":
             time_passes(
                 self.costs, self.target, self.draft, self._slots.slots[0].seq_id, self.settings.draft_max + 1
             )
         self.calibrated = True
+        return self.costs.describe()
 
     def _load(self, path: Path, role: str, gpu_layers: int) -> LlamaModel:
         settings = self.settings
