@@ -85,7 +85,7 @@ class AdaptiveChooser:
         acceptance: float | None = None,
         one_off: float = 0.0,
         horizon: float = 1.0,
-        amortize: bool = False,
+        after_draft: bool = False,
     ) -> tuple[int, float, int]:
         """The draft length in 1..limit with the best expected tokens per second, that rate, and the pass size to
         pad to (0: none; the previous pass's size when padding pays, a pass of the same size being warm).
@@ -93,8 +93,8 @@ class AdaptiveChooser:
         previous, streak: the target's last pass size and how many passes in a row had it (see `plan`); leaving
         one-token passes makes the next one cold, so that is charged too. acceptance: one rate for every position
         instead of `rates`. one_off: seconds paid once before a run of such steps expected to settle `horizon`
-        tokens (the draft model's catch-up), of which a step bears its share. amortize: price a step as one of a
-        run of steps of its size (warm passes), the cost of getting there being one-off too.
+        tokens (the draft model's catch-up), of which a step bears its share. after_draft: the pass follows
+        draft-model passes and is priced as such.
         """
         costs = self.costs
         leaving_alone = costs.switch_cost() if previous == 1 else 0.0
@@ -103,24 +103,15 @@ class AdaptiveChooser:
         for k in range(1, limit + 1):
             survive *= acceptance if acceptance is not None else rates.rate(k - 1)
             expected += survive
-            if amortize:  # a run of such steps: warm passes, once warmed up (a cold and a capture pass)
-                verify = costs.verify(k + 1, warm=True)
-                entry = costs.in_sequence(k + 1, previous, streak) - verify + leaving_alone
-                if not (k + 1 == previous and streak >= 1):
-                    entry += costs.verify(k + 1, capture=True) - verify
-                step = (
-                    verify + k * per_draft_token + (one_off + max(0.0, entry)) * min(1.0, expected / horizon)
-                )
-            else:
-                share = one_off * min(1.0, expected / horizon)
-                verify = costs.in_sequence(k + 1, previous, streak)
-                step = verify + leaving_alone + k * per_draft_token + share
+            share = one_off * min(1.0, expected / horizon)
+            verify = costs.in_sequence(k + 1, previous, streak, after_draft)
+            step = verify + leaving_alone + k * per_draft_token + share
             rate = expected / step
             if rate > best_rate:
                 best_k, best_rate, best_size = k, rate, 0
         if limit + 1 < previous <= self.draft_max + 1 and limit:
             share = one_off * min(1.0, expected / horizon)
-            verify = self.costs.in_sequence(previous, previous, streak)
+            verify = costs.in_sequence(previous, previous, streak, after_draft)
             padded = expected / (verify + limit * per_draft_token + share)
             if padded > best_rate:
                 best_k, best_rate, best_size = limit, padded, previous
@@ -190,7 +181,7 @@ class AdaptiveChooser:
                     streak=streak,
                     one_off=catch_up,
                     horizon=horizon,
-                    amortize=True,
+                    after_draft=True,
                 )
 
             k, rate, size = drafting(budget)
@@ -244,15 +235,6 @@ class AdaptiveChooser:
 
     # ---- measuring --------------------------------------------------------------------------------------------
 
-    def pass_size(self, tokens: int, planned: int, previous: int, streak: int) -> int:
-        """The size to run a pass of `tokens` tokens at, where the plan expected `planned` (the draft model may stop
-        early): `planned` where passes padded to it, warm once they follow each other, cost less than a pass of
-        `tokens` now (on a GPU with an expensive target), else `tokens`."""
-        if planned <= tokens:
-            return tokens
-        shorter = self.costs.in_sequence(tokens, previous, streak)
-        return planned if self.costs.verify(planned, warm=True) <= shorter else tokens
-
     def record(
         self,
         source: DraftSource,
@@ -263,24 +245,21 @@ class AdaptiveChooser:
         ngram_match: int = 0,
         warm: bool = False,
         capture: bool = False,
-        requested: int = 0,
     ) -> None:
         """One step's outcome. warm: its pass followed two or more target passes of its size; capture: exactly
-        one. requested: drafts the plan asked for; a draft model that stopped short of them without a rejection
-        counts as failing at the next position (the planner's acceptance includes its early stops)."""
+        one. A draft-model step's pass follows the draft model's passes, whatever the size before."""
         for name in self._since_tried:
             self._since_tried[name] = 0 if name == source else self._since_tried[name] + 1
         if verify_tokens:
-            self.costs.record_verify(verify_tokens, t_verify, warm, capture)
+            self.costs.record_verify(verify_tokens, t_verify, warm, capture, after_draft=source == "draft")
         if source == "draft":
             self._draft_run += accepted + 1
         else:
             self._end_draft_run()
-        if source == "none" or (drafted == 0 and source != "draft"):
+        if source == "none" or drafted == 0:
             return
         if source == "draft":  # (the draft model's passes are timed by the drafter: `PassCosts.record_draft`)
-            tried = drafted + 1 if accepted == drafted < requested else drafted
-            self.draft_acceptance.record(tried, accepted)
+            self.draft_acceptance.record(drafted, accepted)
         else:
             self.ngram_acceptance[match_class(ngram_match)].record(drafted, accepted)
             self._ngram_long_run[match_class(ngram_match)].record(drafted, accepted)

@@ -27,8 +27,7 @@ class DraftModelDrafter:
     """Greedy drafting with the draft model in its own KV sequence (kept in step with the target's).
 
     With `costs`, it times its passes there: one-token passes (drafting, and short catch-ups on a GPU) as the
-    price of a draft token, batched catch-ups by size; with `stop_by_cost` too, it stops where one more draft
-    token costs more than it is expected to save.
+    price of a draft token, batched catch-ups by size.
     """
 
     def __init__(
@@ -39,7 +38,6 @@ class DraftModelDrafter:
         p_min: float,
         one_by_one: bool | None = None,
         costs: PassCosts | None = None,
-        stop_by_cost: bool = False,
     ) -> None:
         self.model = model
         # Catch up short remainders one token at a time (see sync_sequence); by default where the draft is on a GPU.
@@ -49,7 +47,6 @@ class DraftModelDrafter:
             cached  # tokens in the draft's KV for this slot (shared with the slot, updated in place)
         )
         self.costs = costs
-        self.stop_by_cost = stop_by_cost and costs is not None
         # Stop drafting where the draft is unsure. The top probability is estimated from the top-2 logit margin
         # alone (p = 1 / (1 + e^-margin), an upper bound): exact softmax over a 150k vocabulary per draft token
         # costs a fifth of a GPU draft step.
@@ -76,17 +73,9 @@ class DraftModelDrafter:
                 self.costs.record_draft_pass(missing, time.perf_counter() - started)
             started = time.perf_counter()
         drafts: list[int] = []
-        # With stop_by_cost, also stop once the whole draft so far is unlikely enough to be accepted that one more
-        # draft token costs more than the target time it may save (where a draft token costs a tenth of a target
-        # token, a draft goes on while its chance of being accepted whole is above a tenth).
-        floor = -math.inf
-        if self.stop_by_cost and self.costs is not None:
-            floor = math.log(self.costs.draft_token() / self.costs.verify(1, warm=True))
-        chance = 0.0  # log of the estimated chance that every draft so far is accepted
         while True:
             token, margin = top_two(self.model.logits(1)[0])
-            chance -= math.log1p(math.exp(-margin)) if margin < 30 else 0.0
-            if margin < self._min_margin or chance < floor:
+            if margin < self._min_margin:
                 break
             drafts.append(token)
             if len(drafts) >= k or self.model.is_end_of_generation(token):

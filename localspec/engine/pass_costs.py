@@ -22,7 +22,10 @@ class PassCosts:
     Three prices per size, because on a GPU llama.cpp replays a captured CUDA graph only while consecutive passes
     of a context have the same shape: "cold" (after a pass of another size: kernels launched one by one),
     "capture" (the second in a row: the graph is captured) and "warm" (the third or later: replayed). On a CPU
-    they are the same, and the cold price stands for all three until passes of a repeated size are timed.
+    they are the same, and the cold price stands for all three until passes of a repeated size are timed. A
+    fourth table holds passes right after draft-model passes (a draft-model step's verify pass): on a GPU they
+    cost about a cold pass whatever came before, and are priced apart so they neither pass for nor spoil the
+    target alone's prices.
     """
 
     def __init__(
@@ -38,13 +41,19 @@ class PassCosts:
         self._cold: dict[int, Ewma] = {}
         self._warm: dict[int, Ewma] = {}
         self._capture: dict[int, Ewma] = {}
+        self._after_draft: dict[int, Ewma] = {}
         self._draft_ratio = draft_ratio
         self._draft_token = Ewma(0.0)
         self._draft_passes: dict[int, Ewma] = {}  # the draft model's batched passes (catch-ups), per size
         self.draft_one_by_one = draft_one_by_one
 
-    def record_verify(self, n: int, seconds: float, warm: bool = False, capture: bool = False) -> None:
-        table = self._warm if warm else (self._capture if capture else self._cold)
+    def record_verify(
+        self, n: int, seconds: float, warm: bool = False, capture: bool = False, after_draft: bool = False
+    ) -> None:
+        if after_draft:
+            table = self._after_draft
+        else:
+            table = self._warm if warm else (self._capture if capture else self._cold)
         self._record(table, n, seconds)
 
     @staticmethod
@@ -82,10 +91,12 @@ class PassCosts:
     def measured_sizes(self) -> set[int]:
         return set(self._cold)
 
-    def verify(self, n: int, warm: bool = False, capture: bool = False) -> float:
+    def verify(self, n: int, warm: bool = False, capture: bool = False, after_draft: bool = False) -> float:
         """Seconds for a pass over n tokens; warm: after two or more passes of the same size; capture: after
-        exactly one."""
+        exactly one; after_draft: right after draft-model passes."""
         cold = self._estimate(self._cold, n)
+        if after_draft:
+            return self._relative_to_cold(self._after_draft, n, cold)
         if capture:
             return self._relative_to_cold(self._capture, n, cold)
         if warm and n in self._warm:
@@ -110,10 +121,13 @@ class PassCosts:
         # (Only the cold pass is charged, not the capture after it: docs/BENCHMARKS.md, "switch cost".)
         return max(0.0, self._estimate(self._cold, 1) - self._warm[1].value)
 
-    def in_sequence(self, n: int, previous: int, streak: int) -> float:
-        """Seconds for a pass over n tokens after `streak` passes in a row of `previous` tokens."""
+    def in_sequence(self, n: int, previous: int, streak: int, after_draft: bool = False) -> float:
+        """Seconds for a pass over n tokens after `streak` passes in a row of `previous` tokens (or right after
+        draft-model passes)."""
         same = n == previous
-        return self.verify(n, warm=same and streak >= 2, capture=same and streak == 1)
+        return self.verify(
+            n, warm=same and streak >= 2, capture=same and streak == 1, after_draft=after_draft
+        )
 
     def _estimate(self, table: dict[int, Ewma], n: int) -> float:
         if (known := table.get(n)) is not None:
@@ -144,6 +158,12 @@ class PassCosts:
                 + ", ".join(f"{n}: {self.verify(n, warm=True) * 1000:.1f}" for n in sizes)
                 + ")"
             )
+        if self._after_draft:
+            text += (
+                " (after draft-model passes: "
+                + ", ".join(f"{n}: {self.verify(n, after_draft=True) * 1000:.1f}" for n in sizes)
+                + ")"
+            )
         text += f"; draft token {self.draft_token() * 1000:.1f}"
         if self._draft_passes:
             text += f", draft catch-up of 64 tokens {self.draft_catch_up(64) * 1000:.1f}"
@@ -155,38 +175,37 @@ class PassCosts:
 
 
 def calibrate(
-    costs: PassCosts, target: LlamaModel, draft: LlamaModel | None, seq_id: int, max_size: int
+    costs: PassCosts,
+    target: LlamaModel,
+    draft: LlamaModel | None,
+    seq_id: int,
+    max_size: int,
+    quick_sweep: float = 1.0,
 ) -> None:
-    """Time target passes of every size a step can verify (1..max_size) cold, and on a GPU (or a fast CPU) also
-    capture and warm; a draft-model token and a few draft-model catch-ups. The chooser plans with these from the
-    first request on; every real pass then updates its price. Leaves sequence `seq_id` empty in both models."""
+    """Time target passes of every size a step can verify (1..max_size): cold, and where the target is on a GPU or
+    a sweep takes under `quick_sweep` seconds also capture, warm and right after draft-model passes; a
+    draft-model token and a few draft-model catch-ups. The chooser plans with these from the first request on;
+    every real pass then updates its price. Leaves sequence `seq_id` empty in both models."""
     sizes = range(1, min(max_size, target.n_ctx_per_seq - 1, 64) + 1)
     tokens = [0] * (max(sizes) + 1)  # any token: a pass costs the same whatever it reads
     target.decode(tokens, 0, seq_id, "all")  # warm-up: first-use allocations are not a pass cost
     target.remove_from(seq_id, 1)
-    # Cold prices, each size's best of two sweeps (the first passes after loading can be slow). A slow CPU sweep
-    # is not repeated: start-up stays short, and a CPU has no warm/cold difference to measure.
-    between_draft = draft is not None and target.offloaded  # cold passes of a draft step follow draft passes
-    if draft is not None:
-        draft.decode(tokens[:2], 0, seq_id, "last")
+    # Cold prices, each size's best of two sweeps (the first passes after loading can be slow). On a GPU every
+    # table is measured however long a sweep takes (an expensive target's warm prices are what its one-token
+    # passes cost); a slow CPU sweep is not repeated, to keep start-up short where warm and cold do not differ.
     best: dict[int, float] = {}
     started = time.perf_counter()
     repeat = True
     for sweep in range(2):
-        if sweep and not target.offloaded and time.perf_counter() - started > 1.0:
+        if sweep and not target.offloaded and time.perf_counter() - started > quick_sweep:
             repeat = False
             break
         for n in sizes:
             for _ in range(3 if n == 1 else 1):  # the one-token pass is the yardstick of every plan
                 if target.offloaded:  # as in a session: after a one-token pass (or a 2-token one)
                     _timed_pass(target, tokens[: 2 if n == 1 else 1], seq_id)
-                if between_draft and n > 1 and draft is not None:
-                    for _ in range(2):
-                        _timed_pass(draft, tokens[:1], seq_id, "last", start=2)
                 seconds = _timed_pass(target, tokens[:n], seq_id)
                 best[n] = min(best.get(n, seconds), seconds)
-    if draft is not None:
-        draft.remove_from(seq_id, 0)
     for n, seconds in best.items():
         costs.record_verify(n, seconds)
     if repeat:
@@ -202,17 +221,24 @@ def calibrate(
         costs.record_draft(1, min(_timed_pass(draft, tokens[:1], seq_id) for _ in range(3)))
         for n in catch_up_sizes:  # (each after a pass of another size, as a catch-up is)
             costs.record_draft_pass(n, _timed_pass(draft, catch_ups[:n], seq_id, "last"))
+        if repeat:
+            # A verify pass right after draft-model passes, as in a draft-model step. Best of two.
+            for n in sizes:
+                after_draft: list[float] = []
+                for _ in range(2):
+                    for _ in range(2):
+                        _timed_pass(draft, tokens[:1], seq_id, "last")
+                    after_draft.append(_timed_pass(target, tokens[:n], seq_id))
+                costs.record_verify(n, min(after_draft), after_draft=True)
         draft.remove_from(seq_id, 0)
     target.remove_from(seq_id, 0)
 
 
-def _timed_pass(
-    model: LlamaModel, tokens: list[int], seq_id: int, outputs: str = "all", start: int = 1
-) -> float:
-    """Seconds for one pass over `tokens` at position `start` of `seq_id` (the KV is left as it was)."""
-    began = time.perf_counter()
-    model.decode(tokens, start, seq_id, outputs)
+def _timed_pass(model: LlamaModel, tokens: list[int], seq_id: int, outputs: str = "all") -> float:
+    """Seconds for one pass over `tokens` after position 0 of `seq_id` (the KV is left as it was)."""
+    started = time.perf_counter()
+    model.decode(tokens, 1, seq_id, outputs)
     model.synchronize()
-    elapsed = time.perf_counter() - began
-    model.remove_from(seq_id, start)
+    elapsed = time.perf_counter() - started
+    model.remove_from(seq_id, 1)
     return elapsed

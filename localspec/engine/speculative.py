@@ -67,7 +67,6 @@ class Generation:
                 slot.draft_tokens,
                 draft_p_min,
                 costs=chooser.costs,
-                stop_by_cost=chooser.mode == "adaptive",
             )
             if draft
             else None
@@ -128,13 +127,8 @@ class Generation:
         started = time.perf_counter()
         base = len(self._committed)
         tokens = [self._pending, *drafts]
-        size = plan.pass_size
-        if source == "draft":  # the draft model may stop short of the plan: pad where that keeps passes warm
-            size = self.chooser.pass_size(len(tokens), max(size, plan.k + 1), previous, streak)
-        if size > len(
-            tokens
-        ):  # padded (a pass of the size before is warm on a GPU); its extra rows are not read
-            tokens += [tokens[-1]] * (min(size, self.target.n_ctx_per_seq - base) - len(tokens))
+        if plan.pass_size > len(tokens):  # padded to the previous pass's size (warm on a GPU); rows not read
+            tokens += [tokens[-1]] * (min(plan.pass_size, self.target.n_ctx_per_seq - base) - len(tokens))
         n_rows = self.target.decode(tokens, base, self.slot.seq_id, "all")
         self.target.synchronize()
         t_verify = time.perf_counter() - started
@@ -172,7 +166,6 @@ class Generation:
             self._ngram.match_length,
             warm=n_rows == previous and streak >= 2,
             capture=n_rows == previous and streak == 1,
-            requested=plan.k,
         )
         t_verify += t_settle
         stats = self.stats
