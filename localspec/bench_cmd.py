@@ -197,10 +197,7 @@ def run(args: argparse.Namespace) -> int:
     json_path = args.out / f"bench-{stamp}.json"
     runner.write_json(json_path, meta, rows, runs)
     console.print(f"results: {json_path}")
-    try:
-        console.print(f"plot: {report.plot(rows, args.out / f'bench-{stamp}.png', label)}")
-    except ImportError:
-        console.print("plot skipped: pip install matplotlib (or localspec[bench])")
+    console.print(report.plot_in_child(json_path, args.out / f"bench-{stamp}.png"))
     return 0
 
 

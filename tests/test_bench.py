@@ -323,3 +323,15 @@ def test_a_bench_with_nothing_to_run_says_what_to_give(
 
     assert main(["bench", "--target", str(tiny_models.target), "--workloads", ""]) == 1
     assert "name at least one --workloads entry or give --jsonl prompts" in capsys.readouterr().err
+
+
+def test_a_plot_that_fails_leaves_the_results_and_says_how_to_draw_it_later(tmp_path: Path) -> None:
+    # The plot is drawn in a child process: a crash there (seen as a segfault on a GPU machine) cannot cost the
+    # results or the bench's exit status.
+    from localspec.benchmark import report
+
+    broken = tmp_path / "bench-broken.json"
+    broken.write_text('{"meta": {}, "summary": "not rows"}')
+    message = report.plot_in_child(broken, tmp_path / "bench-broken.png")
+    assert message.startswith("plot failed (") and "python -m localspec.benchmark.report" in message
+    assert not (tmp_path / "bench-broken.png").exists()

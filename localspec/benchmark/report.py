@@ -1,7 +1,15 @@
-"""Benchmark output: a terminal table and a PNG plot of speedup and acceptance per workload."""
+"""Benchmark output: a terminal table and a PNG plot of speedup and acceptance per workload.
+
+`python -m localspec.benchmark.report RESULT.json [PLOT.png]` draws the plot of a saved result. The bench draws it
+that way too, in a child process: matplotlib's native code has crashed a process that had run llama.cpp on a GPU
+(a segfault after the results were written), and the results must never depend on the plot.
+"""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -82,3 +90,37 @@ def plot(rows: list[dict[str, Any]], path: Path, target: str) -> Path:
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
+
+
+def plot_in_child(result: Path, path: Path) -> str:
+    """Draw `result`'s plot into `path` in a child process; a line for the user either way."""
+    child = subprocess.run(
+        [sys.executable, "-m", "localspec.benchmark.report", str(result), str(path)],
+        capture_output=True,
+        text=True,
+    )
+    if child.returncode == 0:
+        return f"plot: {path}"
+    if "No module named 'matplotlib'" in child.stderr:
+        return "plot skipped: pip install matplotlib (or localspec[bench])"
+    last = (child.stderr.strip().splitlines() or [f"exit status {child.returncode}"])[-1]
+    return (
+        f"plot failed ({last}); the results are complete. Draw it later with: "
+        f"python -m localspec.benchmark.report {result} {path}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not 1 <= len(args) <= 2:
+        print("usage: python -m localspec.benchmark.report RESULT.json [PLOT.png]", file=sys.stderr)
+        return 2
+    result = Path(args[0])
+    document = json.loads(result.read_text(encoding="utf-8"))
+    target = document["meta"].get("target_label") or document["meta"].get("target", "")
+    print(plot(document["summary"], Path(args[1]) if len(args) > 1 else result.with_suffix(".png"), target))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
