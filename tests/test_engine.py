@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from localspec.engine import CancelToken, Engine, EngineSettings, GenerationRequest, SamplingParams
+from localspec.engine import CancelToken, EndRule, Engine, EngineSettings, GenerationRequest, SamplingParams
 from localspec.engine.chooser import Plan
 from localspec.engine.compat import check_compatible
 from localspec.engine.pass_costs import PassCosts
@@ -338,6 +338,29 @@ def test_infill_prompt_uses_fim_tokens_and_needs_them(similar_engine: Engine, ti
             engine.infill_prompt("a", "b")
     finally:
         engine.close()
+
+
+@pytest.mark.parametrize("mode", ["draft", "none"])
+def test_an_infill_with_a_single_line_rule_ends_itself_at_the_first_newline(
+    similar_engine: Engine, mode: str
+) -> None:
+    suffix = "\n\nprint(add(1, 2))\n"
+    tokens = similar_engine.infill_prompt("def add(a, b):\n    return ", suffix)
+    free = run(similar_engine, tokens, mode, max_tokens=40, slot="infill")
+    assert "\n" in free.text.lstrip()  # without the rule, the (seeded) model goes on past a newline
+    # What the daemon's infill route used to cut out of that text after the fact:
+    cutter = EndRule("single_line", suffix).cutter()
+    cutter.feed(free.text)
+    assert cutter.done
+    request = GenerationRequest(
+        prompt=tokens, max_tokens=40, slot="infill", speculative=mode, end_rule=EndRule("single_line", suffix)
+    )
+    generation = similar_engine.generate(request)
+    streamed = "".join(event.text for event in generation)
+    assert generation.result is not None
+    assert generation.result.finish_reason == "stop"
+    assert generation.result.text == streamed == cutter.final_text
+    assert "\n" not in streamed.lstrip() and len(generation.result.token_ids) < len(free.token_ids)
 
 
 def test_chat_prompt_uses_the_gguf_chat_template(similar_engine: Engine) -> None:
