@@ -363,6 +363,16 @@ def test_an_infill_with_a_single_line_rule_ends_itself_at_the_first_newline(
     assert "\n" not in streamed.lstrip() and len(generation.result.token_ids) < len(free.token_ids)
 
 
+def test_an_infill_prompt_keeps_half_the_context_for_the_code_however_long_the_answer(
+    similar_engine: Engine,
+) -> None:
+    prefix = "".join(f"line_{i} = {i}\n" for i in range(400))  # far more than the 512-token context
+    tokens = similar_engine.infill_prompt(prefix, "\n", max_tokens=10_000)
+    assert similar_engine.n_ctx // 2 - 16 <= len(tokens) <= similar_engine.n_ctx // 2
+    text = similar_engine.detokenize(tokens)
+    assert "line_399 = 399\n" in text and "line_0 = 0\n" not in text  # the prefix's start went first
+
+
 def test_chat_prompt_uses_the_gguf_chat_template(similar_engine: Engine) -> None:
     prompt = similar_engine.chat_prompt([{"role": "user", "content": "hello"}])
     assert prompt == "<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n"

@@ -257,11 +257,10 @@ async def infill(request: Request) -> Response:
 
     def prepare(engine: Backend) -> GenerationRequest:
         max_tokens = body.max_tokens or 128
-        # Keep at least half the context for the code around the cursor, however many tokens were asked for.
-        reserve = min(max_tokens, engine.n_ctx // 2)
         return GenerationRequest(
+            # The engine cuts the prompt to what the context holds next to `max_tokens` of answer.
             prompt=engine.infill_prompt(
-                body.prefix, body.suffix, extra=extra, filename=body.filename, max_tokens=reserve
+                body.prefix, body.suffix, extra=extra, filename=body.filename, max_tokens=max_tokens
             ),
             max_tokens=max_tokens,
             sampling=body.sampling(),
