@@ -202,9 +202,9 @@ def test_each_workload_starts_every_mode_with_an_empty_ngram_history(endless_pai
     problem. Here two workloads hold the same prompt: the second decodes exactly as the first, no history to use."""
     from rich.console import Console
 
-    from localspec.bench_cmd import _run_localspec
     from localspec.benchmark import runner
     from localspec.benchmark.workloads import Task
+    from localspec.cli.bench import _run_localspec
     from localspec.engine import Engine, EngineSettings
 
     target, _ = endless_pair  # (a model that never ends its reply: 48 tokens to copy)

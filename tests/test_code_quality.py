@@ -100,7 +100,7 @@ def _in(package: str, modules: set[str]) -> set[str]:
 
 def test_the_import_graph_sees_lazy_imports() -> None:
     # The checks below rely on this: the CLI imports the client only inside a handler.
-    assert "localspec.client" in _imports("localspec.daemon.cli")
+    assert "localspec.client" in _imports("localspec.cli.daemon")
 
 
 def test_the_client_imports_nothing_from_the_daemon() -> None:
@@ -108,10 +108,15 @@ def test_the_client_imports_nothing_from_the_daemon() -> None:
 
 
 def test_the_daemon_imports_nothing_from_the_client() -> None:
-    # Its command-line module (serve/status/stop) is a client of the daemon, not part of it.
     for module in _modules("localspec.daemon"):
-        if module != "localspec.daemon.cli":
-            assert "localspec.client" not in _reachable(module), module
+        assert "localspec.client" not in _reachable(module), module
+
+
+def test_the_package_root_holds_only_core_modules() -> None:
+    # Subcommands live in localspec/cli/ (or in models/, tui/, lsp/ for their own areas), not next to the core.
+    for module in _modules("localspec"):
+        assert not module.endswith(("_cmd", ".model_paths")), module
+    assert _in("localspec.cli", _reachable("localspec.daemon.app")) == set()
 
 
 def test_the_tui_and_the_lsp_reach_the_daemon_only_through_the_client() -> None:

@@ -554,11 +554,12 @@ def test_output_history_stays_bounded() -> None:
 def test_history_can_be_turned_off_from_the_config(tiny_models, localspec_home: Path, monkeypatch) -> None:
     from localspec.config import load_config
     from localspec.errors import ConfigError
-    from localspec.model_paths import engine_settings
 
     monkeypatch.setenv("LOCALSPEC_SPECULATIVE_HISTORY_TOKENS", "0")
     config = load_config()
-    engine = Engine(engine_settings(config, tiny_models.target, None, n_ctx=256, slots=1, threads=2))
+    engine = Engine(
+        EngineSettings.from_config(config, tiny_models.target, None, n_ctx=256, slots=1, threads=2)
+    )
     try:
         run(engine, PROMPT, "ngram", max_tokens=8)
         assert engine.history.size == 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from localspec.engine.canary import ensure_llama_runs
 from localspec.engine.chooser import AdaptiveChooser
@@ -29,6 +29,9 @@ from localspec.engine.types import (
     SpeculativeMode,
 )
 from localspec.errors import ConfigError, InvalidRequestError
+
+if TYPE_CHECKING:
+    from localspec.config import Config
 
 # Greedy positions whose top-2 logit margin in a batched verify pass is below this are re-evaluated alone
 # (batched and one-token passes differ in the last bits: docs/BENCHMARKS.md has the measured spread).
@@ -50,6 +53,27 @@ class EngineSettings:
     draft_p_min: float = 0.75
     tie_margin: float = DEFAULT_TIE_MARGIN
     history_tokens: int = 16384  # earlier outputs kept as an n-gram source (0 = none)
+
+    @classmethod
+    def from_config(
+        cls, config: Config, target: Path, draft: Path | None, **overrides: Any
+    ) -> EngineSettings:
+        """The settings config.toml's [engine] and [speculative] ask for; `overrides` win (a command's flags, or
+        fewer slots for a one-shot command)."""
+        values: dict[str, Any] = {
+            "target_path": target,
+            "draft_path": draft,
+            "n_ctx": config.n_ctx,
+            "threads": config.threads,
+            "target_gpu_layers": config.target_gpu_layers,
+            "draft_gpu_layers": config.draft_gpu_layers,
+            "slots": config.slots,
+            "mode": config.mode,  # Config.validate() checked it
+            "draft_max": config.draft_max,
+            "draft_p_min": config.draft_p_min,
+            "history_tokens": config.history_tokens,
+        }
+        return cls(**{**values, **overrides})
 
 
 class Engine:

@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     from localspec.engine.engine import DEFAULT_TIE_MARGIN
     from localspec.engine.llama_model import default_threads, shutdown
     from localspec.errors import InvalidRequestError
-    from localspec.model_paths import resolve_model_paths
+    from localspec.models import resolve_run_models
 
     console = Console(stderr=True)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -110,7 +110,9 @@ def run(args: argparse.Namespace) -> int:
     counts = workloads.prompt_counts(args.prompts, names)
     scale = Scale(args.scale_layers, args.scale_ffn)
     config = load_config()
-    source, draft = resolve_model_paths(config, args.target, args.draft)
+    source, draft = resolve_run_models(
+        config.models_path(), config.target, config.draft, args.target, args.draft
+    )
     if draft is None and "draft" in modes:
         modes.remove("draft")
         console.print("no draft model: the draft mode is skipped")
