@@ -284,6 +284,20 @@ def test_a_generation_stops_at_a_full_context_with_finish_reason_length(
         engine.close()
 
 
+def test_a_request_draft_max_above_the_engines_is_refused_naming_the_limit(tiny_models) -> None:
+    engine = make_engine(tiny_models.target, tiny_models.draft_similar, slots=1, draft_max=4)
+    try:
+        with pytest.raises(
+            InvalidRequestError, match=r"between 0 and 4 \(this engine's speculative.draft_max\)"
+        ):
+            engine.generate(GenerationRequest(prompt=PROMPT, max_tokens=4, draft_max=5))
+        assert engine.complete(GenerationRequest(prompt=PROMPT, max_tokens=4, draft_max=4)).token_ids
+    finally:
+        engine.close()
+    with pytest.raises(ConfigError, match="between 0 and 64"):
+        make_engine(tiny_models.target, None, draft_max=65)
+
+
 def test_draft_mode_without_a_draft_model_is_refused_not_silently_run_alone(tiny_models) -> None:
     engine = make_engine(tiny_models.target, None, slots=1)
     try:
