@@ -26,6 +26,14 @@ BACKENDS = ("local", "remote")
 REMOTE_KINDS = ("auto", "llama-server", "vllm", "openai")
 # Qwen2.5-Coder's fill-in-the-middle tokens (the default pair's), for remotes without an infill endpoint.
 DEFAULT_FIM_TOKENS = ["<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"]
+# Engine defaults and limits, defined here once: config.toml, the API's request schema and the engine's own
+# settings (EngineSettings) all use these.
+DEFAULT_N_CTX = 4096  # context tokens per slot
+DEFAULT_SLOTS = 4
+DEFAULT_DRAFT_MAX = 16  # most tokens drafted per step
+DRAFT_MAX_LIMIT = 64  # the most speculative.draft_max may be
+DEFAULT_DRAFT_P_MIN = 0.75  # the draft model stops drafting below this confidence
+DEFAULT_HISTORY_TOKENS = 16384  # earlier outputs kept as an n-gram draft source
 
 
 @dataclass
@@ -39,9 +47,9 @@ class Config:
     # `models pull` refuses to start unless this much disk stays free after the download.
     min_free_gb: float = field(default=1.0, metadata={"section": "models"})
     # [engine]
-    n_ctx: int = field(default=4096, metadata={"section": "engine"})
+    n_ctx: int = field(default=DEFAULT_N_CTX, metadata={"section": "engine"})
     threads: int = field(default=0, metadata={"section": "engine"})
-    slots: int = field(default=4, metadata={"section": "engine"})
+    slots: int = field(default=DEFAULT_SLOTS, metadata={"section": "engine"})
     # "local": llama.cpp in this process; "remote": an existing inference server does the decoding (docs/REMOTE.md).
     backend: str = field(default="local", metadata={"section": "engine"})
     remote_url: str = field(default="", metadata={"section": "engine"})
@@ -58,10 +66,10 @@ class Config:
     )
     # [speculative]
     mode: str = field(default="adaptive", metadata={"section": "speculative"})
-    draft_max: int = field(default=16, metadata={"section": "speculative"})
-    draft_p_min: float = field(default=0.75, metadata={"section": "speculative"})
+    draft_max: int = field(default=DEFAULT_DRAFT_MAX, metadata={"section": "speculative"})
+    draft_p_min: float = field(default=DEFAULT_DRAFT_P_MIN, metadata={"section": "speculative"})
     # Tokens of earlier outputs kept (in memory only) as an n-gram draft source for later requests; 0 = off.
-    history_tokens: int = field(default=16384, metadata={"section": "speculative"})
+    history_tokens: int = field(default=DEFAULT_HISTORY_TOKENS, metadata={"section": "speculative"})
     # [server]
     host: str = field(default="127.0.0.1", metadata={"section": "server"})
     port: int = field(default=8717, metadata={"section": "server"})
@@ -77,8 +85,10 @@ class Config:
             raise ConfigError(
                 f"speculative.mode must be one of {', '.join(SPECULATIVE_MODES)}, not {self.mode!r}."
             )
-        if not 0 <= self.draft_max <= 64:
-            raise ConfigError(f"speculative.draft_max must be between 0 and 64, not {self.draft_max}.")
+        if not 0 <= self.draft_max <= DRAFT_MAX_LIMIT:
+            raise ConfigError(
+                f"speculative.draft_max must be between 0 and {DRAFT_MAX_LIMIT}, not {self.draft_max}."
+            )
         if not 0.0 <= self.draft_p_min <= 1.0:
             raise ConfigError(f"speculative.draft_p_min must be between 0 and 1, not {self.draft_p_min}.")
         if not 0 <= self.history_tokens <= 1_048_576:

@@ -1,5 +1,8 @@
 """What the model sees for one suggestion: prefix and suffix windows around the cursor, the file's
-name, extra chunks from other files, and whether to stop at the end of the line."""
+name, extra chunks from other files, and whether to stop at the end of the line.
+
+The windows are chosen in lines and characters; fitting them into the model's context (in tokens) is the
+engine's job (`localspec/engine/prompts.py`)."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from localspec.models.errors import (
 )
 from localspec.models.gguf_info import GGUFInfo, read_gguf_info
 from localspec.models.install import is_installed, pull_model
-from localspec.models.resolve import resolve_model, resolve_pair
+from localspec.models.resolve import resolve_model, resolve_pair, resolve_run_models
 
 __all__ = [
     "Catalog",
@@ -35,4 +35,5 @@ __all__ = [
     "read_gguf_info",
     "resolve_model",
     "resolve_pair",
+    "resolve_run_models",
 ]

@@ -109,6 +109,37 @@ def resolve_pair(
     return target_path, pair_draft
 
 
+def resolve_run_models(
+    models_dir: Path,
+    configured_target: str,
+    configured_draft: str,
+    target: str | None = None,
+    draft: str | None = None,
+    no_draft: bool = False,
+) -> tuple[Path, Path | None]:
+    """(target, draft) files for one run: names given for it win over the configured pair.
+
+    A target named for the run gets no configured draft (it may not share its vocabulary); `no_draft` or the draft
+    "none" runs without one. A .gguf path is taken as given: the engine reports a missing or broken file itself.
+    """
+    if target is None and draft is None:
+        target_path, draft_path = resolve_pair(configured_target, configured_draft, models_dir)
+    else:
+        target_path = (
+            _given(target, models_dir)
+            if target
+            else resolve_pair(configured_target, configured_draft, models_dir)[0]
+        )
+        draft_path = _given(draft, models_dir) if draft and draft != NO_DRAFT else None
+    return target_path, None if no_draft else draft_path
+
+
+def _given(name_or_path: str, models_dir: Path) -> Path:
+    if name_or_path.endswith(".gguf") or Path(name_or_path).expanduser().is_file():
+        return Path(name_or_path).expanduser()
+    return resolve_model(name_or_path, models_dir)
+
+
 @dataclass
 class PairChoice:
     """What `models use` resolved and will write to config."""

@@ -202,9 +202,9 @@ def test_each_workload_starts_every_mode_with_an_empty_ngram_history(endless_pai
     problem. Here two workloads hold the same prompt: the second decodes exactly as the first, no history to use."""
     from rich.console import Console
 
-    from localspec.bench_cmd import _run_localspec
     from localspec.benchmark import runner
     from localspec.benchmark.workloads import Task
+    from localspec.cli.bench import _run_localspec
     from localspec.engine import Engine, EngineSettings
 
     target, _ = endless_pair  # (a model that never ends its reply: 48 tokens to copy)
@@ -314,6 +314,24 @@ def test_bench_without_a_draft_model_skips_the_draft_mode(tiny_models, tmp_path:
     )  # fmt: skip
     assert "no draft model: the draft mode is skipped" in run.completed.stderr
     assert {r["mode"] for r in run.result["runs"]} == {"none", "ngram"}
+
+
+def test_bench_takes_engine_settings_from_the_config_and_its_flags_override_them(
+    tiny_models, tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    (home / "config").mkdir(parents=True)
+    (home / "config" / "config.toml").write_text(
+        "[engine]\nn_ctx = 1024\n\n[speculative]\ndraft_max = 5\ndraft_p_min = 0.5\nhistory_tokens = 0\n"
+    )
+    run = _bench(
+        home, tmp_path / "results",
+        "--target", str(tiny_models.target), "--draft", str(tiny_models.draft_similar),
+        "--workloads", "humaneval", "--prompts", "1", "--modes", "draft", "--draft-p-min", "0.25",
+    )  # fmt: skip
+    meta = run.result["meta"]
+    assert (meta["draft_max"], meta["history_tokens"]) == (5, 0)  # config.toml's [speculative]
+    assert (meta["n_ctx"], meta["draft_p_min"]) == (2048, 0.25)  # flags (--n-ctx 2048) win over the config
 
 
 def test_a_bench_with_nothing_to_run_says_what_to_give(

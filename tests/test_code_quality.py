@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import ast
+import io
+import re
 import subprocess
 import sys
+import tokenize
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,7 +103,7 @@ def _in(package: str, modules: set[str]) -> set[str]:
 
 def test_the_import_graph_sees_lazy_imports() -> None:
     # The checks below rely on this: the CLI imports the client only inside a handler.
-    assert "localspec.client" in _imports("localspec.daemon.cli")
+    assert "localspec.client" in _imports("localspec.cli.daemon")
 
 
 def test_the_client_imports_nothing_from_the_daemon() -> None:
@@ -108,10 +111,15 @@ def test_the_client_imports_nothing_from_the_daemon() -> None:
 
 
 def test_the_daemon_imports_nothing_from_the_client() -> None:
-    # Its command-line module (serve/status/stop) is a client of the daemon, not part of it.
     for module in _modules("localspec.daemon"):
-        if module != "localspec.daemon.cli":
-            assert "localspec.client" not in _reachable(module), module
+        assert "localspec.client" not in _reachable(module), module
+
+
+def test_the_package_root_holds_only_core_modules() -> None:
+    # Subcommands live in localspec/cli/ (or in models/, tui/, lsp/ for their own areas), not next to the core.
+    for module in _modules("localspec"):
+        assert not module.endswith(("_cmd", ".model_paths")), module
+    assert _in("localspec.cli", _reachable("localspec.daemon.app")) == set()
 
 
 def test_the_tui_and_the_lsp_reach_the_daemon_only_through_the_client() -> None:
@@ -127,3 +135,35 @@ def test_models_resolve_names_without_the_config_or_the_engine() -> None:
         if module != "localspec.models.cli":
             reached = _reachable(module)
             assert _in("localspec.config", reached) | _in("localspec.engine", reached) == set(), module
+
+
+# Measurements (a GPU's name, a timing in ms, a speedup such as "1.91x") belong in docs/BENCHMARKS.md; comments and
+# docstrings say what the code does and why.
+_MEASUREMENT = re.compile(r"\b(?:[AH]100|H200|L4|RTX ?\d{4})\b|\b\d+(?:\.\d+)? ?ms\b|\b\d+\.\d+x\b")
+
+
+def _prose(path: Path) -> list[tuple[int, str]]:
+    """(line, text) of every comment and docstring in a file."""
+    source = path.read_text(encoding="utf-8")
+    found = [
+        (token.start[0], token.string)
+        for token in tokenize.generate_tokens(io.StringIO(source).readline)
+        if token.type == tokenize.COMMENT
+    ]
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            docstring = ast.get_docstring(node, clean=False)
+            if docstring:
+                found.append((node.body[0].lineno, docstring))
+    return found
+
+
+def test_comments_and_docstrings_hold_no_measurements() -> None:
+    notes = [
+        f"{path.relative_to(ROOT)}:{line}: {match.group(0)}"
+        for folder in _PACKAGE_DIRS.values()
+        for path in sorted(folder.rglob("*.py"))
+        for line, text in _prose(path)
+        for match in _MEASUREMENT.finditer(text)
+    ]
+    assert notes == [], "measurements go to docs/BENCHMARKS.md:\n" + "\n".join(notes)

@@ -157,6 +157,8 @@ def test_infill_with_extra_files_is_accepted(shared: RunningDaemon) -> None:
         ("/v1/completions", {"prompt": "x", "speculative": "turbo"}, "speculative"),
         ("/v1/completions", {"prompt": "x", "slot": "../../etc"}, "slot"),
         ("/v1/completions", {"prompt": [999999]}, "token ids"),
+        ("/v1/completions", {"prompt": "x", "draft_max": 17}, "between 0 and 16 (this engine's"),
+        ("/v1/completions", {"prompt": "x", "draft_max": 65}, "draft_max"),
         ("/v1/chat/completions", {"messages": []}, "messages"),
         ("/v1/chat/completions", {"messages": [{"role": "robot", "content": "hi"}]}, "role"),
         ("/v1/infill", {"suffix": "x"}, "prefix"),

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from localspec.engine import CancelToken, Engine, EngineSettings, GenerationRequest, SamplingParams
+from localspec.engine import CancelToken, EndRule, Engine, EngineSettings, GenerationRequest, SamplingParams
 from localspec.engine.chooser import Plan
 from localspec.engine.compat import check_compatible
 from localspec.engine.pass_costs import PassCosts
@@ -284,6 +284,20 @@ def test_a_generation_stops_at_a_full_context_with_finish_reason_length(
         engine.close()
 
 
+def test_a_request_draft_max_above_the_engines_is_refused_naming_the_limit(tiny_models) -> None:
+    engine = make_engine(tiny_models.target, tiny_models.draft_similar, slots=1, draft_max=4)
+    try:
+        with pytest.raises(
+            InvalidRequestError, match=r"between 0 and 4 \(this engine's speculative.draft_max\)"
+        ):
+            engine.generate(GenerationRequest(prompt=PROMPT, max_tokens=4, draft_max=5))
+        assert engine.complete(GenerationRequest(prompt=PROMPT, max_tokens=4, draft_max=4)).token_ids
+    finally:
+        engine.close()
+    with pytest.raises(ConfigError, match="between 0 and 64"):
+        make_engine(tiny_models.target, None, draft_max=65)
+
+
 def test_draft_mode_without_a_draft_model_is_refused_not_silently_run_alone(tiny_models) -> None:
     engine = make_engine(tiny_models.target, None, slots=1)
     try:
@@ -338,6 +352,39 @@ def test_infill_prompt_uses_fim_tokens_and_needs_them(similar_engine: Engine, ti
             engine.infill_prompt("a", "b")
     finally:
         engine.close()
+
+
+@pytest.mark.parametrize("mode", ["draft", "none"])
+def test_an_infill_with_a_single_line_rule_ends_itself_at_the_first_newline(
+    similar_engine: Engine, mode: str
+) -> None:
+    suffix = "\n\nprint(add(1, 2))\n"
+    tokens = similar_engine.infill_prompt("def add(a, b):\n    return ", suffix)
+    free = run(similar_engine, tokens, mode, max_tokens=40, slot="infill")
+    assert "\n" in free.text.lstrip()  # without the rule, the (seeded) model goes on past a newline
+    # What the daemon's infill route used to cut out of that text after the fact:
+    cutter = EndRule("single_line", suffix).cutter()
+    cutter.feed(free.text)
+    assert cutter.done
+    request = GenerationRequest(
+        prompt=tokens, max_tokens=40, slot="infill", speculative=mode, end_rule=EndRule("single_line", suffix)
+    )
+    generation = similar_engine.generate(request)
+    streamed = "".join(event.text for event in generation)
+    assert generation.result is not None
+    assert generation.result.finish_reason == "stop"
+    assert generation.result.text == streamed == cutter.final_text
+    assert "\n" not in streamed.lstrip() and len(generation.result.token_ids) < len(free.token_ids)
+
+
+def test_an_infill_prompt_keeps_half_the_context_for_the_code_however_long_the_answer(
+    similar_engine: Engine,
+) -> None:
+    prefix = "".join(f"line_{i} = {i}\n" for i in range(400))  # far more than the 512-token context
+    tokens = similar_engine.infill_prompt(prefix, "\n", max_tokens=10_000)
+    assert similar_engine.n_ctx // 2 - 16 <= len(tokens) <= similar_engine.n_ctx // 2
+    text = similar_engine.detokenize(tokens)
+    assert "line_399 = 399\n" in text and "line_0 = 0\n" not in text  # the prefix's start went first
 
 
 def test_chat_prompt_uses_the_gguf_chat_template(similar_engine: Engine) -> None:
@@ -521,11 +568,12 @@ def test_output_history_stays_bounded() -> None:
 def test_history_can_be_turned_off_from_the_config(tiny_models, localspec_home: Path, monkeypatch) -> None:
     from localspec.config import load_config
     from localspec.errors import ConfigError
-    from localspec.model_paths import engine_settings
 
     monkeypatch.setenv("LOCALSPEC_SPECULATIVE_HISTORY_TOKENS", "0")
     config = load_config()
-    engine = Engine(engine_settings(config, tiny_models.target, None, n_ctx=256, slots=1, threads=2))
+    engine = Engine(
+        EngineSettings.from_config(config, tiny_models.target, None, n_ctx=256, slots=1, threads=2)
+    )
     try:
         run(engine, PROMPT, "ngram", max_tokens=8)
         assert engine.history.size == 0

@@ -21,8 +21,8 @@ from conftest import RunningDaemon, TinyModels, start_daemon, stop_daemon
 from llama_server import Served, start_llama_server, start_rpc_server
 from waiting import wait_until
 
-from localspec.daemon.infill_rules import InfillStopper
 from localspec.engine import Engine, EngineSettings, GenerationRequest, GenerationResult
+from localspec.engine.end_rules import EndCutter
 from localspec.remote.vllm_metrics import speculative_counters
 
 PROMPT = "import os\n"  # the tiny target continues it for more than 48 tokens
@@ -161,9 +161,7 @@ def test_the_remote_kind_openai_uses_fim_tokens_and_reports_unknown_not_zero(
         prefix, suffix = "def add(a, b):\n    return ", "\n"
         data = _post(daemon, "/v1/infill", {"prefix": prefix, "suffix": suffix, "max_tokens": 12}).json()
         fim_prompt = f"<|fim_prefix|>{prefix}<|fim_suffix|>{suffix}<|fim_middle|>"
-        stopper = InfillStopper(
-            single_line=False, suffix=suffix
-        )  # the daemon's stop rules, as for any infill
+        stopper = EndCutter(single_line=False, suffix=suffix)  # the infill's block end rule
         stopper.feed(_local_greedy(tiny_models.target, fim_prompt, 12).text)
         stopper.flush()
         assert _readable(data["content"]) == _readable(stopper.final_text)

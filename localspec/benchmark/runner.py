@@ -138,21 +138,22 @@ class ServerMode:
     args: list[str]
 
 
-def llama_server_modes(draft: Path | None) -> list[ServerMode]:
+def llama_server_modes(draft: Path | None, draft_max: int, draft_p_min: float) -> list[ServerMode]:
+    """llama-server alone and in its speculative modes; its draft-model mode drafts as localspec's engine is set."""
     modes = [ServerMode(TARGET_ALONE, [])]
     if draft is not None:
         modes.append(
             ServerMode(
-                "draft-simple n16 p0.75",
+                f"draft-simple n{draft_max} p{draft_p_min:g}",
                 [
                     "-md",
                     str(draft),
                     "--spec-type",
                     "draft-simple",
                     "--spec-draft-n-max",
-                    "16",
+                    str(draft_max),
                     "--spec-draft-p-min",
-                    "0.75",
+                    f"{draft_p_min:g}",
                 ],
             )
         )

@@ -25,13 +25,13 @@ from starlette.routing import Route
 
 from localspec.daemon import responses
 from localspec.daemon.engine_host import EngineHost
-from localspec.daemon.infill_rules import InfillStopper
 from localspec.daemon.metrics import prometheus_text
 from localspec.daemon.openapi import openapi_document
 from localspec.daemon.responses import Shaper
 from localspec.daemon.scheduler import Job, JobKind
 from localspec.daemon.schemas import ChatBody, CompletionBody, InfillBody, validation_message
 from localspec.daemon.security import GuardMiddleware
+from localspec.engine.end_rules import EndRule
 from localspec.engine.types import GenerationRequest, GenerationResult
 from localspec.errors import (
     ContextOverflowError,
@@ -198,9 +198,7 @@ async def _respond(request: Request, job: Job, stream: bool, formats: _Formats) 
             if stream:
                 # Errors before the first event are a plain 4xx; from here on the answer is a stream.
                 return EventSourceResponse(_stream(event, job, formats.step, formats.last), ping=15)
-            if kind == "done":
-                return JSONResponse(formats.whole(payload))
-            formats.step(payload)  # a step of a non-stream job that reads steps (infill stop rules)
+            return JSONResponse(formats.whole(payload))  # "done": a non-stream job posts only its result
     finally:
         watch.close()
 
@@ -259,44 +257,33 @@ async def infill(request: Request) -> Response:
 
     def prepare(engine: Backend) -> GenerationRequest:
         max_tokens = body.max_tokens or 128
-        # Keep at least half the context for the code around the cursor, however many tokens were asked for.
-        reserve = min(max_tokens, engine.n_ctx // 2)
         return GenerationRequest(
+            # The engine cuts the prompt to what the context holds next to `max_tokens` of answer.
             prompt=engine.infill_prompt(
-                body.prefix, body.suffix, extra=extra, filename=body.filename, max_tokens=reserve
+                body.prefix, body.suffix, extra=extra, filename=body.filename, max_tokens=max_tokens
             ),
             max_tokens=max_tokens,
             sampling=body.sampling(),
             stop=body.stop_list(),
+            # Where code completion ends: the generation stops itself there (finish_reason "stop").
+            end_rule=EndRule("single_line" if body.single_line else "block", body.suffix),
             speculative=body.speculative,
             draft_max=body.draft_max,
             # The n-gram drafter may copy from the code after the cursor and the other files sent along.
             lookup_texts=[body.suffix, *(text for _, text in extra)],
         )
 
-    job = _submit(request, "infill", body.slot or "infill", prepare, stream=True)  # stop rules read steps
-    stopper = InfillStopper(body.single_line, body.suffix)
+    job = _submit(request, "infill", body.slot or "infill", prepare, body.stream)
     model = _model_name(request)
 
-    def step(event: Any) -> str | None:
-        out = stopper.feed(event.text)
-        if stopper.done and not job.stopped_by_rule:
-            job.stopped_by_rule = True
-            job.cancel.cancel()  # a stop rule ended it: stop generating
-        if not out:
-            return None
-        drafted = min(event.drafted_chars, len(out))
-        return json.dumps({"content": out, "speculative_step": responses.speculative_step(event, drafted)})
-
-    def reason(result: GenerationResult) -> str:
-        return "stop" if stopper.done else result.finish_reason
+    def step(event: Any) -> str:
+        return json.dumps({"content": event.text, "speculative_step": responses.speculative_step(event)})
 
     def last(result: GenerationResult) -> str:
-        rest = stopper.flush()
-        return json.dumps(responses.infill_body(rest, reason(result), result, model))
+        return json.dumps(responses.infill_body("", result.finish_reason, result, model))
 
     def whole(result: GenerationResult) -> dict[str, Any]:
-        return responses.infill_body(stopper.final_text, reason(result), result, model)
+        return responses.infill_body(result.text, result.finish_reason, result, model)
 
     return await _respond(request, job, body.stream, _Formats(step, last, whole))
 

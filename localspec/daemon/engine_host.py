@@ -39,10 +39,10 @@ def resolve_models(config: Config) -> tuple[Path, Path | None]:
 
 
 def engine_settings(config: Config) -> EngineSettings:
-    from localspec.model_paths import engine_settings as settings_for
+    from localspec.engine import EngineSettings
 
     target, draft = resolve_models(config)
-    return settings_for(config, target, draft)
+    return EngineSettings.from_config(config, target, draft)
 
 
 def backend_settings(config: Config) -> Settings:

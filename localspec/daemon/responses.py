@@ -40,14 +40,14 @@ def speculative(result: GenerationResult) -> dict[str, Any]:
     return {key: None if key in unknown else value for key, value in report.items()}
 
 
-def speculative_step(event: StepEvent, drafted_chars: int | None = None) -> dict[str, Any]:
+def speculative_step(event: StepEvent) -> dict[str, Any]:
     if isinstance(event, RemoteStep):  # a remote's stream chunk does not say what was drafted in it
         return {"drafted": None, "accepted": None, "source": None, "drafted_chars": None}
     return {
         "drafted": event.drafted,
         "accepted": event.accepted,
         "source": event.source,
-        "drafted_chars": event.drafted_chars if drafted_chars is None else drafted_chars,
+        "drafted_chars": event.drafted_chars,
     }
 
 

@@ -48,8 +48,6 @@ class Job:
     id: int = 0
     max_tokens: int = 0
     submitted_at: float = field(default_factory=time.monotonic)
-    # Set by the transport when it ended the job for its own reason (an infill stop rule), not the client.
-    stopped_by_rule: bool = False
 
     @property
     def priority(self) -> int:
@@ -277,9 +275,7 @@ class Scheduler:
             current.job._post(("step", event))
 
     def _finish(self, job: Job, result: GenerationResult, started: bool) -> None:
-        reason = (
-            "stop" if job.stopped_by_rule and result.finish_reason == "cancelled" else result.finish_reason
-        )
+        reason = result.finish_reason
         if started:
             self._refresh_engine_stats()
         unknown = unknown_fields(result.stats)  # what a remote backend did not report is null, not 0

@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from localspec.config import DRAFT_MAX_LIMIT
 from localspec.engine.types import SamplingParams
 
 SpeculativeField = Literal["adaptive", "draft", "ngram", "none"] | None
@@ -33,7 +34,8 @@ class _Sampling(_Body):
     n: Annotated[int, Field(ge=1, le=1)] = 1
     # localspec extensions
     speculative: SpeculativeField = None
-    draft_max: Annotated[int, Field(ge=0, le=64)] | None = None
+    # At most the daemon's speculative.draft_max: the engine rejects more, naming the limit.
+    draft_max: Annotated[int, Field(ge=0, le=DRAFT_MAX_LIMIT)] | None = None
     slot: Annotated[str, Field(pattern=SLOT_PATTERN)] | None = None
 
     @field_validator("stop")

@@ -1,5 +1,6 @@
 """The speculative decoding engine: a library with no knowledge of HTTP, terminals or editors."""
 
+from localspec.engine.end_rules import EndRule
 from localspec.engine.engine import Engine, EngineSettings
 from localspec.engine.speculative import Generation
 from localspec.engine.types import (
@@ -14,6 +15,7 @@ from localspec.engine.types import (
 
 __all__ = [
     "CancelToken",
+    "EndRule",
     "Engine",
     "EngineSettings",
     "Generation",

@@ -9,8 +9,16 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from localspec.config import (
+    DEFAULT_DRAFT_MAX,
+    DEFAULT_DRAFT_P_MIN,
+    DEFAULT_HISTORY_TOKENS,
+    DEFAULT_N_CTX,
+    DEFAULT_SLOTS,
+    DRAFT_MAX_LIMIT,
+)
 from localspec.engine.canary import ensure_llama_runs
 from localspec.engine.chooser import AdaptiveChooser
 from localspec.engine.compat import ensure_compatible
@@ -30,6 +38,9 @@ from localspec.engine.types import (
 )
 from localspec.errors import ConfigError, InvalidRequestError
 
+if TYPE_CHECKING:
+    from localspec.config import Config
+
 # Greedy positions whose top-2 logit margin in a batched verify pass is below this are re-evaluated alone
 # (batched and one-token passes differ in the last bits: docs/BENCHMARKS.md has the measured spread).
 DEFAULT_TIE_MARGIN = 0.35
@@ -40,16 +51,37 @@ MAX_CHOOSERS = 64
 class EngineSettings:
     target_path: Path
     draft_path: Path | None = None
-    n_ctx: int = 4096  # per slot
+    n_ctx: int = DEFAULT_N_CTX  # per slot
     threads: int = 0  # 0 = all cores
     target_gpu_layers: int = -1  # -1 = all layers on the GPU when llama.cpp has one, else CPU
     draft_gpu_layers: int = -1
-    slots: int = 4
+    slots: int = DEFAULT_SLOTS
     mode: SpeculativeMode = "adaptive"
-    draft_max: int = 16
-    draft_p_min: float = 0.75
+    draft_max: int = DEFAULT_DRAFT_MAX  # a request may ask for less, not more
+    draft_p_min: float = DEFAULT_DRAFT_P_MIN
     tie_margin: float = DEFAULT_TIE_MARGIN
-    history_tokens: int = 16384  # earlier outputs kept as an n-gram source (0 = none)
+    history_tokens: int = DEFAULT_HISTORY_TOKENS  # earlier outputs kept as an n-gram source (0 = none)
+
+    @classmethod
+    def from_config(
+        cls, config: Config, target: Path, draft: Path | None, **overrides: Any
+    ) -> EngineSettings:
+        """The settings config.toml's [engine] and [speculative] ask for; `overrides` win (a command's flags, or
+        fewer slots for a one-shot command)."""
+        values: dict[str, Any] = {
+            "target_path": target,
+            "draft_path": draft,
+            "n_ctx": config.n_ctx,
+            "threads": config.threads,
+            "target_gpu_layers": config.target_gpu_layers,
+            "draft_gpu_layers": config.draft_gpu_layers,
+            "slots": config.slots,
+            "mode": config.mode,  # Config.validate() checked it
+            "draft_max": config.draft_max,
+            "draft_p_min": config.draft_p_min,
+            "history_tokens": config.history_tokens,
+        }
+        return cls(**{**values, **overrides})
 
 
 class Engine:
@@ -58,6 +90,8 @@ class Engine:
         (the daemon loads a new engine beside a serving one and times it on the scheduler's thread, because
         every context shares one CPU threadpool that serves one decode at a time)."""
         self.settings = settings
+        if not 0 <= settings.draft_max <= DRAFT_MAX_LIMIT:
+            raise ConfigError(f"draft_max must be between 0 and {DRAFT_MAX_LIMIT}, not {settings.draft_max}.")
         if settings.mode == "draft" and settings.draft_path is None:
             raise ConfigError(
                 'speculative.mode = "draft" needs a draft model, and none is configured. Set [models] draft '
@@ -189,8 +223,12 @@ class Engine:
     def generate(self, request: GenerationRequest) -> Generation:
         if request.max_tokens < 1:
             raise InvalidRequestError(f"max_tokens must be at least 1, not {request.max_tokens}.")
-        if request.draft_max is not None and not 0 <= request.draft_max <= 64:
-            raise InvalidRequestError(f"draft_max must be between 0 and 64, not {request.draft_max}.")
+        limit = self.settings.draft_max
+        if request.draft_max is not None and not 0 <= request.draft_max <= limit:
+            raise InvalidRequestError(
+                f"draft_max must be between 0 and {limit} (this engine's speculative.draft_max), not "
+                f"{request.draft_max}. Ask for at most {limit}, or raise speculative.draft_max in config.toml."
+            )
         prompt, truncated = self.prompts.request_tokens(request)
         mode: SpeculativeMode = request.speculative or self.settings.mode
         if mode == "draft" and self.draft is None:

@@ -1,5 +1,9 @@
 """Prompt layout: text to tokens, the model's chat template, its fill-in-the-middle layout, and fitting a prompt into
-the context budget."""
+the context budget.
+
+This is the one place where prompts are cut to a token budget. Callers send the text they have (the LSP picks
+its window of lines around the cursor) and the number of tokens they want generated.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,15 @@ from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from localspec.engine.llama_model import LlamaModel
 from localspec.engine.types import GenerationRequest
 from localspec.errors import ContextOverflowError, InvalidRequestError, UnsupportedError
+
+# Tokens an infill prompt leaves unused, so that the layout's small extras never push it over the context.
+INFILL_SLACK_TOKENS = 8
+
+
+def answer_reserve(n_ctx: int, max_tokens: int) -> int:
+    """Context tokens a prompt that must be cut leaves for the answer: what was asked for, but at most half the
+    context, so that the prompt (the code around the cursor, the conversation) always keeps the other half."""
+    return min(max_tokens, n_ctx // 2)
 
 
 class PromptLayout:
@@ -56,7 +69,8 @@ class PromptLayout:
     ) -> list[int]:
         """Fill-in-the-middle prompt in the model's FIM tokens (the layout llama.cpp's server uses).
 
-        When it does not fit the context, extra chunks go first, then the prefix's start and the suffix's end.
+        When it does not fit the context minus `answer_reserve(max_tokens)`, extra chunks go first, then the
+        prefix's start and the suffix's end (the suffix keeps at most a quarter of the budget).
         """
         special = self.model.special_tokens()
         if min(special["fim_pre"], special["fim_suf"], special["fim_mid"]) < 0:
@@ -64,7 +78,7 @@ class PromptLayout:
                 f"The target model {self.model.path.name} has no fill-in-the-middle tokens, so it cannot do "
                 "infill. Use a code model with FIM support (e.g. Qwen2.5-Coder)."
             )
-        budget = self.n_ctx - max_tokens - 8
+        budget = self.n_ctx - answer_reserve(self.n_ctx, max_tokens) - INFILL_SLACK_TOKENS
         prefix_tokens = self.tokenize(prefix, parse_special=False)
         suffix_tokens = self.tokenize(suffix, parse_special=False)
         suffix_tokens = suffix_tokens[: max(0, budget // 4)]
@@ -122,5 +136,5 @@ class PromptLayout:
                 f"(and at least one token must be generated). Shorten the prompt, raise engine.n_ctx, or ask "
                 "for truncation (the prompt's start is dropped)."
             )
-        keep = max(1, limit - min(request.max_tokens, limit // 2))
+        keep = max(1, limit - answer_reserve(limit, request.max_tokens))
         return tokens[-keep:], len(tokens) - keep

@@ -57,7 +57,7 @@ class Generation:
         self.stats = stats
         self._on_finish = on_finish
         self._started = time.perf_counter()
-        self._stream = TextStream(request.stop)
+        self._stream = TextStream(request.stop, request.end_rule)
         self._output: list[int] = []
         self.result: GenerationResult | None = None
         self._draft = (

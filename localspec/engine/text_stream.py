@@ -1,17 +1,21 @@
-"""Turns token bytes into text deltas: UTF-8 safe, and never emitting any part of a stop string."""
+"""Turns token bytes into text deltas: UTF-8 safe, never emitting any part of a stop string, and ending where
+the request's end rule (an infill's single line or block) cuts the text."""
 
 from __future__ import annotations
 
 import codecs
 
+from localspec.engine.end_rules import EndRule
+
 
 class TextStream:
-    def __init__(self, stop: list[str]) -> None:
+    def __init__(self, stop: list[str], end_rule: EndRule | None = None) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._stop = [s for s in stop if s]
+        self._cutter = end_rule.cutter() if end_rule is not None else None
         self._held = ""  # decoded text not yet emitted: it may be the start of a stop string
         self.text = ""  # everything emitted so far
-        self.stopped = False
+        self.stopped = False  # a stop string or the end rule ended the text
 
     def push(self, data: bytes) -> str:
         """Add a token's bytes; return the text that is now safe to emit."""
@@ -26,6 +30,8 @@ class TextStream:
             return ""
         self._held += self._decoder.decode(b"", final=True)
         out, self._held = self._held, ""
+        if self._cutter is not None:
+            out = self._cutter.feed(out) + self._cutter.flush()
         self.text += out
         return out
 
@@ -42,6 +48,12 @@ class TextStream:
             keep = self._longest_stop_prefix_suffix()
             out = self._held[: len(self._held) - keep]
             self._held = self._held[len(self._held) - keep :]
+        if self._cutter is not None:
+            stopped_by_string = self.stopped
+            out = self._cutter.feed(out)
+            if stopped_by_string:
+                out += self._cutter.flush()  # the stop string ended it: what the rule held back is final
+            self.stopped = stopped_by_string or self._cutter.done
         self.text += out
         return out
 

@@ -6,6 +6,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Literal
 
+from localspec.engine.end_rules import EndRule
+
 DraftSource = Literal["draft", "ngram", "none"]
 SpeculativeMode = Literal["adaptive", "draft", "ngram", "none"]
 FinishReason = Literal["stop", "length", "cancelled"]
@@ -48,6 +50,8 @@ class GenerationRequest:
     max_tokens: int = 256
     sampling: SamplingParams = field(default_factory=SamplingParams)
     stop: list[str] = field(default_factory=list)
+    # Ends the generation where code completion should end (an infill's line or block); it then ends with "stop".
+    end_rule: EndRule | None = None
     # KV slot key: requests with the same key reuse each other's cached prefix ("chat", "infill", ...).
     slot: str = "default"
     # None = the engine's configured mode; "none" = the target alone.

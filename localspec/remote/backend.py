@@ -324,6 +324,8 @@ class RemoteGeneration:
         self._engine = engine
         self._state = StreamState(cast(RemoteKind, engine.kind), call.native)
         self._text: list[str] = []
+        # The request's end rule (an infill's line or block) applies to what the remote streams, as locally.
+        self._cutter = request.end_rule.cutter() if request.end_rule is not None else None
         self._items: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._future = engine._submit(engine._stream(call, request.cancel, self._items.put))
 
@@ -349,12 +351,20 @@ class RemoteGeneration:
                     "generation finished (did it stop or crash?)."
                 )
             else:
+                tail = self._cutter.flush() if self._cutter is not None else ""
+                self._text.append(tail)
                 self._finish(self._state.finish_reason)
+                if tail:  # text the end rule held back is final now
+                    return RemoteStep(text=tail, tokens=0, drafted=0, accepted=0, source="none")
             return None
         text = self._state.feed(payload)
-        if text:
-            self._text.append(text)
-        return RemoteStep(text=text, tokens=1 if text else 0, drafted=0, accepted=0, source="none")
+        tokens = 1 if text else 0
+        if self._cutter is not None:
+            text = self._cutter.feed(text)
+        self._text.append(text)
+        if self._cutter is not None and self._cutter.done:
+            self._finish("stop")  # the end rule cut the text: close the stream, the remote stops generating
+        return RemoteStep(text=text, tokens=tokens, drafted=0, accepted=0, source="none")
 
     def close(self) -> None:
         """Stop the request (closing its HTTP stream) unless it already finished."""

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from localspec.benchmark.cost_scaled import Scale
     from localspec.benchmark.runner import Run, ServerMode
     from localspec.benchmark.workloads import Task
-    from localspec.engine import Engine
+    from localspec.engine import Engine, EngineSettings
 
 MODES = ("none", "draft", "ngram", "adaptive")
 
@@ -64,13 +64,14 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--modes", default=",".join(MODES), help=f"comma-separated subset of {', '.join(MODES)}"
     )
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
+    # Engine flags default to config.toml's [engine] and [speculative] values; given, they override them.
+    parser.add_argument("--threads", type=int, help="CPU threads (default: engine.threads; 0 = all cores)")
     parser.add_argument(
-        "--gpu-layers", type=int, default=-1, help="layers on the GPU (-1: all when available)"
+        "--gpu-layers", type=int, help="layers on the GPU (-1: all when available; default: engine's)"
     )
-    parser.add_argument("--n-ctx", type=int, default=4096)
-    parser.add_argument("--draft-max", type=int, default=16)
-    parser.add_argument("--draft-p-min", type=float, default=0.75)
+    parser.add_argument("--n-ctx", type=int, help="context tokens (default: engine.n_ctx)")
+    parser.add_argument("--draft-max", type=int, help="most tokens drafted per step (default: configured)")
+    parser.add_argument("--draft-p-min", type=float, help="draft confidence floor (default: configured)")
     parser.add_argument("--tie-margin", type=float, help="near-tie settling threshold (default: engine's)")
     parser.add_argument(
         "--against-llama-server",
@@ -91,10 +92,9 @@ def run(args: argparse.Namespace) -> int:
     from localspec.benchmark.cost_scaled import Scale
     from localspec.config import load_config
     from localspec.engine import Engine, EngineSettings
-    from localspec.engine.engine import DEFAULT_TIE_MARGIN
     from localspec.engine.llama_model import default_threads, shutdown
     from localspec.errors import InvalidRequestError
-    from localspec.model_paths import resolve_model_paths
+    from localspec.models import resolve_run_models
 
     console = Console(stderr=True)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -109,8 +109,19 @@ def run(args: argparse.Namespace) -> int:
         )
     counts = workloads.prompt_counts(args.prompts, names)
     scale = Scale(args.scale_layers, args.scale_ffn)
-    config = load_config()
-    source, draft = resolve_model_paths(config, args.target, args.draft)
+    config = load_config(
+        overrides={
+            "threads": args.threads,
+            "n_ctx": args.n_ctx,
+            "target_gpu_layers": args.gpu_layers,
+            "draft_gpu_layers": args.gpu_layers,
+            "draft_max": args.draft_max,
+            "draft_p_min": args.draft_p_min,
+        }
+    )
+    source, draft = resolve_run_models(
+        config.models_path(), config.target, config.draft, args.target, args.draft
+    )
     if draft is None and "draft" in modes:
         modes.remove("draft")
         console.print("no draft model: the draft mode is skipped")
@@ -125,24 +136,16 @@ def run(args: argparse.Namespace) -> int:
         )
     target = _scaled_target(source, scale, args.scaled_dir, console)
     label = f"{scale.label()} {source.name}" if not scale.identity else source.name
-    threads = args.threads or default_threads()
+    threads = config.threads or default_threads()
+    # One slot; each run names its mode, so the configured one only must not ask for a draft model that is absent.
+    overrides: dict[str, Any] = {"threads": threads, "slots": 1, "mode": "adaptive"}
+    if args.tie_margin is not None:
+        overrides["tie_margin"] = args.tie_margin
+    settings = EngineSettings.from_config(config, target, draft, **overrides)
 
     engine: Engine | None = None
     try:
-        engine = Engine(
-            EngineSettings(
-                target_path=target,
-                draft_path=draft,
-                n_ctx=args.n_ctx,
-                threads=threads,
-                target_gpu_layers=args.gpu_layers,
-                draft_gpu_layers=args.gpu_layers,
-                slots=1,
-                draft_max=args.draft_max,
-                draft_p_min=args.draft_p_min,
-                tie_margin=DEFAULT_TIE_MARGIN if args.tie_margin is None else args.tie_margin,
-            )
-        )
+        engine = Engine(settings)
         start_up_prices = engine.costs.describe()  # what the chooser plans with before any request (ms)
         console.print(f"measured at start-up: {start_up_prices}")
         prompts = [runner.prompt_tokens(engine, task) for task in tasks]
@@ -157,10 +160,8 @@ def run(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     server_commands: dict[str, str] = {}
     if args.against_llama_server:
-        for server_mode in runner.llama_server_modes(draft):
-            server_runs, command = _run_llama_server(
-                args, server_mode, target, threads, tasks, prompts, console
-            )
+        for server_mode in runner.llama_server_modes(draft, settings.draft_max, settings.draft_p_min):
+            server_runs, command = _run_llama_server(args, settings, server_mode, tasks, prompts, console)
             runs += server_runs
             server_commands[server_mode.name] = " ".join(command)
         references = {
@@ -188,7 +189,12 @@ def run(args: argparse.Namespace) -> int:
         "draft": str(draft),
         "max_tokens": args.max_tokens,
         "prompts_per_workload": counts,
-        "gpu_layers": args.gpu_layers,
+        "n_ctx": settings.n_ctx,
+        "gpu_layers": settings.target_gpu_layers,
+        "draft_gpu_layers": settings.draft_gpu_layers,
+        "draft_max": settings.draft_max,
+        "draft_p_min": settings.draft_p_min,
+        "history_tokens": settings.history_tokens,
         "tie_margin": tie_margin,
         "start_up_prices": start_up_prices,
         "end_prices": end_prices,
@@ -268,9 +274,8 @@ def _run_localspec(
 
 def _run_llama_server(
     args: argparse.Namespace,
+    settings: EngineSettings,
     mode: ServerMode,
-    target: Path,
-    threads: int,
     tasks: list[Task],
     prompts: list[list[int]],
     console: Console,
@@ -283,7 +288,7 @@ def _run_llama_server(
 
     runs: list[Run] = []
     command: list[str] = []
-    layers = "all" if args.gpu_layers < 0 else str(args.gpu_layers)
+    layers = "all" if settings.target_gpu_layers < 0 else str(settings.target_gpu_layers)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
         bar = progress.add_task(f"llama-server {mode.name}", total=len(tasks))
@@ -291,10 +296,10 @@ def _run_llama_server(
             mine = [(t, p) for t, p in zip(tasks, prompts, strict=True) if t.workload == workload]
             server = runner.LlamaServer(
                 args.against_llama_server,
-                target,
+                settings.target_path,
                 mode,
-                args.n_ctx,
-                threads,
+                settings.n_ctx,
+                settings.threads,
                 layers,
                 args.out / "llama-server.log",
             )

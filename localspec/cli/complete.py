@@ -78,15 +78,19 @@ def run(args: argparse.Namespace) -> int:
     if args.daemon:
         return _run_daemon(args, prompt)
     from localspec.config import load_config
-    from localspec.engine import Engine, GenerationRequest, SamplingParams
+    from localspec.engine import Engine, EngineSettings, GenerationRequest, SamplingParams
     from localspec.engine.llama_model import shutdown
-    from localspec.model_paths import engine_settings, resolve_model_paths
+    from localspec.models import resolve_run_models
 
     config = load_config(
         overrides={"n_ctx": args.n_ctx, "threads": args.threads, "draft_max": args.draft_max}
     )
-    target_path, draft_path = resolve_model_paths(config, args.target, args.draft, args.no_draft)
-    engine = Engine(engine_settings(config, target_path, draft_path, slots=2, mode=args.mode or config.mode))
+    target_path, draft_path = resolve_run_models(
+        config.models_path(), config.target, config.draft, args.target, args.draft, args.no_draft
+    )
+    engine = Engine(
+        EngineSettings.from_config(config, target_path, draft_path, slots=2, mode=args.mode or config.mode)
+    )
     try:
 
         def request(mode: str | None, slot: str) -> GenerationRequest:

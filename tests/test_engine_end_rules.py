@@ -1,14 +1,15 @@
-"""Infill stop rules: where a code completion ends, and that streaming them gives the same text."""
+"""Infill end rules: where a code completion ends, and that streaming them gives the same text."""
 
 from __future__ import annotations
 
 import pytest
 
-from localspec.daemon.infill_rules import InfillStopper
+from localspec.engine.end_rules import EndCutter, EndRule
+from localspec.engine.text_stream import TextStream
 
 
 def _run(pieces: list[str], single_line: bool, suffix: str = "") -> tuple[str, str, bool]:
-    stopper = InfillStopper(single_line, suffix)
+    stopper = EndCutter(single_line, suffix)
     streamed = ""
     for piece in pieces:
         streamed += stopper.feed(piece)
@@ -55,9 +56,20 @@ def test_multi_line_without_a_cut_releases_everything_at_the_end() -> None:
 
 
 def test_streaming_holds_back_only_what_a_later_cut_could_remove() -> None:
-    stopper = InfillStopper(single_line=False, suffix="return total\n")
+    stopper = EndCutter(single_line=False, suffix="return total\n")
     assert stopper.feed("total = 0\n") == "total = 0"  # the newline may become part of a blank-line cut
     assert stopper.feed("ret") == ""  # could be the start of the suffix's first line
     assert stopper.feed("urn x\n") == "\nreturn x"  # it was not
     assert stopper.feed("return total\n") == ""  # it is: cut before it
     assert stopper.done and stopper.final_text == "total = 0\nreturn x"
+
+
+def test_the_text_stream_applies_the_rule_after_stop_strings() -> None:
+    stream = TextStream(["STOP"], EndRule("block"))
+    assert stream.push(b"x = 1\n") == "x = 1"  # the newline is held: it may be the start of a blank-line cut
+    assert not stream.stopped
+    assert stream.push(b"STOP") == "\n"  # a stop string ended it: what the rule held back is final
+    assert stream.stopped and stream.text == "x = 1\n"
+    single = TextStream([], EndRule("single_line"))
+    assert single.push(b"  a") == "  a" and single.push(b"b\nc") == "b"
+    assert single.stopped and single.text == "  ab" and single.finish() == ""

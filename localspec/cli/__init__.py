@@ -1,4 +1,5 @@
-"""`localspec` command line. Each area registers its own subcommands; heavy imports happen in handlers."""
+"""`localspec` command line: one module per subcommand (here, or in models/, tui/, lsp/ for their own areas).
+Each registers its subcommands; heavy imports happen in the handlers."""
 
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ from localspec.errors import LocalspecError
 # Modules that define `register(subparsers)`; each handler is set with `parser.set_defaults(func=...)`
 # and returns an exit code. Keep these modules' top-level imports light: every command imports them all.
 COMMAND_MODULES = (
-    "localspec.complete_cmd",
-    "localspec.daemon.cli",
+    "localspec.cli.complete",
+    "localspec.cli.daemon",
+    "localspec.cli.config",
     "localspec.models.cli",
     "localspec.tui.cli",
     "localspec.lsp.cli",
-    "localspec.bench_cmd",
+    "localspec.cli.bench",
 )
 
 
@@ -45,7 +47,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("localspec: interrupted", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,19 +1,38 @@
-"""Where a fill-in-the-middle completion should end: stop rules suited to code, applied while text streams.
+"""Where a fill-in-the-middle completion should end: end rules suited to code, applied while text streams.
 
 - single_line: the completion ends at the first newline after it produced something that is not blank.
-- multi-line: it ends at the first blank line that follows a complete statement, i.e. a non-blank line
+- block: it ends at the first blank line that follows a complete statement, i.e. a non-blank line
   not ending in a continuation character (`( [ { , \\ : =` and friends), and it ends before a line that
   repeats the first non-blank line of the suffix (the model re-typing the code after the cursor).
 The kept text never includes the cut newline. While streaming, text that a later cut could still remove
 (trailing whitespace, a line that may turn out to repeat the suffix) is held back until it is settled.
+
+An `EndRule` travels in the GenerationRequest; each generation (local or remote) runs its own `EndCutter`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 CONTINUATION_ENDINGS = ("(", "[", "{", ",", "\\", ":", "=", "+", "-", "*", "/", "|", "&", ".")
+EndRuleKind = Literal["single_line", "block"]
 
 
-class InfillStopper:
+@dataclass(frozen=True)
+class EndRule:
+    """Which rule ends the generation, and the suffix (the code after the cursor) the block rule watches for."""
+
+    kind: EndRuleKind
+    suffix: str = ""
+
+    def cutter(self) -> EndCutter:
+        return EndCutter(self.kind == "single_line", self.suffix)
+
+
+class EndCutter:
+    """Streaming state of one rule: `feed` text as it is generated, `flush` when the generation ended."""
+
     def __init__(self, single_line: bool, suffix: str = "") -> None:
         self.single_line = single_line
         self.text = ""

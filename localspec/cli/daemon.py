@@ -1,10 +1,9 @@
-"""`localspec serve | status | stop | config show`. Heavy imports stay inside the handlers."""
+"""`localspec serve | status | stop`: run the daemon, ask how it is, stop it. Heavy imports stay in the handlers."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
 # CLI flag -> Config field; values left None do not override.
@@ -59,13 +58,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     stop = subparsers.add_parser("stop", help="stop the running daemon")
     stop.set_defaults(func=_stop)
-
-    config = subparsers.add_parser("config", help="inspect the configuration")
-    config_sub = config.add_subparsers(dest="config_command", metavar="ACTION")
-    show = config_sub.add_parser("show", help="print the effective config and where each value came from")
-    show.add_argument("--json", action="store_true", help="print machine-readable JSON")
-    show.set_defaults(func=_config_show)
-    config.set_defaults(func=_config_show, json=False)
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -147,20 +139,4 @@ def _stop(args: argparse.Namespace) -> int:
         print("No localspec daemon is running.")
         return 0
     print(f"Stopped the localspec daemon (pid {info.pid}).")
-    return 0
-
-
-def _config_show(args: argparse.Namespace) -> int:
-    from localspec import locations
-    from localspec.config import describe, load_config
-
-    config = load_config()
-    rows = describe(config)
-    if args.json:
-        print(json.dumps({key: {"value": value, "source": source} for key, value, source in rows}, indent=2))
-        return 0
-    width = max(len(key) for key, _, _ in rows)
-    print(f"# {locations.config_file()}")
-    for key, value, source in rows:
-        print(f"{key:<{width}}  {json.dumps(value):<40}  ({source})", file=sys.stdout)
     return 0
