@@ -130,7 +130,8 @@ def _memory_note(gpu: Memory | None, ram: Memory | None, n_ctx: int, slots: int)
 
     def describe(memory: Memory) -> str:
         devices = f"{len(memory.devices)}x {memory.devices[0]}, " if memory.devices else ""
-        return f"{devices}{human_size(memory.free)} free of {human_size(memory.total)} ({memory.source})"
+        unusable = "" if memory.usable else "; unused: this llama.cpp build has no GPU backend (README, GPU)"
+        return f"{devices}{human_size(memory.free)} free of {human_size(memory.total)} ({memory.source}{unusable})"
 
     return (
         f"needs = both files + their KV cache for n_ctx {n_ctx} x {slots} slots + compute buffers.\n"

@@ -96,6 +96,8 @@ class PairNeed:
 
 def judge(needed: int | None, gpu: Memory | None, ram: Memory | None) -> Verdict:
     """The GPU first (free memory, then all of it), then available RAM."""
+    if gpu is not None and not gpu.usable:
+        gpu = None
     if needed is None or (gpu is None and ram is None):
         return "unknown"
     if gpu is not None and needed <= gpu.free:

@@ -7,7 +7,7 @@ GB), to ask what would fit elsewhere or to test the fit rule with a known figure
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from localspec.errors import ConfigError
@@ -24,6 +24,8 @@ class Memory:
     free: int
     source: str
     devices: tuple[str, ...] = ()
+    # False for a GPU the installed llama.cpp cannot use (a build without its backend).
+    usable: bool = True
 
 
 def _override(name: str, value: str) -> Memory | None:
@@ -72,7 +74,13 @@ def gpu_memory() -> Memory | None:
     """The GPU memory models can be offloaded to; None when there is no NVIDIA GPU."""
     if (value := os.environ.get(GPU_ENV)) is not None:
         return _override(GPU_ENV, value)
-    return _nvidia_memory()
+    found = _nvidia_memory()
+    if found is not None:
+        import llama_cpp
+
+        if not llama_cpp.llama_supports_gpu_offload():
+            return replace(found, usable=False)
+    return found
 
 
 def _meminfo(path: Path = Path("/proc/meminfo")) -> Memory | None:

@@ -195,6 +195,9 @@ def test_judge_prefers_free_gpu_memory_then_all_of_it_then_ram():
     assert judge(16 * GB + 1, gpu, ram) == "ram"
     assert judge(32 * GB + 1, gpu, ram) == "too-big"
     assert judge(1, None, None) == "unknown" and judge(None, gpu, ram) == "unknown"
+    # A GPU the installed llama.cpp cannot use (a CPU-only build) counts as none.
+    unusable = Memory(total=16 * GB, free=10 * GB, source="test", usable=False)
+    assert judge(1, unusable, ram) == "ram" and judge(1, unusable, None) == "unknown"
 
 
 @pytest.mark.parametrize("value", ["lots", "8,9", "-1", "8,4,2"])
