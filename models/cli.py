@@ -127,6 +127,7 @@ def _count(n: int) -> str:
 def _memory_note(gpu: Memory | None, ram: Memory | None, n_ctx: int, slots: int) -> str:
     """What "needs" counts and what it was compared with."""
     from localspec.models.download import human_size
+    from localspec.models.fit import RUNTIME_BYTES_PER_MODEL
 
     def describe(memory: Memory) -> str:
         devices = f"{len(memory.devices)}x {memory.devices[0]}, " if memory.devices else ""
@@ -134,7 +135,8 @@ def _memory_note(gpu: Memory | None, ram: Memory | None, n_ctx: int, slots: int)
         return f"{devices}{human_size(memory.free)} free of {human_size(memory.total)} ({memory.source}{unusable})"
 
     return (
-        f"needs = both files + their KV cache for n_ctx {n_ctx} x {slots} slots + compute buffers.\n"
+        f"needs = both files + their KV cache for n_ctx {n_ctx} x {slots} slots"
+        f" + {human_size(RUNTIME_BYTES_PER_MODEL)} per model for compute buffers.\n"
         f"GPU: {describe(gpu) if gpu else 'no NVIDIA GPU found'}; "
         f'RAM: {describe(ram) if ram else "unknown"}. See docs/MODELS.md, "Which pair to run".'
     )
