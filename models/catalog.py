@@ -71,6 +71,8 @@ class CatalogModel:
     context_length: int | None = None
     fim: bool = False
     description: str = ""
+    # f16 K+V bytes per token of context, all layers: sizes the KV cache before the file is downloaded.
+    kv_bytes_per_token: int | None = None
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,11 @@ def _model(name: str, raw: dict[str, Any], where: str) -> CatalogModel:
     sha = raw.get("sha256")
     if sha is not None and (len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha.lower())):
         raise CatalogError(f"{where}: model {name!r} has a sha256 that is not 64 hex digits.")
+    kv = raw.get("kv_bytes_per_token")
+    if kv is not None and (not isinstance(kv, int) or isinstance(kv, bool) or kv <= 0):
+        raise CatalogError(
+            f"{where}: model {name!r} has kv_bytes_per_token {kv!r}; it must be a positive integer."
+        )
     return CatalogModel(
         name=name,
         file=raw["file"],
@@ -175,6 +182,7 @@ def _model(name: str, raw: dict[str, Any], where: str) -> CatalogModel:
         context_length=raw.get("context_length"),
         fim=bool(raw.get("fim", False)),
         description=raw.get("description", ""),
+        kv_bytes_per_token=kv,
     )
 
 

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 
     from localspec.config import Config
     from localspec.models.catalog import Catalog, CatalogModel
+    from localspec.models.hardware import Memory
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -123,6 +124,24 @@ def _count(n: int) -> str:
     return str(n)
 
 
+def _memory_note(gpu: Memory | None, ram: Memory | None, n_ctx: int, slots: int) -> str:
+    """What "needs" counts and what it was compared with."""
+    from localspec.models.download import human_size
+    from localspec.models.fit import RUNTIME_BYTES_PER_MODEL
+
+    def describe(memory: Memory) -> str:
+        devices = f"{len(memory.devices)}x {memory.devices[0]}, " if memory.devices else ""
+        unusable = "" if memory.usable else "; unused: this llama.cpp build has no GPU backend (README, GPU)"
+        return f"{devices}{human_size(memory.free)} free of {human_size(memory.total)} ({memory.source}{unusable})"
+
+    return (
+        f"needs = both files + their KV cache for n_ctx {n_ctx} x {slots} slots"
+        f" + {human_size(RUNTIME_BYTES_PER_MODEL)} per model for compute buffers.\n"
+        f"GPU: {describe(gpu) if gpu else 'no NVIDIA GPU found'}; "
+        f'RAM: {describe(ram) if ram else "unknown"}. See docs/MODELS.md, "Which pair to run".'
+    )
+
+
 def _context() -> tuple[Config, Catalog]:
     from localspec.config import load_config
     from localspec.models.catalog import load_catalog
@@ -146,6 +165,8 @@ def _list(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from localspec.models.download import human_size
+    from localspec.models.fit import pair_fit
+    from localspec.models.hardware import gpu_memory, ram_memory
     from localspec.models.install import is_installed, partial_bytes
     from localspec.models.registry import load_registry
     from localspec.models.resolve import resolve_pair
@@ -153,6 +174,13 @@ def _list(args: argparse.Namespace) -> int:
     config, catalog = _context()
     models_dir = config.models_path()
     registry = load_registry()
+    gpu, ram = gpu_memory(), ram_memory()
+    fits = {
+        p.name: pair_fit(
+            catalog.pair_models(p), models_dir, n_ctx=config.n_ctx, slots=config.slots, gpu=gpu, ram=ram
+        )
+        for p in catalog.pairs.values()
+    }
 
     def verified(model: CatalogModel) -> bool:
         """Pinned in the catalog, or checked against the hash its source published when it was pulled."""
@@ -182,6 +210,12 @@ def _list(args: argparse.Namespace) -> int:
             "models_dir": str(models_dir),
             "catalog": catalog.path,
             "active": active,
+            "memory": {
+                "gpu": vars(gpu) if gpu else None,
+                "ram": vars(ram) if ram else None,
+                "n_ctx": config.n_ctx,
+                "slots": config.slots,
+            },
             "pairs": [
                 {
                     "name": p.name,
@@ -191,6 +225,7 @@ def _list(args: argparse.Namespace) -> int:
                     "description": p.description,
                     "active": p.name == config.target,
                     "installed": all(is_installed(m, models_dir) for m in catalog.pair_models(p)),
+                    "fit": fits[p.name].to_dict(),
                 }
                 for p in catalog.pairs.values()
             ],
@@ -222,8 +257,9 @@ def _list(args: argparse.Namespace) -> int:
     pairs = Table(title="Pairs (target + draft)", title_justify="left", box=None)
     pairs.add_column("")
     pairs.add_column("name", no_wrap=True)
-    for column in ("size", "status", "notes"):
-        pairs.add_column(column)
+    for column in ("size", "status", "needs", "this machine"):
+        pairs.add_column(column, no_wrap=True)
+    pairs.add_column("notes")
     for pair in catalog.pairs.values():
         target_model, draft_model = catalog.pair_models(pair)
         have = [is_installed(m, models_dir) for m in (target_model, draft_model)]
@@ -234,9 +270,12 @@ def _list(args: argparse.Namespace) -> int:
             {(True, True): "installed", (True, False): "target only", (False, True): "draft only"}.get(
                 (have[0], have[1]), "-"
             ),
+            human_size(fits[pair.name].need.total),
+            fits[pair.name].label,
             pair.description,
         )
     console.print(pairs)
+    console.print(_memory_note(gpu, ram, config.n_ctx, config.slots))
     single = Table(title="Models", title_justify="left", box=None)
     single.add_column("name", no_wrap=True)
     for column in ("role", "size", "status", "FIM", "licence"):

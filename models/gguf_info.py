@@ -37,6 +37,9 @@ class GGUFInfo:
     eos_token_id: int | None = None
     fim_tokens: dict[str, str] = field(default_factory=dict)
     has_chat_template: bool = False
+    # Bytes of llama.cpp's default (f16) KV cache per token of context, over all layers; None when the
+    # metadata does not describe attention (a recurrent model) or is incomplete.
+    kv_bytes_per_token: int | None = None
 
     @property
     def has_fim(self) -> bool:
@@ -57,6 +60,30 @@ def _corrupt(path: Path, why: str) -> ModelLoadError:
 def _value(fields: dict[str, Any], key: str) -> Any:
     f = fields.get(key)
     return None if f is None else f.contents()
+
+
+def _kv_bytes_per_token(fields: dict[str, Any], arch: str) -> int | None:
+    """K and V, f16, for every layer: sum over layers of kv_heads x (key_length + value_length) x 2 bytes."""
+    n_layer = _value(fields, f"{arch}.block_count")
+    n_head = _value(fields, f"{arch}.attention.head_count")
+    n_embd = _value(fields, f"{arch}.embedding_length")
+    if n_layer is None or n_head is None:
+        return None
+    heads = [int(h) for h in n_head] if isinstance(n_head, list) else [int(n_head)] * int(n_layer)
+    n_head_kv = _value(fields, f"{arch}.attention.head_count_kv")
+    if n_head_kv is None:
+        kv_heads = heads
+    else:
+        kv_heads = (
+            [int(h) for h in n_head_kv] if isinstance(n_head_kv, list) else [int(n_head_kv)] * int(n_layer)
+        )
+    widest = max(heads, default=0)
+    default_dim = int(n_embd) // widest if n_embd is not None and widest else None
+    key = _value(fields, f"{arch}.attention.key_length") or default_dim
+    value = _value(fields, f"{arch}.attention.value_length") or default_dim
+    if not key or not value:
+        return None
+    return sum(kv_heads) * (int(key) + int(value)) * 2
 
 
 def read_gguf_info(path: Path) -> GGUFInfo:
@@ -81,6 +108,7 @@ def read_gguf_info(path: Path) -> GGUFInfo:
         parameters = sum(int(t.n_elements) for t in reader.tensors)
         tensor_types = Counter(t.tensor_type.name for t in reader.tensors)
         file_type = _value(fields, "general.file_type")
+        kv_bytes_per_token = _kv_bytes_per_token(fields, arch) if arch else None
     except (ValueError, IndexError, KeyError, TypeError, struct.error, OSError) as exc:
         raise _corrupt(path, f"its header cannot be parsed ({type(exc).__name__}: {exc})") from exc
     if not arch:
@@ -124,6 +152,7 @@ def read_gguf_info(path: Path) -> GGUFInfo:
         eos_token_id=int(eos) if eos is not None else None,
         fim_tokens=fim,
         has_chat_template="tokenizer.chat_template" in fields,
+        kv_bytes_per_token=kv_bytes_per_token,
     )
 
 
