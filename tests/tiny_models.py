@@ -154,9 +154,14 @@ def write_tiny_model(path: Path, spec: TinySpec = TinySpec(), name: str = "tiny"
 
 
 def write_endless_pair(folder: Path) -> tuple[Path, Path]:
-    """A target and a similar draft that never emit end-of-generation: a reply streams until max_tokens."""
-    target = write_tiny_model(folder / "target.gguf", TinySpec(seed=1, endless=True), name="endless-target")
+    """A target and a similar draft that never emit end-of-generation: a reply streams until max_tokens. Their
+    training context is long, so a server that caps its context at it (llama-server) streams long replies too."""
+    target = write_tiny_model(
+        folder / "target.gguf", TinySpec(seed=1, endless=True, n_ctx=32768), name="endless-target"
+    )
     draft = write_tiny_model(
-        folder / "draft.gguf", TinySpec(seed=2, noise_from=1, noise=0.05, endless=True), name="endless-draft"
+        folder / "draft.gguf",
+        TinySpec(seed=2, noise_from=1, noise=0.05, endless=True, n_ctx=32768),
+        name="endless-draft",
     )
     return target, draft
