@@ -105,7 +105,7 @@ def _stream_chat(daemon: RunningDaemon, first_chunk: threading.Event, out: dict[
     with httpx.stream(
         "POST",
         f"{daemon.url}/v1/chat/completions",
-        json=_chat_body(stream=True),
+        json=_chat_body(stream=True, speculative="none"),
         headers=daemon.headers,
         timeout=60,
     ) as response:
@@ -120,10 +120,20 @@ def _stream_chat(daemon: RunningDaemon, first_chunk: threading.Event, out: dict[
 
 
 def test_infill_preempts_a_running_chat_and_both_finish_correctly(endless: RunningDaemon) -> None:
-    infill_body = {"prefix": "def f(x):\n    return ", "suffix": "\n", "max_tokens": 24}
-    # Each alone first: the reference outputs (greedy, so deterministic).
+    # The target alone, greedy: pre-emption must not change a single token. (A speculative mode's plans depend on
+    # timing, and two runs may differ at near-ties of these random models.)
+    infill_body = {
+        "prefix": "def f(x):\n    return ",
+        "suffix": "\n",
+        "max_tokens": 24,
+        "speculative": "none",
+    }
+    # Each alone first: the reference outputs.
     chat_alone = httpx.post(
-        f"{endless.url}/v1/chat/completions", json=_chat_body(), headers=endless.headers, timeout=60
+        f"{endless.url}/v1/chat/completions",
+        json=_chat_body(speculative="none"),
+        headers=endless.headers,
+        timeout=60,
     ).json()
     infill_alone = httpx.post(
         f"{endless.url}/v1/infill", json=infill_body, headers=endless.headers, timeout=60
