@@ -34,6 +34,7 @@ DEFAULT_DRAFT_MAX = 16  # most tokens drafted per step
 DRAFT_MAX_LIMIT = 64  # the most speculative.draft_max may be
 DEFAULT_DRAFT_P_MIN = 0.75  # the draft model stops drafting below this confidence
 DEFAULT_HISTORY_TOKENS = 16384  # earlier outputs kept as an n-gram draft source
+DEFAULT_PROMPT_CACHE_MB = 4096  # host memory for saved KV sequences (engine/kv_snapshots.py)
 
 
 @dataclass
@@ -50,6 +51,8 @@ class Config:
     n_ctx: int = field(default=DEFAULT_N_CTX, metadata={"section": "engine"})
     threads: int = field(default=0, metadata={"section": "engine"})
     slots: int = field(default=DEFAULT_SLOTS, metadata={"section": "engine"})
+    # Host memory (MiB) for copies of evaluated prompts beyond the slots, so returning to a place is cheap; 0 = off.
+    prompt_cache_mb: int = field(default=DEFAULT_PROMPT_CACHE_MB, metadata={"section": "engine"})
     # "local": llama.cpp in this process; "remote": an existing inference server does the decoding (docs/REMOTE.md).
     backend: str = field(default="local", metadata={"section": "engine"})
     remote_url: str = field(default="", metadata={"section": "engine"})
@@ -121,6 +124,8 @@ class Config:
             )
         if self.slots < 1:
             raise ConfigError(f"engine.slots must be at least 1, not {self.slots}.")
+        if self.prompt_cache_mb < 0:
+            raise ConfigError(f"engine.prompt_cache_mb must be 0 (off) or more, not {self.prompt_cache_mb}.")
 
 
 def _field_key(f: dataclasses.Field[Any]) -> tuple[str, str]:

@@ -103,6 +103,17 @@ class DaemonLink:
         self.status = "ok"
         return "".join(parts)
 
+    async def prefill(self, prompt: InfillPrompt, timeout: float) -> None:
+        """Have the daemon evaluate this prompt into its cache, generating nothing (a warm-up)."""
+        client = await self._ready_client()
+        params: dict[str, Any] = {
+            "extra": [{"filename": name, "text": text} for name, text in prompt.extra],
+            "filename": prompt.filename,
+            "max_tokens": 0,
+        }
+        async with asyncio.timeout(timeout):
+            await client.infill(prompt.prefix, prompt.suffix, **params)
+
     @property
     def starting(self) -> bool:
         return self._start_task is not None and not self._start_task.done()

@@ -20,16 +20,28 @@ class InfillPrompt:
     extra: list[tuple[str, str]] = field(default_factory=list)
 
 
-def prefix_window(text: str, offset: int, max_lines: int, max_chars: int) -> str:
-    """Up to `max_lines` whole lines before the cursor's line, plus the cursor line up to the cursor;
-    when longer than `max_chars`, the oldest lines go first (a partial line only if one line is too long)."""
-    line_start = text.rfind("\n", 0, offset) + 1
-    start = line_start
-    for _ in range(max_lines):
-        if start == 0:
-            break
-        start = text.rfind("\n", 0, start - 1) + 1
-    window = text[start:offset]
+def window_anchor(line: int, max_lines: int, step: int) -> int:
+    """The first line of the prefix window for a cursor on `line`: at least `max_lines` lines back, on a multiple
+    of `step`. Cursors anywhere in a stretch of `step` lines share the window's start, so the model's cache of one
+    such prompt serves the others (and a page warmed in advance serves them all)."""
+    return max(0, (line - max_lines) // max(1, step) * max(1, step))
+
+
+def line_starts(text: str) -> list[int]:
+    """Offsets where each line of `text` starts."""
+    return [0, *(index + 1 for index, char in enumerate(text) if char == "\n")]
+
+
+def prefix_window(text: str, offset: int, max_lines: int, max_chars: int, step: int = 1) -> str:
+    """The lines from `window_anchor` to the cursor's line, plus the cursor line up to the cursor; when longer
+    than `max_chars`, the oldest lines go first, `step` lines at a time (a partial line only if one line is too
+    long)."""
+    starts = line_starts(text[:offset])
+    line = len(starts) - 1
+    anchor = window_anchor(line, max_lines, step)
+    while anchor + step <= line and offset - starts[anchor] > max_chars:
+        anchor += step
+    window = text[starts[anchor] : offset]
     if len(window) > max_chars:
         cut = len(window) - max_chars
         newline = window.find("\n", cut)
@@ -63,6 +75,21 @@ def wants_single_line(text: str, offset: int, line_mode: str) -> bool:
     return bool(rest.strip())
 
 
+def warm_windows(text: str, settings: LspSettings) -> list[str]:
+    """The text before the cursor that every cursor of each window stretch shares (its anchor up to the
+    stretch's last line), one per stretch, in file order: evaluating these in advance makes a jump anywhere in the
+    file cost only the code after its cursor."""
+    step = max(1, settings.window_step_lines)
+    lines = text.splitlines(keepends=True)
+    anchors = sorted({window_anchor(line, settings.prefix_lines, step) for line in range(len(lines) + 1)})
+    windows = []
+    for anchor in anchors:
+        window = "".join(lines[anchor : anchor + settings.prefix_lines + step])
+        if window.strip():
+            windows.append(window[: settings.prefix_max_chars])
+    return windows
+
+
 def build_prompt(
     text: str,
     offset: int,
@@ -70,10 +97,18 @@ def build_prompt(
     settings: LspSettings,
     extra: list[tuple[str, str]] | None = None,
 ) -> InfillPrompt:
+    single_line = wants_single_line(text, offset, settings.line_mode)
+    suffix_lines = (
+        min(settings.suffix_lines, settings.single_line_suffix_lines)
+        if single_line
+        else settings.suffix_lines
+    )
     return InfillPrompt(
-        prefix=prefix_window(text, offset, settings.prefix_lines, settings.prefix_max_chars),
-        suffix=suffix_window(text, offset, settings.suffix_lines, settings.suffix_max_chars),
+        prefix=prefix_window(
+            text, offset, settings.prefix_lines, settings.prefix_max_chars, settings.window_step_lines
+        ),
+        suffix=suffix_window(text, offset, suffix_lines, settings.suffix_max_chars),
         filename=filename,
-        single_line=wants_single_line(text, offset, settings.line_mode),
+        single_line=single_line,
         extra=list(extra or []),
     )

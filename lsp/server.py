@@ -28,6 +28,7 @@ from localspec.lsp.items import completion_items, inline_items
 from localspec.lsp.settings import LspSettings
 from localspec.lsp.suggestions import DocumentSnapshot, Suggester
 from localspec.lsp.text_edits import PositionEncoding, offset_at
+from localspec.lsp.warmup import Warmer
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,8 @@ class LocalspecLanguageServer(LanguageServer):
         self.watcher = WorkspaceWatcher(self.ring, self.settings.watch_max_file_bytes, is_open=self._is_open)
         self.link = link or DaemonLink()
         self.link.report = lambda message, warning: self.warn(message) if warning else self.info(message)
-        self.suggester = Suggester(self.link, lambda: self.settings, self._extra_context, self.warn)
+        self.warmer = Warmer(self.link, lambda: self.settings, self._ring_context)
+        self.suggester = Suggester(self.link, lambda: self.settings, self.warmer.context, self.warn)
         self._chunk_refreshed: dict[str, float] = {}
 
     # --- helpers used by the handlers -------------------------------------------------------------
@@ -105,8 +107,17 @@ class LocalspecLanguageServer(LanguageServer):
     def _is_open(self, path: Path) -> bool:
         return any(Path(to_fs_path(uri) or "") == path for uri in list(self.workspace.text_documents.keys()))
 
-    def _extra_context(self, filename: str) -> list[tuple[str, str]]:
+    def _ring_context(self, filename: str) -> list[tuple[str, str]]:
         return self.ring.extra(exclude=filename, max_chars=self.settings.extra_max_chars)
+
+    def warm(self, uri: str, reopened: bool = False) -> None:
+        """Warm the document's windows in the daemon (all of them when opened or its context is stale)."""
+        name = self.display_name(uri)
+        text = self.workspace.get_text_document(uri).source
+        if reopened or self.warmer.context_is_stale(name):
+            self.warmer.opened(uri, name, text)
+        else:
+            self.warmer.schedule(uri, name, text)
 
     def apply_settings(self, options: Any) -> None:
         try:
@@ -160,6 +171,12 @@ class LocalspecLanguageServer(LanguageServer):
             filename=self.display_name(uri),
         )
 
+    def before_suggesting(self, uri: str, line: int) -> None:
+        """Warm the windows near the cursor first; refresh a file's context once it is stale."""
+        if self.warmer.context_is_stale(self.display_name(uri)) and uri in self.workspace.text_documents:
+            self.warm(uri)
+        self.warmer.focus(uri, line)
+
     def remember_chunk(self, uri: str, line: int, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self._chunk_refreshed.get(uri, 0.0) < CHUNK_REFRESH_S:
@@ -170,6 +187,7 @@ class LocalspecLanguageServer(LanguageServer):
     def forget_document(self, uri: str) -> None:
         """A closed document: cancel its generation and drop its cached suggestions (its chunk stays)."""
         self.suggester.forget(uri)
+        self.warmer.forget(uri)
         self._chunk_refreshed.pop(uri, None)
 
     def stats(self) -> dict[str, Any]:
@@ -178,6 +196,8 @@ class LocalspecLanguageServer(LanguageServer):
             "suggestions": self.suggester.stats.as_dict(),
             "cache_entries": len(self.suggester.cache),
             "in_flight": self.suggester.in_flight(),
+            "warming": self.warmer.pending,
+            "warmed": self.warmer.warmed,
             "context_chunks": [chunk.filename for chunk in self.ring.chunks()],
             "watched_folders": [str(root) for root in self.watcher.roots],
             "daemon": self.link.describe(),
@@ -202,6 +222,7 @@ def initialized(ls: LocalspecLanguageServer, params: types.InitializedParams) ->
 @server.feature(types.SHUTDOWN)
 async def shutdown(ls: LocalspecLanguageServer, params: None) -> None:
     ls.suggester.cancel_all()
+    ls.warmer.stop()
     ls.watcher.stop()
     await ls.link.aclose()
 
@@ -233,6 +254,7 @@ def did_change_workspace_folders(
 @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
 def did_open(ls: LocalspecLanguageServer, params: types.DidOpenTextDocumentParams) -> None:
     ls.remember_chunk(params.text_document.uri, 0, force=True)
+    ls.warm(params.text_document.uri, reopened=True)
 
 
 @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
@@ -242,6 +264,8 @@ def did_change(ls: LocalspecLanguageServer, params: types.DidChangeTextDocumentP
     if changes and isinstance(changes[-1], types.TextDocumentContentChangePartial):
         line = changes[-1].range.start.line
     ls.remember_chunk(params.text_document.uri, line)
+    uri = params.text_document.uri
+    ls.warmer.changed(uri, ls.display_name(uri), lambda: ls.workspace.get_text_document(uri).source)
 
 
 @server.feature(types.TEXT_DOCUMENT_DID_SAVE)
@@ -259,6 +283,7 @@ async def inline_completion(
     ls: LocalspecLanguageServer, params: types.InlineCompletionParams
 ) -> types.InlineCompletionList | None:
     snapshot = ls.snapshot(params.text_document.uri, params.position)
+    ls.before_suggesting(params.text_document.uri, params.position.line)
     suggestion = await ls.suggester.suggest(snapshot) if snapshot else None
     if snapshot is None or not suggestion:
         return types.InlineCompletionList(items=[])
@@ -268,6 +293,7 @@ async def inline_completion(
 @server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions())
 async def completion(ls: LocalspecLanguageServer, params: types.CompletionParams) -> types.CompletionList:
     snapshot = ls.snapshot(params.text_document.uri, params.position)
+    ls.before_suggesting(params.text_document.uri, params.position.line)
     suggestion = await ls.suggester.suggest(snapshot) if snapshot else None
     if snapshot is None or not suggestion:
         return types.CompletionList(is_incomplete=True, items=[])

@@ -30,6 +30,13 @@ class LspSettings(BaseModel):
     # Prompt windows around the cursor: whole lines, then capped in characters.
     prefix_lines: int = Field(default=64, ge=0)
     suffix_lines: int = Field(default=16, ge=0)
+    # A one-line suggestion sees fewer lines after the cursor: they are evaluated anew at every jump.
+    single_line_suffix_lines: int = Field(default=2, ge=0)
+    # The prefix window starts on a multiple of this many lines (so it holds prefix_lines to prefix_lines +
+    # window_step_lines - 1 lines): nearby cursors share it, and the model's cache with it.
+    window_step_lines: int = Field(default=64, ge=1)
+    # Evaluate each open file's windows in the background, so jumping anywhere in it is quick.
+    warm_files: bool = True
     prefix_max_chars: int = Field(default=8000, ge=0)
     suffix_max_chars: int = Field(default=2000, ge=0)
     # Extra context from other files (a ring of chunks, as llama.vscode keeps).

@@ -21,11 +21,14 @@ from pygls.exceptions import JsonRpcException
 from pytest_lsp import ClientServerConfig, LanguageClient
 
 from localspec.client import AsyncDaemonClient
+from localspec.lsp.prompt import build_prompt, suffix_window, warm_windows
+from localspec.lsp.settings import LspSettings
 from localspec.lsp.text_edits import end_position
 
 SERVER = [sys.executable, "-m", "localspec", "lsp"]
 # Deterministic and quick: no debounce, short suggestions, no background pre-compute unless a test wants it.
-FAST = {"debounceMs": 0, "maxTokens": 16, "precompute": False}
+# No warm-up of open files either: tests that want it turn it on.
+FAST = {"debounceMs": 0, "maxTokens": 16, "precompute": False, "warmFiles": False}
 TIMEOUT = 60.0  # generous: CI machines are small and busy; passing runs take a second or two
 
 CAPABILITIES = types.ClientCapabilities(
@@ -293,11 +296,12 @@ async def test_other_files_reach_the_prompt_as_extra_context(
     uri = open_document(client, tmp_path, "main.py", DOC)
     items = await inline(client, uri, CURSOR)
 
-    # The prompt carries the chunks newest first; which of the two arrived last depends on event timing.
+    # The prompt carries the chunks oldest first (a newer one never moves the others, so the daemon's cache of
+    # the prompt's start stays valid); which of the two arrived last depends on event timing.
     texts = {"gen/consts.py": generated, "helper.py": helper}
-    newest_first = [name for name in reversed((await stats(client))["context_chunks"]) if name in texts]
-    assert sorted(newest_first) == sorted(texts)
-    extra = [{"filename": name, "text": texts[name]} for name in newest_first]
+    oldest_first = [name for name in (await stats(client))["context_chunks"] if name in texts]
+    assert sorted(oldest_first) == sorted(texts)
+    extra = [{"filename": name, "text": texts[name]} for name in oldest_first]
     expected = await daemon_infill(daemon, DOC[:CURSOR_OFFSET], DOC[CURSOR_OFFSET:], extra=extra)
     assert [item.insert_text for item in items] == ([expected] if expected else [])
     without_extra = await daemon_infill(daemon, DOC[:CURSOR_OFFSET], DOC[CURSOR_OFFSET:])
@@ -480,9 +484,9 @@ async def test_configuration_changes_apply_to_the_next_request(
 
     assert await wait_until(reconfigured)
     items = await inline(client, uri, CURSOR)
-    expected = await daemon_infill(
-        daemon, DOC[:CURSOR_OFFSET], DOC[CURSOR_OFFSET:], max_tokens=5, single_line=True
-    )
+    # A one-line suggestion sees the cursor's line and two more after it (singleLineSuffixLines).
+    suffix = suffix_window(DOC, CURSOR_OFFSET, max_lines=2, max_chars=10_000)
+    expected = await daemon_infill(daemon, DOC[:CURSOR_OFFSET], suffix, max_tokens=5, single_line=True)
     assert [item.insert_text for item in items] == ([expected] if expected else [])
     recent = (await daemon_stats(daemon))["recent"]
     assert [entry["max_tokens"] for entry in recent] == [5, 5]
@@ -617,3 +621,61 @@ async def test_tcp_transport_serves_an_editor(localspec_home: Path) -> None:
     finally:
         process.terminate()
         await asyncio.wait_for(process.wait(), TIMEOUT)
+
+
+def long_document(functions: int = 30) -> str:
+    """A file long enough for several prompt windows."""
+    body = "".join(
+        f"def function_{i}(value):\n    total = value * {i}\n    return total + {i * 3}\n\n"
+        for i in range(functions)
+    )
+    return "import math\n\n" + body
+
+
+async def test_an_opened_file_is_warmed_so_a_jump_reuses_the_daemons_cache(
+    daemon: RunningDaemon, start_lsp: StartLsp, tmp_path: Path
+) -> None:
+    client = await start_lsp(daemon.home, {**FAST, "warmFiles": True, "prefixLines": 8, "windowStepLines": 8})
+    text = long_document()
+    uri = open_document(client, tmp_path, "main.py", text)
+
+    async def warmed() -> bool:
+        current = await stats(client)
+        return current["warming"] == 0 and current["warmed"] > 0
+
+    assert await wait_until(warmed)
+    windows = (await stats(client))["warmed"]
+    assert windows == len(warm_windows(text, LspSettings(prefix_lines=8, window_step_lines=8)))
+    prefills = (await daemon_stats(daemon))["requests"]["prefill"]
+    assert prefills == windows
+
+    # Jump to a function far down the file: the daemon evaluates only the code after the window's cached start.
+    line = text.splitlines().index("def function_20(value):") + 1
+    items = await inline(client, uri, types.Position(line=line, character=4))
+    [jump] = [entry for entry in (await daemon_stats(daemon))["recent"] if entry["kind"] == "infill"]
+    assert jump["cached_tokens"] > jump["prompt_tokens"] // 2
+    assert (await daemon_stats(daemon))["engine"]["prompt_cache"]["restores"] >= 1
+    # And the suggestion is what the daemon gives for the same prompt from scratch.
+    offset = len("".join(text.splitlines(keepends=True)[:line])) + 4
+    prompt = build_prompt(
+        text, offset, "main.py", LspSettings(prefix_lines=8, window_step_lines=8, line_mode="auto")
+    )
+    expected = await daemon_infill(daemon, prompt.prefix, prompt.suffix, single_line=prompt.single_line)
+    assert [item.insert_text for item in items] == ([expected] if expected else [])
+
+
+async def test_an_edit_under_a_cached_suggestion_is_never_answered_from_the_cache(
+    daemon: RunningDaemon, start_lsp: StartLsp, tmp_path: Path
+) -> None:
+    client = await start_lsp(daemon.home, FAST)
+    uri = open_document(client, tmp_path, "main.py", DOC)
+    [first] = await inline(client, uri, CURSOR)
+    # Change the code after the cursor (what the suggestion was made to fit), then ask at the same place.
+    edited = DOC.replace('print("😀", add(1, 2))', "print(add(3, 4) * 2)")
+    replace_all(client, uri, 2, edited)
+    items = await inline(client, uri, CURSOR)
+    current = (await stats(client))["suggestions"]
+    assert current["cache_hits"] == 0 and current["generations"] == 2
+    expected = await daemon_infill(daemon, edited[:CURSOR_OFFSET], edited[CURSOR_OFFSET:])
+    assert [item.insert_text for item in items] == ([expected] if expected else [])
+    assert first.insert_text is not None

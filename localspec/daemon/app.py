@@ -255,8 +255,9 @@ async def infill(request: Request) -> Response:
     body = await _parse(request, InfillBody)
     extra = [(e.filename, e.text) for e in body.extra]
 
+    max_tokens = 128 if body.max_tokens is None else body.max_tokens
+
     def prepare(engine: Backend) -> GenerationRequest:
-        max_tokens = body.max_tokens or 128
         return GenerationRequest(
             # The engine cuts the prompt to what the context holds next to `max_tokens` of answer.
             prompt=engine.infill_prompt(
@@ -273,7 +274,9 @@ async def infill(request: Request) -> Response:
             lookup_texts=[body.suffix, *(text for _, text in extra)],
         )
 
-    job = _submit(request, "infill", body.slot or "infill", prepare, body.stream)
+    # A prefill runs behind every other request (see scheduler.PRIORITY).
+    kind: JobKind = "prefill" if max_tokens == 0 else "infill"
+    job = _submit(request, kind, body.slot or kind, prepare, body.stream)
     model = _model_name(request)
 
     def step(event: Any) -> str:

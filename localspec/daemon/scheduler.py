@@ -28,9 +28,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("localspec.daemon.scheduler")
 
-JobKind = Literal["infill", "chat", "completion"]
-# Lower runs first. Infill is latency-critical (the editor waits on every keystroke).
-PRIORITY: dict[str, int] = {"infill": 0, "chat": 1, "completion": 1}
+JobKind = Literal["infill", "chat", "completion", "prefill"]
+# Lower runs first. Infill is latency-critical (the editor waits on every keystroke); a prefill only prepares the
+# cache for a later request, so it runs when nothing else does.
+PRIORITY: dict[str, int] = {"infill": 0, "chat": 1, "completion": 1, "prefill": 2}
 RECENT_REQUESTS = 64
 
 

@@ -126,7 +126,8 @@ class InfillBody(_Sampling):
     suffix: str = ""
     extra: Annotated[list[ExtraFile], Field(max_length=64)] = []
     filename: Annotated[str, Field(max_length=4096)] | None = None
-    max_tokens: Annotated[int, Field(ge=1, le=4096)] | None = 128
+    # 0: evaluate the prompt into the cache and generate nothing (an editor warming a place it may need soon).
+    max_tokens: Annotated[int, Field(ge=0, le=4096)] | None = 128
     single_line: bool = False
 
 

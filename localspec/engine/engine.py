@@ -16,6 +16,7 @@ from localspec.config import (
     DEFAULT_DRAFT_P_MIN,
     DEFAULT_HISTORY_TOKENS,
     DEFAULT_N_CTX,
+    DEFAULT_PROMPT_CACHE_MB,
     DEFAULT_SLOTS,
     DRAFT_MAX_LIMIT,
 )
@@ -23,6 +24,7 @@ from localspec.engine.canary import ensure_llama_runs
 from localspec.engine.chooser import AdaptiveChooser
 from localspec.engine.compat import ensure_compatible
 from localspec.engine.drafters import NgramHistory
+from localspec.engine.kv_snapshots import KvSnapshots
 from localspec.engine.llama_model import LlamaModel
 from localspec.engine.pass_costs import PassCosts
 from localspec.engine.pass_costs import calibrate as time_passes
@@ -45,6 +47,9 @@ if TYPE_CHECKING:
 # (batched and one-token passes differ in the last bits: docs/BENCHMARKS.md has the measured spread).
 DEFAULT_TIE_MARGIN = 0.35
 MAX_CHOOSERS = 64
+# A prefill (max_tokens=0, e.g. an editor warming the places a user may jump to) runs at the lowest priority, so it
+# is evaluated in small chunks: a request arriving meanwhile waits for one chunk at most.
+PREFILL_CHUNK_CPU = 64
 
 
 @dataclass
@@ -61,6 +66,7 @@ class EngineSettings:
     draft_p_min: float = DEFAULT_DRAFT_P_MIN
     tie_margin: float = DEFAULT_TIE_MARGIN
     history_tokens: int = DEFAULT_HISTORY_TOKENS  # earlier outputs kept as an n-gram source (0 = none)
+    prompt_cache_mb: int = DEFAULT_PROMPT_CACHE_MB  # host memory for saved KV sequences (0 = none)
 
     @classmethod
     def from_config(
@@ -80,6 +86,7 @@ class EngineSettings:
             "draft_max": config.draft_max,
             "draft_p_min": config.draft_p_min,
             "history_tokens": config.history_tokens,
+            "prompt_cache_mb": config.prompt_cache_mb,
         }
         return cls(**{**values, **overrides})
 
@@ -108,6 +115,7 @@ class Engine:
                 self.close()
                 raise
         self._slots = SlotPool(settings.slots)
+        self.snapshots = KvSnapshots(settings.prompt_cache_mb * 1024 * 1024)
         self.prompts = PromptLayout(self.target, settings.n_ctx)
         self._choosers: dict[tuple[str, str], AdaptiveChooser] = {}
         ratio = self.draft.n_params() / self.target.n_params() if self.draft else 0.0
@@ -182,6 +190,7 @@ class Engine:
             **totals.as_dict(),
             "cache_hit_tokens": totals.cached_tokens,
             "slots": self._slots.describe(),
+            "prompt_cache": self.snapshots.describe(),
         }
 
     # ---- prompts ----------------------------------------------------------------------------------------------
@@ -221,8 +230,10 @@ class Engine:
         return chooser
 
     def generate(self, request: GenerationRequest) -> Generation:
-        if request.max_tokens < 1:
-            raise InvalidRequestError(f"max_tokens must be at least 1, not {request.max_tokens}.")
+        if request.max_tokens < 0:
+            raise InvalidRequestError(
+                f"max_tokens must be 0 (evaluate the prompt only) or more, not {request.max_tokens}."
+            )
         limit = self.settings.draft_max
         if request.draft_max is not None and not 0 <= request.draft_max <= limit:
             raise InvalidRequestError(
@@ -243,6 +254,7 @@ class Engine:
         chooser = self._chooser(request.slot, mode)
         chooser.start_request()
         try:
+            self.snapshots.prepare(slot, prompt, self.target, self.draft)
             return Generation(
                 request,
                 prompt,
@@ -256,10 +268,16 @@ class Engine:
                 [self.history.table],
                 stats,
                 on_finish=self._record,
+                prefill_chunk=self._prefill_chunk(request),
             )
         except Exception:
             slot.release()
             raise
+
+    def _prefill_chunk(self, request: GenerationRequest) -> int:
+        if request.max_tokens == 0 and not self.target.offloaded:
+            return PREFILL_CHUNK_CPU
+        return self.target.n_batch
 
     def complete(self, request: GenerationRequest) -> GenerationResult:
         generation = self.generate(request)
@@ -270,6 +288,8 @@ class Engine:
 
     def _record(self, generation: Generation) -> None:
         self._requests += 1
+        if generation.request.max_tokens == 0:  # a prefill: keep its KV for the request it prepares
+            self.snapshots.save(generation.slot, self.target, self.draft)
         if generation.result is not None:
             self.history.add(generation.result.token_ids)
         stats, totals = generation.stats, self._totals
@@ -295,6 +315,7 @@ class Engine:
     def reset_cache(self) -> None:
         """Forget every slot's cached prefix (benchmarks use it to measure cold prompts)."""
         self._slots.reset(self.target, self.draft)
+        self.snapshots.clear()
 
     def close(self) -> None:
         if getattr(self, "draft", None) is not None:

@@ -385,6 +385,23 @@ class LlamaModel:
         """Drop KV entries of `seq_id` at positions >= `position` (rollback)."""
         llama_cpp.llama_memory_seq_rm(self._memory, seq_id, position, -1)
 
+    def save_sequence(self, seq_id: int) -> ctypes.Array[ctypes.c_uint8]:
+        """A copy, in host memory, of everything sequence `seq_id`'s KV holds (see `restore_sequence`)."""
+        self.synchronize()
+        size = int(llama_cpp.llama_state_seq_get_size(self.ctx, seq_id))
+        buffer = (ctypes.c_uint8 * size)()
+        written = int(llama_cpp.llama_state_seq_get_data(self.ctx, buffer, size, seq_id))
+        if written != size:
+            raise RuntimeError(f"llama.cpp saved {written} of {size} bytes of the {self.role} model's KV")
+        return buffer
+
+    def restore_sequence(self, seq_id: int, state: ctypes.Array[ctypes.c_uint8]) -> None:
+        """Make sequence `seq_id` hold what `save_sequence` copied (from any sequence of this context)."""
+        self.remove_from(seq_id, 0)
+        if int(llama_cpp.llama_state_seq_set_data(self.ctx, state, len(state), seq_id)) == 0:
+            self.remove_from(seq_id, 0)
+            raise RuntimeError(f"llama.cpp could not restore a saved KV sequence of the {self.role} model")
+
     def close(self) -> None:
         if self._ctx:
             llama_cpp.llama_batch_free(self._batch)

@@ -50,6 +50,16 @@ def catches_up_one_by_one(one_by_one: bool, missing: int) -> bool:
     return one_by_one and missing <= ONE_BY_ONE_CATCH_UP
 
 
+def trim_to_prefix(model: LlamaModel, seq_id: int, cached: list[int], wanted: list[int], outputs: str) -> int:
+    """Drop what sequence `seq_id` holds beyond its reusable prefix of `wanted` (see `reusable_prefix`); `cached` is
+    updated in place. Returns the prefix's length: `wanted[returned:]` is left to evaluate."""
+    reuse = reusable_prefix(cached, wanted, outputs)
+    if reuse < len(cached):
+        model.remove_from(seq_id, reuse)
+        del cached[reuse:]
+    return reuse
+
+
 def sync_sequence(
     model: LlamaModel,
     seq_id: int,
@@ -64,10 +74,7 @@ def sync_sequence(
     always evaluated, so its logits are readable afterwards. Returns how many tokens were reused.
     one_by_one: evaluate a short remainder as one-token passes with logits (the shape of a drafting pass).
     """
-    reuse = reusable_prefix(cached, wanted, outputs)
-    if reuse < len(cached):
-        model.remove_from(seq_id, reuse)
-        del cached[reuse:]
+    reuse = trim_to_prefix(model, seq_id, cached, wanted, outputs)
     missing = wanted[reuse:]
     if catches_up_one_by_one(one_by_one, len(missing)):
         for position, token in enumerate(missing, start=reuse):

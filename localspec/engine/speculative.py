@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from localspec.engine.chooser import AdaptiveChooser, Plan
 from localspec.engine.drafters import DraftModelDrafter, NgramDrafter, NgramTable
 from localspec.engine.llama_model import LlamaModel
-from localspec.engine.prefix_cache import SlotState, sync_sequence
+from localspec.engine.prefix_cache import SlotState, trim_to_prefix
 from localspec.engine.sampling import TokenPicker
 from localspec.engine.text_stream import TextStream
 from localspec.engine.types import (
@@ -48,6 +48,7 @@ class Generation:
         shared_ngrams: list[NgramTable],
         stats: RequestStats,
         on_finish: Callable[[Generation], None] | None = None,
+        prefill_chunk: int = 512,
     ) -> None:
         self.request = request
         self.target = target
@@ -74,11 +75,16 @@ class Generation:
         self._ngram = NgramDrafter.resuming(slot.ngram_index, prompt, shared_ngrams)
         for stream in lookup_streams:
             self._ngram.add_extra(stream)
-        # Evaluate the prompt except its last token, reusing the slot's cached prefix; the last token is the first
-        # `pending` so prompt and generation share one code path.
+        # The prompt except its last token is evaluated first, reusing the slot's cached prefix, in chunks of at most
+        # `prefill_chunk` tokens, one per step, so a more urgent request can run between two chunks. The last token
+        # is the first `pending`, so prompt and generation share one code path.
         started = time.perf_counter()
-        self.stats.cached_tokens = sync_sequence(target, slot.seq_id, slot.target_tokens, prompt[:-1], "none")
+        self.stats.cached_tokens = trim_to_prefix(
+            target, slot.seq_id, slot.target_tokens, prompt[:-1], "none"
+        )
         self.stats.t_prompt = time.perf_counter() - started
+        self._unevaluated = prompt[self.stats.cached_tokens : -1]
+        self._prefill_chunk = max(1, prefill_chunk)
         self._committed = slot.target_tokens  # same list: the slot always knows what its KV holds
         self._context = [*prompt]  # committed + [pending], kept incrementally (drafters read it every step)
         self._pending = prompt[-1]
@@ -99,6 +105,8 @@ class Generation:
             return None
         if self.request.cancel.cancelled:
             return self._final_event(self._finish("cancelled"))
+        if self._unevaluated:
+            return self._prefill_step()
         remaining = self.request.max_tokens - len(self._output)
         room = self.target.n_ctx_per_seq - len(self._committed) - 1
         if remaining <= 0 or room <= 0:
@@ -177,6 +185,17 @@ class Generation:
         stats.t_verify += t_verify
         stats.t_sample += t_sample
         return self._emit(settled, len(drafts), accepted, source)
+
+    def _prefill_step(self) -> StepEvent:
+        """Evaluate the next chunk of the prompt (no token is settled)."""
+        started = time.perf_counter()
+        chunk = self._unevaluated[: self._prefill_chunk]
+        self.target.decode(chunk, len(self._committed), self.slot.seq_id, "none")
+        self._committed.extend(chunk)
+        del self._unevaluated[: len(chunk)]
+        self.target.synchronize()
+        self.stats.t_prompt += time.perf_counter() - started
+        return StepEvent(text="", tokens=0, drafted=0, accepted=0, source="none")
 
     def _plan(
         self, context: list[int], budget: int, previous: int, streak: int, backlog: int, remaining: int

@@ -148,9 +148,13 @@ class RemoteEngine:
     ) -> InfillParts:
         return InfillParts(prefix, suffix, list(extra or []), filename)
 
-    def generate(self, request: GenerationRequest) -> RemoteGeneration:
-        if request.max_tokens < 1:
-            raise InvalidRequestError(f"max_tokens must be at least 1, not {request.max_tokens}.")
+    def generate(self, request: GenerationRequest) -> RemoteGeneration | NothingToGenerate:
+        if request.max_tokens < 0:
+            raise InvalidRequestError(f"max_tokens must be 0 or more, not {request.max_tokens}.")
+        if (
+            request.max_tokens == 0
+        ):  # a prefill: the remote keeps its own cache, there is nothing to prepare here
+            return NothingToGenerate()
         if not request.prompt:
             raise InvalidRequestError("The prompt is empty; send at least one character.")
         call = build_call(cast(RemoteKind, self.kind), self.model, request, self.settings.fim_tokens)
@@ -313,6 +317,19 @@ class RemoteEngine:
         return RemoteBackendError(
             f"The remote server at {self.settings.shown_url} answered {path} with HTTP {status}: {message}.{hint}"
         )
+
+
+class NothingToGenerate:
+    """A request for no tokens (a prefill): finished at once, without calling the remote."""
+
+    def __init__(self) -> None:
+        self.result: GenerationResult | None = GenerationResult("", [], "length", RemoteStats())
+
+    def step(self) -> None:
+        return None
+
+    def close(self) -> None:
+        pass
 
 
 class RemoteGeneration:

@@ -1,0 +1,116 @@
+"""The prompt cache beyond the slots (engine/kv_snapshots.py) and prefills (max_tokens=0), on real llama.cpp with the
+tiny models the tests write."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from test_engine import make_engine
+
+from localspec.engine import Engine, GenerationRequest
+from localspec.engine.kv_snapshots import MIN_SAVED_TOKENS
+
+LINES = [f"def function_{i}(value):\n    return value * {i} + {i * 7}\n\n" for i in range(40)]
+TEXT = "".join(LINES)
+
+
+def infill(engine: Engine, prefix: str, max_tokens: int = 12, mode: str = "ngram") -> GenerationRequest:
+    prompt = engine.infill_prompt(
+        prefix, "\n\ndef tail():\n    pass\n", filename="code.py", max_tokens=max_tokens
+    )
+    return GenerationRequest(prompt=prompt, max_tokens=max_tokens, slot="editor", speculative=mode)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def engine(tiny_models) -> Iterator[Engine]:
+    engine = make_engine(tiny_models.target, tiny_models.draft_similar, n_ctx=2048, slots=2)
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_models) -> Iterator[Engine]:
+    """The same models with no prompt cache at all: what the target alone gives for each prompt."""
+    engine = make_engine(
+        tiny_models.target, tiny_models.draft_similar, n_ctx=2048, slots=1, prompt_cache_mb=0
+    )
+    yield engine
+    engine.close()
+
+
+def fresh(reference: Engine, request: GenerationRequest) -> str:
+    reference.reset_cache()
+    return reference.complete(
+        GenerationRequest(prompt=request.prompt, max_tokens=request.max_tokens, speculative="none")
+    ).text
+
+
+def test_returning_to_an_earlier_place_restores_its_kv_and_gives_the_target_alone_output(
+    engine: Engine, reference: Engine
+) -> None:
+    first = engine.complete(infill(engine, TEXT[:1500]))
+    elsewhere = engine.complete(infill(engine, TEXT[900:2400]))  # overwrites the slot: its KV is saved first
+    assert elsewhere.stats.cached_tokens < 50
+    assert engine.snapshots.describe()["saves"] == 1
+
+    back = infill(engine, TEXT[:1500] + "def ")  # the first place, a few characters typed
+    result = engine.complete(back)
+    assert engine.snapshots.describe()["restores"] == 1
+    assert result.stats.cached_tokens >= len(engine.tokenize(TEXT[:1480], parse_special=False))
+    assert first.stats.prompt_tokens > result.stats.cached_tokens > elsewhere.stats.cached_tokens
+    assert result.text == fresh(reference, back)
+
+
+def test_without_a_prompt_cache_the_slot_evaluates_again(tiny_models) -> None:
+    engine = make_engine(tiny_models.target, None, n_ctx=2048, slots=1, prompt_cache_mb=0)
+    try:
+        engine.complete(infill(engine, TEXT[:1500]))
+        engine.complete(infill(engine, TEXT[900:2400]))
+        result = engine.complete(infill(engine, TEXT[:1500] + "def "))
+        assert result.stats.cached_tokens < 50
+        assert engine.snapshots.describe()["saves"] == 0
+    finally:
+        engine.close()
+
+
+def test_a_prefill_evaluates_the_prompt_generates_nothing_and_keeps_its_kv(
+    engine: Engine, reference: Engine
+) -> None:
+    warm = engine.complete(infill(engine, TEXT[:2000], max_tokens=0))
+    assert (warm.text, warm.token_ids, warm.finish_reason) == ("", [], "length")
+    assert engine.snapshots.describe()["entries"] == 1
+
+    engine.complete(infill(engine, TEXT[1200:2600]))  # another place in between
+    request = infill(engine, TEXT[:1700])
+    result = engine.complete(request)
+    assert result.stats.cached_tokens >= len(engine.tokenize(TEXT[:1650], parse_special=False))
+    assert result.text == fresh(reference, request)
+
+
+def test_a_prefill_runs_in_chunks_so_other_work_can_run_between_them(engine: Engine) -> None:
+    generation = engine.generate(infill(engine, TEXT, max_tokens=0))
+    steps = 0
+    while generation.step() is not None:
+        steps += 1
+    assert generation.result is not None and generation.result.finish_reason == "length"
+    prompt_tokens = generation.stats.prompt_tokens
+    assert steps == -(-(prompt_tokens - 1) // engine._prefill_chunk(generation.request))
+    assert steps > 1
+
+
+def test_the_store_keeps_within_its_memory_and_drops_the_least_recently_used(tiny_models) -> None:
+    engine = make_engine(tiny_models.target, None, n_ctx=2048, slots=1)
+    try:
+        places = [TEXT[start : start + 1500] for start in (0, 400, 800)]
+        for prefix in places[:2]:
+            engine.complete(infill(engine, prefix, max_tokens=0))
+        assert len(engine.snapshots) == 2
+        engine.snapshots.max_bytes = engine.snapshots.nbytes + 1  # no room for a third copy
+        engine.complete(infill(engine, places[2], max_tokens=0))
+        assert engine.snapshots.nbytes <= engine.snapshots.max_bytes
+        shares = [engine.snapshots.best(engine.infill_prompt(p, "", filename="code.py"))[1] for p in places]
+        assert shares[0] < MIN_SAVED_TOKENS  # the oldest copy went first
+        assert shares[2] > 1000  # the newest is kept
+    finally:
+        engine.close()
