@@ -3,6 +3,7 @@ llama-server), and its place picker and percentiles on plain data."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -136,9 +137,9 @@ def test_places_are_indented_code_lines_only() -> None:
 def test_place_picker_keeps_its_distance_never_repeats_and_follows_the_seed() -> None:
     lines = ["def f():"] + ["    x = 1"] * 299
     picker = PlacePicker(lines, random.Random(7), gap=40)
-    places = [p for p in iter(picker.next, None)]
+    places = list(iter(picker.next, None))
     assert len(places) == len(set(places)) > 10
-    assert all(abs(a - b) >= 40 for a, b in zip(places, places[1:], strict=False))
+    assert all(abs(a - b) >= 40 for a, b in itertools.pairwise(places))
     assert all(is_place(lines, p) for p in places)
     again = PlacePicker(lines, random.Random(7), gap=40)
     assert [again.next() for _ in range(5)] == places[:5]
