@@ -7,6 +7,7 @@ import itertools
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -64,7 +65,7 @@ def _check_localspec(result: dict[str, Any]) -> None:
     for line_mode in ("single", "multi"):
         mine = [s for s in samples if s["line_mode"] == line_mode]
         assert {s["scenario"] for s in mine} == set(SCENARIOS), line_mode
-        assert all(s["seconds"] > 0 for s in mine)
+        assert all(s["seconds"] > 0 and not s["failed"] for s in mine)
         assert set(result["meta"]["warm_up_seconds"]) == {"single", "multi"}
     # Typing along types what was suggested; typing against types something else.
     for sample in samples:
@@ -161,3 +162,60 @@ def test_files_are_chosen_by_length_skipping_hidden_and_vendored_folders(tmp_pat
         choose_files(found, 2, 10_000)
     with pytest.raises(InvalidRequestError, match="no such file"):
         find_sources([tmp_path / "missing"])
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every process below `pid` (Linux /proc)."""
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+        except OSError:
+            continue
+        for child in map(int, children):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_ctrl_c_stops_the_language_server_and_the_daemon(tiny_models, tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    _write_project(project, files=2)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOCALSPEC_")}
+    env.update(LOCALSPEC_HOME=str(tmp_path / "home"), PYTHONUNBUFFERED="1")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "localspec", "bench-editor", str(project), "--threads", "1", "--n-ctx", "2048",
+         "--jumps", "50", "--files", "2", "--out", str(tmp_path / "editor.json"),
+         "--target", str(tiny_models.target), "--draft", str(tiny_models.draft_similar)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        seen = []
+        for line in process.stdout:  # until the language server is warm: daemon and server both run
+            seen.append(line)
+            if "warm after" in line:
+                break
+        assert any("warm after" in line for line in seen), "".join(seen)
+        children = _descendants(process.pid)
+        assert len(children) >= 2  # `localspec serve` and `localspec lsp`
+        process.send_signal(signal.SIGINT)
+        output = process.communicate(timeout=120)[0]
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, output
+    assert not [pid for pid in children if _alive(pid)]
+    assert not (tmp_path / "editor.json").exists()

@@ -189,6 +189,7 @@ class Sample:
     typed: str
     seconds: float
     text: str
+    failed: bool = False  # the language server answered nothing because the suggestion failed (a timeout)
     llama_server: dict[str, dict[str, Any]] = field(default_factory=dict)
     # The state replayed to llama-server (not written out: whole documents).
     document: str = field(default="", repr=False)
@@ -205,6 +206,7 @@ class Sample:
             "typed": self.typed,
             "seconds": round(self.seconds, 5),
             "text": self.text,
+            "failed": self.failed,
             "llama_server": self.llama_server,
         }
 
@@ -226,6 +228,14 @@ class _Document:
     version: int = 1
 
 
+@dataclass
+class _Answer:
+    text: str
+    seconds: float
+    extra: list[tuple[str, str]]  # the chunks llama-server gets for this state
+    failed: bool
+
+
 class Editor:
     """An LSP client playing an editor: keeps its documents' text, sends edits and timed inline requests."""
 
@@ -244,6 +254,7 @@ class Editor:
             settings.ring_chunks, settings.chunk_lines
         )  # the chunks llama.vscode would keep
         self.warnings: list[str] = []
+        self._failures = 0
 
         @self.client.feature(types.WINDOW_LOG_MESSAGE)
         def log_message(params: types.LogMessageParams) -> None:
@@ -322,9 +333,8 @@ class Editor:
         )
         document.text = old[:start] + new_text + old[end:]
 
-    async def suggest(self, document: _Document, offset: int) -> tuple[str, float, list[tuple[str, str]]]:
-        """The inline suggestion at `offset` and the seconds from request to answer; also the extra chunks
-        llama-server gets for this state."""
+    async def suggest(self, document: _Document, offset: int) -> _Answer:
+        """The inline suggestion at `offset`, timed from request to answer."""
         extra = self.ring.extra(exclude=document.name, max_chars=self.settings.extra_max_chars)
         params = types.InlineCompletionParams(
             text_document=types.TextDocumentIdentifier(uri=document.uri),
@@ -341,7 +351,11 @@ class Editor:
         if items:
             insert = items[0].insert_text
             text = insert if isinstance(insert, str) else insert.value
-        return text, seconds, extra
+        # An empty answer is also what a failed suggestion gives: the server's counters tell them apart.
+        counters = (await self.stats()).get("suggestions", {})
+        failures = int(counters.get("errors", 0)) + int(counters.get("unavailable", 0))
+        failed, self._failures = failures > self._failures, failures
+        return _Answer(text, seconds, extra, failed)
 
     async def stats(self) -> dict[str, Any]:
         result = await asyncio.wait_for(
@@ -431,25 +445,24 @@ async def _jump(
 
     async def ask(scenario: str, typed: str) -> str:
         offset = cursor + len(typed)
-        text, seconds, extra = await editor.suggest(document, offset)
-        column = position_at(document.text, offset).character
+        answer = await editor.suggest(document, offset)
         samples.append(
             Sample(
-                line_mode,
-                scenario,
-                document.name,
-                line,
-                column,
-                typed,
-                seconds,
-                text,
-                {},
-                document.text,
-                offset,
-                extra,
+                line_mode=line_mode,
+                scenario=scenario,
+                file=document.name,
+                line=line,
+                column=position_at(document.text, offset).character,
+                typed=typed,
+                seconds=answer.seconds,
+                text=answer.text,
+                failed=answer.failed,
+                document=document.text,
+                offset=offset,
+                extra=answer.extra,
             )
         )
-        return text
+        return answer.text
 
     suggestion = await ask(scenario, "")
     if suggestion:
@@ -458,6 +471,8 @@ async def _jump(
             ("typing-along", along),
             ("typing-against", against_text(original, suggestion)),
         ):
+            if not characters:  # the suggestion starts with a line break: nothing to type along
+                continue
             for count in range(1, len(characters) + 1):
                 editor.edit(document, cursor + count - 1, cursor + count - 1, characters[count - 1])
                 await ask(typing, characters[:count])
@@ -598,7 +613,8 @@ def summarize(samples: list[Sample], server_modes: list[str]) -> list[dict[str, 
                 "line_mode": line_mode,
                 "scenario": scenario,
                 "samples": len(mine),
-                "empty": sum(1 for s in mine if not s.text),
+                "empty": sum(1 for s in mine if not s.text and not s.failed),
+                "failed": sum(1 for s in mine if s.failed),
                 "localspec_p50_ms": _ms(percentile(seconds, 50)),
                 "localspec_p90_ms": _ms(percentile(seconds, 90)),
                 "llama_server": {},
@@ -637,6 +653,7 @@ def print_report(
         table.add_column("scenario")
         table.add_column("n", justify="right")
         table.add_column("empty", justify="right")
+        table.add_column("failed", justify="right")
         table.add_column("localspec p50/p90", justify="right")
         for mode in server_modes:
             table.add_column(f"llama-server {mode} p50/p90", justify="right")
@@ -648,6 +665,7 @@ def print_report(
                 row["scenario"],
                 str(row["samples"]),
                 str(row["empty"]),
+                str(row["failed"]),
                 f"{cell(row['localspec_p50_ms'])} / {cell(row['localspec_p90_ms'])}",
             ]
             for mode in server_modes:
@@ -661,6 +679,11 @@ def print_report(
                 cells.append("-" if ratio is None else f"{ratio:.2f}")
             table.add_row(*cells)
         console.print(table)
+    warnings = {w for mode_warnings in info["lsp_warnings"].values() for w in mode_warnings}
+    if any(row["failed"] for row in rows):
+        console.print(
+            f"[red]Some suggestions failed (their times are in the table): {'; '.join(sorted(warnings))}"
+        )
     console.print(
         "Times run from sending the request to receiving its answer, with the language server's debounce set to "
         "0 ms; localspec's typing-along answers come from its suggestion cache, llama-server's are new requests "
