@@ -18,6 +18,7 @@ import pytest
 from localspec.benchmark.editor import (
     SCENARIOS,
     PlacePicker,
+    _place_stream,
     against_text,
     choose_files,
     find_sources,
@@ -219,3 +220,14 @@ def test_ctrl_c_stops_the_language_server_and_the_daemon(tiny_models, tmp_path: 
     assert process.returncode == 130, output
     assert not [pid for pid in children if _alive(pid)]
     assert not (tmp_path / "editor.json").exists()
+
+
+def test_jumps_between_files_alternate_until_a_file_has_no_place_left() -> None:
+    short = ["def f():"] + ["    x = 1" if i % 40 == 0 else "" for i in range(100)]  # three places
+    long = ["def g():"] + ["    y = 2"] * 400
+    rng = random.Random(1)
+    pickers = {Path("short.py"): PlacePicker(short, rng), Path("long.py"): PlacePicker(long, rng)}
+    jumps = list(_place_stream(pickers, [Path("short.py"), Path("long.py")]))
+    files = [path.name for path, _ in jumps]
+    assert all(a != b for a, b in itertools.pairwise(files))  # every jump changes file
+    assert files == ["short.py", "long.py"] * 3

@@ -399,6 +399,7 @@ async def wait_warm(editor: Editor, daemon: DaemonProcess, timeout: float, progr
 async def wait_quiet(editor: Editor, daemon: DaemonProcess) -> None:
     """The user's pause before the next move: the server's background work (pre-computing the follow-up of the
     last suggestion) has finished, so one move's work does not bleed into the next one's time."""
+    deadline = time.monotonic() + REQUEST_TIMEOUT_S
     while True:
         stats = await editor.stats()
         if (
@@ -407,6 +408,10 @@ async def wait_quiet(editor: Editor, daemon: DaemonProcess) -> None:
             and await asyncio.to_thread(daemon.idle)
         ):
             return
+        if time.monotonic() > deadline:
+            raise LocalspecError(
+                f"The daemon was still busy {REQUEST_TIMEOUT_S:g} s after the last suggestion."
+            )
         await asyncio.sleep(QUIET_POLL_S)
 
 
@@ -481,14 +486,13 @@ async def _jump(
 
 
 def _place_stream(pickers: dict[Path, PlacePicker], order: list[Path]) -> Iterator[tuple[Path, int]]:
-    """Places in `order`'s files in turn (a file without places left is skipped)."""
-    while order:
-        for path in list(order):
+    """Places in `order`'s files in turn, until one of them has no place left."""
+    while True:
+        for path in order:
             place = pickers[path].next()
             if place is None:
-                order.remove(path)
-            else:
-                yield path, place
+                return
+            yield path, place
 
 
 async def run_line_mode(
@@ -507,10 +511,8 @@ async def run_line_mode(
     per_file = -(-jumps // len(files))
     done = 0
     current: Path | None = None
-    for (
-        path,
-        _,
-    ) in files:  # within a file: consecutive places in one file (the first one moved here from another)
+    # Within a file: consecutive places in one file (the first one in the next file is a move from another).
+    for path, _ in files:
         for index in range(per_file):
             place = pickers[path].next()
             if place is None or done == jumps:
