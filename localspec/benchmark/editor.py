@@ -514,19 +514,24 @@ async def run_line_mode(
     # Within a file: consecutive places in one file (the first one in the next file is a move from another).
     for path, _ in files:
         for index in range(per_file):
-            place = pickers[path].next()
-            if place is None or done == jumps:
+            place = pickers[path].next() if done < jumps else None
+            if place is None:
                 break
             scenario = "jump-other-file" if index == 0 and done else "jump-in-file"
             await _jump(editor, daemon, path, place, scenario, line_mode, samples)
             done += 1
             current = path
+            if done % 10 == 0:
+                progress(f"{line_mode}: {done} jumps, {len(samples)} requests")
     if len(files) > 1:
         order = [path for path, _ in files]
         last = order.index(current) if current is not None else -1
         stream = _place_stream(pickers, order[last + 1 :] + order[: last + 1])
         for _, (path, place) in zip(range(jumps), stream, strict=False):
             await _jump(editor, daemon, path, place, "jump-other-file", line_mode, samples)
+            done += 1
+            if done % 10 == 0:
+                progress(f"{line_mode}: {done} jumps, {len(samples)} requests")
     progress(f"{line_mode}: {len(samples)} requests")
     return samples
 
@@ -576,10 +581,12 @@ def replay_llama_server(
     files: list[tuple[Path, str]],
     root: Path,
     options: BenchOptions,
+    progress: Progress,
 ) -> dict[str, float]:
     """The recorded cursor states, in order, through llama-server's /infill; returns warm-up seconds per line
     mode (llama.vscode's n_predict=0 request with the chunks of the opened files, before the first move)."""
     warm: dict[str, float] = {}
+    replayed = 0
     for line_mode in options.line_modes:
         settings = LspSettings.from_options(lsp_options(line_mode, options.max_tokens))
         ring = ChunkRing(settings.ring_chunks, settings.chunk_lines)
@@ -592,6 +599,9 @@ def replay_llama_server(
             prompt = build_prompt(sample.document, sample.offset, sample.file, settings, sample.extra)
             answer = client.infill(prompt.prefix, prompt.suffix, prompt.extra, prompt.single_line)
             sample.llama_server[mode] = {"seconds": round(answer.seconds, 5), "text": answer.text}
+            replayed += 1
+            if replayed % 100 == 0:
+                progress(f"llama-server {mode}: {replayed} requests")
     return warm
 
 
@@ -751,7 +761,7 @@ def run_benchmark(options: BenchOptions, out: Path, console: Any) -> dict[str, A
         try:
             info["llama_server_commands"][mode.name] = " ".join(server.command)
             info["llama_server_warm_up_seconds"][mode.name] = replay_llama_server(
-                client, mode.name, samples, files, root, options
+                client, mode.name, samples, files, root, options, console.print
             )
         finally:
             client.close()
