@@ -25,6 +25,7 @@ from localspec.benchmark.editor import (
     is_place,
     percentile,
 )
+from localspec.benchmark.infill_server import server_modes
 from localspec.errors import InvalidRequestError
 
 
@@ -231,3 +232,13 @@ def test_jumps_between_files_alternate_until_a_file_has_no_place_left() -> None:
     files = [path.name for path, _ in jumps]
     assert all(a != b for a, b in itertools.pairwise(files))  # every jump changes file
     assert files == ["short.py", "long.py"] * 3
+
+
+def test_llama_server_modes_are_checked_before_anything_starts(tmp_path: Path) -> None:
+    with pytest.raises(InvalidRequestError, match="choose from plain, cache-reuse, draft"):
+        server_modes(["plain", "fast"], tmp_path / "draft.gguf")
+    with pytest.raises(InvalidRequestError, match="needs a draft model"):
+        server_modes(["draft"], None)
+    reuse = server_modes(["cache-reuse", "draft"], tmp_path / "draft.gguf")
+    assert [mode.name for mode in reuse] == ["cache-reuse", "draft"]
+    assert reuse[1].args[:2] == ["--cache-reuse", "256"] and "-md" in reuse[1].args

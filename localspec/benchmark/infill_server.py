@@ -35,7 +35,9 @@ def server_modes(names: list[str], draft: Path | None) -> list[ServerMode]:
             modes.append(ServerMode(name, []))
         elif name == "cache-reuse":
             modes.append(ServerMode(name, reuse))
-        elif draft is not None:
+        elif draft is None:
+            raise InvalidRequestError("The llama-server draft mode needs a draft model: give --draft.")
+        else:
             draft_args = [
                 "-md",
                 str(draft),
