@@ -213,6 +213,13 @@ class LlamaServer:
         self._log = log.open("ab")
         self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT)
         self.url = f"http://127.0.0.1:{self.port}"
+        try:
+            self._wait_healthy(log)
+        except BaseException:  # Ctrl-C while loading too: the server must not outlive the benchmark
+            self.close()
+            raise
+
+    def _wait_healthy(self, log: Path) -> None:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -223,7 +230,6 @@ class LlamaServer:
             except httpx.HTTPError:
                 pass
             time.sleep(0.5)
-        self.close()
         raise LocalspecError(f"llama-server did not become healthy in 300 s; see {log}")
 
     def complete(self, tokens: list[int], max_tokens: int) -> dict[str, Any]:

@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "localspec.tui.cli",
     "localspec.lsp.cli",
     "localspec.cli.bench",
+    "localspec.cli.bench_editor",
 )
 
 

@@ -1,0 +1,796 @@
+"""Editor latency: how long an inline suggestion takes to appear after the cursor moves and pauses.
+
+A real LSP client (pygls) drives the real `localspec lsp` process, which talks to a real `localspec serve`. The
+client opens source files, waits until the server has pre-processed them, then plays scenarios: jumping to a
+place inside a file (the rest of that line deleted, as when rewriting it), jumping to another open file, typing
+along a shown suggestion and typing against it. Every cursor state is recorded, and llama-server's `/infill`
+(`infill_server`) replays the same states with the prompt windows the language server builds
+(`localspec.lsp.prompt.build_prompt`) and the extra chunks llama.vscode would keep (`ChunkRing`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lsprotocol import types
+
+from localspec.benchmark.daemon_process import DaemonProcess, home_env
+from localspec.benchmark.infill_server import InfillClient
+from localspec.errors import InvalidRequestError, LocalspecError
+from localspec.lsp.context_chunks import ChunkRing
+from localspec.lsp.prompt import build_prompt
+from localspec.lsp.settings import LspSettings
+from localspec.lsp.text_edits import position_at
+
+SCENARIOS = ("jump-in-file", "jump-other-file", "typing-along", "typing-against")
+LINE_MODES = ("single", "multi")
+SOURCE_EXTENSIONS = {
+    ".py": "python",
+    ".js": "javascript",
+    ".jsx": "javascriptreact",
+    ".ts": "typescript",
+    ".tsx": "typescriptreact",
+    ".go": "go",
+    ".rs": "rust",
+    ".c": "c",
+    ".h": "c",
+    ".cc": "cpp",
+    ".cpp": "cpp",
+    ".hpp": "cpp",
+    ".java": "java",
+    ".kt": "kotlin",
+    ".rb": "ruby",
+    ".php": "php",
+    ".cs": "csharp",
+    ".swift": "swift",
+    ".scala": "scala",
+    ".lua": "lua",
+    ".sh": "shellscript",
+}
+SKIP_DIRS = {
+    "node_modules",
+    "vendor",
+    "third_party",
+    "build",
+    "dist",
+    "target",
+    "__pycache__",
+    "site-packages",
+}
+MIN_GAP = 40  # lines between a place and the previous place in the same file
+TYPED_CHARS = 4
+FALLBACK_AGAINST = ("x = ", "q = ")
+CLOSING_ONLY = set(")]};, \t")
+REQUEST_TIMEOUT_S = 300.0
+QUIET_POLL_S = 0.02
+WARM_POLL_S = 0.2
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    sources: list[Path]
+    target: Path
+    draft: Path | None
+    files: int = 3
+    min_lines: int = 200
+    jumps: int = 20
+    line_modes: tuple[str, ...] = LINE_MODES
+    max_tokens: int = 64
+    seed: int = 0
+    threads: int = 1
+    gpu_layers: int = -1
+    n_ctx: int = 4096
+    warm_timeout: float = 1800.0
+    llama_server: Path | None = None
+    server_modes: tuple[str, ...] = ("plain", "cache-reuse")
+
+
+# ---- choosing files and places -----------------------------------------------------------------------------------
+
+
+def find_sources(sources: Iterable[Path]) -> list[Path]:
+    """Source files named, or found in folders named (by extension; hidden and vendored folders skipped)."""
+    found: list[Path] = []
+    for source in sources:
+        if source.is_file():
+            found.append(source.resolve())
+        elif source.is_dir():
+            for folder, dirs, files in os.walk(source):
+                dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in SKIP_DIRS)
+                found += [Path(folder, name).resolve() for name in sorted(files) if _is_source(name)]
+        else:
+            raise InvalidRequestError(f"{source}: no such file or folder.")
+    return list(dict.fromkeys(found))
+
+
+def _is_source(name: str) -> bool:
+    return not name.startswith(".") and Path(name).suffix in SOURCE_EXTENSIONS
+
+
+def choose_files(paths: list[Path], count: int, min_lines: int) -> list[tuple[Path, str]]:
+    """The `count` longest readable files of at least `min_lines` lines (longest first, then by path)."""
+    texts = []
+    for path in paths:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        lines = text.count("\n") + 1
+        if lines >= min_lines:
+            texts.append((-lines, str(path), path, text))
+    if not texts:
+        raise InvalidRequestError(
+            f"No source file of at least {min_lines} lines among {len(paths)} found; name bigger files or lower "
+            "--min-lines."
+        )
+    return [(path, text) for _, _, path, text in sorted(texts)[:count]]
+
+
+def is_place(lines: list[str], index: int) -> bool:
+    """A line worth jumping to: inside an indented block, not blank, not the first line, not only closers."""
+    if index <= 0 or index >= len(lines):
+        return False
+    line = lines[index]
+    stripped = line.strip()
+    return bool(stripped) and line[0] in " \t" and not set(stripped) <= CLOSING_ONLY
+
+
+class PlacePicker:
+    """Seeded random places in one file, each `gap` lines or more from the previous one, never the same twice."""
+
+    def __init__(self, lines: list[str], rng: random.Random, gap: int = MIN_GAP) -> None:
+        self.candidates = [i for i in range(len(lines)) if is_place(lines, i)]
+        self.rng = rng
+        self.gap = gap
+        self.previous: int | None = None
+
+    def next(self) -> int | None:
+        previous = self.previous
+        allowed = [i for i in self.candidates if previous is None or abs(i - previous) >= self.gap]
+        if not allowed:
+            return None
+        place = self.rng.choice(allowed)
+        self.candidates.remove(place)
+        self.previous = place
+        return place
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """The q-th percentile (0-100) with linear interpolation between ranks; None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+# ---- samples -----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Sample:
+    """One request: the cursor state, localspec's answer and time, and llama-server's per mode."""
+
+    line_mode: str
+    scenario: str
+    file: str
+    line: int
+    column: int
+    typed: str
+    seconds: float
+    text: str
+    failed: bool = False  # the language server answered nothing because the suggestion failed (a timeout)
+    llama_server: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The state replayed to llama-server (not written out: whole documents).
+    document: str = field(default="", repr=False)
+    offset: int = 0
+    extra: list[tuple[str, str]] = field(default_factory=list, repr=False)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "line_mode": self.line_mode,
+            "scenario": self.scenario,
+            "file": self.file,
+            "line": self.line,
+            "column": self.column,
+            "typed": self.typed,
+            "seconds": round(self.seconds, 5),
+            "text": self.text,
+            "failed": self.failed,
+            "llama_server": self.llama_server,
+        }
+
+
+def lsp_options(line_mode: str, max_tokens: int) -> dict[str, Any]:
+    """What the benchmark's editor sends at initialize. No debounce: the time measured is the server's own.
+    The daemon is the benchmark's own, so the server must not start another."""
+    return {"debounceMs": 0, "maxTokens": max_tokens, "lineMode": line_mode, "autoStartDaemon": False}
+
+
+# ---- the editor --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Document:
+    uri: str
+    name: str  # as the language server names it to the model: relative to the workspace folder
+    text: str
+    version: int = 1
+
+
+@dataclass
+class _Answer:
+    text: str
+    seconds: float
+    extra: list[tuple[str, str]]  # the chunks llama-server gets for this state
+    failed: bool
+
+
+class Editor:
+    """An LSP client playing an editor: keeps its documents' text, sends edits and timed inline requests."""
+
+    def __init__(
+        self, home: Path, root: Path, settings: LspSettings, line_mode: str, max_tokens: int
+    ) -> None:
+        from pygls.lsp.client import LanguageClient
+
+        self.home = home
+        self.root = root
+        self.settings = settings
+        self.options = lsp_options(line_mode, max_tokens)
+        self.client = LanguageClient("localspec-bench-editor", "1")
+        self.documents: dict[Path, _Document] = {}
+        self.ring = ChunkRing(
+            settings.ring_chunks, settings.chunk_lines
+        )  # the chunks llama.vscode would keep
+        self.warnings: list[str] = []
+        self._failures = 0
+
+        @self.client.feature(types.WINDOW_LOG_MESSAGE)
+        def log_message(params: types.LogMessageParams) -> None:
+            if params.type in (types.MessageType.Error, types.MessageType.Warning):
+                self.warnings.append(params.message)
+
+        @self.client.feature(types.WINDOW_SHOW_MESSAGE)
+        def show_message(params: types.ShowMessageParams) -> None:
+            pass  # the stats command shows a summary; the benchmark reads its result instead
+
+    async def start(self) -> None:
+        await self.client.start_io(
+            sys.executable, "-m", "localspec", "lsp", "--log-level", "ERROR", env=home_env(self.home)
+        )
+        capabilities = types.ClientCapabilities(
+            general=types.GeneralClientCapabilities(position_encodings=[types.PositionEncodingKind.Utf16]),
+            text_document=types.TextDocumentClientCapabilities(
+                synchronization=types.TextDocumentSyncClientCapabilities(did_save=True),
+                inline_completion=types.InlineCompletionClientCapabilities(),
+            ),
+        )
+        await asyncio.wait_for(
+            self.client.initialize_async(
+                types.InitializeParams(
+                    capabilities=capabilities,
+                    root_uri=self.root.as_uri(),
+                    workspace_folders=[types.WorkspaceFolder(uri=self.root.as_uri(), name=self.root.name)],
+                    initialization_options=self.options,
+                )
+            ),
+            REQUEST_TIMEOUT_S,
+        )
+        self.client.initialized(types.InitializedParams())
+
+    async def stop(self) -> None:
+        if not self.client.stopped:
+            try:
+                await asyncio.wait_for(self.client.shutdown_async(None), 30)
+                self.client.exit(None)
+            except (TimeoutError, RuntimeError, OSError):
+                server = self.client._server
+                if server is not None and server.returncode is None:
+                    server.kill()
+            await asyncio.wait_for(self.client.stop(), 30)
+
+    def open(self, path: Path, text: str) -> None:
+        name = path.relative_to(self.root).as_posix()
+        document = _Document(path.as_uri(), name, text)
+        self.documents[path] = document
+        self.client.text_document_did_open(
+            types.DidOpenTextDocumentParams(
+                text_document=types.TextDocumentItem(
+                    uri=document.uri,
+                    language_id=SOURCE_EXTENSIONS.get(path.suffix, "plaintext"),
+                    version=1,
+                    text=text,
+                )
+            )
+        )
+        self.ring.add(name, text, 0)
+
+    def edit(self, document: _Document, start: int, end: int, new_text: str) -> None:
+        """Replace document.text[start:end] with `new_text`, as an incremental change."""
+        old = document.text
+        document.version += 1
+        change = types.TextDocumentContentChangePartial(
+            range=types.Range(start=position_at(old, start), end=position_at(old, end)), text=new_text
+        )
+        self.client.text_document_did_change(
+            types.DidChangeTextDocumentParams(
+                text_document=types.VersionedTextDocumentIdentifier(
+                    uri=document.uri, version=document.version
+                ),
+                content_changes=[change],
+            )
+        )
+        document.text = old[:start] + new_text + old[end:]
+
+    async def suggest(self, document: _Document, offset: int) -> _Answer:
+        """The inline suggestion at `offset`, timed from request to answer."""
+        extra = self.ring.extra(exclude=document.name, max_chars=self.settings.extra_max_chars)
+        params = types.InlineCompletionParams(
+            text_document=types.TextDocumentIdentifier(uri=document.uri),
+            position=position_at(document.text, offset),
+            context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic),
+        )
+        started = time.perf_counter()
+        result = await asyncio.wait_for(
+            self.client.text_document_inline_completion_async(params), REQUEST_TIMEOUT_S
+        )
+        seconds = time.perf_counter() - started
+        items = result.items if isinstance(result, types.InlineCompletionList) else (result or [])
+        text = ""
+        if items:
+            insert = items[0].insert_text
+            text = insert if isinstance(insert, str) else insert.value
+        # An empty answer is also what a failed suggestion gives: the server's counters tell them apart.
+        counters = (await self.stats()).get("suggestions", {})
+        failures = int(counters.get("errors", 0)) + int(counters.get("unavailable", 0))
+        failed, self._failures = failures > self._failures, failures
+        return _Answer(text, seconds, extra, failed)
+
+    async def stats(self) -> dict[str, Any]:
+        result = await asyncio.wait_for(
+            self.client.workspace_execute_command_async(
+                types.ExecuteCommandParams(command="localspec.stats")
+            ),
+            REQUEST_TIMEOUT_S,
+        )
+        return dict(result or {})
+
+
+# ---- the scenarios -----------------------------------------------------------------------------------------------
+
+
+Progress = Callable[[str], None]
+
+
+async def wait_warm(editor: Editor, daemon: DaemonProcess, timeout: float, progress: Progress) -> float:
+    """Seconds until the language server has pre-processed the open files (`warming` 0) and the daemon is idle."""
+    started = time.monotonic()
+    last_report = 0.0
+    while True:
+        stats = await editor.stats()
+        warming = int(stats.get("warming", 0) or 0)
+        daemon_idle = await asyncio.to_thread(daemon.idle)
+        elapsed = time.monotonic() - started
+        if warming == 0 and daemon_idle and not stats.get("in_flight"):
+            return elapsed
+        if elapsed > timeout:
+            raise LocalspecError(
+                f"The language server was still warming up after {timeout:g} s ({warming} pages left); "
+                "raise --warm-timeout."
+            )
+        if elapsed - last_report >= 5:
+            last_report = elapsed
+            state = "idle" if daemon_idle else "busy"
+            progress(f"warming up: {warming} pages left, daemon {state}, {elapsed:.0f} s")
+        await asyncio.sleep(WARM_POLL_S)
+
+
+async def wait_quiet(editor: Editor, daemon: DaemonProcess) -> None:
+    """The user's pause before the next move: the server's background work (pre-computing the follow-up of the
+    last suggestion) has finished, so one move's work does not bleed into the next one's time."""
+    deadline = time.monotonic() + REQUEST_TIMEOUT_S
+    while True:
+        stats = await editor.stats()
+        if (
+            not stats.get("in_flight")
+            and not int(stats.get("warming", 0) or 0)
+            and await asyncio.to_thread(daemon.idle)
+        ):
+            return
+        if time.monotonic() > deadline:
+            raise LocalspecError(
+                f"The daemon was still busy {REQUEST_TIMEOUT_S:g} s after the last suggestion."
+            )
+        await asyncio.sleep(QUIET_POLL_S)
+
+
+def against_text(original: str, suggestion: str) -> str:
+    """Four characters that differ from the suggestion's start: the deleted line's own, else a fallback."""
+    for candidate in (original[:TYPED_CHARS], *FALLBACK_AGAINST):
+        if (
+            len(candidate) == TYPED_CHARS
+            and "\n" not in candidate
+            and not suggestion.startswith(candidate[:1])
+        ):
+            return candidate
+    return FALLBACK_AGAINST[0]
+
+
+async def _jump(
+    editor: Editor,
+    daemon: DaemonProcess,
+    path: Path,
+    line: int,
+    scenario: str,
+    line_mode: str,
+    samples: list[Sample],
+) -> None:
+    """Jump to `line` of `path`: delete the rest of the line after its indentation, ask, then type along and
+    against the suggestion; restore the line at the end."""
+    await wait_quiet(editor, daemon)
+    document = editor.documents[path]
+    lines = document.text.split("\n")
+    line_start = sum(len(text) + 1 for text in lines[:line])
+    indent = len(lines[line]) - len(lines[line].lstrip(" \t"))
+    cursor = line_start + indent
+    original = lines[line][indent:]
+    editor.edit(document, cursor, cursor + len(original), "")
+    editor.ring.add(document.name, document.text, line)
+
+    async def ask(scenario: str, typed: str) -> str:
+        offset = cursor + len(typed)
+        answer = await editor.suggest(document, offset)
+        samples.append(
+            Sample(
+                line_mode=line_mode,
+                scenario=scenario,
+                file=document.name,
+                line=line,
+                column=position_at(document.text, offset).character,
+                typed=typed,
+                seconds=answer.seconds,
+                text=answer.text,
+                failed=answer.failed,
+                document=document.text,
+                offset=offset,
+                extra=answer.extra,
+            )
+        )
+        return answer.text
+
+    suggestion = await ask(scenario, "")
+    if suggestion:
+        along = suggestion.split("\n", 1)[0][:TYPED_CHARS]
+        for typing, characters in (
+            ("typing-along", along),
+            ("typing-against", against_text(original, suggestion)),
+        ):
+            if not characters:  # the suggestion starts with a line break: nothing to type along
+                continue
+            for count in range(1, len(characters) + 1):
+                editor.edit(document, cursor + count - 1, cursor + count - 1, characters[count - 1])
+                await ask(typing, characters[:count])
+            editor.edit(document, cursor, cursor + len(characters), "")
+    editor.edit(document, cursor, cursor, original)
+
+
+def _place_stream(pickers: dict[Path, PlacePicker], order: list[Path]) -> Iterator[tuple[Path, int]]:
+    """Places in `order`'s files in turn, until one of them has no place left."""
+    while True:
+        for path in order:
+            place = pickers[path].next()
+            if place is None:
+                return
+            yield path, place
+
+
+async def run_line_mode(
+    editor: Editor,
+    daemon: DaemonProcess,
+    files: list[tuple[Path, str]],
+    jumps: int,
+    seed: int,
+    line_mode: str,
+    progress: Progress,
+) -> list[Sample]:
+    """Every scenario in one line mode: `jumps` jumps within files, then `jumps` jumps alternating files."""
+    rng = random.Random(f"{seed}-{line_mode}")
+    pickers = {path: PlacePicker(text.split("\n"), rng) for path, text in files}
+    samples: list[Sample] = []
+    per_file = -(-jumps // len(files))
+    done = 0
+    current: Path | None = None
+    # Within a file: consecutive places in one file (the first one in the next file is a move from another).
+    for path, _ in files:
+        for index in range(per_file):
+            place = pickers[path].next() if done < jumps else None
+            if place is None:
+                break
+            scenario = "jump-other-file" if index == 0 and done else "jump-in-file"
+            await _jump(editor, daemon, path, place, scenario, line_mode, samples)
+            done += 1
+            current = path
+            if done % 10 == 0:
+                progress(f"{line_mode}: {done} jumps, {len(samples)} requests")
+    if len(files) > 1:
+        order = [path for path, _ in files]
+        last = order.index(current) if current is not None else -1
+        stream = _place_stream(pickers, order[last + 1 :] + order[: last + 1])
+        for _, (path, place) in zip(range(jumps), stream, strict=False):
+            await _jump(editor, daemon, path, place, "jump-other-file", line_mode, samples)
+            done += 1
+            if done % 10 == 0:
+                progress(f"{line_mode}: {done} jumps, {len(samples)} requests")
+    progress(f"{line_mode}: {len(samples)} requests")
+    return samples
+
+
+async def measure_localspec(
+    daemon: DaemonProcess,
+    root: Path,
+    files: list[tuple[Path, str]],
+    options: BenchOptions,
+    progress: Progress,
+) -> tuple[list[Sample], dict[str, Any]]:
+    """All line modes through a fresh language server each (its suggestion cache must not carry over)."""
+    samples: list[Sample] = []
+    info: dict[str, Any] = {"warm_up_seconds": {}, "lsp_stats": {}, "lsp_warnings": {}}
+    for line_mode in options.line_modes:
+        settings = LspSettings.from_options(lsp_options(line_mode, options.max_tokens))
+        editor = Editor(daemon.home, root, settings, line_mode, options.max_tokens)
+        try:
+            await editor.start()
+            for path, text in files:
+                editor.open(path, text)
+            warm = await wait_warm(editor, daemon, options.warm_timeout, progress)
+            progress(f"{line_mode}: warm after {warm:.1f} s")
+            info["warm_up_seconds"][line_mode] = round(warm, 3)
+            samples += await run_line_mode(
+                editor, daemon, files, options.jumps, options.seed, line_mode, progress
+            )
+            stats = await editor.stats()
+            info["lsp_stats"][line_mode] = stats.get("suggestions", {})
+            info["lsp_warnings"][line_mode] = editor.warnings
+            if stats.get("suggestions", {}).get("unavailable"):
+                raise LocalspecError(
+                    f"The language server did not reach the benchmark's daemon: {stats.get('daemon')}"
+                )
+        finally:
+            await editor.stop()
+    return samples, info
+
+
+# ---- llama-server ------------------------------------------------------------------------------------------------
+
+
+def replay_llama_server(
+    client: InfillClient,
+    mode: str,
+    samples: list[Sample],
+    files: list[tuple[Path, str]],
+    root: Path,
+    options: BenchOptions,
+    progress: Progress,
+) -> dict[str, float]:
+    """The recorded cursor states, in order, through llama-server's /infill; returns warm-up seconds per line
+    mode (llama.vscode's n_predict=0 request with the chunks of the opened files, before the first move)."""
+    warm: dict[str, float] = {}
+    replayed = 0
+    for line_mode in options.line_modes:
+        settings = LspSettings.from_options(lsp_options(line_mode, options.max_tokens))
+        ring = ChunkRing(settings.ring_chunks, settings.chunk_lines)
+        for path, text in files:
+            ring.add(path.relative_to(root).as_posix(), text, 0)
+        warm[line_mode] = round(client.warm(ring.extra(max_chars=settings.extra_max_chars)), 3)
+        for sample in samples:
+            if sample.line_mode != line_mode:
+                continue
+            prompt = build_prompt(sample.document, sample.offset, sample.file, settings, sample.extra)
+            answer = client.infill(prompt.prefix, prompt.suffix, prompt.extra, prompt.single_line)
+            sample.llama_server[mode] = {"seconds": round(answer.seconds, 5), "text": answer.text}
+            replayed += 1
+            if replayed % 100 == 0:
+                progress(f"llama-server {mode}: {replayed} requests")
+    return warm
+
+
+# ---- statistics and report ---------------------------------------------------------------------------------------
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 1)
+
+
+def summarize(samples: list[Sample], server_modes: list[str]) -> list[dict[str, Any]]:
+    """One row per (line mode, scenario): percentiles in ms for localspec and each llama-server mode."""
+    rows = []
+    for line_mode in dict.fromkeys(s.line_mode for s in samples):
+        for scenario in SCENARIOS:
+            mine = [s for s in samples if s.line_mode == line_mode and s.scenario == scenario]
+            if not mine:
+                continue
+            seconds = [s.seconds for s in mine]
+            row: dict[str, Any] = {
+                "line_mode": line_mode,
+                "scenario": scenario,
+                "samples": len(mine),
+                "empty": sum(1 for s in mine if not s.text and not s.failed),
+                "failed": sum(1 for s in mine if s.failed),
+                "localspec_p50_ms": _ms(percentile(seconds, 50)),
+                "localspec_p90_ms": _ms(percentile(seconds, 90)),
+                "llama_server": {},
+            }
+            for mode in server_modes:
+                answers = [s.llama_server[mode] for s in mine if mode in s.llama_server]
+                times = [a["seconds"] for a in answers]
+                p50 = percentile(times, 50)
+                row["llama_server"][mode] = {
+                    "p50_ms": _ms(p50),
+                    "p90_ms": _ms(percentile(times, 90)),
+                    "empty": sum(1 for a in answers if not a["text"]),
+                    "identical": sum(
+                        1 for s in mine if mode in s.llama_server and s.llama_server[mode]["text"] == s.text
+                    ),
+                    "localspec_p50_ratio": round(percentile(seconds, 50) / p50, 3) if p50 else None,  # type: ignore[operator]
+                }
+            rows.append(row)
+    return rows
+
+
+def print_report(
+    rows: list[dict[str, Any]], server_modes: list[str], info: dict[str, Any], console: Any
+) -> None:
+    from rich.table import Table
+
+    def cell(value: float | None) -> str:
+        return "-" if value is None else f"{value:.0f}"
+
+    ratio_mode = (
+        "cache-reuse" if "cache-reuse" in server_modes else (server_modes[0] if server_modes else None)
+    )
+    for line_mode in dict.fromkeys(row["line_mode"] for row in rows):
+        warm = info["warm_up_seconds"].get(line_mode)
+        table = Table(title=f"editor latency, {line_mode}-line suggestions (ms; localspec warm-up {warm} s)")
+        table.add_column("scenario")
+        table.add_column("n", justify="right")
+        table.add_column("empty", justify="right")
+        table.add_column("failed", justify="right")
+        table.add_column("localspec p50/p90", justify="right")
+        for mode in server_modes:
+            table.add_column(f"llama-server {mode} p50/p90", justify="right")
+            table.add_column("same text", justify="right")
+        if ratio_mode:
+            table.add_column(f"localspec ÷ {ratio_mode} p50", justify="right")
+        for row in (r for r in rows if r["line_mode"] == line_mode):
+            cells = [
+                row["scenario"],
+                str(row["samples"]),
+                str(row["empty"]),
+                str(row["failed"]),
+                f"{cell(row['localspec_p50_ms'])} / {cell(row['localspec_p90_ms'])}",
+            ]
+            for mode in server_modes:
+                server = row["llama_server"][mode]
+                cells += [
+                    f"{cell(server['p50_ms'])} / {cell(server['p90_ms'])}",
+                    f"{server['identical']}/{row['samples']}",
+                ]
+            if ratio_mode:
+                ratio = row["llama_server"][ratio_mode]["localspec_p50_ratio"]
+                cells.append("-" if ratio is None else f"{ratio:.2f}")
+            table.add_row(*cells)
+        console.print(table)
+    warnings = {w for mode_warnings in info["lsp_warnings"].values() for w in mode_warnings}
+    if any(row["failed"] for row in rows):
+        console.print(
+            f"[red]Some suggestions failed (their times are in the table): {'; '.join(sorted(warnings))}"
+        )
+    console.print(
+        "Times run from sending the request to receiving its answer, with the language server's debounce set to "
+        "0 ms; localspec's typing-along answers come from its suggestion cache, llama-server's are new requests "
+        "(llama.vscode's own client-side cache is not modelled)."
+    )
+
+
+# ---- the whole run -----------------------------------------------------------------------------------------------
+
+
+def run_benchmark(options: BenchOptions, out: Path, console: Any) -> dict[str, Any]:
+    """Choose files, measure localspec (daemon + language server), then llama-server; print and write `out`."""
+    import datetime
+    import json
+    import platform
+    import tempfile
+
+    from localspec.benchmark.infill_server import server_modes
+    from localspec.benchmark.runner import LlamaServer
+
+    files = choose_files(find_sources(options.sources), options.files, options.min_lines)
+    root = Path(os.path.commonpath([str(path.parent) for path, _ in files]))
+    console.print(f"files (workspace {root}):")
+    for path, text in files:
+        console.print(f"  {path.relative_to(root)}  {text.count(chr(10)) + 1} lines")
+    modes = server_modes(list(options.server_modes), options.draft) if options.llama_server else []
+    layers = str(options.gpu_layers)
+    serve_args = [
+        "--target",
+        str(options.target),
+        "--n-ctx",
+        str(options.n_ctx),
+        "--threads",
+        str(options.threads),
+    ]
+    serve_args += ["--target-gpu-layers", layers, "--draft-gpu-layers", layers, "--no-watch"]
+    if options.draft is not None:
+        serve_args += ["--draft", str(options.draft)]
+
+    with tempfile.TemporaryDirectory(prefix="localspec-bench-editor-") as folder:
+        console.print("starting localspec serve …")
+        daemon = DaemonProcess(Path(folder) / "home", serve_args, options.warm_timeout)
+        try:
+            samples, info = asyncio.run(measure_localspec(daemon, root, files, options, console.print))
+        finally:
+            daemon.close()
+
+    info["llama_server_warm_up_seconds"] = {}
+    info["llama_server_commands"] = {}
+    for mode in modes:
+        console.print(f"llama-server {mode.name} …")
+        assert options.llama_server is not None
+        server = LlamaServer(
+            options.llama_server,
+            options.target,
+            mode,
+            options.n_ctx,
+            options.threads,
+            "all" if options.gpu_layers < 0 else layers,
+            out.with_name(f"{out.stem}-llama-server.log"),
+        )
+        client = InfillClient(server, options.max_tokens)
+        try:
+            info["llama_server_commands"][mode.name] = " ".join(server.command)
+            info["llama_server_warm_up_seconds"][mode.name] = replay_llama_server(
+                client, mode.name, samples, files, root, options, console.print
+            )
+        finally:
+            client.close()
+            server.close()
+
+    names = [mode.name for mode in modes]
+    rows = summarize(samples, names)
+    print_report(rows, names, info, console)
+    meta = {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "machine": platform.node(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "target": str(options.target),
+        "draft": str(options.draft) if options.draft else None,
+        "files": [{"path": str(path), "lines": text.count("\n") + 1} for path, text in files],
+        "workspace": str(root),
+        "options": {
+            key: [str(v) for v in value] if isinstance(value, list | tuple) else str(value)
+            for key, value in vars(options).items()
+        },
+        "lsp_initialization_options": {
+            mode: lsp_options(mode, options.max_tokens) for mode in options.line_modes
+        },
+        "daemon_args": serve_args,
+        **info,
+    }
+    result = {"meta": meta, "summary": rows, "samples": [s.as_json() for s in samples]}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    console.print(f"results: {out}")
+    return result

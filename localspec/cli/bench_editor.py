@@ -1,0 +1,123 @@
+"""`localspec bench-editor`: how long an inline suggestion takes to appear in an editor, vs llama-server /infill."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+from pathlib import Path
+from typing import Any
+
+LINE_MODES = ("single", "multi")
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "bench-editor",
+        help="benchmark editor latency: the language server's inline suggestions (and llama-server /infill)",
+        description="Opens source files in a real LSP client talking to `localspec lsp` and a `localspec serve` "
+        "of its own, jumps around them and types, and times every inline suggestion; optionally replays the same "
+        "cursor states through llama-server's /infill.",
+    )
+    parser.add_argument("sources", nargs="+", type=Path, metavar="SOURCE", help="source files or folders")
+    parser.add_argument("--target", help="target GGUF path or catalog name (default: configured)")
+    parser.add_argument("--draft", help="draft GGUF path or catalog name (default: configured)")
+    parser.add_argument("--files", type=int, default=3, help="files to open: the longest ones (default 3)")
+    parser.add_argument(
+        "--min-lines", type=int, default=200, help="only files of at least this many lines (default 200)"
+    )
+    parser.add_argument("--jumps", type=int, default=20, help="jumps per scenario and line mode (default 20)")
+    parser.add_argument(
+        "--line-modes", default=",".join(LINE_MODES), help="comma-separated: single, multi (default both)"
+    )
+    parser.add_argument(
+        "--max-tokens", type=int, default=64, help="the language server's maxTokens (default 64)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed for the places jumped to (default 0)")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: engine.threads; 0 = all cores)")
+    parser.add_argument(
+        "--gpu-layers", type=int, help="layers on the GPU (-1: all when available; default: configured)"
+    )
+    parser.add_argument("--n-ctx", type=int, default=4096, help="context tokens, both systems (default 4096)")
+    parser.add_argument(
+        "--warm-timeout",
+        type=float,
+        default=1800.0,
+        metavar="SECONDS",
+        help="longest wait for the daemon to load and the opened files to be pre-processed (default 1800)",
+    )
+    parser.add_argument(
+        "--against-llama-server",
+        type=Path,
+        nargs="?",
+        const=Path(),
+        metavar="PATH",
+        help="also replay the same requests through llama-server /infill (binary path; default: the one "
+        "`.ci/build-llama-server` builds, else PATH's)",
+    )
+    parser.add_argument(
+        "--llama-server-modes",
+        default="plain,cache-reuse",
+        help="comma-separated: plain, cache-reuse, draft (cache-reuse with the draft model)",
+    )
+    parser.add_argument(
+        "--out", type=Path, help="JSON results (default: bench/results/bench-editor-DATE.json)"
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from localspec.benchmark.editor import BenchOptions, run_benchmark
+    from localspec.benchmark.infill_server import find_llama_server
+    from localspec.config import load_config
+    from localspec.engine.llama_model import default_threads
+    from localspec.errors import InvalidRequestError
+    from localspec.models import resolve_run_models
+
+    line_modes = tuple(m.strip() for m in args.line_modes.split(",") if m.strip())
+    if not line_modes or any(m not in LINE_MODES for m in line_modes):
+        raise InvalidRequestError(f"--line-modes takes single and/or multi, not {args.line_modes!r}.")
+    server_modes = tuple(m.strip() for m in args.llama_server_modes.split(",") if m.strip())
+    for flag, value in (("--files", args.files), ("--jumps", args.jumps), ("--max-tokens", args.max_tokens)):
+        if value < 1:
+            raise InvalidRequestError(f"{flag} must be at least 1, not {value}.")
+    llama_server = None
+    if args.against_llama_server is not None:
+        given = args.against_llama_server if args.against_llama_server != Path() else None
+        llama_server = find_llama_server(given)
+        if llama_server is None:
+            raise InvalidRequestError(
+                "No llama-server found: give its path (--against-llama-server PATH) or run .ci/build-llama-server."
+            )
+    config = load_config(
+        overrides={
+            "threads": args.threads,
+            "target_gpu_layers": args.gpu_layers,
+            "draft_gpu_layers": args.gpu_layers,
+        }
+    )
+    target, draft = resolve_run_models(
+        config.models_path(), config.target, config.draft, args.target, args.draft
+    )
+    options = BenchOptions(
+        sources=args.sources,
+        target=target,
+        draft=draft,
+        files=args.files,
+        min_lines=args.min_lines,
+        jumps=args.jumps,
+        line_modes=line_modes,
+        max_tokens=args.max_tokens,
+        seed=args.seed,
+        threads=config.threads or default_threads(),
+        gpu_layers=config.target_gpu_layers,
+        n_ctx=args.n_ctx,
+        warm_timeout=args.warm_timeout,
+        llama_server=llama_server,
+        server_modes=server_modes,
+    )
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = args.out or Path("bench/results") / f"bench-editor-{stamp}.json"
+    run_benchmark(options, out, Console(width=170))
+    return 0

@@ -1,0 +1,244 @@
+"""`localspec bench-editor` end to end on the tiny models (real LSP client, language server, daemon and, when built,
+llama-server), and its place picker and percentiles on plain data."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from localspec.benchmark.editor import (
+    SCENARIOS,
+    PlacePicker,
+    _place_stream,
+    against_text,
+    choose_files,
+    find_sources,
+    is_place,
+    percentile,
+)
+from localspec.benchmark.infill_server import server_modes
+from localspec.errors import InvalidRequestError
+
+
+def _write_project(root: Path, files: int = 3, functions: int = 30) -> None:
+    """Python modules of functions with indented bodies (over 200 lines each), plus files the picker skips."""
+    for index in range(files):
+        body = []
+        for number in range(functions + index):
+            body += [
+                f"def function_{index}_{number}(values):",
+                "    total = 0",
+                "    for value in values:",
+                f"        total += value * {number}",
+                "    return total",
+                "",
+                "",
+            ]
+        (root / f"module_{index}.py").write_text("\n".join(body))
+    for skipped in (root / ".hidden", root / "node_modules"):
+        skipped.mkdir()
+        (skipped / "big.py").write_text("    x = 1\n" * 500)
+    (root / "notes.txt").write_text("not source\n" * 500)
+
+
+def _bench_editor(home: Path, out: Path, *args: str) -> dict[str, Any]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOCALSPEC_")}
+    env["LOCALSPEC_HOME"] = str(home)
+    completed = subprocess.run(
+        [sys.executable, "-m", "localspec", "bench-editor", "--threads", "1", "--n-ctx", "2048",
+         "--max-tokens", "16", "--jumps", "2", "--files", "2", "--out", str(out), *args],
+        capture_output=True, text=True, timeout=900, env=env,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    return dict(json.loads(out.read_text()))
+
+
+def _check_localspec(result: dict[str, Any]) -> None:
+    samples = result["samples"]
+    for line_mode in ("single", "multi"):
+        mine = [s for s in samples if s["line_mode"] == line_mode]
+        assert {s["scenario"] for s in mine} == set(SCENARIOS), line_mode
+        assert all(s["seconds"] > 0 and not s["failed"] for s in mine)
+        assert set(result["meta"]["warm_up_seconds"]) == {"single", "multi"}
+    # Typing along types what was suggested; typing against types something else.
+    for sample in samples:
+        if sample["scenario"] == "typing-along":
+            assert sample["typed"] and "\n" not in sample["typed"]
+    rows = {(row["line_mode"], row["scenario"]): row for row in result["summary"]}
+    assert set(rows) == {(mode, scenario) for mode in ("single", "multi") for scenario in SCENARIOS}
+    assert all(row["localspec_p50_ms"] > 0 for row in rows.values())
+
+
+def test_bench_editor_measures_every_scenario_through_the_language_server(
+    tiny_models, tmp_path: Path
+) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    _write_project(project)
+    result = _bench_editor(
+        tmp_path / "home",
+        tmp_path / "editor.json",
+        str(project),
+        "--target", str(tiny_models.target), "--draft", str(tiny_models.draft_similar),
+    )  # fmt: skip
+    _check_localspec(result)
+    opened = [Path(f["path"]).name for f in result["meta"]["files"]]
+    assert opened == ["module_2.py", "module_1.py"]  # the two longest, longest first
+    assert all(not s["llama_server"] for s in result["samples"])
+
+
+def test_bench_editor_replays_the_same_requests_through_llama_server(
+    tiny_models, llama_cpp_tools: Path, tmp_path: Path
+) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    _write_project(project, files=2)
+    result = _bench_editor(
+        tmp_path / "home",
+        tmp_path / "editor.json",
+        str(project),
+        "--target", str(tiny_models.target), "--draft", str(tiny_models.draft_similar),
+        "--against-llama-server", str(llama_cpp_tools / "llama-server"),
+    )  # fmt: skip
+    _check_localspec(result)
+    for sample in result["samples"]:
+        assert set(sample["llama_server"]) == {"plain", "cache-reuse"}
+        assert all(answer["seconds"] > 0 for answer in sample["llama_server"].values())
+    assert "--cache-reuse 256" in result["meta"]["llama_server_commands"]["cache-reuse"]
+    for row in result["summary"]:
+        for mode in ("plain", "cache-reuse"):
+            assert row["llama_server"][mode]["p50_ms"] > 0
+            assert 0 <= row["llama_server"][mode]["identical"] <= row["samples"]
+
+
+# ---- plain data --------------------------------------------------------------------------------------------------
+
+
+def test_percentile_interpolates_between_ranks() -> None:
+    assert percentile([], 50) is None
+    assert percentile([3.0], 90) == 3.0
+    assert percentile([4.0, 1.0, 3.0, 2.0], 50) == 2.5
+    assert percentile([1.0, 2.0, 3.0, 4.0, 5.0], 90) == pytest.approx(4.6)
+    assert percentile([1.0, 2.0, 3.0], 100) == 3.0
+    assert percentile([1.0, 2.0, 3.0], 0) == 1.0
+
+
+def test_places_are_indented_code_lines_only() -> None:
+    lines = ["    first = 1", "def f():", "    x = 1", "", "    ", "    )", "    }),", "\treturn y", "y = 2"]
+    assert [i for i in range(len(lines)) if is_place(lines, i)] == [2, 7]
+
+
+def test_place_picker_keeps_its_distance_never_repeats_and_follows_the_seed() -> None:
+    lines = ["def f():"] + ["    x = 1"] * 299
+    picker = PlacePicker(lines, random.Random(7), gap=40)
+    places = list(iter(picker.next, None))
+    assert len(places) == len(set(places)) > 10
+    assert all(abs(a - b) >= 40 for a, b in itertools.pairwise(places))
+    assert all(is_place(lines, p) for p in places)
+    again = PlacePicker(lines, random.Random(7), gap=40)
+    assert [again.next() for _ in range(5)] == places[:5]
+
+
+def test_typing_against_differs_from_the_suggestion_start() -> None:
+    assert against_text("return total", "total") == "retu"
+    assert against_text("return total", "return") == "x = "
+    assert against_text("ok", "x = 1") == "q = "
+
+
+def test_files_are_chosen_by_length_skipping_hidden_and_vendored_folders(tmp_path: Path) -> None:
+    _write_project(tmp_path)
+    found = find_sources([tmp_path])
+    assert sorted(p.name for p in found) == ["module_0.py", "module_1.py", "module_2.py"]
+    chosen = choose_files(found, 2, 200)
+    assert [p.name for p, _ in chosen] == ["module_2.py", "module_1.py"]
+    with pytest.raises(InvalidRequestError, match="--min-lines"):
+        choose_files(found, 2, 10_000)
+    with pytest.raises(InvalidRequestError, match="no such file"):
+        find_sources([tmp_path / "missing"])
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every process below `pid` (Linux /proc)."""
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+        except OSError:
+            continue
+        for child in map(int, children):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_ctrl_c_stops_the_language_server_and_the_daemon(tiny_models, tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    _write_project(project, files=2)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOCALSPEC_")}
+    env.update(LOCALSPEC_HOME=str(tmp_path / "home"), PYTHONUNBUFFERED="1")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "localspec", "bench-editor", str(project), "--threads", "1", "--n-ctx", "2048",
+         "--jumps", "50", "--files", "2", "--out", str(tmp_path / "editor.json"),
+         "--target", str(tiny_models.target), "--draft", str(tiny_models.draft_similar)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        seen = []
+        for line in process.stdout:  # until the language server is warm: daemon and server both run
+            seen.append(line)
+            if "warm after" in line:
+                break
+        assert any("warm after" in line for line in seen), "".join(seen)
+        children = _descendants(process.pid)
+        assert len(children) >= 2  # `localspec serve` and `localspec lsp`
+        process.send_signal(signal.SIGINT)
+        output = process.communicate(timeout=120)[0]
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, output
+    assert not [pid for pid in children if _alive(pid)]
+    assert not (tmp_path / "editor.json").exists()
+
+
+def test_jumps_between_files_alternate_until_a_file_has_no_place_left() -> None:
+    short = ["def f():"] + ["    x = 1" if i % 40 == 0 else "" for i in range(100)]  # three places
+    long = ["def g():"] + ["    y = 2"] * 400
+    rng = random.Random(1)
+    pickers = {Path("short.py"): PlacePicker(short, rng), Path("long.py"): PlacePicker(long, rng)}
+    jumps = list(_place_stream(pickers, [Path("short.py"), Path("long.py")]))
+    files = [path.name for path, _ in jumps]
+    assert all(a != b for a, b in itertools.pairwise(files))  # every jump changes file
+    assert files == ["short.py", "long.py"] * 3
+
+
+def test_llama_server_modes_are_checked_before_anything_starts(tmp_path: Path) -> None:
+    with pytest.raises(InvalidRequestError, match="choose from plain, cache-reuse, draft"):
+        server_modes(["plain", "fast"], tmp_path / "draft.gguf")
+    with pytest.raises(InvalidRequestError, match="needs a draft model"):
+        server_modes(["draft"], None)
+    reuse = server_modes(["cache-reuse", "draft"], tmp_path / "draft.gguf")
+    assert [mode.name for mode in reuse] == ["cache-reuse", "draft"]
+    assert reuse[1].args[:2] == ["--cache-reuse", "256"] and "-md" in reuse[1].args
