@@ -73,6 +73,11 @@ class DaemonProcess:
         response.raise_for_status()
         return dict(response.json())
 
+    def finished_since(self, last_id: int) -> list[dict[str, Any]]:
+        """The daemon's records of the generations that finished after job `last_id` (prompt, cached and generated
+        tokens, seconds), oldest first."""
+        return [entry for entry in self.stats().get("recent", []) if int(entry.get("id", 0)) > last_id]
+
     def idle(self) -> bool:
         """No job running or waiting."""
         stats = self.stats()

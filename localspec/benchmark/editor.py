@@ -71,6 +71,17 @@ FALLBACK_AGAINST = ("x = ", "q = ")
 CLOSING_ONLY = set(")]};, \t")
 REQUEST_TIMEOUT_S = 300.0
 QUIET_POLL_S = 0.02
+# What a sample keeps of the daemon's record of a generation.
+DAEMON_FIELDS = (
+    "id",
+    "finish_reason",
+    "prompt_tokens",
+    "cached_tokens",
+    "tokens",
+    "drafted",
+    "accepted",
+    "seconds",
+)
 WARM_POLL_S = 0.2
 
 
@@ -191,6 +202,8 @@ class Sample:
     text: str
     failed: bool = False  # the language server answered nothing because the suggestion failed (a timeout)
     llama_server: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # What the daemon recorded for the generations that finished meanwhile (this one, a superseded pre-compute).
+    daemon: list[dict[str, Any]] = field(default_factory=list)
     # The state replayed to llama-server (not written out: whole documents).
     document: str = field(default="", repr=False)
     offset: int = 0
@@ -208,6 +221,7 @@ class Sample:
             "text": self.text,
             "failed": self.failed,
             "llama_server": self.llama_server,
+            "daemon": self.daemon,
         }
 
 
@@ -250,6 +264,7 @@ class Editor:
         self.options = lsp_options(line_mode, max_tokens)
         self.client = LanguageClient("localspec-bench-editor", "1")
         self.documents: dict[Path, _Document] = {}
+        self.last_daemon_job = 0  # the newest daemon job a sample has accounted for
         self.ring = ChunkRing(
             settings.ring_chunks, settings.chunk_lines
         )  # the chunks llama.vscode would keep
@@ -451,6 +466,9 @@ async def _jump(
     async def ask(scenario: str, typed: str) -> str:
         offset = cursor + len(typed)
         answer = await editor.suggest(document, offset)
+        finished = await asyncio.to_thread(daemon.finished_since, editor.last_daemon_job)
+        if finished:
+            editor.last_daemon_job = max(int(entry["id"]) for entry in finished)
         samples.append(
             Sample(
                 line_mode=line_mode,
@@ -465,6 +483,7 @@ async def _jump(
                 document=document.text,
                 offset=offset,
                 extra=answer.extra,
+                daemon=[{key: entry.get(key) for key in DAEMON_FIELDS} for entry in finished],
             )
         )
         return answer.text
