@@ -114,3 +114,13 @@ def test_the_store_keeps_within_its_memory_and_drops_the_least_recently_used(tin
         assert shares[2] > 1000  # the newest is kept
     finally:
         engine.close()
+
+
+def test_a_slot_whose_tokens_a_copy_already_holds_is_not_copied_again(engine: Engine) -> None:
+    engine.complete(infill(engine, TEXT[:1500], max_tokens=0))  # warmed: copied once
+    engine.complete(infill(engine, TEXT[:1400], max_tokens=4))  # a suggestion there: few tokens beyond the copy
+    engine.complete(infill(engine, TEXT[600:2000], max_tokens=4))  # elsewhere: nothing worth a second copy
+    assert engine.snapshots.describe()["saves"] == 1
+    back = engine.complete(infill(engine, TEXT[:1450], max_tokens=4))  # back: the copy serves it again
+    assert engine.snapshots.describe()["restores"] == 1
+    assert back.stats.cached_tokens >= len(engine.tokenize(TEXT[:1400], parse_special=False))

@@ -9,31 +9,32 @@ those positions, so reuse stays exact: only a common prefix is ever reused, as w
 
 from __future__ import annotations
 
-import ctypes
 from collections import OrderedDict
 from dataclasses import dataclass
+
+import numpy as np
 
 from localspec.engine.llama_model import LlamaModel
 from localspec.engine.prefix_cache import SlotState, common_prefix_length
 
-# Save a slot only when overwriting it would lose at least this many tokens; restore a copy only when it spares at
-# least this many over what the slot already shares with the prompt (a restore copies the whole sequence).
+# Save a slot only when overwriting it would lose at least this many tokens that no copy holds yet (a save copies
+# the whole sequence: on a GPU, re-evaluating a few hundred tokens costs less than copying it out); restore a copy
+# only when it spares at least this many over what the slot already shares with the prompt.
 MIN_SAVED_TOKENS = 64
+MIN_SAVED_TOKENS_GPU = 512
 MIN_RESTORE_GAIN = 16
-
-State = ctypes.Array[ctypes.c_uint8]
 
 
 @dataclass(frozen=True)
 class Snapshot:
     target_tokens: tuple[int, ...]
-    target_state: State
+    target_state: np.ndarray
     draft_tokens: tuple[int, ...]
-    draft_state: State | None
+    draft_state: np.ndarray | None
 
     @property
     def nbytes(self) -> int:
-        return len(self.target_state) + (len(self.draft_state) if self.draft_state is not None else 0)
+        return self.target_state.nbytes + (self.draft_state.nbytes if self.draft_state is not None else 0)
 
 
 class KvSnapshots:
@@ -113,7 +114,8 @@ class KvSnapshots:
             return
         shared = common_prefix_length(slot.target_tokens, prompt)
         snapshot, length = self.best(prompt)
-        if len(slot.target_tokens) - shared >= MIN_SAVED_TOKENS:
+        lost = len(slot.target_tokens) - max(shared, self.best(slot.target_tokens)[1])
+        if lost >= (MIN_SAVED_TOKENS_GPU if target.offloaded else MIN_SAVED_TOKENS):
             self.save(slot, target, draft)
         if snapshot is not None and length >= shared + MIN_RESTORE_GAIN:
             self.restore(snapshot, slot, target, draft)

@@ -12,6 +12,7 @@ import gc
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 import llama_cpp
 import numpy as np
@@ -385,20 +386,20 @@ class LlamaModel:
         """Drop KV entries of `seq_id` at positions >= `position` (rollback)."""
         llama_cpp.llama_memory_seq_rm(self._memory, seq_id, position, -1)
 
-    def save_sequence(self, seq_id: int) -> ctypes.Array[ctypes.c_uint8]:
+    def save_sequence(self, seq_id: int) -> np.ndarray:
         """A copy, in host memory, of everything sequence `seq_id`'s KV holds (see `restore_sequence`)."""
         self.synchronize()
         size = int(llama_cpp.llama_state_seq_get_size(self.ctx, seq_id))
-        buffer = (ctypes.c_uint8 * size)()
-        written = int(llama_cpp.llama_state_seq_get_data(self.ctx, buffer, size, seq_id))
+        buffer = np.empty(size, dtype=np.uint8)  # not zeroed: llama.cpp writes every byte
+        written = int(llama_cpp.llama_state_seq_get_data(self.ctx, _bytes_pointer(buffer), size, seq_id))
         if written != size:
             raise RuntimeError(f"llama.cpp saved {written} of {size} bytes of the {self.role} model's KV")
         return buffer
 
-    def restore_sequence(self, seq_id: int, state: ctypes.Array[ctypes.c_uint8]) -> None:
+    def restore_sequence(self, seq_id: int, state: np.ndarray) -> None:
         """Make sequence `seq_id` hold what `save_sequence` copied (from any sequence of this context)."""
         self.remove_from(seq_id, 0)
-        if int(llama_cpp.llama_state_seq_set_data(self.ctx, state, len(state), seq_id)) == 0:
+        if int(llama_cpp.llama_state_seq_set_data(self.ctx, _bytes_pointer(state), state.size, seq_id)) == 0:
             self.remove_from(seq_id, 0)
             raise RuntimeError(f"llama.cpp could not restore a saved KV sequence of the {self.role} model")
 
@@ -414,6 +415,10 @@ class LlamaModel:
     def __del__(self) -> None:
         with contextlib.suppress(Exception):  # interpreter shutdown: ctypes may already be gone
             self.close()
+
+
+def _bytes_pointer(array: np.ndarray) -> Any:
+    return array.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8))
 
 
 def top_two(row: np.ndarray) -> tuple[int, float]:
