@@ -27,21 +27,27 @@ def window_anchor(line: int, max_lines: int, step: int) -> int:
     return max(0, (line - max_lines) // max(1, step) * max(1, step))
 
 
-def line_starts(text: str) -> list[int]:
-    """Offsets where each line of `text` starts."""
-    return [0, *(index + 1 for index, char in enumerate(text) if char == "\n")]
+def _line_start_before(text: str, offset: int, lines_back: int) -> int:
+    """Where the line `lines_back` lines above the one holding `offset` starts."""
+    start = text.rfind("\n", 0, offset) + 1
+    for _ in range(lines_back):
+        if start == 0:
+            break
+        start = text.rfind("\n", 0, start - 1) + 1
+    return start
 
 
 def prefix_window(text: str, offset: int, max_lines: int, max_chars: int, step: int = 1) -> str:
     """The lines from `window_anchor` to the cursor's line, plus the cursor line up to the cursor; when longer
     than `max_chars`, the oldest lines go first, `step` lines at a time (a partial line only if one line is too
     long)."""
-    starts = line_starts(text[:offset])
-    line = len(starts) - 1
+    line = text.count("\n", 0, offset)
     anchor = window_anchor(line, max_lines, step)
-    while anchor + step <= line and offset - starts[anchor] > max_chars:
+    start = _line_start_before(text, offset, line - anchor)
+    while anchor + step <= line and offset - start > max_chars:
         anchor += step
-    window = text[starts[anchor] : offset]
+        start = _line_start_before(text, offset, line - anchor)
+    window = text[start:offset]
     if len(window) > max_chars:
         cut = len(window) - max_chars
         newline = window.find("\n", cut)

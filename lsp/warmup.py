@@ -103,6 +103,9 @@ class Warmer:
         for index, prefix in enumerate(warm_windows(text, settings)):
             if _key(prefix, context) not in done:
                 self._queue.append(_Window(uri, filename, index, prefix))
+        self._resume()
+
+    def _resume(self) -> None:
         if self._queue and (self._task is None or self._task.done()):
             self._task = asyncio.get_running_loop().create_task(self._work())
 
@@ -115,10 +118,12 @@ class Warmer:
         self._rewarm[uri] = loop.call_later(REWARM_DELAY_S, lambda: self.schedule(uri, filename, text()))
 
     def focus(self, uri: str, line: int) -> None:
-        """The user is at `line`: warm that file's windows nearest to it first."""
+        """The user is at `line`: warm that file's windows nearest to it first (and resume warming if the daemon was
+        down when it stopped)."""
         step = max(1, self._settings().window_step_lines)
         here = line // step
         self._queue.sort(key=lambda window: (window.uri != uri, abs(window.index - here)))
+        self._resume()
 
     def forget(self, uri: str) -> None:
         self._queue = [window for window in self._queue if window.uri != uri]

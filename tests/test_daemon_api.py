@@ -146,6 +146,32 @@ def test_infill_with_extra_files_is_accepted(shared: RunningDaemon) -> None:
     assert response.json()["usage"]["prompt_tokens"] > len("def helper(x):") // 2
 
 
+def test_an_infill_of_zero_tokens_prefills_the_cache_for_the_next_request(shared: RunningDaemon) -> None:
+    prefix = "".join(f"def f{i}(x):\n    return x + {i}\n\n" for i in range(30))
+    body = {"prefix": prefix, "suffix": "", "filename": "warm.py", "max_tokens": 0}
+    warm = httpx.post(f"{shared.url}/v1/infill", json=body, headers=shared.headers, timeout=60)
+    assert warm.status_code == 200, warm.text
+    data = warm.json()
+    assert (data["content"], data["finish_reason"], data["usage"]["completion_tokens"]) == ("", "length", 0)
+    stats = httpx.get(f"{shared.url}/v1/stats", headers=shared.headers, timeout=30).json()
+    assert stats["requests"].get("prefill", 0) >= 1
+    assert stats["engine"]["prompt_cache"]["entries"] >= 1
+
+    # A suggestion further down the same text reuses what the prefill evaluated (its own slot is elsewhere).
+    ask = {"prefix": prefix + "def g(", "suffix": "", "filename": "warm.py", "max_tokens": 4}
+    answer = httpx.post(f"{shared.url}/v1/infill", json=ask, headers=shared.headers, timeout=60).json()
+    cached = answer["usage"].get("prompt_tokens_details", {}).get("cached_tokens")
+    recent = httpx.get(f"{shared.url}/v1/stats", headers=shared.headers, timeout=30).json()["recent"][-1]
+    assert recent["kind"] == "infill"
+    assert (cached if cached is not None else recent["cached_tokens"]) >= recent["prompt_tokens"] - 16
+
+
+def test_a_negative_max_tokens_is_refused(shared: RunningDaemon) -> None:
+    body = {"prefix": "x = ", "max_tokens": -1}
+    response = httpx.post(f"{shared.url}/v1/infill", json=body, headers=shared.headers, timeout=30)
+    assert response.status_code == 400 and "max_tokens" in response.text
+
+
 @pytest.mark.parametrize(
     ("path", "body", "fragment"),
     [

@@ -256,6 +256,15 @@ def test_lookup_texts_feed_the_ngram_drafter(similar_engine: Engine) -> None:
     )
     assert with_lookup.token_ids == reference.token_ids
     assert with_lookup.stats.accepted > 0
+    # The same text in the next request (an editor's context chunks) reuses its n-gram table.
+    kept = similar_engine._lookup_table(lookup)
+    again = similar_engine.complete(
+        GenerationRequest(
+            prompt="zq", max_tokens=30, speculative="ngram", slot="lookup2", lookup_texts=[lookup]
+        )
+    )
+    assert similar_engine._lookup_table(lookup) is kept
+    assert again.token_ids == reference.token_ids and again.stats.accepted > 0
 
 
 def test_prompt_longer_than_the_context_is_a_clear_error_or_truncated(tiny_models) -> None:

@@ -118,7 +118,9 @@ def test_the_store_keeps_within_its_memory_and_drops_the_least_recently_used(tin
 
 def test_a_slot_whose_tokens_a_copy_already_holds_is_not_copied_again(engine: Engine) -> None:
     engine.complete(infill(engine, TEXT[:1500], max_tokens=0))  # warmed: copied once
-    engine.complete(infill(engine, TEXT[:1400], max_tokens=4))  # a suggestion there: few tokens beyond the copy
+    engine.complete(
+        infill(engine, TEXT[:1400], max_tokens=4)
+    )  # a suggestion there: few tokens beyond the copy
     engine.complete(infill(engine, TEXT[600:2000], max_tokens=4))  # elsewhere: nothing worth a second copy
     assert engine.snapshots.describe()["saves"] == 1
     back = engine.complete(infill(engine, TEXT[:1450], max_tokens=4))  # back: the copy serves it again

@@ -145,9 +145,9 @@ class NgramDrafter:
     def __init__(self, shared: Sequence[NgramTable] = ()) -> None:
         self._tokens: list[int] = []
         self._context = NgramTable()
-        self._extra = NgramTable()
-        # Looked up in this order: the request's own text first, then its extra texts, then shared tables.
-        self._tables = [self._context, self._extra, *shared]
+        # Looked up in this order: the request's own text first, then the shared tables (the texts the request
+        # offers to copy from, earlier outputs).
+        self._tables = [self._context, *shared]
         self._max_n = max(NGRAM_ORDERS)
         # Length of the n-gram that proposed the first token of the last draft: the longer the match, the likelier
         # the draft is accepted (`estimates.match_class`).
@@ -174,10 +174,6 @@ class NgramDrafter:
     def index(self) -> tuple[list[int], NgramTable]:
         """The context indexed so far and its table, for `resuming` by the slot's next request."""
         return self._tokens, self._context
-
-    def add_extra(self, tokens: list[int]) -> None:
-        """Index another token stream (e.g. a repository file) to copy from."""
-        self._extra.add(tokens, 0, len(tokens) - 1)
 
     def propose(self, context: list[int], k: int) -> list[int]:
         self.match_length = 0

@@ -23,7 +23,7 @@ from localspec.config import (
 from localspec.engine.canary import ensure_llama_runs
 from localspec.engine.chooser import AdaptiveChooser
 from localspec.engine.compat import ensure_compatible
-from localspec.engine.drafters import NgramHistory
+from localspec.engine.drafters import NgramHistory, NgramTable
 from localspec.engine.kv_snapshots import KvSnapshots
 from localspec.engine.llama_model import LlamaModel
 from localspec.engine.pass_costs import PassCosts
@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 # (batched and one-token passes differ in the last bits: docs/BENCHMARKS.md has the measured spread).
 DEFAULT_TIE_MARGIN = 0.35
 MAX_CHOOSERS = 64
+MAX_LOOKUP_TABLES = 64
 # A prefill (max_tokens=0, e.g. an editor warming the places a user may jump to) runs at the lowest priority, so it
 # is evaluated in small chunks: a request arriving meanwhile waits for one chunk at most.
 PREFILL_CHUNK_CPU = 64
@@ -118,6 +119,7 @@ class Engine:
         self.snapshots = KvSnapshots(settings.prompt_cache_mb * 1024 * 1024)
         self.prompts = PromptLayout(self.target, settings.n_ctx)
         self._choosers: dict[tuple[str, str], AdaptiveChooser] = {}
+        self._lookup_tables: dict[str, NgramTable] = {}
         ratio = self.draft.n_params() / self.target.n_params() if self.draft else 0.0
         self.costs = PassCosts(
             draft_ratio=max(0.1, min(1.0, ratio * 1.5)),
@@ -218,6 +220,19 @@ class Engine:
 
     # ---- generation -------------------------------------------------------------------------------------------
 
+    def _lookup_table(self, text: str) -> NgramTable:
+        """The n-gram table of a text the request offers to copy from. An editor sends the same chunks of other files
+        with every suggestion, so their tables are kept (the most recent MAX_LOOKUP_TABLES) rather than rebuilt."""
+        table = self._lookup_tables.pop(text, None)
+        if table is None:
+            tokens = self.tokenize(text, parse_special=False)
+            table = NgramTable()
+            table.add(tokens, 0, len(tokens) - 1)
+            if len(self._lookup_tables) >= MAX_LOOKUP_TABLES:
+                del self._lookup_tables[next(iter(self._lookup_tables))]
+        self._lookup_tables[text] = table  # (re)inserted last: least recently used first
+        return table
+
     def _chooser(self, key: str, mode: SpeculativeMode) -> AdaptiveChooser:
         chooser = self._choosers.pop((key, mode), None)
         if chooser is None:
@@ -249,7 +264,7 @@ class Engine:
                 "or `localspec models use PAIR`)."
             )
         stats = RequestStats(prompt_tokens=len(prompt), prompt_truncated_tokens=truncated)
-        lookups = [self.tokenize(text, parse_special=False) for text in request.lookup_texts]
+        lookups = [self._lookup_table(text) for text in request.lookup_texts]
         slot = self._slots.acquire(request.slot, prompt)
         chooser = self._chooser(request.slot, mode)
         chooser.start_request()

@@ -44,7 +44,7 @@ class Generation:
         chooser: AdaptiveChooser,
         tie_margin: float,
         draft_p_min: float,
-        lookup_streams: list[list[int]],
+        lookup_tables: list[NgramTable],
         shared_ngrams: list[NgramTable],
         stats: RequestStats,
         on_finish: Callable[[Generation], None] | None = None,
@@ -72,9 +72,8 @@ class Generation:
             if draft
             else None
         )
-        self._ngram = NgramDrafter.resuming(slot.ngram_index, prompt, shared_ngrams)
-        for stream in lookup_streams:
-            self._ngram.add_extra(stream)
+        # The request's own text first, then the texts it offers to copy from, then earlier outputs.
+        self._ngram = NgramDrafter.resuming(slot.ngram_index, prompt, [*lookup_tables, *shared_ngrams])
         # The prompt except its last token is evaluated first, reusing the slot's cached prefix, in chunks of at most
         # `prefill_chunk` tokens, one per step, so a more urgent request can run between two chunks. The last token
         # is the first `pending`, so prompt and generation share one code path.
