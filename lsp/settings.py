@@ -37,6 +37,8 @@ class LspSettings(BaseModel):
     window_step_lines: int = Field(default=64, ge=1)
     # Evaluate each open file's windows in the background, so jumping anywhere in it is quick.
     warm_files: bool = True
+    # Files longer than this are not warmed (each window costs about twice its lines in prompt tokens).
+    warm_max_lines: int = Field(default=10_000, ge=0)
     prefix_max_chars: int = Field(default=8000, ge=0)
     suffix_max_chars: int = Field(default=2000, ge=0)
     # Extra context from other files (a ring of chunks, as llama.vscode keeps).

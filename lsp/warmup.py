@@ -95,7 +95,7 @@ class Warmer:
     def schedule(self, uri: str, filename: str, text: str) -> None:
         """Queue the windows of `text` not evaluated yet (an edit changes only the windows that contain it)."""
         settings = self._settings()
-        if not settings.enable or not settings.warm_files:
+        if not settings.enable or not settings.warm_files or text.count("\n") > settings.warm_max_lines:
             return
         self._queue = [window for window in self._queue if window.uri != uri]
         done = self._warmed.setdefault(uri, set())
