@@ -77,8 +77,7 @@ class DaemonLink:
         """The daemon's completion for this prompt (streamed; cancelling the caller cancels it)."""
         client = await self._ready_client()
         params: dict[str, Any] = {
-            "extra": [{"filename": name, "text": text} for name, text in prompt.extra],
-            "filename": prompt.filename,
+            **_context_params(prompt),
             "max_tokens": max_tokens,
             "temperature": temperature,
             "single_line": prompt.single_line,
@@ -106,11 +105,7 @@ class DaemonLink:
     async def prefill(self, prompt: InfillPrompt, timeout: float) -> None:
         """Have the daemon evaluate this prompt into its cache, generating nothing (a warm-up)."""
         client = await self._ready_client()
-        params: dict[str, Any] = {
-            "extra": [{"filename": name, "text": text} for name, text in prompt.extra],
-            "filename": prompt.filename,
-            "max_tokens": 0,
-        }
+        params: dict[str, Any] = {**_context_params(prompt), "max_tokens": 0}
         async with asyncio.timeout(timeout):
             await client.infill(prompt.prefix, prompt.suffix, **params)
 
@@ -158,3 +153,11 @@ class DaemonLink:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+
+
+def _context_params(prompt: InfillPrompt) -> dict[str, Any]:
+    """The request fields that place the prompt: its file's name and the extra files."""
+    return {
+        "extra": [{"filename": name, "text": text} for name, text in prompt.extra],
+        "filename": prompt.filename,
+    }

@@ -68,14 +68,12 @@ class Warmer:
         """The file's extra context: the ring's chunks of other files as they were when it was frozen."""
         frozen = self._contexts.get(filename)
         if frozen is None:
-            frozen = self._freeze(filename)
+            frozen = self._contexts[filename] = (time.monotonic(), self._ring_now(filename))
         return frozen[1]
 
-    def _freeze(self, filename: str) -> tuple[float, list[tuple[str, str]]]:
+    def _ring_now(self, filename: str) -> list[tuple[str, str]]:
         # Oldest chunk first: the order the chunks arrived in does not change as newer ones are added.
-        frozen = (time.monotonic(), list(reversed(self._ring_context(filename))))
-        self._contexts[filename] = frozen
-        return frozen
+        return list(reversed(self._ring_context(filename)))
 
     def context_is_stale(self, filename: str) -> bool:
         frozen = self._contexts.get(filename)
@@ -85,11 +83,8 @@ class Warmer:
 
     def opened(self, uri: str, filename: str, text: str) -> None:
         """A file was opened (or its context is stale): take its context anew and warm what that changes."""
-        frozen = self._contexts.get(filename)
-        if frozen is not None and frozen[1] == list(reversed(self._ring_context(filename))):
-            self._contexts[filename] = (time.monotonic(), frozen[1])  # unchanged: nothing to warm again
-        else:
-            self._freeze(filename)
+        # An unchanged context keeps its windows' keys, so only windows not evaluated yet are warmed.
+        self._contexts[filename] = (time.monotonic(), self._ring_now(filename))
         self.schedule(uri, filename, text)
 
     def schedule(self, uri: str, filename: str, text: str) -> None:
