@@ -20,6 +20,11 @@ from localspec.lsp.prompt import InfillPrompt
 log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 300.0
+# A suggestion's prompt cost is measured where it evaluated at least this many new tokens (fewer cost about one
+# pass whatever their number, on a GPU). At SLOW_PROMPT_MS_PER_TOKEN or more (a CPU: ~15-25 ms; an H200: < 1 ms),
+# one-line suggestions see one line after the cursor rather than two: docs/BENCHMARKS.md, "Editor latency".
+MIN_MEASURED_PROMPT_TOKENS = 8
+SLOW_PROMPT_MS_PER_TOKEN = 5.0
 
 
 class DaemonLink:
@@ -32,6 +37,7 @@ class DaemonLink:
         self.status = "unknown"
         self.last_error: str | None = None
         self.last_speculative: dict[str, Any] | None = None
+        self.prompt_ms_per_token: float | None = None  # measured on suggestions, a moving average
 
     async def _ready_client(self) -> AsyncDaemonClient:
         """The client, once the daemon recorded now has its models loaded; a restarted daemon gets a new one.
@@ -90,6 +96,7 @@ class DaemonLink:
                         parts.append(str(chunk.get("content") or ""))
                     if stream.final is not None:
                         self.last_speculative = stream.final.get("speculative")
+                        self._note_prompt_cost(self.last_speculative or {})
         except TimeoutError:
             raise LocalspecError(
                 f"The daemon did not finish a suggestion within {timeout:g}s; lower maxTokens or raise "
@@ -108,6 +115,22 @@ class DaemonLink:
         params: dict[str, Any] = {**_context_params(prompt), "max_tokens": 0}
         async with asyncio.timeout(timeout):
             await client.infill(prompt.prefix, prompt.suffix, **params)
+
+    def _note_prompt_cost(self, report: dict[str, Any]) -> None:
+        """Average the milliseconds a new prompt token cost, over suggestions with enough of them to tell."""
+        new = int(report.get("prompt_tokens", 0)) - int(report.get("cached_tokens", 0))
+        seconds = float((report.get("time") or {}).get("prompt", 0.0))
+        if new < MIN_MEASURED_PROMPT_TOKENS or seconds <= 0:
+            return
+        ms = seconds * 1000 / new
+        old = self.prompt_ms_per_token
+        self.prompt_ms_per_token = ms if old is None else 0.7 * old + 0.3 * ms
+
+    @property
+    def slow_prompts(self) -> bool:
+        """Whether prompt tokens were measured to cost enough that fewer lines after the cursor pay (a CPU)."""
+        cost = self.prompt_ms_per_token
+        return cost is not None and cost >= SLOW_PROMPT_MS_PER_TOKEN
 
     @property
     def starting(self) -> bool:
@@ -144,6 +167,8 @@ class DaemonLink:
             "status": self.status,
             "last_error": self.last_error,
             "last_speculative": self.last_speculative,
+            "prompt_ms_per_token": self.prompt_ms_per_token,
+            "slow_prompts": self.slow_prompts,
         }
 
     async def aclose(self) -> None:

@@ -96,16 +96,26 @@ def warm_windows(text: str, settings: LspSettings) -> list[str]:
     return windows
 
 
+def single_line_suffix_lines(settings: LspSettings, slow_prompts: bool) -> int:
+    """Lines after the cursor a one-line suggestion sees: the setting, else 2, or 1 where prompts are slow."""
+    if settings.single_line_suffix_lines is not None:
+        return settings.single_line_suffix_lines
+    return 1 if slow_prompts else 2
+
+
 def build_prompt(
     text: str,
     offset: int,
     filename: str,
     settings: LspSettings,
     extra: list[tuple[str, str]] | None = None,
+    slow_prompts: bool = False,
 ) -> InfillPrompt:
+    """The prompt for the cursor at `offset`. slow_prompts: the daemon evaluates prompt tokens slowly (see
+    `single_line_suffix_lines`)."""
     single_line = wants_single_line(text, offset, settings.line_mode)
     suffix_lines = (
-        min(settings.suffix_lines, settings.single_line_suffix_lines)
+        min(settings.suffix_lines, single_line_suffix_lines(settings, slow_prompts))
         if single_line
         else settings.suffix_lines
     )

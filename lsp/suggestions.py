@@ -36,6 +36,9 @@ class InfillBackend(Protocol):
 
     def start_in_background(self) -> bool: ...
 
+    @property
+    def slow_prompts(self) -> bool: ...
+
 
 @dataclass
 class SuggestionStats:
@@ -157,6 +160,7 @@ class Suggester:
             snapshot.filename,
             settings,
             self._extra_context(snapshot.filename),
+            self.backend.slow_prompts,
         )
 
     async def suggest(self, snapshot: DocumentSnapshot) -> str | None:

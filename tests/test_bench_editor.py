@@ -91,6 +91,7 @@ def test_bench_editor_measures_every_scenario_through_the_language_server(
         "--target", str(tiny_models.target), "--draft", str(tiny_models.draft_similar),
     )  # fmt: skip
     _check_localspec(result)
+    assert result["meta"]["complete"] is True
     opened = [Path(f["path"]).name for f in result["meta"]["files"]]
     assert opened == ["module_2.py", "module_1.py"]  # the two longest, longest first
     assert all(not s["llama_server"] for s in result["samples"])
@@ -113,11 +114,40 @@ def test_bench_editor_replays_the_same_requests_through_llama_server(
     for sample in result["samples"]:
         assert set(sample["llama_server"]) == {"plain", "cache-reuse"}
         assert all(answer["seconds"] > 0 for answer in sample["llama_server"].values())
+        # The same work: llama-server generates as many tokens as localspec's daemon did for that request.
+        generated = [entry["tokens"] for entry in sample["daemon"] if entry["tokens"]]
+        if generated:
+            assert all(answer["n_predict"] == generated[-1] for answer in sample["llama_server"].values())
     assert "--cache-reuse 256" in result["meta"]["llama_server_commands"]["cache-reuse"]
     for row in result["summary"]:
         for mode in ("plain", "cache-reuse"):
             assert row["llama_server"][mode]["p50_ms"] > 0
-            assert 0 <= row["llama_server"][mode]["identical"] <= row["samples"]
+            assert 0 <= row["llama_server"][mode]["agrees"] <= row["samples"]
+
+
+def test_a_run_that_fails_midway_keeps_what_it_measured(tiny_models, tmp_path: Path) -> None:
+    # llama-server dies at start here, after localspec was measured: the results so far are in the JSON.
+    project = tmp_path / "project"
+    project.mkdir()
+    _write_project(project, files=2)
+    broken = tmp_path / "llama-server"
+    broken.write_text("#!/bin/sh\necho 'cannot start' >&2\nexit 3\n")
+    broken.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOCALSPEC_")}
+    env["LOCALSPEC_HOME"] = str(tmp_path / "home")
+    out = tmp_path / "editor.json"
+    completed = subprocess.run(
+        [sys.executable, "-m", "localspec", "bench-editor", str(project), "--threads", "1", "--n-ctx", "2048",
+         "--max-tokens", "8", "--jumps", "1", "--files", "2", "--line-modes", "single", "--out", str(out),
+         "--target", str(tiny_models.target), "--against-llama-server", str(broken)],
+        capture_output=True, text=True, timeout=900, env=env,
+    )  # fmt: skip
+    assert completed.returncode != 0
+    result = json.loads(out.read_text())
+    assert result["meta"]["complete"] is False
+    assert {s["scenario"] for s in result["samples"]} >= {"jump-in-file"}
+    assert all(not s["llama_server"] for s in result["samples"])
+    assert result["summary"][0]["localspec_p50_ms"] > 0
 
 
 # ---- plain data --------------------------------------------------------------------------------------------------

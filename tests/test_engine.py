@@ -226,6 +226,38 @@ def test_prompt_cache_reuses_the_common_prefix(similar_engine: Engine) -> None:
     assert cold.token_ids == second.token_ids
 
 
+def test_the_prompts_last_chunk_shares_the_first_steps_pass(similar_engine: Engine) -> None:
+    # A request costs one target pass per step and no pass of its own for the prompt (an editor's jump: the
+    # prompt's new tail and the first tokens of the suggestion are evaluated together).
+    target = similar_engine.target
+    passes: list[int] = []
+    decode = target.decode
+
+    def counting(tokens: list[int], *args: object, **kwargs: object) -> int:
+        passes.append(len(tokens))
+        return decode(tokens, *args, **kwargs)  # type: ignore[arg-type]
+
+    for mode in ("none", "ngram", "draft"):
+        similar_engine.reset_cache()
+        passes.clear()
+        target.decode = counting  # type: ignore[method-assign]
+        try:
+            result = run(similar_engine, PROMPT, mode, max_tokens=12, slot=f"fold-{mode}")
+        finally:
+            del target.decode
+        assert len(passes) == result.stats.target_passes + result.stats.settled_near_ties
+        assert result.stats.cached_tokens == 0
+        assert passes[0] >= result.stats.prompt_tokens  # the whole prompt and the first step's tokens
+        assert result.token_ids == run(similar_engine, PROMPT, "none", max_tokens=12, slot="alone").token_ids
+    sampling = SamplingParams(temperature=0.9, seed=7)
+    similar_engine.reset_cache()  # sampled rows are read by index from the end of the batch: same draws
+    sampled = run(similar_engine, PROMPT, "draft", max_tokens=12, slot="fold-sampled", sampling=sampling)
+    similar_engine.reset_cache()
+    assert (
+        sampled.token_ids == run(similar_engine, PROMPT, "none", max_tokens=12, sampling=sampling).token_ids
+    )
+
+
 def test_interleaved_generations_in_different_slots_match_sequential_runs(similar_engine: Engine) -> None:
     a = similar_engine.generate(GenerationRequest(prompt="chat about", max_tokens=30, slot="chat"))
     b = similar_engine.generate(GenerationRequest(prompt="def infill(", max_tokens=30, slot="infill"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from localspec.errors import ConfigError
+from localspec.lsp.daemon_link import DaemonLink
 from localspec.lsp.prompt import build_prompt, prefix_window, suffix_window, wants_single_line, warm_windows
 from localspec.lsp.settings import LspSettings
 
@@ -80,6 +81,26 @@ def test_build_prompt_uses_settings() -> None:
         build_prompt(LINES, LINES.index("line5"), "a.py", multi).suffix
         == "line5\nline6\nline7\nline8\nline9\n"
     )
+
+
+def test_one_line_suggestions_see_one_line_after_the_cursor_where_prompts_are_measured_slow() -> None:
+    at = LINES.index("line5")
+    auto = LspSettings.from_options({"lineMode": "single"})
+    assert build_prompt(LINES, at, "a.py", auto).suffix == "line5\nline6\nline7\n"
+    assert build_prompt(LINES, at, "a.py", auto, slow_prompts=True).suffix == "line5\nline6\n"
+    chosen = LspSettings.from_options({"lineMode": "single", "singleLineSuffixLines": 2})
+    assert build_prompt(LINES, at, "a.py", chosen, slow_prompts=True).suffix == "line5\nline6\nline7\n"
+    # The daemon link measures: a CPU's ~20 ms a prompt token is slow, a GPU's fraction of one is not, and
+    # suggestions with a few new prompt tokens say nothing (they cost about one pass however many there are).
+    link = DaemonLink()
+    assert not link.slow_prompts
+    link._note_prompt_cost({"prompt_tokens": 900, "cached_tokens": 897, "time": {"prompt": 0.5}})
+    assert link.prompt_ms_per_token is None
+    link._note_prompt_cost({"prompt_tokens": 900, "cached_tokens": 880, "time": {"prompt": 0.4}})
+    assert link.prompt_ms_per_token == pytest.approx(20.0) and link.slow_prompts
+    for _ in range(10):
+        link._note_prompt_cost({"prompt_tokens": 900, "cached_tokens": 880, "time": {"prompt": 0.006}})
+    assert not link.slow_prompts
 
 
 def test_settings_accept_camel_case_snake_case_and_a_localspec_section() -> None:

@@ -208,6 +208,12 @@ class Sample:
     document: str = field(default="", repr=False)
     offset: int = 0
     extra: list[tuple[str, str]] = field(default_factory=list, repr=False)
+    slow_prompts: bool = False  # the language server's view when it built the prompt (`build_prompt`)
+
+    def generated_tokens(self) -> int | None:
+        """Tokens the daemon generated for this answer (None: answered from the suggestion cache)."""
+        generated = [int(entry["tokens"]) for entry in self.daemon if entry.get("tokens")]
+        return generated[-1] if generated else None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -220,6 +226,7 @@ class Sample:
             "seconds": round(self.seconds, 5),
             "text": self.text,
             "failed": self.failed,
+            "slow_prompts": self.slow_prompts,
             "llama_server": self.llama_server,
             "daemon": self.daemon,
         }
@@ -465,6 +472,7 @@ async def _jump(
 
     async def ask(scenario: str, typed: str) -> str:
         offset = cursor + len(typed)
+        slow_prompts = bool((await editor.stats()).get("daemon", {}).get("slow_prompts"))
         answer = await editor.suggest(document, offset)
         finished = await asyncio.to_thread(daemon.finished_since, editor.last_daemon_job)
         if finished:
@@ -483,6 +491,7 @@ async def _jump(
                 document=document.text,
                 offset=offset,
                 extra=answer.extra,
+                slow_prompts=slow_prompts,
                 daemon=[{key: entry.get(key) for key in DAEMON_FIELDS} for entry in finished],
             )
         )
@@ -561,10 +570,13 @@ async def measure_localspec(
     files: list[tuple[Path, str]],
     options: BenchOptions,
     progress: Progress,
-) -> tuple[list[Sample], dict[str, Any]]:
-    """All line modes through a fresh language server each (its suggestion cache must not carry over)."""
-    samples: list[Sample] = []
-    info: dict[str, Any] = {"warm_up_seconds": {}, "lsp_stats": {}, "lsp_warnings": {}}
+    samples: list[Sample],
+    info: dict[str, Any],
+    checkpoint: Callable[[], object],
+) -> None:
+    """All line modes through a fresh language server each (its suggestion cache must not carry over), into
+    `samples` and `info`; `checkpoint()` after each."""
+    info.update({"warm_up_seconds": {}, "lsp_stats": {}, "lsp_warnings": {}})
     for line_mode in options.line_modes:
         settings = LspSettings.from_options(lsp_options(line_mode, options.max_tokens))
         editor = Editor(daemon.home, root, settings, line_mode, options.max_tokens)
@@ -587,7 +599,7 @@ async def measure_localspec(
                 )
         finally:
             await editor.stop()
-    return samples, info
+        checkpoint()
 
 
 # ---- llama-server ------------------------------------------------------------------------------------------------
@@ -602,8 +614,9 @@ def replay_llama_server(
     options: BenchOptions,
     progress: Progress,
 ) -> dict[str, float]:
-    """The recorded cursor states, in order, through llama-server's /infill; returns warm-up seconds per line
-    mode (llama.vscode's n_predict=0 request with the chunks of the opened files, before the first move)."""
+    """The recorded cursor states, in order, through llama-server's /infill, each generating as many tokens as
+    localspec did; returns warm-up seconds per line mode (llama.vscode's n_predict=0 request with the chunks of
+    the opened files, before the first move)."""
     warm: dict[str, float] = {}
     replayed = 0
     for line_mode in options.line_modes:
@@ -615,9 +628,19 @@ def replay_llama_server(
         for sample in samples:
             if sample.line_mode != line_mode:
                 continue
-            prompt = build_prompt(sample.document, sample.offset, sample.file, settings, sample.extra)
-            answer = client.infill(prompt.prefix, prompt.suffix, prompt.extra, prompt.single_line)
-            sample.llama_server[mode] = {"seconds": round(answer.seconds, 5), "text": answer.text}
+            prompt = build_prompt(
+                sample.document, sample.offset, sample.file, settings, sample.extra, sample.slow_prompts
+            )
+            # The same work: as many tokens as localspec generated (or its cached answer holds).
+            n_predict = sample.generated_tokens() or (
+                client.count_tokens(sample.text) if sample.text else None
+            )
+            answer = client.infill(prompt.prefix, prompt.suffix, prompt.extra, prompt.single_line, n_predict)
+            sample.llama_server[mode] = {
+                "seconds": round(answer.seconds, 5),
+                "text": answer.text,
+                "n_predict": n_predict or options.max_tokens,
+            }
             replayed += 1
             if replayed % 100 == 0:
                 progress(f"llama-server {mode}: {replayed} requests")
@@ -658,13 +681,20 @@ def summarize(samples: list[Sample], server_modes: list[str]) -> list[dict[str, 
                     "p50_ms": _ms(p50),
                     "p90_ms": _ms(percentile(times, 90)),
                     "empty": sum(1 for a in answers if not a["text"]),
-                    "identical": sum(
-                        1 for s in mine if mode in s.llama_server and s.llama_server[mode]["text"] == s.text
+                    "agrees": sum(
+                        1
+                        for s in mine
+                        if mode in s.llama_server and agrees(s.llama_server[mode]["text"], s.text)
                     ),
                     "localspec_p50_ratio": round(percentile(seconds, 50) / p50, 3) if p50 else None,  # type: ignore[operator]
                 }
             rows.append(row)
     return rows
+
+
+def agrees(server_text: str, text: str) -> bool:
+    """Whether llama-server's answer starts with localspec's (which its end rules may have cut short)."""
+    return server_text.startswith(text.rstrip()) if text.strip() else not server_text.strip()
 
 
 def print_report(
@@ -688,7 +718,7 @@ def print_report(
         table.add_column("localspec p50/p90", justify="right")
         for mode in server_modes:
             table.add_column(f"llama-server {mode} p50/p90", justify="right")
-            table.add_column("same text", justify="right")
+            table.add_column("agrees", justify="right")
         if ratio_mode:
             table.add_column(f"localspec ÷ {ratio_mode} p50", justify="right")
         for row in (r for r in rows if r["line_mode"] == line_mode):
@@ -703,7 +733,7 @@ def print_report(
                 server = row["llama_server"][mode]
                 cells += [
                     f"{cell(server['p50_ms'])} / {cell(server['p90_ms'])}",
-                    f"{server['identical']}/{row['samples']}",
+                    f"{server['agrees']}/{row['samples']}",
                 ]
             if ratio_mode:
                 ratio = row["llama_server"][ratio_mode]["localspec_p50_ratio"]
@@ -718,7 +748,8 @@ def print_report(
     console.print(
         "Times run from sending the request to receiving its answer, with the language server's debounce set to "
         "0 ms; localspec's typing-along answers come from its suggestion cache, llama-server's are new requests "
-        "(llama.vscode's own client-side cache is not modelled)."
+        "(llama.vscode's own client-side cache is not modelled). llama-server generates as many tokens as localspec "
+        "did; \"agrees\": its text starts with localspec's (localspec ends a suggestion at a block's end)."
     )
 
 
@@ -754,16 +785,54 @@ def run_benchmark(options: BenchOptions, out: Path, console: Any) -> dict[str, A
     if options.draft is not None:
         serve_args += ["--draft", str(options.draft)]
 
+    samples: list[Sample] = []
+    info: dict[str, Any] = {"llama_server_warm_up_seconds": {}, "llama_server_commands": {}}
+    names: list[str] = []
+    started = datetime.datetime.now().isoformat(timespec="seconds")
+
+    def write(complete: bool) -> dict[str, Any]:
+        """The results so far (a long run that is stopped or fails keeps what it measured)."""
+        meta = {
+            "date": started,
+            "complete": complete,
+            "machine": platform.node(),
+            "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+            "target": str(options.target),
+            "draft": str(options.draft) if options.draft else None,
+            "files": [{"path": str(path), "lines": text.count("\n") + 1} for path, text in files],
+            "workspace": str(root),
+            "options": {
+                key: [str(v) for v in value] if isinstance(value, list | tuple) else str(value)
+                for key, value in vars(options).items()
+            },
+            "lsp_initialization_options": {
+                mode: lsp_options(mode, options.max_tokens) for mode in options.line_modes
+            },
+            "daemon_args": serve_args,
+            **info,
+        }
+        result = {
+            "meta": meta,
+            "summary": summarize(samples, names),
+            "samples": [s.as_json() for s in samples],
+        }
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1))
+        return result
+
     with tempfile.TemporaryDirectory(prefix="localspec-bench-editor-") as folder:
         console.print("starting localspec serve …")
         daemon = DaemonProcess(Path(folder) / "home", serve_args, options.warm_timeout)
         try:
-            samples, info = asyncio.run(measure_localspec(daemon, root, files, options, console.print))
+            asyncio.run(
+                measure_localspec(
+                    daemon, root, files, options, console.print, samples, info, lambda: write(False)
+                )
+            )
         finally:
             daemon.close()
 
-    info["llama_server_warm_up_seconds"] = {}
-    info["llama_server_commands"] = {}
     for mode in modes:
         console.print(f"llama-server {mode.name} …")
         assert options.llama_server is not None
@@ -786,30 +855,10 @@ def run_benchmark(options: BenchOptions, out: Path, console: Any) -> dict[str, A
             client.close()
             server.close()
 
-    names = [mode.name for mode in modes]
-    rows = summarize(samples, names)
-    print_report(rows, names, info, console)
-    meta = {
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "machine": platform.node(),
-        "processor": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
-        "target": str(options.target),
-        "draft": str(options.draft) if options.draft else None,
-        "files": [{"path": str(path), "lines": text.count("\n") + 1} for path, text in files],
-        "workspace": str(root),
-        "options": {
-            key: [str(v) for v in value] if isinstance(value, list | tuple) else str(value)
-            for key, value in vars(options).items()
-        },
-        "lsp_initialization_options": {
-            mode: lsp_options(mode, options.max_tokens) for mode in options.line_modes
-        },
-        "daemon_args": serve_args,
-        **info,
-    }
-    result = {"meta": meta, "summary": rows, "samples": [s.as_json() for s in samples]}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
+        names.append(mode.name)
+        write(False)
+
+    result = write(True)
+    print_report(result["summary"], names, info, console)
     console.print(f"results: {out}")
     return result

@@ -112,6 +112,11 @@ class InfillClient:
         response.raise_for_status()
         return InfillAnswer(str(response.json().get("content", "")), seconds)
 
+    def count_tokens(self, text: str) -> int:
+        response = self._http.post("/tokenize", json={"content": text})
+        response.raise_for_status()
+        return len(response.json().get("tokens", []))
+
     def warm(self, extra: list[tuple[str, str]]) -> float:
         """llama.vscode's background request when files are opened: the chunks, nothing generated."""
         return self.infill("", "", extra, single_line=False, n_predict=0).seconds

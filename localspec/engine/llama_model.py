@@ -316,12 +316,15 @@ class LlamaModel:
         assert self._ctx is not None, "this model was loaded vocabulary-only"
         return self._ctx
 
-    def decode(self, tokens: list[int], start_pos: int, seq_id: int, outputs: str = "last") -> int:
+    def decode(self, tokens: list[int], start_pos: int, seq_id: int, outputs: str | int = "last") -> int:
         """Evaluate `tokens` at positions start_pos.. in sequence `seq_id`.
 
-        outputs: "none", "last" (logits for the final token only) or "all" (one row per token; needs
-        len(tokens) <= n_batch). Returns the number of logit rows now readable through `logits()`.
+        outputs: "none", "last" (logits for the final token only), "all" (one row per token; needs
+        len(tokens) <= n_batch) or a number n (rows for the final n tokens, all in the last n_batch tokens).
+        Returns the number of logit rows now readable through `logits()`.
         """
+        tail = {"none": 0, "last": 1, "all": len(tokens)}[outputs] if isinstance(outputs, str) else outputs
+        first_out = len(tokens) - tail
         if start_pos + len(tokens) > self.n_ctx_per_seq:
             raise ContextOverflowError(
                 f"The {self.role} context is full ({self.n_ctx_per_seq} tokens per slot). Shorten the prompt, "
@@ -331,14 +334,12 @@ class LlamaModel:
         n_out = 0
         for chunk_start in range(0, len(tokens), self.n_batch):
             chunk = tokens[chunk_start : chunk_start + self.n_batch]
-            last_chunk = chunk_start + self.n_batch >= len(tokens)
             for i, token in enumerate(chunk):
                 batch.token[i] = token
                 batch.pos[i] = start_pos + chunk_start + i
                 batch.n_seq_id[i] = 1
                 batch.seq_id[i][0] = seq_id
-                wants = outputs == "all" or (outputs == "last" and last_chunk and i == len(chunk) - 1)
-                batch.logits[i] = wants
+                batch.logits[i] = chunk_start + i >= first_out
             batch.n_tokens = len(chunk)
             n_out = sum(1 for i in range(len(chunk)) if batch.logits[i])
             size = len(chunk) if n_out == len(chunk) else 0

@@ -73,7 +73,8 @@ class TokenPicker:
         treated as a near-tie).
         """
         if self._chain is not None:
-            token = llama_cpp.llama_sampler_sample(self._chain, self.model.ctx, row_index)
+            # A negative index counts output rows from the last (the batch may hold tokens without rows).
+            token = llama_cpp.llama_sampler_sample(self._chain, self.model.ctx, row_index - n_rows)
             return int(token), math.inf
         row = self.model.logits(n_rows)[row_index]
         return top_two(row) if margin else (int(np.argmax(row)), math.inf)

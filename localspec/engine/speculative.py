@@ -75,8 +75,9 @@ class Generation:
         # The request's own text first, then the texts it offers to copy from, then earlier outputs.
         self._ngram = NgramDrafter.resuming(slot.ngram_index, prompt, [*lookup_tables, *shared_ngrams])
         # The prompt except its last token is evaluated first, reusing the slot's cached prefix, in chunks of at most
-        # `prefill_chunk` tokens, one per step, so a more urgent request can run between two chunks. The last token
-        # is the first `pending`, so prompt and generation share one code path.
+        # `prefill_chunk` tokens, one per step, so a more urgent request can run between two chunks; the last chunk
+        # goes into the first step's pass. The prompt's last token is the first `pending`, so prompt and
+        # generation share one code path.
         started = time.perf_counter()
         self.stats.cached_tokens = trim_to_prefix(
             target, slot.seq_id, slot.target_tokens, prompt[:-1], "none"
@@ -104,17 +105,19 @@ class Generation:
             return None
         if self.request.cancel.cancelled:
             return self._final_event(self._finish("cancelled"))
-        if self._unevaluated:
-            return self._prefill_step()
         remaining = self.request.max_tokens - len(self._output)
-        room = self.target.n_ctx_per_seq - len(self._committed) - 1
+        most_drafts = self.request.draft_max if self.request.draft_max is not None else self.chooser.draft_max
+        # The prompt's last chunk is evaluated in the first step's pass, which saves a pass per request.
+        if self._unevaluated and (
+            remaining <= 0 or len(self._unevaluated) + 1 + most_drafts > self._prefill_chunk
+        ):
+            return self._prefill_step()
+        fold = self._unevaluated
+        self._unevaluated = []
+        room = self.target.n_ctx_per_seq - len(self._committed) - len(fold) - 1
         if remaining <= 0 or room <= 0:
             return self._final_event(self._finish("length"))
-        budget = min(
-            remaining - 1,
-            room - 1,
-            self.request.draft_max if self.request.draft_max is not None else self.chooser.draft_max,
-        )
+        budget = min(remaining - 1, room - 1, most_drafts)
         context = self._context
         previous, streak = self.target.last_pass_size, self.target.pass_streak
         backlog = (
@@ -132,11 +135,13 @@ class Generation:
         t_draft = time.perf_counter() - started
 
         started = time.perf_counter()
-        base = len(self._committed)
         tokens = [self._pending, *drafts]
-        if plan.pass_size > len(tokens):  # padded to the previous pass's size (warm on a GPU); rows not read
-            tokens += [tokens[-1]] * (min(plan.pass_size, self.target.n_ctx_per_seq - base) - len(tokens))
-        n_rows = self.target.decode(tokens, base, self.slot.seq_id, "all")
+        if plan.pass_size > len(tokens) and not fold:  # padded to the previous pass's size (warm on a GPU)
+            room_left = self.target.n_ctx_per_seq - len(self._committed)
+            tokens += [tokens[-1]] * (min(plan.pass_size, room_left) - len(tokens))
+        n_rows = self.target.decode([*fold, *tokens], len(self._committed), self.slot.seq_id, len(tokens))
+        self._committed.extend(fold)
+        base = len(self._committed)
         self.target.synchronize()
         t_verify = time.perf_counter() - started
 
@@ -169,7 +174,7 @@ class Generation:
             len(drafts),
             accepted,
             t_verify,
-            n_rows,
+            0 if fold else n_rows,  # a pass that finished the prompt says nothing about verify costs
             self._ngram.match_length,
             warm=n_rows == previous and streak >= 2,
             capture=n_rows == previous and streak == 1,
@@ -181,7 +186,10 @@ class Generation:
         stats.target_passes += 1
         stats.steps_by_source[source] += 1
         stats.t_draft += t_draft
-        stats.t_verify += t_verify
+        if fold:
+            stats.t_prompt += t_verify
+        else:
+            stats.t_verify += t_verify
         stats.t_sample += t_sample
         return self._emit(settled, len(drafts), accepted, source)
 
