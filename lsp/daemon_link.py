@@ -96,7 +96,7 @@ class DaemonLink:
                         parts.append(str(chunk.get("content") or ""))
                     if stream.final is not None:
                         self.last_speculative = stream.final.get("speculative")
-                        self._note_prompt_cost(self.last_speculative or {})
+                        self._note_prompt_cost(stream.final)
         except TimeoutError:
             raise LocalspecError(
                 f"The daemon did not finish a suggestion within {timeout:g}s; lower maxTokens or raise "
@@ -116,11 +116,16 @@ class DaemonLink:
         async with asyncio.timeout(timeout):
             await client.infill(prompt.prefix, prompt.suffix, **params)
 
-    def _note_prompt_cost(self, report: dict[str, Any]) -> None:
-        """Average the milliseconds a new prompt token cost, over suggestions with enough of them to tell."""
-        new = int(report.get("prompt_tokens", 0)) - int(report.get("cached_tokens", 0))
-        seconds = float((report.get("time") or {}).get("prompt", 0.0))
-        if new < MIN_MEASURED_PROMPT_TOKENS or seconds <= 0:
+    def _note_prompt_cost(self, final: dict[str, Any]) -> None:
+        """Average the milliseconds a new prompt token cost, over suggestions with enough of them to tell (from
+        the stream's last chunk: its `usage` and `speculative.prompt_seconds`)."""
+        usage = final.get("usage") or {}
+        cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
+        seconds = (final.get("speculative") or {}).get("prompt_seconds")
+        if usage.get("prompt_tokens") is None or cached is None or not seconds:
+            return  # (a remote backend may not say)
+        new = int(usage["prompt_tokens"]) - int(cached)
+        if new < MIN_MEASURED_PROMPT_TOKENS:
             return
         ms = seconds * 1000 / new
         old = self.prompt_ms_per_token

@@ -96,11 +96,18 @@ def warm_windows(text: str, settings: LspSettings) -> list[str]:
     return windows
 
 
-def single_line_suffix_lines(settings: LspSettings, slow_prompts: bool) -> int:
-    """Lines after the cursor a one-line suggestion sees: the setting, else 2, or 1 where prompts are slow."""
-    if settings.single_line_suffix_lines is not None:
-        return settings.single_line_suffix_lines
-    return 1 if slow_prompts else 2
+def suffix_lines(settings: LspSettings, single_line: bool, slow_prompts: bool) -> int:
+    """Lines after the cursor's line that the prompt shows: the setting, else a default that is smaller where
+    the daemon's prompt tokens were measured to be slow (they are evaluated anew at every jump)."""
+    block = settings.suffix_lines
+    if block is None:
+        block = 4 if slow_prompts else 16
+    if not single_line:
+        return block
+    line = settings.single_line_suffix_lines
+    if line is None:
+        line = 1 if slow_prompts else 2
+    return min(line, block)
 
 
 def build_prompt(
@@ -112,18 +119,15 @@ def build_prompt(
     slow_prompts: bool = False,
 ) -> InfillPrompt:
     """The prompt for the cursor at `offset`. slow_prompts: the daemon evaluates prompt tokens slowly (see
-    `single_line_suffix_lines`)."""
+    `suffix_lines`)."""
     single_line = wants_single_line(text, offset, settings.line_mode)
-    suffix_lines = (
-        min(settings.suffix_lines, single_line_suffix_lines(settings, slow_prompts))
-        if single_line
-        else settings.suffix_lines
-    )
     return InfillPrompt(
         prefix=prefix_window(
             text, offset, settings.prefix_lines, settings.prefix_max_chars, settings.window_step_lines
         ),
-        suffix=suffix_window(text, offset, suffix_lines, settings.suffix_max_chars),
+        suffix=suffix_window(
+            text, offset, suffix_lines(settings, single_line, slow_prompts), settings.suffix_max_chars
+        ),
         filename=filename,
         single_line=single_line,
         extra=list(extra or []),

@@ -29,9 +29,10 @@ class LspSettings(BaseModel):
     line_mode: Literal["auto", "single", "multi"] = "auto"
     # Prompt windows around the cursor: whole lines, then capped in characters.
     prefix_lines: int = Field(default=64, ge=0)
-    suffix_lines: int = Field(default=16, ge=0)
-    # A one-line suggestion sees fewer lines after the cursor: they are evaluated anew at every jump. None: 2,
-    # or 1 where the daemon's prompts are measured to be slow (a CPU, where a line costs ~0.2 s at each jump).
+    # Lines after the cursor's line, evaluated anew at every jump. None: 16, or 4 where the daemon's prompt
+    # tokens are measured to be slow (a CPU, where a line costs ~0.2 s at each jump; `lsp/prompt.py`).
+    suffix_lines: int | None = Field(default=None, ge=0)
+    # The same for a one-line suggestion: None: 2, or 1 where prompts are slow.
     single_line_suffix_lines: int | None = Field(default=None, ge=0)
     # The prefix window starts on a multiple of this many lines (so it holds prefix_lines to prefix_lines +
     # window_step_lines - 1 lines): nearby cursors share it, and the model's cache with it.

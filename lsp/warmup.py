@@ -4,8 +4,9 @@ shares, so that jumping anywhere in a file the server has seen costs only the co
 A prompt is the extra context, the file's name, then the prefix window (which starts on a multiple of
 `window_step_lines`, see prompt.window_anchor). For the daemon's cache to serve a later suggestion, everything
 before the cursor must be the same text: so each file's extra context is frozen when the file is opened (and
-refreshed at most every CONTEXT_REFRESH_S, which warms the file again), rather than changing with every chunk
-the ring takes in. Warm-up requests are prefills (`max_tokens: 0`): the daemon runs them when nothing else
+refreshed at most every CONTEXT_REFRESH_S), rather than changing with every chunk the ring takes in. A refreshed
+context is warmed first and used once every window of the file is warmed with it: until then suggestions keep
+the old one, whose windows the daemon holds (on a CPU a cold prompt costs tens of seconds). Warm-up requests are prefills (`max_tokens: 0`): the daemon runs them when nothing else
 runs and keeps their KV in its prompt cache.
 """
 
@@ -41,6 +42,7 @@ class _Window:
     filename: str
     index: int  # the window's place in its file (its anchor's order)
     prefix: str
+    context: tuple[tuple[str, str], ...]  # the extra context it is warmed with
 
 
 class Warmer:
@@ -54,6 +56,7 @@ class Warmer:
         self._settings = settings
         self._ring_context = ring_context
         self._contexts: dict[str, tuple[float, list[tuple[str, str]]]] = {}  # filename -> (frozen at, extra)
+        self._candidates: dict[str, list[tuple[str, str]]] = {}  # filename -> a newer context being warmed
         self._queue: list[_Window] = []
         self._warmed: dict[str, set[int]] = {}  # uri -> hashes of the windows (with their context) evaluated
         self._task: asyncio.Task[None] | None = None
@@ -82,23 +85,46 @@ class Warmer:
     # ---- what to warm ----
 
     def opened(self, uri: str, filename: str, text: str) -> None:
-        """A file was opened (or its context is stale): take its context anew and warm what that changes."""
+        """A file was opened (or its context is stale): take its context anew and warm what that changes. A
+        changed context replaces the current one once the file is warmed with it (at once where nothing is
+        warmed)."""
         # An unchanged context keeps its windows' keys, so only windows not evaluated yet are warmed.
-        self._contexts[filename] = (time.monotonic(), self._ring_now(filename))
+        new, current = self._ring_now(filename), self._contexts.get(filename)
+        self._candidates.pop(filename, None)
+        if current is None or new == current[1] or not self._warming_on(text):
+            self._contexts[filename] = (time.monotonic(), new)
+        else:
+            self._contexts[filename] = (time.monotonic(), current[1])
+            self._candidates[filename] = new
         self.schedule(uri, filename, text)
+
+    def _warming_on(self, text: str) -> bool:
+        settings = self._settings()
+        return settings.enable and settings.warm_files and text.count("\n") <= settings.warm_max_lines
 
     def schedule(self, uri: str, filename: str, text: str) -> None:
         """Queue the windows of `text` not evaluated yet (an edit changes only the windows that contain it)."""
-        settings = self._settings()
-        if not settings.enable or not settings.warm_files or text.count("\n") > settings.warm_max_lines:
+        if not self._warming_on(text):
             return
         self._queue = [window for window in self._queue if window.uri != uri]
         done = self._warmed.setdefault(uri, set())
-        context = self.context(filename)
-        for index, prefix in enumerate(warm_windows(text, settings)):
+        candidate = self._candidates.get(filename)
+        context = tuple(self.context(filename) if candidate is None else candidate)
+        for index, prefix in enumerate(warm_windows(text, self._settings())):
             if _key(prefix, context) not in done:
-                self._queue.append(_Window(uri, filename, index, prefix))
+                self._queue.append(_Window(uri, filename, index, prefix, context))
+        self._promote_when_warm(filename)
         self._resume()
+
+    def _promote_when_warm(self, filename: str) -> None:
+        """Use the file's newer context once no window waits to be warmed with it."""
+        candidate = self._candidates.get(filename)
+        waiting = [w for w in self._queue if w.filename == filename and list(w.context) == candidate]
+        current = self._current
+        if current is not None and current.filename == filename and list(current.context) == candidate:
+            waiting.append(current)
+        if candidate is not None and not waiting:
+            self._contexts[filename] = (time.monotonic(), self._candidates.pop(filename))
 
     def _resume(self) -> None:
         if self._queue and (self._task is None or self._task.done()):
@@ -145,9 +171,12 @@ class Warmer:
     async def _work(self) -> None:
         while self._queue:
             window = self._current = self._queue.pop(0)
-            context = self.context(window.filename)
             prompt = InfillPrompt(
-                prefix=window.prefix, suffix="", filename=window.filename, single_line=False, extra=context
+                prefix=window.prefix,
+                suffix="",
+                filename=window.filename,
+                single_line=False,
+                extra=list(window.context),
             )
             try:
                 await self.backend.prefill(prompt, PREFILL_TIMEOUT_S)
@@ -160,9 +189,10 @@ class Warmer:
                 continue
             finally:
                 self._current = None
-            self._warmed.setdefault(window.uri, set()).add(_key(window.prefix, context))
+                self._promote_when_warm(window.filename)
+            self._warmed.setdefault(window.uri, set()).add(_key(window.prefix, window.context))
             self.warmed += 1
 
 
-def _key(prefix: str, context: list[tuple[str, str]]) -> int:
-    return hash((prefix, tuple(context)))
+def _key(prefix: str, context: tuple[tuple[str, str], ...]) -> int:
+    return hash((prefix, context))

@@ -25,6 +25,7 @@ SPECULATIVE_KEYS = {
     "mean_accepted_length",
     "tokens_per_second",
     "draft_sources",
+    "prompt_seconds",
 }
 
 
@@ -56,6 +57,7 @@ def test_completion_stream_equals_non_stream_and_reports_speculation(oai: openai
     assert whole.choices[0].finish_reason in ("stop", "length")
     extra = whole.model_extra or {}
     assert set(extra["speculative"]) == SPECULATIVE_KEYS
+    assert extra["speculative"]["prompt_seconds"] > 0  # (this prompt is new to the daemon)
 
     chunks = list(oai.completions.create(model="x", prompt="def add(a, b):", max_tokens=40, stream=True))
     assert "".join(c.choices[0].text for c in chunks) == text

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from localspec.errors import ConfigError
@@ -83,23 +85,35 @@ def test_build_prompt_uses_settings() -> None:
     )
 
 
-def test_one_line_suggestions_see_one_line_after_the_cursor_where_prompts_are_measured_slow() -> None:
+def test_suggestions_see_fewer_lines_after_the_cursor_where_prompts_are_measured_slow() -> None:
     at = LINES.index("line5")
     auto = LspSettings.from_options({"lineMode": "single"})
     assert build_prompt(LINES, at, "a.py", auto).suffix == "line5\nline6\nline7\n"
     assert build_prompt(LINES, at, "a.py", auto, slow_prompts=True).suffix == "line5\nline6\n"
     chosen = LspSettings.from_options({"lineMode": "single", "singleLineSuffixLines": 2})
     assert build_prompt(LINES, at, "a.py", chosen, slow_prompts=True).suffix == "line5\nline6\nline7\n"
+    # Blocks too: 16 lines after the cursor's, 4 where prompts are slow.
+    multi = LspSettings.from_options({"lineMode": "multi"})
+    assert build_prompt(LINES, 0, "a.py", multi).suffix == LINES  # (all 10: fewer than 16)
+    assert (
+        build_prompt(LINES, 0, "a.py", multi, slow_prompts=True).suffix
+        == "line0\nline1\nline2\nline3\nline4\n"
+    )
     # The daemon link measures: a CPU's ~20 ms a prompt token is slow, a GPU's fraction of one is not, and
     # suggestions with a few new prompt tokens say nothing (they cost about one pass however many there are).
     link = DaemonLink()
     assert not link.slow_prompts
-    link._note_prompt_cost({"prompt_tokens": 900, "cached_tokens": 897, "time": {"prompt": 0.5}})
+
+    def final(cached: int, seconds: float) -> dict[str, Any]:  # a stream's last chunk, as the daemon sends it
+        usage = {"prompt_tokens": 900, "prompt_tokens_details": {"cached_tokens": cached}}
+        return {"usage": usage, "speculative": {"prompt_seconds": seconds}}
+
+    link._note_prompt_cost(final(897, 0.5))
     assert link.prompt_ms_per_token is None
-    link._note_prompt_cost({"prompt_tokens": 900, "cached_tokens": 880, "time": {"prompt": 0.4}})
+    link._note_prompt_cost(final(880, 0.4))
     assert link.prompt_ms_per_token == pytest.approx(20.0) and link.slow_prompts
     for _ in range(10):
-        link._note_prompt_cost({"prompt_tokens": 900, "cached_tokens": 880, "time": {"prompt": 0.006}})
+        link._note_prompt_cost(final(880, 0.006))
     assert not link.slow_prompts
 
 

@@ -36,6 +36,8 @@ def speculative(result: GenerationResult) -> dict[str, Any]:
         "mean_accepted_length": round(stats.mean_accepted_length, 3),
         "tokens_per_second": round(stats.tokens_per_second, 2),
         "draft_sources": dict(stats.steps_by_source),
+        # Seconds spent evaluating the prompt's uncached tokens (a remote: until its first text arrived).
+        "prompt_seconds": round(stats.t_prompt, 4),
     }
     return {key: None if key in unknown else value for key, value in report.items()}
 

@@ -117,7 +117,7 @@ class PromptLayout:
         """The request's prompt as token ids, and how many tokens were dropped from its start to fit."""
         if isinstance(request.prompt, list):
             tokens = list(request.prompt)
-            if any(not 0 <= t < self.model.n_vocab for t in tokens):
+            if tokens and (min(tokens) < 0 or max(tokens) >= self.model.n_vocab):
                 raise InvalidRequestError(f"Prompt token ids must be in [0, {self.model.n_vocab}).")
         else:
             bos = self.model.special_tokens()["bos"]
