@@ -21,8 +21,8 @@ log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 300.0
 # A suggestion's prompt cost is measured where it evaluated at least this many new tokens (fewer cost about one
-# pass whatever their number, on a GPU). At SLOW_PROMPT_MS_PER_TOKEN or more (a CPU: ~15-25 ms; an H200: < 1 ms),
-# one-line suggestions see one line after the cursor rather than two: docs/BENCHMARKS.md, "Editor latency".
+# pass whatever their number, on a GPU). At SLOW_PROMPT_MS_PER_TOKEN or more (a CPU, not a GPU), suggestions see
+# fewer lines after the cursor (`prompt.suffix_lines`); docs/BENCHMARKS.md, "Editor latency", has the figures.
 MIN_MEASURED_PROMPT_TOKENS = 8
 SLOW_PROMPT_MS_PER_TOKEN = 5.0
 

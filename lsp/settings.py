@@ -30,7 +30,7 @@ class LspSettings(BaseModel):
     # Prompt windows around the cursor: whole lines, then capped in characters.
     prefix_lines: int = Field(default=64, ge=0)
     # Lines after the cursor's line, evaluated anew at every jump. None: 16, or 4 where the daemon's prompt
-    # tokens are measured to be slow (a CPU, where a line costs ~0.2 s at each jump; `lsp/prompt.py`).
+    # tokens are measured to be slow (a CPU, where every line adds to each jump; `lsp/prompt.py`).
     suffix_lines: int | None = Field(default=None, ge=0)
     # The same for a one-line suggestion: None: 2, or 1 where prompts are slow.
     single_line_suffix_lines: int | None = Field(default=None, ge=0)

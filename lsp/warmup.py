@@ -6,8 +6,8 @@ A prompt is the extra context, the file's name, then the prefix window (which st
 before the cursor must be the same text: so each file's extra context is frozen when the file is opened (and
 refreshed at most every CONTEXT_REFRESH_S), rather than changing with every chunk the ring takes in. A refreshed
 context is warmed first and used once every window of the file is warmed with it: until then suggestions keep
-the old one, whose windows the daemon holds (on a CPU a cold prompt costs tens of seconds). Warm-up requests are prefills (`max_tokens: 0`): the daemon runs them when nothing else
-runs and keeps their KV in its prompt cache.
+the old one, whose windows the daemon holds (a cold prompt is slow on a CPU). Warm-up requests are prefills
+(`max_tokens: 0`): the daemon runs them when nothing else runs and keeps their KV in its prompt cache.
 """
 
 from __future__ import annotations
