@@ -56,7 +56,9 @@ class Warmer:
         self._settings = settings
         self._ring_context = ring_context
         self._contexts: dict[str, tuple[float, list[tuple[str, str]]]] = {}  # filename -> (frozen at, extra)
-        self._candidates: dict[str, list[tuple[str, str]]] = {}  # filename -> a newer context being warmed
+        self._candidates: dict[
+            str, tuple[tuple[str, str], ...]
+        ] = {}  # filename -> a newer context being warmed
         self._queue: list[_Window] = []
         self._warmed: dict[str, set[int]] = {}  # uri -> hashes of the windows (with their context) evaluated
         self._task: asyncio.Task[None] | None = None
@@ -95,7 +97,7 @@ class Warmer:
             self._contexts[filename] = (time.monotonic(), new)
         else:
             self._contexts[filename] = (time.monotonic(), current[1])
-            self._candidates[filename] = new
+            self._candidates[filename] = tuple(new)
         self.schedule(uri, filename, text)
 
     def _warming_on(self, text: str) -> bool:
@@ -109,7 +111,7 @@ class Warmer:
         self._queue = [window for window in self._queue if window.uri != uri]
         done = self._warmed.setdefault(uri, set())
         candidate = self._candidates.get(filename)
-        context = tuple(self.context(filename) if candidate is None else candidate)
+        context = tuple(self.context(filename)) if candidate is None else candidate
         for index, prefix in enumerate(warm_windows(text, self._settings())):
             if _key(prefix, context) not in done:
                 self._queue.append(_Window(uri, filename, index, prefix, context))
@@ -119,12 +121,11 @@ class Warmer:
     def _promote_when_warm(self, filename: str) -> None:
         """Use the file's newer context once no window waits to be warmed with it."""
         candidate = self._candidates.get(filename)
-        waiting = [w for w in self._queue if w.filename == filename and list(w.context) == candidate]
-        current = self._current
-        if current is not None and current.filename == filename and list(current.context) == candidate:
-            waiting.append(current)
-        if candidate is not None and not waiting:
-            self._contexts[filename] = (time.monotonic(), self._candidates.pop(filename))
+        if candidate is None:
+            return
+        windows = [*self._queue, *([self._current] if self._current is not None else [])]
+        if not any(w.filename == filename and w.context == candidate for w in windows):
+            self._contexts[filename] = (time.monotonic(), list(self._candidates.pop(filename)))
 
     def _resume(self) -> None:
         if self._queue and (self._task is None or self._task.done()):
