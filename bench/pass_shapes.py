@@ -5,17 +5,23 @@ On a GPU, llama.cpp's CUDA backend replays a captured graph only while consecuti
 
 - how long `decode` takes to return versus until its logits are ready,
 - a pass after passes of the same size ("warm") and after a pass of another size ("cold"),
-- j draft-model tokens alone, a target pass alone, and both queued together (draft while the target verifies).
+- j draft-model tokens alone, a target pass alone, and both queued together (draft while the target verifies),
+- with --after-draft: a target pass right after passes of its size, after draft-model passes, and after the GPU
+  idled as long, with the CUDA graph events llama.cpp logged meanwhile (why a verify pass after drafting is slow).
 
-    python bench/pass_shapes.py TARGET.gguf DRAFT.gguf
+    python bench/pass_shapes.py TARGET.gguf DRAFT.gguf [--after-draft]
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+import llama_cpp
 
 from localspec.engine.engine import Engine, EngineSettings
 from localspec.engine.llama_model import LlamaModel, top_two
@@ -69,11 +75,67 @@ def cold_ms(target: LlamaModel, n: int, other: int) -> float:
     return min(times) * 1000
 
 
+GRAPH_EVENTS = ("warmup complete", "warmup reset", "reused", "disabling")
+_events: list[str] = []
+
+
+@llama_cpp.llama_log_callback
+def _record_graph_events(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    line = text.decode(errors="replace")
+    _events.extend(name for name in GRAPH_EVENTS if name in line)
+
+
+def forget_passes(target: LlamaModel, draft: LlamaModel) -> None:
+    """Wait for the target, then drop both models' KV after the BASE tokens every pass is timed after."""
+    target.synchronize()
+    target.remove_from(0, BASE)
+    draft.remove_from(0, BASE)
+
+
+def after_draft(target: LlamaModel, draft: LlamaModel, n: int, drafts: int = 8, trials: int = 10) -> None:
+    """A target pass of n tokens timed after three passes of its size, then after one such pass followed by
+    `drafts` draft-model tokens, then after one followed by as long an idle GPU; median ms and CUDA graph events."""
+
+    def reset() -> None:
+        forget_passes(target, draft)
+
+    def timed() -> float:
+        started = time.perf_counter()
+        target_pass(target, n)
+        return (time.perf_counter() - started) * 1000
+
+    draft_ms = best_ms(lambda: draft_tokens(draft, drafts), reset) / 1000
+
+    def one_pass() -> None:
+        target_pass(target, n)
+        reset()
+
+    scenarios = {
+        "same size": lambda: [one_pass() for _ in range(3)],
+        f"{drafts} draft tokens": lambda: (one_pass(), draft_tokens(draft, drafts)),
+        "idle as long": lambda: (one_pass(), time.sleep(draft_ms)),
+    }
+    for name, before in scenarios.items():
+        times, events = [], []
+        for _ in range(trials):
+            before()
+            reset()
+            _events.clear()
+            times.append(timed())
+            events.extend(_events)
+            reset()
+        counted = {event: events.count(event) for event in GRAPH_EVENTS if event in events}
+        print(
+            f"target pass n={n} after {name}: median {statistics.median(times):.2f} ms, best {min(times):.2f}; {counted}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("target", type=Path)
     parser.add_argument("draft", type=Path)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--after-draft", action="store_true", help="only the after-draft comparison")
     args = parser.parse_args()
     engine = Engine(
         EngineSettings(
@@ -87,10 +149,14 @@ def main() -> None:
     draft.decode(list(range(100, 100 + BASE)), 0, 0, "none")
 
     def reset() -> None:
-        target.synchronize()
-        target.remove_from(0, BASE)
-        draft.remove_from(0, BASE)
+        forget_passes(target, draft)
 
+    if args.after_draft:
+        llama_cpp.llama_log_set(_record_graph_events, ctypes.c_void_p(0))
+        for n in (1, 9, 17):
+            after_draft(target, draft, n)
+        engine.close()
+        return
     for n in (1, 2, 4, 8):
         returns = best_ms(lambda n=n: target_pass(target, n, wait=False), reset)  # type: ignore[misc]
         ready = best_ms(lambda n=n: target_pass(target, n), reset)  # type: ignore[misc]

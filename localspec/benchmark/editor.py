@@ -613,11 +613,12 @@ def replay_llama_server(
     root: Path,
     options: BenchOptions,
     progress: Progress,
-) -> dict[str, float]:
+    warm: dict[str, float],
+    checkpoint: Callable[[], object],
+) -> None:
     """The recorded cursor states, in order, through llama-server's /infill, each generating as many tokens as
-    localspec did; returns warm-up seconds per line mode (llama.vscode's n_predict=0 request with the chunks of
-    the opened files, before the first move)."""
-    warm: dict[str, float] = {}
+    localspec did. Fills `warm` with the warm-up seconds per line mode (llama.vscode's n_predict=0 request with the
+    chunks of the opened files, before the first move) and calls `checkpoint` after each line mode."""
     replayed = 0
     for line_mode in options.line_modes:
         settings = LspSettings.from_options(lsp_options(line_mode, options.max_tokens))
@@ -644,7 +645,7 @@ def replay_llama_server(
             replayed += 1
             if replayed % 100 == 0:
                 progress(f"llama-server {mode}: {replayed} requests")
-    return warm
+        checkpoint()
 
 
 # ---- statistics and report ---------------------------------------------------------------------------------------
@@ -848,15 +849,15 @@ def run_benchmark(options: BenchOptions, out: Path, console: Any) -> dict[str, A
         client = InfillClient(server, options.max_tokens)
         try:
             info["llama_server_commands"][mode.name] = " ".join(server.command)
-            info["llama_server_warm_up_seconds"][mode.name] = replay_llama_server(
-                client, mode.name, samples, files, root, options, console.print
+            names.append(mode.name)
+            warm: dict[str, float] = {}
+            info["llama_server_warm_up_seconds"][mode.name] = warm
+            replay_llama_server(
+                client, mode.name, samples, files, root, options, console.print, warm, lambda: write(False)
             )
         finally:
             client.close()
             server.close()
-
-        names.append(mode.name)
-        write(False)
 
     result = write(True)
     print_report(result["summary"], names, info, console)

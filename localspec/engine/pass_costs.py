@@ -24,8 +24,9 @@ class PassCosts:
     "capture" (the second in a row: the graph is captured) and "warm" (the third or later: replayed). On a CPU
     they are the same, and the cold price stands for all three until passes of a repeated size are timed. A
     fourth table holds passes right after draft-model passes (a draft-model step's verify pass): on a GPU they
-    cost about a cold pass whatever came before, and are priced apart so they neither pass for nor spoil the
-    target alone's prices.
+    mostly run cold, not because of the draft model's passes (those leave the target's graph alone) but because
+    their size changes from step to step and near-tie settling puts one-token passes between them. They are
+    priced apart so they neither pass for nor spoil the target alone's prices.
     """
 
     def __init__(
