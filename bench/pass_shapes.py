@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -76,11 +77,14 @@ def cold_ms(target: LlamaModel, n: int, other: int) -> float:
 
 
 GRAPH_EVENTS = ("warmup complete", "warmup reset", "reused", "disabling")
+GGML_LOG_LEVEL_ERROR = 4
 _events: list[str] = []
 
 
 @llama_cpp.llama_log_callback
 def _record_graph_events(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    if level == GGML_LOG_LEVEL_ERROR:  # errors still reach stderr, as with the engine's own log filter
+        os.write(2, text)
     line = text.decode(errors="replace")
     _events.extend(name for name in GRAPH_EVENTS if name in line)
 

@@ -17,15 +17,19 @@ import pytest
 
 from localspec.benchmark.editor import (
     SCENARIOS,
+    BenchOptions,
     PlacePicker,
+    Sample,
     _place_stream,
     against_text,
     choose_files,
     find_sources,
     is_place,
     percentile,
+    replay_llama_server,
 )
-from localspec.benchmark.infill_server import server_modes
+from localspec.benchmark.infill_server import InfillClient, server_modes
+from localspec.benchmark.runner import LlamaServer
 from localspec.errors import InvalidRequestError
 
 
@@ -123,6 +127,44 @@ def test_bench_editor_replays_the_same_requests_through_llama_server(
         for mode in ("plain", "cache-reuse"):
             assert row["llama_server"][mode]["p50_ms"] > 0
             assert 0 <= row["llama_server"][mode]["agrees"] <= row["samples"]
+
+
+def test_the_llama_server_replay_checkpoints_after_each_line_mode(
+    tiny_models, llama_cpp_tools: Path, tmp_path: Path
+) -> None:
+    # A long replay (minutes a request on a CPU) that stops later keeps every line mode it finished: the results
+    # are written after each one, not only after a whole server mode.
+    project = tmp_path / "project"
+    project.mkdir()
+    _write_project(project, files=1)
+    path = project / "module_0.py"
+    text = path.read_text()
+    files = [(path, text)]
+    offset = text.index("    total = 0")
+    samples = [
+        Sample(mode, "jump-in-file", path.name, 1, 4, "", 0.1, "", document=text, offset=offset)
+        for mode in ("single", "multi")
+    ]
+    options = BenchOptions(sources=[project], target=tiny_models.target, draft=None, max_tokens=4)
+    server = LlamaServer(
+        llama_cpp_tools / "llama-server", tiny_models.target, server_modes(["plain"], None)[0], 2048, 1, "0",
+        tmp_path / "llama-server.log",
+    )  # fmt: skip
+    client = InfillClient(server, options.max_tokens)
+    warm: dict[str, float] = {}
+    seen: list[tuple[list[str], list[str]]] = []
+
+    def checkpoint() -> None:  # what a results file written now would hold
+        seen.append((sorted(warm), [s.line_mode for s in samples if "plain" in s.llama_server]))
+
+    try:
+        replay_llama_server(
+            client, "plain", samples, files, project, options, lambda _: None, warm, checkpoint
+        )
+    finally:
+        client.close()
+        server.close()
+    assert seen == [(["single"], ["single"]), (["multi", "single"], ["single", "multi"])]
 
 
 def test_a_run_that_fails_midway_keeps_what_it_measured(tiny_models, tmp_path: Path) -> None:
