@@ -33,8 +33,10 @@ from localspec.benchmark.runner import LlamaServer
 from localspec.errors import InvalidRequestError
 
 
-def _write_project(root: Path, files: int = 3, functions: int = 30) -> None:
-    """Python modules of functions with indented bodies (over 200 lines each), plus files the picker skips."""
+def _write_project(root: Path, files: int = 3, functions: int = 30) -> Path:
+    """Fill `root` (made if missing) with Python modules of functions with indented bodies (over 200 lines
+    each), plus files the picker skips; returns it."""
+    root.mkdir(exist_ok=True)
     for index in range(files):
         body = []
         for number in range(functions + index):
@@ -52,6 +54,7 @@ def _write_project(root: Path, files: int = 3, functions: int = 30) -> None:
         skipped.mkdir()
         (skipped / "big.py").write_text("    x = 1\n" * 500)
     (root / "notes.txt").write_text("not source\n" * 500)
+    return root
 
 
 def _bench_editor(home: Path, out: Path, *args: str) -> dict[str, Any]:
@@ -85,9 +88,7 @@ def _check_localspec(result: dict[str, Any]) -> None:
 def test_bench_editor_measures_every_scenario_through_the_language_server(
     tiny_models, tmp_path: Path
 ) -> None:
-    project = tmp_path / "project"
-    project.mkdir()
-    _write_project(project)
+    project = _write_project(tmp_path / "project")
     result = _bench_editor(
         tmp_path / "home",
         tmp_path / "editor.json",
@@ -104,9 +105,7 @@ def test_bench_editor_measures_every_scenario_through_the_language_server(
 def test_bench_editor_replays_the_same_requests_through_llama_server(
     tiny_models, llama_cpp_tools: Path, tmp_path: Path
 ) -> None:
-    project = tmp_path / "project"
-    project.mkdir()
-    _write_project(project, files=2)
+    project = _write_project(tmp_path / "project", files=2)
     result = _bench_editor(
         tmp_path / "home",
         tmp_path / "editor.json",
@@ -134,9 +133,7 @@ def test_the_llama_server_replay_checkpoints_after_each_line_mode(
 ) -> None:
     # A long replay (minutes a request on a CPU) that stops later keeps every line mode it finished: the results
     # are written after each one, not only after a whole server mode.
-    project = tmp_path / "project"
-    project.mkdir()
-    _write_project(project, files=1)
+    project = _write_project(tmp_path / "project", files=1)
     path = project / "module_0.py"
     text = path.read_text()
     files = [(path, text)]
@@ -169,9 +166,7 @@ def test_the_llama_server_replay_checkpoints_after_each_line_mode(
 
 def test_a_run_that_fails_midway_keeps_what_it_measured(tiny_models, tmp_path: Path) -> None:
     # llama-server dies at start here, after localspec was measured: the results so far are in the JSON.
-    project = tmp_path / "project"
-    project.mkdir()
-    _write_project(project, files=2)
+    project = _write_project(tmp_path / "project", files=2)
     broken = tmp_path / "llama-server"
     broken.write_text("#!/bin/sh\necho 'cannot start' >&2\nexit 3\n")
     broken.chmod(0o755)
@@ -264,9 +259,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_ctrl_c_stops_the_language_server_and_the_daemon(tiny_models, tmp_path: Path) -> None:
-    project = tmp_path / "project"
-    project.mkdir()
-    _write_project(project, files=2)
+    project = _write_project(tmp_path / "project", files=2)
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOCALSPEC_")}
     env.update(LOCALSPEC_HOME=str(tmp_path / "home"), PYTHONUNBUFFERED="1")
     process = subprocess.Popen(
