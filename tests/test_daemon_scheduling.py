@@ -156,6 +156,13 @@ def test_infill_preempts_a_running_chat_and_both_finish_correctly(endless: Runni
     assert stats["preemptions"] > preemptions_before
     order = [r["kind"] for r in stats["recent"]][-2:]
     assert order == ["infill", "chat"], "the infill should finish while the chat was still generating"
+    # Each record says where its seconds went: the engine's phases fit in its total, and waiting for the engine,
+    # the prompt cache and the generation fit in the seconds from arrival to the end.
+    for record in stats["recent"][-2:]:
+        split = record["time"]
+        phases = split["prompt"] + split["draft"] + split["verify"] + split["sample"]
+        assert 0 < phases <= split["total"] + 0.001, record
+        assert split["queued"] + split["cache"] + split["total"] <= record["seconds"] + 0.001, record
 
 
 def test_an_infill_between_two_chat_turns_does_not_evict_the_chat_cache(daemon: RunningDaemon) -> None:

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from localspec.engine import CancelToken, EndRule, Engine, EngineSettings, GenerationRequest, SamplingParams
 from localspec.engine.chooser import Plan
 from localspec.engine.compat import check_compatible
+from localspec.engine.engine import TIE_MARGIN_CPU, TIE_MARGIN_GPU
 from localspec.engine.pass_costs import PassCosts
 from localspec.errors import (
     ConfigError,
@@ -439,6 +440,21 @@ def test_near_tie_positions_are_settled_alone(tiny_models) -> None:
         spec = run(engine, PROMPT, "draft", max_tokens=30)
         assert spec.stats.settled_near_ties > 0
         assert spec.token_ids == run(engine, PROMPT, "none", max_tokens=30).token_ids
+    finally:
+        engine.close()
+
+
+def test_the_near_tie_margin_defaults_to_the_device_and_a_setting_wins(tiny_models) -> None:
+    engine = make_engine(tiny_models.target, None, tie_margin=None)
+    try:
+        # A CPU's batched passes part further from its one-token passes than a GPU's: a wider margin.
+        assert engine.tie_margin == (TIE_MARGIN_GPU if engine.target.offloaded else TIE_MARGIN_CPU)
+        assert TIE_MARGIN_GPU < TIE_MARGIN_CPU
+    finally:
+        engine.close()
+    engine = make_engine(tiny_models.target, None, tie_margin=0.2)
+    try:
+        assert engine.tie_margin == 0.2
     finally:
         engine.close()
 

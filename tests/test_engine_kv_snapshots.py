@@ -10,6 +10,7 @@ from test_engine import make_engine
 
 from localspec.engine import Engine, GenerationRequest
 from localspec.engine.kv_snapshots import MIN_SAVED_TOKENS
+from localspec.engine.prefix_cache import sync_sequence
 
 LINES = [f"def function_{i}(value):\n    return value * {i} + {i * 7}\n\n" for i in range(40)]
 TEXT = "".join(LINES)
@@ -57,6 +58,7 @@ def test_returning_to_an_earlier_place_restores_its_kv_and_gives_the_target_alon
     back = infill(engine, TEXT[:1500] + "def ")  # the first place, a few characters typed
     result = engine.complete(back)
     assert engine.snapshots.describe()["restores"] == 1
+    assert result.stats.t_cache > 0  # the copy's restore is timed apart from the prompt
     assert result.stats.cached_tokens >= len(engine.tokenize(TEXT[:1480], parse_special=False))
     assert first.stats.prompt_tokens > result.stats.cached_tokens > elsewhere.stats.cached_tokens
     assert result.text == fresh(reference, back)
@@ -126,3 +128,42 @@ def test_a_slot_whose_tokens_a_copy_already_holds_is_not_copied_again(engine: En
     back = engine.complete(infill(engine, TEXT[:1450], max_tokens=4))  # back: the copy serves it again
     assert engine.snapshots.describe()["restores"] == 1
     assert back.stats.cached_tokens >= len(engine.tokenize(TEXT[:1400], parse_special=False))
+
+
+def test_a_copy_of_more_tokens_replaces_the_copies_it_extends(tiny_models) -> None:
+    engine = make_engine(tiny_models.target, None, n_ctx=2048, slots=1)
+    try:
+        store, slot = engine.snapshots, engine._slots.slots[0]
+        tokens = engine.tokenize(TEXT[:1500], parse_special=False)
+
+        def hold_and_save(length: int) -> None:
+            sync_sequence(engine.target, slot.seq_id, slot.target_tokens, tokens[:length], "none")
+            store.save(slot, engine.target, None)
+
+        for length in (600, 900, len(tokens)):
+            hold_and_save(length)
+        assert len(store) == 1  # each copy extended the one before it, which went
+        assert store.best(tokens)[1] == len(tokens)
+        hold_and_save(700)  # a copy of more is already here
+        hold_and_save(len(tokens))  # and of exactly these
+        assert store.describe()["saves"] == 3 and len(store) == 1
+    finally:
+        engine.close()
+
+
+def test_a_prefill_keeps_its_prompts_ngram_index_with_its_copy_for_the_jump_back(
+    engine: Engine, reference: Engine
+) -> None:
+    warm = infill(engine, TEXT[:1500], max_tokens=0)
+    engine.complete(warm)
+    snapshot, _ = engine.snapshots.best(warm.prompt)
+    assert snapshot is not None and snapshot.ngram_index is not None
+    assert snapshot.ngram_index[0] == warm.prompt  # indexed in the background, by the prefill
+
+    engine.complete(infill(engine, TEXT[900:2400]))  # elsewhere: the slot's KV and index are replaced
+    back = infill(engine, TEXT[:1500] + "def ")
+    result = engine.complete(back)
+    assert engine.snapshots.describe()["restores"] == 1
+    slot = next(s for s in engine._slots.slots if s.key == "editor")
+    assert slot.ngram_index is not None and slot.ngram_index[1] is snapshot.ngram_index[1]  # handed back
+    assert result.text == fresh(reference, back)  # drafting from it changes nothing in the output

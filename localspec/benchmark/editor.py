@@ -74,6 +74,7 @@ QUIET_POLL_S = 0.02
 # What a sample keeps of the daemon's record of a generation.
 DAEMON_FIELDS = (
     "id",
+    "kind",
     "finish_reason",
     "prompt_tokens",
     "cached_tokens",
@@ -81,6 +82,7 @@ DAEMON_FIELDS = (
     "drafted",
     "accepted",
     "seconds",
+    "time",
 )
 WARM_POLL_S = 0.2
 

@@ -49,6 +49,7 @@ class Job:
     id: int = 0
     max_tokens: int = 0
     submitted_at: float = field(default_factory=time.monotonic)
+    admitted_at: float | None = None  # when the engine took it (the time before is spent waiting for a turn)
 
     @property
     def priority(self) -> int:
@@ -235,6 +236,7 @@ class Scheduler:
             if job.slot in busy or len(self._active) >= self._max_active:
                 continue
             self._remove_pending(job)
+            job.admitted_at = time.monotonic()
             try:
                 request = job.prepare(self._engine)
                 request.slot = job.slot
@@ -298,6 +300,7 @@ class Scheduler:
                     "accepted": None if "accepted" in unknown else result.stats.accepted,
                     "started": started,
                     "seconds": round(time.monotonic() - job.submitted_at, 4),
+                    "time": _time_split(job, result),
                 }
             )
         job._post(("done", result))
@@ -316,6 +319,12 @@ class Scheduler:
                     self._engine_stats = stats
             except Exception:  # stats are informative; never let them break serving
                 log.exception("engine.stats() failed")
+
+
+def _time_split(job: Job, result: GenerationResult) -> dict[str, float]:
+    """Where a request's seconds went: waiting for the engine, then the engine's own split (RequestStats)."""
+    queued = (job.admitted_at or time.monotonic()) - job.submitted_at
+    return {"queued": round(queued, 4), **result.stats.time_split()}
 
 
 def _cancelled_result() -> GenerationResult:

@@ -43,9 +43,12 @@ from localspec.errors import ConfigError, InvalidRequestError
 if TYPE_CHECKING:
     from localspec.config import Config
 
-# Greedy positions whose top-2 logit margin in a batched verify pass is below this are re-evaluated alone
-# (batched and one-token passes differ in the last bits: docs/BENCHMARKS.md has the measured spread).
-DEFAULT_TIE_MARGIN = 0.35
+# Greedy positions whose top-2 logit margin in a batched verify pass is below this are re-evaluated alone, so the
+# output stays the target alone's: batched and one-token passes differ in the last bits, by more on a CPU than on
+# a GPU (`bench/batch_numerics.py`; docs/BENCHMARKS.md has the measured spread). On a GPU each re-evaluation also
+# costs the next verify pass its CUDA graph, so the GPU's margin is as small as its measured spread allows.
+TIE_MARGIN_CPU = 0.35
+TIE_MARGIN_GPU = 0.1
 MAX_CHOOSERS = 64
 MAX_LOOKUP_TABLES = 64
 # A prefill (max_tokens=0, e.g. an editor warming the places a user may jump to) runs at the lowest priority, so it
@@ -65,7 +68,7 @@ class EngineSettings:
     mode: SpeculativeMode = "adaptive"
     draft_max: int = DEFAULT_DRAFT_MAX  # a request may ask for less, not more
     draft_p_min: float = DEFAULT_DRAFT_P_MIN
-    tie_margin: float = DEFAULT_TIE_MARGIN
+    tie_margin: float | None = None  # None: TIE_MARGIN_GPU when the target runs on a GPU, else TIE_MARGIN_CPU
     history_tokens: int = DEFAULT_HISTORY_TOKENS  # earlier outputs kept as an n-gram source (0 = none)
     prompt_cache_mb: int = DEFAULT_PROMPT_CACHE_MB  # host memory for saved KV sequences (0 = none)
 
@@ -107,6 +110,8 @@ class Engine:
             )
         ensure_llama_runs()
         self.target = self._load(settings.target_path, "target", settings.target_gpu_layers)
+        default_margin = TIE_MARGIN_GPU if self.target.offloaded else TIE_MARGIN_CPU
+        self.tie_margin = default_margin if settings.tie_margin is None else settings.tie_margin
         self.draft: LlamaModel | None = None
         if settings.draft_path is not None:
             try:
@@ -269,7 +274,9 @@ class Engine:
         chooser = self._chooser(request.slot, mode)
         chooser.start_request()
         try:
+            started = time.perf_counter()
             self.snapshots.prepare(slot, prompt, self.target, self.draft)
+            stats.t_cache = time.perf_counter() - started
             return Generation(
                 request,
                 prompt,
@@ -277,7 +284,7 @@ class Engine:
                 self.draft if mode in ("adaptive", "draft") else None,
                 slot,
                 chooser,
-                self.settings.tie_margin,
+                self.tie_margin,
                 self.settings.draft_p_min,
                 lookups,
                 [self.history.table],
@@ -317,6 +324,7 @@ class Engine:
             "accepted",
             "target_passes",
             "settled_near_ties",
+            "t_cache",
             "t_prompt",
             "t_draft",
             "t_verify",

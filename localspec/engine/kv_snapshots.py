@@ -9,13 +9,15 @@ those positions, so reuse stays exact: only a common prefix is ever reused, as w
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from dataclasses import dataclass
+import itertools
+from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
+from localspec.engine.drafters import NgramTable
 from localspec.engine.llama_model import LlamaModel
-from localspec.engine.prefix_cache import SlotState, common_prefix_length
+from localspec.engine.prefix_cache import SlotState
 
 # Save a slot only when overwriting it would lose at least this many tokens that no copy holds yet (a save copies
 # the whole sequence: on a GPU, re-evaluating a few hundred tokens costs less than copying it out); restore a copy
@@ -23,6 +25,8 @@ from localspec.engine.prefix_cache import SlotState, common_prefix_length
 MIN_SAVED_TOKENS = 64
 MIN_SAVED_TOKENS_GPU = 512
 MIN_RESTORE_GAIN = 16
+# Host memory an n-gram index entry takes (key tuple, record list, dict slot), counted against the store's budget.
+NGRAM_ENTRY_BYTES = 200
 
 
 @dataclass(frozen=True)
@@ -31,10 +35,34 @@ class Snapshot:
     target_state: np.ndarray
     draft_tokens: tuple[int, ...]
     draft_state: np.ndarray | None
+    # The target tokens again as an array: an editor's jump compares its prompt with every copy, and numpy finds
+    # where two token lists part in microseconds where Python takes a fraction of a millisecond per copy.
+    token_array: np.ndarray
+    # The slot's n-gram index when it was copied (a prefill indexes its prompt): a restore hands it back, so the
+    # n-gram drafter of an editor's jump indexes only the few tokens typed since, not thousands.
+    ngram_index: tuple[list[int], NgramTable] | None = None
+    serial: int = field(default_factory=itertools.count().__next__)  # its key in the store
 
-    @property
+    @cached_property
     def nbytes(self) -> int:
-        return self.target_state.nbytes + (self.draft_state.nbytes if self.draft_state is not None else 0)
+        """Host memory it takes, as counted when it was saved (its n-gram index may grow later, shared with a slot)."""
+        index = len(self.ngram_index[1].table) * NGRAM_ENTRY_BYTES if self.ngram_index is not None else 0
+        kv = self.target_state.nbytes + (self.draft_state.nbytes if self.draft_state is not None else 0)
+        return kv + index
+
+
+def _as_array(tokens: list[int] | tuple[int, ...]) -> np.ndarray:
+    return np.asarray(tokens, dtype=np.int64)
+
+
+def _shared_length(a: np.ndarray, b: np.ndarray) -> int:
+    """Length of the common prefix of two token arrays."""
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0
+    differs = a[:n] != b[:n]
+    first = int(differs.argmax())  # the first True, or 0 when none is
+    return first if differs[first] else n
 
 
 class KvSnapshots:
@@ -42,7 +70,9 @@ class KvSnapshots:
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self._entries: OrderedDict[tuple[int, ...], Snapshot] = OrderedDict()
+        # Keyed by serial number, least recently used first. (Not by token tuple: an OrderedDict hashes every key
+        # while iterating, and a tuple of thousands of tokens does not cache its hash.)
+        self._entries: dict[int, Snapshot] = {}
         self.nbytes = 0
         self.saves = 0
         self.restores = 0
@@ -54,8 +84,9 @@ class KvSnapshots:
         """The copy sharing the longest prefix with `prompt`, and that length."""
         best: Snapshot | None = None
         best_length = 0
+        wanted = _as_array(prompt)
         for snapshot in self._entries.values():
-            length = common_prefix_length(list(snapshot.target_tokens), prompt)
+            length = _shared_length(snapshot.token_array, wanted)
             if length > best_length:
                 best, best_length = snapshot, length
         return best, best_length
@@ -65,9 +96,11 @@ class KvSnapshots:
         tokens = tuple(slot.target_tokens)
         if self.max_bytes <= 0 or len(tokens) < MIN_SAVED_TOKENS:
             return
-        for kept in self._entries:
-            if kept[: len(tokens)] == tokens:
-                self._entries.move_to_end(kept)
+        held = _as_array(tokens)
+        shared = {key: _shared_length(kept.token_array, held) for key, kept in self._entries.items()}
+        for key, length in shared.items():
+            if length == len(tokens):  # a copy of these tokens, or of more, is here
+                self._touch(key)
                 return
         draft_state = draft.save_sequence(slot.seq_id) if draft is not None and slot.draft_tokens else None
         snapshot = Snapshot(
@@ -75,18 +108,24 @@ class KvSnapshots:
             target.save_sequence(slot.seq_id),
             tuple(slot.draft_tokens) if draft_state is not None else (),
             draft_state,
+            held,
+            slot.ngram_index,
         )
         if snapshot.nbytes > self.max_bytes:
             return
-        for kept in [kept for kept in self._entries if tokens[: len(kept)] == kept]:  # copies this one covers
-            self._drop(kept)
-        self._entries[tokens] = snapshot
+        covered = [key for key, length in shared.items() if length == len(self._entries[key].token_array)]
+        for key in covered:  # copies of a prefix of this one
+            self._drop(key)
+        self._entries[snapshot.serial] = snapshot
         self.nbytes += snapshot.nbytes
         self.saves += 1
         while self.nbytes > self.max_bytes:
             self._drop(next(iter(self._entries)))
 
-    def _drop(self, key: tuple[int, ...]) -> None:
+    def _touch(self, key: int) -> None:
+        self._entries[key] = self._entries.pop(key)  # now the most recently used
+
+    def _drop(self, key: int) -> None:
         self.nbytes -= self._entries.pop(key).nbytes
 
     def restore(
@@ -98,8 +137,10 @@ class KvSnapshots:
         if draft is not None and snapshot.draft_state is not None:
             draft.restore_sequence(slot.seq_id, snapshot.draft_state)
             slot.draft_tokens[:] = snapshot.draft_tokens
-        if snapshot.target_tokens in self._entries:
-            self._entries.move_to_end(snapshot.target_tokens)
+        if snapshot.ngram_index is not None:
+            slot.ngram_index = snapshot.ngram_index
+        if snapshot.serial in self._entries:
+            self._touch(snapshot.serial)
         self.restores += 1
 
     def clear(self) -> None:
@@ -112,7 +153,7 @@ class KvSnapshots:
         """Before `slot` serves `prompt`: save what it would lose, and restore a copy that shares more."""
         if self.max_bytes <= 0:
             return
-        shared = common_prefix_length(slot.target_tokens, prompt)
+        shared = _shared_length(_as_array(slot.target_tokens), _as_array(prompt))
         snapshot, length = self.best(prompt)
         lost = len(slot.target_tokens) - max(shared, self.best(slot.target_tokens)[1])
         if lost >= (MIN_SAVED_TOKENS_GPU if target.offloaded else MIN_SAVED_TOKENS):

@@ -94,6 +94,7 @@ class RequestStats:
     target_passes: int = 0
     steps_by_source: dict[str, int] = field(default_factory=lambda: {"draft": 0, "ngram": 0, "none": 0})
     settled_near_ties: int = 0  # positions re-decoded alone because the verify margin was tiny
+    t_cache: float = 0.0  # saving and restoring KV copies of the prompt cache, before the prompt is evaluated
     t_prompt: float = 0.0
     t_draft: float = 0.0
     t_verify: float = 0.0
@@ -129,13 +130,18 @@ class RequestStats:
             "steps_by_source": dict(self.steps_by_source),
             "settled_near_ties": self.settled_near_ties,
             "tokens_per_second": round(self.tokens_per_second, 3),
-            "time": {
-                "prompt": round(self.t_prompt, 4),
-                "draft": round(self.t_draft, 4),
-                "verify": round(self.t_verify, 4),
-                "sample": round(self.t_sample, 4),
-                "total": round(self.t_total, 4),
-            },
+            "time": self.time_split(),
+        }
+
+    def time_split(self) -> dict[str, float]:
+        """Seconds by phase: the prompt cache's KV copies, the prompt, drafting, verify passes, sampling, all."""
+        return {
+            "cache": round(self.t_cache, 4),
+            "prompt": round(self.t_prompt, 4),
+            "draft": round(self.t_draft, 4),
+            "verify": round(self.t_verify, 4),
+            "sample": round(self.t_sample, 4),
+            "total": round(self.t_total, 4),
         }
 
 
