@@ -46,16 +46,30 @@ def _lines(text: str) -> list[tuple[int, int]]:
     return lines
 
 
+def _line_span(text: str, line: int) -> tuple[int, int] | None:
+    """(start, content end) of line `line`, or None past the last line. Every request converts a position or two
+    in files of thousands of lines: text with "\n" endings only is split in C, up to that line alone."""
+    if "\r" in text:
+        lines = _lines(text)
+        return lines[line] if line < len(lines) else None
+    parts = text.split("\n", line)
+    if len(parts) <= line:
+        return None
+    start = len(text) - len(parts[-1])
+    end = text.find("\n", start)
+    return start, len(text) if end == -1 else end
+
+
 def offset_at(text: str, position: types.Position, encoding: PositionEncoding = "utf-16") -> int:
     """Offset into `text` for an LSP position.
 
     A line past the end maps to the end of the document; a column past the end of its line maps to
     the line's end; a column inside a surrogate pair (or a UTF-8 sequence) maps to that character's start.
     """
-    lines = _lines(text)
-    if position.line >= len(lines):
+    span = _line_span(text, max(position.line, 0))
+    if span is None:
         return len(text)
-    offset, end = lines[max(position.line, 0)]
+    offset, end = span
     remaining = position.character
     while offset < end and remaining > 0:
         width = _units(text[offset], encoding)
@@ -69,9 +83,14 @@ def offset_at(text: str, position: types.Position, encoding: PositionEncoding = 
 def position_at(text: str, offset: int, encoding: PositionEncoding = "utf-16") -> types.Position:
     """LSP position of an offset into `text` (clamped to the document; inside a CRLF counts as its end)."""
     offset = max(0, min(offset, len(text)))
-    lines = _lines(text)
-    line = bisect.bisect_right([start for start, _ in lines], offset) - 1
-    start, end = lines[line]
+    if "\r" in text:
+        lines = _lines(text)
+        line = bisect.bisect_right([start for start, _ in lines], offset) - 1
+        start, end = lines[line]
+    else:  # "\n" endings only: counted in C
+        line = text.count("\n", 0, offset)
+        start = text.rfind("\n", 0, offset) + 1
+        end = offset
     return types.Position(line=line, character=code_units(text[start : min(offset, end)], encoding))
 
 

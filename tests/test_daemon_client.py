@@ -52,6 +52,27 @@ async def test_async_stream_matches_the_whole_answer(daemon: RunningDaemon) -> N
         assert (await client.infill("a", "b", max_tokens=4))["usage"]["completion_tokens"] >= 1
 
 
+async def test_a_stream_read_to_its_end_leaves_its_connection_open_for_the_next_request(
+    daemon: RunningDaemon,
+) -> None:
+    # An editor streams a suggestion per keystroke: a connection dropped after each would make every request
+    # connect anew. (httpcore's pool is reached through httpx's private transport: no public accessor exists.)
+    async with AsyncDaemonClient() as client:
+        pool = client._http._transport._pool  # type: ignore[attr-defined]
+        for _ in range(2):
+            async with client.stream_infill("x = ", "\n", max_tokens=6) as stream:
+                async for _chunk in stream:
+                    pass
+            assert stream.final is not None
+            assert len(pool.connections) == 1 and pool.connections[0].is_idle()
+    with DaemonClient() as sync_client:
+        with sync_client.stream_infill("x = ", "\n", max_tokens=6) as sync_stream:
+            for _chunk in sync_stream:
+                pass
+        sync_pool = sync_client._http._transport._pool  # type: ignore[attr-defined]
+        assert len(sync_pool.connections) == 1 and sync_pool.connections[0].is_idle()
+
+
 async def test_async_stream_closed_early_cancels_on_the_daemon(daemon: RunningDaemon) -> None:
     async with AsyncDaemonClient() as client:
         async with client.stream_chat(MESSAGES, max_tokens=400, slot="early") as stream:

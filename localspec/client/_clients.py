@@ -62,6 +62,8 @@ class Stream(AbstractContextManager["Stream"]):
                     if chunk is not None:
                         return chunk
                     if self._decoder.done:
+                        for _ in self._lines:  # read to the body's end: the connection stays open for reuse
+                            pass
                         break
         except BaseException:
             self.close()
@@ -123,6 +125,10 @@ class AsyncStream(AbstractAsyncContextManager["AsyncStream"]):
                     if chunk is not None:
                         return chunk
                     if self._decoder.done:
+                        # The body ends here: read it to its end, so the connection serves the next request
+                        # (closed half-read, it would be dropped and the next request would connect anew).
+                        async for _ in lines:
+                            pass
                         break
         except BaseException:
             await self.aclose()
