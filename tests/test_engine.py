@@ -214,6 +214,98 @@ def test_cancel_stops_within_one_step_and_leaves_the_engine_ready(similar_engine
     assert again.token_ids == run(similar_engine, PROMPT, "none", max_tokens=10).token_ids
 
 
+class CancelledMidPass(CancelToken):
+    """A client that cancels while a pass runs: `cancelled` turns true on its `reads`-th read (the step reads it once
+    before its passes, then llama.cpp's abort check reads it between graph nodes)."""
+
+    def __init__(self, reads: int) -> None:
+        super().__init__()
+        self.reads_left = reads
+
+    @property
+    def cancelled(self) -> bool:
+        self.reads_left -= 1
+        return self.reads_left < 0 or super().cancelled
+
+
+@pytest.mark.parametrize("mode", ["none", "draft"])
+def test_a_cancel_during_a_pass_stops_it_there_and_leaves_the_slot_consistent(
+    similar_engine: Engine, mode: str
+) -> None:
+    cancel = CancelledMidPass(reads=3)  # the step's own check, then two graph nodes of the first pass
+    request = GenerationRequest(prompt=PROMPT * 4, max_tokens=40, cancel=cancel, slot="mid", speculative=mode)  # type: ignore[arg-type]
+    generation = similar_engine.generate(request)
+    while generation.step() is not None:
+        pass
+    assert generation.result is not None and generation.result.finish_reason == "cancelled"
+    assert generation.result.token_ids == []  # stopped inside its first pass
+    assert cancel.reads_left < 0  # (it was llama.cpp's check that stopped the pass, not the step's)
+    # The slot's KV holds exactly what it records: the same prompt again gives the target alone's output.
+    again = run(similar_engine, PROMPT * 4, mode, max_tokens=12, slot="mid")
+    assert (
+        again.token_ids == run(similar_engine, PROMPT * 4, "none", max_tokens=12, slot="reference").token_ids
+    )
+
+
+def test_a_cancel_during_a_near_tie_settle_leaves_the_slot_consistent(tiny_models) -> None:
+    engine = make_engine(
+        tiny_models.target, tiny_models.draft_same, tie_margin=1e9
+    )  # every row settles alone
+    try:
+        calls = [0]
+
+        def count() -> bool:
+            calls[0] += 1
+            return False
+
+        engine.target.abort_check = (
+            count  # llama.cpp asks once per graph node: the same number for every pass
+        )
+        engine.target.decode([1], 0, engine._slots.slots[-1].seq_id, "last")
+        engine.target.abort_check = None
+        per_pass = calls[0]
+        # The step's own check, its verify pass, then half-way through the one-token pass settling row 0.
+        cancel = CancelledMidPass(reads=1 + per_pass + per_pass // 2)
+        request = GenerationRequest(
+            prompt=PROMPT, max_tokens=30, cancel=cancel, slot="settle", speculative="draft"
+        )
+        generation = engine.generate(request)
+        while generation.step() is not None:
+            pass
+        assert generation.result is not None and generation.result.finish_reason == "cancelled"
+        assert generation.stats.settled_near_ties == 0  # stopped inside the settle
+        again = run(engine, PROMPT, "draft", max_tokens=12, slot="settle")
+        assert again.token_ids == run(engine, PROMPT, "none", max_tokens=12, slot="reference").token_ids
+    finally:
+        engine.close()
+
+
+def test_a_pass_stopped_by_its_abort_check_leaves_nothing_in_the_kv(
+    similar_engine: Engine, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from localspec.engine.llama_model import DecodeAborted
+
+    target = similar_engine.target
+    seq = similar_engine._slots.slots[-1].seq_id
+    tokens = similar_engine.tokenize(PROMPT * 4, parse_special=False)
+    target.remove_from(seq, 0)
+    target.decode(tokens[:10], 0, seq, "none")
+    target.abort_check = lambda: True
+    try:
+        with pytest.raises(DecodeAborted):
+            target.decode(tokens[10:], 10, seq, "last")
+    finally:
+        target.abort_check = None
+    assert "failed" not in capfd.readouterr().err  # llama.cpp's errors for a stopped pass are not shown
+    target.decode(tokens[10:], 10, seq, "last")  # the positions are free again
+    after_abort = target.logits(1)[0].copy()
+    target.remove_from(seq, 0)
+    target.decode(tokens[:10], 0, seq, "none")  # the same passes, never stopped
+    target.decode(tokens[10:], 10, seq, "last")
+    assert (target.logits(1)[0] == after_abort).all()
+    target.remove_from(seq, 0)
+
+
 def test_prompt_cache_reuses_the_common_prefix(similar_engine: Engine) -> None:
     first = run(similar_engine, PROMPT, "draft", max_tokens=8, slot="cache")
     assert first.stats.cached_tokens == 0 or first.stats.cached_tokens < first.stats.prompt_tokens

@@ -11,6 +11,7 @@ import ctypes
 import gc
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,13 @@ import numpy as np
 from localspec.errors import ContextOverflowError, ModelLoadError
 
 GGUF_MAGIC = b"GGUF"
+_DECODE_ABORTED = 2  # llama_decode's status when its abort callback stopped it
+
+
+class DecodeAborted(Exception):
+    """A decode stopped part-way because `LlamaModel.abort_check` said so; the sequence holds nothing from it."""
+
+
 _backend_lock = threading.Lock()
 _backend_ready = False
 
@@ -32,11 +40,19 @@ def _ensure_backend() -> None:
             _backend_ready = True
 
 
+# Set on a thread while llama.cpp unwinds a pass its abort check stopped: it logs that as errors, which are not.
+_stopping = threading.local()
+
+
 @llama_cpp.llama_log_callback
 def _quiet_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
     # llama.cpp logs every tensor at load time to stderr; keep errors only (the daemon logs its own summary).
-    if level == 4 and os.environ.get("LOCALSPEC_LLAMA_LOG", "error") != "none":  # GGML_LOG_LEVEL_ERROR
+    wanted = level == 4 and os.environ.get("LOCALSPEC_LLAMA_LOG", "error") != "none"  # GGML_LOG_LEVEL_ERROR
+    if wanted and not getattr(_stopping, "now", False):
         os.write(2, text)
+
+
+_AbortCallback = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p)  # ggml_abort_callback
 
 
 def quiet_llama_logs() -> None:
@@ -223,6 +239,13 @@ class LlamaModel:
                 f"llama.cpp could not create a context of {n_ctx_per_seq * n_seq} tokens for the {role} model "
                 f"{path} (out of memory?). Lower engine.n_ctx or engine.slots in the config."
             )
+        # On a CPU one pass can take seconds (a prompt chunk); llama.cpp asks between graph nodes whether to stop,
+        # so a request cancelled meanwhile (an editor's superseded suggestion) frees the engine at once. A GPU's
+        # passes take milliseconds: nothing is asked there.
+        self.abort_check: Callable[[], bool] | None = None
+        self._abort_callback = _AbortCallback(self._should_abort)
+        if not self.offloaded:
+            llama_cpp.llama_set_abort_callback(self._ctx, self._abort_callback, None)
         pool = shared_threadpool(threads)
         self._pool_in_use: threading.Lock | None = None
         if pool is not None:
@@ -346,6 +369,14 @@ class LlamaModel:
             self.pass_streak = self.pass_streak + 1 if size == self.last_pass_size else 1
             self.last_pass_size = size
             status = self._decode_on_pool(batch)
+            stopped, _stopping.now = getattr(_stopping, "now", False), False
+            if status == _DECODE_ABORTED and stopped:
+                self.remove_from(
+                    seq_id, start_pos
+                )  # (chunks decoded before the abort stay in the KV otherwise)
+                raise DecodeAborted(
+                    f"a {self.role} model pass was stopped part-way: its request was cancelled"
+                )
             if status == 1:
                 raise ContextOverflowError(
                     f"The {self.role} model found no free KV slot for {len(chunk)} tokens; the context is full. "
@@ -368,6 +399,13 @@ class LlamaModel:
             return int(llama_cpp.llama_decode(self._ctx, batch))
         finally:
             in_use.release()
+
+    def _should_abort(self, _data: ctypes.c_void_p) -> bool:
+        check = self.abort_check
+        stop = check is not None and check()
+        if stop:
+            _stopping.now = True
+        return stop
 
     def logits(self, rows: int) -> np.ndarray:
         """A (rows, n_vocab) float32 view of the last decode's logits; valid until the next decode."""

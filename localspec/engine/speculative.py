@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 
 from localspec.engine.chooser import AdaptiveChooser, Plan
 from localspec.engine.drafters import DraftModelDrafter, NgramDrafter, NgramTable
-from localspec.engine.llama_model import LlamaModel
+from localspec.engine.llama_model import DecodeAborted, LlamaModel
 from localspec.engine.prefix_cache import SlotState, trim_to_prefix
 from localspec.engine.sampling import TokenPicker
 from localspec.engine.text_stream import TextStream
@@ -105,6 +105,24 @@ class Generation:
             return None
         if self.request.cancel.cancelled:
             return self._final_event(self._finish("cancelled"))
+        # A cancel that arrives during this step's passes stops them where llama.cpp can (on a CPU).
+        models = [self.target, *([self._draft.model] if self._draft is not None else [])]
+        for model in models:
+            model.abort_check = self._cancelled
+        try:
+            return self._step()
+        except DecodeAborted:
+            # (A settle stops after the verify pass wrote rows this step had not committed yet: drop them too.)
+            self.target.remove_from(self.slot.seq_id, len(self._committed))
+            return self._final_event(self._finish("cancelled"))
+        finally:
+            for model in models:
+                model.abort_check = None
+
+    def _cancelled(self) -> bool:
+        return self.request.cancel.cancelled
+
+    def _step(self) -> StepEvent | None:
         remaining = self.request.max_tokens - len(self._output)
         most_drafts = self.request.draft_max if self.request.draft_max is not None else self.chooser.draft_max
         # The prompt's last chunk is evaluated in the first step's pass, which saves a pass per request.
