@@ -371,12 +371,9 @@ class LlamaModel:
             status = self._decode_on_pool(batch)
             stopped, _stopping.now = getattr(_stopping, "now", False), False
             if status == _DECODE_ABORTED and stopped:
-                self.remove_from(
-                    seq_id, start_pos
-                )  # (chunks decoded before the abort stay in the KV otherwise)
-                raise DecodeAborted(
-                    f"a {self.role} model pass was stopped part-way: its request was cancelled"
-                )
+                # Chunks decoded before the stop would stay in the KV: the sequence keeps nothing of this call.
+                self.remove_from(seq_id, start_pos)
+                raise DecodeAborted(f"a {self.role} model pass was stopped: its request was cancelled")
             if status == 1:
                 raise ContextOverflowError(
                     f"The {self.role} model found no free KV slot for {len(chunk)} tokens; the context is full. "

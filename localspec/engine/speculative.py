@@ -296,15 +296,8 @@ class Generation:
             self.stats.t_total = time.perf_counter() - self._started
             self.result = GenerationResult(self._stream.text, list(self._output), "cancelled", self.stats)
         if self.slot.busy:
-            if (
-                self.result.finish_reason == "length"
-                and self.request.max_tokens == 0
-                and self.chooser.mode
-                in (
-                    "adaptive",
-                    "ngram",
-                )
-            ):
+            prefilled = self.result.finish_reason == "length" and self.request.max_tokens == 0
+            if prefilled and self.chooser.mode in ("adaptive", "ngram"):
                 # A prefill prepares a later request: index its prompt now, in the background, so that request's
                 # n-gram drafter starts ready (the prompt cache keeps the index with the KV copy).
                 self._ngram.extend(self._context)
