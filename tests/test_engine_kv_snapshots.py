@@ -149,21 +149,3 @@ def test_a_copy_of_more_tokens_replaces_the_copies_it_extends(tiny_models) -> No
         assert store.describe()["saves"] == 3 and len(store) == 1
     finally:
         engine.close()
-
-
-def test_a_prefill_keeps_its_prompts_ngram_index_with_its_copy_for_the_jump_back(
-    engine: Engine, reference: Engine
-) -> None:
-    warm = infill(engine, TEXT[:1500], max_tokens=0)
-    engine.complete(warm)
-    snapshot, _ = engine.snapshots.best(warm.prompt)
-    assert snapshot is not None and snapshot.ngram_index is not None
-    assert snapshot.ngram_index[0] == warm.prompt  # indexed in the background, by the prefill
-
-    engine.complete(infill(engine, TEXT[900:2400]))  # elsewhere: the slot's KV and index are replaced
-    back = infill(engine, TEXT[:1500] + "def ")
-    result = engine.complete(back)
-    assert engine.snapshots.describe()["restores"] == 1
-    slot = next(s for s in engine._slots.slots if s.key == "editor")
-    assert slot.ngram_index is not None and slot.ngram_index[1] is snapshot.ngram_index[1]  # handed back
-    assert result.text == fresh(reference, back)  # drafting from it changes nothing in the output

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from functools import cached_property
 
 import numpy as np
 
-from localspec.engine.drafters import NgramTable
 from localspec.engine.llama_model import LlamaModel
 from localspec.engine.prefix_cache import SlotState
 
@@ -25,8 +23,6 @@ from localspec.engine.prefix_cache import SlotState
 MIN_SAVED_TOKENS = 64
 MIN_SAVED_TOKENS_GPU = 512
 MIN_RESTORE_GAIN = 16
-# Host memory an n-gram index entry takes (key tuple, record list, dict slot), counted against the store's budget.
-NGRAM_ENTRY_BYTES = 200
 
 
 @dataclass(frozen=True)
@@ -38,17 +34,11 @@ class Snapshot:
     # The target tokens again as an array: an editor's jump compares its prompt with every copy, and numpy finds
     # where two token lists part in microseconds where Python takes a fraction of a millisecond per copy.
     token_array: np.ndarray
-    # The slot's n-gram index when it was copied (a prefill indexes its prompt): a restore hands it back, so the
-    # n-gram drafter of an editor's jump indexes only the few tokens typed since, not thousands.
-    ngram_index: tuple[list[int], NgramTable] | None = None
     serial: int = field(default_factory=itertools.count().__next__)  # its key in the store
 
-    @cached_property
+    @property
     def nbytes(self) -> int:
-        """Host memory it takes, as counted when it was saved (its n-gram index may grow later, shared with a slot)."""
-        index = len(self.ngram_index[1].table) * NGRAM_ENTRY_BYTES if self.ngram_index is not None else 0
-        kv = self.target_state.nbytes + (self.draft_state.nbytes if self.draft_state is not None else 0)
-        return kv + index
+        return self.target_state.nbytes + (self.draft_state.nbytes if self.draft_state is not None else 0)
 
 
 def _as_array(tokens: list[int] | tuple[int, ...]) -> np.ndarray:
@@ -109,7 +99,6 @@ class KvSnapshots:
             tuple(slot.draft_tokens) if draft_state is not None else (),
             draft_state,
             held,
-            slot.ngram_index,
         )
         if snapshot.nbytes > self.max_bytes:
             return
@@ -137,8 +126,6 @@ class KvSnapshots:
         if draft is not None and snapshot.draft_state is not None:
             draft.restore_sequence(slot.seq_id, snapshot.draft_state)
             slot.draft_tokens[:] = snapshot.draft_tokens
-        if snapshot.ngram_index is not None:
-            slot.ngram_index = snapshot.ngram_index
         if snapshot.serial in self._entries:
             self._touch(snapshot.serial)
         self.restores += 1

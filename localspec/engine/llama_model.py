@@ -22,6 +22,7 @@ from localspec.errors import ContextOverflowError, ModelLoadError
 
 GGUF_MAGIC = b"GGUF"
 _DECODE_ABORTED = 2  # llama_decode's status when its abort callback stopped it
+ABORTABLE_PASS = 8  # tokens in a pass from which a cancelled request stops it part-way (see `abort_check`)
 
 
 class DecodeAborted(Exception):
@@ -53,6 +54,7 @@ def _quiet_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
 
 
 _AbortCallback = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p)  # ggml_abort_callback
+_NO_ABORT_CALLBACK = _AbortCallback()  # a NULL callback: llama.cpp asks nothing
 
 
 def quiet_llama_logs() -> None:
@@ -239,13 +241,13 @@ class LlamaModel:
                 f"llama.cpp could not create a context of {n_ctx_per_seq * n_seq} tokens for the {role} model "
                 f"{path} (out of memory?). Lower engine.n_ctx or engine.slots in the config."
             )
-        # On a CPU one pass can take seconds (a prompt chunk); llama.cpp asks between graph nodes whether to stop,
-        # so a request cancelled meanwhile (an editor's superseded suggestion) frees the engine at once. A GPU's
-        # passes take milliseconds: nothing is asked there.
+        # On a CPU a pass over a prompt chunk can take seconds; llama.cpp then asks between graph nodes whether to
+        # stop, so a request cancelled meanwhile (an editor's superseded suggestion) frees the engine at once. Only
+        # passes of ABORTABLE_PASS tokens or more are asked (a one-token pass is short, and the question costs a
+        # Python call per node); a GPU's passes take milliseconds: nothing is asked there.
         self.abort_check: Callable[[], bool] | None = None
         self._abort_callback = _AbortCallback(self._should_abort)
-        if not self.offloaded:
-            llama_cpp.llama_set_abort_callback(self._ctx, self._abort_callback, None)
+        self._abortable = False
         pool = shared_threadpool(threads)
         self._pool_in_use: threading.Lock | None = None
         if pool is not None:
@@ -368,6 +370,9 @@ class LlamaModel:
             size = len(chunk) if n_out == len(chunk) else 0
             self.pass_streak = self.pass_streak + 1 if size == self.last_pass_size else 1
             self.last_pass_size = size
+            self._ask_to_abort(
+                self.abort_check is not None and len(chunk) >= ABORTABLE_PASS and not self.offloaded
+            )
             status = self._decode_on_pool(batch)
             stopped, _stopping.now = getattr(_stopping, "now", False), False
             if status == _DECODE_ABORTED and stopped:
@@ -396,6 +401,13 @@ class LlamaModel:
             return int(llama_cpp.llama_decode(self._ctx, batch))
         finally:
             in_use.release()
+
+    def _ask_to_abort(self, ask: bool) -> None:
+        if ask != self._abortable:
+            llama_cpp.llama_set_abort_callback(
+                self._ctx, self._abort_callback if ask else _NO_ABORT_CALLBACK, None
+            )
+            self._abortable = ask
 
     def _should_abort(self, _data: ctypes.c_void_p) -> bool:
         check = self.abort_check

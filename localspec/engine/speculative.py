@@ -111,9 +111,7 @@ class Generation:
             model.abort_check = self._cancelled
         try:
             return self._step()
-        except DecodeAborted:
-            # (A settle stops after the verify pass wrote rows this step had not committed yet: drop them too.)
-            self.target.remove_from(self.slot.seq_id, len(self._committed))
+        except DecodeAborted:  # (the model dropped what the stopped pass wrote: the slot holds `committed`)
             return self._final_event(self._finish("cancelled"))
         finally:
             for model in models:
@@ -296,11 +294,6 @@ class Generation:
             self.stats.t_total = time.perf_counter() - self._started
             self.result = GenerationResult(self._stream.text, list(self._output), "cancelled", self.stats)
         if self.slot.busy:
-            prefilled = self.result.finish_reason == "length" and self.request.max_tokens == 0
-            if prefilled and self.chooser.mode in ("adaptive", "ngram"):
-                # A prefill prepares a later request: index its prompt now, in the background, so that request's
-                # n-gram drafter starts ready (the prompt cache keeps the index with the KV copy).
-                self._ngram.extend(self._context)
             tokens, table = self._ngram.index()
             if tokens:  # (a request in a mode without n-grams indexes nothing; keep what the slot had)
                 self.slot.ngram_index = (tokens, table)
