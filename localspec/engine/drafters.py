@@ -177,17 +177,14 @@ class NgramDrafter:
         """The context indexed so far and its table, for `resuming` by the slot's next request."""
         return self._tokens, self._context
 
-    def extend(self, context: list[int]) -> None:
-        """Index what `context` holds beyond what is indexed already (a generation's context only grows)."""
-        indexed = max(0, len(self._tokens) - 1)
-        self._tokens.extend(context[len(self._tokens) :])
-        self._context.add(self._tokens, indexed, len(self._tokens) - 1)
-
     def propose(self, context: list[int], k: int) -> list[int]:
         self.match_length = 0
         if k <= 0:
             return []
-        self.extend(context)
+        # A generation's context only grows, so only its new tail needs indexing.
+        indexed = max(0, len(self._tokens) - 1)
+        self._tokens.extend(context[len(self._tokens) :])
+        self._context.add(self._tokens, indexed, len(self._tokens) - 1)
         tail = self._tokens[-self._max_n :]
         drafts: list[int] = []
         while len(drafts) < k:

@@ -27,13 +27,12 @@ MIN_RESTORE_GAIN = 16
 
 @dataclass(frozen=True)
 class Snapshot:
-    target_tokens: tuple[int, ...]
+    # As an array: an editor's jump compares its prompt with every copy, and numpy finds where two token lists
+    # part in microseconds where Python takes a fraction of a millisecond per copy.
+    target_tokens: np.ndarray
     target_state: np.ndarray
     draft_tokens: tuple[int, ...]
     draft_state: np.ndarray | None
-    # The target tokens again as an array: an editor's jump compares its prompt with every copy, and numpy finds
-    # where two token lists part in microseconds where Python takes a fraction of a millisecond per copy.
-    token_array: np.ndarray
     serial: int = field(default_factory=itertools.count().__next__)  # its key in the store
 
     @property
@@ -72,37 +71,37 @@ class KvSnapshots:
 
     def best(self, prompt: list[int]) -> tuple[Snapshot | None, int]:
         """The copy sharing the longest prefix with `prompt`, and that length."""
+        return self._best(_as_array(prompt))
+
+    def _best(self, wanted: np.ndarray) -> tuple[Snapshot | None, int]:
         best: Snapshot | None = None
         best_length = 0
-        wanted = _as_array(prompt)
         for snapshot in self._entries.values():
-            length = _shared_length(snapshot.token_array, wanted)
+            length = _shared_length(snapshot.target_tokens, wanted)
             if length > best_length:
                 best, best_length = snapshot, length
         return best, best_length
 
     def save(self, slot: SlotState, target: LlamaModel, draft: LlamaModel | None) -> None:
         """Copy what `slot` holds, unless a copy of it (or of more) is already here or it does not fit."""
-        tokens = tuple(slot.target_tokens)
-        if self.max_bytes <= 0 or len(tokens) < MIN_SAVED_TOKENS:
+        if self.max_bytes <= 0 or len(slot.target_tokens) < MIN_SAVED_TOKENS:
             return
-        held = _as_array(tokens)
-        shared = {key: _shared_length(kept.token_array, held) for key, kept in self._entries.items()}
+        held = _as_array(slot.target_tokens)
+        shared = {key: _shared_length(kept.target_tokens, held) for key, kept in self._entries.items()}
         for key, length in shared.items():
-            if length == len(tokens):  # a copy of these tokens, or of more, is here
+            if length == len(held):  # a copy of these tokens, or of more, is here
                 self._touch(key)
                 return
         draft_state = draft.save_sequence(slot.seq_id) if draft is not None and slot.draft_tokens else None
         snapshot = Snapshot(
-            tokens,
+            held,
             target.save_sequence(slot.seq_id),
             tuple(slot.draft_tokens) if draft_state is not None else (),
             draft_state,
-            held,
         )
         if snapshot.nbytes > self.max_bytes:
             return
-        covered = [key for key, length in shared.items() if length == len(self._entries[key].token_array)]
+        covered = [key for key, length in shared.items() if length == len(self._entries[key].target_tokens)]
         for key in covered:  # copies of a prefix of this one
             self._drop(key)
         self._entries[snapshot.serial] = snapshot
@@ -122,7 +121,7 @@ class KvSnapshots:
     ) -> None:
         """Make `slot` hold the copy (the draft's part too, when the copy has one)."""
         target.restore_sequence(slot.seq_id, snapshot.target_state)
-        slot.target_tokens[:] = snapshot.target_tokens
+        slot.target_tokens[:] = snapshot.target_tokens.tolist()
         if draft is not None and snapshot.draft_state is not None:
             draft.restore_sequence(slot.seq_id, snapshot.draft_state)
             slot.draft_tokens[:] = snapshot.draft_tokens
@@ -140,9 +139,10 @@ class KvSnapshots:
         """Before `slot` serves `prompt`: save what it would lose, and restore a copy that shares more."""
         if self.max_bytes <= 0:
             return
-        shared = _shared_length(_as_array(slot.target_tokens), _as_array(prompt))
-        snapshot, length = self.best(prompt)
-        lost = len(slot.target_tokens) - max(shared, self.best(slot.target_tokens)[1])
+        held, wanted = _as_array(slot.target_tokens), _as_array(prompt)
+        shared = _shared_length(held, wanted)
+        snapshot, length = self._best(wanted)
+        lost = len(held) - max(shared, self._best(held)[1])
         if lost >= (MIN_SAVED_TOKENS_GPU if target.offloaded else MIN_SAVED_TOKENS):
             self.save(slot, target, draft)
         if snapshot is not None and length >= shared + MIN_RESTORE_GAIN:
