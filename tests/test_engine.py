@@ -1093,3 +1093,109 @@ def test_calibration_times_warm_prices_on_a_gpu_however_long_a_sweep_takes(
         assert set(range(1, 6)) <= costs.measured_sizes()
         assert (costs.describe().count("after two of the same size") == 1) == offloaded
         assert (costs.describe().count("after draft-model passes") == 1) == offloaded
+
+
+def test_drafts_made_ahead_are_the_drafts_the_draft_model_would_make_then(similar_engine: Engine) -> None:
+    # While the target verifies a step's drafts, the draft model drafts on as if the target takes them all and
+    # then picks the draft model's own next token. Where that guess holds, the next step's drafts are already made,
+    # and they are what drafting then would give; where it fails, drafting starts again from the real context.
+    import threading
+
+    from localspec.engine.drafters import DraftModelDrafter
+
+    model = similar_engine.draft
+    assert model is not None
+    context = similar_engine.tokenize(PROMPT, add_bos=True)
+    for seq_id in (1, 2):
+        model.remove_from(seq_id, 0)
+    greedy = DraftModelDrafter(model, 2, [], p_min=0.0).propose(context, 12)  # the draft model's own continuation
+    assert len(greedy) == 12
+    drafter = DraftModelDrafter(model, 1, [], p_min=0.0)
+    assert drafter.propose(context, 3) == greedy[:3]
+    drafter.run_ahead(8, threading.Event())
+    held = [*context, *greedy[:4]]  # all three drafts taken, and the target's next token is the draft model's
+    assert drafter.ready(held) == 7
+    assert drafter.propose(held, 5) == greedy[4:9]
+    assert drafter.drafted_ahead == 5
+    # More drafts than were made ahead: drafting goes on from the chain's end.
+    assert drafter.propose(held, 8) == greedy[4:12]
+    failed = [*context, *greedy[:2], greedy[2] + 1]  # the target rejected the third draft
+    assert drafter.ready(failed) == 0
+    model.remove_from(2, 0)
+    assert drafter.propose(failed, 3) == DraftModelDrafter(model, 2, [], p_min=0.0).propose(failed, 3)
+    # A stopped run drafts nothing more.
+    stop = threading.Event()
+    stop.set()
+    before = list(drafter.cached)
+    drafter.run_ahead(8, stop)
+    assert drafter.cached == before
+    for seq_id in (1, 2):
+        model.remove_from(seq_id, 0)
+
+
+@pytest.mark.parametrize("draft_name", ["draft_same", "draft_similar"])
+def test_drafting_ahead_on_its_own_thread_keeps_the_target_alones_output(tiny_models, draft_name: str) -> None:
+    engine = make_engine(tiny_models.target, getattr(tiny_models, draft_name), draft_ahead=True)
+    try:
+        assert engine.drafts_ahead
+        for prompt in (PROMPT, "class Stack:\n    def push(self, item):", "for i in range(10):\n"):
+            alone = run(engine, prompt, "none", max_tokens=40)
+            for mode in ("draft", "adaptive"):
+                spec = run(engine, prompt, mode, max_tokens=40)
+                assert spec.token_ids == alone.token_ids, (prompt, mode)
+        # How many drafts the draft model makes during a verify pass depends on the two threads' timing (a tiny
+        # target's pass is short); that they are the drafts drafting would give is tested on the drafter above.
+        chained = run(engine, PROMPT, "draft", max_tokens=48, draft_max=3)
+        assert chained.token_ids == run(engine, PROMPT, "none", max_tokens=48).token_ids
+        assert 0 <= chained.stats.drafted_ahead <= chained.stats.drafted
+    finally:
+        engine.close()
+
+
+def test_the_draft_model_drafts_ahead_only_where_both_models_run_on_a_gpu(similar_engine: Engine) -> None:
+    # On a CPU the two models would share the same cores: drafting ahead would only slow the verify pass.
+    assert not (similar_engine.target.offloaded and similar_engine.draft.offloaded)  # type: ignore[union-attr]
+    assert not similar_engine.drafts_ahead
+
+
+def cpu_like_costs() -> PassCosts:
+    """Start-up prices of the default pair's target on this 2-core CPU (ms), timed at the start of a sequence."""
+    costs = PassCosts()
+    for n, ms in ((1, 74.2), (2, 116.0), (4, 135.7), (8, 270.6)):
+        costs.record_verify(n, ms / 1000)
+    return costs
+
+
+def test_a_pass_deep_in_its_sequence_is_priced_for_its_depth() -> None:
+    # Measured on this CPU: 2,000 tokens deep a one-token pass costs 91.7 ms (74.2 at the start), a 2-token one
+    # 155.7 (116.0): each token of a pass also attends over the context before it. An editor's requests run only
+    # one-token passes there; what they teach must price the other sizes at that depth too.
+    costs = cpu_like_costs()
+    for _ in range(20):
+        costs.record_verify(1, 0.0917, warm=True, depth=2000)
+    assert costs.verify(1, warm=True, depth=2000) == pytest.approx(0.0917, rel=0.02)
+    assert costs.verify(1) == pytest.approx(0.0742, rel=0.05)  # the price at a sequence's start stays
+    assert costs.verify(2, depth=2000) == pytest.approx(0.1557, rel=0.06)  # never timed that deep
+    assert costs.verify(2) == pytest.approx(0.116)
+    assert "per token 1,000 tokens deep" in costs.describe()
+    # Shallow passes leave the depth price alone (their extra cost is within a pass's noise).
+    before = costs.per_position
+    costs.record_verify(1, 0.2, depth=100)
+    assert costs.per_position == before
+
+
+def test_drafts_that_pay_at_a_sequences_start_are_refused_deep_in_it() -> None:
+    from localspec.engine.chooser import AdaptiveChooser
+
+    costs = cpu_like_costs()
+    chooser = AdaptiveChooser("adaptive", draft_max=16, has_draft_model=False, costs=costs)
+    for _ in range(30):  # n-gram drafts of one token, right three times in five
+        for accepted in (1, 0, 1, 0, 1):
+            chooser.record("ngram", 1, accepted, 0.116, 2, ngram_match=8)
+        chooser.record("none", 0, 0, 0.0742, 1, warm=True)  # (the periodic re-timing of the target alone)
+    assert chooser.plan(budget=1, ngram_available=1, ngram_match=8).source == "ngram"  # 1.6 tokens for 1.56 passes
+    for _ in range(10):
+        chooser.record("none", 0, 0, 0.0917, 1, warm=True, depth=2000)
+    # 2,000 tokens deep the 2-token pass costs 1.65-1.70 one-token passes: the same drafts lose there.
+    assert chooser.plan(budget=1, ngram_available=1, ngram_match=8, depth=2000).source == "none"
+    assert chooser.plan(budget=1, ngram_available=1, ngram_match=8, depth=10).source == "ngram"

@@ -73,6 +73,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--draft-max", type=int, help="most tokens drafted per step (default: configured)")
     parser.add_argument("--draft-p-min", type=float, help="draft confidence floor (default: configured)")
     parser.add_argument(
+        "--draft-ahead",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="the draft model drafts the next step while the target verifies (default auto: when both run on a GPU)",
+    )
+    parser.add_argument(
         "--tie-margin",
         type=float,
         help="near-tie settling threshold (default: the engine's, 0.1 on a GPU, 0.35 on a CPU)",
@@ -145,6 +151,8 @@ def run(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {"threads": threads, "slots": 1, "mode": "adaptive"}
     if args.tie_margin is not None:
         overrides["tie_margin"] = args.tie_margin
+    if args.draft_ahead != "auto":
+        overrides["draft_ahead"] = args.draft_ahead == "on"
     settings = EngineSettings.from_config(config, target, draft, **overrides)
 
     engine: Engine | None = None
@@ -153,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
         start_up_prices = engine.costs.describe()  # what the chooser plans with before any request (ms)
         console.print(f"measured at start-up: {start_up_prices}")
         prompts = [runner.prompt_tokens(engine, task) for task in tasks]
-        tie_margin = engine.tie_margin
+        tie_margin, draft_ahead = engine.tie_margin, engine.drafts_ahead
         runs = _run_localspec(engine, modes, tasks, prompts, console)
         end_prices = engine.costs.describe()  # the same prices as every measured pass left them
         console.print(f"prices after the runs: {end_prices}")
@@ -200,6 +208,7 @@ def run(args: argparse.Namespace) -> int:
         "draft_p_min": settings.draft_p_min,
         "history_tokens": settings.history_tokens,
         "tie_margin": tie_margin,
+        "draft_ahead": draft_ahead,
         "start_up_prices": start_up_prices,
         "end_prices": end_prices,
         "llama_server_commands": server_commands,

@@ -70,9 +70,9 @@ class AdaptiveChooser:
 
     # ---- planning ---------------------------------------------------------------------------------------------
 
-    def _alone_rate(self) -> float:
+    def _alone_rate(self, depth: int) -> float:
         # In the long run the target alone's one-token passes follow one-token passes: the warm price.
-        return 1.0 / self.costs.verify(1, warm=True)
+        return 1.0 / self.costs.verify(1, warm=True, depth=depth)
 
     def _best_length(
         self,
@@ -86,6 +86,8 @@ class AdaptiveChooser:
         one_off: float = 0.0,
         horizon: float = 1.0,
         after_draft: bool = False,
+        free_drafts: int = 0,
+        depth: int = 0,
     ) -> tuple[int, float, int]:
         """The draft length in 1..limit with the best expected tokens per second, that rate, and the pass size to
         pad to (0: none; the previous pass's size when padding pays, a pass of the same size being warm).
@@ -94,7 +96,8 @@ class AdaptiveChooser:
         one-token passes makes the next one cold, so that is charged too. acceptance: one rate for every position
         instead of `rates`. one_off: seconds paid once before a run of such steps expected to settle `horizon`
         tokens (the draft model's catch-up), of which a step bears its share. after_draft: the pass follows
-        draft-model passes and is priced as such.
+        draft-model passes and is priced as such. free_drafts: drafts already made (the draft model drafted
+        them ahead): only the ones beyond cost per_draft_token. depth: tokens in the sequence before the pass.
         """
         costs = self.costs
         leaving_alone = costs.switch_cost() if previous == 1 else 0.0
@@ -104,15 +107,15 @@ class AdaptiveChooser:
             survive *= acceptance if acceptance is not None else rates.rate(k - 1)
             expected += survive
             share = one_off * min(1.0, expected / horizon)
-            verify = costs.in_sequence(k + 1, previous, streak, after_draft)
-            step = verify + leaving_alone + k * per_draft_token + share
+            verify = costs.in_sequence(k + 1, previous, streak, after_draft, depth)
+            step = verify + leaving_alone + max(0, k - free_drafts) * per_draft_token + share
             rate = expected / step
             if rate > best_rate:
                 best_k, best_rate, best_size = k, rate, 0
         if limit + 1 < previous <= self.draft_max + 1 and limit:
             share = one_off * min(1.0, expected / horizon)
-            verify = costs.in_sequence(previous, previous, streak, after_draft)
-            padded = expected / (verify + limit * per_draft_token + share)
+            verify = costs.in_sequence(previous, previous, streak, after_draft, depth)
+            padded = expected / (verify + max(0, limit - free_drafts) * per_draft_token + share)
             if padded > best_rate:
                 best_k, best_rate, best_size = limit, padded, previous
         return best_k, best_rate, best_size
@@ -126,12 +129,15 @@ class AdaptiveChooser:
         draft_backlog: int = 1,
         remaining: int | None = None,
         streak: int = 2,
+        draft_ready: int = 0,
+        depth: int = 0,
     ) -> Plan:
         """budget: most drafts the request can still use; ngram_available: length of the n-gram proposal;
         ngram_match: length of the match that proposed it; previous: tokens in the target's last pass (0: a
         pass of another kind, such as a prompt); streak: passes in a row of that size; draft_backlog: tokens the
         draft model must read before it can draft (1 while it keeps up); remaining: tokens the request may still
-        generate (None: unknown)."""
+        generate (None: unknown); draft_ready: drafts the draft model has already made for this context; depth:
+        tokens the target's sequence holds before the pass (a deeper pass costs more per token)."""
         budget = min(budget, self.draft_max)
         if budget <= 0 or self.mode == "none":
             return Plan("none", 0)
@@ -141,12 +147,12 @@ class AdaptiveChooser:
             return Plan("ngram", min(budget, ngram_available)) if ngram_available else Plan("none", 0)
         if self._since_tried["none"] >= 2 * PROBE_EVERY:
             return Plan("none", 0)  # now and then, re-time a one-token pass: every plan is compared with it
-        alone = self._alone_rate()
+        alone = self._alone_rate(depth)
         best_rate, plan = alone, Plan("none", 0)
         if ngram_available:
             rates = self.ngram_acceptance[match_class(ngram_match)]
             k, rate, size = self._best_length(
-                rates, limit=min(budget, ngram_available), previous=previous, streak=streak
+                rates, limit=min(budget, ngram_available), previous=previous, streak=streak, depth=depth
             )
             if rate > best_rate:
                 best_rate, plan = rate, Plan("ngram", k, size)
@@ -156,6 +162,7 @@ class AdaptiveChooser:
                     limit=min(budget, ngram_available, 4),
                     previous=previous,
                     streak=streak,
+                    depth=depth,
                 )
                 if hopeful > PROBE_MARGIN * alone:
                     return Plan("ngram", k, size)  # n-gram drafts cost nothing to make: re-probe cheaply
@@ -182,6 +189,8 @@ class AdaptiveChooser:
                     one_off=catch_up,
                     horizon=horizon,
                     after_draft=True,
+                    free_drafts=draft_ready,
+                    depth=depth,
                 )
 
             k, rate, size = drafting(budget)
@@ -203,6 +212,8 @@ class AdaptiveChooser:
         draft_backlog: int = 1,
         remaining: int | None = None,
         streak: int = 2,
+        draft_ready: int = 0,
+        depth: int = 0,
     ) -> tuple[Plan, list[int]]:
         """`plan` with the n-gram proposal, built only as far as the plan needs: propose(k) returns up to k
         n-gram drafts and the length of the match behind the first.
@@ -215,15 +226,19 @@ class AdaptiveChooser:
         depends on the real length: there the whole proposal is built first.) Modes without n-grams propose nothing.
         """
         if self.mode not in ("adaptive", "ngram"):
-            return self.plan(budget, 0, 0, previous, draft_backlog, remaining, streak), []
+            return self.plan(budget, 0, 0, previous, draft_backlog, remaining, streak, draft_ready, depth), []
         lazy = self.mode == "adaptive" and previous <= 2
         drafts, match = propose(min(1, budget) if lazy else max(budget, 0))
         available = budget if lazy and drafts else len(drafts)
-        plan = self.plan(budget, available, match, previous, draft_backlog, remaining, streak)
+        plan = self.plan(
+            budget, available, match, previous, draft_backlog, remaining, streak, draft_ready, depth
+        )
         if lazy and plan.source == "ngram" and plan.k > len(drafts):
             drafts, match = propose(plan.k)
             if len(drafts) < plan.k:
-                plan = self.plan(budget, len(drafts), match, previous, draft_backlog, remaining, streak)
+                plan = self.plan(
+                    budget, len(drafts), match, previous, draft_backlog, remaining, streak, draft_ready, depth
+                )
         return plan, drafts
 
     def _probe_hopes(self, match: str) -> PositionalAcceptance:
@@ -245,13 +260,14 @@ class AdaptiveChooser:
         ngram_match: int = 0,
         warm: bool = False,
         capture: bool = False,
+        depth: int = 0,
     ) -> None:
         """One step's outcome. warm: its pass followed two or more target passes of its size; capture: exactly
         one. A draft-model step's pass follows the draft model's passes, whatever the size before."""
         for name in self._since_tried:
             self._since_tried[name] = 0 if name == source else self._since_tried[name] + 1
         if verify_tokens:
-            self.costs.record_verify(verify_tokens, t_verify, warm, capture, after_draft=source == "draft")
+            self.costs.record_verify(verify_tokens, t_verify, warm, capture, source == "draft", depth)
         if source == "draft":
             self._draft_run += accepted + 1
         else:

@@ -9,11 +9,12 @@
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections import deque
 from collections.abc import Sequence
 
-from localspec.engine.llama_model import LlamaModel, top_two
+from localspec.engine.llama_model import DecodeAborted, LlamaModel, top_two
 from localspec.engine.pass_costs import PassCosts
 from localspec.engine.prefix_cache import (
     catches_up_one_by_one,
@@ -53,39 +54,98 @@ class DraftModelDrafter:
         self._min_margin = (
             math.log(p_min / (1.0 - p_min)) if 0.0 < p_min < 1.0 else (-math.inf if p_min <= 0 else math.inf)
         )
+        # The draft model's greedy pick after `cached`, made but not evaluated yet (None: none, or `_unsure`: the
+        # pick there was below p_min or ended the generation). `cached` plus it is a chain of the draft model's
+        # own choices that a later `propose` reuses where its context follows the chain (see `run_ahead`).
+        self._guess: int | None = None
+        self._unsure = False
+        self.drafted_ahead = 0  # drafts proposed from that chain
 
     def backlog(self, context: list[int]) -> int:
         """Tokens the draft model must read before drafting after `context` (1 while it keeps up)."""
         return len(context) - reusable_prefix(self.cached, context, "last")
 
+    def ready(self, context: list[int]) -> int:
+        """Drafts after `context` the draft model has already made (by `run_ahead`): free to propose."""
+        return len(self._known(context) or ())
+
+    def _known(self, context: list[int]) -> list[int] | None:
+        """The chain's tokens after `context` where the chain starts with `context`, else None."""
+        chain_end = len(self.cached) + (self._guess is not None)
+        if not (self._guess is not None or self._unsure) or not context or chain_end < len(context):
+            return None
+        last = self._guess if len(context) > len(self.cached) else self.cached[len(context) - 1]
+        if last != context[-1] or self.cached[: len(context) - 1] != context[:-1]:
+            return None
+        return [*self.cached[len(context) :], *([self._guess] if self._guess is not None else [])]
+
     def propose(self, context: list[int], k: int) -> list[int]:
         if k <= 0:
             return []
         started = time.perf_counter()
-        missing = len(context) - sync_sequence(
-            self.model, self.seq_id, self.cached, context, "last", self.one_by_one
-        )
-        batched = missing > 1 and not catches_up_one_by_one(self.one_by_one, missing)
-        one_token_passes = 0 if batched else missing
-        if batched:
-            self.model.synchronize()  # (the logits read below would wait for it anyway)
-            if self.costs is not None:
-                self.costs.record_draft_pass(missing, time.perf_counter() - started)
-            started = time.perf_counter()
+        known = self._known(context)
+        self.drafted_ahead += min(k, len(known or ()))
+        if known is not None and (len(known) >= k or self._unsure):
+            return known[:k]
         drafts: list[int] = []
-        while True:
-            token, margin = top_two(self.model.logits(1)[0])
-            if margin < self._min_margin:
+        one_token_passes = 0
+        if known:  # the chain stops short of k: go on from its last pick (evaluated first, as drafting would)
+            drafts = known
+            self._evaluate_guess()
+            one_token_passes = 1
+        else:
+            missing = len(context) - sync_sequence(
+                self.model, self.seq_id, self.cached, context, "last", self.one_by_one
+            )
+            batched = missing > 1 and not catches_up_one_by_one(self.one_by_one, missing)
+            one_token_passes = 0 if batched else missing
+            if batched:
+                self.model.synchronize()  # (the logits read below would wait for it anyway)
+                if self.costs is not None:
+                    self.costs.record_draft_pass(missing, time.perf_counter() - started)
+                started = time.perf_counter()
+        while not self._pick():
+            drafts.append(self._guess)  # type: ignore[arg-type]
+            if len(drafts) >= k or self._unsure:
                 break
-            drafts.append(token)
-            if len(drafts) >= k or self.model.is_end_of_generation(token):
-                break
-            self.model.decode([token], len(self.cached), self.seq_id, "last")
-            self.cached.append(token)
+            self._evaluate_guess()
             one_token_passes += 1
         if self.costs is not None:
             self.costs.record_draft(one_token_passes, time.perf_counter() - started)
         return drafts
+
+    def run_ahead(self, limit: int, stop: threading.Event) -> None:
+        """Go on drafting after the last proposal's drafts, as if the target accepts them all and then picks what
+        the draft model picks, for up to `limit` tokens or until `stop` is set. Runs on another thread while the
+        target verifies the proposal: where the guess holds, the next `propose` finds its drafts made."""
+        if self._unsure or self._guess is None:
+            return
+        try:
+            for _ in range(limit):
+                if stop.is_set() or len(self.cached) + 1 >= self.model.n_ctx_per_seq:
+                    return
+                self._evaluate_guess()
+                if self._pick() or self._unsure:
+                    return
+        except DecodeAborted:  # (its request was cancelled; the draft's KV and `cached` still agree)
+            return
+
+    def _evaluate_guess(self) -> None:
+        token = self._guess
+        assert token is not None
+        self.model.decode([token], len(self.cached), self.seq_id, "last")
+        self.cached.append(token)
+        self._guess = None
+
+    def _pick(self) -> bool:
+        """Pick the draft model's next token after `cached` into `_guess`; True where it is below p_min (then
+        `_guess` is None). An end-of-generation pick is kept but marks the chain's end (`_unsure`)."""
+        token, margin = top_two(self.model.logits(1)[0])
+        self._unsure = margin < self._min_margin
+        self._guess = None if self._unsure else token
+        if self._guess is not None and self.model.is_end_of_generation(token):
+            self._unsure = True  # drafted, but nothing follows it
+        return self._guess is None
 
 
 NGRAM_ORDERS = (2, 3, 4, 6, 8)  # n-gram lengths indexed; the longest match wins

@@ -7,6 +7,7 @@ A library with no knowledge of HTTP, terminals or editors. Not thread-safe: driv
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -69,6 +70,9 @@ class EngineSettings:
     draft_max: int = DEFAULT_DRAFT_MAX  # a request may ask for less, not more
     draft_p_min: float = DEFAULT_DRAFT_P_MIN
     tie_margin: float | None = None  # None: TIE_MARGIN_GPU when the target runs on a GPU, else TIE_MARGIN_CPU
+    # The draft model drafts the next step while the target verifies this one (on a thread of its own). None: where
+    # both models run on a GPU (on a CPU the two would share the same cores).
+    draft_ahead: bool | None = None
     history_tokens: int = DEFAULT_HISTORY_TOKENS  # earlier outputs kept as an n-gram source (0 = none)
     prompt_cache_mb: int = DEFAULT_PROMPT_CACHE_MB  # host memory for saved KV sequences (0 = none)
 
@@ -113,10 +117,15 @@ class Engine:
         default_margin = TIE_MARGIN_GPU if self.target.offloaded else TIE_MARGIN_CPU
         self.tie_margin = default_margin if settings.tie_margin is None else settings.tie_margin
         self.draft: LlamaModel | None = None
+        self._ahead: ThreadPoolExecutor | None = None
         if settings.draft_path is not None:
             try:
                 self.draft = self._load(settings.draft_path, "draft", settings.draft_gpu_layers)
                 ensure_compatible(self.target, self.draft)
+                on_gpus = self.target.offloaded and self.draft.offloaded
+                if settings.draft_ahead if settings.draft_ahead is not None else on_gpus:
+                    self.draft.use_own_threads(1 if on_gpus else self.draft.n_threads)
+                    self._ahead = ThreadPoolExecutor(1, thread_name_prefix="localspec-draft-ahead")
             except Exception:
                 self.close()
                 raise
@@ -291,6 +300,7 @@ class Engine:
                 stats,
                 on_finish=self._record,
                 prefill_chunk=self._prefill_chunk(request),
+                ahead=self._ahead,
             )
         except Exception:
             slot.release()
@@ -322,6 +332,7 @@ class Engine:
             "settled",
             "drafted",
             "accepted",
+            "drafted_ahead",
             "target_passes",
             "settled_near_ties",
             "t_cache",
@@ -340,7 +351,13 @@ class Engine:
         self._slots.reset(self.target, self.draft)
         self.snapshots.clear()
 
+    @property
+    def drafts_ahead(self) -> bool:
+        return self._ahead is not None
+
     def close(self) -> None:
+        if getattr(self, "_ahead", None) is not None:
+            self._ahead.shutdown()  # type: ignore[union-attr]
         if getattr(self, "draft", None) is not None:
             self.draft.close()  # type: ignore[union-attr]
         self.target.close()

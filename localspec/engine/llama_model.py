@@ -225,6 +225,7 @@ class LlamaModel:
         if vocab_only:
             return
         threads = n_threads or default_threads()
+        self.n_threads = threads
         ctx_params = llama_cpp.llama_context_default_params()
         ctx_params.n_ctx = n_ctx_per_seq * n_seq
         ctx_params.n_batch = n_batch
@@ -335,6 +336,17 @@ class LlamaModel:
         return int(llama_cpp.llama_model_n_ctx_train(self._model))
 
     # ---- decoding ---------------------------------------------------------------------------------------------
+
+    def use_own_threads(self, n_threads: int) -> None:
+        """Leave the shared CPU threadpool for `n_threads` threads of this context's own, so this model may decode
+        on another Python thread while the others decode (the draft model drafting ahead, on a GPU)."""
+        if self._pool_in_use is not None:
+            lib = llama_cpp.llama_cpp._lib
+            lib.llama_detach_threadpool.argtypes = [ctypes.c_void_p]
+            lib.llama_detach_threadpool.restype = None
+            lib.llama_detach_threadpool(self.ctx)
+            self._pool_in_use = None
+        llama_cpp.llama_set_n_threads(self.ctx, n_threads, n_threads)
 
     @property
     def ctx(self) -> llama_cpp.llama_context_p:

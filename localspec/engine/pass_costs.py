@@ -11,6 +11,11 @@ from localspec.engine.llama_model import LlamaModel
 FASTER_WEIGHT, SLOWER_WEIGHT = 0.5, 0.1  # weight of a pass timed below / above its size's estimate
 # Sizes of the draft model's batched catch-up passes timed at start-up (larger ones are extrapolated).
 DRAFT_CATCH_UP_SIZES = (4, 16, 64)
+# A pass also attends over the context before it: each of its tokens pays about the same per position of context
+# (start-up times passes at the start of an empty sequence; an editor's prompt sits thousands of tokens deep).
+# Passes this deep or deeper teach that price and only it (at one depth a size's price and the depth's cannot be
+# told apart); shallower ones teach their size's price (their depth's part is within a pass's noise).
+DEPTH_TAUGHT_FROM = 512
 
 
 class PassCosts:
@@ -27,6 +32,9 @@ class PassCosts:
     mostly run cold, not because of the draft model's passes (those leave the target's graph alone) but because
     their size changes from step to step and near-tie settling puts one-token passes between them. They are
     priced apart so they neither pass for nor spoil the target alone's prices.
+
+    The tables hold prices at the start of a sequence; a pass `depth` tokens in costs `per_position` seconds more
+    per token and position (learnt from deep passes), so a size measured only at one depth prices every depth.
     """
 
     def __init__(
@@ -47,10 +55,26 @@ class PassCosts:
         self._draft_token = Ewma(0.0)
         self._draft_passes: dict[int, Ewma] = {}  # the draft model's batched passes (catch-ups), per size
         self.draft_one_by_one = draft_one_by_one
+        self._per_position = Ewma(0.0, weight=0.1)
 
     def record_verify(
-        self, n: int, seconds: float, warm: bool = False, capture: bool = False, after_draft: bool = False
+        self,
+        n: int,
+        seconds: float,
+        warm: bool = False,
+        capture: bool = False,
+        after_draft: bool = False,
+        depth: int = 0,
     ) -> None:
+        """A target pass over n tokens that started `depth` tokens into its sequence took `seconds`."""
+        if depth >= DEPTH_TAUGHT_FROM:
+            sample = max(0.0, (seconds - self._shallow(n, warm, capture, after_draft)) / (n * depth))
+            if self._per_position.samples == 0:  # no prior to blend with
+                self._per_position = Ewma(sample, self._per_position.weight, samples=1)
+            else:
+                self._per_position.add(sample)
+            return
+        seconds = max(seconds - self.depth_cost(n, depth), seconds / 2)
         if after_draft:
             table = self._after_draft
         else:
@@ -92,9 +116,23 @@ class PassCosts:
     def measured_sizes(self) -> set[int]:
         return set(self._cold)
 
-    def verify(self, n: int, warm: bool = False, capture: bool = False, after_draft: bool = False) -> float:
-        """Seconds for a pass over n tokens; warm: after two or more passes of the same size; capture: after
-        exactly one; after_draft: right after draft-model passes."""
+    @property
+    def per_position(self) -> float:
+        """Seconds a pass pays per token for each position of context before it."""
+        return self._per_position.value
+
+    def depth_cost(self, n: int, depth: int) -> float:
+        """What a pass over n tokens `depth` tokens into its sequence costs more than at its start."""
+        return self._per_position.value * n * depth
+
+    def verify(
+        self, n: int, warm: bool = False, capture: bool = False, after_draft: bool = False, depth: int = 0
+    ) -> float:
+        """Seconds for a pass over n tokens `depth` tokens into its sequence; warm: after two or more passes of
+        the same size; capture: after exactly one; after_draft: right after draft-model passes."""
+        return self._shallow(n, warm, capture, after_draft) + self.depth_cost(n, depth)
+
+    def _shallow(self, n: int, warm: bool, capture: bool, after_draft: bool) -> float:
         cold = self._estimate(self._cold, n)
         if after_draft:
             return self._relative_to_cold(self._after_draft, n, cold)
@@ -122,13 +160,13 @@ class PassCosts:
         # (Only the cold pass is charged, not the capture after it: docs/BENCHMARKS.md, "switch cost".)
         return max(0.0, self._estimate(self._cold, 1) - self._warm[1].value)
 
-    def in_sequence(self, n: int, previous: int, streak: int, after_draft: bool = False) -> float:
+    def in_sequence(
+        self, n: int, previous: int, streak: int, after_draft: bool = False, depth: int = 0
+    ) -> float:
         """Seconds for a pass over n tokens after `streak` passes in a row of `previous` tokens (or right after
-        draft-model passes)."""
+        draft-model passes), `depth` tokens into its sequence."""
         same = n == previous
-        return self.verify(
-            n, warm=same and streak >= 2, capture=same and streak == 1, after_draft=after_draft
-        )
+        return self.verify(n, same and streak >= 2, same and streak == 1, after_draft, depth)
 
     def _estimate(self, table: dict[int, Ewma], n: int) -> float:
         if (known := table.get(n)) is not None:
@@ -165,6 +203,8 @@ class PassCosts:
                 + ", ".join(f"{n}: {self.verify(n, after_draft=True) * 1000:.1f}" for n in sizes)
                 + ")"
             )
+        if self._per_position.samples:
+            text += f" (+{self.depth_cost(1, 1000) * 1000:.1f} per token 1,000 tokens deep)"
         text += f"; draft token {self.draft_token() * 1000:.1f}"
         if self._draft_passes:
             text += f", draft catch-up of 64 tokens {self.draft_catch_up(64) * 1000:.1f}"

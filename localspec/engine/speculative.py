@@ -12,8 +12,10 @@ alone (as the target alone would evaluate it) before its token is taken.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future
 
 from localspec.engine.chooser import AdaptiveChooser, Plan
 from localspec.engine.drafters import DraftModelDrafter, NgramDrafter, NgramTable
@@ -49,7 +51,10 @@ class Generation:
         stats: RequestStats,
         on_finish: Callable[[Generation], None] | None = None,
         prefill_chunk: int = 512,
+        ahead: Executor | None = None,
     ) -> None:
+        """ahead: a thread on which the draft model drafts the next step while the target verifies this one
+        (`DraftModelDrafter.run_ahead`), or None."""
         self.request = request
         self.target = target
         self.slot = slot
@@ -89,6 +94,7 @@ class Generation:
         self._context = [*prompt]  # committed + [pending], kept incrementally (drafters read it every step)
         self._pending = prompt[-1]
         self._picker = TokenPicker(target, request.sampling, prompt)
+        self._ahead = ahead if self._draft is not None else None
 
     def __iter__(self) -> Iterator[StepEvent]:
         while (event := self.step()) is not None:
@@ -136,10 +142,10 @@ class Generation:
         budget = min(remaining - 1, room - 1, most_drafts)
         context = self._context
         previous, streak = self.target.last_pass_size, self.target.pass_streak
-        backlog = (
-            self._draft.backlog(context) if self._draft is not None and self.chooser.mode == "adaptive" else 1
-        )
-        plan, ngram = self._plan(context, budget, previous, streak, backlog, remaining)
+        drafter = self._draft if self.chooser.mode == "adaptive" else None
+        backlog = drafter.backlog(context) if drafter is not None else 1
+        ready = drafter.ready(context) if drafter is not None and self._ahead is not None else 0
+        plan, ngram = self._plan(context, budget, previous, streak, backlog, remaining, ready)
         source: DraftSource = plan.source
         started = time.perf_counter()
         if source == "draft" and self._draft is not None:
@@ -155,10 +161,16 @@ class Generation:
         if plan.pass_size > len(tokens) and not fold:  # padded to the previous pass's size (warm on a GPU)
             room_left = self.target.n_ctx_per_seq - len(self._committed)
             tokens += [tokens[-1]] * (min(plan.pass_size, room_left) - len(tokens))
-        n_rows = self.target.decode([*fold, *tokens], len(self._committed), self.slot.seq_id, len(tokens))
-        self._committed.extend(fold)
+        ahead = self._start_ahead(most_drafts + 1) if source == "draft" and drafts else None
+        try:
+            n_rows = self.target.decode([*fold, *tokens], len(self._committed), self.slot.seq_id, len(tokens))
+            self._committed.extend(fold)
+            self.target.synchronize()
+        finally:
+            if ahead is not None:
+                ahead[1].set()
+                ahead[0].result()  # (waits for the draft token in flight, if any)
         base = len(self._committed)
-        self.target.synchronize()
         t_verify = time.perf_counter() - started
 
         started = time.perf_counter()
@@ -194,11 +206,13 @@ class Generation:
             self._ngram.match_length,
             warm=n_rows == previous and streak >= 2,
             capture=n_rows == previous and streak == 1,
+            depth=base,
         )
         t_verify += t_settle
         stats = self.stats
         stats.drafted += len(drafts)
         stats.accepted += accepted
+        stats.drafted_ahead = self._draft.drafted_ahead if self._draft is not None else 0
         stats.target_passes += 1
         stats.steps_by_source[source] += 1
         stats.t_draft += t_draft
@@ -208,6 +222,14 @@ class Generation:
             stats.t_verify += t_verify
         stats.t_sample += t_sample
         return self._emit(settled, len(drafts), accepted, source)
+
+    def _start_ahead(self, limit: int) -> tuple[Future[None], threading.Event] | None:
+        """Let the draft model draft on from this step's drafts while the target verifies them; set the event
+        to stop it."""
+        if self._ahead is None or self._draft is None:
+            return None
+        stop = threading.Event()
+        return self._ahead.submit(self._draft.run_ahead, limit, stop), stop
 
     def _prefill_step(self) -> StepEvent:
         """Evaluate the next chunk of the prompt (no token is settled)."""
@@ -221,14 +243,24 @@ class Generation:
         return StepEvent(text="", tokens=0, drafted=0, accepted=0, source="none")
 
     def _plan(
-        self, context: list[int], budget: int, previous: int, streak: int, backlog: int, remaining: int
+        self,
+        context: list[int],
+        budget: int,
+        previous: int,
+        streak: int,
+        backlog: int,
+        remaining: int,
+        ready: int,
     ) -> tuple[Plan, list[int]]:
         """The chooser's plan and the n-gram proposal it may use."""
 
         def propose(k: int) -> tuple[list[int], int]:
             return self._ngram.propose(context, k), self._ngram.match_length
 
-        return self.chooser.plan_with_ngrams(budget, propose, previous, backlog, remaining, streak)
+        depth = len(self._committed)
+        return self.chooser.plan_with_ngrams(
+            budget, propose, previous, backlog, remaining, streak, ready, depth
+        )
 
     def _settle_alone(self, base: int, drafts: list[int], row: int) -> tuple[int, float, float]:
         """Re-evaluate the input token of `row` in a one-token pass and take the target-alone choice there."""

@@ -91,6 +91,7 @@ class RequestStats:
     settled: int = 0  # tokens the target passes settled, counting a final end-of-generation token
     drafted: int = 0
     accepted: int = 0
+    drafted_ahead: int = 0  # drafts the draft model had made while the target verified the step before
     target_passes: int = 0
     steps_by_source: dict[str, int] = field(default_factory=lambda: {"draft": 0, "ngram": 0, "none": 0})
     settled_near_ties: int = 0  # positions re-decoded alone because the verify margin was tiny
@@ -124,6 +125,7 @@ class RequestStats:
             "tokens": self.tokens,
             "drafted": self.drafted,
             "accepted": self.accepted,
+            "drafted_ahead": self.drafted_ahead,
             "acceptance": round(self.acceptance, 4),
             "target_passes": self.target_passes,
             "mean_accepted_length": round(self.mean_accepted_length, 3),
