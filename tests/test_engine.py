@@ -1108,7 +1108,8 @@ def test_drafts_made_ahead_are_the_drafts_the_draft_model_would_make_then(simila
     context = similar_engine.tokenize(PROMPT, add_bos=True)
     for seq_id in (1, 2):
         model.remove_from(seq_id, 0)
-    greedy = DraftModelDrafter(model, 2, [], p_min=0.0).propose(context, 12)  # the draft model's own continuation
+    # The draft model's own continuation, drafted in one go.
+    greedy = DraftModelDrafter(model, 2, [], p_min=0.0).propose(context, 12)
     assert len(greedy) == 12
     drafter = DraftModelDrafter(model, 1, [], p_min=0.0)
     assert drafter.propose(context, 3) == greedy[:3]
@@ -1134,7 +1135,9 @@ def test_drafts_made_ahead_are_the_drafts_the_draft_model_would_make_then(simila
 
 
 @pytest.mark.parametrize("draft_name", ["draft_same", "draft_similar"])
-def test_drafting_ahead_on_its_own_thread_keeps_the_target_alones_output(tiny_models, draft_name: str) -> None:
+def test_drafting_ahead_on_its_own_thread_keeps_the_target_alones_output(
+    tiny_models, draft_name: str
+) -> None:
     engine = make_engine(tiny_models.target, getattr(tiny_models, draft_name), draft_ahead=True)
     try:
         assert engine.drafts_ahead
@@ -1193,7 +1196,8 @@ def test_drafts_that_pay_at_a_sequences_start_are_refused_deep_in_it() -> None:
         for accepted in (1, 0, 1, 0, 1):
             chooser.record("ngram", 1, accepted, 0.116, 2, ngram_match=8)
         chooser.record("none", 0, 0, 0.0742, 1, warm=True)  # (the periodic re-timing of the target alone)
-    assert chooser.plan(budget=1, ngram_available=1, ngram_match=8).source == "ngram"  # 1.6 tokens for 1.56 passes
+    # 1.6 tokens for the price of 1.56 one-token passes:
+    assert chooser.plan(budget=1, ngram_available=1, ngram_match=8).source == "ngram"
     for _ in range(10):
         chooser.record("none", 0, 0, 0.0917, 1, warm=True, depth=2000)
     # 2,000 tokens deep the 2-token pass costs 1.65-1.70 one-token passes: the same drafts lose there.
