@@ -1,7 +1,8 @@
 """The engine: a target model, an optional draft model, prompt-cache slots, and the speculative loop.
 
 A library with no knowledge of HTTP, terminals or editors. Not thread-safe: drive it from one thread
-(the daemon's scheduler does); `CancelToken.cancel()` is the one call that may come from another thread.
+(the daemon's scheduler does); `CancelToken.cancel()` is the one call that may come from another thread. (On a
+GPU the engine itself runs the draft model on a helper thread during each verify pass: `EngineSettings.draft_ahead`.)
 """
 
 from __future__ import annotations
