@@ -22,6 +22,7 @@ from localspec.errors import ConfigError
 
 DEFAULT_PAIR = "qwen2.5-coder-1.5b+0.5b"
 SPECULATIVE_MODES = ("adaptive", "draft", "ngram", "none")
+DRAFT_AHEAD_CHOICES = ("auto", "on", "off")
 BACKENDS = ("local", "remote")
 REMOTE_KINDS = ("auto", "llama-server", "vllm", "openai")
 # Qwen2.5-Coder's fill-in-the-middle tokens (the default pair's), for remotes without an infill endpoint.
@@ -73,6 +74,9 @@ class Config:
     draft_p_min: float = field(default=DEFAULT_DRAFT_P_MIN, metadata={"section": "speculative"})
     # Tokens of earlier outputs kept (in memory only) as an n-gram draft source for later requests; 0 = off.
     history_tokens: int = field(default=DEFAULT_HISTORY_TOKENS, metadata={"section": "speculative"})
+    # The draft model drafts the next step during each verify pass, on a thread of its own: "auto" = where both
+    # models run on a GPU.
+    draft_ahead: str = field(default="auto", metadata={"section": "speculative"})
     # [server]
     host: str = field(default="127.0.0.1", metadata={"section": "server"})
     port: int = field(default=8717, metadata={"section": "server"})
@@ -97,6 +101,11 @@ class Config:
         if not 0 <= self.history_tokens <= 1_048_576:
             raise ConfigError(
                 f"speculative.history_tokens must be between 0 and 1048576, not {self.history_tokens}."
+            )
+        if self.draft_ahead not in DRAFT_AHEAD_CHOICES:
+            raise ConfigError(
+                f"speculative.draft_ahead must be one of {', '.join(DRAFT_AHEAD_CHOICES)}, not "
+                f"{self.draft_ahead!r}."
             )
         if self.n_ctx < 64:
             raise ConfigError(f"engine.n_ctx must be at least 64, not {self.n_ctx}.")

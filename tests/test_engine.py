@@ -708,6 +708,30 @@ def test_history_can_be_turned_off_from_the_config(tiny_models, localspec_home: 
         load_config()
 
 
+def test_drafting_ahead_is_set_from_the_config(tiny_models, localspec_home: Path, monkeypatch) -> None:
+    from localspec.config import load_config
+    from localspec.errors import ConfigError
+
+    assert load_config().draft_ahead == "auto"
+    monkeypatch.setenv("LOCALSPEC_SPECULATIVE_DRAFT_AHEAD", "on")  # (a CPU would leave it off by itself)
+    engine = Engine(
+        EngineSettings.from_config(
+            load_config(), tiny_models.target, tiny_models.draft_similar, n_ctx=256, slots=1, threads=2
+        )
+    )
+    try:
+        assert engine.drafts_ahead
+        assert (
+            run(engine, PROMPT, "draft", max_tokens=12).token_ids
+            == run(engine, PROMPT, "none", max_tokens=12).token_ids
+        )
+    finally:
+        engine.close()
+    monkeypatch.setenv("LOCALSPEC_SPECULATIVE_DRAFT_AHEAD", "sometimes")
+    with pytest.raises(ConfigError, match="draft_ahead must be one of auto, on, off"):
+        load_config()
+
+
 def test_a_cost_measured_too_high_is_corrected_by_the_next_passes() -> None:
     from localspec.engine.chooser import AdaptiveChooser
     from localspec.engine.pass_costs import PassCosts

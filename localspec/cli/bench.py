@@ -75,8 +75,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--draft-ahead",
         choices=("auto", "on", "off"),
-        default="auto",
-        help="the draft model drafts the next step while the target verifies (default auto: when both run on a GPU)",
+        help="the draft model drafts the next step while the target verifies (default: speculative.draft_ahead, "
+        "auto: where both models run on a GPU)",
     )
     parser.add_argument(
         "--tie-margin",
@@ -151,8 +151,8 @@ def run(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {"threads": threads, "slots": 1, "mode": "adaptive"}
     if args.tie_margin is not None:
         overrides["tie_margin"] = args.tie_margin
-    if args.draft_ahead != "auto":
-        overrides["draft_ahead"] = args.draft_ahead == "on"
+    if args.draft_ahead is not None:
+        overrides["draft_ahead"] = {"on": True, "off": False}.get(args.draft_ahead)
     settings = EngineSettings.from_config(config, target, draft, **overrides)
 
     engine: Engine | None = None

@@ -96,6 +96,7 @@ class EngineSettings:
             "draft_p_min": config.draft_p_min,
             "history_tokens": config.history_tokens,
             "prompt_cache_mb": config.prompt_cache_mb,
+            "draft_ahead": {"on": True, "off": False}.get(config.draft_ahead),  # "auto": None
         }
         return cls(**{**values, **overrides})
 
