@@ -1209,6 +1209,11 @@ def test_a_pass_deep_in_its_sequence_is_priced_for_its_depth() -> None:
     before = costs.per_position
     costs.record_verify(1, 0.2, depth=100)
     assert costs.per_position == before
+    # Where depth is not priced (a GPU), a deep pass is a pass of its size like any other.
+    flat = PassCosts(price_depth=False)
+    flat.record_verify(2, 0.116)
+    flat.record_verify(2, 0.1557, depth=2000)
+    assert flat.per_position == 0 and flat.verify(2, depth=2000) == flat.verify(2) > 0.116
 
 
 def test_drafts_that_pay_at_a_sequences_start_are_refused_deep_in_it() -> None:

@@ -140,6 +140,7 @@ class Engine:
         self.costs = PassCosts(
             draft_ratio=max(0.1, min(1.0, ratio * 1.5)),
             draft_one_by_one=ONE_BY_ONE_CATCH_UP if self.draft is not None and self.draft.offloaded else 1,
+            price_depth=not self.target.offloaded,
         )
         self.calibrated = False
         if calibrate:

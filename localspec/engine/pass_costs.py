@@ -43,9 +43,13 @@ class PassCosts:
         extra_ratio: float = 0.5,
         draft_ratio: float = 0.4,
         draft_one_by_one: int = 1,
+        price_depth: bool = True,
     ) -> None:
         """draft_one_by_one: the draft model catches up this many tokens or fewer in one-token passes (a draft on
-        a GPU: see `drafters.sync_sequence`), more in one batched pass."""
+        a GPU: see `drafters.sync_sequence`), more in one batched pass. price_depth: learn a price per token and
+        position of context, as measured on a CPU (a pass's extra cost there grows with its tokens times its
+        depth). Off where the target runs on a GPU, whose kernels read the context once for all of a pass's
+        tokens (not measured there): passes are then priced by their size alone, deep ones included."""
         self._prior_one, self._prior_extra = one, one * extra_ratio
         self._cold: dict[int, Ewma] = {}
         self._warm: dict[int, Ewma] = {}
@@ -56,6 +60,7 @@ class PassCosts:
         self._draft_passes: dict[int, Ewma] = {}  # the draft model's batched passes (catch-ups), per size
         self.draft_one_by_one = draft_one_by_one
         self._per_position = Ewma(0.0, weight=0.1)
+        self.price_depth = price_depth
 
     def record_verify(
         self,
@@ -67,7 +72,7 @@ class PassCosts:
         depth: int = 0,
     ) -> None:
         """A target pass over n tokens that started `depth` tokens into its sequence took `seconds`."""
-        if depth >= DEPTH_TAUGHT_FROM:
+        if self.price_depth and depth >= DEPTH_TAUGHT_FROM:
             sample = max(0.0, (seconds - self._shallow(n, warm, capture, after_draft)) / (n * depth))
             if self._per_position.samples == 0:  # no prior to blend with
                 self._per_position = Ewma(sample, self._per_position.weight, samples=1)
