@@ -578,7 +578,7 @@ async def measure_localspec(
 ) -> None:
     """All line modes through a fresh language server each (its suggestion cache must not carry over), into
     `samples` and `info`; `checkpoint()` after each."""
-    info.update({"warm_up_seconds": {}, "lsp_stats": {}, "lsp_warnings": {}})
+    info.update({"warm_up_seconds": {}, "lsp_stats": {}, "lsp_warnings": {}, "daemon_prices": {}})
     for line_mode in options.line_modes:
         settings = LspSettings.from_options(lsp_options(line_mode, options.max_tokens))
         editor = Editor(daemon.home, root, settings, line_mode, options.max_tokens)
@@ -589,9 +589,12 @@ async def measure_localspec(
             warm = await wait_warm(editor, daemon, options.warm_timeout, progress)
             progress(f"{line_mode}: warm after {warm:.1f} s")
             info["warm_up_seconds"][line_mode] = round(warm, 3)
+            # The prices the daemon's chooser plans with decide whether suggestions draft (timed at its start).
+            prices = info["daemon_prices"][line_mode] = {"start": daemon.stats()["engine"].get("prices")}
             samples += await run_line_mode(
                 editor, daemon, files, options.jumps, options.seed, line_mode, progress
             )
+            prices["end"] = daemon.stats()["engine"].get("prices")
             stats = await editor.stats()
             info["lsp_stats"][line_mode] = stats.get("suggestions", {})
             info["lsp_warnings"][line_mode] = editor.warnings

@@ -210,6 +210,7 @@ class Engine:
             "cache_hit_tokens": totals.cached_tokens,
             "slots": self._slots.describe(),
             "prompt_cache": self.snapshots.describe(),
+            "prices": self.costs.describe(),  # what the chooser plans with (ms), as start-up and passes left them
         }
 
     # ---- prompts ----------------------------------------------------------------------------------------------
