@@ -16,6 +16,7 @@ DRAFT_CATCH_UP_SIZES = (4, 16, 64)
 # Passes this deep or deeper teach that price and only it (at one depth a size's price and the depth's cannot be
 # told apart); shallower ones teach their size's price (their depth's part is within a pass's noise).
 DEPTH_TAUGHT_FROM = 512
+BEST_OF_THREE_UP_TO = 4  # start-up times passes of up to this many tokens three times (see `calibrate`)
 
 
 class PassCosts:
@@ -247,7 +248,9 @@ def calibrate(
             repeat = False
             break
         for n in sizes:
-            for _ in range(3 if n == 1 else 1):  # the one-token pass is the yardstick of every plan
+            # The one-token pass is the yardstick of every plan, and short passes decide whether short drafts pay:
+            # best of three (a CPU's single timings of them moved by 10-15% from start to start).
+            for _ in range(3 if n <= BEST_OF_THREE_UP_TO else 1):
                 if target.offloaded:  # as in a session: after a one-token pass (or a 2-token one)
                     _timed_pass(target, tokens[: 2 if n == 1 else 1], seq_id)
                 seconds = _timed_pass(target, tokens[:n], seq_id)
