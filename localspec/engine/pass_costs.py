@@ -249,7 +249,7 @@ def calibrate(
             break
         for n in sizes:
             # The one-token pass is the yardstick of every plan, and short passes decide whether short drafts pay:
-            # best of three (a CPU's single timings of them moved by 10-15% from start to start).
+            # best of three (on a CPU a single timing moves enough from start to start to flip such drafts).
             for _ in range(3 if n <= BEST_OF_THREE_UP_TO else 1):
                 if target.offloaded:  # as in a session: after a one-token pass (or a 2-token one)
                     _timed_pass(target, tokens[: 2 if n == 1 else 1], seq_id)
