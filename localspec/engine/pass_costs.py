@@ -73,14 +73,18 @@ class PassCosts:
         depth: int = 0,
     ) -> None:
         """A target pass over n tokens that started `depth` tokens into its sequence took `seconds`."""
-        if self.price_depth and depth >= DEPTH_TAUGHT_FROM:
-            sample = max(0.0, (seconds - self._shallow(n, warm, capture, after_draft)) / (n * depth))
+        shallow = self._shallow(n, warm, capture, after_draft)
+        # A deep pass faster than its size's price at a sequence's start says that price is too high (a start-up
+        # timing caught by other work): it corrects it, as a shallow pass would, and teaches no depth price.
+        if self.price_depth and depth >= DEPTH_TAUGHT_FROM and seconds >= shallow:
+            sample = (seconds - shallow) / (n * depth)
             if self._per_position.samples == 0:  # no prior to blend with
                 self._per_position = Ewma(sample, self._per_position.weight, samples=1)
             else:
                 self._per_position.add(sample)
             return
-        seconds = max(seconds - self.depth_cost(n, depth), seconds / 2)
+        if seconds >= shallow:
+            seconds = max(seconds - self.depth_cost(n, depth), seconds / 2)
         if after_draft:
             table = self._after_draft
         else:
