@@ -33,9 +33,8 @@ class Run:
     target_passes: int
     text: str
     settled: int = 0
-    drafted_ahead: int = (
-        0  # drafts made while the target verified the step before (`DraftModelDrafter.run_ahead`)
-    )
+    # Drafts made while the target verified the step before (`DraftModelDrafter.run_ahead`).
+    drafted_ahead: int = 0
     settled_near_ties: int = 0  # positions re-evaluated alone because a batched pass found a near-tie there
     steps_by_source: dict[str, int] = field(default_factory=dict)
     token_ids: list[int] = field(default_factory=list)

@@ -26,6 +26,13 @@ class Ewma:
         weight = max(self.weight if weight is None else weight, 1.0 / (self.samples + 1))
         self.value += weight * (sample - self.value)
 
+    def measure(self, sample: float) -> None:
+        """`add`, except that a first sample is the estimate as it is: for a value with no prior to blend with."""
+        if self.samples == 0:
+            self.value, self.samples = sample, 1
+        else:
+            self.add(sample)
+
 
 class PositionalAcceptance:
     """Acceptance of the i-th drafted token given that the ones before it were accepted.

@@ -77,11 +77,7 @@ class PassCosts:
         # A deep pass faster than its size's price at a sequence's start says that price is too high (a start-up
         # timing caught by other work): it corrects it, as a shallow pass would, and teaches no depth price.
         if self.price_depth and depth >= DEPTH_TAUGHT_FROM and seconds >= shallow:
-            sample = (seconds - shallow) / (n * depth)
-            if self._per_position.samples == 0:  # no prior to blend with
-                self._per_position = Ewma(sample, self._per_position.weight, samples=1)
-            else:
-                self._per_position.add(sample)
+            self._per_position.measure((seconds - shallow) / (n * depth))
             return
         if seconds >= shallow:
             seconds = max(seconds - self.depth_cost(n, depth), seconds / 2)
@@ -105,10 +101,7 @@ class PassCosts:
     def record_draft(self, tokens: int, seconds: float) -> None:
         if not tokens:
             return
-        if self._draft_token.samples == 0:  # no prior to blend with: the first measurement is the estimate
-            self._draft_token = Ewma(seconds / tokens, samples=1)
-        else:
-            self._draft_token.add(seconds / tokens)
+        self._draft_token.measure(seconds / tokens)
 
     def record_draft_pass(self, n: int, seconds: float) -> None:
         """A batched draft-model pass over n tokens (a catch-up)."""
