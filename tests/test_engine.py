@@ -1240,3 +1240,56 @@ def test_drafts_that_pay_at_a_sequences_start_are_refused_deep_in_it() -> None:
     # 2,000 tokens deep the 2-token pass costs 1.65-1.70 one-token passes: the same drafts lose there.
     assert chooser.plan(budget=1, ngram_available=1, ngram_match=8, depth=2000).source == "none"
     assert chooser.plan(budget=1, ngram_available=1, ngram_match=8, depth=10).source == "ngram"
+
+
+def test_drafting_ahead_goes_on_from_an_unsure_pick_without_offering_it_as_a_draft(
+    similar_engine: Engine,
+) -> None:
+    # Where drafting stopped below the confidence floor, the target's next token is often the draft model's top
+    # pick anyway: the chain goes on from it, and a context that takes that pick finds its drafts made. A context
+    # that stops before it gets only what drafting would have offered.
+    import math
+    import threading
+
+    from localspec.engine.drafters import DraftModelDrafter
+    from localspec.engine.llama_model import top_two
+
+    model = similar_engine.draft
+    assert model is not None
+    context = similar_engine.tokenize(PROMPT, add_bos=True)
+    for seq_id in (1, 2):
+        model.remove_from(seq_id, 0)
+    # The draft model's greedy chain and its top-2 margin at each pick, one token at a time.
+    greedy, margins = [], []
+    model.decode(context, 0, 2, "last")
+    for position in range(len(context), len(context) + 24):
+        token, margin = top_two(model.logits(1)[0])
+        greedy.append(token)
+        margins.append(margin)
+        model.decode([token], position, 2, "last")
+    # A confidence floor that stops drafting at pick j (below every margin before it), where the pick after it is
+    # above the floor again.
+    j = next(i for i in range(1, 23) if margins[i] < min(margins[:i]) and margins[i + 1] > margins[i])
+    floor = (margins[j] + min(*margins[:j], margins[j + 1])) / 2
+    p_min = 1 / (1 + math.exp(-floor))
+    drafter = DraftModelDrafter(model, 1, [], p_min=p_min)
+    first = drafter.propose(context, 24)
+    assert first == greedy[:j]
+    drafter.run_ahead(8, threading.Event())
+    took_the_pick = [*context, *greedy[: j + 1]]
+    assert drafter.ready(took_the_pick) > 0  # (the pick after it was sure)
+
+    def fresh(ctx: list[int]) -> list[int]:
+        model.remove_from(2, 0)
+        return DraftModelDrafter(model, 2, [], p_min=p_min).propose(ctx, 24)
+
+    assert drafter.propose(took_the_pick, 24) == fresh(took_the_pick)
+    if first:  # a settle that kept the first draft: only the drafts before the unsure pick are offered
+        drafter2 = DraftModelDrafter(model, 1, [], p_min=p_min)
+        model.remove_from(1, 0)
+        assert drafter2.propose(context, 24) == first
+        drafter2.run_ahead(8, threading.Event())
+        kept_one = [*context, first[0]]
+        assert drafter2.propose(kept_one, 24) == first[1:] == fresh(kept_one)
+    for seq_id in (1, 2):
+        model.remove_from(seq_id, 0)

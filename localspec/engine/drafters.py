@@ -59,6 +59,11 @@ class DraftModelDrafter:
         # own choices that a later `propose` reuses where its context follows the chain (see `run_ahead`).
         self._guess: int | None = None
         self._unsure = False
+        # Where drafting stopped unsure, `run_ahead` goes on from the draft model's top pick there anyway (the
+        # target's next token is often that pick): its index in the chain, whose tokens from there on a context
+        # not reaching past it must not be offered (drafting would have stopped there).
+        self._top: int | None = None
+        self._unsure_at: int | None = None
         self.drafted_ahead = 0  # drafts proposed from that chain
 
     def backlog(self, context: list[int]) -> int:
@@ -67,25 +72,31 @@ class DraftModelDrafter:
 
     def ready(self, context: list[int]) -> int:
         """Drafts after `context` the draft model has already made (by `run_ahead`): free to propose."""
-        return len(self._known(context) or ())
+        known = self._known(context)
+        return len(known[0]) if known is not None else 0
 
-    def _known(self, context: list[int]) -> list[int] | None:
-        """The chain's tokens after `context` where the chain starts with `context`, else None."""
+    def _known(self, context: list[int]) -> tuple[list[int], bool] | None:
+        """The chain's tokens after `context` where the chain starts with `context` (else None), and whether
+        drafting ends after them (an unsure pick or the end of the generation)."""
         chain_end = len(self.cached) + (self._guess is not None)
         if not (self._guess is not None or self._unsure) or not context or chain_end < len(context):
             return None
         last = self._guess if len(context) > len(self.cached) else self.cached[len(context) - 1]
         if last != context[-1] or self.cached[: len(context) - 1] != context[:-1]:
             return None
-        return [*self.cached[len(context) :], *([self._guess] if self._guess is not None else [])]
+        tokens = [*self.cached[len(context) :], *([self._guess] if self._guess is not None else [])]
+        if self._unsure_at is not None and len(context) <= self._unsure_at:
+            return tokens[: self._unsure_at - len(context)], True
+        return tokens, self._unsure
 
     def propose(self, context: list[int], k: int) -> list[int]:
         if k <= 0:
             return []
         started = time.perf_counter()
-        known = self._known(context)
-        self.drafted_ahead += min(k, len(known or ()))
-        if known is not None and (len(known) >= k or self._unsure):
+        chain = self._known(context)
+        known, ends = chain if chain is not None else ([], False)
+        self.drafted_ahead += min(k, len(known))
+        if chain is not None and (len(known) >= k or ends):
             return known[:k]
         drafts: list[int] = []
         one_token_passes = 0
@@ -94,6 +105,7 @@ class DraftModelDrafter:
             self._evaluate_guess()
             one_token_passes = 1
         else:
+            self._unsure_at = None
             missing = len(context) - sync_sequence(
                 self.model, self.seq_id, self.cached, context, "last", self.one_by_one
             )
@@ -118,6 +130,9 @@ class DraftModelDrafter:
         """Go on drafting after the last proposal's drafts, as if the target accepts them all and then picks what
         the draft model picks, for up to `limit` tokens or until `stop` is set. Runs on another thread while the
         target verifies the proposal: where the guess holds, the next `propose` finds its drafts made."""
+        if self._guess is None and self._unsure and self._top is not None:
+            self._unsure_at = len(self.cached)
+            self._guess, self._unsure = self._top, False
         if self._unsure or self._guess is None:
             return
         try:
@@ -141,6 +156,7 @@ class DraftModelDrafter:
         """Pick the draft model's next token after `cached` into `_guess`; True where it is below p_min (then
         `_guess` is None). An end-of-generation pick is kept but marks the chain's end (`_unsure`)."""
         token, margin = top_two(self.model.logits(1)[0])
+        self._top = None if self.model.is_end_of_generation(token) else token
         self._unsure = margin < self._min_margin
         self._guess = None if self._unsure else token
         if self._guess is not None and self.model.is_end_of_generation(token):
