@@ -1293,3 +1293,64 @@ def test_drafting_ahead_goes_on_from_an_unsure_pick_without_offering_it_as_a_dra
         assert drafter2.propose(kept_one, 24) == first[1:] == fresh(kept_one)
     for seq_id in (1, 2):
         model.remove_from(seq_id, 0)
+
+
+def test_every_proposal_from_the_chain_is_what_drafting_would_give(similar_engine: Engine) -> None:
+    # Steps of every kind in a random order: drafts taken in part or in whole, the target's next token the draft
+    # model's own pick or another, near-ties settled to the draft's token, steps without the draft model. Each
+    # proposal (from the chain drafted ahead, or drafted then) must equal a fresh drafter's for that context.
+    import math
+    import random
+    import threading
+
+    from localspec.engine.drafters import DraftModelDrafter
+    from localspec.engine.llama_model import top_two
+
+    model = similar_engine.draft
+    assert model is not None
+    base = similar_engine.tokenize(PROMPT, add_bos=True)
+
+    def greedy_next(context: list[int]) -> tuple[int, float]:
+        model.remove_from(2, 0)
+        model.decode(context, 0, 2, "last")
+        return top_two(model.logits(1)[0])
+
+    def fresh(context: list[int], k: int) -> list[int]:
+        model.remove_from(2, 0)
+        return DraftModelDrafter(model, 2, [], p_min=p_min).propose(context, k)
+
+    # A confidence floor that stops a third of the greedy chain's picks.
+    chain, margins = list(base), []
+    for _ in range(48):
+        token, margin = greedy_next(chain)
+        chain.append(token)
+        margins.append(margin)
+    p_min = 1 / (1 + math.exp(-sorted(margins)[len(margins) // 3]))
+    wrong = []
+    for seed in range(4):
+        rng = random.Random(seed)
+        model.remove_from(1, 0)
+        drafter = DraftModelDrafter(model, 1, [], p_min=p_min)
+        context = list(base)
+        for _ in range(32):
+            if rng.random() < 0.2:  # a step without the draft model
+                context.append(greedy_next(context)[0] if rng.random() < 0.7 else rng.randrange(50))
+                continue
+            k = rng.choice([1, 2, 4, 8, 16])
+            drafts = drafter.propose(context, k)
+            if drafts != fresh(context, k):
+                wrong.append((seed, len(context), k))
+            if drafts:
+                drafter.run_ahead(17, threading.Event())
+            taken = rng.randint(0, len(drafts))
+            outcome = rng.random()
+            if outcome < 0.5:
+                after = greedy_next([*context, *drafts[:taken]])[0]
+            elif outcome < 0.7 and taken < len(drafts):
+                after = drafts[taken]  # a near-tie settled alone to the draft's own token
+            else:
+                after = rng.randrange(50)
+            context = [*context, *drafts[:taken], after]
+    for seq_id in (1, 2):
+        model.remove_from(seq_id, 0)
+    assert not wrong

@@ -60,10 +60,10 @@ class DraftModelDrafter:
         self._guess: int | None = None
         self._unsure = False
         # Where drafting stopped unsure, `run_ahead` goes on from the draft model's top pick there anyway (the
-        # target's next token is often that pick): its index in the chain, whose tokens from there on a context
-        # not reaching past it must not be offered (drafting would have stopped there).
+        # target's next token is often that pick). `_stops` holds every such place in the chain, in order: a
+        # context short of one is offered the chain's tokens up to it only (drafting would stop there).
         self._top: int | None = None
-        self._unsure_at: int | None = None
+        self._stops: list[int] = []
         self.drafted_ahead = 0  # drafts proposed from that chain
 
     def backlog(self, context: list[int]) -> int:
@@ -85,8 +85,9 @@ class DraftModelDrafter:
         if last != context[-1] or self.cached[: len(context) - 1] != context[:-1]:
             return None
         tokens = [*self.cached[len(context) :], *([self._guess] if self._guess is not None else [])]
-        if self._unsure_at is not None and len(context) <= self._unsure_at:
-            return tokens[: self._unsure_at - len(context)], True
+        stop = next((at for at in self._stops if at >= len(context)), None)
+        if stop is not None:
+            return tokens[: stop - len(context)], True
         return tokens, self._unsure
 
     def propose(self, context: list[int], k: int) -> list[int]:
@@ -105,7 +106,7 @@ class DraftModelDrafter:
             self._evaluate_guess()
             one_token_passes = 1
         else:
-            self._unsure_at = None
+            self._stops.clear()
             missing = len(context) - sync_sequence(
                 self.model, self.seq_id, self.cached, context, "last", self.one_by_one
             )
@@ -131,7 +132,7 @@ class DraftModelDrafter:
         the draft model picks, for up to `limit` tokens or until `stop` is set. Runs on another thread while the
         target verifies the proposal: where the guess holds, the next `propose` finds its drafts made."""
         if self._guess is None and self._unsure and self._top is not None:
-            self._unsure_at = len(self.cached)
+            self._stops.append(len(self.cached))
             self._guess, self._unsure = self._top, False
         if self._unsure or self._guess is None:
             return
