@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from localspec.engine.estimates import MATCH_CLASSES, POSITIONS, Ewma, PositionalAcceptance, match_class
 from localspec.engine.pass_costs import PassCosts
@@ -125,6 +126,7 @@ class AdaptiveChooser:
         budget: int,
         ngram_available: int,
         ngram_match: int = 0,
+        *,
         previous: int = 0,
         draft_backlog: int = 1,
         remaining: int | None = None,
@@ -208,6 +210,7 @@ class AdaptiveChooser:
         self,
         budget: int,
         propose: Callable[[int], tuple[list[int], int]],
+        *,
         previous: int = 0,
         draft_backlog: int = 1,
         remaining: int | None = None,
@@ -225,20 +228,25 @@ class AdaptiveChooser:
         choose from. (After a pass of more than two tokens a plan may pad a short draft up to that size, which
         depends on the real length: there the whole proposal is built first.) Modes without n-grams propose nothing.
         """
+        plan_here = partial(
+            self.plan,
+            previous=previous,
+            draft_backlog=draft_backlog,
+            remaining=remaining,
+            streak=streak,
+            draft_ready=draft_ready,
+            depth=depth,
+        )
         if self.mode not in ("adaptive", "ngram"):
-            return self.plan(budget, 0, 0, previous, draft_backlog, remaining, streak, draft_ready, depth), []
+            return plan_here(budget, 0, 0), []
         lazy = self.mode == "adaptive" and previous <= 2
         drafts, match = propose(min(1, budget) if lazy else max(budget, 0))
         available = budget if lazy and drafts else len(drafts)
-        plan = self.plan(
-            budget, available, match, previous, draft_backlog, remaining, streak, draft_ready, depth
-        )
+        plan = plan_here(budget, available, match)
         if lazy and plan.source == "ngram" and plan.k > len(drafts):
             drafts, match = propose(plan.k)
             if len(drafts) < plan.k:
-                plan = self.plan(
-                    budget, len(drafts), match, previous, draft_backlog, remaining, streak, draft_ready, depth
-                )
+                plan = plan_here(budget, len(drafts), match)
         return plan, drafts
 
     def _probe_hopes(self, match: str) -> PositionalAcceptance:

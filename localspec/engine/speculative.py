@@ -259,7 +259,14 @@ class Generation:
 
         depth = len(self._committed)
         return self.chooser.plan_with_ngrams(
-            budget, propose, previous, backlog, remaining, streak, ready, depth
+            budget,
+            propose,
+            previous=previous,
+            draft_backlog=backlog,
+            remaining=remaining,
+            streak=streak,
+            draft_ready=ready,
+            depth=depth,
         )
 
     def _settle_alone(self, base: int, drafts: list[int], row: int) -> tuple[int, float, float]:
