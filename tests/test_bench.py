@@ -328,10 +328,20 @@ def test_bench_takes_engine_settings_from_the_config_and_its_flags_override_them
         home, tmp_path / "results",
         "--target", str(tiny_models.target), "--draft", str(tiny_models.draft_similar),
         "--workloads", "humaneval", "--prompts", "1", "--modes", "draft", "--draft-p-min", "0.25",
+        "--trace-steps",
     )  # fmt: skip
     meta = run.result["meta"]
     assert (meta["draft_max"], meta["history_tokens"]) == (5, 0)  # config.toml's [speculative]
     assert (meta["n_ctx"], meta["draft_p_min"]) == (2048, 0.25)  # flags (--n-ctx 2048) win over the config
+    # --trace-steps: every run keeps its steps, which add up to the run's figures.
+    for one in run.result["runs"]:
+        steps = one["steps"]
+        assert len(steps) == one["target_passes"]
+        assert sum(step["drafted"] for step in steps) == one["drafted"]
+        assert sum(step["accepted"] for step in steps) == one["accepted"]
+        assert all(step["source"] == ("draft" if one["mode"] == "draft" else "none") for step in steps)
+        assert all(step["drafted"] <= 5 and step["verify_ms"] > 0 for step in steps)
+        assert all(step["pass_tokens"] >= step["drafted"] + 1 for step in steps)
 
 
 def test_a_bench_with_nothing_to_run_says_what_to_give(

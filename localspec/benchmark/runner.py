@@ -42,11 +42,14 @@ class Run:
     margins: list[float] = field(default_factory=list)
     identical: bool | None = None  # vs the same system's target-alone output
     divergence: dict[str, Any] | None = None
+    steps: list[dict[str, Any]] = field(default_factory=list)  # `StepRecord`s, with `bench --trace-steps`
 
     def as_json(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("margins")
         data.pop("token_ids")
+        if not self.steps:
+            data.pop("steps")
         return data
 
 
@@ -59,7 +62,12 @@ def prompt_tokens(engine: Engine, task: Task) -> list[int]:
 
 
 def run_localspec(
-    engine: Engine, task: Task, tokens: list[int], mode: str, record_margins: bool = False
+    engine: Engine,
+    task: Task,
+    tokens: list[int],
+    mode: str,
+    record_margins: bool = False,
+    record_steps: bool = False,
 ) -> Run:
     engine.reset_cache()  # every run pays for its prompt alike; decode speed is what is compared
     result = engine.complete(
@@ -69,6 +77,7 @@ def run_localspec(
             speculative=mode,  # type: ignore[arg-type]
             slot="bench",
             record_margins=record_margins,
+            record_steps=record_steps,
         )
     )
     stats = result.stats
@@ -90,6 +99,7 @@ def run_localspec(
         steps_by_source=dict(stats.steps_by_source),
         time_split={"draft": stats.t_draft, "verify": stats.t_verify, "sample": stats.t_sample},
         margins=stats.margins,
+        steps=[asdict(step) for step in stats.steps],
     )
 
 

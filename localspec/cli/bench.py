@@ -79,6 +79,12 @@ def register(subparsers: Any) -> None:
         "auto: where both models run on a GPU)",
     )
     parser.add_argument(
+        "--trace-steps",
+        action="store_true",
+        help="keep every step of localspec's runs in the JSON: draft source, drafts, accepted, drafts ready, "
+        "pass size, ms",
+    )
+    parser.add_argument(
         "--tie-margin",
         type=float,
         help="near-tie settling threshold (default: the engine's, 0.1 on a GPU, 0.35 on a CPU)",
@@ -162,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"measured at start-up: {start_up_prices}")
         prompts = [runner.prompt_tokens(engine, task) for task in tasks]
         tie_margin, draft_ahead = engine.tie_margin, engine.drafts_ahead
-        runs = _run_localspec(engine, modes, tasks, prompts, console)
+        runs = _run_localspec(engine, modes, tasks, prompts, console, args.trace_steps)
         end_prices = engine.costs.describe()  # the same prices as every measured pass left them
         console.print(f"prices after the runs: {end_prices}")
     finally:
@@ -246,7 +252,12 @@ def _scaled_target(source: Path, scale: Scale, folder: Path | None, console: Con
 
 
 def _run_localspec(
-    engine: Engine, modes: list[str], tasks: list[Task], prompts: list[list[int]], console: Console
+    engine: Engine,
+    modes: list[str],
+    tasks: list[Task],
+    prompts: list[list[int]],
+    console: Console,
+    trace_steps: bool = False,
 ) -> list[Run]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -271,7 +282,7 @@ def _run_localspec(
             for mode in modes:
                 progress.update(bar, description=f"localspec {mode:<8} {task.workload} {task.task_id}")
                 engine.history = histories[mode]
-                result = runner.run_localspec(engine, task, tokens, mode)
+                result = runner.run_localspec(engine, task, tokens, mode, record_steps=trace_steps)
                 if mode == "none":
                     reference = result
                 elif reference is not None:

@@ -30,6 +30,7 @@ from localspec.engine.types import (
     GenerationResult,
     RequestStats,
     StepEvent,
+    StepRecord,
 )
 
 
@@ -147,6 +148,7 @@ class Generation:
         ready = drafter.ready(context) if drafter is not None and self._ahead is not None else 0
         plan, ngram = self._plan(context, budget, previous, streak, backlog, remaining, ready)
         source: DraftSource = plan.source
+        ahead_before = self._draft.drafted_ahead if self._draft is not None else 0
         started = time.perf_counter()
         if source == "draft" and self._draft is not None:
             drafts = self._draft.propose(context, plan.k)
@@ -213,6 +215,18 @@ class Generation:
         stats.drafted += len(drafts)
         stats.accepted += accepted
         stats.drafted_ahead = self._draft.drafted_ahead if self._draft is not None else 0
+        if self.request.record_steps:
+            stats.steps.append(
+                StepRecord(
+                    source,
+                    len(drafts),
+                    accepted,
+                    stats.drafted_ahead - ahead_before,
+                    len(fold) + len(tokens),
+                    round(t_draft * 1000, 3),
+                    round(t_verify * 1000, 3),
+                )
+            )
         stats.target_passes += 1
         stats.steps_by_source[source] += 1
         stats.t_draft += t_draft

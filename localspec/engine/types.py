@@ -66,6 +66,8 @@ class GenerationRequest:
     truncate_prompt: bool = False
     # Keep the target's top-2 logit margin for every settled token (benchmarks use it to explain divergences).
     record_margins: bool = False
+    # Keep a `StepRecord` for every step (benchmarks use them to see what the adaptive chooser did).
+    record_steps: bool = False
     cancel: CancelToken = field(default_factory=CancelToken)
 
 
@@ -80,6 +82,20 @@ class StepEvent:
     source: DraftSource
     # How many leading characters of `text` came from accepted draft tokens (the rest the target produced).
     drafted_chars: int = 0
+
+
+@dataclass
+class StepRecord:
+    """One speculative step: where its drafts came from, what became of them, and what its target pass cost."""
+
+    source: DraftSource
+    drafted: int
+    accepted: int
+    ready: int  # drafts the draft model had made while the target verified the step before
+    # Tokens in the target's pass: drafts + 1, more where padded or where the prompt's end was folded in.
+    pass_tokens: int
+    draft_ms: float
+    verify_ms: float
 
 
 @dataclass
@@ -102,6 +118,7 @@ class RequestStats:
     t_sample: float = 0.0
     t_total: float = 0.0
     margins: list[float] = field(default_factory=list)  # only with GenerationRequest.record_margins
+    steps: list[StepRecord] = field(default_factory=list)  # only with GenerationRequest.record_steps
 
     @property
     def acceptance(self) -> float:
