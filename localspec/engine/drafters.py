@@ -94,6 +94,8 @@ class DraftModelDrafter:
         if k <= 0:
             return []
         started = time.perf_counter()
+        # (A request's contexts only grow: the places it has passed no longer matter.)
+        self._stops = [at for at in self._stops if at >= len(context)]
         chain = self._known(context)
         known, ends = chain if chain is not None else ([], False)
         self.drafted_ahead += min(k, len(known))
