@@ -137,6 +137,11 @@ class Config:
             raise ConfigError(f"engine.prompt_cache_mb must be 0 (off) or more, not {self.prompt_cache_mb}.")
 
 
+def draft_ahead_setting(choice: str) -> bool | None:
+    """`speculative.draft_ahead` ("auto", "on", "off") as the engine takes it: None lets it decide (auto)."""
+    return {"on": True, "off": False}.get(choice)
+
+
 def _field_key(f: dataclasses.Field[Any]) -> tuple[str, str]:
     return f.metadata["section"], f.metadata.get("key", f.name)
 

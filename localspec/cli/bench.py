@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
 
     from localspec.benchmark import report, runner, workloads
     from localspec.benchmark.cost_scaled import Scale
-    from localspec.config import load_config
+    from localspec.config import draft_ahead_setting, load_config
     from localspec.engine import Engine, EngineSettings
     from localspec.engine.llama_model import default_threads, shutdown
     from localspec.errors import InvalidRequestError
@@ -158,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
     if args.tie_margin is not None:
         overrides["tie_margin"] = args.tie_margin
     if args.draft_ahead is not None:
-        overrides["draft_ahead"] = {"on": True, "off": False}.get(args.draft_ahead)
+        overrides["draft_ahead"] = draft_ahead_setting(args.draft_ahead)
     settings = EngineSettings.from_config(config, target, draft, **overrides)
 
     engine: Engine | None = None

@@ -21,6 +21,7 @@ from localspec.config import (
     DEFAULT_PROMPT_CACHE_MB,
     DEFAULT_SLOTS,
     DRAFT_MAX_LIMIT,
+    draft_ahead_setting,
 )
 from localspec.engine.canary import ensure_llama_runs
 from localspec.engine.chooser import AdaptiveChooser
@@ -96,7 +97,7 @@ class EngineSettings:
             "draft_p_min": config.draft_p_min,
             "history_tokens": config.history_tokens,
             "prompt_cache_mb": config.prompt_cache_mb,
-            "draft_ahead": {"on": True, "off": False}.get(config.draft_ahead),  # "auto": None
+            "draft_ahead": draft_ahead_setting(config.draft_ahead),
         }
         return cls(**{**values, **overrides})
 
