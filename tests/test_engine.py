@@ -1397,3 +1397,37 @@ def test_while_the_draft_model_wins_widely_the_target_alone_is_re_timed_rarely()
     mistimed, costs = plans_with(0.2, warm_one=0.060)
     assert mistimed[0] == "draft"
     assert 0.042 <= costs.verify(1, warm=True) < 0.050
+
+
+def test_draft_model_steps_draft_past_the_best_length_while_the_rate_stays_near_it() -> None:
+    # Prices like the x10 cost-scaled target's on the H200 (ms: a pass of n tokens 15.6 + 1.0 (n - 1), a draft token
+    # 1.2) and a draft model right 9 times in 10: the best length by the positional estimate is short, but the
+    # rate is flat past it, and the draft model stops by itself where it is unsure.
+    import random
+
+    from localspec.engine.chooser import LENGTH_SLACK, AdaptiveChooser
+
+    costs = PassCosts(price_depth=False)
+    for n in range(1, 18):
+        seconds = (15.6 + 1.0 * (n - 1)) / 1000
+        for table in ({}, {"warm": True}, {"after_draft": True}):
+            costs.record_verify(n, seconds, **table)  # type: ignore[arg-type]
+    costs.record_draft(1, 0.0012)
+    chooser = AdaptiveChooser("adaptive", draft_max=16, has_draft_model=True, costs=costs)
+    rng = random.Random(0)
+    for _ in range(40):
+        k = rng.randint(3, 16)
+        accepted = next((i for i in range(k) if rng.random() > 0.9), k)
+        chooser.record("draft", k, accepted, costs.verify(k + 1, after_draft=True), k + 1)
+
+    def best(slack: float) -> tuple[int, float, int]:
+        return chooser._best_length(
+            chooser.draft_acceptance, limit=16, previous=11, streak=1, per_draft_token=0.0012, after_draft=True,
+            slack=slack,
+        )  # fmt: skip
+
+    k_best, rate, _ = best(0.0)
+    k_slack, same_rate, _ = best(LENGTH_SLACK)
+    assert same_rate == rate and k_slack > k_best
+    plan = chooser.plan(budget=16, ngram_available=0, previous=11, streak=1)
+    assert plan == Plan("draft", k_slack)

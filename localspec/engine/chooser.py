@@ -25,6 +25,10 @@ RETIME_EVERY = 2 * PROBE_EVERY  # steps between one-token passes that re-time th
 # and the last re-timing cost what its price said, within CONFIRMED.
 RARE_RETIME_FACTOR, WIDE_MARGIN, CONFIRMED = 4, 1.5, 0.15
 LONG_RUN_WEIGHT = 0.05  # weight of one outcome in the n-gram acceptance carried from request to request
+# Draft-model steps take the longest draft length whose expected rate is within this share of the best: past the
+# best length the estimate is pessimistic (the draft model stops by itself where it is unsure, so the drafts it
+# makes beyond are the sure ones), and the rate is flat there where a longer verify pass costs little more.
+LENGTH_SLACK = 0.1
 # Tokens a run of consecutive draft-model steps is assumed to settle until runs are measured: the draft model's
 # catch-up before a run is spread over them.
 PRIOR_DRAFT_RUN = 64
@@ -96,6 +100,7 @@ class AdaptiveChooser:
         after_draft: bool = False,
         free_drafts: int = 0,
         depth: int = 0,
+        slack: float = 0.0,
     ) -> tuple[int, float, int]:
         """The draft length in 1..limit with the best expected tokens per second, that rate, and the pass size to
         pad to (0: none; the previous pass's size when padding pays, a pass of the same size being warm).
@@ -106,11 +111,13 @@ class AdaptiveChooser:
         tokens (the draft model's catch-up), of which a step bears its share. after_draft: the pass follows
         draft-model passes and is priced as such. free_drafts: drafts already made (the draft model drafted
         them ahead): only the ones beyond cost per_draft_token. depth: tokens in the sequence before the pass.
+        slack: take the longest length whose rate is within this share of the best (the best rate is returned).
         """
         costs = self.costs
         leaving_alone = costs.switch_cost() if previous == 1 else 0.0
         best_k, best_rate, best_size = 0, 0.0, 0
         expected = survive = 1.0
+        by_length = []
         for k in range(1, limit + 1):
             survive *= acceptance if acceptance is not None else rates.rate(k - 1)
             expected += survive
@@ -118,8 +125,11 @@ class AdaptiveChooser:
             verify = costs.in_sequence(k + 1, previous, streak, after_draft, depth)
             step = verify + leaving_alone + max(0, k - free_drafts) * per_draft_token + share
             rate = expected / step
+            by_length.append(rate)
             if rate > best_rate:
                 best_k, best_rate, best_size = k, rate, 0
+        if slack and best_k:
+            best_k = max(k for k, rate in enumerate(by_length, 1) if rate >= (1 - slack) * best_rate)
         if limit + 1 < previous <= self.draft_max + 1 and limit:
             share = one_off * min(1.0, expected / horizon)
             verify = costs.in_sequence(previous, previous, streak, after_draft, depth)
@@ -200,6 +210,7 @@ class AdaptiveChooser:
                     after_draft=True,
                     free_drafts=draft_ready,
                     depth=depth,
+                    slack=LENGTH_SLACK,
                 )
 
             k, rate, size = drafting(budget)
