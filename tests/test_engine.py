@@ -1354,3 +1354,80 @@ def test_every_proposal_from_the_chain_is_what_drafting_would_give(similar_engin
     for seq_id in (1, 2):
         model.remove_from(seq_id, 0)
     assert not wrong
+
+
+def test_while_the_draft_model_wins_widely_the_target_alone_is_re_timed_rarely() -> None:
+    # Prices like the x10 cost-scaled target's on the H200 (ms): a one-token pass 15.6 after others of its size,
+    # 42 after a pass of another size (as a lone re-timing between draft-model steps runs), a 9-token pass ~37.7, a
+    # draft token 1.2. Each re-timing is a step that settles one token where a draft-model step settles several.
+    from localspec.engine.chooser import RARE_RETIME_FACTOR, RETIME_EVERY, AdaptiveChooser
+
+    def plans_with(acceptance: float, warm_one: float = 0.0156) -> tuple[list[str], PassCosts]:
+        costs = PassCosts(price_depth=False)
+        for n in range(1, 18):
+            seconds = (15.6 + 2.76 * (n - 1)) / 1000
+            costs.record_verify(n, 0.042 if n == 1 else seconds)
+            costs.record_verify(n, warm_one if n == 1 else seconds, warm=True)
+            costs.record_verify(n, seconds, after_draft=True)
+        costs.record_draft(1, 0.0012)
+        chooser = AdaptiveChooser("adaptive", draft_max=16, has_draft_model=True, costs=costs)
+        plans, previous = [], 9
+        for _ in range(2 * RETIME_EVERY * RARE_RETIME_FACTOR):
+            plan = chooser.plan(budget=16, ngram_available=0, previous=previous, streak=1)
+            plans.append(plan.source)
+            if plan.source == "draft":
+                accepted = round(plan.k * acceptance)
+                chooser.record("draft", plan.k, accepted, costs.verify(plan.k + 1), plan.k + 1)
+                previous = plan.k + 1
+            else:  # a lone one-token pass runs cold; a run of them warm
+                warm = previous == 1
+                chooser.record("none", 0, 0, 0.0156 if warm else 0.042, 1, warm=warm)
+                previous = 1
+        return plans, costs
+
+    strong, _ = plans_with(0.93)
+    assert (
+        1 <= strong.count("none") <= 2
+    )  # every RETIME_EVERY * RARE_RETIME_FACTOR steps, not every RETIME_EVERY
+    weak, _ = plans_with(0.2)
+    assert weak[-100:].count("none") >= 85  # a weak draft model leaves the target alone to itself
+    # A warm one-token price timed far too high at start-up (60 ms): the re-timings run cold at 42 ms, which a warm
+    # pass cannot exceed, so the price comes down toward that. (Below it only where the target alone runs
+    # one-token passes in a row: a lone pass cannot time a warm one.)
+    mistimed, costs = plans_with(0.2, warm_one=0.060)
+    assert mistimed[0] == "draft"
+    assert 0.042 <= costs.verify(1, warm=True) < 0.050
+
+
+def test_draft_model_steps_draft_past_the_best_length_while_the_rate_stays_near_it() -> None:
+    # Prices like the x10 cost-scaled target's on the H200 (ms: a pass of n tokens 15.6 + 1.0 (n - 1), a draft token
+    # 1.2) and a draft model right 9 times in 10: the best length by the positional estimate is short, but the
+    # rate is flat past it, and the draft model stops by itself where it is unsure.
+    import random
+
+    from localspec.engine.chooser import LENGTH_SLACK, AdaptiveChooser
+
+    costs = PassCosts(price_depth=False)
+    for n in range(1, 18):
+        seconds = (15.6 + 1.0 * (n - 1)) / 1000
+        for table in ({}, {"warm": True}, {"after_draft": True}):
+            costs.record_verify(n, seconds, **table)  # type: ignore[arg-type]
+    costs.record_draft(1, 0.0012)
+    chooser = AdaptiveChooser("adaptive", draft_max=16, has_draft_model=True, costs=costs)
+    rng = random.Random(0)
+    for _ in range(40):
+        k = rng.randint(3, 16)
+        accepted = next((i for i in range(k) if rng.random() > 0.9), k)
+        chooser.record("draft", k, accepted, costs.verify(k + 1, after_draft=True), k + 1)
+
+    def best(slack: float) -> tuple[int, float, int]:
+        return chooser._best_length(
+            chooser.draft_acceptance, limit=16, previous=11, streak=1, per_draft_token=0.0012, after_draft=True,
+            slack=slack,
+        )  # fmt: skip
+
+    k_best, rate, _ = best(0.0)
+    k_slack, same_rate, _ = best(LENGTH_SLACK)
+    assert same_rate == rate and k_slack > k_best
+    plan = chooser.plan(budget=16, ngram_available=0, previous=11, streak=1)
+    assert plan == Plan("draft", k_slack)

@@ -20,7 +20,15 @@ PROBE_EVERY = 24  # steps between re-tries of a source that currently looks unpr
 OPTIMISTIC_ACCEPTANCE = 0.95
 PRIOR_ACCEPTANCE = 0.85
 PROBE_MARGIN = 1.1  # a probe must promise this much over the target alone to be worth its cost
+RETIME_EVERY = 2 * PROBE_EVERY  # steps between one-token passes that re-time the target alone
+# ... this many times as many while another source promises WIDE_MARGIN times the target alone's rate or more
+# and the last re-timing cost what its price said, within CONFIRMED.
+RARE_RETIME_FACTOR, WIDE_MARGIN, CONFIRMED = 4, 1.5, 0.15
 LONG_RUN_WEIGHT = 0.05  # weight of one outcome in the n-gram acceptance carried from request to request
+# Draft-model steps take the longest draft length whose expected rate is within this share of the best: past the
+# best length the estimate is pessimistic (the draft model stops by itself where it is unsure, so the drafts it
+# makes beyond are the sure ones), and the rate is flat there where a longer verify pass costs little more.
+LENGTH_SLACK = 0.1
 # Tokens a run of consecutive draft-model steps is assumed to settle until runs are measured: the draft model's
 # catch-up before a run is spread over them.
 PRIOR_DRAFT_RUN = 64
@@ -57,6 +65,9 @@ class AdaptiveChooser:
         # Tokens settled by a run of consecutive draft-model steps (the current one, and their usual number).
         self._draft_run = 0
         self._draft_run_length = Ewma(PRIOR_DRAFT_RUN, weight=0.3)
+        # Whether the last re-timing of the target alone cost what its price said: only then may re-timings become
+        # rare (a price timed wrong at start-up is corrected at the usual pace).
+        self._alone_confirmed = False
 
     def start_request(self) -> None:
         """Whether the text repeats itself is a property of each request: n-gram acceptance starts again from the
@@ -89,6 +100,7 @@ class AdaptiveChooser:
         after_draft: bool = False,
         free_drafts: int = 0,
         depth: int = 0,
+        slack: float = 0.0,
     ) -> tuple[int, float, int]:
         """The draft length in 1..limit with the best expected tokens per second, that rate, and the pass size to
         pad to (0: none; the previous pass's size when padding pays, a pass of the same size being warm).
@@ -99,11 +111,13 @@ class AdaptiveChooser:
         tokens (the draft model's catch-up), of which a step bears its share. after_draft: the pass follows
         draft-model passes and is priced as such. free_drafts: drafts already made (the draft model drafted
         them ahead): only the ones beyond cost per_draft_token. depth: tokens in the sequence before the pass.
+        slack: take the longest length whose rate is within this share of the best (the best rate is returned).
         """
         costs = self.costs
         leaving_alone = costs.switch_cost() if previous == 1 else 0.0
         best_k, best_rate, best_size = 0, 0.0, 0
         expected = survive = 1.0
+        by_length = []
         for k in range(1, limit + 1):
             survive *= acceptance if acceptance is not None else rates.rate(k - 1)
             expected += survive
@@ -111,8 +125,11 @@ class AdaptiveChooser:
             verify = costs.in_sequence(k + 1, previous, streak, after_draft, depth)
             step = verify + leaving_alone + max(0, k - free_drafts) * per_draft_token + share
             rate = expected / step
+            by_length.append(rate)
             if rate > best_rate:
                 best_k, best_rate, best_size = k, rate, 0
+        if slack and best_k:
+            best_k = max(k for k, rate in enumerate(by_length, 1) if rate >= (1 - slack) * best_rate)
         if limit + 1 < previous <= self.draft_max + 1 and limit:
             share = one_off * min(1.0, expected / horizon)
             verify = costs.in_sequence(previous, previous, streak, after_draft, depth)
@@ -147,9 +164,9 @@ class AdaptiveChooser:
             return Plan("draft", budget) if self.has_draft_model else Plan("none", 0)
         if self.mode == "ngram":
             return Plan("ngram", min(budget, ngram_available)) if ngram_available else Plan("none", 0)
-        if self._since_tried["none"] >= 2 * PROBE_EVERY:
-            return Plan("none", 0)  # now and then, re-time a one-token pass: every plan is compared with it
         alone = self._alone_rate(depth)
+        if self._since_tried["none"] >= RETIME_EVERY * (RARE_RETIME_FACTOR if self._alone_confirmed else 1):
+            return Plan("none", 0)  # now and then, re-time a one-token pass: every plan is compared with it
         best_rate, plan = alone, Plan("none", 0)
         if ngram_available:
             rates = self.ngram_acceptance[match_class(ngram_match)]
@@ -193,6 +210,7 @@ class AdaptiveChooser:
                     after_draft=True,
                     free_drafts=draft_ready,
                     depth=depth,
+                    slack=LENGTH_SLACK,
                 )
 
             k, rate, size = drafting(budget)
@@ -204,6 +222,10 @@ class AdaptiveChooser:
                 k, hopeful, size = drafting(min(budget, 4), OPTIMISTIC_ACCEPTANCE)
                 if hopeful > PROBE_MARGIN * alone:
                     return Plan("draft", k, size)
+        # A re-timing is a one-token step where the plan settles several tokens: while the plan wins widely and the
+        # last re-timing confirmed the price, a small error in it could not change the plan: re-time rarely (above).
+        if self._since_tried["none"] >= RETIME_EVERY and best_rate < WIDE_MARGIN * alone:
+            return Plan("none", 0)
         return plan
 
     def plan_with_ngrams(
@@ -274,6 +296,9 @@ class AdaptiveChooser:
         one. A draft-model step's pass follows the draft model's passes, whatever the size before."""
         for name in self._since_tried:
             self._since_tried[name] = 0 if name == source else self._since_tried[name] + 1
+        if source == "none" and verify_tokens == 1:
+            priced = self.costs.verify(1, warm, capture, depth=depth)
+            self._alone_confirmed = abs(t_verify - priced) <= CONFIRMED * priced
         if verify_tokens:
             self.costs.record_verify(verify_tokens, t_verify, warm, capture, source == "draft", depth)
         if source == "draft":

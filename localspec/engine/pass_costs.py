@@ -86,6 +86,10 @@ class PassCosts:
         else:
             table = self._warm if warm else (self._capture if capture else self._cold)
         self._record(table, n, seconds)
+        if table is self._cold and n in self._warm and seconds < self._warm[n].value:
+            # A warm pass is never slower than a cold one of its size: its price was timed too high. (On a GPU a
+            # lone one-token pass, such as the target alone's re-timing between speculative steps, runs cold.)
+            self._record(self._warm, n, seconds)
 
     @staticmethod
     def _record(table: dict[int, Ewma], n: int, seconds: float) -> None:
