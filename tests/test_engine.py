@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from localspec.engine import CancelToken, EndRule, Engine, EngineSettings, GenerationRequest, SamplingParams
-from localspec.engine.chooser import Plan
+from localspec.engine.chooser import Plan, StepSite
 from localspec.engine.compat import check_compatible
 from localspec.engine.engine import TIE_MARGIN_CPU, TIE_MARGIN_GPU
 from localspec.engine.pass_costs import PassCosts
@@ -849,14 +849,14 @@ def test_planning_from_the_first_ngram_draft_gives_the_plan_of_the_whole_proposa
             asked.append(k)
             return whole[: max(k, 0)], match
 
-        context = dict(
+        site = StepSite(
             previous=rng.choice([0, 1, 1, 2, 3, 5, 9, 17]),
             draft_backlog=rng.choice([1, 1, 40]),
             remaining=rng.choice([None, 5, 100]),
             streak=rng.randint(1, 40),
         )
-        plan, drafts = chooser.plan_with_ngrams(budget, propose, **context)  # type: ignore[arg-type]
-        assert plan == chooser.plan(budget, len(whole), match, **context)  # type: ignore[arg-type]
+        plan, drafts = chooser.plan_with_ngrams(budget, propose, site)
+        assert plan == chooser.plan(budget, len(whole), match, site)
         if plan.source == "ngram":
             assert drafts[: plan.k] == whole[: plan.k] and len(drafts) >= plan.k
         built_lazily += sum(asked) < len(whole)
@@ -887,15 +887,21 @@ def test_chooser_prices_passes_by_the_size_of_the_pass_before() -> None:
     chooser.record("none", 0, 0, 0.00173, 1, warm=True)  # (a one-token pass is re-timed now and then)
     # The draft model would pay if every pass cost its warm price, but a speculative pass after the target
     # alone's one-token passes is cold and makes the next one-token pass cold too: it does not.
-    assert chooser.plan(budget=16, ngram_available=0, previous=1).source == "none"
+    assert chooser.plan(budget=16, ngram_available=0, site=StepSite(previous=1)).source == "none"
     # A long, reliable n-gram match pays even so.
-    assert chooser.plan(budget=16, ngram_available=8, ngram_match=8, previous=1) == Plan("ngram", 8)
+    assert chooser.plan(budget=16, ngram_available=8, ngram_match=8, site=StepSite(previous=1)) == Plan(
+        "ngram", 8
+    )
     # Three drafts after 5-token passes: padding to 5 (warm) beats a cold 4-token pass.
-    assert chooser.plan(budget=16, ngram_available=3, ngram_match=8, previous=5) == Plan("ngram", 3, 5)
+    assert chooser.plan(budget=16, ngram_available=3, ngram_match=8, site=StepSite(previous=5)) == Plan(
+        "ngram", 3, 5
+    )
     # After only one 5-token pass, another would capture the graph, not replay it: measured dearer, no padding.
     for n in range(1, 18):
         costs.record_verify(n, costs.verify(n) * 1.3, capture=True)
-    assert chooser.plan(budget=16, ngram_available=3, ngram_match=8, previous=5, streak=1) == Plan("ngram", 3)
+    assert chooser.plan(
+        budget=16, ngram_available=3, ngram_match=8, site=StepSite(previous=5, streak=1)
+    ) == Plan("ngram", 3)
 
 
 def test_padded_passes_keep_the_output_of_the_target_alone(similar_engine: Engine) -> None:
@@ -1057,19 +1063,33 @@ def test_the_draft_model_is_not_started_where_its_catch_up_costs_more_than_it_ga
     for _ in range(30):
         chooser.record("draft", 8, 8, costs.verify(9), 9)
     chooser.record("none", 0, 0, 0.00173, 1, warm=True)
-    assert chooser.plan(budget=16, ngram_available=0, previous=1, draft_backlog=1).source == "draft"
-    # A long prompt to read first: worth it over the 64 tokens a run is assumed to settle, not over the last 3.
-    assert chooser.plan(budget=16, ngram_available=0, previous=1, draft_backlog=2000).source == "draft"
     assert (
-        chooser.plan(budget=2, ngram_available=0, previous=1, draft_backlog=2000, remaining=3).source
+        chooser.plan(budget=16, ngram_available=0, site=StepSite(previous=1, draft_backlog=1)).source
+        == "draft"
+    )
+    # A long prompt to read first: worth it over the 64 tokens a run is assumed to settle, not over the last 3.
+    assert (
+        chooser.plan(budget=16, ngram_available=0, site=StepSite(previous=1, draft_backlog=2000)).source
+        == "draft"
+    )
+    assert (
+        chooser.plan(
+            budget=2, ngram_available=0, site=StepSite(previous=1, draft_backlog=2000, remaining=3)
+        ).source
         == "none"
     )
     # Runs of the draft model measured short (two steps, then n-grams take over): a catch-up is not worth it.
     for _ in range(10):
         chooser.record("draft", 1, 1, costs.verify(2), 2)
         chooser.record("ngram", 8, 8, 0.004, 9, ngram_match=8)
-    assert chooser.plan(budget=16, ngram_available=0, previous=1, draft_backlog=2000).source == "none"
-    assert chooser.plan(budget=16, ngram_available=0, previous=1, draft_backlog=1).source == "draft"
+    assert (
+        chooser.plan(budget=16, ngram_available=0, site=StepSite(previous=1, draft_backlog=2000)).source
+        == "none"
+    )
+    assert (
+        chooser.plan(budget=16, ngram_available=0, site=StepSite(previous=1, draft_backlog=1)).source
+        == "draft"
+    )
 
 
 def test_passes_after_the_draft_model_are_priced_apart() -> None:
@@ -1238,8 +1258,10 @@ def test_drafts_that_pay_at_a_sequences_start_are_refused_deep_in_it() -> None:
     for _ in range(10):
         chooser.record("none", 0, 0, 0.0917, 1, warm=True, depth=2000)
     # 2,000 tokens deep the 2-token pass costs 1.65-1.70 one-token passes: the same drafts lose there.
-    assert chooser.plan(budget=1, ngram_available=1, ngram_match=8, depth=2000).source == "none"
-    assert chooser.plan(budget=1, ngram_available=1, ngram_match=8, depth=10).source == "ngram"
+    assert (
+        chooser.plan(budget=1, ngram_available=1, ngram_match=8, site=StepSite(depth=2000)).source == "none"
+    )
+    assert chooser.plan(budget=1, ngram_available=1, ngram_match=8, site=StepSite(depth=10)).source == "ngram"
 
 
 def test_drafting_ahead_goes_on_from_an_unsure_pick_without_offering_it_as_a_draft(
@@ -1373,7 +1395,7 @@ def test_while_the_draft_model_wins_widely_the_target_alone_is_re_timed_rarely()
         chooser = AdaptiveChooser("adaptive", draft_max=16, has_draft_model=True, costs=costs)
         plans, previous = [], 9
         for _ in range(2 * RETIME_EVERY * RARE_RETIME_FACTOR):
-            plan = chooser.plan(budget=16, ngram_available=0, previous=previous, streak=1)
+            plan = chooser.plan(budget=16, ngram_available=0, site=StepSite(previous=previous, streak=1))
             plans.append(plan.source)
             if plan.source == "draft":
                 accepted = round(plan.k * acceptance)
@@ -1422,12 +1444,12 @@ def test_draft_model_steps_draft_past_the_best_length_while_the_rate_stays_near_
 
     def best(slack: float) -> tuple[int, float, int]:
         return chooser._best_length(
-            chooser.draft_acceptance, limit=16, previous=11, streak=1, per_draft_token=0.0012, after_draft=True,
-            slack=slack,
+            chooser.draft_acceptance, StepSite(previous=11, streak=1), limit=16, per_draft_token=0.0012,
+            after_draft=True, slack=slack,
         )  # fmt: skip
 
     k_best, rate, _ = best(0.0)
     k_slack, same_rate, _ = best(LENGTH_SLACK)
     assert same_rate == rate and k_slack > k_best
-    plan = chooser.plan(budget=16, ngram_available=0, previous=11, streak=1)
+    plan = chooser.plan(budget=16, ngram_available=0, site=StepSite(previous=11, streak=1))
     assert plan == Plan("draft", k_slack)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 
 from localspec.engine.estimates import MATCH_CLASSES, POSITIONS, Ewma, PositionalAcceptance, match_class
 from localspec.engine.pass_costs import PassCosts
@@ -32,6 +31,24 @@ LENGTH_SLACK = 0.1
 # Tokens a run of consecutive draft-model steps is assumed to settle until runs are measured: the draft model's
 # catch-up before a run is spread over them.
 PRIOR_DRAFT_RUN = 64
+
+
+@dataclass(frozen=True)
+class StepSite:
+    """Where a step's target pass sits, as the chooser prices it.
+
+    previous: tokens in the target's last pass (0: a pass of another kind, such as a prompt); streak: passes in a
+    row of that size; draft_backlog: tokens the draft model must read before it can draft (1 while it keeps up);
+    remaining: tokens the request may still generate (None: unknown); draft_ready: drafts the draft model has
+    already made for this context; depth: tokens the target's sequence holds before the pass (a deeper pass
+    costs more per token)."""
+
+    previous: int = 0
+    streak: int = 2
+    draft_backlog: int = 1
+    remaining: int | None = None
+    draft_ready: int = 0
+    depth: int = 0
 
 
 @dataclass
@@ -89,31 +106,30 @@ class AdaptiveChooser:
     def _best_length(
         self,
         rates: PositionalAcceptance,
+        site: StepSite,
         *,
         limit: int,
-        previous: int,
-        streak: int,
         per_draft_token: float = 0.0,
         acceptance: float | None = None,
         one_off: float = 0.0,
         horizon: float = 1.0,
         after_draft: bool = False,
         free_drafts: int = 0,
-        depth: int = 0,
         slack: float = 0.0,
     ) -> tuple[int, float, int]:
         """The draft length in 1..limit with the best expected tokens per second, that rate, and the pass size to
         pad to (0: none; the previous pass's size when padding pays, a pass of the same size being warm).
 
-        previous, streak: the target's last pass size and how many passes in a row had it (see `plan`); leaving
-        one-token passes makes the next one cold, so that is charged too. acceptance: one rate for every position
+        site: where the pass sits (its previous pass size, streak and depth; see `StepSite`); leaving one-token
+        passes makes the next one cold, so that is charged too. acceptance: one rate for every position
         instead of `rates`. one_off: seconds paid once before a run of such steps expected to settle `horizon`
         tokens (the draft model's catch-up), of which a step bears its share. after_draft: the pass follows
         draft-model passes and is priced as such. free_drafts: drafts already made (the draft model drafted
-        them ahead): only the ones beyond cost per_draft_token. depth: tokens in the sequence before the pass.
+        them ahead): only the ones beyond cost per_draft_token.
         slack: take the longest length whose rate is within this share of the best (the best rate is returned).
         """
         costs = self.costs
+        previous, streak, depth = site.previous, site.streak, site.depth
         leaving_alone = costs.switch_cost() if previous == 1 else 0.0
         best_k, best_rate, best_size = 0, 0.0, 0
         expected = survive = 1.0
@@ -143,20 +159,10 @@ class AdaptiveChooser:
         budget: int,
         ngram_available: int,
         ngram_match: int = 0,
-        *,
-        previous: int = 0,
-        draft_backlog: int = 1,
-        remaining: int | None = None,
-        streak: int = 2,
-        draft_ready: int = 0,
-        depth: int = 0,
+        site: StepSite = StepSite(),
     ) -> Plan:
         """budget: most drafts the request can still use; ngram_available: length of the n-gram proposal;
-        ngram_match: length of the match that proposed it; previous: tokens in the target's last pass (0: a
-        pass of another kind, such as a prompt); streak: passes in a row of that size; draft_backlog: tokens the
-        draft model must read before it can draft (1 while it keeps up); remaining: tokens the request may still
-        generate (None: unknown); draft_ready: drafts the draft model has already made for this context; depth:
-        tokens the target's sequence holds before the pass (a deeper pass costs more per token)."""
+        ngram_match: length of the match that proposed it; site: where the step's pass sits."""
         budget = min(budget, self.draft_max)
         if budget <= 0 or self.mode == "none":
             return Plan("none", 0)
@@ -164,24 +170,18 @@ class AdaptiveChooser:
             return Plan("draft", budget) if self.has_draft_model else Plan("none", 0)
         if self.mode == "ngram":
             return Plan("ngram", min(budget, ngram_available)) if ngram_available else Plan("none", 0)
-        alone = self._alone_rate(depth)
+        alone = self._alone_rate(site.depth)
         if self._since_tried["none"] >= RETIME_EVERY * (RARE_RETIME_FACTOR if self._alone_confirmed else 1):
             return Plan("none", 0)  # now and then, re-time a one-token pass: every plan is compared with it
         best_rate, plan = alone, Plan("none", 0)
         if ngram_available:
             rates = self.ngram_acceptance[match_class(ngram_match)]
-            k, rate, size = self._best_length(
-                rates, limit=min(budget, ngram_available), previous=previous, streak=streak, depth=depth
-            )
+            k, rate, size = self._best_length(rates, site, limit=min(budget, ngram_available))
             if rate > best_rate:
                 best_rate, plan = rate, Plan("ngram", k, size)
             elif self._since_tried["ngram"] >= PROBE_EVERY:
                 k, hopeful, size = self._best_length(
-                    self._probe_hopes(match_class(ngram_match)),
-                    limit=min(budget, ngram_available, 4),
-                    previous=previous,
-                    streak=streak,
-                    depth=depth,
+                    self._probe_hopes(match_class(ngram_match)), site, limit=min(budget, ngram_available, 4)
                 )
                 if hopeful > PROBE_MARGIN * alone:
                     return Plan("ngram", k, size)  # n-gram drafts cost nothing to make: re-probe cheaply
@@ -189,27 +189,22 @@ class AdaptiveChooser:
             per_token = self.costs.draft_token()
             # Steady drafting reads one new token per step (priced in per_token); more is a catch-up, paid once
             # for the run of draft-model steps it starts.
-            catch_up = self.costs.draft_catch_up(draft_backlog) - per_token if draft_backlog > 1 else 0.0
-            horizon = max(
-                1.0,
-                self._draft_run_length.value
-                if remaining is None
-                else min(remaining, self._draft_run_length.value),
-            )
+            backlog, remaining = site.draft_backlog, site.remaining
+            catch_up = self.costs.draft_catch_up(backlog) - per_token if backlog > 1 else 0.0
+            run = self._draft_run_length.value
+            horizon = max(1.0, run if remaining is None else min(remaining, run))
 
             def drafting(limit: int, acceptance: float | None = None) -> tuple[int, float, int]:
                 return self._best_length(
                     self.draft_acceptance,
+                    site,
                     limit=limit,
                     acceptance=acceptance,
                     per_draft_token=per_token,
-                    previous=previous,
-                    streak=streak,
                     one_off=catch_up,
                     horizon=horizon,
                     after_draft=True,
-                    free_drafts=draft_ready,
-                    depth=depth,
+                    free_drafts=site.draft_ready,
                     slack=LENGTH_SLACK,
                 )
 
@@ -232,13 +227,7 @@ class AdaptiveChooser:
         self,
         budget: int,
         propose: Callable[[int], tuple[list[int], int]],
-        *,
-        previous: int = 0,
-        draft_backlog: int = 1,
-        remaining: int | None = None,
-        streak: int = 2,
-        draft_ready: int = 0,
-        depth: int = 0,
+        site: StepSite = StepSite(),
     ) -> tuple[Plan, list[int]]:
         """`plan` with the n-gram proposal, built only as far as the plan needs: propose(k) returns up to k
         n-gram drafts and the length of the match behind the first.
@@ -250,25 +239,16 @@ class AdaptiveChooser:
         choose from. (After a pass of more than two tokens a plan may pad a short draft up to that size, which
         depends on the real length: there the whole proposal is built first.) Modes without n-grams propose nothing.
         """
-        plan_here = partial(
-            self.plan,
-            previous=previous,
-            draft_backlog=draft_backlog,
-            remaining=remaining,
-            streak=streak,
-            draft_ready=draft_ready,
-            depth=depth,
-        )
         if self.mode not in ("adaptive", "ngram"):
-            return plan_here(budget, 0, 0), []
-        lazy = self.mode == "adaptive" and previous <= 2
+            return self.plan(budget, 0, 0, site), []
+        lazy = self.mode == "adaptive" and site.previous <= 2
         drafts, match = propose(min(1, budget) if lazy else max(budget, 0))
         available = budget if lazy and drafts else len(drafts)
-        plan = plan_here(budget, available, match)
+        plan = self.plan(budget, available, match, site)
         if lazy and plan.source == "ngram" and plan.k > len(drafts):
             drafts, match = propose(plan.k)
             if len(drafts) < plan.k:
-                plan = plan_here(budget, len(drafts), match)
+                plan = self.plan(budget, len(drafts), match, site)
         return plan, drafts
 
     def _probe_hopes(self, match: str) -> PositionalAcceptance:

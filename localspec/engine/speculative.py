@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future
 
-from localspec.engine.chooser import AdaptiveChooser, Plan
+from localspec.engine.chooser import AdaptiveChooser, Plan, StepSite
 from localspec.engine.drafters import DraftModelDrafter, NgramDrafter, NgramTable
 from localspec.engine.llama_model import DecodeAborted, LlamaModel
 from localspec.engine.prefix_cache import SlotState, trim_to_prefix
@@ -142,11 +142,16 @@ class Generation:
             return self._final_event(self._finish("length"))
         budget = min(remaining - 1, room - 1, most_drafts)
         context = self._context
-        previous, streak = self.target.last_pass_size, self.target.pass_streak
         drafter = self._draft if self.chooser.mode == "adaptive" else None
-        backlog = drafter.backlog(context) if drafter is not None else 1
-        ready = drafter.ready(context) if drafter is not None and self._ahead is not None else 0
-        plan, ngram = self._plan(context, budget, previous, streak, backlog, remaining, ready)
+        site = StepSite(
+            previous=self.target.last_pass_size,
+            streak=self.target.pass_streak,
+            draft_backlog=drafter.backlog(context) if drafter is not None else 1,
+            remaining=remaining,
+            draft_ready=drafter.ready(context) if drafter is not None and self._ahead is not None else 0,
+            depth=len(self._committed),
+        )
+        plan, ngram = self._plan(context, budget, site)
         source: DraftSource = plan.source
         ahead_before = self._draft.drafted_ahead if self._draft is not None else 0
         started = time.perf_counter()
@@ -206,8 +211,8 @@ class Generation:
             t_verify,
             0 if fold else n_rows,  # a pass that finished the prompt says nothing about verify costs
             self._ngram.match_length,
-            warm=n_rows == previous and streak >= 2,
-            capture=n_rows == previous and streak == 1,
+            warm=n_rows == site.previous and site.streak >= 2,
+            capture=n_rows == site.previous and site.streak == 1,
             depth=base,
         )
         t_verify += t_settle
@@ -260,28 +265,14 @@ class Generation:
         self,
         context: list[int],
         budget: int,
-        previous: int,
-        streak: int,
-        backlog: int,
-        remaining: int,
-        ready: int,
+        site: StepSite,
     ) -> tuple[Plan, list[int]]:
         """The chooser's plan and the n-gram proposal it may use."""
 
         def propose(k: int) -> tuple[list[int], int]:
             return self._ngram.propose(context, k), self._ngram.match_length
 
-        depth = len(self._committed)
-        return self.chooser.plan_with_ngrams(
-            budget,
-            propose,
-            previous=previous,
-            draft_backlog=backlog,
-            remaining=remaining,
-            streak=streak,
-            draft_ready=ready,
-            depth=depth,
-        )
+        return self.chooser.plan_with_ngrams(budget, propose, site)
 
     def _settle_alone(self, base: int, drafts: list[int], row: int) -> tuple[int, float, float]:
         """Re-evaluate the input token of `row` in a one-token pass and take the target-alone choice there."""
