@@ -342,6 +342,22 @@ def test_bench_takes_engine_settings_from_the_config_and_its_flags_override_them
         assert all(step["source"] == ("draft" if one["mode"] == "draft" else "none") for step in steps)
         assert all(step["drafted"] <= 5 and step["verify_ms"] > 0 for step in steps)
         assert all(step["pass_tokens"] >= step["drafted"] + 1 for step in steps)
+    # bench/step_traces.py adds the steps up per mode and source (each run's first step, which reads the prompt's
+    # last chunk, left out).
+    table = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "step_traces.py"), str(run.json_path)],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    lines = [line.strip("|").split("|") for line in table.splitlines() if line.startswith("| humaneval")]
+    rows = {(cells[1].strip(), cells[2].strip()): cells for cells in lines}
+    assert set(rows) == {("none", "none"), ("draft", "draft")}
+    for mode in ("none", "draft"):
+        steps = [step for one in run.result["runs"] if one["mode"] == mode for step in one["steps"][1:]]
+        cells = rows[(mode, mode)]
+        assert int(cells[3]) == len(steps)
+        assert float(cells[4]) == pytest.approx(sum(s["drafted"] for s in steps) / len(steps), abs=0.006)
+        assert float(cells[5]) == pytest.approx(sum(s["accepted"] for s in steps) / len(steps), abs=0.006)
+        assert float(cells[8]) == pytest.approx(sum(s["verify_ms"] for s in steps) / len(steps), abs=0.06)
 
 
 def test_a_bench_with_nothing_to_run_says_what_to_give(

@@ -1,0 +1,87 @@
+"""Summarise the steps `localspec bench --trace-steps` kept: where each mode's target passes went.
+
+Usage: python bench/step_traces.py RESULTS.json [MORE.json ...]   (also .json.gz, as in docs/benchmarks/traces/)
+Per workload and localspec mode, a row per draft source: steps, drafts and accepted drafts per step, the share of
+steps whose drafts were ready when the step began (drafted ahead), tokens per target pass, verify and drafting ms
+per step; then the longest run of target-alone steps in a row and its task. Each run's first step is left out: its
+pass also reads the prompt's last chunk.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+COLUMNS = ("steps", "drafted", "accepted", "ready", "pass_tokens", "verify_ms", "draft_ms")
+
+
+def load(path: Path) -> dict[str, Any]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt") as file:
+        return json.load(file)
+
+
+Totals = dict[tuple[str, str, str], dict[str, float]]  # per (workload, mode, source)
+Longest = dict[tuple[str, str], tuple[int, str]]  # per (workload, mode): steps in a row, task
+
+
+def summarise(runs: list[dict[str, Any]]) -> tuple[Totals, Longest]:
+    """Step totals per (workload, mode, source); per speculative (workload, mode), the longest run of
+    target-alone steps and its task."""
+    totals: Totals = defaultdict(lambda: dict.fromkeys(COLUMNS, 0.0))
+    longest: Longest = {}
+    for run in runs:
+        if run["system"] != "localspec" or "steps" not in run:
+            continue
+        key = (run["workload"], run["mode"])
+        streak = 0
+        for step in run["steps"][1:]:
+            row = totals[(*key, step["source"])]
+            row["steps"] += 1
+            row["ready"] += step["ready"] > 0
+            for name in COLUMNS[1:]:
+                if name != "ready":
+                    row[name] += step[name]
+            streak = streak + 1 if step["source"] == "none" else 0
+            if run["mode"] != "none" and streak > longest.get(key, (0, ""))[0]:
+                longest[key] = (streak, run["task_id"])
+    return dict(totals), longest
+
+
+def render(path: Path) -> str:
+    totals, longest = summarise(load(path)["runs"])
+    if not totals:
+        return f"{path}: no step traces (run `localspec bench --trace-steps`)"
+    lines = [
+        f"<!-- {path} -->",
+        "| workload | mode | source | steps | drafts / step | accepted / step | ready | tokens / pass "
+        "| verify ms / step | draft ms / step |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for (workload, mode, source), row in sorted(totals.items()):
+        n = row["steps"]
+        lines.append(
+            f"| {workload} | {mode} | {source} | {n:.0f} | {row['drafted'] / n:.2f} | {row['accepted'] / n:.2f} "
+            f"| {row['ready'] / n:.0%} | {row['pass_tokens'] / n:.1f} | {row['verify_ms'] / n:.1f} "
+            f"| {row['draft_ms'] / n:.1f} |"
+        )
+    lines.append("")
+    for (workload, mode), (steps, task) in sorted(longest.items()):
+        lines.append(f"- {workload}, {mode}: at most {steps} target-alone steps in a row ({task})")
+    return "\n".join(lines)
+
+
+def main(paths: list[str]) -> int:
+    if not paths:
+        print(__doc__, file=sys.stderr)
+        return 2
+    print("\n\n".join(render(Path(path)) for path in paths))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
