@@ -887,21 +887,17 @@ def test_chooser_prices_passes_by_the_size_of_the_pass_before() -> None:
     chooser.record("none", 0, 0, 0.00173, 1, warm=True)  # (a one-token pass is re-timed now and then)
     # The draft model would pay if every pass cost its warm price, but a speculative pass after the target
     # alone's one-token passes is cold and makes the next one-token pass cold too: it does not.
-    assert chooser.plan(budget=16, ngram_available=0, site=StepSite(previous=1)).source == "none"
+    after_one, after_fives = StepSite(previous=1), StepSite(previous=5)
+    assert chooser.plan(budget=16, ngram_available=0, site=after_one).source == "none"
     # A long, reliable n-gram match pays even so.
-    assert chooser.plan(budget=16, ngram_available=8, ngram_match=8, site=StepSite(previous=1)) == Plan(
-        "ngram", 8
-    )
+    assert chooser.plan(budget=16, ngram_available=8, ngram_match=8, site=after_one) == Plan("ngram", 8)
     # Three drafts after 5-token passes: padding to 5 (warm) beats a cold 4-token pass.
-    assert chooser.plan(budget=16, ngram_available=3, ngram_match=8, site=StepSite(previous=5)) == Plan(
-        "ngram", 3, 5
-    )
+    assert chooser.plan(budget=16, ngram_available=3, ngram_match=8, site=after_fives) == Plan("ngram", 3, 5)
     # After only one 5-token pass, another would capture the graph, not replay it: measured dearer, no padding.
     for n in range(1, 18):
         costs.record_verify(n, costs.verify(n) * 1.3, capture=True)
-    assert chooser.plan(
-        budget=16, ngram_available=3, ngram_match=8, site=StepSite(previous=5, streak=1)
-    ) == Plan("ngram", 3)
+    just_one_five = StepSite(previous=5, streak=1)
+    assert chooser.plan(budget=16, ngram_available=3, ngram_match=8, site=just_one_five) == Plan("ngram", 3)
 
 
 def test_padded_passes_keep_the_output_of_the_target_alone(similar_engine: Engine) -> None:
@@ -1063,33 +1059,21 @@ def test_the_draft_model_is_not_started_where_its_catch_up_costs_more_than_it_ga
     for _ in range(30):
         chooser.record("draft", 8, 8, costs.verify(9), 9)
     chooser.record("none", 0, 0, 0.00173, 1, warm=True)
-    assert (
-        chooser.plan(budget=16, ngram_available=0, site=StepSite(previous=1, draft_backlog=1)).source
-        == "draft"
-    )
+
+    def source(backlog: int, budget: int = 16, remaining: int | None = None) -> str:
+        site = StepSite(previous=1, draft_backlog=backlog, remaining=remaining)
+        return chooser.plan(budget=budget, ngram_available=0, site=site).source
+
+    assert source(backlog=1) == "draft"
     # A long prompt to read first: worth it over the 64 tokens a run is assumed to settle, not over the last 3.
-    assert (
-        chooser.plan(budget=16, ngram_available=0, site=StepSite(previous=1, draft_backlog=2000)).source
-        == "draft"
-    )
-    assert (
-        chooser.plan(
-            budget=2, ngram_available=0, site=StepSite(previous=1, draft_backlog=2000, remaining=3)
-        ).source
-        == "none"
-    )
+    assert source(backlog=2000) == "draft"
+    assert source(backlog=2000, budget=2, remaining=3) == "none"
     # Runs of the draft model measured short (two steps, then n-grams take over): a catch-up is not worth it.
     for _ in range(10):
         chooser.record("draft", 1, 1, costs.verify(2), 2)
         chooser.record("ngram", 8, 8, 0.004, 9, ngram_match=8)
-    assert (
-        chooser.plan(budget=16, ngram_available=0, site=StepSite(previous=1, draft_backlog=2000)).source
-        == "none"
-    )
-    assert (
-        chooser.plan(budget=16, ngram_available=0, site=StepSite(previous=1, draft_backlog=1)).source
-        == "draft"
-    )
+    assert source(backlog=2000) == "none"
+    assert source(backlog=1) == "draft"
 
 
 def test_passes_after_the_draft_model_are_priced_apart() -> None:
