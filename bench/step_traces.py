@@ -16,7 +16,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-COLUMNS = ("steps", "drafted", "accepted", "ready", "pass_tokens", "verify_ms", "draft_ms")
+SUMMED = ("drafted", "accepted", "pass_tokens", "verify_ms", "draft_ms")  # step fields added up as they are
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -32,7 +32,7 @@ Longest = dict[tuple[str, str], tuple[int, str]]  # per (workload, mode): steps 
 def summarise(runs: list[dict[str, Any]]) -> tuple[Totals, Longest]:
     """Step totals per (workload, mode, source); per speculative (workload, mode), the longest run of
     target-alone steps and its task."""
-    totals: Totals = defaultdict(lambda: dict.fromkeys(COLUMNS, 0.0))
+    totals: Totals = defaultdict(lambda: dict.fromkeys(("steps", "ready", *SUMMED), 0.0))
     longest: Longest = {}
     for run in runs:
         if run["system"] != "localspec" or "steps" not in run:
@@ -42,10 +42,9 @@ def summarise(runs: list[dict[str, Any]]) -> tuple[Totals, Longest]:
         for step in run["steps"][1:]:
             row = totals[(*key, step["source"])]
             row["steps"] += 1
-            row["ready"] += step["ready"] > 0
-            for name in COLUMNS[1:]:
-                if name != "ready":
-                    row[name] += step[name]
+            row["ready"] += step["ready"] > 0  # steps, not drafts: the table gives a share of steps
+            for name in SUMMED:
+                row[name] += step[name]
             streak = streak + 1 if step["source"] == "none" else 0
             if run["mode"] != "none" and streak > longest.get(key, (0, ""))[0]:
                 longest[key] = (streak, run["task_id"])
