@@ -1461,3 +1461,36 @@ def test_draft_model_steps_draft_past_the_best_length_while_the_rate_stays_near_
     assert same_rate == rate and k_slack > k_best
     plan = chooser.plan(budget=16, ngram_available=0, site=StepSite(previous=11, streak=1))
     assert plan == Plan("draft", k_slack)
+
+
+def test_after_a_miss_the_draft_model_is_tried_again_from_one_token_passes() -> None:
+    # Prices like the x5 cost-scaled target's on the H200 (ms, from step traces): a one-token pass 8.2 after
+    # others of its size, 17 after a larger pass; a pass of n > 1 tokens 20 + 1.3 n whatever came before; a draft
+    # token 1.2. A draft model right 9 times in 10 misses twice at one place; the target alone takes over, and
+    # the draft model must be re-probed within PROBE_EVERY steps: leaving one-token passes costs one cold
+    # one-token pass when the run of draft-model steps ends, not a cold pass for every step of the run.
+    from localspec.engine.chooser import PROBE_EVERY, AdaptiveChooser
+
+    costs = PassCosts(price_depth=False)
+    for n in range(1, 18):
+        multi = (20 + 1.3 * n) / 1000
+        for table in ({}, {"warm": True}, {"after_draft": True}):
+            one = {"warm": 0.0082}.get(next(iter(table), ""), 0.017)
+            costs.record_verify(n, one if n == 1 else multi, **table)  # type: ignore[arg-type]
+    costs.record_draft(1, 0.0012)
+    assert costs.switch_cost() == pytest.approx(0.0088)
+    chooser = AdaptiveChooser("adaptive", draft_max=16, has_draft_model=True, costs=costs)
+    for _ in range(30):
+        chooser.record("draft", 8, 7, costs.verify(9, after_draft=True), 9)
+    assert chooser.plan(budget=16, ngram_available=0, site=StepSite(previous=9, streak=1)).source == "draft"
+    for k in (1, 12):  # two misses in a row at the first draft
+        chooser.record("draft", k, 0, costs.verify(k + 1, after_draft=True), k + 1)
+    previous, streak, sources = 13, 1, []
+    for _ in range(3 * PROBE_EVERY):
+        plan = chooser.plan(budget=16, ngram_available=0, site=StepSite(previous=previous, streak=streak))
+        sources.append(plan.source)
+        if plan.source == "draft":
+            break
+        chooser.record("none", 0, 0, 0.0082 if previous == 1 else 0.017, 1, warm=previous == 1)
+        previous, streak = 1, streak + 1 if previous == 1 else 1
+    assert sources[-1] == "draft" and len(sources) <= PROBE_EVERY + 1

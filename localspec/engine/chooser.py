@@ -120,26 +120,26 @@ class AdaptiveChooser:
         """The draft length in 1..limit with the best expected tokens per second, that rate, and the pass size to
         pad to (0: none; the previous pass's size when padding pays, a pass of the same size being warm).
 
-        site: where the pass sits (its previous pass size, streak and depth; see `StepSite`); leaving one-token
-        passes makes the next one cold, so that is charged too. acceptance: one rate for every position
-        instead of `rates`. one_off: seconds paid once before a run of such steps expected to settle `horizon`
-        tokens (the draft model's catch-up), of which a step bears its share. after_draft: the pass follows
-        draft-model passes and is priced as such. free_drafts: drafts already made (the draft model drafted
-        them ahead): only the ones beyond cost per_draft_token.
+        site: where the pass sits (its previous pass size, streak and depth; see `StepSite`). acceptance: one
+        rate for every position instead of `rates`. one_off: seconds paid once for a run of such steps expected
+        to settle `horizon` tokens (the draft model's catch-up), of which a step bears its share; leaving
+        one-token passes is paid so too (the one-token pass after the run runs cold, once). after_draft: the
+        pass follows draft-model passes and is priced as such. free_drafts: drafts already made (the draft model
+        drafted them ahead): only the ones beyond cost per_draft_token.
         slack: take the longest length whose rate is within this share of the best (the best rate is returned).
         """
         costs = self.costs
         previous, streak, depth = site.previous, site.streak, site.depth
-        leaving_alone = costs.switch_cost() if previous == 1 else 0.0
+        once = one_off + (costs.switch_cost() if previous == 1 else 0.0)
         best_k, best_rate, best_size = 0, 0.0, 0
         expected = survive = 1.0
         by_length = []
         for k in range(1, limit + 1):
             survive *= acceptance if acceptance is not None else rates.rate(k - 1)
             expected += survive
-            share = one_off * min(1.0, expected / horizon)
+            share = once * min(1.0, expected / horizon)
             verify = costs.in_sequence(k + 1, previous, streak, after_draft, depth)
-            step = verify + leaving_alone + max(0, k - free_drafts) * per_draft_token + share
+            step = verify + max(0, k - free_drafts) * per_draft_token + share
             rate = expected / step
             by_length.append(rate)
             if rate > best_rate:
