@@ -928,6 +928,29 @@ def test_padded_passes_keep_the_output_of_the_target_alone(similar_engine: Engin
         assert sizes.count(8) >= 3  # (one per mode at least; short replies end early)
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    # Few distinct tokens: n-grams recur and their followers conflict.
+    tokens=st.lists(st.integers(0, 5), min_size=2, max_size=120),
+    cuts=st.lists(st.integers(1, 20), max_size=30),
+)
+def test_an_ngram_index_built_step_by_step_is_the_index_of_the_whole_text(
+    tokens: list[int], cuts: list[int]
+) -> None:
+    # A generation indexes its context a few tokens per step (one position at a time), an editor's prompt thousands
+    # at once (one n-gram order at a time): both must leave the same table.
+    from localspec.engine.drafters import NgramTable
+
+    whole, by_steps = NgramTable(), NgramTable()
+    whole.add(tokens, 0, len(tokens) - 1)
+    start = 0
+    for cut in [*cuts, len(tokens)]:
+        end = min(start + cut, len(tokens) - 1)
+        by_steps.add(tokens, start, end)
+        start = end
+    assert by_steps.table == whole.table
+
+
 def test_a_slot_reuses_its_ngram_index_when_the_next_prompt_shares_its_start(similar_engine: Engine) -> None:
     from localspec.engine.drafters import MIN_REUSED_PREFIX
 
@@ -1250,6 +1273,41 @@ def test_a_pass_deep_in_its_sequence_is_priced_for_its_depth() -> None:
     flat.record_verify(2, 0.116)
     flat.record_verify(2, 0.1557, depth=2000)
     assert flat.per_position == 0 and flat.verify(2, depth=2000) == flat.verify(2) > 0.116
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    timed=st.fixed_dictionaries(
+        {
+            kind: st.dictionaries(st.integers(1, 18), st.floats(1e-4, 0.1), max_size=18)
+            for kind in ("cold", "warm", "capture", "after_draft")
+        }
+    ),
+    deep=st.lists(st.floats(0.1, 0.2), max_size=3),
+    previous=st.integers(0, 18),
+    streak=st.integers(1, 4),
+    after_draft=st.booleans(),
+    depth=st.sampled_from([0, 2000]),
+)
+def test_a_whole_steps_prices_are_each_sizes_own_price(
+    timed: dict[str, dict[int, float]],
+    deep: list[float],
+    previous: int,
+    streak: int,
+    after_draft: bool,
+    depth: int,
+) -> None:
+    # The chooser prices every draft length of a step at once (`sequence_prices`, for speed): whatever has been
+    # timed, each figure must be exactly what `in_sequence` says for that size.
+    costs = PassCosts()
+    for kind, prices in timed.items():
+        for n, seconds in prices.items():
+            costs.record_verify(n, seconds, **({} if kind == "cold" else {kind: True}))
+    for seconds in deep:  # (passes deep in a sequence teach a price per position)
+        costs.record_verify(1, seconds, depth=3000)
+    sizes = range(2, 18)
+    at_once = costs.sequence_prices(sizes, previous, streak, after_draft, depth)
+    assert at_once == [costs.in_sequence(n, previous, streak, after_draft, depth) for n in sizes]
 
 
 def test_drafts_that_pay_at_a_sequences_start_are_refused_deep_in_it() -> None:

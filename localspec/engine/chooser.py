@@ -134,12 +134,14 @@ class AdaptiveChooser:
         best_k, best_rate, best_size = 0, 0.0, 0
         expected = survive = 1.0
         by_length = []
-        for k in range(1, limit + 1):
-            survive *= acceptance if acceptance is not None else rates.rate(k - 1)
+        verify_prices = costs.sequence_prices(range(2, limit + 2), previous, streak, after_draft, depth)
+        acceptances = [acceptance] * limit if acceptance is not None else rates.first(limit)
+        for k, (accept, verify) in enumerate(zip(acceptances, verify_prices, strict=True), 1):
+            survive *= accept
             expected += survive
-            share = once * min(1.0, expected / horizon)
-            verify = costs.in_sequence(k + 1, previous, streak, after_draft, depth)
-            step = verify + max(0, k - free_drafts) * per_draft_token + share
+            share = once if expected >= horizon else once * (expected / horizon)
+            drafting = (k - free_drafts) * per_draft_token if k > free_drafts else 0.0
+            step = verify + drafting + share
             rate = expected / step
             by_length.append(rate)
             if rate > best_rate:

@@ -12,7 +12,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from localspec.engine.llama_model import DecodeAborted, LlamaModel, top_two
 from localspec.engine.pass_costs import PassCosts
@@ -172,6 +172,7 @@ NGRAM_ORDERS = (2, 3, 4, 6, 8)  # n-gram lengths indexed; the longest match wins
 # it), and rebuilt once it holds STALE_INDEX_FACTOR times the entries a fresh index would.
 MIN_REUSED_PREFIX = 64
 STALE_INDEX_FACTOR = 3
+SMALL_ADD = 8  # up to this many new positions are indexed one by one (more: one n-gram order at a time)
 
 
 class NgramTable:
@@ -185,23 +186,35 @@ class NgramTable:
 
     def add(self, tokens: list[int], start: int, end: int) -> None:
         """Record the continuation of every n-gram ending at positions start..end-1 (the follower at i + 1)."""
-        table = self.table
+        if end - start <= SMALL_ADD:  # a generation step's new tokens: position by position costs least
+            orders = self.orders
+            self._update(
+                (tuple(tokens[i + 1 - n : i + 1]), tokens[i + 1])
+                for i in range(start, end)
+                for n in orders
+                if i + 1 >= n
+            )
+            return
         # One order at a time (n-grams of different lengths never share a key, so the table ends the same as
         # position by position), with the keys made by zip in C: an editor indexes thousands of tokens per jump.
         for n in self.orders:
             first = max(start, n - 1)  # the first position with n tokens up to it
-            if first >= end:
-                continue
-            grams = zip(*(tokens[first + 1 - n + j : end + 1 - n + j] for j in range(n)), strict=True)
-            for key, follower in zip(grams, tokens[first + 1 : end + 1], strict=True):
-                entry = table.get(key)
-                if entry is None:
-                    table[key] = [follower, 1, 1]
-                elif entry[0] == follower:
-                    entry[1] += 1
-                    entry[2] += 1
-                else:  # the n-gram is ambiguous: remember the newest follower, with its weaker record
-                    entry[0], entry[1], entry[2] = follower, 1, entry[2] + 1
+            if first < end:
+                grams = zip(*(tokens[first + 1 - n + j : end + 1 - n + j] for j in range(n)), strict=True)
+                self._update(zip(grams, tokens[first + 1 : end + 1], strict=True))
+
+    def _update(self, followed: Iterable[tuple[tuple[int, ...], int]]) -> None:
+        """Record each (n-gram, the token that followed it)."""
+        table = self.table
+        for key, follower in followed:
+            entry = table.get(key)
+            if entry is None:
+                table[key] = [follower, 1, 1]
+            elif entry[0] == follower:
+                entry[1] += 1
+                entry[2] += 1
+            else:  # the n-gram is ambiguous: remember the newest follower, with its weaker record
+                entry[0], entry[1], entry[2] = follower, 1, entry[2] + 1
 
     def next_token(self, tail: list[int]) -> tuple[int, int] | None:
         """(follower, n) for the longest n-gram ending `tail` that has a confident follower, if any."""

@@ -48,6 +48,11 @@ class PositionalAcceptance:
     def rate(self, position: int) -> float:
         return self.rates[min(position, POSITIONS - 1)].value
 
+    def first(self, n: int) -> list[float]:
+        """The rates of positions 0..n-1 (`rate` of each)."""
+        values = [estimate.value for estimate in self.rates[:n]]
+        return values + values[-1:] * (n - len(values))
+
     def record(self, drafted: int, accepted: int) -> None:
         # Positions up to the first rejection were tried; those after it tell nothing.
         for i in range(min(drafted, accepted + 1)):

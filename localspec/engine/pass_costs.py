@@ -176,6 +176,24 @@ class PassCosts:
         same = n == previous
         return self.verify(n, same and streak >= 2, same and streak == 1, after_draft, depth)
 
+    def sequence_prices(
+        self, sizes: range, previous: int, streak: int, after_draft: bool = False, depth: int = 0
+    ) -> list[float]:
+        """`in_sequence` for each size in `sizes`, the same figures at a fraction of the cost: the chooser prices
+        every draft length of every source at each step, and on a fast GPU that planning is a share of a step."""
+        per_position = self._per_position.value
+        # Where a pass's kind names one measured entry, that entry is its shallow price, as in `_shallow` (a pass
+        # after the draft model's is priced cold until such passes are timed).
+        kind = self._after_draft if after_draft and self._after_draft else self._cold
+        prices = []
+        for n in sizes:
+            known = kind.get(n) if after_draft or n != previous else None
+            if known is None:
+                prices.append(self.in_sequence(n, previous, streak, after_draft, depth))
+            else:
+                prices.append(known.value + per_position * n * depth)
+        return prices
+
     def _estimate(self, table: dict[int, Ewma], n: int) -> float:
         if (known := table.get(n)) is not None:
             return known.value
