@@ -1,17 +1,25 @@
 """Render a `localspec bench` JSON file as a Markdown table (for docs/BENCHMARKS.md and the README).
 
-Usage: python bench/render_table.py RESULTS.json [MORE.json ...]
+Usage: python bench/render_table.py RESULTS.json [MORE.json ...]   (also .json.gz, as in docs/benchmarks/traces/)
 Identical-output counts are recomputed from the stored runs: each speculative run against the same system's
 target-alone run of the same (workload, task).
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
+
+
+def load(path: Path) -> dict[str, Any]:
+    """A bench result, plain or gzipped."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt") as file:
+        return json.load(file)
 
 
 def rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -72,7 +80,7 @@ def markdown(table: list[dict[str, Any]]) -> str:
 
 if __name__ == "__main__":
     for name in sys.argv[1:]:
-        data = json.loads(Path(name).read_text())
+        data = load(Path(name))
         print(f"<!-- {name}: {json.dumps(data['meta'])} -->")
         print(markdown(rows(data["runs"])))
         print()

@@ -9,20 +9,14 @@ pass also reads the prompt's last chunk.
 
 from __future__ import annotations
 
-import gzip
-import json
 import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from render_table import load  # (this script's folder is on the path)
+
 SUMMED = ("drafted", "accepted", "pass_tokens", "verify_ms", "draft_ms")  # step fields added up as they are
-
-
-def load(path: Path) -> dict[str, Any]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt") as file:
-        return json.load(file)
 
 
 Totals = dict[tuple[str, str, str], dict[str, float]]  # per (workload, mode, source)
