@@ -79,6 +79,9 @@ def markdown(table: list[dict[str, Any]]) -> str:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) < 2 or sys.argv[1].startswith("-"):
+        print(__doc__, file=sys.stderr)
+        sys.exit(0 if sys.argv[1:2] in (["-h"], ["--help"]) else 2)
     for name in sys.argv[1:]:
         data = load(Path(name))
         print(f"<!-- {name}: {json.dumps(data['meta'])} -->")

@@ -69,9 +69,9 @@ def render(path: Path) -> str:
 
 
 def main(paths: list[str]) -> int:
-    if not paths:
+    if not paths or any(path.startswith("-") for path in paths):  # (no options: -h and --help get the usage)
         print(__doc__, file=sys.stderr)
-        return 2
+        return 0 if paths and paths[0] in ("-h", "--help") else 2
     print("\n\n".join(render(Path(path)) for path in paths))
     return 0
 
