@@ -22,6 +22,15 @@ def load(path: Path) -> dict[str, Any]:
         return json.load(file)
 
 
+def usage_error(paths: list[str], doc: str | None) -> int | None:
+    """Where `paths` names no file or asks for help (these scripts take no options): print `doc` and return the
+    exit status; else None."""
+    if paths and not any(path.startswith("-") for path in paths):
+        return None
+    print(doc, file=sys.stderr)
+    return 0 if paths[:1] in (["-h"], ["--help"]) else 2
+
+
 def rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     alone = {(r["system"], r["workload"], r["task_id"]): r for r in runs if r["mode"] == "none"}
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
@@ -79,9 +88,8 @@ def markdown(table: list[dict[str, Any]]) -> str:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 2 or sys.argv[1].startswith("-"):
-        print(__doc__, file=sys.stderr)
-        sys.exit(0 if sys.argv[1:2] in (["-h"], ["--help"]) else 2)
+    if (status := usage_error(sys.argv[1:], __doc__)) is not None:
+        sys.exit(status)
     for name in sys.argv[1:]:
         data = load(Path(name))
         print(f"<!-- {name}: {json.dumps(data['meta'])} -->")

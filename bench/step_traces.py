@@ -14,7 +14,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from render_table import load  # (this script's folder is on the path)
+from render_table import load, usage_error  # (this script's folder is on the path)
 
 SUMMED = ("drafted", "accepted", "pass_tokens", "verify_ms", "draft_ms")  # step fields added up as they are
 
@@ -69,9 +69,8 @@ def render(path: Path) -> str:
 
 
 def main(paths: list[str]) -> int:
-    if not paths or any(path.startswith("-") for path in paths):  # (no options: -h and --help get the usage)
-        print(__doc__, file=sys.stderr)
-        return 0 if paths and paths[0] in ("-h", "--help") else 2
+    if (status := usage_error(paths, __doc__)) is not None:
+        return status
     print("\n\n".join(render(Path(path)) for path in paths))
     return 0
 

@@ -139,6 +139,8 @@ class AdaptiveChooser:
         for k, (accept, verify) in enumerate(zip(acceptances, verify_prices, strict=True), 1):
             survive *= accept
             expected += survive
+            # (`once * min(1, expected / horizon)` and `max(0, k - free_drafts)` written out: this loop runs for
+            # every draft length of every source at every step, and the calls were a third of its time)
             share = once if expected >= horizon else once * (expected / horizon)
             drafting = (k - free_drafts) * per_draft_token if k > free_drafts else 0.0
             step = verify + drafting + share
@@ -172,9 +174,9 @@ class AdaptiveChooser:
             return Plan("draft", budget) if self.has_draft_model else Plan("none", 0)
         if self.mode == "ngram":
             return Plan("ngram", min(budget, ngram_available)) if ngram_available else Plan("none", 0)
-        alone = self._alone_rate(site.depth)
         if self._since_tried["none"] >= RETIME_EVERY * (RARE_RETIME_FACTOR if self._alone_confirmed else 1):
             return Plan("none", 0)  # now and then, re-time a one-token pass: every plan is compared with it
+        alone = self._alone_rate(site.depth)
         best_rate, plan = alone, Plan("none", 0)
         if ngram_available:
             rates = self.ngram_acceptance[match_class(ngram_match)]
