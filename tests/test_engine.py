@@ -1136,6 +1136,7 @@ def test_calibration_times_warm_prices_on_a_gpu_however_long_a_sweep_takes(
     from localspec.engine.pass_costs import calibrate
 
     target, draft = similar_engine.target, similar_engine.draft
+    similar_engine.reset_cache()  # calibration starts from an empty sequence, as at start-up
     seq_id = similar_engine._slots.slots[0].seq_id
     for offloaded in (False, True):
         monkeypatch.setattr(target, "offloaded", offloaded)
@@ -1165,6 +1166,7 @@ def test_a_one_token_pass_timed_dearer_than_two_tokens_at_start_up_is_timed_agai
 
     monkeypatch.setattr(pass_costs, "_timed_pass", busy_timed_pass)
     costs = PassCosts()
+    similar_engine.reset_cache()  # calibration starts from an empty sequence, as at start-up
     seq_id = similar_engine._slots.slots[0].seq_id
     pass_costs.calibrate(costs, target, None, seq_id, max_size=4, quick_sweep=0.0)
     assert costs.verify(1) < costs.verify(2) and caught == [0]
