@@ -879,14 +879,17 @@ def test_chooser_prices_passes_by_the_size_of_the_pass_before() -> None:
     from localspec.engine.chooser import AdaptiveChooser
 
     costs = gpu_like_costs()
-    assert costs.switch_cost() == pytest.approx(0.0007)  # leaving one-token passes: the next one runs cold
+    # Leaving one-token passes: the next one runs cold, the one after it captures (priced cold until timed).
+    assert costs.switch_cost() == pytest.approx(2 * 0.0007)
     chooser = AdaptiveChooser("adaptive", draft_max=16, has_draft_model=True, costs=costs)
-    for _ in range(30):
+    for _ in range(30):  # each speculative step between one-token steps (runs of speculative steps are short)
         chooser.record("draft", 3, 3, 0.0033, 4)  # a draft model right 9 times in 10 or better
+        chooser.record("none", 0, 0, 0.00243, 1)
         chooser.record("ngram", 8, 8, 0.004, 9, ngram_match=8)  # long n-gram matches: always right
+        chooser.record("none", 0, 0, 0.00243, 1)
     chooser.record("none", 0, 0, 0.00173, 1, warm=True)  # (a one-token pass is re-timed now and then)
     # The draft model would pay if every pass cost its warm price, but a speculative pass after the target
-    # alone's one-token passes is cold and makes the next one-token pass cold too: it does not.
+    # alone's one-token passes is cold and makes the next two one-token passes dearer too: it does not.
     after_one, after_fives = StepSite(previous=1), StepSite(previous=5)
     assert chooser.plan(budget=16, ngram_available=0, site=after_one).source == "none"
     # A long, reliable n-gram match pays even so.
@@ -898,6 +901,43 @@ def test_chooser_prices_passes_by_the_size_of_the_pass_before() -> None:
         costs.record_verify(n, costs.verify(n) * 1.3, capture=True)
     just_one_five = StepSite(previous=5, streak=1)
     assert chooser.plan(budget=16, ngram_available=3, ngram_match=8, site=just_one_five) == Plan("ngram", 3)
+
+
+def test_leaving_one_token_passes_is_paid_once_per_run_of_speculative_steps() -> None:
+    # Prices like the real 1.5B's on the H200 (ms, from step traces): a one-token pass 1.8 after others of its size,
+    # 3.3 after a larger pass and 3.5 the one after that (a CUDA graph capture); a pass of n > 1 tokens 4.2 + 0.11 n
+    # after one of another size. N-gram matches whose first three drafts are right and the fourth wrong: a step
+    # settles 4 tokens in a 4-token pass, 0.65 tokens per ms against the target alone's 0.56 if the return to
+    # one-token passes were free. It costs 3.2 ms (3.3 + 3.5 - 2 x 1.8), once per run of speculative steps.
+    from localspec.engine.chooser import AdaptiveChooser
+
+    def chooser_after(steps_per_run: int) -> AdaptiveChooser:
+        costs = PassCosts(price_depth=False)
+        for n in range(1, 18):
+            cold = 0.0033 if n == 1 else (4.2 + 0.11 * n) / 1000
+            costs.record_verify(n, cold)
+            costs.record_verify(n, 0.0018 if n == 1 else cold * 0.8, warm=True)
+            costs.record_verify(n, 0.0035 if n == 1 else cold * 1.5, capture=True)
+        assert costs.switch_cost() == pytest.approx(0.0032)
+        chooser = AdaptiveChooser("adaptive", draft_max=16, has_draft_model=False, costs=costs)
+        for _ in range(40 // steps_per_run):
+            for _ in range(steps_per_run):
+                chooser.record("ngram", 4, 3, costs.verify(5), 5, ngram_match=8)
+            chooser.record("none", 0, 0, 0.0033, 1)
+            chooser.record("none", 0, 0, 0.0035, 1, capture=True)
+        chooser.record("none", 0, 0, 0.0018, 1, warm=True)
+        return chooser
+
+    def source(chooser: AdaptiveChooser) -> str:
+        return chooser.plan(
+            budget=16, ngram_available=4, ngram_match=8, site=StepSite(previous=1, streak=5)
+        ).source
+
+    # Where such a match is the only speculative step before the target alone takes over again (HumanEval on the
+    # real pair), each step pays the whole return: the target alone is faster.
+    assert source(chooser_after(steps_per_run=1)) == "none"
+    # Where matches follow each other (a code edit copying its input), the return is shared by the run: they pay.
+    assert source(chooser_after(steps_per_run=10)) == "ngram"
 
 
 def test_padded_passes_keep_the_output_of_the_target_alone(similar_engine: Engine) -> None:
@@ -1538,7 +1578,7 @@ def test_after_a_miss_the_draft_model_is_tried_again_from_one_token_passes() -> 
             one = {"warm": 0.0082}.get(next(iter(table), ""), 0.017)
             costs.record_verify(n, one if n == 1 else multi, **table)  # type: ignore[arg-type]
     costs.record_draft(1, 0.0012)
-    assert costs.switch_cost() == pytest.approx(0.0088)
+    assert costs.switch_cost() == pytest.approx(2 * 0.0088)  # (the capture pass priced cold: not timed)
     chooser = AdaptiveChooser("adaptive", draft_max=16, has_draft_model=True, costs=costs)
     for _ in range(30):
         chooser.record("draft", 8, 7, costs.verify(9, after_draft=True), 9)

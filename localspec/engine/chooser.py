@@ -28,9 +28,10 @@ LONG_RUN_WEIGHT = 0.05  # weight of one outcome in the n-gram acceptance carried
 # best length the estimate is pessimistic (the draft model stops by itself where it is unsure, so the drafts it
 # makes beyond are the sure ones), and the rate is flat there where a longer verify pass costs little more.
 LENGTH_SLACK = 0.1
-# Tokens a run of consecutive draft-model steps is assumed to settle until runs are measured: the draft model's
-# catch-up before a run is spread over them.
-PRIOR_DRAFT_RUN = 64
+# Tokens a run of steps is assumed to settle until runs are measured. What a run pays once is spread over the
+# tokens such runs settle: the draft model's catch-up over a run of draft-model steps, the return to one-token
+# passes (cold, then a CUDA graph capture) over a run of speculative steps.
+PRIOR_RUN = 64
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,27 @@ class StepSite:
     remaining: int | None = None
     draft_ready: int = 0
     depth: int = 0
+
+
+class RunLength:
+    """Tokens settled by runs of consecutive steps of one kind: the current run's, and their usual number."""
+
+    def __init__(self) -> None:
+        self.current = 0
+        self.usual = Ewma(PRIOR_RUN, weight=0.3)
+
+    def extend(self, tokens: int) -> None:
+        self.current += tokens
+
+    def end(self) -> None:
+        if self.current:
+            self.usual.add(self.current)
+            self.current = 0
+
+    def horizon(self, remaining: int | None) -> float:
+        """Tokens a run starting now is expected to settle (no more than the request may still generate)."""
+        usual = self.usual.value
+        return max(1.0, usual if remaining is None else min(remaining, usual))
 
 
 @dataclass
@@ -79,9 +101,9 @@ class AdaptiveChooser:
         self.ngram_acceptance = {name: PositionalAcceptance(PRIOR_ACCEPTANCE) for name in MATCH_CLASSES}
         self.costs = costs if costs is not None else PassCosts()
         self._since_tried = {"draft": 0, "ngram": 0, "none": 0}
-        # Tokens settled by a run of consecutive draft-model steps (the current one, and their usual number).
-        self._draft_run = 0
-        self._draft_run_length = Ewma(PRIOR_DRAFT_RUN, weight=0.3)
+        # Runs of consecutive draft-model steps, and of steps with drafts (between two one-token passes).
+        self._draft_run = RunLength()
+        self._speculative_run = RunLength()
         # Whether the last re-timing of the target alone cost what its price said: only then may re-timings become
         # rare (a price timed wrong at start-up is corrected at the usual pace).
         self._alone_confirmed = False
@@ -95,7 +117,8 @@ class AdaptiveChooser:
             for name, long_run in self._ngram_long_run.items()
         }
         self._since_tried["ngram"] = 0
-        self._end_draft_run()
+        self._draft_run.end()
+        self._speculative_run.end()
 
     # ---- planning ---------------------------------------------------------------------------------------------
 
@@ -113,6 +136,7 @@ class AdaptiveChooser:
         acceptance: float | None = None,
         one_off: float = 0.0,
         horizon: float = 1.0,
+        switch_horizon: float = 1.0,
         after_draft: bool = False,
         free_drafts: int = 0,
         slack: float = 0.0,
@@ -122,15 +146,16 @@ class AdaptiveChooser:
 
         site: where the pass sits (its previous pass size, streak and depth; see `StepSite`). acceptance: one
         rate for every position instead of `rates`. one_off: seconds paid once for a run of such steps expected
-        to settle `horizon` tokens (the draft model's catch-up), of which a step bears its share; leaving
-        one-token passes is paid so too (the one-token pass after the run runs cold, once). after_draft: the
+        to settle `horizon` tokens (the draft model's catch-up), of which a step bears its share. Leaving
+        one-token passes is paid so too, once for a run of speculative steps expected to settle `switch_horizon`
+        tokens (the two one-token passes after the run, cold and capture). after_draft: the
         pass follows draft-model passes and is priced as such. free_drafts: drafts already made (the draft model
         drafted them ahead): only the ones beyond cost per_draft_token.
         slack: take the longest length whose rate is within this share of the best (the best rate is returned).
         """
         costs = self.costs
         previous, streak, depth = site.previous, site.streak, site.depth
-        once = one_off + (costs.switch_cost() if previous == 1 else 0.0)
+        switch = costs.switch_cost() if previous == 1 else 0.0
         best_k, best_rate, best_size = 0, 0.0, 0
         expected = survive = 1.0
         by_length = []
@@ -139,9 +164,11 @@ class AdaptiveChooser:
         for k, (accept, verify) in enumerate(zip(acceptances, verify_prices, strict=True), 1):
             survive *= accept
             expected += survive
-            # (`once * min(1, expected / horizon)` and `max(0, k - free_drafts)` written out: this loop runs for
-            # every draft length of every source at every step, and the calls were a third of its time)
-            share = once if expected >= horizon else once * (expected / horizon)
+            # (`x * min(1, expected / h)` and `max(0, k - free_drafts)` written out: this loop runs for every
+            # draft length of every source at every step, and the calls were a third of its time)
+            share = one_off if expected >= horizon else one_off * (expected / horizon)
+            if switch:
+                share += switch if expected >= switch_horizon else switch * (expected / switch_horizon)
             drafting = (k - free_drafts) * per_draft_token if k > free_drafts else 0.0
             step = verify + drafting + share
             rate = expected / step
@@ -178,14 +205,20 @@ class AdaptiveChooser:
             return Plan("none", 0)  # now and then, re-time a one-token pass: every plan is compared with it
         alone = self._alone_rate(site.depth)
         best_rate, plan = alone, Plan("none", 0)
+        switch_horizon = self._speculative_run.horizon(site.remaining)
         if ngram_available:
             rates = self.ngram_acceptance[match_class(ngram_match)]
-            k, rate, size = self._best_length(rates, site, limit=min(budget, ngram_available))
+            k, rate, size = self._best_length(
+                rates, site, limit=min(budget, ngram_available), switch_horizon=switch_horizon
+            )
             if rate > best_rate:
                 best_rate, plan = rate, Plan("ngram", k, size)
             elif self._since_tried["ngram"] >= PROBE_EVERY:
                 k, hopeful, size = self._best_length(
-                    self._probe_hopes(match_class(ngram_match)), site, limit=min(budget, ngram_available, 4)
+                    self._probe_hopes(match_class(ngram_match)),
+                    site,
+                    limit=min(budget, ngram_available, 4),
+                    switch_horizon=switch_horizon,
                 )
                 if hopeful > PROBE_MARGIN * alone:
                     return Plan("ngram", k, size)  # n-gram drafts cost nothing to make: re-probe cheaply
@@ -193,10 +226,9 @@ class AdaptiveChooser:
             per_token = self.costs.draft_token()
             # Steady drafting reads one new token per step (priced in per_token); more is a catch-up, paid once
             # for the run of draft-model steps it starts.
-            backlog, remaining = site.draft_backlog, site.remaining
+            backlog = site.draft_backlog
             catch_up = self.costs.draft_catch_up(backlog) - per_token if backlog > 1 else 0.0
-            run = self._draft_run_length.value
-            horizon = max(1.0, run if remaining is None else min(remaining, run))
+            horizon = self._draft_run.horizon(site.remaining)
 
             def drafting(limit: int, acceptance: float | None = None) -> tuple[int, float, int]:
                 return self._best_length(
@@ -207,6 +239,7 @@ class AdaptiveChooser:
                     per_draft_token=per_token,
                     one_off=catch_up,
                     horizon=horizon,
+                    switch_horizon=switch_horizon,
                     after_draft=True,
                     free_drafts=site.draft_ready,
                     slack=LENGTH_SLACK,
@@ -286,9 +319,13 @@ class AdaptiveChooser:
         if verify_tokens:
             self.costs.record_verify(verify_tokens, t_verify, warm, capture, source == "draft", depth)
         if source == "draft":
-            self._draft_run += accepted + 1
+            self._draft_run.extend(accepted + 1)
         else:
-            self._end_draft_run()
+            self._draft_run.end()
+        if drafted:
+            self._speculative_run.extend(accepted + 1)
+        else:  # (a step without drafts makes a one-token pass)
+            self._speculative_run.end()
         if source == "none" or drafted == 0:
             return
         if source == "draft":  # (the draft model's passes are timed by the drafter: `PassCosts.record_draft`)
@@ -296,8 +333,3 @@ class AdaptiveChooser:
         else:
             self.ngram_acceptance[match_class(ngram_match)].record(drafted, accepted)
             self._ngram_long_run[match_class(ngram_match)].record(drafted, accepted)
-
-    def _end_draft_run(self) -> None:
-        if self._draft_run:
-            self._draft_run_length.add(self._draft_run)
-            self._draft_run = 0

@@ -162,11 +162,13 @@ class PassCosts:
         return cold * table[nearest].value / self._estimate(self._cold, nearest)
 
     def switch_cost(self) -> float:
-        """What a one-token pass costs more after a pass of another size (0 on a CPU)."""
+        """What returning to one-token passes after a pass of another size costs more than staying with them: the
+        first one-token pass runs cold, the second captures a CUDA graph (0 on a CPU)."""
         if 1 not in self._warm:
             return 0.0
-        # (Only the cold pass is charged, not the capture after it: docs/BENCHMARKS.md, "switch cost".)
-        return max(0.0, self._estimate(self._cold, 1) - self._warm[1].value)
+        warm, cold = self._warm[1].value, self._estimate(self._cold, 1)
+        capture = self._relative_to_cold(self._capture, 1, cold)
+        return max(0.0, cold - warm) + max(0.0, capture - warm)
 
     def in_sequence(
         self, n: int, previous: int, streak: int, after_draft: bool = False, depth: int = 0
