@@ -463,6 +463,28 @@ def test_infill_prompt_uses_fim_tokens_and_needs_them(similar_engine: Engine, ti
         engine.close()
 
 
+def test_texts_an_editor_resends_are_tokenized_once_and_their_tokens_stay_exact(
+    similar_engine: Engine,
+) -> None:
+    # An editor sends the same chunks of other files with every suggestion: their tokens are kept, and a prompt
+    # built from kept tokens is the prompt built from scratch, through edits to a chunk and evictions.
+    from localspec.engine.prompts import MAX_CACHED_TEXTS, PromptLayout
+
+    layout = similar_engine.prompts
+    chunks = [(f"util_{i}.py", f"VALUE_{i} = {i} * {i}\n") for i in range(MAX_CACHED_TEXTS + 8)]
+    for i in range(0, len(chunks), 2):
+        extra = chunks[i : i + 2]
+        edited = [(name, text + "# edited\n") for name, text in extra]
+        for chunk_texts, end in ((extra, "1"), (edited, "1"), (extra, "2")):
+            args = (f"def f_{i}(x):\n    return ", f"\nprint(f_{i}({end}))\n", chunk_texts, "main.py")
+            from_scratch = PromptLayout(similar_engine.target, similar_engine.n_ctx).infill_prompt(*args)
+            assert layout.infill_prompt(*args) == from_scratch
+        assert len(layout._text_tokens) <= MAX_CACHED_TEXTS
+    text = "<|fim_prefix|> is text here\n"  # special-token syntax stays text, as in the rest of the prompt
+    assert list(layout.plain_tokens(text)) == layout.tokenize(text, parse_special=False)
+    assert list(layout.plain_tokens(text)) != layout.tokenize(text, parse_special=True)
+
+
 @pytest.mark.parametrize("mode", ["draft", "none"])
 def test_an_infill_with_a_single_line_rule_ends_itself_at_the_first_newline(
     similar_engine: Engine, mode: str

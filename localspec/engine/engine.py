@@ -244,7 +244,7 @@ class Engine:
         with every suggestion, so their tables are kept (the most recent MAX_LOOKUP_TABLES) rather than rebuilt."""
         table = self._lookup_tables.pop(text, None)
         if table is None:
-            tokens = self.tokenize(text, parse_special=False)
+            tokens = list(self.prompts.plain_tokens(text))  # (the infill prompt tokenized the same texts)
             table = NgramTable()
             table.add(tokens, 0, len(tokens) - 1)
             if len(self._lookup_tables) >= MAX_LOOKUP_TABLES:

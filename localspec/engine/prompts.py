@@ -7,6 +7,8 @@ its window of lines around the cursor) and the number of tokens they want genera
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from localspec.engine.llama_model import LlamaModel
@@ -15,6 +17,9 @@ from localspec.errors import ContextOverflowError, InvalidRequestError, Unsuppor
 
 # Tokens an infill prompt leaves unused, so that the layout's small extras never push it over the context.
 INFILL_SLACK_TOKENS = 8
+# Infill texts whose tokens are kept: an editor sends the same chunks of other files (and, while the user types at
+# one place, the same suffix) with every suggestion, and tokenizing them anew cost milliseconds per request.
+MAX_CACHED_TEXTS = 64
 
 
 def answer_reserve(n_ctx: int, max_tokens: int) -> int:
@@ -30,9 +35,21 @@ class PromptLayout:
         self.model = model
         self.n_ctx = n_ctx
         self._chat_formatter: Jinja2ChatFormatter | None = None
+        self._text_tokens: OrderedDict[str, tuple[int, ...]] = OrderedDict()
 
     def tokenize(self, text: str, add_bos: bool = False, parse_special: bool = True) -> list[int]:
         return self.model.tokenize(text, add_bos=add_bos, parse_special=parse_special)
+
+    def plain_tokens(self, text: str) -> tuple[int, ...]:
+        """`text`'s tokens with special-token syntax left as text, from a cache of the most recently used
+        MAX_CACHED_TEXTS texts (tokenizing is exact text to tokens, so a cached list is the same list)."""
+        tokens = self._text_tokens.pop(text, None)
+        if tokens is None:
+            tokens = tuple(self.tokenize(text, parse_special=False))
+            if len(self._text_tokens) >= MAX_CACHED_TEXTS:
+                self._text_tokens.popitem(last=False)
+        self._text_tokens[text] = tokens  # (re)inserted last: least recently used first
+        return tokens
 
     def detokenize(self, tokens: list[int]) -> str:
         return b"".join(self.model.piece(t) for t in tokens).decode("utf-8", errors="replace")
@@ -80,8 +97,7 @@ class PromptLayout:
             )
         budget = self.n_ctx - answer_reserve(self.n_ctx, max_tokens) - INFILL_SLACK_TOKENS
         prefix_tokens = self.tokenize(prefix, parse_special=False)
-        suffix_tokens = self.tokenize(suffix, parse_special=False)
-        suffix_tokens = suffix_tokens[: max(0, budget // 4)]
+        suffix_tokens = list(self.plain_tokens(suffix)[: max(0, budget // 4)])
         prefix_tokens = (
             prefix_tokens[-max(0, budget - len(suffix_tokens)) :] if budget > len(suffix_tokens) else []
         )
@@ -91,16 +107,14 @@ class PromptLayout:
         has_repo_tokens = special["fim_rep"] >= 0 and special["fim_sep"] >= 0
         room = budget - len(prefix_tokens) - len(suffix_tokens)
         if has_repo_tokens and (extra or filename):
-            repo = [special["fim_rep"], *self.tokenize("localspec\n", parse_special=False)]
+            repo = [special["fim_rep"], *self.plain_tokens("localspec\n")]
             chunks = [repo]
             for chunk_name, text in extra or []:
-                chunk = [special["fim_sep"], *self.tokenize(f"{chunk_name}\n{text}", parse_special=False)]
+                chunk = [special["fim_sep"], *self.plain_tokens(f"{chunk_name}\n{text}")]
                 if sum(map(len, chunks)) + len(chunk) > room:
                     break
                 chunks.append(chunk)
-            chunks.append(
-                [special["fim_sep"], *self.tokenize(f"{filename or 'file'}\n", parse_special=False)]
-            )
+            chunks.append([special["fim_sep"], *self.plain_tokens(f"{filename or 'file'}\n")])
             if sum(map(len, chunks)) <= room:
                 for chunk in chunks:
                     head.extend(chunk)
