@@ -163,7 +163,8 @@ class PassCosts:
 
     def switch_cost(self) -> float:
         """What returning to one-token passes after a pass of another size costs more than staying with them: the
-        first one-token pass runs cold, the second captures a CUDA graph (0 on a CPU)."""
+        first one-token pass runs cold, the second captures a CUDA graph (0 until warm prices are measured; on a
+        CPU the three prices barely differ)."""
         if 1 not in self._warm:
             return 0.0
         warm, cold = self._warm[1].value, self._estimate(self._cold, 1)
