@@ -33,6 +33,7 @@ from localspec.engine.pass_costs import PassCosts
 from localspec.engine.pass_costs import calibrate as time_passes
 from localspec.engine.prefix_cache import ONE_BY_ONE_CATCH_UP, SlotPool
 from localspec.engine.prompts import PromptLayout
+from localspec.engine.recently_used import recently_used
 from localspec.engine.speculative import Generation
 from localspec.engine.types import (
     GenerationRequest,
@@ -242,26 +243,23 @@ class Engine:
     def _lookup_table(self, text: str) -> NgramTable:
         """The n-gram table of a text the request offers to copy from. An editor sends the same chunks of other files
         with every suggestion, so their tables are kept (the most recent MAX_LOOKUP_TABLES) rather than rebuilt."""
-        table = self._lookup_tables.pop(text, None)
-        if table is None:
+
+        def index() -> NgramTable:
             tokens = list(self.prompts.plain_tokens(text))  # (the infill prompt tokenized the same texts)
             table = NgramTable()
             table.add(tokens, 0, len(tokens) - 1)
-            if len(self._lookup_tables) >= MAX_LOOKUP_TABLES:
-                del self._lookup_tables[next(iter(self._lookup_tables))]
-        self._lookup_tables[text] = table  # (re)inserted last: least recently used first
-        return table
+            return table
+
+        return recently_used(self._lookup_tables, text, index, MAX_LOOKUP_TABLES)
 
     def _chooser(self, key: str, mode: SpeculativeMode) -> AdaptiveChooser:
-        chooser = self._choosers.pop((key, mode), None)
-        if chooser is None:
-            if len(self._choosers) >= MAX_CHOOSERS:  # slot keys come from clients: keep the most recent only
-                del self._choosers[next(iter(self._choosers))]
-            chooser = AdaptiveChooser(mode, self.settings.draft_max, self.draft is not None, self.costs)
-        self._choosers[(key, mode)] = (
-            chooser  # (re)inserted last: the dict's order is least recently used first
+        # Slot keys come from clients: the most recent MAX_CHOOSERS are kept.
+        return recently_used(
+            self._choosers,
+            (key, mode),
+            lambda: AdaptiveChooser(mode, self.settings.draft_max, self.draft is not None, self.costs),
+            MAX_CHOOSERS,
         )
-        return chooser
 
     def generate(self, request: GenerationRequest) -> Generation:
         if request.max_tokens < 0:

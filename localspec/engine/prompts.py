@@ -7,11 +7,10 @@ its window of lines around the cursor) and the number of tokens they want genera
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from localspec.engine.llama_model import LlamaModel
+from localspec.engine.recently_used import recently_used
 from localspec.engine.types import GenerationRequest
 from localspec.errors import ContextOverflowError, InvalidRequestError, UnsupportedError
 
@@ -35,7 +34,7 @@ class PromptLayout:
         self.model = model
         self.n_ctx = n_ctx
         self._chat_formatter: Jinja2ChatFormatter | None = None
-        self._text_tokens: OrderedDict[str, tuple[int, ...]] = OrderedDict()
+        self._text_tokens: dict[str, tuple[int, ...]] = {}
 
     def tokenize(self, text: str, add_bos: bool = False, parse_special: bool = True) -> list[int]:
         return self.model.tokenize(text, add_bos=add_bos, parse_special=parse_special)
@@ -43,13 +42,12 @@ class PromptLayout:
     def plain_tokens(self, text: str) -> tuple[int, ...]:
         """`text`'s tokens with special-token syntax left as text, from a cache of the most recently used
         MAX_CACHED_TEXTS texts (tokenizing is exact text to tokens, so a cached list is the same list)."""
-        tokens = self._text_tokens.pop(text, None)
-        if tokens is None:
-            tokens = tuple(self.tokenize(text, parse_special=False))
-            if len(self._text_tokens) >= MAX_CACHED_TEXTS:
-                self._text_tokens.popitem(last=False)
-        self._text_tokens[text] = tokens  # (re)inserted last: least recently used first
-        return tokens
+        return recently_used(
+            self._text_tokens,
+            text,
+            lambda: tuple(self.tokenize(text, parse_special=False)),
+            MAX_CACHED_TEXTS,
+        )
 
     def detokenize(self, tokens: list[int]) -> str:
         return b"".join(self.model.piece(t) for t in tokens).decode("utf-8", errors="replace")
