@@ -802,6 +802,41 @@ def test_ngram_drafts_are_judged_by_the_length_of_the_match_that_proposed_them()
     assert chooser.plan(budget=16, ngram_available=8, ngram_match=8) == Plan("ngram", 8)
 
 
+def test_a_request_starts_with_a_probe_of_a_draft_model_that_could_pay() -> None:
+    # The x5 prices of the test above. A request where the draft model missed everywhere ends in one-token
+    # passes; the next request (another text) must try the draft model at once, not after PROBE_EVERY steps
+    # of the target alone. Where even a perfect draft could not pay (a CPU's prices), no request probes it.
+    from localspec.engine.chooser import AdaptiveChooser
+
+    def chooser_after_misses(costs: PassCosts) -> AdaptiveChooser:
+        chooser = AdaptiveChooser("adaptive", draft_max=16, has_draft_model=True, costs=costs)
+        for k in (4, 8, 12, 1, 2):
+            chooser.record("draft", k, 0, costs.verify(k + 1, after_draft=True), k + 1)
+        chooser.record("none", 0, 0, costs.verify(1, warm=True), 1, warm=True)
+        return chooser
+
+    gpu = PassCosts(price_depth=False)
+    for n in range(1, 18):
+        for table in ({}, {"warm": True}, {"after_draft": True}):
+            one = 0.0082 if table.get("warm") else 0.017
+            gpu.record_verify(n, one if n == 1 else (20 + 1.3 * n) / 1000, **table)  # type: ignore[arg-type]
+    gpu.record_draft(1, 0.0012)
+    chooser = chooser_after_misses(gpu)
+    site = StepSite(previous=1, streak=3)
+    assert chooser.plan(budget=16, ngram_available=0, site=site).source == "none"
+    chooser.start_request()
+    assert chooser.plan(budget=16, ngram_available=0, site=site).source == "draft"
+
+    cpu = PassCosts(price_depth=False)
+    for n in range(1, 18):
+        for table in ({}, {"warm": True}, {"after_draft": True}):
+            cpu.record_verify(n, 0.09 * (0.8 * n + 0.2), **table)  # type: ignore[arg-type]
+    cpu.record_draft(1, 0.06)
+    chooser = chooser_after_misses(cpu)
+    chooser.start_request()
+    assert chooser.plan(budget=16, ngram_available=0, site=site).source == "none"
+
+
 def test_ngram_re_probes_hope_for_what_matches_of_that_length_usually_give() -> None:
     from localspec.engine.chooser import PROBE_EVERY, AdaptiveChooser
     from localspec.engine.pass_costs import PassCosts

@@ -111,12 +111,14 @@ class AdaptiveChooser:
     def start_request(self) -> None:
         """Whether the text repeats itself is a property of each request: n-gram acceptance starts again from the
         slow average over this client's requests, and moves fast. The draft model's acceptance and the measured
-        costs carry over (they describe the model pair)."""
+        costs carry over (they describe the model pair). A request starts with the draft model's probe due: a new
+        text may suit it where the last one did not, and a probe is made only where a nearly perfect draft pays."""
         self.ngram_acceptance = {
             name: PositionalAcceptance([rate.value for rate in long_run.rates])
             for name, long_run in self._ngram_long_run.items()
         }
         self._since_tried["ngram"] = 0
+        self._since_tried["draft"] = max(self._since_tried["draft"], PROBE_EVERY)
         self._draft_run.end()
         self._speculative_run.end()
 
