@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# editor.sh NAME [bench-editor flags] : `localspec bench-editor` on difflib.py and argparse.py (SRC=tree name).
+set -uo pipefail
+source "$(dirname "$0")/env.sh"
+name=$1; shift
+tree=$(tree_for "${SRC:-main}"); pkg=$(pkg_for "${SRC:-main}")
+mkdir -p /tmp/src /tmp/r/$name
+lib=$(python3 -c 'import difflib, os; print(os.path.dirname(difflib.__file__))')
+cp $lib/difflib.py $lib/argparse.py /tmp/src/
+cd /tmp && PYTHONPATH=$pkg:/tmp/site LOCALSPEC_HOME=/tmp/lsh-$name python3 -m localspec bench-editor /tmp/src --target $T \
+    --draft $D --files 2 --threads 16 --against-llama-server $LS "$@" --out /tmp/r/$name/result.json 2>&1 | tail -40
+gzip -c /tmp/r/$name/result.json > $OUT/$name.json.gz

@@ -1,0 +1,19 @@
+# Sourced by the run scripts: waits for the CUDA build, then points Python at it.
+B=$(echo /tmp/w/llama_cpp_python-*/vendor/llama.cpp/build/bin)
+while [[ ! -f /tmp/w/build.done ]]; do sleep 5; done
+[[ $(cat /tmp/w/build.done) == 0 ]] || { tail -30 /tmp/w/build.log; exit 1; }
+export LLAMA_CPP_LIB_PATH=$B LD_LIBRARY_PATH=$B${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} PYTHONUNBUFFERED=1
+export LS=$B/llama-server T=/tmp/models/target.gguf D=/tmp/models/draft.gguf
+export NCCL_NVLS_ENABLE=0
+tree_for() {  # main = the working tree; any other arm = .gpu/exp-ARM
+    if [[ $1 == main ]]; then echo "$PWD"; else echo "$PWD/.gpu/exp-$1"; fi
+}
+pkg_for() {  # an importable copy of an arm's tree: models/, tui/, lsp/ install as localspec.models etc.
+    local src d=/tmp/pkg-$1 f
+    src=$(tree_for "$1")
+    rm -rf "$d" && mkdir -p "$d" && cp -r "$src/localspec" "$d/"
+    for f in models tui lsp; do
+        if [[ -d $src/$f ]]; then cp -r "$src/$f" "$d/localspec/$f"; else cp -r "$PWD/$f" "$d/localspec/$f"; fi
+    done
+    echo "$d"
+}

