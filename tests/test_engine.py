@@ -1269,6 +1269,51 @@ def test_a_one_token_pass_timed_dearer_than_two_tokens_at_start_up_is_timed_agai
     assert costs.verify(1) < costs.verify(2) and caught == [0]
 
 
+def test_one_slow_pass_moves_a_price_little_and_a_lasting_change_moves_it_all_the_way() -> None:
+    # Seen in a daemon on 2 cores: the first one-token pass after the prompt took 1.5-1.7x its start-up price (the
+    # answer's first chunk streamed on the same cores). Counted as the price's second sample it raised it 25%, a
+    # draft model that does not pay there looked as if it did, and the whole first request ran 30% slower.
+    costs = PassCosts()
+    costs.record_verify(1, 0.030)  # as start-up records it
+    costs.record_verify(1, 0.045)
+    assert costs.verify(1) <= 0.030 * 1.06
+    costs.record_verify(1, 0.120)  # another pass caught by other work
+    assert costs.verify(1) <= 0.030 * 1.12
+    for _ in range(40):  # the machine really got slower
+        costs.record_verify(1, 0.060)
+    assert costs.verify(1) == pytest.approx(0.060, rel=0.05)
+    costs.record_verify(1, 0.030)  # a faster pass is believed at once: a pass is rarely faster than it can be
+    assert costs.verify(1) < 0.046
+
+
+def test_short_passes_timed_slow_at_the_start_of_the_sweep_are_timed_again_after_it(
+    similar_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Seen on a 2-core VM: a daemon's first one- and two-token timings (the start of the sweep) came out 1.5-1.8x
+    # their real cost, every one of them, and a draft model that does not pay there looked as if it did for the
+    # whole first request. Here the first six timings (sizes 1 and 2, best of three each) cost half a second more.
+    from localspec.engine import pass_costs
+
+    target, timed_pass = similar_engine.target, pass_costs._timed_pass
+    caught = [6]  # timings still to be caught
+
+    def busy_at_first(model: object, tokens: list[int], seq_id: int, outputs: str = "all") -> float:
+        seconds = timed_pass(model, tokens, seq_id, outputs)  # type: ignore[arg-type]
+        if model is target and caught[0]:
+            caught[0] -= 1
+            seconds += 0.5
+        return seconds
+
+    monkeypatch.setattr(pass_costs, "_timed_pass", busy_at_first)
+    costs = PassCosts()
+    similar_engine.reset_cache()  # calibration starts from an empty sequence, as at start-up
+    seq_id = similar_engine._slots.slots[0].seq_id
+    pass_costs.calibrate(costs, target, None, seq_id, max_size=8, quick_sweep=0.0)
+    assert caught == [0]
+    # Each short size is priced from an uncaught timing: below the 8-token pass, cheapest first.
+    assert costs.verify(1) < costs.verify(2) < costs.verify(8) < 0.5
+
+
 def test_drafts_made_ahead_are_the_drafts_the_draft_model_would_make_then(similar_engine: Engine) -> None:
     # While the target verifies a step's drafts, the draft model drafts on as if the target takes them all and
     # then picks the draft model's own next token. Where that guess holds, the next step's drafts are already made,

@@ -9,6 +9,10 @@ from localspec.engine.estimates import Ewma
 from localspec.engine.llama_model import LlamaModel
 
 FASTER_WEIGHT, SLOWER_WEIGHT = 0.5, 0.1  # weight of a pass timed below / above its size's estimate
+# A pass timed above this many times its size's estimate counts as this many: where the passes share the cores with
+# other work (a daemon streaming its answer on a 2-core machine), a pass now and then takes far longer than usual.
+OUTLIER_FACTOR = 1.5
+MEASURED_SAMPLES = round(1 / SLOWER_WEIGHT)  # (`Ewma.add` weighs a next sample 1 / (samples + 1) at least)
 # Sizes of the draft model's batched catch-up passes timed at start-up (larger ones are extrapolated).
 DRAFT_CATCH_UP_SIZES = (4, 16, 64)
 # A pass also attends over the context before it: each of its tokens pays about the same per position of context
@@ -16,7 +20,7 @@ DRAFT_CATCH_UP_SIZES = (4, 16, 64)
 # Passes this deep or deeper teach that price and only it (at one depth a size's price and the depth's cannot be
 # told apart); shallower ones teach their size's price (their depth's part is within a pass's noise).
 DEPTH_TAUGHT_FROM = 512
-BEST_OF_THREE_UP_TO = 4  # start-up times passes of up to this many tokens three times (see `calibrate`)
+BEST_OF_THREE_UP_TO = 4  # start-up times passes of up to this many tokens 3 times, and once after the sweep
 ONE_TOKEN_RETRIES = 3  # times start-up re-times a one-token pass that timed dearer than a two-token one
 
 
@@ -96,12 +100,18 @@ class PassCosts:
     def _record(table: dict[int, Ewma], n: int, seconds: float) -> None:
         estimate = table.get(n)
         if estimate is None:
-            table[n] = Ewma(seconds, samples=1)
+            # A price is a measurement, not a prior: later passes move it by the weights below from the start,
+            # not by the larger ones `Ewma` gives its first samples.
+            table[n] = Ewma(seconds, samples=MEASURED_SAMPLES)
             return
         # Quick to go down, slow to go up: a pass is rarely faster than it can be, but often slower (a busy
         # machine, a first pass of its shape), and an estimate stuck too high would keep its size from being
-        # planned, and so from being measured again.
-        estimate.add(seconds, FASTER_WEIGHT if seconds < estimate.value else SLOWER_WEIGHT)
+        # planned, and so from being measured again. One slow outlier moves it by a few percent at most; a
+        # machine that really got slower moves it step by step.
+        if seconds < estimate.value:
+            estimate.add(seconds, FASTER_WEIGHT)
+        else:
+            estimate.add(min(seconds, OUTLIER_FACTOR * estimate.value), SLOWER_WEIGHT)
 
     def record_draft(self, tokens: int, seconds: float) -> None:
         if not tokens:
@@ -282,6 +292,11 @@ def calibrate(
             # The one-token pass is the yardstick of every plan, and short passes decide whether short drafts pay:
             # best of three (on a CPU a single timing moves enough from start to start to flip such drafts).
             time_best(n, 3 if n <= BEST_OF_THREE_UP_TO else 1)
+    # A sweep's first timings are its least reliable (a daemon's other start-up work, a machine still settling after
+    # loading): the short passes, which decide whether short drafts pay, are timed once more after it.
+    for n in sizes:
+        if n <= BEST_OF_THREE_UP_TO:
+            time_best(n, 1)
     # A one-token pass does less work than a two-token one: timed dearer, all its timings were caught by other
     # work (a daemon starting beside an editor's warm-up), and it would make every draft look cheap.
     for _ in range(ONE_TOKEN_RETRIES):
