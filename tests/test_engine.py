@@ -1244,29 +1244,39 @@ def test_calibration_times_warm_prices_on_a_gpu_however_long_a_sweep_takes(
         assert (costs.describe().count("after draft-model passes") == 1) == offloaded
 
 
-def test_a_one_token_pass_timed_dearer_than_two_tokens_at_start_up_is_timed_again(
-    similar_engine: Engine, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Other start-up work (an editor's warm-up beside the daemon) catches the first one-token timings: each costs
-    # half a second more, the sweep's best of three included. The price must still come out below two tokens'.
+def calibrate_busy_at_first(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch, slowed: int, max_size: int, one_token_only: bool
+) -> PassCosts:
+    """Start-up calibration of `engine`'s target where its first `slowed` timings (of one-token passes only, or of
+    any) each cost half a second more, as other start-up work makes them; all of them must have been taken."""
     from localspec.engine import pass_costs
 
-    target, timed_pass = similar_engine.target, pass_costs._timed_pass
-    caught = [4]  # one-token timings still to be caught
+    target, timed_pass = engine.target, pass_costs._timed_pass
+    caught = [slowed]  # timings still to be caught
 
     def busy_timed_pass(model: object, tokens: list[int], seq_id: int, outputs: str = "all") -> float:
         seconds = timed_pass(model, tokens, seq_id, outputs)  # type: ignore[arg-type]
-        if model is target and len(tokens) == 1 and caught[0]:
+        if model is target and (len(tokens) == 1 or not one_token_only) and caught[0]:
             caught[0] -= 1
             seconds += 0.5
         return seconds
 
     monkeypatch.setattr(pass_costs, "_timed_pass", busy_timed_pass)
     costs = PassCosts()
-    similar_engine.reset_cache()  # calibration starts from an empty sequence, as at start-up
-    seq_id = similar_engine._slots.slots[0].seq_id
-    pass_costs.calibrate(costs, target, None, seq_id, max_size=4, quick_sweep=0.0)
-    assert costs.verify(1) < costs.verify(2) and caught == [0]
+    engine.reset_cache()  # calibration starts from an empty sequence, as at start-up
+    seq_id = engine._slots.slots[0].seq_id
+    pass_costs.calibrate(costs, target, None, seq_id, max_size=max_size, quick_sweep=0.0)
+    assert caught == [0]
+    return costs
+
+
+def test_a_one_token_pass_timed_dearer_than_two_tokens_at_start_up_is_timed_again(
+    similar_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Other start-up work (an editor's warm-up beside the daemon) catches the first one-token timings: each costs
+    # half a second more, the sweep's best of three included. The price must still come out below two tokens'.
+    costs = calibrate_busy_at_first(similar_engine, monkeypatch, slowed=4, max_size=4, one_token_only=True)
+    assert costs.verify(1) < costs.verify(2)
 
 
 def test_one_slow_pass_moves_a_price_little_and_a_lasting_change_moves_it_all_the_way() -> None:
@@ -1292,24 +1302,7 @@ def test_short_passes_timed_slow_at_the_start_of_the_sweep_are_timed_again_after
     # Seen on a 2-core VM: a daemon's first one- and two-token timings (the start of the sweep) came out 1.5-1.8x
     # their real cost, every one of them, and a draft model that does not pay there looked as if it did for the
     # whole first request. Here the first six timings (sizes 1 and 2, best of three each) cost half a second more.
-    from localspec.engine import pass_costs
-
-    target, timed_pass = similar_engine.target, pass_costs._timed_pass
-    caught = [6]  # timings still to be caught
-
-    def busy_at_first(model: object, tokens: list[int], seq_id: int, outputs: str = "all") -> float:
-        seconds = timed_pass(model, tokens, seq_id, outputs)  # type: ignore[arg-type]
-        if model is target and caught[0]:
-            caught[0] -= 1
-            seconds += 0.5
-        return seconds
-
-    monkeypatch.setattr(pass_costs, "_timed_pass", busy_at_first)
-    costs = PassCosts()
-    similar_engine.reset_cache()  # calibration starts from an empty sequence, as at start-up
-    seq_id = similar_engine._slots.slots[0].seq_id
-    pass_costs.calibrate(costs, target, None, seq_id, max_size=8, quick_sweep=0.0)
-    assert caught == [0]
+    costs = calibrate_busy_at_first(similar_engine, monkeypatch, slowed=6, max_size=8, one_token_only=False)
     # Each short size is priced from an uncaught timing: below the 8-token pass, cheapest first.
     assert costs.verify(1) < costs.verify(2) < costs.verify(8) < 0.5
 
