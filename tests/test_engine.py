@@ -803,7 +803,7 @@ def test_ngram_drafts_are_judged_by_the_length_of_the_match_that_proposed_them()
 
 
 def test_a_request_starts_with_a_probe_of_a_draft_model_that_could_pay() -> None:
-    # The x5 prices of the test above. A request where the draft model missed everywhere ends in one-token
+    # The x5-like prices. A request where the draft model missed everywhere ends in one-token
     # passes; the next request (another text) must try the draft model at once, not after PROBE_EVERY steps
     # of the target alone. Where even a perfect draft could not pay (a CPU's prices), no request probes it.
     from localspec.engine.chooser import AdaptiveChooser
@@ -815,13 +815,7 @@ def test_a_request_starts_with_a_probe_of_a_draft_model_that_could_pay() -> None
         chooser.record("none", 0, 0, costs.verify(1, warm=True), 1, warm=True)
         return chooser
 
-    gpu = PassCosts(price_depth=False)
-    for n in range(1, 18):
-        for table in ({}, {"warm": True}, {"after_draft": True}):
-            one = 0.0082 if table.get("warm") else 0.017
-            gpu.record_verify(n, one if n == 1 else (20 + 1.3 * n) / 1000, **table)  # type: ignore[arg-type]
-    gpu.record_draft(1, 0.0012)
-    chooser = chooser_after_misses(gpu)
+    chooser = chooser_after_misses(x5_like_prices())
     site = StepSite(previous=1, streak=3)
     assert chooser.plan(budget=16, ngram_available=0, site=site).source == "none"
     chooser.start_request()
@@ -1658,21 +1652,25 @@ def test_draft_model_steps_draft_past_the_best_length_while_the_rate_stays_near_
     assert plan == Plan("draft", k_slack)
 
 
+def x5_like_prices() -> PassCosts:
+    """Prices like the x5 cost-scaled target's on the H200 (ms, from step traces): a one-token pass 8.2 after others
+    of its size, 17 after a larger pass; a pass of n > 1 tokens 20 + 1.3 n whatever came before; a draft token 1.2."""
+    costs = PassCosts(price_depth=False)
+    for n in range(1, 18):
+        for table in ({}, {"warm": True}, {"after_draft": True}):
+            one = 0.0082 if table.get("warm") else 0.017
+            costs.record_verify(n, one if n == 1 else (20 + 1.3 * n) / 1000, **table)  # type: ignore[arg-type]
+    costs.record_draft(1, 0.0012)
+    return costs
+
+
 def test_after_a_miss_the_draft_model_is_tried_again_from_one_token_passes() -> None:
-    # Prices like the x5 cost-scaled target's on the H200 (ms, from step traces): a one-token pass 8.2 after
-    # others of its size, 17 after a larger pass; a pass of n > 1 tokens 20 + 1.3 n whatever came before; a draft
-    # token 1.2. A draft model right 9 times in 10 misses twice at one place; the target alone takes over, and
+    # x5-like prices. A draft model right 9 times in 10 misses twice at one place; the target alone takes over, and
     # the draft model must be re-probed within PROBE_EVERY steps: leaving one-token passes costs one cold
     # one-token pass when the run of draft-model steps ends, not a cold pass for every step of the run.
     from localspec.engine.chooser import PROBE_EVERY, AdaptiveChooser
 
-    costs = PassCosts(price_depth=False)
-    for n in range(1, 18):
-        multi = (20 + 1.3 * n) / 1000
-        for table in ({}, {"warm": True}, {"after_draft": True}):
-            one = {"warm": 0.0082}.get(next(iter(table), ""), 0.017)
-            costs.record_verify(n, one if n == 1 else multi, **table)  # type: ignore[arg-type]
-    costs.record_draft(1, 0.0012)
+    costs = x5_like_prices()
     assert costs.switch_cost() == pytest.approx(2 * 0.0088)  # (the capture pass priced cold: not timed)
     chooser = AdaptiveChooser("adaptive", draft_max=16, has_draft_model=True, costs=costs)
     for _ in range(30):

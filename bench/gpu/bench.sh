@@ -3,7 +3,7 @@
 set -uo pipefail
 source "$(dirname "$0")/env.sh"
 name=$1; shift
-tree=$(tree_for "${SRC:-main}"); pkg=$(pkg_for "${SRC:-main}")
+pkg=$(pkg_for "${SRC:-main}")
 mkdir -p /tmp/r/$name
 (cd /tmp && PYTHONPATH=$pkg:/tmp/site python3 -m localspec bench --target $T --draft $D --scaled-dir /tmp/scaled --threads 16 \
     "$@" --out /tmp/r/$name) 2>&1 | grep -v "^\s*$" | tail -60

@@ -3,7 +3,7 @@
 set -uo pipefail
 source "$(dirname "$0")/env.sh"
 name=$1; shift
-tree=$(tree_for "${SRC:-main}"); pkg=$(pkg_for "${SRC:-main}")
+pkg=$(pkg_for "${SRC:-main}")
 mkdir -p /tmp/src /tmp/r/$name
 lib=$(python3 -c 'import difflib, os; print(os.path.dirname(difflib.__file__))')
 cp $lib/difflib.py $lib/argparse.py /tmp/src/
