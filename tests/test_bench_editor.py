@@ -309,3 +309,35 @@ def test_llama_server_modes_are_checked_before_anything_starts(tmp_path: Path) -
     reuse = server_modes(["cache-reuse", "draft"], tmp_path / "draft.gguf")
     assert [mode.name for mode in reuse] == ["cache-reuse", "draft"]
     assert reuse[1].args[:2] == ["--cache-reuse", "256"] and "-md" in reuse[1].args
+
+
+def test_the_benchmark_daemon_runs_with_the_config_given_and_a_bad_one_fails_before_anything_starts(
+    tiny_models, tmp_path: Path
+) -> None:
+    # The benchmark's daemon has a home of its own (the user's config.toml does not reach it); --daemon-config
+    # gives it one, to measure an engine setting.
+    import httpx
+
+    from localspec.benchmark.daemon_process import DaemonProcess
+
+    config = tmp_path / "config.toml"
+    config.write_text('[speculative]\nmode = "ngram"\n')
+    serve = ["--target", str(tiny_models.target), "--threads", "1", "--n-ctx", "512", "--no-watch"]
+    daemon = DaemonProcess(tmp_path / "home", serve, timeout=300, config=config)
+    try:
+        listed = httpx.get(f"{daemon.url}/v1/models", headers=_auth(tmp_path / "home"), timeout=30).json()
+        assert listed["data"][0]["meta"]["mode"] == "ngram"
+    finally:
+        daemon.close()
+    config.write_text('[speculative]\nmode = "fastest"\n')
+    completed = subprocess.run(
+        [sys.executable, "-m", "localspec", "bench-editor", str(_write_project(tmp_path / "project")),
+         "--target", str(tiny_models.target), "--daemon-config", str(config), "--out", str(tmp_path / "out.json")],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "LOCALSPEC_HOME": str(tmp_path / "h2")},
+    )  # fmt: skip
+    assert completed.returncode != 0 and "speculative.mode" in completed.stderr + completed.stdout
+    assert not (tmp_path / "out.json").exists() and not (tmp_path / "h2" / "state" / "daemon.json").exists()
+
+
+def _auth(home: Path) -> dict[str, str]:
+    return {"Authorization": f"Bearer {(home / 'config' / 'token').read_text().strip()}"}

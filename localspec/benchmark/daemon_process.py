@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -19,12 +20,15 @@ POLL_S = 0.1
 
 
 class DaemonProcess:
-    """`python -m localspec serve ARGS` on a free loopback port with LOCALSPEC_HOME=`home`; ready once /health
-    says ok. Stopped by `close()` (always call it: use try/finally)."""
+    """`python -m localspec serve ARGS` on a free loopback port with LOCALSPEC_HOME=`home` (and `config` copied
+    there as its config.toml); ready once /health says ok. Stopped by `close()` (always call it: use try/finally)."""
 
-    def __init__(self, home: Path, args: list[str], timeout: float) -> None:
+    def __init__(self, home: Path, args: list[str], timeout: float, config: Path | None = None) -> None:
         self.home = home
         home.mkdir(parents=True, exist_ok=True)
+        if config is not None:
+            (home / "config").mkdir(exist_ok=True)
+            shutil.copyfile(config, home / "config" / "config.toml")
         self.log = home / "serve.log"
         with self.log.open("wb") as out:
             self.process = subprocess.Popen(

@@ -104,6 +104,7 @@ class BenchOptions:
     warm_timeout: float = 1800.0
     llama_server: Path | None = None
     server_modes: tuple[str, ...] = ("plain", "cache-reuse")
+    daemon_config: Path | None = None  # the benchmark daemon's config.toml
 
 
 # ---- choosing files and places -----------------------------------------------------------------------------------
@@ -816,6 +817,7 @@ def run_benchmark(options: BenchOptions, out: Path, console: Any) -> dict[str, A
                 mode: lsp_options(mode, options.max_tokens) for mode in options.line_modes
             },
             "daemon_args": serve_args,
+            "daemon_config": options.daemon_config.read_text() if options.daemon_config else None,
             **info,
         }
         result = {
@@ -829,7 +831,7 @@ def run_benchmark(options: BenchOptions, out: Path, console: Any) -> dict[str, A
 
     with tempfile.TemporaryDirectory(prefix="localspec-bench-editor-") as folder:
         console.print("starting localspec serve …")
-        daemon = DaemonProcess(Path(folder) / "home", serve_args, options.warm_timeout)
+        daemon = DaemonProcess(Path(folder) / "home", serve_args, options.warm_timeout, options.daemon_config)
         try:
             asyncio.run(
                 measure_localspec(

@@ -60,6 +60,13 @@ def register(subparsers: Any) -> None:
         help="comma-separated: plain, cache-reuse, draft (cache-reuse with the draft model)",
     )
     parser.add_argument(
+        "--daemon-config",
+        type=Path,
+        metavar="TOML",
+        help="config.toml for the benchmark's own daemon (default: none; the daemon runs in a home of its own, "
+        "so your config.toml and LOCALSPEC_* settings do not reach it), e.g. to measure an engine setting",
+    )
+    parser.add_argument(
         "--out", type=Path, help="JSON results (default: bench/results/bench-editor-DATE.json)"
     )
     parser.set_defaults(func=run)
@@ -72,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     from localspec.benchmark.infill_server import find_llama_server
     from localspec.config import load_config
     from localspec.engine.llama_model import default_threads
-    from localspec.errors import InvalidRequestError
+    from localspec.errors import ConfigError, InvalidRequestError
     from localspec.models import resolve_run_models
 
     line_modes = tuple(m.strip() for m in args.line_modes.split(",") if m.strip())
@@ -90,6 +97,13 @@ def run(args: argparse.Namespace) -> int:
             raise InvalidRequestError(
                 "No llama-server found: give its path (--against-llama-server PATH) or run .ci/build-llama-server."
             )
+    if args.daemon_config is not None:
+        if not args.daemon_config.is_file():
+            raise InvalidRequestError(f"--daemon-config {args.daemon_config}: no such file.")
+        try:  # (a bad file fails here, before anything starts)
+            load_config(args.daemon_config, environ={})
+        except ConfigError as exc:
+            raise ConfigError(f"--daemon-config {args.daemon_config}: {exc}") from exc
     config = load_config(
         overrides={
             "threads": args.threads,
@@ -116,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
         warm_timeout=args.warm_timeout,
         llama_server=llama_server,
         server_modes=server_modes,
+        daemon_config=args.daemon_config,
     )
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = args.out or Path("bench/results") / f"bench-editor-{stamp}.json"
