@@ -1,4 +1,7 @@
 # Sourced by the run scripts: waits for the CUDA build, then points Python at it.
+# A machine left idle for 30 s is given back and the next call gets a fresh one, without the build or the models:
+# stop at once rather than wait for a build that is not running.
+[[ -d /tmp/w && -f /tmp/models/target.gguf ]] || { echo "fresh machine (idle release?): run setup.sh and the chunk calls again"; exit 3; }
 B=$(echo /tmp/w/llama_cpp_python-*/vendor/llama.cpp/build/bin)
 while [[ ! -f /tmp/w/build.done ]]; do sleep 5; done
 [[ $(cat /tmp/w/build.done) == 0 ]] || { tail -30 /tmp/w/build.log; exit 1; }
