@@ -23,9 +23,13 @@ def infill(engine: Engine, prefix: str, max_tokens: int = 12, mode: str = "ngram
     return GenerationRequest(prompt=prompt, max_tokens=max_tokens, slot="editor", speculative=mode)  # type: ignore[arg-type]
 
 
-@pytest.fixture
-def engine(tiny_models) -> Iterator[Engine]:
-    engine = make_engine(tiny_models.target, tiny_models.draft_similar, n_ctx=2048, slots=2)
+@pytest.fixture(params=[False, True], ids=["ordinary", "pinned"])
+def engine(tiny_models, request: pytest.FixtureRequest) -> Iterator[Engine]:
+    """With copies in ordinary memory, and with `prompt_cache_pinned` (page-locked where a GPU runs the models)."""
+    engine = make_engine(
+        tiny_models.target, tiny_models.draft_similar, n_ctx=2048, slots=2, prompt_cache_pinned=request.param
+    )
+    assert engine.snapshots.pinned == request.param
     yield engine
     engine.close()
 
@@ -149,3 +153,22 @@ def test_a_copy_of_more_tokens_replaces_the_copies_it_extends(tiny_models) -> No
         assert store.describe()["saves"] == 3 and len(store) == 1
     finally:
         engine.close()
+
+
+def test_kv_copy_buffers_are_page_locked_only_where_a_gpu_offers_it_and_are_given_back() -> None:
+    # On a GPU the prompt cache's copies live in page-locked memory (the copy engine reads it directly); without
+    # one, ordinary memory. Either way a buffer holds what is written to it, and page-locked bytes are counted
+    # while a buffer lives and given back with it.
+    import gc
+
+    from localspec.engine.host_memory import _pinned_buffer_type, host_buffer, pinned_bytes
+
+    before = pinned_bytes()
+    buffer = host_buffer(1 << 20, pinned=True)
+    buffer[:] = 7
+    assert buffer.size == 1 << 20 and int(buffer.sum()) == 7 << 20
+    assert pinned_bytes() - before == ((1 << 20) if _pinned_buffer_type() else 0)
+    assert host_buffer(1 << 20, pinned=False).size == 1 << 20
+    del buffer
+    gc.collect()
+    assert pinned_bytes() == before

@@ -78,6 +78,7 @@ class EngineSettings:
     draft_ahead: bool | None = None
     history_tokens: int = DEFAULT_HISTORY_TOKENS  # earlier outputs kept as an n-gram source (0 = none)
     prompt_cache_mb: int = DEFAULT_PROMPT_CACHE_MB  # host memory for saved KV sequences (0 = none)
+    prompt_cache_pinned: bool = False  # ... page-locked on a GPU (experimental: see `host_memory`)
 
     @classmethod
     def from_config(
@@ -98,6 +99,7 @@ class EngineSettings:
             "draft_p_min": config.draft_p_min,
             "history_tokens": config.history_tokens,
             "prompt_cache_mb": config.prompt_cache_mb,
+            "prompt_cache_pinned": config.prompt_cache_pinned,
             "draft_ahead": draft_ahead_setting(config.draft_ahead),
         }
         return cls(**{**values, **overrides})
@@ -134,7 +136,7 @@ class Engine:
                 self.close()
                 raise
         self._slots = SlotPool(settings.slots)
-        self.snapshots = KvSnapshots(settings.prompt_cache_mb * 1024 * 1024)
+        self.snapshots = KvSnapshots(settings.prompt_cache_mb * 1024 * 1024, settings.prompt_cache_pinned)
         self.prompts = PromptLayout(self.target, settings.n_ctx)
         self._choosers: dict[tuple[str, str], AdaptiveChooser] = {}
         self._lookup_tables: dict[str, NgramTable] = {}

@@ -57,8 +57,10 @@ def _shared_length(a: np.ndarray, b: np.ndarray) -> int:
 class KvSnapshots:
     """Least recently used copies of slots' KV, within `max_bytes` of host memory (0 turns the store off)."""
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, pinned: bool = False) -> None:
+        """pinned: keep copies in page-locked memory where the models run on a GPU (`host_memory`)."""
         self.max_bytes = max_bytes
+        self.pinned = pinned
         # Keyed by serial number, least recently used first. (Not by token tuple: an OrderedDict hashes every key
         # while iterating, and a tuple of thousands of tokens does not cache its hash.)
         self._entries: dict[int, Snapshot] = {}
@@ -92,10 +94,13 @@ class KvSnapshots:
             if length == len(held):  # a copy of these tokens, or of more, is here
                 self._touch(key)
                 return
-        draft_state = draft.save_sequence(slot.seq_id) if draft is not None and slot.draft_tokens else None
+        pinned = self.pinned
+        draft_state = (
+            draft.save_sequence(slot.seq_id, pinned) if draft is not None and slot.draft_tokens else None
+        )
         snapshot = Snapshot(
             held,
-            target.save_sequence(slot.seq_id),
+            target.save_sequence(slot.seq_id, pinned),
             tuple(slot.draft_tokens) if draft_state is not None else (),
             draft_state,
         )

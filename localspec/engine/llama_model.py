@@ -18,6 +18,7 @@ from typing import Any
 import llama_cpp
 import numpy as np
 
+from localspec.engine.host_memory import host_buffer
 from localspec.errors import ContextOverflowError, ModelLoadError
 
 GGUF_MAGIC = b"GGUF"
@@ -446,11 +447,12 @@ class LlamaModel:
         """Drop KV entries of `seq_id` at positions >= `position` (rollback)."""
         llama_cpp.llama_memory_seq_rm(self._memory, seq_id, position, -1)
 
-    def save_sequence(self, seq_id: int) -> np.ndarray:
-        """A copy, in host memory, of everything sequence `seq_id`'s KV holds (see `restore_sequence`)."""
+    def save_sequence(self, seq_id: int, pinned: bool = False) -> np.ndarray:
+        """A copy, in host memory, of everything sequence `seq_id`'s KV holds (see `restore_sequence`); in
+        page-locked memory when `pinned` and the model runs on a GPU (`host_memory`)."""
         self.synchronize()
         size = int(llama_cpp.llama_state_seq_get_size(self.ctx, seq_id))
-        buffer = np.empty(size, dtype=np.uint8)  # not zeroed: llama.cpp writes every byte
+        buffer = host_buffer(size, pinned and self.offloaded)  # not zeroed: llama.cpp writes every byte
         written = int(llama_cpp.llama_state_seq_get_data(self.ctx, _bytes_pointer(buffer), size, seq_id))
         if written != size:
             raise RuntimeError(f"llama.cpp saved {written} of {size} bytes of the {self.role} model's KV")

@@ -1,0 +1,89 @@
+"""Host memory for the prompt cache's KV copies: page-locked where the models run on a GPU.
+
+A GPU's copy engine reads page-locked ("pinned") host memory directly; ordinary memory goes through the driver's
+staging buffers at a fraction of that speed, and restoring a copy is the largest part of an editor's jump outside
+the passes. ggml offers such memory for a GPU device (the device's host buffer type). Where it does not (no GPU
+device, a backend without one), where allocating fails, or once PINNED_MAX_BYTES are page-locked, a buffer is
+ordinary memory.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import threading
+import weakref
+from typing import Any
+
+import numpy as np
+
+GGML_BACKEND_DEVICE_TYPE_GPU = 1  # enum ggml_backend_dev_type
+# Page-locked memory cannot be swapped out: the prompt cache takes at most this much of it.
+PINNED_MAX_BYTES = 1 << 30
+
+_lock = threading.Lock()
+_pinned_bytes = 0
+
+
+@functools.cache
+def _pinned_buffer_type() -> tuple[Any, int] | None:
+    """ggml's library and the host buffer type of the first GPU device, or None."""
+    try:
+        import llama_cpp.llama_cpp as bindings
+        from llama_cpp._ctypes_extensions import load_shared_library
+
+        lib = load_shared_library("ggml", bindings._base_path)
+        lib.ggml_backend_dev_by_type.argtypes = [ctypes.c_int]
+        lib.ggml_backend_dev_by_type.restype = ctypes.c_void_p
+        lib.ggml_backend_dev_host_buffer_type.argtypes = [ctypes.c_void_p]
+        lib.ggml_backend_dev_host_buffer_type.restype = ctypes.c_void_p
+        lib.ggml_backend_buft_alloc_buffer.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        lib.ggml_backend_buft_alloc_buffer.restype = ctypes.c_void_p
+        lib.ggml_backend_buffer_get_base.argtypes = [ctypes.c_void_p]
+        lib.ggml_backend_buffer_get_base.restype = ctypes.c_void_p
+        lib.ggml_backend_buffer_free.argtypes = [ctypes.c_void_p]
+        lib.ggml_backend_buffer_free.restype = None
+    except (ImportError, OSError, AttributeError, RuntimeError):  # (another build of the bindings)
+        return None
+    device = lib.ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_GPU)
+    buffer_type = lib.ggml_backend_dev_host_buffer_type(device) if device else None
+    return (lib, buffer_type) if buffer_type else None
+
+
+def host_buffer(size: int, pinned: bool) -> np.ndarray:
+    """An uninitialized uint8 array of `size` bytes; page-locked when `pinned` and possible (see the module)."""
+    found = _pinned_buffer_type() if pinned and size > 0 else None
+    if found is not None:
+        lib, buffer_type = found
+        global _pinned_bytes
+        with _lock:
+            room = _pinned_bytes + size <= PINNED_MAX_BYTES
+            if room:
+                _pinned_bytes += size
+        buffer: int | None = lib.ggml_backend_buft_alloc_buffer(buffer_type, size) if room else None
+        base = lib.ggml_backend_buffer_get_base(buffer) if buffer else None
+        if buffer and base:
+            raw = (ctypes.c_uint8 * size).from_address(base)
+            weakref.finalize(raw, _free, lib, buffer, size)  # when the last array over it is gone
+            return np.frombuffer(memoryview(raw).cast("B"), dtype=np.uint8)
+        if buffer:
+            lib.ggml_backend_buffer_free(buffer)
+        if room:
+            _release(size)
+    return np.empty(size, dtype=np.uint8)
+
+
+def _free(lib: Any, buffer: int, size: int) -> None:
+    lib.ggml_backend_buffer_free(buffer)
+    _release(size)
+
+
+def _release(size: int) -> None:
+    global _pinned_bytes
+    with _lock:
+        _pinned_bytes -= size
+
+
+def pinned_bytes() -> int:
+    """Bytes of page-locked memory the prompt cache holds now."""
+    return _pinned_bytes
