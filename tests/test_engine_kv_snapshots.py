@@ -58,11 +58,15 @@ def test_returning_to_an_earlier_place_restores_its_kv_and_gives_the_target_alon
     elsewhere = engine.complete(infill(engine, TEXT[900:2400]))  # overwrites the slot: its KV is saved first
     assert elsewhere.stats.cached_tokens < 50
     assert engine.snapshots.describe()["saves"] == 1
+    # The time split says which part of the cache's time went to saving: none where nothing was saved.
+    assert first.stats.t_cache_save == 0 and 0 < elsewhere.stats.t_cache_save <= elsewhere.stats.t_cache
 
     back = infill(engine, TEXT[:1500] + "def ")  # the first place, a few characters typed
     result = engine.complete(back)
     assert engine.snapshots.describe()["restores"] == 1
     assert result.stats.t_cache > 0  # the copy's restore is timed apart from the prompt
+    assert engine.snapshots.describe()["saves"] == 2  # (the place left, before the restore overwrote it)
+    assert 0 < result.stats.t_cache_save < result.stats.t_cache
     assert result.stats.cached_tokens >= len(engine.tokenize(TEXT[:1480], parse_special=False))
     assert first.stats.prompt_tokens > result.stats.cached_tokens > elsewhere.stats.cached_tokens
     assert result.text == fresh(reference, back)

@@ -289,7 +289,7 @@ class Engine:
         chooser.start_request()
         try:
             started = time.perf_counter()
-            self.snapshots.prepare(slot, prompt, self.target, self.draft)
+            stats.t_cache_save = self.snapshots.prepare(slot, prompt, self.target, self.draft)
             stats.t_cache = time.perf_counter() - started
             return Generation(
                 request,
@@ -341,6 +341,7 @@ class Engine:
             "target_passes",
             "settled_near_ties",
             "t_cache",
+            "t_cache_save",
             "t_prompt",
             "t_draft",
             "t_verify",

@@ -3,8 +3,8 @@
 A GPU's copy engine reads page-locked ("pinned") host memory directly; ordinary memory goes through the driver's
 staging buffers at a fraction of that speed, and restoring a copy is the largest part of an editor's jump outside
 the passes. ggml offers such memory for a GPU device (the device's host buffer type). Where it does not (no GPU
-device, a backend without one), where allocating fails, or once PINNED_MAX_BYTES are page-locked, a buffer is
-ordinary memory.
+device, a backend without one) or where allocating fails, a buffer is ordinary memory. Page-locked memory cannot
+be swapped out: the prompt cache's own budget (engine.prompt_cache_mb) bounds how much of it is taken.
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ from typing import Any
 import numpy as np
 
 GGML_BACKEND_DEVICE_TYPE_GPU = 1  # enum ggml_backend_dev_type
-# Page-locked memory cannot be swapped out: the prompt cache takes at most this much of it.
-PINNED_MAX_BYTES = 1 << 30
 
 _lock = threading.Lock()
 _pinned_bytes = 0
@@ -55,35 +53,28 @@ def host_buffer(size: int, pinned: bool) -> np.ndarray:
     found = _pinned_buffer_type() if pinned and size > 0 else None
     if found is not None:
         lib, buffer_type = found
-        global _pinned_bytes
-        with _lock:
-            room = _pinned_bytes + size <= PINNED_MAX_BYTES
-            if room:
-                _pinned_bytes += size
-        buffer: int | None = lib.ggml_backend_buft_alloc_buffer(buffer_type, size) if room else None
+        buffer: int | None = lib.ggml_backend_buft_alloc_buffer(buffer_type, size)
         base = lib.ggml_backend_buffer_get_base(buffer) if buffer else None
         if buffer and base:
+            global _pinned_bytes
+            with _lock:
+                _pinned_bytes += size
             raw = (ctypes.c_uint8 * size).from_address(base)
             weakref.finalize(raw, _free, lib, buffer, size)  # when the last array over it is gone
             return np.frombuffer(memoryview(raw).cast("B"), dtype=np.uint8)
         if buffer:
             lib.ggml_backend_buffer_free(buffer)
-        if room:
-            _release(size)
     return np.empty(size, dtype=np.uint8)
 
 
 def _free(lib: Any, buffer: int, size: int) -> None:
     lib.ggml_backend_buffer_free(buffer)
-    _release(size)
-
-
-def _release(size: int) -> None:
     global _pinned_bytes
     with _lock:
         _pinned_bytes -= size
 
 
 def pinned_bytes() -> int:
-    """Bytes of page-locked memory the prompt cache holds now."""
+    """Bytes of page-locked memory the prompt cache holds now (as ggml allocated it: its CUDA host buffer type
+    falls back to ordinary memory where the driver refuses to lock more)."""
     return _pinned_bytes

@@ -10,6 +10,7 @@ those positions, so reuse stays exact: only a common prefix is ever reused, as w
 from __future__ import annotations
 
 import itertools
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -140,18 +141,23 @@ class KvSnapshots:
 
     def prepare(
         self, slot: SlotState, prompt: list[int], target: LlamaModel, draft: LlamaModel | None
-    ) -> None:
-        """Before `slot` serves `prompt`: save what it would lose, and restore a copy that shares more."""
+    ) -> float:
+        """Before `slot` serves `prompt`: save what it would lose, and restore a copy that shares more. Returns the
+        seconds spent saving (the rest of the time is the restore)."""
         if self.max_bytes <= 0:
-            return
+            return 0.0
+        started = time.perf_counter()
         held, wanted = _as_array(slot.target_tokens), _as_array(prompt)
         shared = _shared_length(held, wanted)
         snapshot, length = self._best(wanted)
         lost = len(held) - max(shared, self._best(held)[1])
+        saving = 0.0
         if lost >= (MIN_SAVED_TOKENS_GPU if target.offloaded else MIN_SAVED_TOKENS):
             self.save(slot, target, draft)
+            saving = time.perf_counter() - started
         if snapshot is not None and length >= shared + MIN_RESTORE_GAIN:
             self.restore(snapshot, slot, target, draft)
+        return saving
 
     def describe(self) -> dict[str, int]:
         return {

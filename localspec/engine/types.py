@@ -112,6 +112,7 @@ class RequestStats:
     steps_by_source: dict[str, int] = field(default_factory=lambda: {"draft": 0, "ngram": 0, "none": 0})
     settled_near_ties: int = 0  # positions re-decoded alone because the verify margin was tiny
     t_cache: float = 0.0  # saving and restoring KV copies of the prompt cache, before the prompt is evaluated
+    t_cache_save: float = 0.0  # ... of which saving the slot's KV before it is overwritten
     t_prompt: float = 0.0
     t_draft: float = 0.0
     t_verify: float = 0.0
@@ -153,9 +154,11 @@ class RequestStats:
         }
 
     def time_split(self) -> dict[str, float]:
-        """Seconds by phase: the prompt cache's KV copies, the prompt, drafting, verify passes, sampling, all."""
+        """Seconds by phase: the prompt cache's KV copies (of which saving one), the prompt, drafting, verify passes,
+        sampling, all."""
         return {
             "cache": round(self.t_cache, 4),
+            "cache_save": round(self.t_cache_save, 4),
             "prompt": round(self.t_prompt, 4),
             "draft": round(self.t_draft, 4),
             "verify": round(self.t_verify, 4),
