@@ -363,7 +363,10 @@ def test_a_burst_of_queued_requests_all_abandoned_leaves_nothing_behind(
     assert tally.disconnects >= 95
     check_quiet(endless_daemon, tally, baseline, rss_before)
     after = stats(endless_daemon)
-    # Queued requests whose client left never started: they are counted, but cost no generation.
+    # Queued requests whose client left never started: they are counted, but cost no generation. (The daemon
+    # keeps the last 64 records; how many of the burst started while their clients waited depends on the host:
+    # 6-15 of 64 on this VM. Were abandoned requests run anyway, nearly all would have started.)
     since = [r for r in after["recent"] if r["id"] > max(x["id"] for x in baseline["recent"])]
-    assert sum(1 for r in since if not r["started"]) >= 50
+    assert len(since) >= 50
+    assert sum(1 for r in since if not r["started"]) >= len(since) // 2
     assert probe(endless_daemon)["choices"][0]["text"] == reference["choices"][0]["text"]
