@@ -160,8 +160,9 @@ def test_infill_preempts_a_running_chat_and_both_finish_correctly(endless: Runni
     # the prompt cache and the generation fit in the seconds from arrival to the end.
     for record in stats["recent"][-2:]:
         split = record["time"]
-        phases = split["prompt"] + split["draft"] + split["verify"] + split["sample"]
+        phases = split["prompt"] + split["plan"] + split["draft"] + split["verify"] + split["sample"]
         assert 0 < phases <= split["total"] + 0.001, record
+        assert split["cache_save"] <= split["cache"], record
         assert split["queued"] + split["cache"] + split["total"] <= record["seconds"] + 0.001, record
 
 

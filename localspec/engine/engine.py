@@ -343,6 +343,7 @@ class Engine:
             "t_cache",
             "t_cache_save",
             "t_prompt",
+            "t_plan",
             "t_draft",
             "t_verify",
             "t_sample",

@@ -151,7 +151,9 @@ class Generation:
             draft_ready=drafter.ready(context) if drafter is not None and self._ahead is not None else 0,
             depth=len(self._committed),
         )
+        planning = time.perf_counter()
         plan, ngram = self._plan(context, budget, site)
+        self.stats.t_plan += time.perf_counter() - planning
         source: DraftSource = plan.source
         ahead_before = self._draft.drafted_ahead if self._draft is not None else 0
         started = time.perf_counter()

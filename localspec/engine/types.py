@@ -114,6 +114,7 @@ class RequestStats:
     t_cache: float = 0.0  # saving and restoring KV copies of the prompt cache, before the prompt is evaluated
     t_cache_save: float = 0.0  # ... of which saving the slot's KV before it is overwritten
     t_prompt: float = 0.0
+    t_plan: float = 0.0  # choosing each step's draft source and length (the n-gram lookups with it)
     t_draft: float = 0.0
     t_verify: float = 0.0
     t_sample: float = 0.0
@@ -154,12 +155,13 @@ class RequestStats:
         }
 
     def time_split(self) -> dict[str, float]:
-        """Seconds by phase: the prompt cache's KV copies (of which saving one), the prompt, drafting, verify passes,
-        sampling, all."""
+        """Seconds by phase: the prompt cache's KV copies (of which saving one), the prompt, planning steps, drafting,
+        verify passes, sampling, all."""
         return {
             "cache": round(self.t_cache, 4),
             "cache_save": round(self.t_cache_save, 4),
             "prompt": round(self.t_prompt, 4),
+            "plan": round(self.t_plan, 4),
             "draft": round(self.t_draft, 4),
             "verify": round(self.t_verify, 4),
             "sample": round(self.t_sample, 4),
