@@ -54,7 +54,7 @@ class Config:
     slots: int = field(default=DEFAULT_SLOTS, metadata={"section": "engine"})
     # Host memory (MiB) for copies of evaluated prompts beyond the slots, so returning to a place is cheap; 0 = off.
     prompt_cache_mb: int = field(default=DEFAULT_PROMPT_CACHE_MB, metadata={"section": "engine"})
-    # Experimental: keep those copies in page-locked memory (at most 1 GiB) where the models run on a GPU.
+    # Experimental: keep those copies in page-locked memory (as much as prompt_cache_mb) where the models run on a GPU.
     prompt_cache_pinned: bool = field(default=False, metadata={"section": "engine"})
     # "local": llama.cpp in this process; "remote": an existing inference server does the decoding (docs/REMOTE.md).
     backend: str = field(default="local", metadata={"section": "engine"})
