@@ -9,9 +9,14 @@ same KV buffers, so this times, with the draft model alone (ms per pass, median)
 - one-row passes in one sequence (what drafting does now), and one-row passes alternating two sequences;
 - two-row passes, one row in each of two sequences (both chains in one pass);
 - passes switching between the two shapes every few passes, as a drafter with a second chain would;
+- runs of 8 one-row passes in one sequence, then 8 in the other (a chain, then a second chain, as the engine drafts
+  ahead where both models run on a GPU);
 - a copy of one sequence's KV into the other (`llama_memory_seq_cp`, done by llama.cpp at the next pass).
 
-    python bench/draft_branches.py DRAFT.gguf [--context 4096] [--threads 0]
+With `--shared`, both sequences share one KV buffer (llama.cpp's unified KV, as the engine's draft model has where
+it drafts ahead): a copy is then free, but every pass attends over the cells of both.
+
+    python bench/draft_branches.py DRAFT.gguf [--context 4096] [--threads 0] [--shared]
 """
 
 from __future__ import annotations
@@ -29,9 +34,9 @@ PASSES = 60  # timed passes per pattern
 
 
 class TwoSequences:
-    """The draft model with two KV sequences of its own (one stream each, as the engine's slots have)."""
+    """The draft model with two KV sequences: one buffer each, as the engine's slots have, or one `shared`."""
 
-    def __init__(self, path: Path, context: int, threads: int) -> None:
+    def __init__(self, path: Path, context: int, threads: int, shared: bool) -> None:
         llama_cpp.llama_backend_init()
         params = llama_cpp.llama_model_default_params()
         params.n_gpu_layers = 999
@@ -41,7 +46,7 @@ class TwoSequences:
         ctx_params = llama_cpp.llama_context_default_params()
         ctx_params.n_ctx = 2 * context
         ctx_params.n_seq_max = 2
-        ctx_params.kv_unified = False
+        ctx_params.kv_unified = shared
         ctx_params.n_batch = ctx_params.n_ubatch = 512
         if threads:
             ctx_params.n_threads = ctx_params.n_threads_batch = threads
@@ -105,8 +110,10 @@ def main() -> None:
     parser.add_argument("draft", type=Path)
     parser.add_argument("--context", type=int, default=4096, help="tokens per sequence (default 4096)")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--shared", action="store_true", help="one KV buffer for both sequences")
     args = parser.parse_args()
-    model = TwoSequences(args.draft, args.context, args.threads)
+    model = TwoSequences(args.draft, args.context, args.threads, args.shared)
+    print(f"KV: {'one buffer shared by both sequences' if args.shared else 'a buffer per sequence'}")
     one: Callable[[int], list[tuple[int, int]]] = lambda i: [(500 + i % 50, 0)]  # noqa: E731
     both: Callable[[int], list[tuple[int, int]]] = lambda i: [(500 + i % 50, 0), (600 + i % 50, 1)]  # noqa: E731
     timed(model, [one(i) for i in range(PASSES)])  # (warm-up: the first passes of a context are slow)
@@ -114,6 +121,10 @@ def main() -> None:
     report(
         "one row, alternating two sequences",
         timed(model, [[(500 + i % 50, i % 2)] for i in range(PASSES)]),
+    )
+    report(
+        "one row, runs of 8 in each sequence in turn",
+        timed(model, [[(500 + i % 50, (i // 8) % 2)] for i in range(PASSES)]),
     )
     report("two rows, one in each sequence", timed(model, [both(i) for i in range(PASSES)]))
     for run in (1, 3, 6):
