@@ -1514,25 +1514,39 @@ def test_drafting_ahead_goes_on_from_an_unsure_pick_without_offering_it_as_a_dra
         model.remove_from(seq_id, 0)
 
 
-def test_every_proposal_from_the_chain_is_what_drafting_would_give(similar_engine: Engine) -> None:
+@pytest.fixture(scope="module")
+def branching_engine(tiny_models) -> Iterator[Engine]:
+    """Drafting ahead, so the draft model has a second sequence per slot (slot i's is i + 3), sharing cells."""
+    engine = make_engine(tiny_models.target, tiny_models.draft_similar, draft_ahead=True)
+    yield engine
+    engine.close()
+
+
+@pytest.mark.parametrize("branching", [False, True], ids=["one-chain", "second-chain"])
+def test_every_proposal_from_the_chain_is_what_drafting_would_give(
+    request: pytest.FixtureRequest, branching: bool
+) -> None:
     # Steps of every kind in a random order: drafts taken in part or in whole, the target's next token the draft
-    # model's own pick or another, near-ties settled to the draft's token, steps without the draft model. Each
-    # proposal (from the chain drafted ahead, or drafted then) must equal a fresh drafter's for that context.
+    # model's own pick, its second choice or another, near-ties settled to the draft's token, steps without the
+    # draft model. Each proposal (from a chain drafted ahead, or drafted then) must equal a fresh drafter's for
+    # that context.
     import math
     import random
     import threading
 
     from localspec.engine.drafters import DraftModelDrafter
-    from localspec.engine.llama_model import top_two
+    from localspec.engine.llama_model import best_two
 
-    model = similar_engine.draft
+    engine: Engine = request.getfixturevalue("branching_engine" if branching else "similar_engine")
+    model = engine.draft
     assert model is not None
-    base = similar_engine.tokenize(PROMPT, add_bos=True)
+    branch_seq = 4 if branching else None
+    base = engine.tokenize(PROMPT, add_bos=True)
 
-    def greedy_next(context: list[int]) -> tuple[int, float]:
+    def greedy_next(context: list[int]) -> tuple[int, float, int]:
         model.remove_from(2, 0)
         model.decode(context, 0, 2, "last")
-        return top_two(model.logits(1)[0])
+        return best_two(model.logits(1)[0])
 
     def fresh(context: list[int], k: int) -> list[int]:
         model.remove_from(2, 0)
@@ -1541,38 +1555,114 @@ def test_every_proposal_from_the_chain_is_what_drafting_would_give(similar_engin
     # A confidence floor that stops a third of the greedy chain's picks.
     chain, margins = list(base), []
     for _ in range(48):
-        token, margin = greedy_next(chain)
+        token, margin, _ = greedy_next(chain)
         chain.append(token)
         margins.append(margin)
     p_min = 1 / (1 + math.exp(-sorted(margins)[len(margins) // 3]))
     wrong = []
+    made_ahead = 0
+    stopped = threading.Event()
+    stopped.set()
     for seed in range(4):
         rng = random.Random(seed)
         model.remove_from(1, 0)
-        drafter = DraftModelDrafter(model, 1, [], p_min=p_min)
+        drafter = DraftModelDrafter(model, 1, [], p_min=p_min, branch_seq=branch_seq)
         context = list(base)
         for _ in range(32):
             if rng.random() < 0.2:  # a step without the draft model
                 context.append(greedy_next(context)[0] if rng.random() < 0.7 else rng.randrange(50))
+                if model.is_end_of_generation(context[-1]):
+                    break
                 continue
             k = rng.choice([1, 2, 4, 8, 16])
+            ready = drafter.ready(context)
             drafts = drafter.propose(context, k)
-            if drafts != fresh(context, k):
+            expected = fresh(context, k)
+            if drafts != expected:
                 wrong.append((seed, len(context), k))
-            if drafts:
-                drafter.run_ahead(17, threading.Event())
+            made_ahead += min(ready, k)
+            if drafts:  # (a verify pass may end before the draft model evaluates anything)
+                drafter.run_ahead(17, stopped if rng.random() < 0.2 else threading.Event())
             taken = rng.randint(0, len(drafts))
             outcome = rng.random()
-            if outcome < 0.5:
+            if outcome < 0.4:
                 after = greedy_next([*context, *drafts[:taken]])[0]
-            elif outcome < 0.7 and taken < len(drafts):
+            elif outcome < 0.6:
+                after = greedy_next([*context, *drafts[:taken]])[2]  # the draft model's second choice
+            elif outcome < 0.75 and taken < len(drafts):
                 after = drafts[taken]  # a near-tie settled alone to the draft's own token
             else:
                 after = rng.randrange(50)
             context = [*context, *drafts[:taken], after]
-    for seq_id in (1, 2):
-        model.remove_from(seq_id, 0)
+            if model.is_end_of_generation(after):  # (the generation ends there)
+                break
+    for seq_id in (1, 2, 4):
+        if seq_id < model.n_seq:
+            model.remove_from(seq_id, 0)
     assert not wrong
+    assert made_ahead > 0
+
+
+def test_a_second_chain_is_drafted_from_the_draft_models_second_choice_where_drafting_stopped_unsure(
+    branching_engine: Engine,
+) -> None:
+    # At a place where the draft model is unsure the target takes its second choice about half as often as its
+    # first. While the target verifies, the draft model drafts on from its first choice there, then from its
+    # second in another sequence: a context that takes the second choice finds its drafts made, and they are what
+    # drafting then would give; a context that takes the first still finds the first chain.
+    import math
+    import threading
+
+    from localspec.engine.drafters import DraftModelDrafter
+    from localspec.engine.llama_model import best_two
+
+    model = branching_engine.draft
+    assert model is not None
+    assert branching_engine.drafts_ahead and model.n_seq == 6
+    context = branching_engine.tokenize(PROMPT, add_bos=True)
+    for seq_id in (1, 2, 4):
+        model.remove_from(seq_id, 0)
+
+    def after(tokens: list[int]) -> tuple[int, float, int]:
+        model.remove_from(2, 0)
+        model.decode(tokens, 0, 2, "last")
+        return best_two(model.logits(1)[0])
+
+    greedy, margins = [], []
+    for _ in range(24):
+        token, margin, _ = after([*context, *greedy])
+        greedy.append(token)
+        margins.append(margin)
+    # A floor that stops drafting at pick j (below every margin before it).
+    j = next(i for i in range(1, 23) if margins[i] < min(margins[:i]))
+    p_min = 1 / (1 + math.exp(-(margins[j] + min(margins[:j])) / 2))
+
+    def fresh(tokens: list[int]) -> list[int]:
+        model.remove_from(2, 0)
+        return DraftModelDrafter(model, 2, [], p_min=p_min).propose(tokens, 24)
+
+    def drafted_ahead() -> DraftModelDrafter:
+        for seq_id in (1, 4):
+            model.remove_from(seq_id, 0)
+        drafter = DraftModelDrafter(model, 1, [], p_min=p_min, branch_seq=4)
+        assert drafter.propose(context, 24) == greedy[:j]
+        drafter.run_ahead(8, threading.Event())
+        return drafter
+
+    second = after([*context, *greedy[:j]])[2]
+    took_second = [*context, *greedy[:j], second]
+    drafter = drafted_ahead()
+    expected = fresh(took_second)
+    assert drafter.ready(took_second) == min(len(expected), 8) > 0
+    assert drafter.propose(took_second, 24) == expected
+    assert drafter.drafted_ahead == min(len(expected), 8)
+    took_first = [*context, *greedy[: j + 1]]
+    drafter = drafted_ahead()
+    expected = fresh(took_first)
+    assert drafter.ready(took_first) == min(len(expected), 8)
+    assert drafter.propose(took_first, 24) == expected
+    for seq_id in (1, 2, 4):
+        model.remove_from(seq_id, 0)
 
 
 def test_while_the_draft_model_wins_widely_the_target_alone_is_re_timed_rarely() -> None:

@@ -176,3 +176,39 @@ def test_kv_copy_buffers_are_page_locked_only_where_a_gpu_offers_it_and_are_give
     del buffer
     gc.collect()
     assert pinned_bytes() == before
+
+
+def test_a_draft_model_whose_sequences_share_cells_comes_back_whole_from_a_copy(
+    tiny_models, reference
+) -> None:
+    # Drafting ahead, the draft model has a second sequence per slot, all sharing one KV buffer (so a second chain
+    # of drafts costs no copy). A slot's saved copy must still bring back exactly what its draft sequence held:
+    # the draft model then drafts what it drafts on a slot that evaluated the prompt itself.
+    def ahead_engine() -> Engine:
+        return make_engine(
+            tiny_models.target,
+            tiny_models.draft_similar,
+            n_ctx=2048,
+            slots=2,
+            draft_ahead=True,
+            tie_margin=None,
+        )
+
+    engine = ahead_engine()
+    try:
+        for prefix in (TEXT[:1500], TEXT[900:2400]):
+            request = infill(engine, prefix, mode="draft", max_tokens=24)
+            assert engine.complete(request).text == fresh(reference, request)
+        back = infill(engine, TEXT[:1500] + "def ", mode="draft", max_tokens=24)
+        restored = engine.complete(back)
+        assert engine.snapshots.describe()["restores"] == 1
+    finally:
+        engine.close()
+    assert restored.text == fresh(reference, back)
+    engine = ahead_engine()
+    try:
+        evaluated = engine.complete(back)
+    finally:
+        engine.close()
+    assert restored.stats.drafted == evaluated.stats.drafted > 0
+    assert restored.stats.accepted == evaluated.stats.accepted

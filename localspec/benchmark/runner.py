@@ -35,6 +35,7 @@ class Run:
     settled: int = 0
     # Drafts made while the target verified the step before (`DraftModelDrafter.run_ahead`).
     drafted_ahead: int = 0
+    second_chains: int = 0  # steps that found a chain drafted from the draft model's second choice
     settled_near_ties: int = 0  # positions re-evaluated alone because a batched pass found a near-tie there
     steps_by_source: dict[str, int] = field(default_factory=dict)
     token_ids: list[int] = field(default_factory=list)
@@ -95,6 +96,7 @@ def run_localspec(
         token_ids=result.token_ids,
         settled=stats.settled,
         drafted_ahead=stats.drafted_ahead,
+        second_chains=stats.second_chains,
         settled_near_ties=stats.settled_near_ties,
         steps_by_source=dict(stats.steps_by_source),
         time_split={"draft": stats.t_draft, "verify": stats.t_verify, "sample": stats.t_sample},
@@ -332,6 +334,7 @@ def summarize(runs: list[Run]) -> list[dict[str, Any]]:
                 "mean_accepted_length": round(settled / passes, 2) if passes else None,
                 "settled_near_ties": near_ties if system == "localspec" else None,
                 "drafted_ahead": sum(r.drafted_ahead for r in items) if system == "localspec" else None,
+                "second_chains": sum(r.second_chains for r in items) if system == "localspec" else None,
                 "time_split": {k: round(v / seconds, 3) if seconds else 0.0 for k, v in split.items()},
                 "identical": sum(1 for r in items if r.identical),
                 "compared": sum(1 for r in items if r.identical is not None),

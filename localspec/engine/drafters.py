@@ -13,8 +13,9 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 
-from localspec.engine.llama_model import DecodeAborted, LlamaModel, top_two
+from localspec.engine.llama_model import DecodeAborted, LlamaModel, best_two
 from localspec.engine.pass_costs import PassCosts
 from localspec.engine.prefix_cache import (
     catches_up_one_by_one,
@@ -24,11 +25,40 @@ from localspec.engine.prefix_cache import (
 )
 
 
+@dataclass
+class _Tip:
+    """The draft model's pick after a chain's evaluated tokens: `guess` is made but not evaluated (None where it
+    was unsure); `unsure` marks the chain's end (an unsure pick, or an end-of-generation guess); `top` and
+    `runner_up` are its first and second choices there (None where either ends the generation)."""
+
+    guess: int | None = None
+    unsure: bool = False
+    top: int | None = None
+    runner_up: int | None = None
+
+
+@dataclass
+class _Branch:
+    """A second chain drafted ahead in a KV sequence of its own: `tokens` (what that sequence holds) go to where
+    the main chain stopped unsure, then on from the draft model's second choice there."""
+
+    tokens: list[int]
+    tip: _Tip = field(default_factory=_Tip)
+
+
+# Drafting ahead with a second chain, each chain gets this many tokens before the first goes on (a proposal takes
+# about as many; the verify pass may end any time).
+BRANCH_TURN = 8
+
+
 class DraftModelDrafter:
     """Greedy drafting with the draft model in its own KV sequence (kept in step with the target's).
 
     With `costs`, it times its passes there: one-token passes (drafting, and short catch-ups on a GPU) as the
-    price of a draft token, batched catch-ups by size.
+    price of a draft token, batched catch-ups by size. With `branch_seq`, a second KV sequence, drafting ahead
+    also follows the draft model's second choice where it stopped unsure (see `run_ahead`); the model should
+    then share KV cells between sequences (`LlamaModel(shared_cells=...)`), which makes starting and taking up
+    that chain free.
     """
 
     def __init__(
@@ -39,11 +69,13 @@ class DraftModelDrafter:
         p_min: float,
         one_by_one: bool | None = None,
         costs: PassCosts | None = None,
+        branch_seq: int | None = None,
     ) -> None:
         self.model = model
         # Catch up short remainders one token at a time (see sync_sequence); by default where the draft is on a GPU.
         self.one_by_one = model.offloaded if one_by_one is None else one_by_one
         self.seq_id = seq_id
+        self.branch_seq = branch_seq
         self.cached = (
             cached  # tokens in the draft's KV for this slot (shared with the slot, updated in place)
         )
@@ -54,49 +86,52 @@ class DraftModelDrafter:
         self._min_margin = (
             math.log(p_min / (1.0 - p_min)) if 0.0 < p_min < 1.0 else (-math.inf if p_min <= 0 else math.inf)
         )
-        # The draft model's greedy pick after `cached`, made but not evaluated yet (None: none, or `_unsure`: the
-        # pick there was below p_min or ended the generation). `cached` plus it is a chain of the draft model's
-        # own choices that a later `propose` reuses where its context follows the chain (see `run_ahead`).
-        self._guess: int | None = None
-        self._unsure = False
+        # The draft model's pick after `cached`. `cached` plus its guess is a chain of the draft model's own
+        # choices that a later `propose` reuses where its context follows the chain (see `run_ahead`).
+        self._tip = _Tip()
         # Where drafting stopped unsure, `run_ahead` goes on from the draft model's top pick there anyway (the
         # target's next token is often that pick). `_stops` holds every such place in the chain, in order: a
         # context short of one is offered the chain's tokens up to it only (drafting would stop there).
-        self._top: int | None = None
         self._stops: list[int] = []
-        self.drafted_ahead = 0  # drafts proposed from that chain
+        self._branch: _Branch | None = None  # the chain from the second choice at the last such place
+        self.drafted_ahead = 0  # drafts proposed from the chains
+        self.second_chains = 0  # second chains taken up
 
     def backlog(self, context: list[int]) -> int:
         """Tokens the draft model must read before drafting after `context` (1 while it keeps up)."""
+        self._follow(context)
         return len(context) - reusable_prefix(self.cached, context, "last")
 
     def ready(self, context: list[int]) -> int:
         """Drafts after `context` the draft model has already made (by `run_ahead`): free to propose."""
-        known = self._known(context)
+        self._follow(context)
+        known = _chain_after(context, self.cached, self._tip, self._stops)
         return len(known[0]) if known is not None else 0
 
-    def _known(self, context: list[int]) -> tuple[list[int], bool] | None:
-        """The chain's tokens after `context` where the chain starts with `context` (else None), and whether
-        drafting ends after them (an unsure pick or the end of the generation)."""
-        chain_end = len(self.cached) + (self._guess is not None)
-        if not (self._guess is not None or self._unsure) or not context or chain_end < len(context):
-            return None
-        last = self._guess if len(context) > len(self.cached) else self.cached[len(context) - 1]
-        if last != context[-1] or self.cached[: len(context) - 1] != context[:-1]:
-            return None
-        tokens = [*self.cached[len(context) :], *([self._guess] if self._guess is not None else [])]
-        stop = next((at for at in self._stops if at >= len(context)), None)
-        if stop is not None:
-            return tokens[: stop - len(context)], True
-        return tokens, self._unsure
+    def _follow(self, context: list[int]) -> None:
+        """Where `context` went the way of the second chain, make it the drafter's chain; either way drop it."""
+        branch, self._branch = self._branch, None
+        if branch is None or self.branch_seq is None:
+            return
+        if _chain_after(context, self.cached, self._tip, self._stops) is not None:
+            return
+        if _chain_after(context, branch.tokens, branch.tip, []) is None:
+            return
+        self.model.copy_sequence(self.branch_seq, self.seq_id)
+        self.model.remove_from(self.branch_seq, 0)
+        self.cached[:] = branch.tokens
+        self._tip = branch.tip
+        self._stops = []
+        self.second_chains += 1
 
     def propose(self, context: list[int], k: int) -> list[int]:
         if k <= 0:
             return []
         started = time.perf_counter()
+        self._follow(context)
         # (A request's contexts only grow: the places it has passed no longer matter.)
         self._stops = [at for at in self._stops if at >= len(context)]
-        chain = self._known(context)
+        chain = _chain_after(context, self.cached, self._tip, self._stops)
         known, ends = chain if chain is not None else ([], False)
         self.drafted_ahead += min(k, len(known))
         if chain is not None and (len(known) >= k or ends):
@@ -120,8 +155,8 @@ class DraftModelDrafter:
                     self.costs.record_draft_pass(missing, time.perf_counter() - started)
                 started = time.perf_counter()
         while not self._pick():
-            drafts.append(self._guess)  # type: ignore[arg-type]
-            if len(drafts) >= k or self._unsure:
+            drafts.append(self._tip.guess)  # type: ignore[arg-type]
+            if len(drafts) >= k or self._tip.unsure:
                 break
             self._evaluate_guess()
             one_token_passes += 1
@@ -132,39 +167,107 @@ class DraftModelDrafter:
     def run_ahead(self, limit: int, stop: threading.Event) -> None:
         """Go on drafting after the last proposal's drafts, as if the target accepts them all and then picks what
         the draft model picks, for up to `limit` tokens or until `stop` is set. Runs on another thread while the
-        target verifies the proposal: where the guess holds, the next `propose` finds its drafts made."""
-        if self._guess is None and self._unsure and self._top is not None:
+        target verifies the proposal: where the guess holds, the next `propose` finds its drafts made.
+
+        Where the proposal stopped unsure, a second chain goes on from the draft model's second choice there, in
+        `branch_seq` (at such places the target takes the second choice about half as often as the first): the
+        first chain is drafted for BRANCH_TURN tokens, then the second, then the first on to `limit`."""
+        tip = self._tip
+        self._branch = None
+        branch_from: int | None = None
+        if tip.guess is None and tip.unsure and tip.top is not None:
             self._stops.append(len(self.cached))
-            self._guess, self._unsure = self._top, False
-        if self._unsure or self._guess is None:
+            branch_from = tip.runner_up if self.branch_seq is not None else None
+            tip.guess, tip.unsure = tip.top, False
+        if tip.unsure or tip.guess is None:
             return
+        start = len(self.cached)
+        first_turn = limit if branch_from is None else min(limit, BRANCH_TURN)
         try:
-            for _ in range(limit):
-                if stop.is_set() or len(self.cached) + 1 >= self.model.n_ctx_per_seq:
-                    return
-                self._evaluate_guess()
-                if self._pick() or self._unsure:
-                    return
+            goes_on = self._extend(first_turn, stop)
+            if branch_from is not None and not stop.is_set():
+                self._draft_branch(start, branch_from, first_turn, stop)
+            if goes_on and limit > first_turn:
+                self._extend(limit - first_turn, stop)
         except DecodeAborted:  # (its request was cancelled; the draft's KV and `cached` still agree)
             return
 
+    def _extend(self, count: int, stop: threading.Event) -> bool:
+        """Draft up to `count` more tokens of the chain; False where it ended (an unsure pick or a full context)."""
+        for _ in range(count):
+            if stop.is_set():
+                return True
+            if len(self.cached) + 1 >= self.model.n_ctx_per_seq:
+                return False
+            self._evaluate_guess()
+            if self._pick() or self._tip.unsure:
+                return False
+        return True
+
+    def _draft_branch(self, start: int, token: int, limit: int, stop: threading.Event) -> None:
+        """Draft a chain that takes `token` after `cached[:start]`, in `branch_seq`."""
+        seq = self.branch_seq
+        assert seq is not None
+        self.model.copy_sequence(self.seq_id, seq)
+        self.model.remove_from(seq, start)
+        branch = _Branch(self.cached[:start], _Tip(guess=token))
+        for _ in range(limit):
+            if stop.is_set() or len(branch.tokens) + 1 >= self.model.n_ctx_per_seq:
+                return
+            self.model.decode([token], len(branch.tokens), seq, "last")
+            branch.tokens.append(token)
+            branch.tip = self._read_pick()
+            self._branch = branch  # (offered from its first evaluated token on)
+            if branch.tip.guess is None or branch.tip.unsure:
+                return
+            token = branch.tip.guess
+
     def _evaluate_guess(self) -> None:
-        token = self._guess
+        token = self._tip.guess
         assert token is not None
         self.model.decode([token], len(self.cached), self.seq_id, "last")
         self.cached.append(token)
-        self._guess = None
+        self._tip.guess = None
 
     def _pick(self) -> bool:
-        """Pick the draft model's next token after `cached` into `_guess`; True where it is below p_min (then
-        `_guess` is None). An end-of-generation pick is kept but marks the chain's end (`_unsure`)."""
-        token, margin = top_two(self.model.logits(1)[0])
-        self._top = None if self.model.is_end_of_generation(token) else token
-        self._unsure = margin < self._min_margin
-        self._guess = None if self._unsure else token
-        if self._guess is not None and self.model.is_end_of_generation(token):
-            self._unsure = True  # drafted, but nothing follows it
-        return self._guess is None
+        """Pick the draft model's next token after `cached` into the tip; True where it is below p_min (then
+        its guess is None)."""
+        self._tip = self._read_pick()
+        return self._tip.guess is None
+
+    def _read_pick(self) -> _Tip:
+        """The draft model's pick after the last pass. An end-of-generation pick is kept but ends the chain."""
+        token, margin, runner_up = best_two(self.model.logits(1)[0])
+        end = self.model.is_end_of_generation
+        unsure = margin < self._min_margin
+        return _Tip(
+            guess=None if unsure else token,
+            unsure=unsure or end(token),
+            top=None if end(token) else token,
+            runner_up=None if end(runner_up) else runner_up,
+        )
+
+
+def _chain_after(
+    context: list[int], cached: list[int], tip: _Tip, stops: list[int]
+) -> tuple[list[int], bool] | None:
+    """A chain's tokens after `context` where the chain (`cached` plus the tip's guess) starts with `context`
+    (else None), and whether drafting ends after them (an unsure pick or the end of the generation)."""
+    guess = tip.guess
+    chain_end = len(cached) + (guess is not None)
+    if not (guess is not None or tip.unsure) or not context or chain_end < len(context):
+        return None
+    last = guess if len(context) > len(cached) else cached[len(context) - 1]
+    if last != context[-1] or cached[: len(context) - 1] != context[:-1]:
+        return None
+    tokens = [
+        *cached[len(context) :],
+        *([guess] if guess is not None and len(context) <= len(cached) else []),
+    ]
+    stop = next((at for at in stops if at >= len(context)), None)
+    if stop is not None:
+        return tokens[: stop - len(context)], True
+    return tokens, tip.unsure
 
 
 NGRAM_ORDERS = (2, 3, 4, 6, 8)  # n-gram lengths indexed; the longest match wins

@@ -31,7 +31,7 @@ from localspec.engine.kv_snapshots import KvSnapshots
 from localspec.engine.llama_model import LlamaModel
 from localspec.engine.pass_costs import PassCosts
 from localspec.engine.pass_costs import calibrate as time_passes
-from localspec.engine.prefix_cache import ONE_BY_ONE_CATCH_UP, SlotPool
+from localspec.engine.prefix_cache import ONE_BY_ONE_CATCH_UP, SlotPool, SlotState
 from localspec.engine.prompts import PromptLayout
 from localspec.engine.recently_used import recently_used
 from localspec.engine.speculative import Generation
@@ -124,12 +124,19 @@ class Engine:
         self.tie_margin = default_margin if settings.tie_margin is None else settings.tie_margin
         self.draft: LlamaModel | None = None
         self._ahead: ThreadPoolExecutor | None = None
+        # Where the draft model drafts ahead, each slot has a second draft sequence for a second chain
+        # (`DraftModelDrafter.run_ahead`), sharing KV cells with the first.
+        self._branch_seqs = False
         if settings.draft_path is not None:
             try:
-                self.draft = self._load(settings.draft_path, "draft", settings.draft_gpu_layers)
+                ahead = settings.draft_ahead
+                self._branch_seqs = ahead if ahead is not None else self.target.offloaded
+                self.draft = self._load(
+                    settings.draft_path, "draft", settings.draft_gpu_layers, self._branch_seqs
+                )
                 ensure_compatible(self.target, self.draft)
                 on_gpus = self.target.offloaded and self.draft.offloaded
-                if settings.draft_ahead if settings.draft_ahead is not None else on_gpus:
+                if ahead if ahead is not None else on_gpus:
                     self.draft.use_own_threads(1 if on_gpus else self.draft.n_threads)
                     self._ahead = ThreadPoolExecutor(1, thread_name_prefix="localspec-draft-ahead")
             except Exception:
@@ -166,16 +173,24 @@ class Engine:
         self.calibrated = True
         return self.costs.describe()
 
-    def _load(self, path: Path, role: str, gpu_layers: int) -> LlamaModel:
+    def _load(self, path: Path, role: str, gpu_layers: int, branch_seqs: bool = False) -> LlamaModel:
+        """The model with a sequence per slot; with `branch_seqs`, a second one per slot (`branch_seq`), the
+        sequences sharing one KV buffer with room for every slot's and a branch chain's tokens."""
         settings = self.settings
+        branch_room = DRAFT_MAX_LIMIT + 1
         return LlamaModel(
             Path(path),
             role=role,
             n_ctx_per_seq=settings.n_ctx,
-            n_seq=settings.slots,
+            n_seq=settings.slots * (2 if branch_seqs else 1),
             n_threads=settings.threads,
             gpu_layers=gpu_layers,
+            shared_cells=settings.slots * (settings.n_ctx + branch_room) if branch_seqs else None,
         )
+
+    def branch_seq(self, slot: SlotState) -> int | None:
+        """The draft model's second sequence for `slot`'s second chain, where it drafts ahead."""
+        return slot.seq_id + self.settings.slots if self._branch_seqs and self._ahead is not None else None
 
     # ---- information ------------------------------------------------------------------------------------------
 
@@ -306,6 +321,7 @@ class Engine:
                 on_finish=self._record,
                 prefill_chunk=self._prefill_chunk(request),
                 ahead=self._ahead,
+                branch_seq=self.branch_seq(slot),
             )
         except Exception:
             slot.release()
@@ -338,6 +354,7 @@ class Engine:
             "drafted",
             "accepted",
             "drafted_ahead",
+            "second_chains",
             "target_passes",
             "settled_near_ties",
             "t_cache",

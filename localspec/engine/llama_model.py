@@ -186,7 +186,11 @@ class LlamaModel:
         gpu_layers: int = -1,
         n_batch: int = 512,
         vocab_only: bool = False,
+        shared_cells: int | None = None,
     ) -> None:
+        """shared_cells: one KV buffer of that many cells for all `n_seq` sequences (llama.cpp's unified KV), where
+        sequences can share cells: copying one into another is then free (`copy_sequence`). By default each
+        sequence has a buffer of its own, of `n_ctx_per_seq` cells."""
         self.path = path
         self.role = role
         check_gguf_file(path, role)
@@ -228,19 +232,19 @@ class LlamaModel:
         threads = n_threads or default_threads()
         self.n_threads = threads
         ctx_params = llama_cpp.llama_context_default_params()
-        ctx_params.n_ctx = n_ctx_per_seq * n_seq
+        ctx_params.n_ctx = shared_cells or n_ctx_per_seq * n_seq
         ctx_params.n_batch = n_batch
         ctx_params.n_ubatch = n_batch
         ctx_params.n_seq_max = n_seq
         ctx_params.n_threads = threads
         ctx_params.n_threads_batch = threads
-        ctx_params.kv_unified = False
+        ctx_params.kv_unified = shared_cells is not None
         ctx_params.no_perf = True
         self._ctx = llama_cpp.llama_init_from_model(self._model, ctx_params)
         if not self._ctx:
             self.close()
             raise ModelLoadError(
-                f"llama.cpp could not create a context of {n_ctx_per_seq * n_seq} tokens for the {role} model "
+                f"llama.cpp could not create a context of {ctx_params.n_ctx} tokens for the {role} model "
                 f"{path} (out of memory?). Lower engine.n_ctx or engine.slots in the config."
             )
         # On a CPU a pass over a prompt chunk can take seconds; llama.cpp then asks between graph nodes whether to
@@ -447,6 +451,12 @@ class LlamaModel:
         """Drop KV entries of `seq_id` at positions >= `position` (rollback)."""
         llama_cpp.llama_memory_seq_rm(self._memory, seq_id, position, -1)
 
+    def copy_sequence(self, source: int, destination: int) -> None:
+        """Make sequence `destination` hold what `source` holds: with `shared_cells`, by sharing its cells (no
+        copy); otherwise llama.cpp copies the whole KV buffer at the start of the next pass."""
+        self.remove_from(destination, 0)
+        llama_cpp.llama_memory_seq_cp(self._memory, source, destination, -1, -1)
+
     def save_sequence(self, seq_id: int, pinned: bool = False) -> np.ndarray:
         """A copy, in host memory, of everything sequence `seq_id`'s KV holds (see `restore_sequence`); in
         page-locked memory when `pinned` and the model runs on a GPU (`host_memory`)."""
@@ -485,9 +495,15 @@ def _bytes_pointer(array: np.ndarray) -> Any:
 
 def top_two(row: np.ndarray) -> tuple[int, float]:
     """(argmax, top-1 minus top-2 logit) of a logits row, in place and without copying the row."""
+    token, margin, _ = best_two(row)
+    return token, margin
+
+
+def best_two(row: np.ndarray) -> tuple[int, float, int]:
+    """(argmax, top-1 minus top-2 logit, the second-best token) of a logits row, without copying the row."""
     token = int(np.argmax(row))
     top = row[token]
     row[token] = -np.inf
-    runner_up = row.max()
+    runner_up = int(np.argmax(row))
     row[token] = top
-    return token, float(top - runner_up)
+    return token, float(top - row[runner_up]), runner_up

@@ -53,9 +53,10 @@ class Generation:
         on_finish: Callable[[Generation], None] | None = None,
         prefill_chunk: int = 512,
         ahead: Executor | None = None,
+        branch_seq: int | None = None,
     ) -> None:
         """ahead: a thread on which the draft model drafts the next step while the target verifies this one
-        (`DraftModelDrafter.run_ahead`), or None."""
+        (`DraftModelDrafter.run_ahead`), or None; branch_seq: the draft model's sequence for a second chain."""
         self.request = request
         self.target = target
         self.slot = slot
@@ -74,6 +75,7 @@ class Generation:
                 slot.draft_tokens,
                 draft_p_min,
                 costs=chooser.costs,
+                branch_seq=branch_seq if ahead is not None else None,
             )
             if draft
             else None
@@ -222,6 +224,7 @@ class Generation:
         stats.drafted += len(drafts)
         stats.accepted += accepted
         stats.drafted_ahead = self._draft.drafted_ahead if self._draft is not None else 0
+        stats.second_chains = self._draft.second_chains if self._draft is not None else 0
         if self.request.record_steps:
             stats.steps.append(
                 StepRecord(

@@ -108,6 +108,9 @@ class RequestStats:
     drafted: int = 0
     accepted: int = 0
     drafted_ahead: int = 0  # drafts the draft model had made while the target verified the step before
+    second_chains: int = (
+        0  # steps that took the draft model's second choice and found a chain drafted from it
+    )
     target_passes: int = 0
     steps_by_source: dict[str, int] = field(default_factory=lambda: {"draft": 0, "ngram": 0, "none": 0})
     settled_near_ties: int = 0  # positions re-decoded alone because the verify margin was tiny
@@ -145,6 +148,7 @@ class RequestStats:
             "drafted": self.drafted,
             "accepted": self.accepted,
             "drafted_ahead": self.drafted_ahead,
+            "second_chains": self.second_chains,
             "acceptance": round(self.acceptance, 4),
             "target_passes": self.target_passes,
             "mean_accepted_length": round(self.mean_accepted_length, 3),
