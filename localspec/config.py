@@ -54,8 +54,9 @@ class Config:
     slots: int = field(default=DEFAULT_SLOTS, metadata={"section": "engine"})
     # Host memory (MiB) for copies of evaluated prompts beyond the slots, so returning to a place is cheap; 0 = off.
     prompt_cache_mb: int = field(default=DEFAULT_PROMPT_CACHE_MB, metadata={"section": "engine"})
-    # Experimental: keep those copies in page-locked memory (as much as prompt_cache_mb) where the models run on a GPU.
-    prompt_cache_pinned: bool = field(default=False, metadata={"section": "engine"})
+    # Keep those copies in page-locked memory (as much as prompt_cache_mb) where the models run on a GPU: the GPU
+    # restores them about 3x as fast. Page-locked memory cannot be swapped out; false keeps them swappable.
+    prompt_cache_pinned: bool = field(default=True, metadata={"section": "engine"})
     # "local": llama.cpp in this process; "remote": an existing inference server does the decoding (docs/REMOTE.md).
     backend: str = field(default="local", metadata={"section": "engine"})
     remote_url: str = field(default="", metadata={"section": "engine"})

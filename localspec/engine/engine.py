@@ -78,7 +78,7 @@ class EngineSettings:
     draft_ahead: bool | None = None
     history_tokens: int = DEFAULT_HISTORY_TOKENS  # earlier outputs kept as an n-gram source (0 = none)
     prompt_cache_mb: int = DEFAULT_PROMPT_CACHE_MB  # host memory for saved KV sequences (0 = none)
-    prompt_cache_pinned: bool = False  # ... page-locked on a GPU (experimental: see `host_memory`)
+    prompt_cache_pinned: bool = True  # ... page-locked where the models run on a GPU (see `host_memory`)
 
     @classmethod
     def from_config(
