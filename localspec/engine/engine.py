@@ -188,7 +188,7 @@ class Engine:
             shared_cells=settings.slots * (settings.n_ctx + branch_room) if branch_seqs else None,
         )
 
-    def branch_seq(self, slot: SlotState) -> int | None:
+    def _branch_seq(self, slot: SlotState) -> int | None:
         """The draft model's second sequence for `slot`'s second chain, where it drafts ahead."""
         return slot.seq_id + self.settings.slots if self._branch_seqs and self._ahead is not None else None
 
@@ -321,7 +321,7 @@ class Engine:
                 on_finish=self._record,
                 prefill_chunk=self._prefill_chunk(request),
                 ahead=self._ahead,
-                branch_seq=self.branch_seq(slot),
+                branch_seq=self._branch_seq(slot),
             )
         except Exception:
             slot.release()
