@@ -1777,3 +1777,42 @@ def test_after_a_miss_the_draft_model_is_tried_again_from_one_token_passes() -> 
         chooser.record("none", 0, 0, 0.0082 if previous == 1 else 0.017, 1, warm=previous == 1)
         previous, streak = 1, streak + 1 if previous == 1 else 1
     assert sources[-1] == "draft" and len(sources) <= PROBE_EVERY + 1
+
+
+def test_a_second_chain_no_longer_wanted_frees_its_cells_for_the_next_context(tiny_models) -> None:
+    # The draft model's sequences share one KV buffer, sized for each slot's context plus a chain. A second chain
+    # shares its start with the first; kept after the context moved elsewhere, it would hold those cells and
+    # leave the slot's next context no room. (The floor makes every pick unsure: drafting stops at once, and the
+    # second chain is drafted from the draft model's second choice there.)
+    import threading
+
+    import llama_cpp
+
+    from localspec.engine.drafters import DraftModelDrafter
+
+    engine = make_engine(tiny_models.target, tiny_models.draft_similar, n_ctx=512, slots=1, draft_ahead=True)
+    try:
+        model = engine.draft
+        assert model is not None
+        words = engine.tokenize(PROMPT * 80, add_bos=False)
+        first, elsewhere = words[:500], words[500:1000]
+        memory = llama_cpp.llama_get_memory(model.ctx)
+
+        def second_chain_holds() -> bool:
+            return llama_cpp.llama_memory_seq_pos_max(memory, 1) >= 0
+
+        drafter = DraftModelDrafter(model, 0, [], p_min=1.0, branch_seq=1)
+        assert drafter.propose(first, 8) == []
+        drafter.run_ahead(8, threading.Event())
+        assert second_chain_holds()
+        # A request that ends frees it (`Generation.close`): a prompt-cache copy restored next may need the room.
+        drafter.close()
+        assert not second_chain_holds()
+        assert drafter.propose(first, 8) == []
+        drafter.run_ahead(8, threading.Event())
+        assert second_chain_holds()
+        assert drafter.propose(elsewhere, 8) == []  # 500 new tokens: room only once the second chain is gone
+        assert drafter.cached == elsewhere
+        assert not second_chain_holds()
+    finally:
+        engine.close()

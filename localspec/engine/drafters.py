@@ -94,6 +94,9 @@ class DraftModelDrafter:
         # context short of one is offered the chain's tokens up to it only (drafting would stop there).
         self._stops: list[int] = []
         self._branch: _Branch | None = None  # the chain from the second choice at the last such place
+        # Whether `branch_seq` holds cells (shared ones too, which it would keep from being freed): it is emptied
+        # as soon as its chain is no longer wanted, so that every slot's sequence finds room in the shared buffer.
+        self._branch_holds = branch_seq is not None
         self.drafted_ahead = 0  # drafts proposed from the chains
         self.second_chains = 0  # second chains taken up
 
@@ -111,18 +114,28 @@ class DraftModelDrafter:
     def _follow(self, context: list[int]) -> None:
         """Where `context` went the way of the second chain, make it the drafter's chain; either way drop it."""
         branch, self._branch = self._branch, None
-        if branch is None or self.branch_seq is None:
+        if not self._branch_holds or self.branch_seq is None:
             return
-        if _chain_after(context, self.cached, self._tip, self._stops) is not None:
-            return
-        if _chain_after(context, branch.tokens, branch.tip, []) is None:
-            return
-        self.model.copy_sequence(self.branch_seq, self.seq_id)
-        self.model.remove_from(self.branch_seq, 0)
-        self.cached[:] = branch.tokens
-        self._tip = branch.tip
-        self._stops = []
-        self.second_chains += 1
+        taken = (
+            branch is not None
+            and _chain_after(context, self.cached, self._tip, self._stops) is None
+            and _chain_after(context, branch.tokens, branch.tip, []) is not None
+        )
+        if taken and branch is not None:
+            self.model.copy_sequence(self.branch_seq, self.seq_id)
+            self.cached[:] = branch.tokens
+            self._tip = branch.tip
+            self._stops = []
+            self.second_chains += 1
+        self.close()
+
+    def close(self) -> None:
+        """Drop the second chain, freeing its cells: the slot's next request (or a prompt-cache copy restored into
+        it) may need them."""
+        self._branch = None
+        if self._branch_holds and self.branch_seq is not None:
+            self.model.remove_from(self.branch_seq, 0)
+            self._branch_holds = False
 
     def propose(self, context: list[int], k: int) -> list[int]:
         if k <= 0:
@@ -209,6 +222,7 @@ class DraftModelDrafter:
         seq = self.branch_seq
         assert seq is not None
         self.model.copy_sequence(self.seq_id, seq)
+        self._branch_holds = True
         self.model.remove_from(seq, start)
         branch = _Branch(self.cached[:start], _Tip(guess=token))
         for _ in range(limit):

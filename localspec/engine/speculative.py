@@ -343,6 +343,8 @@ class Generation:
             self.stats.t_total = time.perf_counter() - self._started
             self.result = GenerationResult(self._stream.text, list(self._output), "cancelled", self.stats)
         if self.slot.busy:
+            if self._draft is not None:
+                self._draft.close()
             tokens, table = self._ngram.index()
             if tokens:  # (a request in a mode without n-grams indexes nothing; keep what the slot had)
                 self.slot.ngram_index = (tokens, table)
