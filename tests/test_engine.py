@@ -1064,6 +1064,54 @@ def test_a_slot_reuses_its_ngram_index_when_the_next_prompt_shares_its_start(sim
     assert slot.ngram_index[1] is not table
 
 
+def test_an_editor_request_indexes_only_its_prefix_and_still_copies_from_its_lookup_texts(
+    similar_engine: Engine,
+) -> None:
+    # An editor's infill prompt holds other files' chunks and the code after the cursor, and the same texts come
+    # as lookup texts, whose n-gram tables are kept from request to request. The request's own index covers the
+    # prefix (and what it generates) only; drafts from the other texts still come through their tables.
+    from localspec.engine.drafters import NgramDrafter, NgramTable
+
+    other = "".join(f"def helper_{i}(value):\n    return value ** {i} - {i * 3}\n\n" for i in range(8))
+    prefix = "".join(f"def f{i}(x):\n    return x * {i}\n\n" for i in range(6)) + "def helper_5(value):\n"
+    suffix = "\n\ndef tail():\n    return None\n"
+    prompt = similar_engine.infill_prompt(prefix, suffix, extra=[("other.py", other)], filename="code.py")
+    window = similar_engine.prompts.infill_window(prompt)
+    assert window is not None and 0 < window.start < window.stop < len(prompt)
+    request = GenerationRequest(
+        prompt=prompt, max_tokens=12, speculative="ngram", slot="editor-own", lookup_texts=[suffix, other]
+    )
+    result = similar_engine.complete(request)
+    assert result.token_ids == run(similar_engine, prompt, "none", max_tokens=12).token_ids
+    slot = next(s for s in similar_engine._slots.slots if s.key == "editor-own")
+    assert slot.ngram_index is not None
+    tokens, table = slot.ngram_index
+    prefix_only = NgramTable()
+    prefix_only.add(prompt, window.start, window.stop)
+    whole = NgramTable()
+    whole.add(prompt, 0, len(prompt) - 1)
+    generated = set(_grams_of(tokens[len(prompt) - 8 :]))  # n-grams that reach into the generated text
+    assert prefix_only.table.keys() <= table.table.keys()
+    assert table.table.keys() - generated <= prefix_only.table.keys()
+    assert whole.table.keys() - prefix_only.table.keys() - generated  # (the other file's and the suffix's)
+    # The other file's continuation of "def helper_5(value):\n" is proposed from its lookup table.
+    other_table = NgramTable()
+    other_tokens = list(similar_engine.prompts.plain_tokens(other))
+    other_table.add(other_tokens, 0, len(other_tokens) - 1)
+    drafter = NgramDrafter.resuming(None, prompt[: window.stop], [other_table], window)
+    expected = NgramDrafter.resuming(None, prompt[: window.stop], [other_table]).propose(
+        prompt[: window.stop], 6
+    )
+    assert expected and drafter.propose(prompt[: window.stop], 6) == expected
+
+
+def _grams_of(tokens: list[int]) -> list[tuple[int, ...]]:
+    """Every n-gram of `tokens` of the indexed lengths."""
+    from localspec.engine.drafters import NGRAM_ORDERS
+
+    return [tuple(tokens[i : i + n]) for n in NGRAM_ORDERS for i in range(len(tokens) - n + 1)]
+
+
 def test_a_draft_model_on_a_gpu_catches_up_one_token_at_a_time(similar_engine: Engine) -> None:
     # On a GPU the draft model's one-token passes replay a CUDA graph only while every pass has that shape, so a
     # short catch-up (the tokens accepted since its last draft) runs as one-token passes too, with the same drafts.

@@ -360,36 +360,57 @@ class NgramDrafter:
         # offers to copy from, earlier outputs).
         self._tables = [self._context, *shared]
         self._max_n = max(NGRAM_ORDERS)
+        # Part of the prompt still to index before the first proposal (see `resuming`'s `own`), or None.
+        self._pending: range | None = None
         # Length of the n-gram that proposed the first token of the last draft: the longer the match, the likelier
         # the draft is accepted (`estimates.match_class`).
         self.match_length = 0
 
     @classmethod
     def resuming(
-        cls, index: tuple[list[int], NgramTable] | None, prompt: list[int], shared: Sequence[NgramTable] = ()
+        cls,
+        index: tuple[list[int], NgramTable] | None,
+        prompt: list[int],
+        shared: Sequence[NgramTable] = (),
+        own: range | None = None,
     ) -> NgramDrafter:
         """A drafter for `prompt` that reuses a slot's index of the previous request's context, `index`, when most
         of it is this prompt's start (an editor sends nearly the same file on every keystroke): only the rest is
         indexed, ~10 us a token in Python. N-grams of the old context past the shared prefix stay in the table;
-        they can only cost a rejected draft."""
+        they can only cost a rejected draft.
+
+        own: where nothing is reused, index only this part of the prompt (and the generated text): the rest is in
+        `shared` tables already (an editor's suffix and other files' chunks, sent as lookup texts)."""
         drafter = cls(shared)
-        if index is not None:
-            tokens, table = index
-            shared_prefix = common_prefix_length(tokens, prompt)
-            small_enough = len(table.table) <= STALE_INDEX_FACTOR * len(NGRAM_ORDERS) * len(prompt)
-            if shared_prefix >= max(MIN_REUSED_PREFIX, len(tokens) // 2) and small_enough:
-                drafter._tokens = prompt[:shared_prefix]
-                drafter._context = drafter._tables[0] = table
+        resumed = index is not None and drafter._resume(index, prompt)
+        if not resumed and own is not None:
+            drafter._tokens, drafter._pending = list(prompt), own
         return drafter
 
+    def _resume(self, index: tuple[list[int], NgramTable], prompt: list[int]) -> bool:
+        tokens, table = index
+        shared_prefix = common_prefix_length(tokens, prompt)
+        small_enough = len(table.table) <= STALE_INDEX_FACTOR * len(NGRAM_ORDERS) * len(prompt)
+        if shared_prefix < max(MIN_REUSED_PREFIX, len(tokens) // 2) or not small_enough:
+            return False
+        self._tokens = prompt[:shared_prefix]
+        self._context = self._tables[0] = table
+        return True
+
     def index(self) -> tuple[list[int], NgramTable]:
-        """The context indexed so far and its table, for `resuming` by the slot's next request."""
-        return self._tokens, self._context
+        """The context indexed so far and its table, for `resuming` by the slot's next request (no context where
+        the prompt's own part was never indexed: a request that made no proposal)."""
+        return ([] if self._pending is not None else self._tokens), self._context
 
     def propose(self, context: list[int], k: int) -> list[int]:
         self.match_length = 0
         if k <= 0:
             return []
+        if self._pending is not None:
+            self._context.add(
+                self._tokens, self._pending.start, min(self._pending.stop, len(self._tokens) - 1)
+            )
+            self._pending = None
         # A generation's context only grows, so only its new tail needs indexing.
         indexed = max(0, len(self._tokens) - 1)
         self._tokens.extend(context[len(self._tokens) :])

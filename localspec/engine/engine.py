@@ -322,6 +322,8 @@ class Engine:
                 prefill_chunk=self._prefill_chunk(request),
                 ahead=self._ahead,
                 branch_seq=self._branch_seq(slot),
+                # An editor's suffix and other files' chunks come as lookup texts too: index only its prefix.
+                own_text=self.prompts.infill_window(prompt) if request.lookup_texts else None,
             )
         except Exception:
             slot.release()

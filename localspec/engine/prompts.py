@@ -125,6 +125,17 @@ class PromptLayout:
             special["fim_mid"],
         ]
 
+    def infill_window(self, tokens: list[int]) -> range | None:
+        """Where an infill prompt's prefix lies (from `<fim_prefix>` to `<fim_suffix>`), or None for another
+        prompt. The rest of it, the other files' chunks before and the suffix after, is what an editor also
+        offers as lookup texts."""
+        special = self.model.special_tokens()
+        start, end = special["fim_pre"], special["fim_suf"]
+        if start < 0 or end < 0 or start not in tokens or end not in tokens:
+            return None
+        window = range(tokens.index(start), tokens.index(end))
+        return window if window else None
+
     def request_tokens(self, request: GenerationRequest) -> tuple[list[int], int]:
         """The request's prompt as token ids, and how many tokens were dropped from its start to fit."""
         if isinstance(request.prompt, list):

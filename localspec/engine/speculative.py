@@ -54,9 +54,11 @@ class Generation:
         prefill_chunk: int = 512,
         ahead: Executor | None = None,
         branch_seq: int | None = None,
+        own_text: range | None = None,
     ) -> None:
         """ahead: a thread on which the draft model drafts the next step while the target verifies this one
-        (`DraftModelDrafter.run_ahead`), or None; branch_seq: the draft model's sequence for a second chain."""
+        (`DraftModelDrafter.run_ahead`), or None; branch_seq: the draft model's sequence for a second chain;
+        own_text: the part of the prompt that is not in `lookup_tables` (see `NgramDrafter.resuming`)."""
         self.request = request
         self.target = target
         self.slot = slot
@@ -81,7 +83,9 @@ class Generation:
             else None
         )
         # The request's own text first, then the texts it offers to copy from, then earlier outputs.
-        self._ngram = NgramDrafter.resuming(slot.ngram_index, prompt, [*lookup_tables, *shared_ngrams])
+        self._ngram = NgramDrafter.resuming(
+            slot.ngram_index, prompt, [*lookup_tables, *shared_ngrams], own_text
+        )
         # The prompt except its last token is evaluated first, reusing the slot's cached prefix, in chunks of at most
         # `prefill_chunk` tokens, one per step, so a more urgent request can run between two chunks; the last chunk
         # goes into the first step's pass. The prompt's last token is the first `pending`, so prompt and
