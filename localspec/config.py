@@ -8,6 +8,7 @@ The TOML file groups keys in sections; the environment names are LOCALSPEC_<SECT
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -33,7 +34,9 @@ DEFAULT_N_CTX = 4096  # context tokens per slot
 DEFAULT_SLOTS = 4
 DEFAULT_DRAFT_MAX = 16  # most tokens drafted per step
 DRAFT_MAX_LIMIT = 64  # the most speculative.draft_max may be
-DEFAULT_DRAFT_P_MIN = 0.75  # the draft model stops drafting below this confidence
+# The draft model stops drafting below this confidence; "auto": from what a draft token costs against a target
+# token on this machine (`drafters.confidence_floor`).
+DEFAULT_DRAFT_P_MIN = "auto"
 DEFAULT_HISTORY_TOKENS = 16384  # earlier outputs kept as an n-gram draft source
 DEFAULT_PROMPT_CACHE_MB = 4096  # host memory for saved KV sequences (engine/kv_snapshots.py)
 
@@ -74,7 +77,7 @@ class Config:
     # [speculative]
     mode: str = field(default="adaptive", metadata={"section": "speculative"})
     draft_max: int = field(default=DEFAULT_DRAFT_MAX, metadata={"section": "speculative"})
-    draft_p_min: float = field(default=DEFAULT_DRAFT_P_MIN, metadata={"section": "speculative"})
+    draft_p_min: str = field(default=DEFAULT_DRAFT_P_MIN, metadata={"section": "speculative"})
     # Tokens of earlier outputs kept (in memory only) as an n-gram draft source for later requests; 0 = off.
     history_tokens: int = field(default=DEFAULT_HISTORY_TOKENS, metadata={"section": "speculative"})
     # The draft model drafts the next step during each verify pass, on a thread of its own: "auto" = where both
@@ -99,8 +102,7 @@ class Config:
             raise ConfigError(
                 f"speculative.draft_max must be between 0 and {DRAFT_MAX_LIMIT}, not {self.draft_max}."
             )
-        if not 0.0 <= self.draft_p_min <= 1.0:
-            raise ConfigError(f"speculative.draft_p_min must be between 0 and 1, not {self.draft_p_min}.")
+        draft_p_min_setting(self.draft_p_min)
         if not 0 <= self.history_tokens <= 1_048_576:
             raise ConfigError(
                 f"speculative.history_tokens must be between 0 and 1048576, not {self.history_tokens}."
@@ -138,6 +140,19 @@ class Config:
             raise ConfigError(f"engine.slots must be at least 1, not {self.slots}.")
         if self.prompt_cache_mb < 0:
             raise ConfigError(f"engine.prompt_cache_mb must be 0 (off) or more, not {self.prompt_cache_mb}.")
+
+
+def draft_p_min_setting(value: str) -> float | None:
+    """`speculative.draft_p_min` ("auto" or a number from 0 to 1) as the engine takes it: None for auto."""
+    if value.strip().lower() == "auto":
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not 0.0 <= number <= 1.0:
+        raise ConfigError(f'speculative.draft_p_min must be "auto" or a number from 0 to 1, not {value!r}.')
+    return number
 
 
 def draft_ahead_setting(choice: str) -> bool | None:

@@ -754,6 +754,51 @@ def test_drafting_ahead_is_set_from_the_config(tiny_models, localspec_home: Path
         load_config()
 
 
+def test_the_draft_confidence_floor_follows_what_a_draft_token_costs(
+    tiny_models, localspec_home: Path, monkeypatch
+) -> None:
+    from localspec.config import load_config
+    from localspec.engine.drafters import FLOOR_WHEN_FREE, HIGHEST_FLOOR, confidence_floor
+
+    # A draft token at half a target token or more (the default pair on a CPU): llama.cpp's floor, as before.
+    assert confidence_floor(0.67) == confidence_floor(0.5) == HIGHEST_FLOOR
+    assert (
+        FLOOR_WHEN_FREE
+        == confidence_floor(0.0)
+        < confidence_floor(0.08)
+        < confidence_floor(0.2)
+        < HIGHEST_FLOOR
+    )
+    assert load_config().draft_p_min == "auto"
+    engine = Engine(
+        EngineSettings.from_config(
+            load_config(), tiny_models.target, tiny_models.draft_similar, n_ctx=256, slots=1, threads=2
+        )
+    )
+    try:
+        alone = run(engine, PROMPT, "none", max_tokens=40).token_ids
+        one_token_pass = engine.costs.verify(1, warm=True)
+        for _ in range(60):
+            engine.costs.record_draft(1, one_token_pass)
+        assert engine.draft_p_min() == HIGHEST_FLOOR
+        dear = run(engine, PROMPT, "draft", max_tokens=40)
+        for _ in range(60):
+            engine.costs.record_draft(1, 0.0)
+        assert engine.draft_p_min() < confidence_floor(0.01)
+        cheap = run(engine, PROMPT, "draft", max_tokens=40)
+        assert cheap.token_ids == dear.token_ids == alone
+        assert cheap.stats.drafted > dear.stats.drafted  # it drafted on past picks the dear floor stopped at
+    finally:
+        engine.close()
+    monkeypatch.setenv("LOCALSPEC_SPECULATIVE_DRAFT_P_MIN", "0.5")
+    settings = EngineSettings.from_config(load_config(), tiny_models.target, tiny_models.draft_similar)
+    assert settings.draft_p_min == 0.5  # a number set is kept whatever drafting costs
+    for wrong in ("sure", "1.5"):
+        monkeypatch.setenv("LOCALSPEC_SPECULATIVE_DRAFT_P_MIN", wrong)
+        with pytest.raises(ConfigError, match='draft_p_min must be "auto" or a number from 0 to 1'):
+            load_config()
+
+
 def test_a_cost_measured_too_high_is_corrected_by_the_next_passes() -> None:
     from localspec.engine.chooser import AdaptiveChooser
     from localspec.engine.pass_costs import PassCosts
@@ -1825,6 +1870,32 @@ def test_after_a_miss_the_draft_model_is_tried_again_from_one_token_passes() -> 
         chooser.record("none", 0, 0, 0.0082 if previous == 1 else 0.017, 1, warm=previous == 1)
         previous, streak = 1, streak + 1 if previous == 1 else 1
     assert sources[-1] == "draft" and len(sources) <= PROBE_EVERY + 1
+
+
+def test_a_probe_where_the_draft_model_drafted_nothing_is_tried_again_soon() -> None:
+    # x5-like prices, a draft model that missed before: each request probes it once. A probe where the draft model
+    # was unsure at its first pick drafted nothing and taught nothing of its acceptance: it is tried again within
+    # PROBE_AGAIN_AFTER steps; a probe whose drafts were all rejected waits PROBE_EVERY.
+    from localspec.engine.chooser import PROBE_AGAIN_AFTER, PROBE_EVERY, AdaptiveChooser
+
+    costs = x5_like_prices()
+
+    def steps_to_the_next_probe(drafted: int) -> int:
+        chooser = AdaptiveChooser("adaptive", draft_max=16, has_draft_model=True, costs=costs)
+        for k in (4, 8, 12, 1, 2):
+            chooser.record("draft", k, 0, costs.verify(k + 1, after_draft=True), k + 1)
+        chooser.start_request()
+        site = StepSite(previous=1, streak=3)
+        assert chooser.plan(budget=16, ngram_available=0, site=site).source == "draft"
+        chooser.record("draft", drafted, 0, costs.verify(drafted + 1, after_draft=True), drafted + 1)
+        for steps in range(1, 2 * PROBE_EVERY):
+            if chooser.plan(budget=16, ngram_available=0, site=site).source == "draft":
+                return steps
+            chooser.record("none", 0, 0, costs.verify(1, warm=True), 1, warm=True)
+        return 2 * PROBE_EVERY
+
+    assert steps_to_the_next_probe(0) <= PROBE_AGAIN_AFTER + 1
+    assert steps_to_the_next_probe(3) > PROBE_EVERY
 
 
 def test_a_second_chain_no_longer_wanted_frees_its_cells_for_the_next_context(tiny_models) -> None:

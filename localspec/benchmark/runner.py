@@ -155,6 +155,7 @@ class ServerMode:
 
 def llama_server_modes(draft: Path | None, draft_max: int, draft_p_min: float) -> list[ServerMode]:
     """llama-server alone and in its speculative modes; its draft-model mode drafts as localspec's engine is set."""
+    draft_p_min = round(draft_p_min, 2)
     modes = [ServerMode(TARGET_ALONE, [])]
     if draft is not None:
         modes.append(

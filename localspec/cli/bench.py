@@ -71,7 +71,10 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--n-ctx", type=int, help="context tokens (default: engine.n_ctx)")
     parser.add_argument("--draft-max", type=int, help="most tokens drafted per step (default: configured)")
-    parser.add_argument("--draft-p-min", type=float, help="draft confidence floor (default: configured)")
+    parser.add_argument(
+        "--draft-p-min",
+        help="draft confidence floor, 0-1 or auto: from the measured cost of a draft token (default: configured)",
+    )
     parser.add_argument(
         "--draft-ahead",
         choices=("auto", "on", "off"),
@@ -169,6 +172,9 @@ def run(args: argparse.Namespace) -> int:
         prompts = [runner.prompt_tokens(engine, task) for task in tasks]
         tie_margin, draft_ahead = engine.tie_margin, engine.drafts_ahead
         runs = _run_localspec(engine, modes, tasks, prompts, console, args.trace_steps)
+        draft_p_min = (
+            engine.draft_p_min()
+        )  # (by default it follows the measured costs: as the runs left them)
         end_prices = engine.costs.describe()  # the same prices as every measured pass left them
         console.print(f"prices after the runs: {end_prices}")
     finally:
@@ -178,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     server_commands: dict[str, str] = {}
     if args.against_llama_server:
-        for server_mode in runner.llama_server_modes(draft, settings.draft_max, settings.draft_p_min):
+        for server_mode in runner.llama_server_modes(draft, settings.draft_max, draft_p_min):
             server_runs, command = _run_llama_server(args, settings, server_mode, tasks, prompts, console)
             runs += server_runs
             server_commands[server_mode.name] = " ".join(command)
@@ -211,7 +217,8 @@ def run(args: argparse.Namespace) -> int:
         "gpu_layers": settings.target_gpu_layers,
         "draft_gpu_layers": settings.draft_gpu_layers,
         "draft_max": settings.draft_max,
-        "draft_p_min": settings.draft_p_min,
+        "draft_p_min": draft_p_min,
+        "draft_p_min_setting": "auto" if settings.draft_p_min is None else settings.draft_p_min,
         "history_tokens": settings.history_tokens,
         "tie_margin": tie_margin,
         "draft_ahead": draft_ahead,

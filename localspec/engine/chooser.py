@@ -19,6 +19,9 @@ PROBE_EVERY = 24  # steps between re-tries of a source that currently looks unpr
 OPTIMISTIC_ACCEPTANCE = 0.95
 PRIOR_ACCEPTANCE = 0.85
 PROBE_MARGIN = 1.1  # a probe must promise this much over the target alone to be worth its cost
+# A draft-model step that drafted nothing (the draft model unsure at its first pick) taught nothing of its
+# acceptance: the draft model is tried again after this many steps, not PROBE_EVERY.
+PROBE_AGAIN_AFTER = 4
 RETIME_EVERY = 2 * PROBE_EVERY  # steps between one-token passes that re-time the target alone
 # ... this many times as many while another source promises WIDE_MARGIN times the target alone's rate or more
 # and the last re-timing cost what its price said, within CONFIRMED.
@@ -315,6 +318,8 @@ class AdaptiveChooser:
         one. A draft-model step's pass follows the draft model's passes, whatever the size before."""
         for name in self._since_tried:
             self._since_tried[name] = 0 if name == source else self._since_tried[name] + 1
+        if source == "draft" and drafted == 0:
+            self._since_tried["draft"] = PROBE_EVERY - PROBE_AGAIN_AFTER
         if source == "none" and verify_tokens == 1:
             priced = self.costs.verify(1, warm, capture, depth=depth)
             self._alone_confirmed = abs(t_verify - priced) <= CONFIRMED * priced

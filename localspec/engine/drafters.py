@@ -46,6 +46,21 @@ class _Branch:
     tip: _Tip = field(default_factory=_Tip)
 
 
+# The draft model's confidence floor by default (`confidence_floor`): llama.cpp's 0.75 where a draft token costs
+# about half a target token or more, down to FLOOR_WHEN_FREE where drafting costs nearly nothing.
+HIGHEST_FLOOR, FLOOR_WHEN_FREE, FLOOR_PER_COST = 0.75, 0.6, 0.3
+
+
+def confidence_floor(draft_cost: float) -> float:
+    """The confidence below which drafting stops, for a draft token costing `draft_cost` target tokens.
+
+    A less sure pick is worth drafting on from where drafting is cheap: on a GPU a verify pass costs nearly the
+    same with a few more tokens, and the draft model's confidence (from its top-2 margin) is about how often the
+    target takes its pick. Simulated over the target alone's outputs with the passes' measured prices, the best
+    floor falls from 0.75 at half a target token a draft token to about 0.62 at a tenth (docs/BENCHMARKS.md)."""
+    return min(HIGHEST_FLOOR, FLOOR_WHEN_FREE + FLOOR_PER_COST * max(0.0, draft_cost))
+
+
 # Drafting ahead with a second chain, each chain gets this many tokens before the first goes on (a proposal takes
 # about as many; the verify pass may end any time).
 BRANCH_TURN = 8

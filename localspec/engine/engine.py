@@ -15,18 +15,18 @@ from typing import TYPE_CHECKING, Any
 
 from localspec.config import (
     DEFAULT_DRAFT_MAX,
-    DEFAULT_DRAFT_P_MIN,
     DEFAULT_HISTORY_TOKENS,
     DEFAULT_N_CTX,
     DEFAULT_PROMPT_CACHE_MB,
     DEFAULT_SLOTS,
     DRAFT_MAX_LIMIT,
     draft_ahead_setting,
+    draft_p_min_setting,
 )
 from localspec.engine.canary import ensure_llama_runs
 from localspec.engine.chooser import AdaptiveChooser
 from localspec.engine.compat import ensure_compatible
-from localspec.engine.drafters import NgramHistory, NgramTable
+from localspec.engine.drafters import NgramHistory, NgramTable, confidence_floor
 from localspec.engine.kv_snapshots import KvSnapshots
 from localspec.engine.llama_model import LlamaModel
 from localspec.engine.pass_costs import PassCosts
@@ -71,7 +71,7 @@ class EngineSettings:
     slots: int = DEFAULT_SLOTS
     mode: SpeculativeMode = "adaptive"
     draft_max: int = DEFAULT_DRAFT_MAX  # a request may ask for less, not more
-    draft_p_min: float = DEFAULT_DRAFT_P_MIN
+    draft_p_min: float | None = None  # None: `confidence_floor` of this machine's measured costs
     tie_margin: float | None = None  # None: TIE_MARGIN_GPU when the target runs on a GPU, else TIE_MARGIN_CPU
     # The draft model drafts the next step while the target verifies this one (on a thread of its own). None: where
     # both models run on a GPU (on a CPU the two would share the same cores).
@@ -96,7 +96,7 @@ class EngineSettings:
             "slots": config.slots,
             "mode": config.mode,  # Config.validate() checked it
             "draft_max": config.draft_max,
-            "draft_p_min": config.draft_p_min,
+            "draft_p_min": draft_p_min_setting(config.draft_p_min),
             "history_tokens": config.history_tokens,
             "prompt_cache_mb": config.prompt_cache_mb,
             "prompt_cache_pinned": config.prompt_cache_pinned,
@@ -171,7 +171,8 @@ class Engine:
                 self.costs, self.target, self.draft, self._slots.slots[0].seq_id, self.settings.draft_max + 1
             )
         self.calibrated = True
-        return self.costs.describe()
+        floor = f"; draft confidence floor {self.draft_p_min():.2f}" if self.draft is not None else ""
+        return self.costs.describe() + floor
 
     def _load(self, path: Path, role: str, gpu_layers: int, branch_seqs: bool = False) -> LlamaModel:
         """The model with a sequence per slot; with `branch_seqs`, a second one per slot (`branch_seq`), the
@@ -230,6 +231,7 @@ class Engine:
             "slots": self._slots.describe(),
             "prompt_cache": self.snapshots.describe(),
             "prices": self.costs.describe(),  # what the chooser plans with (ms), as start-up and passes left them
+            "draft_p_min": round(self.draft_p_min(), 3) if self.draft is not None else None,
         }
 
     # ---- prompts ----------------------------------------------------------------------------------------------
@@ -314,7 +316,7 @@ class Engine:
                 slot,
                 chooser,
                 self.tie_margin,
-                self.settings.draft_p_min,
+                self.draft_p_min(),
                 lookups,
                 [self.history.table],
                 stats,
@@ -376,6 +378,13 @@ class Engine:
         """Forget every slot's cached prefix (benchmarks use it to measure cold prompts)."""
         self._slots.reset(self.target, self.draft)
         self.snapshots.clear()
+
+    def draft_p_min(self) -> float:
+        """The confidence below which the draft model stops drafting: the configured one, or by default the floor
+        for what a draft token costs against the target's one-token pass here (as measured so far)."""
+        if self.settings.draft_p_min is not None:
+            return self.settings.draft_p_min
+        return confidence_floor(self.costs.draft_token() / self.costs.verify(1, warm=True))
 
     @property
     def drafts_ahead(self) -> bool:
