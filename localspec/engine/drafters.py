@@ -56,8 +56,9 @@ def confidence_floor(draft_cost: float) -> float:
 
     A less sure pick is worth drafting on from where drafting is cheap: on a GPU a verify pass costs nearly the
     same with a few more tokens, and the draft model's confidence (from its top-2 margin) is about how often the
-    target takes its pick. Simulated over the target alone's outputs with the passes' measured prices, the best
-    floor falls from 0.75 at half a target token a draft token to about 0.62 at a tenth (docs/BENCHMARKS.md)."""
+    target takes its pick. Replayed over the target alone's answers with the passes' measured prices
+    (`bench/draft_floor.py`), the best floor falls from about 0.75 where a draft token costs half a target token
+    to 0.62-0.67 where it costs a tenth or less (docs/BENCHMARKS.md)."""
     return min(HIGHEST_FLOOR, FLOOR_WHEN_FREE + FLOOR_PER_COST * max(0.0, draft_cost))
 
 
