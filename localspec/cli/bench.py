@@ -172,11 +172,10 @@ def run(args: argparse.Namespace) -> int:
         prompts = [runner.prompt_tokens(engine, task) for task in tasks]
         tie_margin, draft_ahead = engine.tie_margin, engine.drafts_ahead
         runs = _run_localspec(engine, modes, tasks, prompts, console, args.trace_steps)
-        draft_p_min = (
-            engine.draft_p_min()
-        )  # (by default it follows the measured costs: as the runs left them)
+        # The draft confidence floor follows the measured costs by default: as the runs left them.
+        draft_p_min = engine.draft_p_min()
         end_prices = engine.costs.describe()  # the same prices as every measured pass left them
-        console.print(f"prices after the runs: {end_prices}")
+        console.print(f"prices after the runs: {end_prices}; draft confidence floor {draft_p_min:.2f}")
     finally:
         if engine is not None:
             engine.close()
