@@ -10,7 +10,8 @@ given share of a target token. The simulation follows the engine's draft mode: d
 step finds its drafts made ahead when the step before was accepted whole and the target took the draft model's
 first or second choice where it stopped.
 
-usage: python bench/draft_floor.py TARGET.gguf DRAFT.gguf --prices TRACE.json[.gz] [--prompts SPEC] [--answers F]
+usage: python bench/draft_floor.py TARGET.gguf DRAFT.gguf --prices TRACE.json[.gz] [--workloads W] [--prompts SPEC]
+       [--answers FILE]
 """
 
 from __future__ import annotations
@@ -43,8 +44,7 @@ class Answer:
     picks: list[tuple[int, float, int]]  # the draft model's (pick, margin, runner-up) before each
 
 
-def answers(target: Path, draft: Path, prompt_spec: str, max_tokens: int) -> list[Answer]:
-    names = list(workloads.WORKLOADS)
+def answers(target: Path, draft: Path, names: list[str], prompt_spec: str, max_tokens: int) -> list[Answer]:
     counts = workloads.prompt_counts(prompt_spec, names)
     engine = Engine(EngineSettings(target_path=target, draft_path=None, n_ctx=4096, slots=1, mode="none"))
     reader = LlamaModel(draft, role="draft", n_ctx_per_seq=4096, n_batch=512)
@@ -89,19 +89,19 @@ class Prices:
                     timed[kind, size].append(step["verify_ms"])
                 if step["source"] == "draft" and step["drafted"] and not step["ready"]:
                     draft_token.append(step["draft_ms"] / step["drafted"])
-        self.table = {key: statistics.median(values) for key, values in timed.items() if len(values) >= 3}
+        self.table = {key: statistics.median(values) for key, values in timed.items()}
         self.draft_token = statistics.median(draft_token)
         self.scale = 1.0
 
     def target(self, kind: str, size: int) -> float:
-        if (kind, size) in self.table:
-            return self.scale * self.table[kind, size]
-        known = sorted(n for k, n in self.table if k == kind)
-        if not known:
-            return self.target("cold", size) if kind != "cold" else math.inf
+        """A pass's price, interpolated between the sizes timed; a kind never timed is priced as another."""
+        for table_kind in (kind, "cold", "warm", "capture"):
+            known = sorted(n for k, n in self.table if k == table_kind)
+            if known:
+                break
         below = max((n for n in known if n <= size), default=known[0])
         above = min((n for n in known if n >= size), default=known[-1])
-        low, high = self.table[kind, below], self.table[kind, above]
+        low, high = self.table[table_kind, below], self.table[table_kind, above]
         share = 0.0 if above == below else (size - below) / (above - below)
         return self.scale * (low + share * (high - low))
 
@@ -156,6 +156,7 @@ def main() -> None:
     parser.add_argument("target", type=Path)
     parser.add_argument("draft", type=Path)
     parser.add_argument("--prices", type=Path, required=True, help="a `localspec bench --trace-steps` JSON")
+    parser.add_argument("--workloads", default="humaneval,fim,code-edit")
     parser.add_argument("--prompts", default="humaneval=20,fim=10,code-edit=10")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--draft-max", type=int, default=16)
@@ -169,7 +170,8 @@ def main() -> None:
     if args.answers is not None and args.answers.exists():
         found = [Answer(**item) for item in json.loads(args.answers.read_text())]
     else:
-        found = answers(args.target, args.draft, args.prompts, args.max_tokens)
+        names = [name.strip() for name in args.workloads.split(",") if name.strip()]
+        found = answers(args.target, args.draft, names, args.prompts, args.max_tokens)
         if args.answers is not None:
             args.answers.write_text(json.dumps([asdict(answer) for answer in found]))
     print(

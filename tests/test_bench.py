@@ -360,6 +360,19 @@ def test_bench_takes_engine_settings_from_the_config_and_its_flags_override_them
         assert float(cells[4]) == pytest.approx(sum(s["drafted"] for s in steps) / len(steps), abs=0.006)
         assert float(cells[5]) == pytest.approx(sum(s["accepted"] for s in steps) / len(steps), abs=0.006)
         assert float(cells[8]) == pytest.approx(sum(s["verify_ms"] for s in steps) / len(steps), abs=0.06)
+    # bench/draft_floor.py replays draft mode over the target alone's answers with this trace's prices: a speedup
+    # for every floor and draft cost, and the answers kept for the next replay.
+    answers = tmp_path / "answers.json"
+    replay = [
+        sys.executable, str(ROOT / "bench" / "draft_floor.py"), str(tiny_models.target),
+        str(tiny_models.draft_similar), "--prices", str(run.json_path), "--workloads", "humaneval",
+        "--prompts", "2", "--max-tokens", "16", "--answers", str(answers),
+    ]  # fmt: skip
+    tables = [subprocess.run(replay, capture_output=True, text=True, check=True).stdout for _ in range(2)]
+    assert tables[0] == tables[1]  # (the second from the kept answers)
+    rows = [line.split() for line in tables[0].splitlines() if re.match(r"\s+0\.\d+\s", line)]
+    assert len(rows) == 7 and all(len(row) == 8 and all(float(cell) > 0 for cell in row[1:]) for row in rows)
+    assert [len(answer["target"]) for answer in json.loads(answers.read_text())] == [16, 16]
 
 
 def test_a_bench_with_nothing_to_run_says_what_to_give(
