@@ -85,8 +85,7 @@ class Prices:
                 streak = streak + 1 if size == previous else 1
                 previous = size
                 kind = "cold" if streak == 1 else "capture" if streak == 2 else "warm"
-                if size <= 17:
-                    timed[kind, size].append(step["verify_ms"])
+                timed[kind, size].append(step["verify_ms"])
                 if step["source"] == "draft" and step["drafted"] and not step["ready"]:
                     draft_token.append(step["draft_ms"] / step["drafted"])
         self.table = {key: statistics.median(values) for key, values in timed.items()}
@@ -94,13 +93,18 @@ class Prices:
         self.scale = 1.0
 
     def target(self, kind: str, size: int) -> float:
-        """A pass's price, interpolated between the sizes timed; a kind never timed is priced as another."""
+        """A pass's price, interpolated between the sizes timed; a kind never timed is priced as another, and a
+        size beyond a kind's largest timed one grows as cold passes do (the first pass of each request, which
+        reads the prompt's last chunk, gives cold prices of larger sizes)."""
         for table_kind in (kind, "cold", "warm", "capture"):
             known = sorted(n for k, n in self.table if k == table_kind)
             if known:
                 break
+        largest = known[-1]
+        if size > largest and table_kind != "cold":
+            return self.target(table_kind, largest) * self.target("cold", size) / self.target("cold", largest)
         below = max((n for n in known if n <= size), default=known[0])
-        above = min((n for n in known if n >= size), default=known[-1])
+        above = min((n for n in known if n >= size), default=largest)
         low, high = self.table[table_kind, below], self.table[table_kind, above]
         share = 0.0 if above == below else (size - below) / (above - below)
         return self.scale * (low + share * (high - low))
