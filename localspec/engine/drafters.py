@@ -132,12 +132,11 @@ class DraftModelDrafter:
         branch, self._branch = self._branch, None
         if not self._branch_holds or self.branch_seq is None:
             return
-        taken = (
+        if (
             branch is not None
             and _chain_after(context, self.cached, self._tip, self._stops) is None
             and _chain_after(context, branch.tokens, branch.tip, []) is not None
-        )
-        if taken and branch is not None:
+        ):
             self.model.copy_sequence(self.branch_seq, self.seq_id)
             self.cached[:] = branch.tokens
             self._tip = branch.tip

@@ -108,9 +108,8 @@ class RequestStats:
     drafted: int = 0
     accepted: int = 0
     drafted_ahead: int = 0  # drafts the draft model had made while the target verified the step before
-    second_chains: int = (
-        0  # steps that took the draft model's second choice and found a chain drafted from it
-    )
+    # Steps that took the draft model's second choice and found a chain drafted from it.
+    second_chains: int = 0
     target_passes: int = 0
     steps_by_source: dict[str, int] = field(default_factory=lambda: {"draft": 0, "ngram": 0, "none": 0})
     settled_near_ties: int = 0  # positions re-decoded alone because the verify margin was tiny
