@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
-# arms.sh SCALE MODES ARM... : one `localspec bench` per arm, one after the other (EXTRA: more bench flags).
+# arms.sh SCALE MODES ARM... : one `localspec bench` per arm, one after the other (EXTRA: more bench flags for all).
+# An arm may carry its own bench flags after a colon, commas for spaces: main:--draft-max=24
 set -uo pipefail
 source "$(dirname "$0")/env.sh"
 scale=$1 modes=$2; shift 2
-for arm in "$@"; do
+for spec in "$@"; do
+    arm=${spec%%:*} flags=
+    [[ $spec == *:* ]] && flags=${spec#*:} && flags=${flags//,/ }
     tree=$(tree_for "$arm"); pkg=$(pkg_for "$arm")
-    name=gpu-x$scale-$arm-$(date +%H%M%S)
+    name=gpu-x$scale-$arm$(echo "$flags" | tr -dc 'a-z0-9')-$(date +%H%M%S)
     mkdir -p /tmp/r/$name
-    echo "== $arm (x$scale) $(date +%T)"
+    echo "== $spec (x$scale) $(date +%T)"
     (cd /tmp && PYTHONPATH=$pkg:/tmp/site python3 -m localspec bench --target $T --draft $D --scale-layers $scale \
         --scaled-dir /tmp/scaled --threads 16 --prompts ${PROMPTS:-humaneval=20,fim=10,code-edit=10} \
-        --modes $modes ${EXTRA:-} --out /tmp/r/$name) 2>&1 | grep -v "^\s*$" | tail -40
+        --modes $modes ${EXTRA:-} $flags --out /tmp/r/$name) 2>&1 | grep -v "^\s*$" | tail -40
     f=$(ls /tmp/r/$name/*.json | head -1)
     gzip -c "$f" > $OUT/$name.json.gz
     PYTHONPATH=$tree:/tmp/site python3 $tree/bench/render_table.py "$f" | head -30
