@@ -1433,6 +1433,55 @@ def test_drafts_made_ahead_are_the_drafts_the_draft_model_would_make_then(simila
         model.remove_from(seq_id, 0)
 
 
+def test_a_draft_model_step_after_n_gram_drafts_finds_its_drafts_made_ahead(tiny_models) -> None:
+    # Once a request has used the draft model, the draft model also works while the target verifies an n-gram
+    # step: it reads the n-gram drafts, then drafts on as if the target takes them all and then its own pick. Here
+    # the plans alternate between the two sources (a scripted chooser); the output must stay the target alone's,
+    # and draft-model steps after n-gram steps whose drafts were all taken must find drafts made.
+    import itertools
+    from collections.abc import Callable
+    from concurrent.futures import Executor, Future
+    from typing import Any
+
+    from localspec.engine.chooser import AdaptiveChooser
+
+    class Alternating(AdaptiveChooser):
+        steps = 0
+
+        def plan_with_ngrams(
+            self, budget: int, propose: Callable[[int], tuple[list[int], int]], site: StepSite | None = None
+        ) -> tuple[Plan, list[int]]:
+            self.steps += 1
+            drafts = propose(budget)[0] if self.steps % 2 == 0 else []
+            return (Plan("ngram", len(drafts)), drafts) if drafts else (Plan("draft", budget), [])
+
+    class RightAway(Executor):  # runs the drafting ahead to its end before the pass, not beside it
+        def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+            future: Future[Any] = Future()
+            future.set_result(fn(*args, **kwargs))
+            return future
+
+    engine = make_engine(tiny_models.target, tiny_models.draft_same, draft_ahead=True, slots=1)
+    assert engine._ahead is not None
+    engine._ahead.shutdown()
+    engine._ahead = RightAway()
+    try:
+        prompt = PROMPT * 3
+        alone = run(engine, prompt, "none", max_tokens=96).token_ids
+        engine._choosers[("alternating", "adaptive")] = Alternating("adaptive", 8, True, engine.costs)
+        result = run(engine, prompt, "adaptive", max_tokens=96, slot="alternating", record_steps=True)
+        assert result.token_ids == alone
+        steps = result.stats.steps
+        after_ngrams = [
+            step.ready
+            for before, step in itertools.pairwise(steps)
+            if before.source == "ngram" and before.accepted == before.drafted and step.source == "draft"
+        ]
+        assert len(after_ngrams) >= 3 and all(ready > 0 for ready in after_ngrams)
+    finally:
+        engine.close()
+
+
 @pytest.mark.parametrize("draft_name", ["draft_same", "draft_similar"])
 def test_drafting_ahead_on_its_own_thread_keeps_the_target_alones_output(
     tiny_models, draft_name: str
@@ -1651,7 +1700,18 @@ def test_every_proposal_from_the_chain_is_what_drafting_would_give(
         token, margin, _ = greedy_next(chain)
         chain.append(token)
         margins.append(margin)
-    p_min = 1 / (1 + math.exp(-sorted(margins)[len(margins) // 3]))
+    floor = sorted(margins)[len(margins) // 3]
+    p_min = 1 / (1 + math.exp(-floor))
+
+    def at_the_floor(context: list[int], drafts: list[int], expected: list[int]) -> bool:
+        # Where the two first differ, a pick whose margin is within NEAR_TIE of the floor: a chain drafted a
+        # token at a time and a fresh drafter's one pass over the context differ in the last bits.
+        same = next(
+            (i for i, pair in enumerate(zip(drafts, expected, strict=False)) if pair[0] != pair[1]), None
+        )
+        same = min(len(drafts), len(expected)) if same is None else same
+        return abs(greedy_next([*context, *drafts[:same]])[1] - floor) < NEAR_TIE
+
     wrong = []
     made_ahead = 0
     stopped = threading.Event()
@@ -1662,20 +1722,30 @@ def test_every_proposal_from_the_chain_is_what_drafting_would_give(
         drafter = DraftModelDrafter(model, 1, [], p_min=p_min, branch_seq=branch_seq)
         context = list(base)
         for _ in range(32):
-            if rng.random() < 0.2:  # a step without the draft model
+            if rng.random() < 0.1:  # a step without the draft model
                 context.append(greedy_next(context)[0] if rng.random() < 0.7 else rng.randrange(50))
                 if model.is_end_of_generation(context[-1]):
                     break
                 continue
             k = rng.choice([1, 2, 4, 8, 16])
             ready = drafter.ready(context)
-            drafts = drafter.propose(context, k)
-            expected = fresh(context, k)
-            if drafts != expected:
-                wrong.append((seed, len(context), k))
-            made_ahead += min(ready, k)
-            if drafts:  # (a verify pass may end before the draft model evaluates anything)
-                drafter.run_ahead(17, stopped if rng.random() < 0.2 else threading.Event())
+            if rng.random() < 0.2:  # n-gram drafts (some the draft model's picks), read by it during the pass
+                drafts = []
+                for _ in range(rng.randint(1, 6)):
+                    drafts.append(
+                        greedy_next([*context, *drafts])[0] if rng.random() < 0.8 else rng.randrange(50)
+                    )
+                drafter.run_ahead_from(
+                    [*context, *drafts], 17, stopped if rng.random() < 0.2 else threading.Event()
+                )
+            else:
+                drafts = drafter.propose(context, k)
+                expected = fresh(context, k)
+                if drafts != expected and not at_the_floor(context, drafts, expected):
+                    wrong.append((seed, len(context), k))
+                made_ahead += min(ready, k)
+                if drafts:  # (a verify pass may end before the draft model evaluates anything)
+                    drafter.run_ahead(17, stopped if rng.random() < 0.2 else threading.Event())
             taken = rng.randint(0, len(drafts))
             outcome = rng.random()
             if outcome < 0.4:

@@ -110,6 +110,9 @@ class DraftModelDrafter:
         # context short of one is offered the chain's tokens up to it only (drafting would stop there).
         self._stops: list[int] = []
         self._branch: _Branch | None = None  # the chain from the second choice at the last such place
+        # The chain holds the draft model's own picks from this position on (`run_ahead_from` reads another
+        # source's drafts into it first): a shorter context is offered nothing from it.
+        self._own_from = 0
         # Whether `branch_seq` holds cells (shared ones too, which it would keep from being freed): it is emptied
         # as soon as its chain is no longer wanted, so that every slot's sequence finds room in the shared buffer.
         self._branch_holds = branch_seq is not None
@@ -124,8 +127,14 @@ class DraftModelDrafter:
     def ready(self, context: list[int]) -> int:
         """Drafts after `context` the draft model has already made (by `run_ahead`): free to propose."""
         self._follow(context)
-        known = _chain_after(context, self.cached, self._tip, self._stops)
+        known = self._known(context)
         return len(known[0]) if known is not None else 0
+
+    def _known(self, context: list[int]) -> tuple[list[int], bool] | None:
+        """The chain's drafts after `context` and whether drafting ends after them (see `_chain_after`)."""
+        if len(context) < self._own_from:
+            return None
+        return _chain_after(context, self.cached, self._tip, self._stops)
 
     def _follow(self, context: list[int]) -> None:
         """Where `context` went the way of the second chain, make it the drafter's chain; either way drop it."""
@@ -134,7 +143,7 @@ class DraftModelDrafter:
             return
         if (
             branch is not None
-            and _chain_after(context, self.cached, self._tip, self._stops) is None
+            and self._known(context) is None
             and _chain_after(context, branch.tokens, branch.tip, []) is not None
         ):
             self.model.copy_sequence(self.branch_seq, self.seq_id)
@@ -159,7 +168,7 @@ class DraftModelDrafter:
         self._follow(context)
         # (A request's contexts only grow: the places it has passed no longer matter.)
         self._stops = [at for at in self._stops if at >= len(context)]
-        chain = _chain_after(context, self.cached, self._tip, self._stops)
+        chain = self._known(context)
         known, ends = chain if chain is not None else ([], False)
         self.drafted_ahead += min(k, len(known))
         if chain is not None and (len(known) >= k or ends):
@@ -172,6 +181,7 @@ class DraftModelDrafter:
             one_token_passes = 1
         else:
             self._stops.clear()
+            self._own_from = 0
             missing = len(context) - sync_sequence(
                 self.model, self.seq_id, self.cached, context, "last", self.one_by_one
             )
@@ -219,6 +229,21 @@ class DraftModelDrafter:
                 self._extend(limit - first_turn, stop)
         except DecodeAborted:  # (its request was cancelled; the draft's KV and `cached` still agree)
             return
+
+    def run_ahead_from(self, context: list[int], limit: int, stop: threading.Event) -> None:
+        """`run_ahead` for a step whose drafts came from elsewhere (n-gram drafts): the draft model reads `context`
+        (the step's context and those drafts) unless its chain already holds it, then drafts on from its pick
+        there, so that a draft-model step after an n-gram step whose drafts were all taken finds drafts made."""
+        self._follow(context)
+        if self._known(context) is None:
+            self._stops.clear()
+            try:
+                sync_sequence(self.model, self.seq_id, self.cached, context, "last", self.one_by_one)
+            except DecodeAborted:
+                return
+            self._own_from = len(context)  # (the tokens before are the other source's, not the chain's)
+            self._pick()
+        self.run_ahead(limit, stop)
 
     def _extend(self, count: int, stop: threading.Event) -> bool:
         """Draft up to `count` more tokens of the chain; False where it ended (an unsure pick or a full context)."""

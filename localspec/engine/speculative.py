@@ -102,6 +102,7 @@ class Generation:
         self._pending = prompt[-1]
         self._picker = TokenPicker(target, request.sampling, prompt)
         self._ahead = ahead if self._draft is not None else None
+        self._used_draft_model = False  # whether a step of this request drafted with the draft model
 
     def __iter__(self) -> Iterator[StepEvent]:
         while (event := self.step()) is not None:
@@ -176,7 +177,7 @@ class Generation:
         if plan.pass_size > len(tokens) and not fold:  # padded to the previous pass's size (warm on a GPU)
             room_left = self.target.n_ctx_per_seq - len(self._committed)
             tokens += [tokens[-1]] * (min(plan.pass_size, room_left) - len(tokens))
-        ahead = self._start_ahead(most_drafts + 1) if source == "draft" and drafts else None
+        ahead = self._start_ahead(context, drafts, source, most_drafts + 1)
         try:
             n_rows = self.target.decode([*fold, *tokens], len(self._committed), self.slot.seq_id, len(tokens))
             self._committed.extend(fold)
@@ -251,13 +252,21 @@ class Generation:
         stats.t_sample += t_sample
         return self._emit(settled, len(drafts), accepted, source)
 
-    def _start_ahead(self, limit: int) -> tuple[Future[None], threading.Event] | None:
+    def _start_ahead(
+        self, context: list[int], drafts: list[int], source: DraftSource, limit: int
+    ) -> tuple[Future[None], threading.Event] | None:
         """Let the draft model draft on from this step's drafts while the target verifies them; set the event
-        to stop it."""
-        if self._ahead is None or self._draft is None:
+        to stop it. After n-gram drafts it first reads them, where this request has used the draft model (a
+        request that never does, as with a draft model that costs too much to pay, leaves it idle)."""
+        if self._ahead is None or self._draft is None or not drafts:
             return None
         stop = threading.Event()
-        return self._ahead.submit(self._draft.run_ahead, limit, stop), stop
+        if source == "draft":
+            self._used_draft_model = True
+            return self._ahead.submit(self._draft.run_ahead, limit, stop), stop
+        if source == "ngram" and self._used_draft_model:
+            return self._ahead.submit(self._draft.run_ahead_from, [*context, *drafts], limit, stop), stop
+        return None
 
     def _prefill_step(self) -> StepEvent:
         """Evaluate the next chunk of the prompt (no token is settled)."""
