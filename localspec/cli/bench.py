@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import os
 import platform
 from pathlib import Path
@@ -70,7 +71,10 @@ def register(subparsers: Any) -> None:
         "--gpu-layers", type=int, help="layers on the GPU (-1: all when available; default: engine's)"
     )
     parser.add_argument("--n-ctx", type=int, help="context tokens (default: engine.n_ctx)")
-    parser.add_argument("--draft-max", type=int, help="most tokens drafted per step (default: configured)")
+    parser.add_argument(
+        "--draft-max",
+        help="most tokens drafted per step, or auto: 24 on a GPU, 16 on a CPU (default: configured)",
+    )
     parser.add_argument(
         "--draft-p-min",
         help="draft confidence floor, 0-1 or auto: from the measured cost of a draft token (default: configured)",
@@ -170,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
         start_up_prices = engine.costs.describe()  # what the chooser plans with before any request (ms)
         console.print(f"measured at start-up: {start_up_prices}")
         prompts = [runner.prompt_tokens(engine, task) for task in tasks]
-        tie_margin, draft_ahead = engine.tie_margin, engine.drafts_ahead
+        tie_margin, draft_ahead, draft_max = engine.tie_margin, engine.drafts_ahead, engine.draft_max
         runs = _run_localspec(engine, modes, tasks, prompts, console, args.trace_steps)
         # The draft confidence floor follows the measured costs by default: as the runs left them.
         draft_p_min = engine.draft_p_min()
@@ -183,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     server_commands: dict[str, str] = {}
     if args.against_llama_server:
-        for server_mode in runner.llama_server_modes(draft, settings.draft_max, draft_p_min):
+        for server_mode in runner.llama_server_modes(draft, draft_max, draft_p_min):
             server_runs, command = _run_llama_server(args, settings, server_mode, tasks, prompts, console)
             runs += server_runs
             server_commands[server_mode.name] = " ".join(command)
@@ -215,7 +219,8 @@ def run(args: argparse.Namespace) -> int:
         "n_ctx": settings.n_ctx,
         "gpu_layers": settings.target_gpu_layers,
         "draft_gpu_layers": settings.draft_gpu_layers,
-        "draft_max": settings.draft_max,
+        "draft_max": draft_max,
+        "draft_max_setting": "auto" if settings.draft_max is None else settings.draft_max,
         "draft_p_min": draft_p_min,
         "draft_p_min_setting": "auto" if settings.draft_p_min is None else settings.draft_p_min,
         "history_tokens": settings.history_tokens,
@@ -277,28 +282,31 @@ def _run_localspec(
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
         bar = progress.add_task("localspec", total=len(tasks) * len(modes))
-        histories: dict[str, NgramHistory] = {}
-        for index, (task, tokens) in enumerate(zip(tasks, prompts, strict=True)):
-            if index == 0 or task.workload != tasks[index - 1].workload:
-                # Each mode keeps its own history of earlier outputs, as a session would, started afresh for each
-                # workload: the workloads share problems, and no run may copy an earlier answer to its own problem
-                # (or another mode's answer to the same prompt).
-                histories = {mode: NgramHistory(engine.settings.history_tokens) for mode in modes}
-            reference = None
-            for mode in modes:
-                progress.update(bar, description=f"localspec {mode:<8} {task.workload} {task.task_id}")
-                engine.history = histories[mode]
-                result = runner.run_localspec(engine, task, tokens, mode, record_steps=trace_steps)
-                if mode == "none":
-                    reference = result
-                elif reference is not None:
-                    runner.compare(result, reference)
-                    # A divergence is explained by the target's margin there, read from an untimed run.
-                    if result.divergence and not reference.margins:
-                        runner.fill_margins(engine, task, tokens, reference)
+        for _, workload in itertools.groupby(range(len(tasks)), key=lambda index: tasks[index].workload):
+            indices = list(workload)
+            # Each mode runs a workload's tasks one after another, as a session in that mode would: on a GPU a
+            # request starts from the CUDA graph its predecessor left (llama.cpp keeps one a context, and a pass of
+            # another shape re-instantiates it), so a mode run right after another mode would start from that
+            # mode's. Each mode's history of earlier outputs starts empty for each workload: the workloads share
+            # problems, and no run may copy an earlier answer to its own problem (or another mode's answer).
+            references: dict[int, Run] = {}
+            # (the target alone first: every other mode's reference)
+            for mode in sorted(modes, key=lambda mode: mode != "none"):
+                engine.history = NgramHistory(engine.settings.history_tokens)
+                for index in indices:
+                    task, tokens = tasks[index], prompts[index]
+                    progress.update(bar, description=f"localspec {mode:<8} {task.workload} {task.task_id}")
+                    result = runner.run_localspec(engine, task, tokens, mode, record_steps=trace_steps)
+                    if mode == "none":
+                        references[index] = result
+                    elif reference := references.get(index):
                         runner.compare(result, reference)
-                runs.append(result)
-                progress.advance(bar)
+                        # A divergence is explained by the target's margin there, read from an untimed run.
+                        if result.divergence and not reference.margins:
+                            runner.fill_margins(engine, task, tokens, reference)
+                            runner.compare(result, reference)
+                    runs.append(result)
+                    progress.advance(bar)
     return runs
 
 
