@@ -32,7 +32,10 @@ DEFAULT_FIM_TOKENS = ["<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"]
 # settings (EngineSettings) all use these.
 DEFAULT_N_CTX = 4096  # context tokens per slot
 DEFAULT_SLOTS = 4
-DEFAULT_DRAFT_MAX = 16  # most tokens drafted per step
+# Most tokens drafted per step; "auto": DRAFT_MAX_GPU where the target runs on a GPU (a longer verify pass costs
+# little more than a shorter one there), DRAFT_MAX_CPU on a CPU (where it costs nearly as many one-token passes).
+DEFAULT_DRAFT_MAX = "auto"
+DRAFT_MAX_GPU, DRAFT_MAX_CPU = 24, 16
 DRAFT_MAX_LIMIT = 64  # the most speculative.draft_max may be
 # The draft model stops drafting below this confidence; "auto": from what a draft token costs against a target
 # token on this machine (`drafters.confidence_floor`).
@@ -76,7 +79,7 @@ class Config:
     )
     # [speculative]
     mode: str = field(default="adaptive", metadata={"section": "speculative"})
-    draft_max: int = field(default=DEFAULT_DRAFT_MAX, metadata={"section": "speculative"})
+    draft_max: str = field(default=DEFAULT_DRAFT_MAX, metadata={"section": "speculative"})
     draft_p_min: str = field(default=DEFAULT_DRAFT_P_MIN, metadata={"section": "speculative"})
     # Tokens of earlier outputs kept (in memory only) as an n-gram draft source for later requests; 0 = off.
     history_tokens: int = field(default=DEFAULT_HISTORY_TOKENS, metadata={"section": "speculative"})
@@ -98,10 +101,7 @@ class Config:
             raise ConfigError(
                 f"speculative.mode must be one of {', '.join(SPECULATIVE_MODES)}, not {self.mode!r}."
             )
-        if not 0 <= self.draft_max <= DRAFT_MAX_LIMIT:
-            raise ConfigError(
-                f"speculative.draft_max must be between 0 and {DRAFT_MAX_LIMIT}, not {self.draft_max}."
-            )
+        draft_max_setting(self.draft_max)
         draft_p_min_setting(self.draft_p_min)
         if not 0 <= self.history_tokens <= 1_048_576:
             raise ConfigError(
@@ -140,6 +140,22 @@ class Config:
             raise ConfigError(f"engine.slots must be at least 1, not {self.slots}.")
         if self.prompt_cache_mb < 0:
             raise ConfigError(f"engine.prompt_cache_mb must be 0 (off) or more, not {self.prompt_cache_mb}.")
+
+
+def draft_max_setting(value: str) -> int | None:
+    """`speculative.draft_max` ("auto" or a whole number from 0 to DRAFT_MAX_LIMIT) as the engine takes it: None
+    for auto."""
+    if value.strip().lower() == "auto":
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if not 0 <= number <= DRAFT_MAX_LIMIT:
+        raise ConfigError(
+            f'speculative.draft_max must be "auto" or a whole number from 0 to {DRAFT_MAX_LIMIT}, not {value!r}.'
+        )
+    return number
 
 
 def draft_p_min_setting(value: str) -> float | None:

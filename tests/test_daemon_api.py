@@ -18,6 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from openai.types.chat import ChatCompletionMessageParam
 
+from localspec.config import DRAFT_MAX_LIMIT
+
 SPECULATIVE_KEYS = {
     "drafted",
     "accepted",
@@ -185,7 +187,11 @@ def test_a_negative_max_tokens_is_refused(shared: RunningDaemon) -> None:
         ("/v1/completions", {"prompt": "x", "speculative": "turbo"}, "speculative"),
         ("/v1/completions", {"prompt": "x", "slot": "../../etc"}, "slot"),
         ("/v1/completions", {"prompt": [999999]}, "token ids"),
-        ("/v1/completions", {"prompt": "x", "draft_max": 17}, "between 0 and 16 (this engine's"),
+        (
+            "/v1/completions",
+            {"prompt": "x", "draft_max": DRAFT_MAX_LIMIT},
+            "(this engine's speculative.draft_max)",
+        ),
         ("/v1/completions", {"prompt": "x", "draft_max": 65}, "draft_max"),
         ("/v1/chat/completions", {"messages": []}, "messages"),
         ("/v1/chat/completions", {"messages": [{"role": "robot", "content": "hi"}]}, "role"),

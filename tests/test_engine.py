@@ -670,12 +670,18 @@ def test_chooser_plans_with_the_measured_cost_of_each_pass_size() -> None:
     )  # 13 tokens in 12 passes' time: no gain
 
 
-def test_engine_measures_every_verify_size_at_start(similar_engine: Engine) -> None:
+def test_engine_measures_the_verify_sizes_at_start(tiny_models) -> None:
     from localspec.engine.pass_costs import PassCosts
 
-    costs = similar_engine.costs
-    assert set(range(1, similar_engine.settings.draft_max + 2)) <= costs.measured_sizes()
+    engine = make_engine(tiny_models.target, tiny_models.draft_similar, slots=1, draft_max=24)
+    engine.close()
+    costs = engine.costs
+    # Every size up to 17, then every 4th and the largest: a longer draft_max costs start-up little more.
+    assert {*range(1, 18), 21, 25} <= costs.measured_sizes()
+    assert not {18, 19, 20, 22, 23, 24} & costs.measured_sizes()
     assert all(costs.verify(n) > 0 for n in range(1, 40))
+    low, high = sorted((costs.verify(17), costs.verify(21)))
+    assert low <= costs.verify(19) <= high  # (between two timed sizes: interpolated)
     assert costs.draft_token() > 0
     # What the daemon logs at start-up, so a user can see what the chooser plans with.
     assert costs.describe().startswith("target pass 1: ") and "draft token" in costs.describe()
@@ -796,6 +802,33 @@ def test_the_draft_confidence_floor_follows_what_a_draft_token_costs(
     for wrong in ("sure", "1.5"):
         monkeypatch.setenv("LOCALSPEC_SPECULATIVE_DRAFT_P_MIN", wrong)
         with pytest.raises(ConfigError, match='draft_p_min must be "auto" or a number from 0 to 1'):
+            load_config()
+
+
+def test_the_longest_draft_follows_where_the_target_runs(
+    tiny_models, localspec_home: Path, monkeypatch
+) -> None:
+    """speculative.draft_max = "auto": 24 drafts a step where the target runs on a GPU (a longer verify pass costs
+    little more there), 16 on a CPU (where it costs nearly as many one-token passes). A number is used as given."""
+    from localspec.config import DRAFT_MAX_CPU, DRAFT_MAX_GPU, load_config
+
+    assert load_config().draft_max == "auto"
+    engine = Engine(
+        EngineSettings.from_config(load_config(), tiny_models.target, None, n_ctx=256, slots=1, threads=2)
+    )
+    try:
+        expected = DRAFT_MAX_GPU if engine.target.offloaded else DRAFT_MAX_CPU
+        assert engine.draft_max == engine.stats()["draft_max"] == expected
+        assert max(engine.costs.measured_sizes()) == expected + 1  # start-up priced the longest verify pass
+        with pytest.raises(InvalidRequestError, match=f"between 0 and {expected} "):
+            engine.generate(GenerationRequest(prompt=PROMPT, max_tokens=4, draft_max=expected + 1))
+    finally:
+        engine.close()
+    monkeypatch.setenv("LOCALSPEC_SPECULATIVE_DRAFT_MAX", "40")
+    assert EngineSettings.from_config(load_config(), tiny_models.target, None).draft_max == 40
+    for wrong in ("many", "65", "-1", "2.5"):
+        monkeypatch.setenv("LOCALSPEC_SPECULATIVE_DRAFT_MAX", wrong)
+        with pytest.raises(ConfigError, match='draft_max must be "auto" or a whole number from 0 to 64'):
             load_config()
 
 

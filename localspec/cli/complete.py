@@ -33,7 +33,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     parser.add_argument("--n-ctx", type=int, help="context size")
     parser.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
-    parser.add_argument("--draft-max", type=int, help="most tokens drafted per step")
+    parser.add_argument(
+        "--draft-max", help="most tokens drafted per step, or auto (24 on a GPU, 16 on a CPU)"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
     parser.add_argument(
         "--check",

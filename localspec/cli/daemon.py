@@ -18,7 +18,7 @@ _SERVE_FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--target-gpu-layers", "target_gpu_layers", int, "target layers on the GPU (-1 = all)"),
     ("--draft-gpu-layers", "draft_gpu_layers", int, "draft layers on the GPU (-1 = all)"),
     ("--mode", "mode", str, "speculative mode: adaptive, draft, ngram or none"),
-    ("--draft-max", "draft_max", int, "most tokens drafted per step"),
+    ("--draft-max", "draft_max", str, "most tokens drafted per step, or auto (24 on a GPU, 16 on a CPU)"),
     ("--backend", "backend", str, "local (llama.cpp here) or remote (an inference server; docs/REMOTE.md)"),
     ("--remote-url", "remote_url", str, "the remote server's address, e.g. http://10.0.0.5:8080"),
     ("--remote-model", "remote_model", str, "the model name the remote serves (default: its first)"),

@@ -14,13 +14,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from localspec.config import (
-    DEFAULT_DRAFT_MAX,
     DEFAULT_HISTORY_TOKENS,
     DEFAULT_N_CTX,
     DEFAULT_PROMPT_CACHE_MB,
     DEFAULT_SLOTS,
+    DRAFT_MAX_CPU,
+    DRAFT_MAX_GPU,
     DRAFT_MAX_LIMIT,
     draft_ahead_setting,
+    draft_max_setting,
     draft_p_min_setting,
 )
 from localspec.engine.canary import ensure_llama_runs
@@ -70,7 +72,9 @@ class EngineSettings:
     draft_gpu_layers: int = -1
     slots: int = DEFAULT_SLOTS
     mode: SpeculativeMode = "adaptive"
-    draft_max: int = DEFAULT_DRAFT_MAX  # a request may ask for less, not more
+    # Most drafts a step makes (a request may ask for less, not more). None: DRAFT_MAX_GPU where the target runs on a
+    # GPU, else DRAFT_MAX_CPU (`Engine.draft_max`).
+    draft_max: int | None = None
     draft_p_min: float | None = None  # None: `confidence_floor` of this machine's measured costs
     tie_margin: float | None = None  # None: TIE_MARGIN_GPU when the target runs on a GPU, else TIE_MARGIN_CPU
     # The draft model drafts the next step while the target verifies this one (on a thread of its own). None: where
@@ -95,7 +99,7 @@ class EngineSettings:
             "draft_gpu_layers": config.draft_gpu_layers,
             "slots": config.slots,
             "mode": config.mode,  # Config.validate() checked it
-            "draft_max": config.draft_max,
+            "draft_max": draft_max_setting(config.draft_max),
             "draft_p_min": draft_p_min_setting(config.draft_p_min),
             "history_tokens": config.history_tokens,
             "prompt_cache_mb": config.prompt_cache_mb,
@@ -111,7 +115,7 @@ class Engine:
         (the daemon loads a new engine beside a serving one and times it on the scheduler's thread, because
         every context shares one CPU threadpool that serves one decode at a time)."""
         self.settings = settings
-        if not 0 <= settings.draft_max <= DRAFT_MAX_LIMIT:
+        if settings.draft_max is not None and not 0 <= settings.draft_max <= DRAFT_MAX_LIMIT:
             raise ConfigError(f"draft_max must be between 0 and {DRAFT_MAX_LIMIT}, not {settings.draft_max}.")
         if settings.mode == "draft" and settings.draft_path is None:
             raise ConfigError(
@@ -120,6 +124,8 @@ class Engine:
             )
         ensure_llama_runs()
         self.target = self._load(settings.target_path, "target", settings.target_gpu_layers)
+        default_draft_max = DRAFT_MAX_GPU if self.target.offloaded else DRAFT_MAX_CPU
+        self.draft_max = default_draft_max if settings.draft_max is None else settings.draft_max
         default_margin = TIE_MARGIN_GPU if self.target.offloaded else TIE_MARGIN_CPU
         self.tie_margin = default_margin if settings.tie_margin is None else settings.tie_margin
         self.draft: LlamaModel | None = None
@@ -167,9 +173,7 @@ class Engine:
         """Time the passes the chooser plans with (once; a no-op for mode "none") and return the prices, for
         logs. Decodes on the shared threadpool: call it only where no other engine can decode at the same time."""
         if not self.calibrated and self.settings.mode != "none":
-            time_passes(
-                self.costs, self.target, self.draft, self._slots.slots[0].seq_id, self.settings.draft_max + 1
-            )
+            time_passes(self.costs, self.target, self.draft, self._slots.slots[0].seq_id, self.draft_max + 1)
         self.calibrated = True
         floor = f"; draft confidence floor {self.draft_p_min():.2f}" if self.draft is not None else ""
         return self.costs.describe() + floor
@@ -232,6 +236,7 @@ class Engine:
             "prompt_cache": self.snapshots.describe(),
             "prices": self.costs.describe(),  # what the chooser plans with (ms), as start-up and passes left them
             "draft_p_min": round(self.draft_p_min(), 3) if self.draft is not None else None,
+            "draft_max": self.draft_max,
         }
 
     # ---- prompts ----------------------------------------------------------------------------------------------
@@ -276,7 +281,7 @@ class Engine:
         return recently_used(
             self._choosers,
             (key, mode),
-            lambda: AdaptiveChooser(mode, self.settings.draft_max, self.draft is not None, self.costs),
+            lambda: AdaptiveChooser(mode, self.draft_max, self.draft is not None, self.costs),
             MAX_CHOOSERS,
         )
 
@@ -285,7 +290,7 @@ class Engine:
             raise InvalidRequestError(
                 f"max_tokens must be 0 (evaluate the prompt only) or more, not {request.max_tokens}."
             )
-        limit = self.settings.draft_max
+        limit = self.draft_max
         if request.draft_max is not None and not 0 <= request.draft_max <= limit:
             raise InvalidRequestError(
                 f"draft_max must be between 0 and {limit} (this engine's speculative.draft_max), not "

@@ -21,6 +21,9 @@ DRAFT_CATCH_UP_SIZES = (4, 16, 64)
 # told apart); shallower ones teach their size's price (their depth's part is within a pass's noise).
 DEPTH_TAUGHT_FROM = 512
 BEST_OF_THREE_UP_TO = 4  # start-up times passes of up to this many tokens 3 times, and once after the sweep
+# Start-up times every pass size up to DENSE_UP_TO, then every SPARSE_STEP-th and the largest: prices between are
+# interpolated (past this size a pass costs about a straight line), so a longer draft_max costs start-up little.
+DENSE_UP_TO, SPARSE_STEP = 17, 4
 ONE_TOKEN_RETRIES = 3  # times start-up re-times a one-token pass that timed dearer than a two-token one
 
 
@@ -262,11 +265,11 @@ def calibrate(
     max_size: int,
     quick_sweep: float = 1.0,
 ) -> None:
-    """Time target passes of every size a step can verify (1..max_size): cold, and where the target is on a GPU or
+    """Time target passes of the sizes a step can verify (`sweep_sizes(max_size)`): cold, and where the target is on a GPU or
     a sweep takes under `quick_sweep` seconds also capture, warm and right after draft-model passes; a
     draft-model token and a few draft-model catch-ups. The chooser plans with these from the first request on;
     every real pass then updates its price. Leaves sequence `seq_id` empty in both models."""
-    sizes = range(1, min(max_size, target.n_ctx_per_seq - 1, 64) + 1)
+    sizes = sweep_sizes(min(max_size, target.n_ctx_per_seq - 1, 64))
     tokens = [0] * (max(sizes) + 1)  # any token: a pass costs the same whatever it reads
     target.decode(tokens, 0, seq_id, "all")  # warm-up: first-use allocations are not a pass cost
     target.remove_from(seq_id, 1)
@@ -329,6 +332,12 @@ def calibrate(
                 costs.record_verify(n, min(after_draft), after_draft=True)
         draft.remove_from(seq_id, 0)
     target.remove_from(seq_id, 0)
+
+
+def sweep_sizes(largest: int) -> list[int]:
+    """The pass sizes start-up times, up to `largest` (see DENSE_UP_TO)."""
+    dense = range(1, min(largest, DENSE_UP_TO) + 1)
+    return sorted({*dense, *range(DENSE_UP_TO + SPARSE_STEP, largest, SPARSE_STEP), largest})
 
 
 def _timed_pass(model: LlamaModel, tokens: list[int], seq_id: int, outputs: str = "all") -> float:
