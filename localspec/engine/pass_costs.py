@@ -265,8 +265,8 @@ def calibrate(
     max_size: int,
     quick_sweep: float = 1.0,
 ) -> None:
-    """Time target passes of the sizes a step can verify (`sweep_sizes(max_size)`): cold, and where the target is on a GPU or
-    a sweep takes under `quick_sweep` seconds also capture, warm and right after draft-model passes; a
+    """Time target passes of the sizes a step can verify (`sweep_sizes(max_size)`): cold, and where the target is
+    on a GPU or a sweep takes under `quick_sweep` seconds also capture, warm and right after draft-model passes; a
     draft-model token and a few draft-model catch-ups. The chooser plans with these from the first request on;
     every real pass then updates its price. Leaves sequence `seq_id` empty in both models."""
     sizes = sweep_sizes(min(max_size, target.n_ctx_per_seq - 1, 64))
