@@ -269,6 +269,9 @@ def test_ctrl_c_stops_the_language_server_and_the_daemon(tiny_models, tmp_path: 
          "--jumps", "50", "--files", "2", "--out", str(tmp_path / "editor.json"),
          "--target", str(tiny_models.target), "--draft", str(tiny_models.draft_similar)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        # As in a terminal: a shell without job control starts background jobs with Ctrl-C ignored, and children
+        # inherit that (a test run launched with `&` would otherwise see the signal ignored).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     try:
         assert process.stdout is not None
