@@ -285,7 +285,7 @@ def _run_localspec(
         for _, workload in itertools.groupby(range(len(tasks)), key=lambda index: tasks[index].workload):
             indices = list(workload)
             # Each mode runs a workload's tasks one after another, as a session in that mode would: on a GPU a
-            # request starts from the CUDA graph its predecessor left (llama.cpp keeps one a context, and a pass of
+            # request starts from the CUDA graph its predecessor left (llama.cpp keeps one per context, and a pass of
             # another shape re-instantiates it), so a mode run right after another mode would start from that
             # mode's. Each mode's history of earlier outputs starts empty for each workload: the workloads share
             # problems, and no run may copy an earlier answer to its own problem (or another mode's answer).
