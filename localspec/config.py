@@ -8,13 +8,12 @@ The TOML file groups keys in sections; the environment names are LOCALSPEC_<SECT
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import tomli_w
 
@@ -142,32 +141,32 @@ class Config:
             raise ConfigError(f"engine.prompt_cache_mb must be 0 (off) or more, not {self.prompt_cache_mb}.")
 
 
+_Number = TypeVar("_Number", int, float)
+
+
 def draft_max_setting(value: str) -> int | None:
     """`speculative.draft_max` ("auto" or a whole number from 0 to DRAFT_MAX_LIMIT) as the engine takes it: None
     for auto."""
-    if value.strip().lower() == "auto":
-        return None
-    try:
-        number = int(value)
-    except ValueError:
-        number = -1
-    if not 0 <= number <= DRAFT_MAX_LIMIT:
-        raise ConfigError(
-            f'speculative.draft_max must be "auto" or a whole number from 0 to {DRAFT_MAX_LIMIT}, not {value!r}.'
-        )
-    return number
+    return _auto_or_number("speculative.draft_max", value, int, 0, DRAFT_MAX_LIMIT, "a whole number")
 
 
 def draft_p_min_setting(value: str) -> float | None:
     """`speculative.draft_p_min` ("auto" or a number from 0 to 1) as the engine takes it: None for auto."""
+    return _auto_or_number("speculative.draft_p_min", value, float, 0.0, 1.0, "a number")
+
+
+def _auto_or_number(
+    key: str, value: str, parse: Callable[[str], _Number], low: _Number, high: _Number, kind: str
+) -> _Number | None:
+    """None for "auto" (any case), else `value` parsed, refused with a message naming `key` outside low..high."""
     if value.strip().lower() == "auto":
         return None
     try:
-        number = float(value)
+        number = parse(value)
     except ValueError:
-        number = math.nan
-    if not 0.0 <= number <= 1.0:
-        raise ConfigError(f'speculative.draft_p_min must be "auto" or a number from 0 to 1, not {value!r}.')
+        number = None
+    if number is None or not low <= number <= high:
+        raise ConfigError(f'{key} must be "auto" or {kind} from {low:g} to {high:g}, not {value!r}.')
     return number
 
 
