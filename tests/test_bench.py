@@ -417,6 +417,23 @@ def test_bench_takes_engine_settings_from_the_config_and_its_flags_override_them
     assert [len(answer["target"]) for answer in json.loads(answers.read_text())] == [16, 16]
 
 
+def test_the_planning_cost_script_times_each_kind_of_step() -> None:
+    # bench/plan_cost.py times the chooser's plan with a GPU's prices for the real 1.5B: where an n-gram proposal
+    # is there it plans with it (it pays at those prices), and without one it keeps to the target alone.
+    timed = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "plan_cost.py"), "--draft-max", "16"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    rows = [
+        re.match(r"(no|a 6-token) n-gram proposal .* ([\d.]+) us  \(plan: (\w+) (\d+)\)", line)
+        for line in timed.splitlines()
+    ]
+    assert len(rows) == 4 and all(rows)
+    for row in rows:
+        assert row is not None and float(row[2]) > 0
+        assert (row[3], row[4]) == (("none", "0") if row[1] == "no" else ("ngram", "6"))
+
+
 def test_a_bench_with_nothing_to_run_says_what_to_give(
     tiny_models, localspec_home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -1616,6 +1616,53 @@ def test_a_whole_steps_prices_are_each_sizes_own_price(
     assert at_once == [costs.in_sequence(n, previous, streak, after_draft, depth) for n in sizes]
 
 
+def _price_between(measured: dict[int, float], n: int) -> float:
+    """What an unmeasured size costs, from the sizes measured around it (the rule `PassCosts` prices by)."""
+    below = sorted(size for size in measured if size < n)
+    above = sorted(size for size in measured if size > n)
+    if below and above:
+        low, high = below[-1], above[0]
+        return measured[low] + (measured[high] - measured[low]) * (n - low) / (high - low)
+    if len(below) >= 2:
+        low, high = below[-2], below[-1]
+        return measured[high] + max(0.0, (measured[high] - measured[low]) / (high - low)) * (n - high)
+    largest = max(measured)
+    return measured[largest] * n / largest
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    batches=st.lists(
+        st.dictionaries(st.integers(1, 30), st.floats(1e-4, 0.1), min_size=1, max_size=6),
+        min_size=1,
+        max_size=4,
+    ),
+    after_draft=st.dictionaries(st.integers(1, 30), st.floats(1e-4, 0.1), min_size=1, max_size=6),
+)
+def test_an_unmeasured_size_is_priced_from_the_sizes_measured_around_it(
+    batches: list[dict[int, float]], after_draft: dict[int, float]
+) -> None:
+    # Prices are asked for at every step and sizes get measured between steps: each answer must follow the sizes
+    # measured so far, those around an unmeasured size (after draft-model passes: the cold price scaled as the
+    # nearest size measured there, the smaller one at a tie).
+    costs = PassCosts()
+    measured: dict[int, float] = {}
+    for n, seconds in after_draft.items():
+        costs.record_verify(n, seconds, after_draft=True)
+    for batch in batches:
+        for n, seconds in batch.items():
+            if n not in measured:  # (a first timing is the price; later ones move it, tested elsewhere)
+                costs.record_verify(n, seconds)
+                measured[n] = seconds
+        for n in range(1, 32):
+            cold = measured[n] if n in measured else _price_between(measured, n)
+            assert costs.verify(n) == pytest.approx(cold, rel=1e-12)
+            if n not in after_draft:
+                nearest = min(sorted(after_draft), key=lambda size: abs(size - n))
+                ratio = after_draft[nearest] / costs.verify(nearest)
+                assert costs.verify(n, after_draft=True) == pytest.approx(cold * ratio, rel=1e-12)
+
+
 def test_drafts_that_pay_at_a_sequences_start_are_refused_deep_in_it() -> None:
     from localspec.engine.chooser import AdaptiveChooser
 

@@ -4,6 +4,7 @@ start-up (`calibrate`) and kept current by every real pass."""
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 
 from localspec.engine.estimates import Ewma
 from localspec.engine.llama_model import LlamaModel
@@ -70,6 +71,9 @@ class PassCosts:
         self.draft_one_by_one = draft_one_by_one
         self._per_position = Ewma(0.0, weight=0.1)
         self.price_depth = price_depth
+        # Each table's measured sizes, sorted, kept until it gains a size: the chooser prices every draft length of
+        # every source at each step, and finding the measured sizes around an unmeasured one was most of that.
+        self._sizes: dict[int, list[int]] = {}
 
     def record_verify(
         self,
@@ -99,10 +103,10 @@ class PassCosts:
             # lone one-token pass, such as the target alone's re-timing between speculative steps, runs cold.)
             self._record(self._warm, n, seconds)
 
-    @staticmethod
-    def _record(table: dict[int, Ewma], n: int, seconds: float) -> None:
+    def _record(self, table: dict[int, Ewma], n: int, seconds: float) -> None:
         estimate = table.get(n)
         if estimate is None:
+            self._sizes.pop(id(table), None)
             # A price is a measurement, not a prior: later passes move it by the weights below from the start,
             # not by the larger ones `Ewma` gives its first samples.
             table[n] = Ewma(seconds, samples=MEASURED_SAMPLES)
@@ -171,8 +175,17 @@ class PassCosts:
             return known.value
         if not table:
             return cold
-        nearest = min(table, key=lambda size: abs(size - n))
+        sizes = self._sorted_sizes(table)
+        at = bisect_left(sizes, n)
+        either_side = sizes[max(at - 1, 0) : at + 1]
+        nearest = min(either_side, key=lambda size: abs(size - n))  # (the smaller one at a tie)
         return cold * table[nearest].value / self._estimate(self._cold, nearest)
+
+    def _sorted_sizes(self, table: dict[int, Ewma]) -> list[int]:
+        sizes = self._sizes.get(id(table))
+        if sizes is None:
+            sizes = self._sizes[id(table)] = sorted(table)
+        return sizes
 
     def switch_cost(self) -> float:
         """What returning to one-token passes after a pass of another size costs more than staying with them: the
@@ -198,35 +211,40 @@ class PassCosts:
         """`in_sequence` for each size in `sizes`, the same figures at a fraction of the cost: the chooser prices
         every draft length of every source at each step, and on a fast GPU that planning is a share of a step."""
         per_position = self._per_position.value
-        # Where a pass's kind names one measured entry, that entry is its shallow price, as in `_shallow` (a pass
-        # after the draft model's is priced cold until such passes are timed).
-        kind = self._after_draft if after_draft and self._after_draft else self._cold
+        # `_shallow` written out by kind of pass (a pass after the draft model's is priced cold until such passes
+        # are timed; only a pass of the previous size is warm or a capture), plus the depth's part.
+        after = self._after_draft
         prices = []
         for n in sizes:
-            known = kind.get(n) if after_draft or n != previous else None
-            if known is None:
-                prices.append(self.in_sequence(n, previous, streak, after_draft, depth))
+            if after_draft:
+                known = after.get(n)
+                shallow = (
+                    known.value
+                    if known is not None
+                    else self._relative_to_cold(after, n, self._estimate(self._cold, n))
+                )
+            elif n == previous:
+                shallow = self._shallow(n, streak >= 2, streak == 1, False)
             else:
-                prices.append(known.value + per_position * n * depth)
+                shallow = self._estimate(self._cold, n)
+            prices.append(shallow + per_position * n * depth)
         return prices
 
     def _estimate(self, table: dict[int, Ewma], n: int) -> float:
         if (known := table.get(n)) is not None:
             return known.value
-        sizes = sorted(table)
-        below = [s for s in sizes if s < n]
-        above = [s for s in sizes if s > n]
-        if below and above:  # interpolate between the nearest measured sizes
-            low, high = below[-1], above[0]
+        sizes = self._sorted_sizes(table)
+        at = bisect_left(sizes, n)  # sizes[:at] are below n, sizes[at:] above (n itself is not measured)
+        if 0 < at < len(sizes):  # interpolate between the nearest measured sizes
+            low, high = sizes[at - 1], sizes[at]
             t_low, t_high = table[low].value, table[high].value
             return t_low + (t_high - t_low) * (n - low) / (high - low)
-        if len(below) >= 2:  # extend the line through the two largest measured sizes
-            low, high = below[-2], below[-1]
+        if at >= 2:  # extend the line through the two largest measured sizes
+            low, high = sizes[at - 2], sizes[at - 1]
             t_low, t_high = table[low].value, table[high].value
             return t_high + max(0.0, (t_high - t_low) / (high - low)) * (n - high)
-        if below or above:  # one size known: scale it per token
-            size = (below or above)[-1]
-            return table[size].value * n / size
+        if sizes:  # one size known (or only larger ones): scale the largest per token
+            return table[sizes[-1]].value * n / sizes[-1]
         return self._prior_one + (n - 1) * self._prior_extra
 
     def describe(self) -> str:
