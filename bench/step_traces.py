@@ -3,8 +3,10 @@
 Usage: python bench/step_traces.py RESULTS.json [MORE.json ...]   (also .json.gz, as in docs/benchmarks/traces/)
 Per workload and localspec mode, a row per draft source: steps, drafts and accepted drafts per step, the share of
 steps whose drafts were ready when the step began (drafted ahead), tokens per target pass, verify and drafting ms
-per step; then the longest run of target-alone steps in a row and its task. Each run's first step is left out: its
-pass also reads the prompt's last chunk.
+per step; then the longest run of target-alone steps in a row and its task; then, per workload and speculative
+mode, how many target passes ran cold (after a pass of another size), captured a CUDA graph (the second of their
+size in a row) or replayed it (warm), and their mean ms: on a GPU the three cost very differently. Each run's first
+step is left out: its pass also reads the prompt's last chunk (the next pass is classed against its size).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ SUMMED = ("drafted", "accepted", "pass_tokens", "verify_ms", "draft_ms")  # step
 
 Totals = dict[tuple[str, str, str], dict[str, float]]  # per (workload, mode, source)
 Longest = dict[tuple[str, str], tuple[int, str]]  # per (workload, mode): steps in a row, task
+PASS_KINDS = ("cold", "capture", "warm")  # the first, second, third or later pass of a size in a row
 
 
 def summarise(runs: list[dict[str, Any]]) -> tuple[Totals, Longest]:
@@ -45,8 +48,25 @@ def summarise(runs: list[dict[str, Any]]) -> tuple[Totals, Longest]:
     return dict(totals), longest
 
 
+def pass_kinds(runs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, list[float]]]:
+    """Verify ms of each speculative (workload, mode)'s passes by kind (`PASS_KINDS`), runs' first steps left out."""
+    kinds: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(
+        lambda: {kind: [] for kind in PASS_KINDS}
+    )
+    for run in runs:
+        if run["system"] != "localspec" or run["mode"] == "none" or not run.get("steps"):
+            continue
+        previous, streak = run["steps"][0]["pass_tokens"], 1
+        for step in run["steps"][1:]:
+            streak = streak + 1 if step["pass_tokens"] == previous else 1
+            previous = step["pass_tokens"]
+            kinds[(run["workload"], run["mode"])][PASS_KINDS[min(streak, 3) - 1]].append(step["verify_ms"])
+    return dict(kinds)
+
+
 def render(path: Path) -> str:
-    totals, longest = summarise(load(path)["runs"])
+    runs = load(path)["runs"]
+    totals, longest = summarise(runs)
     if not totals:
         return f"{path}: no step traces (run `localspec bench --trace-steps`)"
     lines = [
@@ -65,6 +85,14 @@ def render(path: Path) -> str:
     lines.append("")
     for (workload, mode), (steps, task) in sorted(longest.items()):
         lines.append(f"- {workload}, {mode}: at most {steps} target-alone steps in a row ({task})")
+    lines += [
+        "",
+        "| workload | mode | cold passes (mean ms) | captures | warm |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
+    for (workload, mode), by_kind in sorted(pass_kinds(runs).items()):
+        cells = [f"{len(ms)} ({sum(ms) / len(ms):.1f})" if ms else "0" for ms in by_kind.values()]
+        lines.append(f"| {workload} | {mode} | {' | '.join(cells)} |")
     return "\n".join(lines)
 
 

@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -402,6 +403,18 @@ def test_bench_takes_engine_settings_from_the_config_and_its_flags_override_them
         assert float(cells[4]) == pytest.approx(sum(s["drafted"] for s in steps) / len(steps), abs=0.006)
         assert float(cells[5]) == pytest.approx(sum(s["accepted"] for s in steps) / len(steps), abs=0.006)
         assert float(cells[8]) == pytest.approx(sum(s["verify_ms"] for s in steps) / len(steps), abs=0.06)
+    # ... and classes the speculative modes' passes as cold (a new size), captures and warm (repeats).
+    kinds = [
+        line.strip("|").split("|") for line in table.splitlines() if line.startswith("| humaneval | draft |")
+    ]
+    counts = [int(cell.split()[0]) for cell in next(cells for cells in kinds if len(cells) == 5)[2:]]
+    draft_runs = [one["steps"] for one in run.result["runs"] if one["mode"] == "draft"]
+    new_sizes = sum(
+        step["pass_tokens"] != before["pass_tokens"]
+        for steps in draft_runs
+        for before, step in pairwise(steps)
+    )
+    assert sum(counts) == sum(len(steps) - 1 for steps in draft_runs) and counts[0] == new_sizes
     # bench/draft_floor.py replays draft mode over the target alone's answers with this trace's prices: a speedup
     # for every floor and draft cost, and the answers kept for the next replay.
     answers = tmp_path / "answers.json"
