@@ -82,9 +82,19 @@ def _check_localspec(result: dict[str, Any]) -> None:
     for sample in samples:
         if sample["scenario"] == "typing-along":
             assert sample["typed"] and "\n" not in sample["typed"]
+    # The language server's own time sits between the editor's and the daemon's record of the generation.
+    jumps = [Sample(**{k: s[k] for k in ("line_mode", "scenario", "file", "line", "column", "typed", "seconds",
+                                         "text", "server_seconds", "daemon")})
+             for s in samples if s["scenario"].startswith("jump")]  # fmt: skip
+    timed = [(s, s.own_record()) for s in jumps if s.own_record() is not None]
+    assert timed
+    for sample, record in timed:
+        assert sample.server_seconds is not None
+        assert float(record["seconds"]) - 0.001 <= sample.server_seconds <= sample.seconds
     rows = {(row["line_mode"], row["scenario"]): row for row in result["summary"]}
     assert set(rows) == {(mode, scenario) for mode in ("single", "multi") for scenario in SCENARIOS}
     assert all(row["localspec_p50_ms"] > 0 for row in rows.values())
+    assert all(rows[mode, "jump-in-file"]["lsp_transport_p50_ms"] > 0 for mode in ("single", "multi"))
 
 
 def test_bench_editor_measures_every_scenario_through_the_language_server(

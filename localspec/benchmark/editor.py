@@ -206,6 +206,9 @@ class Sample:
     seconds: float
     text: str
     failed: bool = False  # the language server answered nothing because the suggestion failed (a timeout)
+    # The language server's own time for the request, from its handler's start to its answer: `seconds` less
+    # this is the LSP transport; this less the daemon's record is the prompt window and the HTTP call.
+    server_seconds: float | None = None
     llama_server: dict[str, dict[str, Any]] = field(default_factory=dict)
     # What the daemon recorded for the generations that finished meanwhile (this one, a superseded pre-compute).
     daemon: list[dict[str, Any]] = field(default_factory=list)
@@ -214,6 +217,15 @@ class Sample:
     offset: int = 0
     extra: list[tuple[str, str]] = field(default_factory=list, repr=False)
     slow_prompts: bool = False  # the language server's view when it built the prompt (`build_prompt`)
+
+    def own_record(self) -> dict[str, Any] | None:
+        """The daemon's record of this jump's own generation: what finished during the pause before it is no
+        sample's, so it is the first suggestion recorded (the follow-up pre-computed after it may have finished
+        too). None for typing (a superseded pre-compute may come first) and for answers from the cache."""
+        if not self.scenario.startswith("jump"):
+            return None
+        generated = [entry for entry in self.daemon if entry.get("kind") == "infill"]
+        return min(generated, key=lambda entry: int(entry["id"])) if generated else None
 
     def generated_tokens(self) -> int | None:
         """Tokens the daemon generated for this answer (None: answered from the suggestion cache)."""
@@ -229,6 +241,7 @@ class Sample:
             "column": self.column,
             "typed": self.typed,
             "seconds": round(self.seconds, 5),
+            "server_seconds": None if self.server_seconds is None else round(self.server_seconds, 5),
             "text": self.text,
             "failed": self.failed,
             "slow_prompts": self.slow_prompts,
@@ -260,6 +273,7 @@ class _Answer:
     seconds: float
     extra: list[tuple[str, str]]  # the chunks llama-server gets for this state
     failed: bool
+    server_seconds: float | None  # the language server's own time for it (its `last_latency_ms`)
 
 
 class Editor:
@@ -381,7 +395,15 @@ class Editor:
         counters = (await self.stats()).get("suggestions", {})
         failures = int(counters.get("errors", 0)) + int(counters.get("unavailable", 0))
         failed, self._failures = failures > self._failures, failures
-        return _Answer(text, seconds, extra, failed)
+        server_ms = counters.get("last_latency_ms")
+        return _Answer(text, seconds, extra, failed, None if server_ms is None else float(server_ms) / 1000)
+
+    async def daemon_records(self, daemon: DaemonProcess) -> list[dict[str, Any]]:
+        """The daemon's records of the generations that finished since the last call, oldest first."""
+        finished = await asyncio.to_thread(daemon.finished_since, self.last_daemon_job)
+        if finished:
+            self.last_daemon_job = max(int(entry["id"]) for entry in finished)
+        return finished
 
     async def stats(self) -> dict[str, Any]:
         async with asyncio.timeout(REQUEST_TIMEOUT_S):
@@ -463,6 +485,7 @@ async def _jump(
     """Jump to `line` of `path`: delete the rest of the line after its indentation, ask, then type along and
     against the suggestion; restore the line at the end."""
     await wait_quiet(editor, daemon)
+    await editor.daemon_records(daemon)  # what finished during the pause (a pre-compute) is no request's own
     document = editor.documents[path]
     lines = document.text.split("\n")
     line_start = sum(len(text) + 1 for text in lines[:line])
@@ -476,9 +499,7 @@ async def _jump(
         offset = cursor + len(typed)
         slow_prompts = bool((await editor.stats()).get("daemon", {}).get("slow_prompts"))
         answer = await editor.suggest(document, offset)
-        finished = await asyncio.to_thread(daemon.finished_since, editor.last_daemon_job)
-        if finished:
-            editor.last_daemon_job = max(int(entry["id"]) for entry in finished)
+        finished = await editor.daemon_records(daemon)
         samples.append(
             Sample(
                 line_mode=line_mode,
@@ -488,6 +509,7 @@ async def _jump(
                 column=position_at(document.text, offset).character,
                 typed=typed,
                 seconds=answer.seconds,
+                server_seconds=answer.server_seconds,
                 text=answer.text,
                 failed=answer.failed,
                 document=document.text,
@@ -677,6 +699,7 @@ def summarize(samples: list[Sample], server_modes: list[str]) -> list[dict[str, 
                 "failed": sum(1 for s in mine if s.failed),
                 "localspec_p50_ms": _ms(percentile(seconds, 50)),
                 "localspec_p90_ms": _ms(percentile(seconds, 90)),
+                **_overheads(mine),
                 "llama_server": {},
             }
             for mode in server_modes:
@@ -698,6 +721,25 @@ def summarize(samples: list[Sample], server_modes: list[str]) -> list[dict[str, 
     return rows
 
 
+def _overheads(samples: list[Sample]) -> dict[str, float | None]:
+    """Medians, over jumps the daemon answered, of their time outside the engine's generation: between the
+    editor and the language server (the LSP transport), between the language server and the daemon (prompt
+    window, HTTP), and in the daemon's record outside its generation's split (the prompt's tokens, queueing)."""
+    lsp, link, daemon = [], [], []
+    for sample in samples:
+        record = sample.own_record()
+        if sample.server_seconds is None or record is None:
+            continue
+        lsp.append(sample.seconds - sample.server_seconds)
+        link.append(sample.server_seconds - float(record["seconds"]))
+        daemon.append(float(record["seconds"]) - float((record.get("time") or {}).get("total") or 0.0))
+    return {
+        "lsp_transport_p50_ms": _ms(percentile(lsp, 50)),
+        "daemon_link_p50_ms": _ms(percentile(link, 50)),
+        "daemon_unsplit_p50_ms": _ms(percentile(daemon, 50)),
+    }
+
+
 def agrees(server_text: str, text: str) -> bool:
     """Whether llama-server's answer starts with localspec's (which its end rules may have cut short)."""
     return server_text.startswith(text.rstrip()) if text.strip() else not server_text.strip()
@@ -711,6 +753,9 @@ def print_report(
     def cell(value: float | None) -> str:
         return "-" if value is None else f"{value:.0f}"
 
+    def cell1(value: float | None) -> str:
+        return "-" if value is None else f"{value:.1f}"
+
     ratio_mode = (
         "cache-reuse" if "cache-reuse" in server_modes else (server_modes[0] if server_modes else None)
     )
@@ -722,6 +767,7 @@ def print_report(
         table.add_column("empty", justify="right")
         table.add_column("failed", justify="right")
         table.add_column("localspec p50/p90", justify="right")
+        table.add_column("outside the engine: LSP / HTTP / daemon", justify="right")
         for mode in server_modes:
             table.add_column(f"llama-server {mode} p50/p90", justify="right")
             table.add_column("agrees", justify="right")
@@ -734,6 +780,10 @@ def print_report(
                 str(row["empty"]),
                 str(row["failed"]),
                 f"{cell(row['localspec_p50_ms'])} / {cell(row['localspec_p90_ms'])}",
+                " / ".join(
+                    cell1(row[key])
+                    for key in ("lsp_transport_p50_ms", "daemon_link_p50_ms", "daemon_unsplit_p50_ms")
+                ),
             ]
             for mode in server_modes:
                 server = row["llama_server"][mode]
@@ -755,7 +805,10 @@ def print_report(
         "Times run from sending the request to receiving its answer, with the language server's debounce set to "
         "0 ms; localspec's typing-along answers come from its suggestion cache, llama-server's are new requests "
         "(llama.vscode's own client-side cache is not modelled). llama-server generates as many tokens as localspec "
-        "did; \"agrees\": its text starts with localspec's (localspec ends a suggestion at a block's end)."
+        "did; \"agrees\": its text starts with localspec's (localspec ends a suggestion at a block's end). "
+        "Outside the engine: p50s over jumps of the time between the editor and the language server (LSP), between "
+        "the language server and the daemon (its prompt window and HTTP call), and in the daemon outside the "
+        "generation's own split (the prompt's tokens)."
     )
 
 
