@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from localspec.engine import CancelToken, EndRule, Engine, EngineSettings, GenerationRequest, SamplingParams
-from localspec.engine.chooser import Plan, StepSite
+from localspec.engine.chooser import AdaptiveChooser, Plan, StepSite
 from localspec.engine.compat import check_compatible
 from localspec.engine.engine import TIE_MARGIN_CPU, TIE_MARGIN_GPU
 from localspec.engine.pass_costs import PassCosts
@@ -1095,6 +1095,74 @@ def test_padded_passes_keep_the_output_of_the_target_alone(similar_engine: Engin
                 spec = run(similar_engine, prompt, mode, max_tokens=40)
                 assert spec.token_ids == alone.token_ids, (prompt, mode)
         assert sizes.count(8) >= 3  # (one per mode at least; short replies end early)
+
+
+def test_a_draft_model_steps_pass_of_the_size_before_is_priced_warm() -> None:
+    # The draft model's passes leave the target's CUDA graph alone: a draft-model step's pass of the size before
+    # replays (or captures) it like any pass, and only a pass of a new size runs cold after the draft model's.
+    costs = gpu_like_costs()
+    for n in range(2, 18):
+        costs.record_verify(n, 1.2 * costs.verify(n), after_draft=True)
+    warm, cold_after_draft = costs.verify(9, warm=True), costs.verify(9, after_draft=True)
+    assert warm < cold_after_draft
+    assert costs.in_sequence(9, previous=9, streak=2, after_draft=True) == warm
+    assert costs.in_sequence(9, previous=9, streak=1, after_draft=True) == costs.verify(9, capture=True)
+    assert costs.in_sequence(9, previous=8, streak=2, after_draft=True) == cold_after_draft
+    # Timed passes go where they were priced from: a repeated size to the warm prices, a new size apart.
+    costs.record_verify(9, 0.5 * warm, warm=True, after_draft=True)
+    assert costs.verify(9, warm=True) < warm and costs.verify(9, after_draft=True) == cold_after_draft
+    costs.record_verify(9, 0.5 * cold_after_draft, after_draft=True)
+    assert costs.verify(9, after_draft=True) < cold_after_draft
+
+
+def test_a_draft_model_step_that_drafted_less_keeps_the_size_before_where_that_costs_less() -> None:
+    from localspec.engine.chooser import AdaptiveChooser
+
+    gpu = AdaptiveChooser("draft", draft_max=16, has_draft_model=True, costs=gpu_like_costs())
+    warm = StepSite(previous=9, streak=3)
+    # On a GPU a replayed 9-token pass costs less than a fresh 7- or 8-token one, not less than a 4-token one.
+    assert [gpu.padded_size(n, warm, largest=17) for n in (4, 7, 8, 9)] == [4, 9, 9, 9]
+    # ... and nothing is padded where the pass before was of the size once only (a capture costs more), or past
+    # the longest pass the request may make.
+    assert gpu.padded_size(7, StepSite(previous=9, streak=1), largest=17) == 7
+    assert gpu.padded_size(7, warm, largest=8) == 7
+    # On a CPU a pass over more tokens always costs more.
+    cpu = AdaptiveChooser("draft", draft_max=16, has_draft_model=True, costs=cpu_like_costs())
+    assert all(cpu.padded_size(n, warm, largest=17) == n for n in range(1, 9))
+
+
+def test_draft_model_steps_padded_to_a_warm_size_keep_the_output_of_the_target_alone(
+    similar_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With a GPU's prices (held fixed: this CPU's timings would say otherwise) a draft-model step whose drafts come
+    # up short is padded to the size of the pass before. The padding rows must change nothing.
+    alone = [run(similar_engine, prompt, "none", max_tokens=40).token_ids for prompt in (PROMPT, "zq")]
+    sizes: list[int] = []
+    decode = similar_engine.target.decode
+
+    def recording_decode(tokens: list[int], start_pos: int, seq_id: int, outputs: str = "last") -> int:
+        sizes.append(len(tokens))
+        return decode(tokens, start_pos, seq_id, outputs)
+
+    costs = gpu_like_costs()
+    padded: list[int] = []
+    padded_size = AdaptiveChooser.padded_size
+
+    def recording_padded_size(self: AdaptiveChooser, n: int, site: StepSite, largest: int) -> int:
+        size = padded_size(self, n, site, largest)
+        padded.extend([size] if size > n else [])
+        return size
+
+    monkeypatch.setattr(similar_engine, "costs", costs)
+    monkeypatch.setattr(PassCosts, "record_verify", lambda *args, **kwargs: None)
+    monkeypatch.setattr(PassCosts, "record_draft", lambda *args, **kwargs: None)
+    monkeypatch.setattr(AdaptiveChooser, "padded_size", recording_padded_size)
+    monkeypatch.setattr(similar_engine.target, "decode", recording_decode)
+    for prompt, expected in zip((PROMPT, "zq"), alone, strict=True):
+        for mode in ("draft", "adaptive"):
+            spec = run(similar_engine, prompt, mode, max_tokens=40, slot=f"padded-{mode}")
+            assert spec.token_ids == expected, (prompt, mode)
+    assert padded and all(size in sizes for size in padded)
 
 
 @settings(max_examples=200, deadline=None)

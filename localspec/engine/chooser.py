@@ -265,6 +265,17 @@ class AdaptiveChooser:
             return Plan("none", 0)
         return plan
 
+    def padded_size(self, n: int, site: StepSite, largest: int) -> int:
+        """The size to give a draft-model step's pass of n tokens once its drafts are made (the draft model stops
+        where it is unsure, so a step's size is known only then): the pass before's, where repeating that size (a
+        replayed CUDA graph) costs less than a pass of n tokens, else n. Padding keeps a run of same-size passes
+        warm; the extra rows are ignored."""
+        previous = site.previous
+        if not n < previous <= largest:
+            return n
+        same = self.costs.in_sequence(previous, previous, site.streak, True, site.depth)
+        return previous if same < self.costs.in_sequence(n, previous, site.streak, True, site.depth) else n
+
     def plan_with_ngrams(
         self,
         budget: int,

@@ -38,10 +38,11 @@ class PassCosts:
     of a context have the same shape: "cold" (after a pass of another size: kernels launched one by one),
     "capture" (the second in a row: the graph is captured) and "warm" (the third or later: replayed). On a CPU
     they are the same, and the cold price stands for all three until passes of a repeated size are timed. A
-    fourth table holds passes right after draft-model passes (a draft-model step's verify pass): on a GPU they
-    mostly run cold, not because of the draft model's passes (those leave the target's graph alone) but because
-    their size changes from step to step and near-tie settling puts one-token passes between them. They are
-    priced apart so they neither pass for nor spoil the target alone's prices.
+    fourth table holds passes right after draft-model passes (a draft-model step's verify pass) of a size other
+    than the pass before: with the draft model working beside it they cost more than other cold passes. Of the
+    size before, such a pass replays or captures the CUDA graph as any pass does (the draft model's passes leave
+    the target's graph alone) and is priced so; a one-token one stays apart, so that it cannot spoil the target
+    alone's prices (`_after_draft_kind`).
 
     The tables hold prices at the start of a sequence; a pass `depth` tokens in costs `per_position` seconds more
     per token and position (learnt from deep passes), so a size measured only at one depth prices every depth.
@@ -93,7 +94,7 @@ class PassCosts:
             return
         if seconds >= shallow:
             seconds = max(seconds - self.depth_cost(n, depth), seconds / 2)
-        if after_draft:
+        if self._after_draft_kind(n, warm, capture, after_draft):
             table = self._after_draft
         else:
             table = self._warm if warm else (self._capture if capture else self._cold)
@@ -157,9 +158,15 @@ class PassCosts:
         the same size; capture: after exactly one; after_draft: right after draft-model passes."""
         return self._shallow(n, warm, capture, after_draft) + self.depth_cost(n, depth)
 
+    @staticmethod
+    def _after_draft_kind(n: int, warm: bool, capture: bool, after_draft: bool) -> bool:
+        """Whether a pass is priced from the after-draft table: right after draft-model passes, and either of
+        another size than the pass before (cold) or a one-token pass."""
+        return after_draft and (n == 1 or not (warm or capture))
+
     def _shallow(self, n: int, warm: bool, capture: bool, after_draft: bool) -> float:
         cold = self._estimate(self._cold, n)
-        if after_draft:
+        if self._after_draft_kind(n, warm, capture, after_draft):
             return self._relative_to_cold(self._after_draft, n, cold)
         if capture:
             return self._relative_to_cold(self._capture, n, cold)
@@ -211,20 +218,20 @@ class PassCosts:
         """`in_sequence` for each size in `sizes`, the same figures at a fraction of the cost: the chooser prices
         every draft length of every source at each step, and on a fast GPU that planning is a share of a step."""
         per_position = self._per_position.value
-        # `_shallow` written out by kind of pass (a pass after the draft model's is priced cold until such passes
-        # are timed; only a pass of the previous size is warm or a capture), plus the depth's part.
+        # `_shallow` written out by kind of pass (only a pass of the previous size is warm or a capture; a pass of
+        # another size after the draft model's is priced cold until such passes are timed), plus the depth's part.
         after = self._after_draft
         prices = []
         for n in sizes:
-            if after_draft:
+            if n == previous:
+                shallow = self._shallow(n, streak >= 2, streak == 1, after_draft)
+            elif after_draft:
                 known = after.get(n)
                 shallow = (
                     known.value
                     if known is not None
                     else self._relative_to_cold(after, n, self._estimate(self._cold, n))
                 )
-            elif n == previous:
-                shallow = self._shallow(n, streak >= 2, streak == 1, False)
             else:
                 shallow = self._estimate(self._cold, n)
             prices.append(shallow + per_position * n * depth)

@@ -164,8 +164,10 @@ class Generation:
         source: DraftSource = plan.source
         ahead_before = self._draft.drafted_ahead if self._draft is not None else 0
         started = time.perf_counter()
+        pass_size = plan.pass_size
         if source == "draft" and self._draft is not None:
             drafts = self._draft.propose(context, plan.k)
+            pass_size = max(pass_size, self.chooser.padded_size(len(drafts) + 1, site, most_drafts + 1))
         elif source == "ngram":
             drafts = ngram[: plan.k]
         else:
@@ -174,9 +176,9 @@ class Generation:
 
         started = time.perf_counter()
         tokens = [self._pending, *drafts]
-        if plan.pass_size > len(tokens) and not fold:  # padded to the previous pass's size (warm on a GPU)
+        if pass_size > len(tokens) and not fold:  # padded to the previous pass's size (warm on a GPU)
             room_left = self.target.n_ctx_per_seq - len(self._committed)
-            tokens += [tokens[-1]] * (min(plan.pass_size, room_left) - len(tokens))
+            tokens += [tokens[-1]] * (min(pass_size, room_left) - len(tokens))
         ahead = self._start_ahead(context, drafts, source, most_drafts + 1)
         try:
             n_rows = self.target.decode([*fold, *tokens], len(self._committed), self.slot.seq_id, len(tokens))
