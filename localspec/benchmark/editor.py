@@ -724,7 +724,8 @@ def summarize(samples: list[Sample], server_modes: list[str]) -> list[dict[str, 
 def _overheads(samples: list[Sample]) -> dict[str, float | None]:
     """Medians, over jumps the daemon answered, of their time outside the engine's generation: between the
     editor and the language server (the LSP transport), between the language server and the daemon (prompt
-    window, HTTP), and in the daemon's record outside its generation's split (the prompt's tokens, queueing)."""
+    window, HTTP), and in the daemon's record outside its generation's total (the prompt's tokens, the prompt
+    cache's copies, queueing)."""
     lsp, link, daemon = [], [], []
     for sample in samples:
         record = sample.own_record()
@@ -808,7 +809,7 @@ def print_report(
         "did; \"agrees\": its text starts with localspec's (localspec ends a suggestion at a block's end). "
         "Outside the engine: p50s over jumps of the time between the editor and the language server (LSP), between "
         "the language server and the daemon (its prompt window and HTTP call), and in the daemon outside the "
-        "generation's own split (the prompt's tokens)."
+        "generation (the prompt's tokens and the prompt cache's copies)."
     )
 
 
