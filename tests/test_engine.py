@@ -2153,3 +2153,53 @@ def test_a_second_chain_no_longer_wanted_frees_its_cells_for_the_next_context(ti
         assert not second_chain_holds()
     finally:
         engine.close()
+
+
+def real_pair_like_prices() -> PassCosts:
+    """Prices like the real 1.5B target's beside the 0.5B draft on the H200 (ms): a one-token pass 1.8 after others of
+    its size, 3.5 after a larger pass, 4.5-7 right after draft-model passes; a draft token 1.2 (0.65 of a target
+    token: the draft model cannot pay)."""
+    costs = PassCosts(price_depth=False)
+    for n in range(1, 26):
+        costs.record_verify(n, (3.5 + 0.12 * n) / 1000)
+        costs.record_verify(n, (1.7 + 0.15 * n) / 1000, warm=True)
+        costs.record_verify(n, (4.3 + 0.1 * n) / 1000, after_draft=True)
+    costs.record_draft(1, 0.0012)
+    return costs
+
+
+def test_a_draft_model_far_from_paying_is_not_priced_at_every_one_token_step() -> None:
+    # Pricing every draft length of the draft model (and of its probe) was most of a one-token step's planning, and
+    # on a fast GPU that planning is a share of the target alone's speed. Where its best draft promises far less
+    # than the target alone, it rests for a few one-token steps (nothing it is priced by improves meanwhile), but a
+    # due probe is not put off, a pass of another size (an n-gram step) ends the rest, and so does a new request.
+    from localspec.engine.chooser import PROBE_EVERY, REST_STEPS
+
+    chooser = AdaptiveChooser("adaptive", draft_max=24, has_draft_model=True, costs=real_pair_like_prices())
+    one_token = StepSite(previous=1, streak=5)
+
+    def step(site: StepSite = one_token) -> int:
+        plan = chooser.plan(budget=24, ngram_available=0, site=site)
+        chooser.record(plan.source, 0, 0, 0.0018, 1, warm=True)
+        return chooser.draft_rest
+
+    assert step() == REST_STEPS  # priced, and far from paying
+    assert [step() for _ in range(REST_STEPS)] == list(range(REST_STEPS - 1, -1, -1))
+    assert step() == REST_STEPS  # priced again once rested
+    assert step(StepSite(previous=6, streak=1)) == REST_STEPS  # after a pass of another size: priced at once
+    chooser.start_request()
+    assert chooser.draft_rest == 0
+    # A probe falling due is not put off: from a fresh chooser (24 steps to the first probe) it is priced at steps
+    # 0, 9, 18 and at 24, where the probe falls due (and, not worth it here, is rested like the rest).
+    assert PROBE_EVERY == 24
+    chooser = AdaptiveChooser("adaptive", draft_max=24, has_draft_model=True, costs=real_pair_like_prices())
+    rests = [step() for _ in range(25)]
+    assert rests == [8, *range(7, -1, -1), 8, *range(7, -1, -1), 5, *range(4, -1, -1), REST_STEPS]
+    # Where the draft model pays (prices like the x5 target's) it never rests.
+    costs = x5_like_prices()
+    paying = AdaptiveChooser("adaptive", draft_max=16, has_draft_model=True, costs=costs)
+    for _ in range(30):
+        paying.record("draft", 8, 8, costs.verify(9, after_draft=True), 9)
+    for _ in range(3):
+        assert paying.plan(budget=16, ngram_available=0, site=one_token).source == "draft"
+        assert paying.draft_rest == 0

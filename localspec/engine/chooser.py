@@ -31,6 +31,11 @@ LONG_RUN_WEIGHT = 0.05  # weight of one outcome in the n-gram acceptance carried
 # best length the estimate is pessimistic (the draft model stops by itself where it is unsure, so the drafts it
 # makes beyond are the sure ones), and the rate is flat there where a longer verify pass costs little more.
 LENGTH_SLACK = 0.1
+# Where the draft model's best draft promised under REST_MARGIN of the target alone's rate (and a due probe was not
+# worth it), it is not priced again for up to REST_STEPS steps while one-token passes go on: nothing it is priced
+# by improves meanwhile (its acceptance and prices move only with its own steps, the catch-up it would need grows),
+# and pricing every draft length of it (and of its probe) was most of a one-token step's planning.
+REST_MARGIN, REST_STEPS = 0.8, 8
 # Tokens a run of steps is assumed to settle until runs are measured. What a run pays once is spread over the
 # tokens such runs settle: the draft model's catch-up over a run of draft-model steps, the return to one-token
 # passes (cold, then a CUDA graph capture) over a run of speculative steps.
@@ -110,6 +115,7 @@ class AdaptiveChooser:
         # Whether the last re-timing of the target alone cost what its price said: only then may re-timings become
         # rare (a price timed wrong at start-up is corrected at the usual pace).
         self._alone_confirmed = False
+        self.draft_rest = 0  # one-token steps left before the draft model is priced again (see REST_MARGIN)
 
     def start_request(self) -> None:
         """Whether the text repeats itself is a property of each request: n-gram acceptance starts again from the
@@ -122,6 +128,7 @@ class AdaptiveChooser:
         }
         self._since_tried["ngram"] = 0
         self._since_tried["draft"] = max(self._since_tried["draft"], PROBE_EVERY)
+        self.draft_rest = 0
         self._draft_run.end()
         self._speculative_run.end()
 
@@ -227,7 +234,9 @@ class AdaptiveChooser:
                 )
                 if hopeful > PROBE_MARGIN * alone:
                     return Plan("ngram", k, size)  # n-gram drafts cost nothing to make: re-probe cheaply
-        if self.has_draft_model:
+        if self.has_draft_model and self.draft_rest and site.previous == 1 and not site.draft_ready:
+            self.draft_rest -= 1
+        elif self.has_draft_model:
             per_token = self.costs.draft_token()
             # Steady drafting reads one new token per step (priced in per_token); more is a catch-up, paid once
             # for the run of draft-model steps it starts.
@@ -259,6 +268,10 @@ class AdaptiveChooser:
                 k, hopeful, size = drafting(min(budget, 4), OPTIMISTIC_ACCEPTANCE)
                 if hopeful > PROBE_MARGIN * alone:
                     return Plan("draft", k, size)
+            # (a probe not yet due is not put off by resting; one due and not worth it is rested like the rest)
+            due_in = PROBE_EVERY - self._since_tried["draft"]
+            rest = REST_STEPS if due_in <= 0 else min(REST_STEPS, due_in - 1)
+            self.draft_rest = rest if rate < REST_MARGIN * alone else 0
         # A re-timing is a one-token step where the plan settles several tokens: while the plan wins widely and the
         # last re-timing confirmed the price, a small error in it could not change the plan: re-time rarely (above).
         if self._since_tried["none"] >= RETIME_EVERY and best_rate < WIDE_MARGIN * alone:
