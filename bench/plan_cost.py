@@ -4,7 +4,9 @@ Usage: python bench/plan_cost.py [--draft-max N]
 Prices are the H200's for the real 1.5B target (sixteenth lease, ms: cold / after two of a size / after draft-model
 passes), timed at the sizes start-up sweeps (`pass_costs.sweep_sizes`), so the longer draft lengths are
 interpolated as in the engine. On a fast GPU a one-token pass of that target takes ~1.8 ms, and planning is paid at
-every step: there it is a share of the target alone's speed that `adaptive` must win back.
+every step: there it is a share of the target alone's speed that `adaptive` must win back. Each figure is the mean
+over a run of plans at the same place, as the engine pays it: where the draft model is far from paying, it is
+priced once every few one-token steps (`chooser.REST_STEPS`).
 """
 
 from __future__ import annotations
