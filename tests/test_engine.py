@@ -2203,3 +2203,30 @@ def test_a_draft_model_far_from_paying_is_not_priced_at_every_one_token_step() -
     for _ in range(3):
         assert paying.plan(budget=16, ngram_available=0, site=one_token).source == "draft"
         assert paying.draft_rest == 0
+
+
+@pytest.mark.parametrize(("which", "splits"), [("tiny", True), ("smollm2", False)])
+def test_an_infill_prefix_tokenized_line_by_line_has_the_whole_texts_tokens(
+    which: str, splits: bool, tiny_models, smollm2_path: Path
+) -> None:
+    # An editor's prefix runs from a window's start to the cursor: no two jumps send the same one, but they share
+    # most lines, so it is tokenized from a cache of its lines where the tokenizer splits words at a line's start.
+    # That is checked against tokenizing whole prefixes first, and a tokenizer that differs once (SmolLM2's, which
+    # keeps a line's indentation with the newline before it) is never split again. Either way a prefix's tokens
+    # are exactly the whole text's.
+    import difflib
+    import random
+
+    from localspec.engine.llama_model import LlamaModel
+    from localspec.engine.prompts import CHECKED_PREFIXES, PromptLayout
+
+    path = tiny_models.target if which == "tiny" else smollm2_path
+    model = LlamaModel(path, role="target", n_ctx_per_seq=4096, vocab_only=True)
+    layout = PromptLayout(model, 4096)
+    lines = Path(difflib.__file__).read_text().splitlines(keepends=True)
+    rng = random.Random(0)
+    for _ in range(3 * CHECKED_PREFIXES):
+        at = rng.randrange(1, len(lines))
+        prefix = "".join(lines[max(0, at - 64) : at]) + lines[at][: rng.randrange(len(lines[at]) + 1)]
+        assert layout.prefix_tokens(prefix) == model.tokenize(prefix, add_bos=False, parse_special=False)
+    assert layout.lines_exact is splits

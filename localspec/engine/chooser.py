@@ -33,8 +33,9 @@ LONG_RUN_WEIGHT = 0.05  # weight of one outcome in the n-gram acceptance carried
 LENGTH_SLACK = 0.1
 # Where the draft model's best draft promised under REST_MARGIN of the target alone's rate (and a due probe was not
 # worth it), it is not priced again for up to REST_STEPS steps while one-token passes go on: nothing it is priced
-# by improves meanwhile (its acceptance and prices move only with its own steps, the catch-up it would need grows),
-# and pricing every draft length of it (and of its probe) was most of a one-token step's planning.
+# by improves meanwhile (its acceptance and prices move only with its own steps, the catch-up it would need grows:
+# a shorter one ends the rest), and pricing every draft length of it (and its probe) was most of a one-token step's
+# planning.
 REST_MARGIN, REST_STEPS = 0.8, 8
 # Tokens a run of steps is assumed to settle until runs are measured. What a run pays once is spread over the
 # tokens such runs settle: the draft model's catch-up over a run of draft-model steps, the return to one-token
@@ -116,6 +117,7 @@ class AdaptiveChooser:
         # rare (a price timed wrong at start-up is corrected at the usual pace).
         self._alone_confirmed = False
         self.draft_rest = 0  # one-token steps left before the draft model is priced again (see REST_MARGIN)
+        self._rest_backlog = 0  # the catch-up it was priced with (one it would need less of ends the rest)
 
     def start_request(self) -> None:
         """Whether the text repeats itself is a property of each request: n-gram acceptance starts again from the
@@ -234,7 +236,13 @@ class AdaptiveChooser:
                 )
                 if hopeful > PROBE_MARGIN * alone:
                     return Plan("ngram", k, size)  # n-gram drafts cost nothing to make: re-probe cheaply
-        if self.has_draft_model and self.draft_rest and site.previous == 1 and not site.draft_ready:
+        if (
+            self.has_draft_model
+            and self.draft_rest
+            and site.previous == 1
+            and not site.draft_ready
+            and site.draft_backlog >= self._rest_backlog
+        ):
             self.draft_rest -= 1
         elif self.has_draft_model:
             per_token = self.costs.draft_token()
@@ -272,6 +280,7 @@ class AdaptiveChooser:
             due_in = PROBE_EVERY - self._since_tried["draft"]
             rest = REST_STEPS if due_in <= 0 else min(REST_STEPS, due_in - 1)
             self.draft_rest = rest if rate < REST_MARGIN * alone else 0
+            self._rest_backlog = backlog
         # A re-timing is a one-token step where the plan settles several tokens: while the plan wins widely and the
         # last re-timing confirmed the price, a small error in it could not change the plan: re-time rarely (above).
         if self._since_tried["none"] >= RETIME_EVERY and best_rate < WIDE_MARGIN * alone:

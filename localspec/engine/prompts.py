@@ -7,6 +7,8 @@ its window of lines around the cursor) and the number of tokens they want genera
 
 from __future__ import annotations
 
+import re
+
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from localspec.engine.llama_model import LlamaModel
@@ -19,6 +21,14 @@ INFILL_SLACK_TOKENS = 8
 # Infill texts whose tokens are kept: an editor sends the same chunks of other files (and, while the user types at
 # one place, the same suffix) with every suggestion, and tokenizing them anew cost milliseconds per request.
 MAX_CACHED_TEXTS = 64
+# An infill prefix is tokenized line by line from a cache of lines (it runs from a window's start to the cursor,
+# so no two jumps send the same one, but they share most lines). Where a line starts with more than blanks, the
+# tokenizers of code models split their words there, so its tokens do not depend on the line before; that is
+# checked on the first CHECKED_PREFIXES prefixes against tokenizing them whole, and a tokenizer that differs once is
+# never split again.
+MAX_CACHED_LINES = 8192
+CHECKED_PREFIXES = 16
+_LINE_START = re.compile(r"(?<=\n)(?=[ \t]*[^\s])")
 
 
 def answer_reserve(n_ctx: int, max_tokens: int) -> int:
@@ -35,6 +45,10 @@ class PromptLayout:
         self.n_ctx = n_ctx
         self._chat_formatter: Jinja2ChatFormatter | None = None
         self._text_tokens: dict[str, tuple[int, ...]] = {}
+        self._line_tokens: dict[str, tuple[int, ...]] = {}
+        # Whether a prefix's tokens joined line by line match its tokens made whole (None: still checking).
+        self.lines_exact: bool | None = None
+        self._lines_checked = 0
 
     def tokenize(self, text: str, add_bos: bool = False, parse_special: bool = True) -> list[int]:
         return self.model.tokenize(text, add_bos=add_bos, parse_special=parse_special)
@@ -47,6 +61,27 @@ class PromptLayout:
             text,
             lambda: tuple(self.tokenize(text, parse_special=False)),
             MAX_CACHED_TEXTS,
+        )
+
+    def prefix_tokens(self, text: str) -> list[int]:
+        """`text`'s tokens with special-token syntax left as text, joined from its lines' cached tokens where that
+        gives the same tokens as tokenizing it whole (see MAX_CACHED_LINES)."""
+        if self.lines_exact is False:
+            return self.tokenize(text, parse_special=False)
+        tokens = [token for line in _LINE_START.split(text) for token in self._line(line)]
+        if self.lines_exact is None:
+            whole = self.tokenize(text, parse_special=False)
+            if whole != tokens:
+                self.lines_exact = False
+                self._line_tokens.clear()
+                return whole
+            self._lines_checked += 1
+            self.lines_exact = True if self._lines_checked >= CHECKED_PREFIXES else None
+        return tokens
+
+    def _line(self, line: str) -> tuple[int, ...]:
+        return recently_used(
+            self._line_tokens, line, lambda: tuple(self.tokenize(line, parse_special=False)), MAX_CACHED_LINES
         )
 
     def detokenize(self, tokens: list[int]) -> str:
@@ -94,7 +129,7 @@ class PromptLayout:
                 "infill. Use a code model with FIM support (e.g. Qwen2.5-Coder)."
             )
         budget = self.n_ctx - answer_reserve(self.n_ctx, max_tokens) - INFILL_SLACK_TOKENS
-        prefix_tokens = self.tokenize(prefix, parse_special=False)
+        prefix_tokens = self.prefix_tokens(prefix)
         suffix_tokens = list(self.plain_tokens(suffix)[: max(0, budget // 4)])
         prefix_tokens = (
             prefix_tokens[-max(0, budget - len(suffix_tokens)) :] if budget > len(suffix_tokens) else []
