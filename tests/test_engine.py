@@ -2230,3 +2230,49 @@ def test_an_infill_prefix_tokenized_line_by_line_has_the_whole_texts_tokens(
         prefix = "".join(lines[max(0, at - 64) : at]) + lines[at][: rng.randrange(len(lines[at]) + 1)]
         assert layout.prefix_tokens(prefix) == model.tokenize(prefix, add_bos=False, parse_special=False)
     assert layout.lines_exact is splits
+
+
+def test_resting_the_draft_model_leaves_every_plan_as_it_was() -> None:
+    # Two choosers see the same prices, sites and outcomes; one may rest the draft model, the other prices it at
+    # every step. Over machines from a draft token at a twentieth of a target token to nine tenths, acceptances
+    # from 0.3 to 0.95, prices that drift by a few percent, and steps of every source, their plans never differ.
+    import random
+
+    from localspec.engine.chooser import AdaptiveChooser
+
+    def prices(seed: int, ratio: float) -> PassCosts:
+        rng = random.Random(seed)
+        costs, one = PassCosts(price_depth=False), rng.uniform(0.0015, 0.02)
+        for n in range(1, 26):
+            costs.record_verify(n, one * rng.uniform(1.6, 2.2) + one * 0.08 * n)
+            costs.record_verify(n, one * (1 + 0.1 * (n - 1)), warm=True)
+            costs.record_verify(n, one * rng.uniform(2.0, 3.0) + one * 0.06 * n, after_draft=True)
+        costs.record_draft(1, one * ratio)
+        return costs
+
+    rested = 0
+    for seed in range(40):
+        rng = random.Random(seed)
+        ratio, acceptance = rng.uniform(0.05, 0.9), rng.uniform(0.3, 0.95)
+        resting, pricing = (AdaptiveChooser("adaptive", 24, True, prices(seed, ratio)) for _ in range(2))
+        for chooser in (resting, pricing):
+            for _ in range(10):
+                chooser.draft_acceptance.record(8, round(8 * acceptance))
+        backlog, previous = 1, 1
+        for step in range(150):
+            site = StepSite(previous=previous, streak=3, draft_backlog=backlog, remaining=300 - step)
+            available = 6 if rng.random() < 0.1 else 0
+            pricing.draft_rest = 0
+            plan = pricing.plan(24, available, 3, site)
+            assert resting.plan(24, available, 3, site) == plan
+            rested += resting.draft_rest > 0
+            one = pricing.costs.verify(1, warm=True) * rng.uniform(0.95, 1.05)
+            accepted = rng.randint(0, plan.k)
+            for chooser in (resting, pricing):
+                if plan.source == "none":
+                    chooser.record("none", 0, 0, one, 1, warm=True)
+                else:
+                    chooser.record(plan.source, plan.k, accepted, 3 * one, plan.k + 1, ngram_match=3)
+            backlog = 1 if plan.source == "draft" else backlog + accepted + 1
+            previous = 1 if plan.source == "none" else plan.k + 1
+    assert rested > 1000  # (the draft model did rest: the comparison is not empty)
