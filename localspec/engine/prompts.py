@@ -56,19 +56,19 @@ class PromptLayout:
     def plain_tokens(self, text: str) -> tuple[int, ...]:
         """`text`'s tokens with special-token syntax left as text, from a cache of the most recently used
         MAX_CACHED_TEXTS texts (tokenizing is exact text to tokens, so a cached list is the same list)."""
-        return recently_used(
-            self._text_tokens,
-            text,
-            lambda: tuple(self.tokenize(text, parse_special=False)),
-            MAX_CACHED_TEXTS,
-        )
+        return self._cached_plain(self._text_tokens, text, MAX_CACHED_TEXTS)
 
     def prefix_tokens(self, text: str) -> list[int]:
         """`text`'s tokens with special-token syntax left as text, joined from its lines' cached tokens where that
         gives the same tokens as tokenizing it whole (see MAX_CACHED_LINES)."""
         if self.lines_exact is False:
             return self.tokenize(text, parse_special=False)
-        tokens = [token for line in _LINE_START.split(text) for token in self._line(line)]
+        cache = self._line_tokens
+        tokens = [
+            token
+            for line in _LINE_START.split(text)
+            for token in self._cached_plain(cache, line, MAX_CACHED_LINES)
+        ]
         if self.lines_exact is None:
             whole = self.tokenize(text, parse_special=False)
             if whole != tokens:
@@ -79,10 +79,9 @@ class PromptLayout:
             self.lines_exact = True if self._lines_checked >= CHECKED_PREFIXES else None
         return tokens
 
-    def _line(self, line: str) -> tuple[int, ...]:
-        return recently_used(
-            self._line_tokens, line, lambda: tuple(self.tokenize(line, parse_special=False)), MAX_CACHED_LINES
-        )
+    def _cached_plain(self, cache: dict[str, tuple[int, ...]], text: str, size: int) -> tuple[int, ...]:
+        """`text`'s plain tokens from `cache` (the `size` most recently used texts), tokenized where missing."""
+        return recently_used(cache, text, lambda: tuple(self.tokenize(text, parse_special=False)), size)
 
     def detokenize(self, tokens: list[int]) -> str:
         return b"".join(self.model.piece(t) for t in tokens).decode("utf-8", errors="replace")
