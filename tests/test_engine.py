@@ -1188,6 +1188,49 @@ def test_an_ngram_index_built_step_by_step_is_the_index_of_the_whole_text(
     assert by_steps.table == whole.table
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    prompt=st.lists(st.integers(0, 5), min_size=3, max_size=80),
+    own=st.tuples(st.integers(0, 40), st.integers(0, 80)),
+    middle=st.booleans(),
+    other=st.lists(st.integers(0, 7), max_size=60),
+    steps=st.lists(
+        st.tuples(st.lists(st.integers(0, 7), max_size=4), st.integers(0, 6), st.booleans()), max_size=8
+    ),
+)
+def test_indexing_the_prompts_own_part_during_the_first_pass_leaves_every_proposal_as_it_was(
+    prompt: list[int],
+    own: tuple[int, int],
+    middle: bool,
+    other: list[int],
+    steps: list[tuple[list[int], int, bool]],
+) -> None:
+    # An infill prompt's own part is indexed while the first step's pass runs, not while planning it: proposals
+    # made before then (the tail ends with a token the part never ends an n-gram with, as the FIM middle token)
+    # and every later one, and the index the slot keeps, are those of indexing it first.
+    from localspec.engine.drafters import NgramDrafter, NgramTable
+
+    if middle:
+        prompt = [*prompt, 99]  # a token found nowhere else, as the FIM middle token
+    window = range(min(own), max(own))
+    shared = NgramTable()
+    shared.add(other, 0, len(other) - 1)
+    deferred = NgramDrafter.resuming(None, prompt, [shared], window)
+    eager = NgramDrafter.resuming(None, prompt, [shared], window)
+    eager.index_pending()
+    context = [*prompt]
+    for generated, k, pass_runs in steps:
+        assert deferred.propose(context, k) == eager.propose(context, k)
+        assert deferred.match_length == eager.match_length
+        if pass_runs:  # (a step's pass: the part gets indexed beside it once a proposal was made)
+            deferred.index_pending(proposed_only=True)
+        context.extend(generated)
+    assert deferred.propose(context, 6) == eager.propose(context, 6)
+    deferred.index_pending(proposed_only=True)  # (the last proposal's pass)
+    assert deferred.index()[0] == eager.index()[0]
+    assert deferred.index()[1].table == eager.index()[1].table
+
+
 def test_a_slot_reuses_its_ngram_index_when_the_next_prompt_shares_its_start(similar_engine: Engine) -> None:
     from localspec.engine.drafters import MIN_REUSED_PREFIX
 

@@ -8,7 +8,8 @@ from localspec.engine.types import GenerationRequest, GenerationResult, StepEven
 
 
 class Generating(Protocol):
-    """A generation in flight: `step()` until it returns None, then read `result`; `close()` stops it."""
+    """A generation in flight: `step()` until it returns None or `result` is set (no step gives more after
+    that), then read `result`; `close()` stops it."""
 
     result: GenerationResult | None
 

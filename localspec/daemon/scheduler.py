@@ -270,12 +270,12 @@ class Scheduler:
                 log.exception("closing a failed generation")
             self._fail(current.job, exc)
             return
-        if event is None:
-            self._active.remove(current)
-            result = current.generation.result  # a finished generation always has one
-            self._finish(current.job, result if result is not None else _cancelled_result(), started=True)
-        elif current.job.stream and event.text:
+        if event is not None and current.job.stream and event.text:
             current.job._post(("step", event))
+        result = current.generation.result
+        if event is None or result is not None:  # (finished by this step: answer now, not a turn later)
+            self._active.remove(current)
+            self._finish(current.job, result if result is not None else _cancelled_result(), started=True)
 
     def _finish(self, job: Job, result: GenerationResult, started: bool) -> None:
         reason = result.finish_reason

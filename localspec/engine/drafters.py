@@ -400,8 +400,10 @@ class NgramDrafter:
         # offers to copy from, earlier outputs).
         self._tables = [self._context, *shared]
         self._max_n = max(NGRAM_ORDERS)
-        # Part of the prompt still to index before the first proposal (see `resuming`'s `own`), or None.
+        # Part of the prompt not indexed yet (see `resuming`'s `own`), or None; and the tokens that end its n-grams.
         self._pending: range | None = None
+        self._pending_ends: frozenset[int] = frozenset()
+        self._proposed = False
         # Length of the n-gram that proposed the first token of the last draft: the longer the match, the likelier
         # the draft is accepted (`estimates.match_class`).
         self.match_length = 0
@@ -425,6 +427,7 @@ class NgramDrafter:
         resumed = index is not None and drafter._resume(index, prompt)
         if not resumed and own is not None:
             drafter._tokens, drafter._pending = list(prompt), own
+            drafter._pending_ends = frozenset(prompt[own.start : min(own.stop, len(prompt) - 1)])
         return drafter
 
     def _resume(self, index: tuple[list[int], NgramTable], prompt: list[int]) -> bool:
@@ -442,15 +445,23 @@ class NgramDrafter:
         the prompt's own part was never indexed: a request that made no proposal)."""
         return ([] if self._pending is not None else self._tokens), self._context
 
+    def index_pending(self, proposed_only: bool = False) -> bool:
+        """Index the part of the prompt left unindexed, if any (proposed_only: only where a proposal was made
+        without it); whether it did. A step calls it while its target pass runs on a GPU: an infill prompt's first
+        proposal, whose tail is the FIM middle token, cannot use that part, so it costs no planning time there."""
+        if self._pending is None or (proposed_only and not self._proposed):
+            return False
+        self._context.add(self._tokens, self._pending.start, min(self._pending.stop, len(self._tokens) - 1))
+        self._pending, self._pending_ends = None, frozenset()
+        return True
+
     def propose(self, context: list[int], k: int) -> list[int]:
         self.match_length = 0
         if k <= 0:
             return []
-        if self._pending is not None:
-            self._context.add(
-                self._tokens, self._pending.start, min(self._pending.stop, len(self._tokens) - 1)
-            )
-            self._pending = None
+        self._proposed = True
+        if len(context) > len(self._tokens):  # (the prompt's own part comes before what was generated)
+            self.index_pending()
         # A generation's context only grows, so only its new tail needs indexing.
         indexed = max(0, len(self._tokens) - 1)
         self._tokens.extend(context[len(self._tokens) :])
@@ -458,6 +469,9 @@ class NgramDrafter:
         tail = self._tokens[-self._max_n :]
         drafts: list[int] = []
         while len(drafts) < k:
+            # The unindexed part can answer only a tail that ends with one of its tokens: index it first then.
+            if self._pending_ends and tail[-1] in self._pending_ends:
+                self.index_pending()
             found = None
             for table in self._tables:
                 if (found := table.next_token(tail)) is not None:

@@ -183,6 +183,7 @@ class Generation:
         try:
             n_rows = self.target.decode([*fold, *tokens], len(self._committed), self.slot.seq_id, len(tokens))
             self._committed.extend(fold)
+            indexed = self._ngram.index_pending(proposed_only=True)  # (while the pass runs on a GPU)
             self.target.synchronize()
         finally:
             if ahead is not None:
@@ -220,7 +221,8 @@ class Generation:
             len(drafts),
             accepted,
             t_verify,
-            0 if fold else n_rows,  # a pass that finished the prompt says nothing about verify costs
+            # A pass that finished the prompt, or ran beside the prompt's indexing, says nothing about verify costs.
+            0 if fold or indexed else n_rows,
             self._ngram.match_length,
             warm=n_rows == site.previous and site.streak >= 2,
             capture=n_rows == site.previous and site.streak == 1,
