@@ -320,8 +320,9 @@ class AdaptiveChooser:
         drafts, match = propose(min(1, budget) if lazy else max(budget, 0))
         available = budget if lazy and drafts else len(drafts)
         plan = self.plan(budget, available, match, site)
-        if lazy and plan.source == "ngram" and plan.k > len(drafts):
-            drafts, match = propose(plan.k)
+        if lazy and plan.source == "ngram" and plan.k >= len(drafts):
+            # (one token past the plan: whether the target would have taken it is learnt for free, `record`)
+            drafts, match = propose(min(plan.k + 1, budget))
             if len(drafts) < plan.k:
                 plan = self.plan(budget, len(drafts), match, site)
         return plan, drafts
@@ -346,9 +347,13 @@ class AdaptiveChooser:
         warm: bool = False,
         capture: bool = False,
         depth: int = 0,
+        ngram_next: bool | None = None,
     ) -> None:
         """One step's outcome. warm: its pass followed two or more target passes of its size; capture: exactly
-        one. A draft-model step's pass follows the draft model's passes, whatever the size before."""
+        one. A draft-model step's pass follows the draft model's passes, whatever the size before.
+        ngram_next: after n-gram drafts all accepted, whether the proposal's next token (not drafted) was the
+        target's own pick after them: the position past the drafts is then known as if it had been drafted, so
+        the rates of longer drafts are learnt from steps that did not try them (else they keep their prior)."""
         for name in self._since_tried:
             self._since_tried[name] = 0 if name == source else self._since_tried[name] + 1
         if source == "draft" and drafted == 0:
@@ -371,5 +376,7 @@ class AdaptiveChooser:
         if source == "draft":  # (the draft model's passes are timed by the drafter: `PassCosts.record_draft`)
             self.draft_acceptance.record(drafted, accepted)
         else:
+            if ngram_next is not None and accepted == drafted:
+                drafted, accepted = drafted + 1, accepted + ngram_next
             self.ngram_acceptance[match_class(ngram_match)].record(drafted, accepted)
             self._ngram_long_run[match_class(ngram_match)].record(drafted, accepted)

@@ -165,11 +165,13 @@ class Generation:
         ahead_before = self._draft.drafted_ahead if self._draft is not None else 0
         started = time.perf_counter()
         pass_size = plan.pass_size
+        after_drafts: int | None = None  # the n-gram proposal's token past the drafts, if it went on
         if source == "draft" and self._draft is not None:
             drafts = self._draft.propose(context, plan.k)
             pass_size = max(pass_size, self.chooser.padded_size(len(drafts) + 1, site, most_drafts + 1))
         elif source == "ngram":
             drafts = ngram[: plan.k]
+            after_drafts = ngram[plan.k] if len(ngram) > plan.k else None
         else:
             source, drafts = "none", []
         t_draft = time.perf_counter() - started
@@ -227,6 +229,7 @@ class Generation:
             warm=n_rows == site.previous and site.streak >= 2,
             capture=n_rows == site.previous and site.streak == 1,
             depth=base,
+            ngram_next=None if after_drafts is None else after_drafts == settled[-1],
         )
         t_verify += t_settle
         stats = self.stats
