@@ -377,6 +377,6 @@ class AdaptiveChooser:
             self.draft_acceptance.record(drafted, accepted)
         else:
             if ngram_next is not None and accepted == drafted:
-                drafted, accepted = drafted + 1, accepted + ngram_next
+                drafted, accepted = drafted + 1, accepted + int(ngram_next)
             self.ngram_acceptance[match_class(ngram_match)].record(drafted, accepted)
             self._ngram_long_run[match_class(ngram_match)].record(drafted, accepted)

@@ -185,7 +185,7 @@ class Generation:
         try:
             n_rows = self.target.decode([*fold, *tokens], len(self._committed), self.slot.seq_id, len(tokens))
             self._committed.extend(fold)
-            indexed = self._ngram.index_pending(proposed_only=True)  # (while the pass runs on a GPU)
+            indexed = self._ngram.index_pending(proposed_only=True)  # (before waiting for the pass)
             self.target.synchronize()
         finally:
             if ahead is not None:
