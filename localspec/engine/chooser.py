@@ -320,9 +320,11 @@ class AdaptiveChooser:
         drafts, match = propose(min(1, budget) if lazy else max(budget, 0))
         available = budget if lazy and drafts else len(drafts)
         plan = self.plan(budget, available, match, site)
-        if lazy and plan.source == "ngram" and plan.k >= len(drafts):
-            # (one token past the plan: whether the target would have taken it is learnt for free, `record`)
-            drafts, match = propose(min(plan.k + 1, budget))
+        # (one token past the plan where there is room: whether the target would have taken it is learnt for
+        # free, `record`)
+        wanted = min(plan.k + 1, budget)
+        if lazy and plan.source == "ngram" and wanted > len(drafts):
+            drafts, match = propose(wanted)
             if len(drafts) < plan.k:
                 plan = self.plan(budget, len(drafts), match, site)
         return plan, drafts

@@ -73,7 +73,7 @@ class PromptLayout:
             whole = self.tokenize(text, parse_special=False)
             if whole != tokens:
                 self.lines_exact = False
-                self._line_tokens.clear()
+                cache.clear()
                 return whole
             self._lines_checked += 1
             self.lines_exact = True if self._lines_checked >= CHECKED_PREFIXES else None
