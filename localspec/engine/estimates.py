@@ -34,16 +34,38 @@ class Ewma:
             self.add(sample)
 
 
+class PooledRate:
+    """A success rate from counts, each step's counts discounted by `weight` at the next step: for positions pooled
+    into one rate, where a step tries many of them at once. (An `Ewma` over each trial would let the last trial of a
+    step, its rejection, outweigh the twenty accepted before it.)"""
+
+    def __init__(self, prior: float, weight: float = 0.15) -> None:
+        self.weight = weight
+        self._hits, self._trials = prior, 1.0  # the prior counts as one trial
+
+    @property
+    def value(self) -> float:
+        return self._hits / self._trials
+
+    def add_step(self, trials: int, hits: int) -> None:
+        keep = 1.0 - self.weight
+        self._hits = keep * self._hits + hits
+        self._trials = keep * self._trials + trials
+
+
 class PositionalAcceptance:
     """Acceptance of the i-th drafted token given that the ones before it were accepted.
 
     One rate per position because drafts are nearly all-or-nothing: a run whose first token is right usually stays
     right, so a single rate would draft too much where the first guess is weak and too little along a good run.
+    The 4th and later positions share one rate, learnt per step from how many of them were tried and accepted.
     """
 
     def __init__(self, prior: float | list[float], weight: float = 0.15) -> None:
         priors = prior if isinstance(prior, list) else [prior] * POSITIONS
-        self.rates = [Ewma(value, weight) for value in priors]
+        self._each = [Ewma(value, weight) for value in priors[: POSITIONS - 1]]
+        self._later = PooledRate(priors[POSITIONS - 1], weight)
+        self.rates: list[Ewma | PooledRate] = [*self._each, self._later]
 
     def rate(self, position: int) -> float:
         return self.rates[min(position, POSITIONS - 1)].value
@@ -55,5 +77,8 @@ class PositionalAcceptance:
 
     def record(self, drafted: int, accepted: int) -> None:
         # Positions up to the first rejection were tried; those after it tell nothing.
-        for i in range(min(drafted, accepted + 1)):
-            self.rates[min(i, POSITIONS - 1)].add(1.0 if i < accepted else 0.0)
+        tried = min(drafted, accepted + 1)
+        for i, estimate in enumerate(self._each[:tried]):
+            estimate.add(1.0 if i < accepted else 0.0)
+        if tried >= POSITIONS:
+            self._later.add_step(tried - len(self._each), accepted - len(self._each))

@@ -181,13 +181,23 @@ class Generation:
         if pass_size > len(tokens) and not fold:  # padded to the previous pass's size (warm on a GPU)
             room_left = self.target.n_ctx_per_seq - len(self._committed)
             tokens += [tokens[-1]] * (min(pass_size, room_left) - len(tokens))
+        # The prompt's own n-grams, if a proposal was made without them, are indexed while the pass runs: on the
+        # draft-ahead thread where there is one (inside the pass's kernel launches the GIL is free), else between
+        # the pass's launch and its end.
+        indexed = self._ngram.unindexed
+        indexing = (
+            self._ahead.submit(self._ngram.index_pending) if indexed and self._ahead is not None else None
+        )
         ahead = self._start_ahead(context, drafts, source, most_drafts + 1)
         try:
             n_rows = self.target.decode([*fold, *tokens], len(self._committed), self.slot.seq_id, len(tokens))
             self._committed.extend(fold)
-            indexed = self._ngram.index_pending(proposed_only=True)  # (before waiting for the pass)
+            if indexed and indexing is None:
+                self._ngram.index_pending()
             self.target.synchronize()
         finally:
+            if indexing is not None:
+                indexing.result()
             if ahead is not None:
                 ahead[1].set()
                 ahead[0].result()  # (waits for the draft token in flight, if any)
