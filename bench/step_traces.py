@@ -5,8 +5,9 @@ Per workload and localspec mode, a row per draft source: steps, drafts and accep
 steps whose drafts were ready when the step began (drafted ahead), tokens per target pass, verify and drafting ms
 per step; then the longest run of target-alone steps in a row and its task; then, per workload and speculative
 mode, how many target passes ran cold (after a pass of another size), captured a CUDA graph (the second of their
-size in a row) or replayed it (warm), and their mean ms: on a GPU the three cost very differently. Each run's first
-step is left out: its pass also reads the prompt's last chunk (the next pass is classed against its size).
+size in a row) or replayed it (warm), and their mean ms: on a GPU the three cost very differently; then, for
+`adaptive`, the tokens per second the chooser expected of each source it priced against what the steps it chose
+got, and how many were close calls (another source within 5%). Each run's first step is left out: its pass also reads the prompt's last chunk (the next pass is classed against its size).
 """
 
 from __future__ import annotations
@@ -64,6 +65,32 @@ def pass_kinds(runs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, li
     return dict(kinds)
 
 
+def priced_choices(runs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """Per (workload, source chosen) of `adaptive`'s steps: what the chooser expected of each source it priced
+    (tokens per second, summed with how many steps priced it) and what the chosen steps got."""
+    rows: dict[tuple[str, str], dict[str, Any]] = defaultdict(
+        lambda: {"steps": 0, "tokens": 0, "ms": 0.0, "close": 0, "priced": defaultdict(lambda: [0.0, 0])}
+    )
+    for run in runs:
+        if run["system"] != "localspec" or run["mode"] != "adaptive" or not run.get("steps"):
+            continue
+        for step in run["steps"][1:]:
+            priced = step.get("priced") or {}
+            row = rows[(run["workload"], step["source"])]
+            row["steps"] += 1
+            row["tokens"] += step["accepted"] + 1
+            row["ms"] += step["verify_ms"] + step["draft_ms"]
+            for name, rate in priced.items():
+                row["priced"][name][0] += rate
+                row["priced"][name][1] += 1
+            chosen = priced.get(step["source"])
+            # Another source priced within 5% of the one chosen: the plan was a close call.
+            row["close"] += chosen is not None and any(
+                name != step["source"] and rate >= 0.95 * chosen for name, rate in priced.items()
+            )
+    return dict(rows)
+
+
 def render(path: Path) -> str:
     runs = load(path)["runs"]
     totals, longest = summarise(runs)
@@ -93,6 +120,20 @@ def render(path: Path) -> str:
     for (workload, mode), by_kind in sorted(pass_kinds(runs).items()):
         cells = [f"{len(ms)} ({sum(ms) / len(ms):.1f})" if ms else "0" for ms in by_kind.values()]
         lines.append(f"| {workload} | {mode} | {' | '.join(cells)} |")
+    choices = priced_choices(runs)
+    if any(row["priced"] for row in choices.values()):
+        lines += [
+            "",
+            "| workload | `adaptive` chose | steps | priced tok/s: none / ngram / draft | got tok/s | close calls |",
+            "| --- | --- | ---: | ---: | ---: | ---: |",
+        ]
+        for (workload, source), row in sorted(choices.items()):
+            means = [row["priced"][name] for name in ("none", "ngram", "draft")]
+            priced = " / ".join(f"{total / n:.0f}" if n else "-" for total, n in means)
+            got = row["tokens"] / row["ms"] * 1000 if row["ms"] else 0.0
+            lines.append(
+                f"| {workload} | {source} | {row['steps']} | {priced} | {got:.0f} | {row['close']} |"
+            )
     return "\n".join(lines)
 
 

@@ -1264,55 +1264,13 @@ def test_indexing_the_prompts_own_part_during_the_first_pass_leaves_every_propos
     for generated, k, pass_runs in steps:
         assert deferred.propose(context, k) == eager.propose(context, k)
         assert deferred.match_length == eager.match_length
-        if pass_runs and deferred.unindexed:  # (a step's pass: the part gets indexed beside it)
-            deferred.index_pending()
+        if pass_runs:  # (a step's pass: the part gets indexed beside it once a proposal was made)
+            deferred.index_pending(proposed_only=True)
         context.extend(generated)
     assert deferred.propose(context, 6) == eager.propose(context, 6)
-    assert deferred.unindexed == (deferred.index()[0] == [])
-    deferred.index_pending()  # (the last proposal's pass)
+    deferred.index_pending(proposed_only=True)  # (the last proposal's pass)
     assert deferred.index()[0] == eager.index()[0]
     assert deferred.index()[1].table == eager.index()[1].table
-
-
-def test_an_editor_requests_prefix_is_indexed_on_the_draft_ahead_thread_beside_the_first_pass(
-    tiny_models, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Where the draft model drafts ahead (a GPU), the infill prompt's own n-grams, which the first plan does not
-    # need, are indexed on that thread while the first pass's launches leave the GIL free; the output and the
-    # slot's index are those of indexing on the main thread.
-    import threading
-
-    from localspec.engine.drafters import NgramDrafter
-
-    threads: list[str] = []
-    index_pending = NgramDrafter.index_pending
-
-    def recording_index_pending(self: NgramDrafter) -> None:
-        if self._pending is not None:
-            threads.append(threading.current_thread().name)
-        index_pending(self)
-
-    monkeypatch.setattr(NgramDrafter, "index_pending", recording_index_pending)
-    prefix = "".join(f"def f{i}(x):\n    return x * {i}\n\n" for i in range(6)) + "def g(x):\n"
-    suffix = "\n\ndef tail():\n    return None\n"
-    indexes = []
-    for ahead in (True, False):
-        engine = make_engine(tiny_models.target, tiny_models.draft_similar, draft_ahead=ahead, slots=2)
-        try:
-            assert engine.drafts_ahead == ahead
-            prompt = engine.infill_prompt(prefix, suffix, filename="code.py")
-            request = GenerationRequest(
-                prompt=prompt, max_tokens=12, speculative="adaptive", slot="editor", lookup_texts=[suffix]
-            )
-            result = engine.complete(request)
-            assert result.token_ids == run(engine, prompt, "none", max_tokens=12, slot="alone").token_ids
-            slot = next(s for s in engine._slots.slots if s.key == "editor")
-            assert slot.ngram_index is not None
-            indexes.append((slot.ngram_index[0], slot.ngram_index[1].table))
-        finally:
-            engine.close()
-    assert threads[0].startswith("localspec-draft-ahead") and threads[1] == threading.main_thread().name
-    assert len(threads) == 2 and indexes[0] == indexes[1]
 
 
 def test_a_slot_reuses_its_ngram_index_when_the_next_prompt_shares_its_start(similar_engine: Engine) -> None:
@@ -2175,6 +2133,21 @@ def test_a_rejection_late_in_a_long_draft_does_not_cut_the_next_draft_short() ->
         rates.record(10, 1)
     assert rates.rate(0) == pytest.approx(1.0, abs=0.01) and rates.rate(1) < 0.01 and rates.rate(2) == 0.5
     assert rates.rate(3) == 0.5
+
+
+def test_each_adaptive_step_records_what_the_chooser_expected_of_the_sources_it_priced(
+    similar_engine: Engine,
+) -> None:
+    # `bench --trace-steps` keeps them: a step's chosen source beside the others it was weighed against.
+    text = PROMPT * 3
+    steps = run(similar_engine, text, "adaptive", max_tokens=48, slot="priced", record_steps=True).stats.steps
+    chosen = [step for step in steps if step.source != "none"]
+    assert chosen and {step.source for step in chosen} <= {"draft", "ngram"}
+    for step in chosen:
+        assert step.source in step.priced and step.priced["none"] > 0
+        assert 0 <= step.draft_ready <= similar_engine.draft_max
+    fixed = run(similar_engine, text, "draft", max_tokens=16, slot="priced-draft", record_steps=True).stats.steps
+    assert fixed and all(step.priced == {} for step in fixed)
 
 
 def test_draft_model_steps_draft_past_the_best_length_while_the_rate_stays_near_it() -> None:

@@ -118,6 +118,8 @@ class AdaptiveChooser:
         self._alone_confirmed = False
         self.draft_rest = 0  # one-token steps left before the draft model is priced again (see REST_MARGIN)
         self._rest_backlog = 0  # the catch-up it was priced with (one it would need less of ends the rest)
+        # The last plan's expected tokens per second of each source it priced (`StepRecord.priced`, for traces).
+        self.priced: dict[DraftSource, float] = {}
 
     def start_request(self) -> None:
         """Whether the text repeats itself is a property of each request: n-gram acceptance starts again from the
@@ -209,6 +211,7 @@ class AdaptiveChooser:
         """budget: most drafts the request can still use; ngram_available: length of the n-gram proposal;
         ngram_match: length of the match that proposed it; site: where the step's pass sits."""
         budget = min(budget, self.draft_max)
+        self.priced = {}
         if budget <= 0 or self.mode == "none":
             return Plan("none", 0)
         if self.mode == "draft":
@@ -219,12 +222,14 @@ class AdaptiveChooser:
             return Plan("none", 0)  # now and then, re-time a one-token pass: every plan is compared with it
         alone = self._alone_rate(site.depth)
         best_rate, plan = alone, Plan("none", 0)
+        self.priced["none"] = alone
         switch_horizon = self._speculative_run.horizon(site.remaining)
         if ngram_available:
             rates = self.ngram_acceptance[match_class(ngram_match)]
             k, rate, size = self._best_length(
                 rates, site, limit=min(budget, ngram_available), switch_horizon=switch_horizon
             )
+            self.priced["ngram"] = rate
             if rate > best_rate:
                 best_rate, plan = rate, Plan("ngram", k, size)
             elif self._since_tried["ngram"] >= PROBE_EVERY:
@@ -268,6 +273,7 @@ class AdaptiveChooser:
                 )
 
             k, rate, size = drafting(budget)
+            self.priced["draft"] = rate
             if rate > best_rate:
                 best_rate, plan = rate, Plan("draft", k, size)
             elif plan.source == "none" and self._since_tried["draft"] >= PROBE_EVERY:

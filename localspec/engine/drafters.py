@@ -445,19 +445,16 @@ class NgramDrafter:
         the prompt's own part was never indexed: a request that made no proposal)."""
         return ([] if self._pending is not None else self._tokens), self._context
 
-    @property
-    def unindexed(self) -> bool:
-        """Whether a proposal was made without the part of the prompt left unindexed (see `index_pending`)."""
-        return self._pending is not None and self._proposed
-
-    def index_pending(self) -> None:
-        """Index the part of the prompt left unindexed, if any. An infill prompt's first proposal, whose tail is
-        the FIM middle token, cannot use that part, so planning the first step does not wait for it: the step
-        indexes it while its target pass runs (`unindexed`)."""
-        if self._pending is None:
-            return
+    def index_pending(self, proposed_only: bool = False) -> bool:
+        """Index the part of the prompt left unindexed, if any (proposed_only: only where a proposal was made
+        without it); whether it did. A step calls it between its target pass's launch and its end (on a GPU what
+        the launches leave of the pass): an infill prompt's first proposal, whose tail is the FIM middle token,
+        cannot use that part, so planning that step does not wait for it."""
+        if self._pending is None or (proposed_only and not self._proposed):
+            return False
         self._context.add(self._tokens, self._pending.start, min(self._pending.stop, len(self._tokens) - 1))
         self._pending, self._pending_ends = None, frozenset()
+        return True
 
     def propose(self, context: list[int], k: int) -> list[int]:
         self.match_length = 0

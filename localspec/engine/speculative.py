@@ -181,23 +181,13 @@ class Generation:
         if pass_size > len(tokens) and not fold:  # padded to the previous pass's size (warm on a GPU)
             room_left = self.target.n_ctx_per_seq - len(self._committed)
             tokens += [tokens[-1]] * (min(pass_size, room_left) - len(tokens))
-        # The prompt's own n-grams, if a proposal was made without them, are indexed while the pass runs: on the
-        # draft-ahead thread where there is one (inside the pass's kernel launches the GIL is free), else between
-        # the pass's launch and its end.
-        indexed = self._ngram.unindexed
-        indexing = (
-            self._ahead.submit(self._ngram.index_pending) if indexed and self._ahead is not None else None
-        )
         ahead = self._start_ahead(context, drafts, source, most_drafts + 1)
         try:
             n_rows = self.target.decode([*fold, *tokens], len(self._committed), self.slot.seq_id, len(tokens))
             self._committed.extend(fold)
-            if indexed and indexing is None:
-                self._ngram.index_pending()
+            indexed = self._ngram.index_pending(proposed_only=True)  # (before waiting for the pass)
             self.target.synchronize()
         finally:
-            if indexing is not None:
-                indexing.result()
             if ahead is not None:
                 ahead[1].set()
                 ahead[0].result()  # (waits for the draft token in flight, if any)
@@ -257,6 +247,8 @@ class Generation:
                     len(fold) + len(tokens),
                     round(t_draft * 1000, 3),
                     round(t_verify * 1000, 3),
+                    site.draft_ready,
+                    {name: round(rate, 1) for name, rate in self.chooser.priced.items()},
                 )
             )
         stats.target_passes += 1

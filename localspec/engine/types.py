@@ -96,6 +96,10 @@ class StepRecord:
     pass_tokens: int
     draft_ms: float
     verify_ms: float
+    draft_ready: int = 0  # drafts the draft model had ready when the step was planned
+    # Tokens per second the adaptive chooser expected of each source it priced for this step (none where a fixed
+    # mode, or a re-timing of the target alone, priced nothing).
+    priced: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
