@@ -7,7 +7,8 @@ per step; then the longest run of target-alone steps in a row and its task; then
 mode, how many target passes ran cold (after a pass of another size), captured a CUDA graph (the second of their
 size in a row) or replayed it (warm), and their mean ms: on a GPU the three cost very differently; then, for
 `adaptive`, the tokens per second the chooser expected of each source it priced against what the steps it chose
-got, and how many were close calls (another source within 5%). Each run's first step is left out: its pass also reads the prompt's last chunk (the next pass is classed against its size).
+got, and how many were close calls (another source within 5%). Each run's first step is left out: its pass also
+reads the prompt's last chunk (the next pass is classed against its size).
 """
 
 from __future__ import annotations
