@@ -2146,7 +2146,9 @@ def test_each_adaptive_step_records_what_the_chooser_expected_of_the_sources_it_
     for step in chosen:
         assert step.source in step.priced and step.priced["none"] > 0
         assert 0 <= step.draft_ready <= similar_engine.draft_max
-    fixed = run(similar_engine, text, "draft", max_tokens=16, slot="priced-draft", record_steps=True).stats.steps
+    fixed = run(
+        similar_engine, text, "draft", max_tokens=16, slot="priced-draft", record_steps=True
+    ).stats.steps
     assert fixed and all(step.priced == {} for step in fixed)
 
 
