@@ -67,7 +67,7 @@ def scaled_bench(tiny_models, tmp_path_factory: pytest.TempPathFactory) -> Bench
         "--target", str(tiny_models.target), "--draft", str(tiny_models.draft_similar),
         "--scale-layers", "2", "--scale-ffn", "2",
         "--workloads", "humaneval,fim,code-edit", "--jsonl", str(prompts),
-        "--prompts", "humaneval=3,fim=1,code-edit=2",
+        "--prompts", "humaneval=3,fim=1,code-edit=2", "--trace-steps",
     )  # fmt: skip
 
 
@@ -108,6 +108,36 @@ def test_bench_runs_every_workload_and_mode_and_reports_speed_acceptance_and_ide
                 r["settled_near_ties"] for r in runs if (r["mode"], r["workload"]) == (mode, workload)
             )
     assert any(summary[("draft", workload)]["acceptance"] for workload in per_workload)
+
+
+def test_step_traces_set_what_adaptive_expected_of_each_source_beside_what_it_got(
+    scaled_bench: BenchRun,
+) -> None:
+    table = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "step_traces.py"), str(scaled_bench.json_path)],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    cells = [line.strip("|").split("|") for line in table.splitlines() if line.startswith("| ")]
+    rows = {
+        (row[0].strip(), row[1].strip()): row
+        for row in cells
+        if len(row) == 6 and row[3].count(" / ") == 2 and row[2].strip().isdigit()
+    }
+    steps = [
+        (run["workload"], step)
+        for run in scaled_bench.result["runs"]
+        if run["mode"] == "adaptive"
+        for step in run["steps"][1:]
+    ]
+    assert rows and {(workload, step["source"]) for workload, step in steps} == set(rows)
+    for (workload, source), row in rows.items():
+        chosen = [step for w, step in steps if (w, step["source"]) == (workload, source)]
+        assert int(row[2]) == len(chosen)
+        priced = dict(
+            zip(("none", "ngram", "draft"), (cell.strip() for cell in row[3].split(" / ")), strict=True)
+        )
+        if source != "none":  # a speculative step's source was priced (a re-timing prices nothing)
+            assert priced[source] != "-" and priced["none"] != "-"
 
 
 def test_a_cost_scaled_target_is_written_once_and_labelled_everywhere(
