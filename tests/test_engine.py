@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -2256,6 +2257,58 @@ def test_after_a_miss_the_draft_model_is_tried_again_from_one_token_passes() -> 
         chooser.record("none", 0, 0, 0.0082 if previous == 1 else 0.017, 1, warm=previous == 1)
         previous, streak = 1, streak + 1 if previous == 1 else 1
     assert sources[-1] == "draft" and len(sources) <= PROBE_EVERY + 1
+
+
+def test_a_draft_model_that_would_pay_is_probed_from_one_token_passes_at_measured_prices() -> None:
+    # Start-up prices measured on the H200 (ms; cold, after two passes of the size, after draft-model passes). At
+    # the x5 target's, a draft model that missed earlier was judged by its short probe alone: after one-token
+    # passes such a probe pays a cold pass and the return to one-token passes, and never beat the target alone,
+    # so 13 HumanEval prompts of a run went without the draft model that made the rest 2x faster. A probe is
+    # worth making where a nearly perfect draft of the best length would pay: at once for a new request, and
+    # within PROBE_EVERY steps of one-token passes. At the real pair's prices no draft could pay: no probe.
+    from localspec.engine.chooser import PROBE_EVERY, AdaptiveChooser
+
+    def measured(cold: list[float], warm: list[float], after_draft: list[float]) -> PassCosts:
+        costs = PassCosts(price_depth=False)
+        for n, prices in zip((1, 2, 4, 8, 16, 25), zip(cold, warm, after_draft, strict=True), strict=True):
+            costs.record_verify(n, prices[0] / 1000)
+            costs.record_verify(n, prices[1] / 1000, warm=True)
+            costs.record_verify(n, prices[2] / 1000, after_draft=True)
+        costs.record_draft(1, 0.0012)
+        for n in (4, 16, 64):
+            costs.record_draft_pass(n, 0.001 + 0.0062 * n / 64)
+        return costs
+
+    def steps_to_a_probe(costs: PassCosts) -> list[int]:
+        alone = costs.verify(1, warm=True)
+        chooser = AdaptiveChooser("adaptive", draft_max=24, has_draft_model=True, costs=costs)
+        for k in (4, 8, 12, 1, 2):  # misses, each followed by the target alone
+            chooser.record("draft", k, 0, costs.verify(k + 1, after_draft=True), k + 1)
+            chooser.record("none", 0, 0, alone, 1, warm=True)
+        probes = []
+        for _ in range(2):  # requests
+            chooser.start_request()
+            for step in range(2 * PROBE_EVERY):
+                site = StepSite(previous=1, streak=5, remaining=100)
+                if chooser.plan(budget=24, ngram_available=0, site=site).source == "draft":
+                    probes.append(step)
+                    chooser.record("draft", 4, 0, costs.verify(5, after_draft=True), 5)  # (missed again)
+                else:
+                    chooser.record("none", 0, 0, alone, 1, warm=True)
+        return probes
+
+    x5 = measured(
+        [17.7, 23.6, 22.7, 23.9, 29.7, 29.1],
+        [8.0, 9.4, 12.7, 16.3, 20.6, 23.9],
+        [19.3, 26.5, 25.6, 25.8, 33.5, 33.5],
+    )
+    probes = steps_to_a_probe(x5)
+    assert probes[:1] == [0] and len(probes) >= 4  # (and never more than PROBE_EVERY + 1 steps apart:)
+    assert all(later - earlier <= PROBE_EVERY + 1 for earlier, later in itertools.pairwise(probes))
+    real_pair = measured(
+        [3.8, 5.1, 5.1, 5.4, 6.9, 7.0], [1.7, 2.1, 2.8, 3.6, 4.5, 5.4], [4.2, 5.4, 5.4, 5.7, 7.0, 7.4]
+    )
+    assert steps_to_a_probe(real_pair) == []
 
 
 def test_a_probe_where_the_draft_model_drafted_nothing_is_tried_again_soon() -> None:

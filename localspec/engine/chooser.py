@@ -276,12 +276,18 @@ class AdaptiveChooser:
             self.priced["draft"] = rate
             if rate > best_rate:
                 best_rate, plan = rate, Plan("draft", k, size)
-            elif plan.source == "none" and self._since_tried["draft"] >= PROBE_EVERY:
-                # Acceptance changes with the text: re-probe now and then, but only where a nearly perfect
-                # draft would beat the target alone at the measured costs (on many machines it never can).
-                k, hopeful, size = drafting(min(budget, 4), OPTIMISTIC_ACCEPTANCE)
-                if hopeful > PROBE_MARGIN * alone:
-                    return Plan("draft", k, size)
+            elif (
+                plan.source == "none"
+                and self._since_tried["draft"] >= PROBE_EVERY
+                and drafting(budget, OPTIMISTIC_ACCEPTANCE)[1] > PROBE_MARGIN * alone
+            ):
+                # Acceptance changes with the text: re-probe now and then, but only where a nearly perfect draft
+                # of the best length would beat the target alone at the measured costs (on many machines it never
+                # can). The probe itself is short: it costs little where the draft model misses again. (Judged by
+                # its own short draft, a probe after one-token passes, which pays the cold pass and the return,
+                # never beat the target alone on a target that a draft model pays for.)
+                k, _, size = drafting(min(budget, 4), OPTIMISTIC_ACCEPTANCE)
+                return Plan("draft", k, size)
             # (a probe not yet due is not put off by resting; one due and not worth it is rested like the rest)
             due_in = PROBE_EVERY - self._since_tried["draft"]
             rest = REST_STEPS if due_in <= 0 else min(REST_STEPS, due_in - 1)
