@@ -207,14 +207,10 @@ class PassCosts:
     def in_sequence(
         self, n: int, previous: int, streak: int, after_draft: bool = False, depth: int = 0
     ) -> float:
-        """Seconds a plan prices a pass over n tokens at after `streak` passes in a row of `previous` tokens (or
-        right after draft-model passes), `depth` tokens into its sequence (a capture: see `_planned`)."""
-        shallow = (
-            self._planned(n, streak, after_draft)
-            if n == previous
-            else self._shallow(n, False, False, after_draft)
-        )
-        return shallow + self.depth_cost(n, depth)
+        """Seconds for a pass over n tokens after `streak` passes in a row of `previous` tokens (or right after
+        draft-model passes), `depth` tokens into its sequence."""
+        same = n == previous
+        return self.verify(n, same and streak >= 2, same and streak == 1, after_draft, depth)
 
     def sequence_prices(
         self, sizes: range, previous: int, streak: int, after_draft: bool = False, depth: int = 0
@@ -228,7 +224,7 @@ class PassCosts:
         prices = []
         for n in sizes:
             if n == previous:
-                shallow = self._planned(n, streak, after_draft)
+                shallow = self._shallow(n, streak >= 2, streak == 1, after_draft)
             elif after_draft:
                 known = after.get(n)
                 shallow = (
@@ -240,17 +236,6 @@ class PassCosts:
                 shallow = self._estimate(self._cold, n)
             prices.append(shallow + per_position * n * depth)
         return prices
-
-    def _planned(self, n: int, streak: int, after_draft: bool) -> float:
-        """What a plan pays for a pass of the previous pass's size after `streak` such passes. A capture (the second
-        in a row) is dearer than a cold pass, but the pass after it of the same size replays the graph: planned
-        at its own price, a capture is never chosen, and a run of draft-model steps of one size alternates between
-        two cold sizes instead of reaching the replays. Planning spreads it over itself and that replay."""
-        if streak == 1 and not self._after_draft_kind(n, False, True, after_draft):
-            return (
-                self._shallow(n, False, True, after_draft) + self._shallow(n, True, False, after_draft)
-            ) / 2
-        return self._shallow(n, streak >= 2, streak == 1, after_draft)
 
     def _estimate(self, table: dict[int, Ewma], n: int) -> float:
         if (known := table.get(n)) is not None:
