@@ -299,6 +299,59 @@ def test_each_mode_runs_a_workloads_tasks_back_to_back_after_the_target_alone(
     assert all(run.identical for run in runs if run.mode != "none")
 
 
+def test_rounds_run_the_modes_in_turn_then_in_reverse_and_report_their_mean_time(
+    endless_pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`bench --rounds 2`: each workload's modes run back to back as in one round, then again in reverse order, so a
+    machine whose speed drifts during the run weighs on every mode alike; each task and mode is reported once, at
+    the mean of its rounds' times."""
+    from rich.console import Console
+
+    from localspec.benchmark import runner
+    from localspec.benchmark.workloads import Task
+    from localspec.cli.bench import _run_localspec
+    from localspec.engine import Engine, EngineSettings
+
+    calls: list[tuple[str, str]] = []
+    run_localspec = runner.run_localspec
+
+    def recorded(engine: Engine, task: Task, tokens: list[int], mode: str, **options: bool) -> runner.Run:
+        calls.append((mode, task.task_id))
+        return run_localspec(engine, task, tokens, mode, **options)
+
+    monkeypatch.setattr(runner, "run_localspec", recorded)
+    target, draft = endless_pair
+    engine = Engine(EngineSettings(target_path=target, draft_path=draft, n_ctx=512, slots=1, threads=1))
+    try:
+        tasks = [
+            Task(workload, f"{workload}-{i}", "completion", prompt=f"def f{i}(x):\n    return", max_tokens=6)
+            for workload in ("a", "b")
+            for i in range(2)
+        ]
+        prompts = [runner.prompt_tokens(engine, task) for task in tasks]
+        runs = _run_localspec(
+            engine, ["draft", "none", "ngram"], tasks, prompts, Console(quiet=True), rounds=2
+        )
+    finally:
+        engine.close()
+    in_turn = ("none", "draft", "ngram")
+    assert calls[3:] == [
+        (mode, f"{workload}-{i}")
+        for workload in ("a", "b")
+        for order in (in_turn, in_turn[::-1])
+        for mode in order
+        for i in range(2)
+    ]
+    assert [(run.mode, run.task_id) for run in runs] == [
+        (mode, f"{workload}-{i}") for workload in ("a", "b") for mode in in_turn for i in range(2)
+    ]
+    for run in runs:
+        assert len(run.round_seconds) == 2 and run.tokens == 6
+        assert run.decode_seconds == pytest.approx(sum(run.round_seconds) / 2)
+        assert run.as_json()["round_seconds"] == run.round_seconds
+    assert all(run.identical for run in runs if run.mode != "none")
+
+
 def test_a_divergence_is_explained_by_the_target_alone_margin_measured_outside_the_timed_run(
     tiny_models,
 ) -> None:

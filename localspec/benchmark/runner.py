@@ -44,14 +44,36 @@ class Run:
     identical: bool | None = None  # vs the same system's target-alone output
     divergence: dict[str, Any] | None = None
     steps: list[dict[str, Any]] = field(default_factory=list)  # `StepRecord`s, with `bench --trace-steps`
+    round_seconds: list[float] = field(
+        default_factory=list
+    )  # each round's decode seconds, with `bench --rounds`
 
     def as_json(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("margins")
         data.pop("token_ids")
-        if not self.steps:
-            data.pop("steps")
+        for optional in ("steps", "round_seconds"):
+            if not data[optional]:
+                data.pop(optional)
         return data
+
+
+def merge_rounds(attempts: list[Run]) -> Run:
+    """One run of a task in one mode from its rounds (`bench --rounds`): the first round's output, steps and
+    counts, timed at the rounds' mean rate (a speculative mode may settle a near-tie otherwise in another round,
+    and so stop at another length)."""
+    first = attempts[0]
+    if len(attempts) == 1:
+        return first
+    round_seconds = [attempt.decode_seconds for attempt in attempts]
+    tokens = sum(attempt.tokens for attempt in attempts)
+    scale = first.tokens / tokens if tokens else 1.0 / len(attempts)
+    first.time_split = {
+        key: sum(attempt.time_split.get(key, 0.0) for attempt in attempts) * scale for key in first.time_split
+    }
+    first.decode_seconds = sum(round_seconds) * scale
+    first.round_seconds = round_seconds
+    return first
 
 
 def prompt_tokens(engine: Engine, task: Task) -> list[int]:

@@ -92,6 +92,13 @@ def register(subparsers: Any) -> None:
         "pass size, ms",
     )
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run each mode's prompts this many times, the modes in turn and in reverse order every other round, "
+        "and report the mean time (a machine whose speed drifts during the run weighs on every mode alike)",
+    )
+    parser.add_argument(
         "--tie-margin",
         type=float,
         help="near-tie settling threshold (default: the engine's, 0.1 on a GPU, 0.35 on a CPU)",
@@ -123,6 +130,8 @@ def run(args: argparse.Namespace) -> int:
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if unknown := [m for m in modes if m not in MODES]:
         raise InvalidRequestError(f"Unknown mode(s) {', '.join(unknown)}; choose from {', '.join(MODES)}.")
+    if args.rounds < 1:
+        raise InvalidRequestError(f"--rounds must be 1 or more, not {args.rounds}.")
     if "none" not in modes:
         modes.insert(0, "none")  # the reference every other mode is compared with
     names = [w.strip() for w in args.workloads.split(",") if w.strip()]
@@ -175,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"measured at start-up: {start_up_prices}")
         prompts = [runner.prompt_tokens(engine, task) for task in tasks]
         tie_margin, draft_ahead, draft_max = engine.tie_margin, engine.drafts_ahead, engine.draft_max
-        runs = _run_localspec(engine, modes, tasks, prompts, console, args.trace_steps)
+        runs = _run_localspec(engine, modes, tasks, prompts, console, args.trace_steps, args.rounds)
         # The draft confidence floor follows the measured costs by default: as the runs left them.
         draft_p_min = engine.draft_p_min()
         end_prices = engine.costs.describe()  # the same prices as every measured pass left them
@@ -216,6 +225,7 @@ def run(args: argparse.Namespace) -> int:
         "draft": str(draft),
         "max_tokens": args.max_tokens,
         "prompts_per_workload": counts,
+        "rounds": args.rounds,
         "n_ctx": settings.n_ctx,
         "gpu_layers": settings.target_gpu_layers,
         "draft_gpu_layers": settings.draft_gpu_layers,
@@ -269,6 +279,7 @@ def _run_localspec(
     prompts: list[list[int]],
     console: Console,
     trace_steps: bool = False,
+    rounds: int = 1,
 ) -> list[Run]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -280,23 +291,36 @@ def _run_localspec(
     for mode in modes:
         runner.run_localspec(engine, tasks[0], prompts[0][: min(len(prompts[0]), 64)], mode)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    # (the target alone first: every other mode's reference)
+    order = sorted(modes, key=lambda mode: mode != "none")
     with Progress(*columns, console=console) as progress:
-        bar = progress.add_task("localspec", total=len(tasks) * len(modes))
+        bar = progress.add_task("localspec", total=len(tasks) * len(modes) * rounds)
         for _, workload in itertools.groupby(range(len(tasks)), key=lambda index: tasks[index].workload):
             indices = list(workload)
             # Each mode runs a workload's tasks one after another, as a session in that mode would: on a GPU a
             # request starts from the CUDA graph its predecessor left (llama.cpp keeps one per context, and a pass of
             # another shape re-instantiates it), so a mode run right after another mode would start from that
             # mode's. Each mode's history of earlier outputs starts empty for each workload: the workloads share
-            # problems, and no run may copy an earlier answer to its own problem (or another mode's answer).
+            # problems, and no run may copy an earlier answer to its own problem (or another mode's answer). Every
+            # other round runs the modes in reverse order (`runner.merge_rounds`).
+            by_mode: dict[str, list[list[Run]]] = {mode: [[] for _ in indices] for mode in order}
+            for turn in range(rounds):
+                for mode in order if turn % 2 == 0 else order[::-1]:
+                    engine.history = NgramHistory(engine.settings.history_tokens)
+                    for position, index in enumerate(indices):
+                        task, tokens = tasks[index], prompts[index]
+                        progress.update(
+                            bar, description=f"localspec {mode:<8} {task.workload} {task.task_id}"
+                        )
+                        by_mode[mode][position].append(
+                            runner.run_localspec(engine, task, tokens, mode, record_steps=trace_steps)
+                        )
+                        progress.advance(bar)
             references: dict[int, Run] = {}
-            # (the target alone first: every other mode's reference)
-            for mode in sorted(modes, key=lambda mode: mode != "none"):
-                engine.history = NgramHistory(engine.settings.history_tokens)
-                for index in indices:
+            for mode in order:
+                for index, attempts in zip(indices, by_mode[mode], strict=True):
                     task, tokens = tasks[index], prompts[index]
-                    progress.update(bar, description=f"localspec {mode:<8} {task.workload} {task.task_id}")
-                    result = runner.run_localspec(engine, task, tokens, mode, record_steps=trace_steps)
+                    result = runner.merge_rounds(attempts)
                     if mode == "none":
                         references[index] = result
                     elif reference := references.get(index):
@@ -306,7 +330,6 @@ def _run_localspec(
                             runner.fill_margins(engine, task, tokens, reference)
                             runner.compare(result, reference)
                     runs.append(result)
-                    progress.advance(bar)
     return runs
 
 
