@@ -11,9 +11,12 @@ import sys
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from localspec.benchmark.runner import Run
 
 MODES = {"none", "draft", "ngram", "adaptive"}
 SERVER_MODES = {"none", "draft-simple n{draft_max} p{draft_p_min:g}", "draft-simple n8", "ngram-mod"}
@@ -264,13 +267,8 @@ def test_each_workload_starts_every_mode_with_an_empty_ngram_history(endless_pai
     assert (second.drafted, second.target_passes) == (first.drafted, first.target_passes)
 
 
-def test_each_mode_runs_a_workloads_tasks_back_to_back_after_the_target_alone(
-    endless_pair: tuple[Path, Path],
-) -> None:
-    """A request starts from what its predecessor left (on a GPU, llama.cpp's CUDA graph for the last pass shape):
-    each mode runs a workload's tasks one after another, as a session in that mode would, not right after another
-    mode's run of the same task. The target alone runs first whatever the order asked, so every other run is
-    compared with it."""
+def two_workloads_in_three_modes(endless_pair: tuple[Path, Path], rounds: int = 1) -> list[Run]:
+    """`bench`'s localspec runs of two tasks in each of two workloads, modes asked as draft, none, ngram."""
     from rich.console import Console
 
     from localspec.benchmark import runner
@@ -287,9 +285,21 @@ def test_each_mode_runs_a_workloads_tasks_back_to_back_after_the_target_alone(
             for i in range(2)
         ]
         prompts = [runner.prompt_tokens(engine, task) for task in tasks]
-        runs = _run_localspec(engine, ["draft", "none", "ngram"], tasks, prompts, Console(quiet=True))
+        return _run_localspec(
+            engine, ["draft", "none", "ngram"], tasks, prompts, Console(quiet=True), rounds=rounds
+        )
     finally:
         engine.close()
+
+
+def test_each_mode_runs_a_workloads_tasks_back_to_back_after_the_target_alone(
+    endless_pair: tuple[Path, Path],
+) -> None:
+    """A request starts from what its predecessor left (on a GPU, llama.cpp's CUDA graph for the last pass shape):
+    each mode runs a workload's tasks one after another, as a session in that mode would, not right after another
+    mode's run of the same task. The target alone runs first whatever the order asked, so every other run is
+    compared with it."""
+    runs = two_workloads_in_three_modes(endless_pair)
     assert [(run.mode, run.task_id) for run in runs] == [
         (mode, f"{workload}-{i}")
         for workload in ("a", "b")
@@ -305,35 +315,19 @@ def test_rounds_run_the_modes_in_turn_then_in_reverse_and_report_their_mean_time
     """`bench --rounds 2`: each workload's modes run back to back as in one round, then again in reverse order, so a
     machine whose speed drifts during the run weighs on every mode alike; each task and mode is reported once, at
     the mean of its rounds' times."""
-    from rich.console import Console
-
     from localspec.benchmark import runner
     from localspec.benchmark.workloads import Task
-    from localspec.cli.bench import _run_localspec
-    from localspec.engine import Engine, EngineSettings
+    from localspec.engine import Engine
 
     calls: list[tuple[str, str]] = []
     run_localspec = runner.run_localspec
 
-    def recorded(engine: Engine, task: Task, tokens: list[int], mode: str, **options: bool) -> runner.Run:
+    def recorded(engine: Engine, task: Task, tokens: list[int], mode: str, **options: bool) -> Run:
         calls.append((mode, task.task_id))
         return run_localspec(engine, task, tokens, mode, **options)
 
     monkeypatch.setattr(runner, "run_localspec", recorded)
-    target, draft = endless_pair
-    engine = Engine(EngineSettings(target_path=target, draft_path=draft, n_ctx=512, slots=1, threads=1))
-    try:
-        tasks = [
-            Task(workload, f"{workload}-{i}", "completion", prompt=f"def f{i}(x):\n    return", max_tokens=6)
-            for workload in ("a", "b")
-            for i in range(2)
-        ]
-        prompts = [runner.prompt_tokens(engine, task) for task in tasks]
-        runs = _run_localspec(
-            engine, ["draft", "none", "ngram"], tasks, prompts, Console(quiet=True), rounds=2
-        )
-    finally:
-        engine.close()
+    runs = two_workloads_in_three_modes(endless_pair, rounds=2)
     in_turn = ("none", "draft", "ngram")
     assert calls[3:] == [
         (mode, f"{workload}-{i}")
