@@ -44,9 +44,8 @@ class Run:
     identical: bool | None = None  # vs the same system's target-alone output
     divergence: dict[str, Any] | None = None
     steps: list[dict[str, Any]] = field(default_factory=list)  # `StepRecord`s, with `bench --trace-steps`
-    round_seconds: list[float] = field(
-        default_factory=list
-    )  # each round's decode seconds, with `bench --rounds`
+    # Each round's decode seconds, with `bench --rounds`.
+    round_seconds: list[float] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         data = asdict(self)
