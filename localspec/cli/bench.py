@@ -291,31 +291,28 @@ def _run_localspec(
     for mode in modes:
         runner.run_localspec(engine, tasks[0], prompts[0][: min(len(prompts[0]), 64)], mode)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    # (the target alone first: every other mode's reference)
+    # (the target alone first: every other mode's reference; every other round in reverse, `runner.merge_rounds`)
     order = sorted(modes, key=lambda mode: mode != "none")
+    schedule = [mode for turn in range(rounds) for mode in (order if turn % 2 == 0 else order[::-1])]
     with Progress(*columns, console=console) as progress:
-        bar = progress.add_task("localspec", total=len(tasks) * len(modes) * rounds)
+        bar = progress.add_task("localspec", total=len(tasks) * len(schedule))
         for _, workload in itertools.groupby(range(len(tasks)), key=lambda index: tasks[index].workload):
             indices = list(workload)
             # Each mode runs a workload's tasks one after another, as a session in that mode would: on a GPU a
             # request starts from the CUDA graph its predecessor left (llama.cpp keeps one per context, and a pass of
             # another shape re-instantiates it), so a mode run right after another mode would start from that
             # mode's. Each mode's history of earlier outputs starts empty for each workload: the workloads share
-            # problems, and no run may copy an earlier answer to its own problem (or another mode's answer). Every
-            # other round runs the modes in reverse order (`runner.merge_rounds`).
+            # problems, and no run may copy an earlier answer to its own problem (or another mode's answer).
             by_mode: dict[str, list[list[Run]]] = {mode: [[] for _ in indices] for mode in order}
-            for turn in range(rounds):
-                for mode in order if turn % 2 == 0 else order[::-1]:
-                    engine.history = NgramHistory(engine.settings.history_tokens)
-                    for position, index in enumerate(indices):
-                        task, tokens = tasks[index], prompts[index]
-                        progress.update(
-                            bar, description=f"localspec {mode:<8} {task.workload} {task.task_id}"
-                        )
-                        by_mode[mode][position].append(
-                            runner.run_localspec(engine, task, tokens, mode, record_steps=trace_steps)
-                        )
-                        progress.advance(bar)
+            for mode in schedule:
+                engine.history = NgramHistory(engine.settings.history_tokens)
+                for position, index in enumerate(indices):
+                    task, tokens = tasks[index], prompts[index]
+                    progress.update(bar, description=f"localspec {mode:<8} {task.workload} {task.task_id}")
+                    by_mode[mode][position].append(
+                        runner.run_localspec(engine, task, tokens, mode, record_steps=trace_steps)
+                    )
+                    progress.advance(bar)
             references: dict[int, Run] = {}
             for mode in order:
                 for index, attempts in zip(indices, by_mode[mode], strict=True):
