@@ -2225,12 +2225,13 @@ def test_after_a_miss_the_draft_model_is_tried_again_from_one_token_passes() -> 
 
 
 def test_a_draft_model_that_would_pay_is_probed_from_one_token_passes_at_measured_prices() -> None:
-    # Start-up prices measured on the H200 (ms; cold, after two passes of the size, after draft-model passes). At
-    # the x5 target's, a draft model that missed earlier was judged by its short probe alone: after one-token
-    # passes such a probe pays a cold pass and the return to one-token passes, and never beat the target alone,
-    # so 13 HumanEval prompts of a run went without the draft model that made the rest 2x faster. A probe is
-    # worth making where a nearly perfect draft of the best length would pay: at once for a new request, and
-    # within PROBE_EVERY steps of one-token passes. At the real pair's prices no draft could pay: no probe.
+    # The x5 target's start-up prices measured on the H200 (ms; cold, after two passes of the size, after
+    # draft-model passes). There, a draft model that missed earlier was judged by its short probe alone: after
+    # one-token passes such a probe pays a cold pass and the return to one-token passes, and never beat the target
+    # alone, so 13 HumanEval prompts of a run went without the draft model that made the rest 2x faster. A probe
+    # is worth making where a nearly perfect draft of the best length would pay: at once for a new request, and
+    # within PROBE_EVERY steps of one-token passes. At the real pair's prices (`real_pair_like_prices`) no draft
+    # could pay: no probe.
     from localspec.engine.chooser import PROBE_EVERY, AdaptiveChooser
 
     def measured(cold: list[float], warm: list[float], after_draft: list[float]) -> PassCosts:
@@ -2270,10 +2271,7 @@ def test_a_draft_model_that_would_pay_is_probed_from_one_token_passes_at_measure
     probes = steps_to_a_probe(x5)
     assert probes[:1] == [0] and len(probes) >= 4  # (and never more than PROBE_EVERY + 1 steps apart:)
     assert all(later - earlier <= PROBE_EVERY + 1 for earlier, later in itertools.pairwise(probes))
-    real_pair = measured(
-        [3.8, 5.1, 5.1, 5.4, 6.9, 7.0], [1.7, 2.1, 2.8, 3.6, 4.5, 5.4], [4.2, 5.4, 5.4, 5.7, 7.0, 7.4]
-    )
-    assert steps_to_a_probe(real_pair) == []
+    assert steps_to_a_probe(real_pair_like_prices()) == []
 
 
 def test_a_probe_where_the_draft_model_drafted_nothing_is_tried_again_soon() -> None:
