@@ -150,6 +150,8 @@ class Suggester:
         self._inflight: dict[str, asyncio.Task[str | None]] = {}
         # Pre-compute tasks and the (prefix, suffix) they generate for.
         self._precomputing: dict[asyncio.Task[str | None], tuple[str, str]] = {}
+        # Pre-computes about to start (see `_schedule_precompute`), by document.
+        self._follow_ups: dict[str, asyncio.TimerHandle] = {}
         self._daemon_down_warned = False
 
     def _prompt(self, snapshot: DocumentSnapshot) -> InfillPrompt:
@@ -246,9 +248,17 @@ class Suggester:
             )
 
     def _schedule_precompute(self, snapshot: DocumentSnapshot, shown: str) -> None:
-        """Generate, in the background, the suggestion for the cursor after `shown` is accepted."""
-        if not self._settings().precompute:
-            return
+        """Generate, in the background, the suggestion for the cursor after `shown` is accepted.
+
+        Started on the loop's next turn: the answer is sent by a callback of the request's task, and a task
+        created now would run first, building its prompt and sending its HTTP request before the answer goes.
+        """
+        if self._settings().precompute:
+            loop = asyncio.get_running_loop()
+            self._follow_ups[snapshot.uri] = loop.call_later(0, self._precompute, snapshot, shown)
+
+    def _precompute(self, snapshot: DocumentSnapshot, shown: str) -> None:
+        self._follow_ups.pop(snapshot.uri, None)
         running = self._inflight.get(snapshot.uri)
         if running is not None and not running.done():
             return
@@ -283,12 +293,18 @@ class Suggester:
             self.cancel_all()
 
     def forget(self, uri: str) -> None:
+        follow_up = self._follow_ups.pop(uri, None)
+        if follow_up is not None:
+            follow_up.cancel()
         task = self._inflight.pop(uri, None)
         if task is not None:
             task.cancel()
         self.cache.forget_document(uri)
 
     def cancel_all(self) -> None:
+        for follow_up in self._follow_ups.values():
+            follow_up.cancel()
+        self._follow_ups.clear()
         for task in list(self._inflight.values()):
             task.cancel()
         self._inflight.clear()
