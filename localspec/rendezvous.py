@@ -84,6 +84,16 @@ def read() -> DaemonInfo | None:
     return info if pid_alive(info.pid) else None
 
 
+def stamp() -> tuple[int, int, int] | None:
+    """What changes whenever daemon.json is written anew or removed (None: there is none): a client that read it
+    may skip reading it again while this stays the same, at the cost of one stat."""
+    try:
+        stat = discovery_file().stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size
+
+
 def remove(pid: int | None = None) -> None:
     """Delete daemon.json if it still describes this process (a newer daemon may have replaced it)."""
     path = discovery_file()

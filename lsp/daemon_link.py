@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from localspec.client import AsyncDaemonClient, aconnect, discover
+from localspec.client import AsyncDaemonClient, aconnect, discover, discovery_stamp
 from localspec.errors import DaemonUnavailableError, LocalspecError
 from localspec.lsp.prompt import InfillPrompt
 
@@ -38,20 +38,28 @@ class DaemonLink:
         self.last_error: str | None = None
         self.last_speculative: dict[str, Any] | None = None
         self.prompt_ms_per_token: float | None = None  # measured on suggestions, a moving average
+        # The daemon record's stamp when the client in use was last found to match it (see `_ready_client`).
+        self._found_at: tuple[int, int, int] | None = None
 
     async def _ready_client(self) -> AsyncDaemonClient:
         """The client, once the daemon recorded now has its models loaded; a restarted daemon gets a new one.
 
         The daemon listens before its models are loaded and queues requests meanwhile; looking first (until
         it is ready once) lets the editor get an empty answer now instead of waiting. Requests share one look,
-        which a request cancelled meanwhile (the user typed on) does not cancel.
+        which a request cancelled meanwhile (the user typed on) does not cancel. While the record is unchanged
+        and the last request went well, it is not read again (a daemon gone without removing it fails the
+        request, which sets the status).
         """
+        stamp = discovery_stamp()
+        client = self._client
+        if client is not None and self.status == "ok" and stamp is not None and stamp == self._found_at:
+            return client
         info = discover()
         if info is None:
             self.status = "starting" if self.starting else "down"
             raise DaemonUnavailableError("No localspec daemon is running.")
-        client = self._client
         if client is not None and client.url == info.url.rstrip("/") and self.status == "ok":
+            self._found_at = stamp
             return client
         if self._looking is None or self._looking.done():
             self._looking = asyncio.get_running_loop().create_task(self._look())

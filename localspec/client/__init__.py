@@ -13,7 +13,7 @@ shells over it; `_connect` finding, starting and stopping the daemon (`connect()
 """
 
 from localspec.client._clients import AsyncDaemonClient, AsyncStream, DaemonClient, Stream
-from localspec.client._connect import aconnect, connect, discover, stop_daemon
+from localspec.client._connect import aconnect, connect, discover, discovery_stamp, stop_daemon
 from localspec.client._wire import Health
 from localspec.rendezvous import DaemonInfo
 
@@ -27,5 +27,6 @@ __all__ = [
     "aconnect",
     "connect",
     "discover",
+    "discovery_stamp",
     "stop_daemon",
 ]

@@ -33,6 +33,11 @@ def discover() -> DaemonInfo | None:
     return rendezvous.read()
 
 
+def discovery_stamp() -> tuple[int, int, int] | None:
+    """Changes whenever the daemon record `discover()` reads changes (see `rendezvous.stamp`)."""
+    return rendezvous.stamp()
+
+
 def _health(url: str) -> Health | None:
     """The daemon's /health, or None if nothing answers there."""
     try:
