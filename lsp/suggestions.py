@@ -253,9 +253,13 @@ class Suggester:
         Started on the loop's next turn: the answer is sent by a callback of the request's task, and a task
         created now would run first, building its prompt and sending its HTTP request before the answer goes.
         """
-        if self._settings().precompute:
-            loop = asyncio.get_running_loop()
-            self._follow_ups[snapshot.uri] = loop.call_later(0, self._precompute, snapshot, shown)
+        if not self._settings().precompute:
+            return
+        earlier = self._follow_ups.pop(snapshot.uri, None)
+        if earlier is not None:  # (the editor shows the newer suggestion)
+            earlier.cancel()
+        loop = asyncio.get_running_loop()
+        self._follow_ups[snapshot.uri] = loop.call_later(0, self._precompute, snapshot, shown)
 
     def _precompute(self, snapshot: DocumentSnapshot, shown: str) -> None:
         self._follow_ups.pop(snapshot.uri, None)
