@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import pytest
 from conftest import RunningDaemon
 
-from localspec.client import AsyncDaemonClient, DaemonClient, connect, discover
+from localspec import rendezvous
+from localspec.client import AsyncDaemonClient, DaemonClient, connect, discover, discovery_stamp
 from localspec.errors import ContextOverflowError, DaemonUnavailableError, InvalidRequestError
 
 MESSAGES = [{"role": "user", "content": "hello"}]
@@ -21,6 +23,18 @@ def test_discover_and_ensure_find_the_running_daemon(daemon: RunningDaemon) -> N
         assert client.url == daemon.url
         assert client.token == daemon.token
         assert client.health()["status"] == "ok"
+
+
+def test_the_discovery_stamp_changes_whenever_the_daemon_record_does(localspec_home: Path) -> None:
+    assert discovery_stamp() is None
+    rendezvous.write("127.0.0.1", 1234)
+    first = discovery_stamp()
+    assert first is not None and discovery_stamp() == first
+    rendezvous.write("127.0.0.1", 1234)  # a restarted daemon on the same port
+    second = discovery_stamp()
+    assert second is not None and second != first
+    rendezvous.remove()
+    assert discovery_stamp() is None
 
 
 def test_sync_stream_matches_the_whole_answer(daemon: RunningDaemon) -> None:
