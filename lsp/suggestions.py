@@ -252,6 +252,8 @@ class Suggester:
 
         Started on the loop's next turn: the answer is sent by a callback of the request's task, and a task
         created now would run first, building its prompt and sending its HTTP request before the answer goes.
+        (A timer due now, not `call_soon`: that callback is queued only when the task ends, behind a `call_soon`
+        made now, while a due timer joins the queue on the next turn, behind it.)
         """
         if not self._settings().precompute:
             return
