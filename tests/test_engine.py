@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -1335,6 +1336,38 @@ def test_an_editor_request_indexes_only_its_prefix_and_still_copies_from_its_loo
         prompt[: window.stop], 6
     )
     assert expected and drafter.propose(prompt[: window.stop], 6) == expected
+
+
+def test_indexing_an_editor_prompt_beside_its_first_pass_keeps_outputs_and_index(tiny_models) -> None:
+    # Where the target runs on a GPU, the prompt's own n-grams are indexed on another thread while the first pass
+    # is launched: the output, every step's drafts and the index the slot keeps are those of indexing in line.
+    other = "".join(f"def helper_{i}(value):\n    return value ** {i} - {i * 3}\n\n" for i in range(8))
+    prefix = "".join(f"def f{i}(x):\n    return x * {i}\n\n" for i in range(6)) + "def helper_5(value):\n"
+    suffix = "\n\ndef tail():\n    return None\n"
+    outcomes = []
+    for beside in (False, True):  # (in-line first: no indexer thread of an earlier engine is left)
+        engine = make_engine(tiny_models.target, tiny_models.draft_similar, index_beside=beside)
+        try:
+            assert (engine._indexer is not None) == beside
+            prompt = engine.infill_prompt(prefix, suffix, extra=[("other.py", other)], filename="code.py")
+            request = GenerationRequest(
+                prompt=prompt,
+                max_tokens=48,
+                speculative="ngram",
+                slot="editor",
+                lookup_texts=[suffix, other],
+                record_steps=True,
+            )
+            result = engine.complete(request)
+            indexers = [t for t in threading.enumerate() if t.name.startswith("localspec-index")]
+            assert bool(indexers) == beside  # (its thread is started by the first job it is given)
+            slot = next(s for s in engine._slots.slots if s.key == "editor")
+            assert slot.ngram_index is not None and len(slot.ngram_index[0]) > len(prompt)
+            steps = [(step.source, step.drafted, step.accepted) for step in result.stats.steps]
+            outcomes.append((result.token_ids, steps, slot.ngram_index[0], slot.ngram_index[1].table))
+        finally:
+            engine.close()
+    assert outcomes[0] == outcomes[1]
 
 
 def _grams_of(tokens: list[int]) -> list[tuple[int, ...]]:

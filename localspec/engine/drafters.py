@@ -445,6 +445,10 @@ class NgramDrafter:
         the prompt's own part was never indexed: a request that made no proposal)."""
         return ([] if self._pending is not None else self._tokens), self._context
 
+    def has_pending(self, proposed_only: bool = False) -> bool:
+        """Whether `index_pending` would index anything."""
+        return self._pending is not None and (self._proposed or not proposed_only)
+
     def index_pending(self, proposed_only: bool = False) -> bool:
         """Index the part of the prompt left unindexed, if any (proposed_only: only where a proposal was made
         without it); whether it did. A step calls it between its target pass's launch and its end (on a GPU what

@@ -80,6 +80,9 @@ class EngineSettings:
     # The draft model drafts the next step while the target verifies this one (on a thread of its own). None: where
     # both models run on a GPU (on a CPU the two would share the same cores).
     draft_ahead: bool | None = None
+    # An infill prompt's own n-grams are indexed on a thread of their own while its first pass is launched. None:
+    # where the target runs on a GPU (there the launch is most of a short pass; on a CPU the pass needs every core).
+    index_beside: bool | None = None
     history_tokens: int = DEFAULT_HISTORY_TOKENS  # earlier outputs kept as an n-gram source (0 = none)
     prompt_cache_mb: int = DEFAULT_PROMPT_CACHE_MB  # host memory for saved KV sequences (0 = none)
     prompt_cache_pinned: bool = True  # ... page-locked where the models run on a GPU (see `host_memory`)
@@ -148,6 +151,8 @@ class Engine:
             except Exception:
                 self.close()
                 raise
+        index_beside = settings.index_beside if settings.index_beside is not None else self.target.offloaded
+        self._indexer = ThreadPoolExecutor(1, thread_name_prefix="localspec-index") if index_beside else None
         self._slots = SlotPool(settings.slots)
         self.snapshots = KvSnapshots(settings.prompt_cache_mb * 1024 * 1024, settings.prompt_cache_pinned)
         self.prompts = PromptLayout(self.target, settings.n_ctx)
@@ -331,6 +336,7 @@ class Engine:
                 branch_seq=self._branch_seq(slot),
                 # An editor's suffix and other files' chunks come as lookup texts too: index only its prefix.
                 own_text=self.prompts.infill_window(prompt) if request.lookup_texts else None,
+                indexer=self._indexer,
             )
         except Exception:
             slot.release()
@@ -396,8 +402,9 @@ class Engine:
         return self._ahead is not None
 
     def close(self) -> None:
-        if getattr(self, "_ahead", None) is not None:
-            self._ahead.shutdown()  # type: ignore[union-attr]
+        for executor in (getattr(self, "_ahead", None), getattr(self, "_indexer", None)):
+            if executor is not None:
+                executor.shutdown()
         if getattr(self, "draft", None) is not None:
             self.draft.close()  # type: ignore[union-attr]
         self.target.close()

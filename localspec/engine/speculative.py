@@ -55,10 +55,13 @@ class Generation:
         ahead: Executor | None = None,
         branch_seq: int | None = None,
         own_text: range | None = None,
+        indexer: Executor | None = None,
     ) -> None:
         """ahead: a thread on which the draft model drafts the next step while the target verifies this one
         (`DraftModelDrafter.run_ahead`), or None; branch_seq: the draft model's sequence for a second chain;
-        own_text: the part of the prompt that is not in `lookup_tables` (see `NgramDrafter.resuming`)."""
+        own_text: the part of the prompt that is not in `lookup_tables` (see `NgramDrafter.resuming`);
+        indexer: a thread on which that part's n-grams are indexed while the target's pass is launched, or None
+        (then they are indexed after the launch, before waiting for the pass)."""
         self.request = request
         self.target = target
         self.slot = slot
@@ -102,6 +105,7 @@ class Generation:
         self._pending = prompt[-1]
         self._picker = TokenPicker(target, request.sampling, prompt)
         self._ahead = ahead if self._draft is not None else None
+        self._indexer = indexer
         self._used_draft_model = False  # whether a step of this request drafted with the draft model
 
     def __iter__(self) -> Iterator[StepEvent]:
@@ -182,15 +186,23 @@ class Generation:
             room_left = self.target.n_ctx_per_seq - len(self._committed)
             tokens += [tokens[-1]] * (min(pass_size, room_left) - len(tokens))
         ahead = self._start_ahead(context, drafts, source, most_drafts + 1)
+        # The prompt's own n-grams, where a proposal was made without them: on the indexer's thread while this
+        # thread launches the pass (llama.cpp releases the GIL), else after the launch, before waiting for it.
+        indexer = self._indexer if self._ngram.has_pending(proposed_only=True) else None
+        indexing = indexer.submit(self._ngram.index_pending, True) if indexer is not None else None
+        indexed = False
         try:
             n_rows = self.target.decode([*fold, *tokens], len(self._committed), self.slot.seq_id, len(tokens))
             self._committed.extend(fold)
-            indexed = self._ngram.index_pending(proposed_only=True)  # (before waiting for the pass)
+            if indexing is None:
+                indexed = self._ngram.index_pending(proposed_only=True)
             self.target.synchronize()
         finally:
             if ahead is not None:
                 ahead[1].set()
                 ahead[0].result()  # (waits for the draft token in flight, if any)
+            if indexing is not None:
+                indexed = indexing.result()
         base = len(self._committed)
         t_verify = time.perf_counter() - started
 
