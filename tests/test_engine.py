@@ -1702,6 +1702,71 @@ def test_a_draft_model_step_after_n_gram_drafts_finds_its_drafts_made_ahead(tiny
         engine.close()
 
 
+def test_an_n_gram_proposal_ends_where_it_leaves_the_draft_models_ready_drafts(tiny_models) -> None:
+    # Where the draft model has drafted ahead for a step's context, an n-gram proposal is cut where it first
+    # disagrees with those drafts (past there the draft model is the likelier to be right). A scripted chooser
+    # alternates the two sources; each n-gram proposal it is given must be the whole proposal cut so.
+    from collections.abc import Callable
+    from concurrent.futures import Executor, Future
+    from typing import Any
+
+    from localspec.engine.chooser import AdaptiveChooser
+    from localspec.engine.speculative import Generation
+
+    seen: list[tuple[list[int], list[int], list[int]]] = []  # (ready drafts, whole proposal, proposal given)
+    running: list[Generation] = []
+
+    class Alternating(AdaptiveChooser):
+        steps = 0
+
+        def plan_with_ngrams(
+            self, budget: int, propose: Callable[[int], tuple[list[int], int]], site: StepSite | None = None
+        ) -> tuple[Plan, list[int]]:
+            self.steps += 1
+            if self.steps % 2:
+                return Plan("draft", budget), []
+            generation = running[0]
+            assert generation._draft is not None
+            ready = generation._draft.ready_drafts(generation._context)
+            whole = generation._ngram.propose(generation._context, budget)
+            drafts = propose(budget)[0]
+            seen.append((ready, whole, drafts))
+            return (Plan("ngram", len(drafts)), drafts) if drafts else (Plan("none", 0), [])
+
+    class RightAway(Executor):  # runs the drafting ahead to its end before the pass, not beside it
+        def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+            future: Future[Any] = Future()
+            future.set_result(fn(*args, **kwargs))
+            return future
+
+    engine = make_engine(tiny_models.target, tiny_models.draft_same, draft_ahead=True, slots=1)
+    assert engine._ahead is not None
+    engine._ahead.shutdown()
+    engine._ahead = RightAway()
+    try:
+        # The n-gram drafts come from an earlier output that is the target's text with every twelfth token changed.
+        alone = run(engine, "zq", "none", max_tokens=64).token_ids
+        engine.history.clear()
+        engine.history.add([token if i % 12 != 11 else (token + 1) % 200 for i, token in enumerate(alone)])
+        engine._choosers[("alternating", "adaptive")] = Alternating("adaptive", 8, True, engine.costs)
+        generation = engine.generate(
+            GenerationRequest(prompt="zq", max_tokens=64, speculative="adaptive", slot="alternating")
+        )
+        running.append(generation)
+        for _ in generation:
+            pass
+        assert generation.result is not None and generation.result.token_ids == alone
+        for ready, whole, drafts in seen:
+            agreed = next(
+                (i for i, (a, b) in enumerate(zip(whole, ready, strict=False)) if a != b), len(whole)
+            )
+            assert drafts == whole[:agreed]
+        assert any(drafts != whole for _, whole, drafts in seen)  # (some were cut)
+        assert any(ready and drafts for ready, _, drafts in seen)  # (some agreed with drafts made ahead)
+    finally:
+        engine.close()
+
+
 @pytest.mark.parametrize("draft_name", ["draft_same", "draft_similar"])
 def test_drafting_ahead_on_its_own_thread_keeps_the_target_alones_output(
     tiny_models, draft_name: str

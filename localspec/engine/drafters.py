@@ -126,9 +126,13 @@ class DraftModelDrafter:
 
     def ready(self, context: list[int]) -> int:
         """Drafts after `context` the draft model has already made (by `run_ahead`): free to propose."""
+        return len(self.ready_drafts(context))
+
+    def ready_drafts(self, context: list[int]) -> list[int]:
+        """The drafts `ready` counts."""
         self._follow(context)
         known = self._known(context)
-        return len(known[0]) if known is not None else 0
+        return known[0] if known is not None else []
 
     def _known(self, context: list[int]) -> tuple[list[int], bool] | None:
         """The chain's drafts after `context` and whether drafting ends after them (see `_chain_after`)."""

@@ -306,10 +306,18 @@ class Generation:
         budget: int,
         site: StepSite,
     ) -> tuple[Plan, list[int]]:
-        """The chooser's plan and the n-gram proposal it may use."""
+        """The chooser's plan and the n-gram proposal it may use. Where the draft model has drafts ready for this
+        context, the proposal ends where it first disagrees with them: past there at most one of the two is right,
+        and it is nearly always the draft model (docs/BENCHMARKS.md), while a long proposal that goes wrong early
+        is the costliest n-gram step."""
+        ready = self._draft.ready_drafts(context) if site.draft_ready and self._draft is not None else []
 
         def propose(k: int) -> tuple[list[int], int]:
-            return self._ngram.propose(context, k), self._ngram.match_length
+            drafts = self._ngram.propose(context, k)
+            agreed = next(
+                (i for i, (a, b) in enumerate(zip(drafts, ready, strict=False)) if a != b), len(drafts)
+            )
+            return drafts[:agreed], self._ngram.match_length
 
         return self.chooser.plan_with_ngrams(budget, propose, site)
 
