@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -1653,15 +1655,30 @@ def test_drafts_made_ahead_are_the_drafts_the_draft_model_would_make_then(simila
         model.remove_from(seq_id, 0)
 
 
+class RightAway(Executor):
+    """Runs the drafting ahead to its end before the pass, not beside it: a test's steps then see every draft
+    that drafting ahead would make."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        future.set_result(fn(*args, **kwargs))
+        return future
+
+
+def drafting_ahead_right_away(target: Path, draft: Path) -> Engine:
+    engine = make_engine(target, draft, draft_ahead=True, slots=1)
+    assert engine._ahead is not None
+    engine._ahead.shutdown()
+    engine._ahead = RightAway()
+    return engine
+
+
 def test_a_draft_model_step_after_n_gram_drafts_finds_its_drafts_made_ahead(tiny_models) -> None:
     # Once a request has used the draft model, the draft model also works while the target verifies an n-gram
     # step: it reads the n-gram drafts, then drafts on as if the target takes them all and then its own pick. Here
     # the plans alternate between the two sources (a scripted chooser); the output must stay the target alone's,
     # and draft-model steps after n-gram steps whose drafts were all taken must find drafts made.
     import itertools
-    from collections.abc import Callable
-    from concurrent.futures import Executor, Future
-    from typing import Any
 
     from localspec.engine.chooser import AdaptiveChooser
 
@@ -1675,16 +1692,7 @@ def test_a_draft_model_step_after_n_gram_drafts_finds_its_drafts_made_ahead(tiny
             drafts = propose(budget)[0] if self.steps % 2 == 0 else []
             return (Plan("ngram", len(drafts)), drafts) if drafts else (Plan("draft", budget), [])
 
-    class RightAway(Executor):  # runs the drafting ahead to its end before the pass, not beside it
-        def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-            future: Future[Any] = Future()
-            future.set_result(fn(*args, **kwargs))
-            return future
-
-    engine = make_engine(tiny_models.target, tiny_models.draft_same, draft_ahead=True, slots=1)
-    assert engine._ahead is not None
-    engine._ahead.shutdown()
-    engine._ahead = RightAway()
+    engine = drafting_ahead_right_away(tiny_models.target, tiny_models.draft_same)
     try:
         prompt = PROMPT * 3
         alone = run(engine, prompt, "none", max_tokens=96).token_ids
@@ -1706,9 +1714,6 @@ def test_an_n_gram_proposal_ends_where_it_leaves_the_draft_models_ready_drafts(t
     # Where the draft model has drafted ahead for a step's context, an n-gram proposal is cut where it first
     # disagrees with those drafts (past there the draft model is the likelier to be right). A scripted chooser
     # alternates the two sources; each n-gram proposal it is given must be the whole proposal cut so.
-    from collections.abc import Callable
-    from concurrent.futures import Executor, Future
-    from typing import Any
 
     from localspec.engine.chooser import AdaptiveChooser
     from localspec.engine.speculative import Generation
@@ -1733,16 +1738,7 @@ def test_an_n_gram_proposal_ends_where_it_leaves_the_draft_models_ready_drafts(t
             seen.append((ready, whole, drafts))
             return (Plan("ngram", len(drafts)), drafts) if drafts else (Plan("none", 0), [])
 
-    class RightAway(Executor):  # runs the drafting ahead to its end before the pass, not beside it
-        def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-            future: Future[Any] = Future()
-            future.set_result(fn(*args, **kwargs))
-            return future
-
-    engine = make_engine(tiny_models.target, tiny_models.draft_same, draft_ahead=True, slots=1)
-    assert engine._ahead is not None
-    engine._ahead.shutdown()
-    engine._ahead = RightAway()
+    engine = drafting_ahead_right_away(tiny_models.target, tiny_models.draft_same)
     try:
         # The n-gram drafts come from an earlier output that is the target's text with every twelfth token changed.
         alone = run(engine, "zq", "none", max_tokens=64).token_ids
