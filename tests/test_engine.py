@@ -1655,6 +1655,26 @@ def test_drafts_made_ahead_are_the_drafts_the_draft_model_would_make_then(simila
         model.remove_from(seq_id, 0)
 
 
+Proposer = Callable[[int], tuple[list[int], int]]
+
+
+class ScriptedChooser(AdaptiveChooser):
+    """An `adaptive` chooser whose plans a test writes: script(step, budget, propose), steps counted from 1."""
+
+    def __init__(
+        self, engine: Engine, script: Callable[[int, int, Proposer], tuple[Plan, list[int]]]
+    ) -> None:
+        super().__init__("adaptive", 8, True, engine.costs)
+        self.script = script
+        self.steps = 0
+
+    def plan_with_ngrams(
+        self, budget: int, propose: Proposer, site: StepSite | None = None
+    ) -> tuple[Plan, list[int]]:
+        self.steps += 1
+        return self.script(self.steps, budget, propose)
+
+
 class RightAway(Executor):
     """Runs the drafting ahead to its end before the pass, not beside it: a test's steps then see every draft
     that drafting ahead would make."""
@@ -1680,23 +1700,15 @@ def test_a_draft_model_step_after_n_gram_drafts_finds_its_drafts_made_ahead(tiny
     # and draft-model steps after n-gram steps whose drafts were all taken must find drafts made.
     import itertools
 
-    from localspec.engine.chooser import AdaptiveChooser
-
-    class Alternating(AdaptiveChooser):
-        steps = 0
-
-        def plan_with_ngrams(
-            self, budget: int, propose: Callable[[int], tuple[list[int], int]], site: StepSite | None = None
-        ) -> tuple[Plan, list[int]]:
-            self.steps += 1
-            drafts = propose(budget)[0] if self.steps % 2 == 0 else []
-            return (Plan("ngram", len(drafts)), drafts) if drafts else (Plan("draft", budget), [])
+    def alternate(step: int, budget: int, propose: Proposer) -> tuple[Plan, list[int]]:
+        drafts = propose(budget)[0] if step % 2 == 0 else []
+        return (Plan("ngram", len(drafts)), drafts) if drafts else (Plan("draft", budget), [])
 
     engine = drafting_ahead_right_away(tiny_models.target, tiny_models.draft_same)
     try:
         prompt = PROMPT * 3
         alone = run(engine, prompt, "none", max_tokens=96).token_ids
-        engine._choosers[("alternating", "adaptive")] = Alternating("adaptive", 8, True, engine.costs)
+        engine._choosers[("alternating", "adaptive")] = ScriptedChooser(engine, alternate)
         result = run(engine, prompt, "adaptive", max_tokens=96, slot="alternating", record_steps=True)
         assert result.token_ids == alone
         steps = result.stats.steps
@@ -1715,28 +1727,21 @@ def test_an_n_gram_proposal_ends_where_it_leaves_the_draft_models_ready_drafts(t
     # disagrees with those drafts (past there the draft model is the likelier to be right). A scripted chooser
     # alternates the two sources; each n-gram proposal it is given must be the whole proposal cut so.
 
-    from localspec.engine.chooser import AdaptiveChooser
     from localspec.engine.speculative import Generation
 
     seen: list[tuple[list[int], list[int], list[int]]] = []  # (ready drafts, whole proposal, proposal given)
     running: list[Generation] = []
 
-    class Alternating(AdaptiveChooser):
-        steps = 0
-
-        def plan_with_ngrams(
-            self, budget: int, propose: Callable[[int], tuple[list[int], int]], site: StepSite | None = None
-        ) -> tuple[Plan, list[int]]:
-            self.steps += 1
-            if self.steps % 2:
-                return Plan("draft", budget), []
-            generation = running[0]
-            assert generation._draft is not None
-            ready = generation._draft.ready_drafts(generation._context)
-            whole = generation._ngram.propose(generation._context, budget)
-            drafts = propose(budget)[0]
-            seen.append((ready, whole, drafts))
-            return (Plan("ngram", len(drafts)), drafts) if drafts else (Plan("none", 0), [])
+    def alternate(step: int, budget: int, propose: Proposer) -> tuple[Plan, list[int]]:
+        if step % 2:
+            return Plan("draft", budget), []
+        generation = running[0]
+        assert generation._draft is not None
+        ready = generation._draft.ready_drafts(generation._context)
+        whole = generation._ngram.propose(generation._context, budget)
+        drafts = propose(budget)[0]
+        seen.append((ready, whole, drafts))
+        return (Plan("ngram", len(drafts)), drafts) if drafts else (Plan("none", 0), [])
 
     engine = drafting_ahead_right_away(tiny_models.target, tiny_models.draft_same)
     try:
@@ -1744,7 +1749,7 @@ def test_an_n_gram_proposal_ends_where_it_leaves_the_draft_models_ready_drafts(t
         alone = run(engine, "zq", "none", max_tokens=64).token_ids
         engine.history.clear()
         engine.history.add([token if i % 12 != 11 else (token + 1) % 200 for i, token in enumerate(alone)])
-        engine._choosers[("alternating", "adaptive")] = Alternating("adaptive", 8, True, engine.costs)
+        engine._choosers[("alternating", "adaptive")] = ScriptedChooser(engine, alternate)
         generation = engine.generate(
             GenerationRequest(prompt="zq", max_tokens=64, speculative="adaptive", slot="alternating")
         )
