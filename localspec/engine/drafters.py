@@ -455,9 +455,9 @@ class NgramDrafter:
 
     def index_pending(self, proposed_only: bool = False) -> bool:
         """Index the part of the prompt left unindexed, if any (proposed_only: only where a proposal was made
-        without it); whether it did. A step calls it between its target pass's launch and its end (on a GPU what
-        the launches leave of the pass): an infill prompt's first proposal, whose tail is the FIM middle token,
-        cannot use that part, so planning that step does not wait for it."""
+        without it); whether it did. A step calls it while its target pass runs (on a GPU on another thread, beside
+        the pass's launch): an infill prompt's first proposal, whose tail is the FIM middle token, cannot use that
+        part, so planning that step does not wait for it."""
         if self._pending is None or (proposed_only and not self._proposed):
             return False
         self._context.add(self._tokens, self._pending.start, min(self._pending.stop, len(self._tokens) - 1))

@@ -187,7 +187,7 @@ class Generation:
             tokens += [tokens[-1]] * (min(pass_size, room_left) - len(tokens))
         ahead = self._start_ahead(context, drafts, source, most_drafts + 1)
         # The prompt's own n-grams, where a proposal was made without them: on the indexer's thread while this
-        # thread launches the pass (llama.cpp releases the GIL), else after the launch, before waiting for it.
+        # thread launches the pass (ctypes lets go of the GIL during the call), else after the launch, before waiting.
         indexer = self._indexer if self._ngram.has_pending(proposed_only=True) else None
         indexing = indexer.submit(self._ngram.index_pending, True) if indexer is not None else None
         indexed = False
