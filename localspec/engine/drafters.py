@@ -458,9 +458,10 @@ class NgramDrafter:
         without it); whether it did. A step calls it while its target pass runs (on a GPU on another thread, beside
         the pass's launch): an infill prompt's first proposal, whose tail is the FIM middle token, cannot use that
         part, so planning that step does not wait for it."""
-        if self._pending is None or (proposed_only and not self._proposed):
+        pending = self._pending
+        if pending is None or not self.has_pending(proposed_only):
             return False
-        self._context.add(self._tokens, self._pending.start, min(self._pending.stop, len(self._tokens) - 1))
+        self._context.add(self._tokens, pending.start, min(pending.stop, len(self._tokens) - 1))
         self._pending, self._pending_ends = None, frozenset()
         return True
 

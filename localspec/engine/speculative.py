@@ -20,7 +20,7 @@ from concurrent.futures import Executor, Future
 from localspec.engine.chooser import AdaptiveChooser, Plan, StepSite
 from localspec.engine.drafters import DraftModelDrafter, NgramDrafter, NgramTable
 from localspec.engine.llama_model import DecodeAborted, LlamaModel
-from localspec.engine.prefix_cache import SlotState, trim_to_prefix
+from localspec.engine.prefix_cache import SlotState, common_prefix_length, trim_to_prefix
 from localspec.engine.sampling import TokenPicker
 from localspec.engine.text_stream import TextStream
 from localspec.engine.types import (
@@ -314,10 +314,10 @@ class Generation:
 
         def propose(k: int) -> tuple[list[int], int]:
             drafts = self._ngram.propose(context, k)
-            agreed = next(
-                (i for i, (a, b) in enumerate(zip(drafts, ready, strict=False)) if a != b), len(drafts)
-            )
-            return drafts[:agreed], self._ngram.match_length
+            agreed = common_prefix_length(drafts, ready)
+            if agreed < min(len(drafts), len(ready)):  # (they part: past that, the draft model's drafts win)
+                drafts = drafts[:agreed]
+            return drafts, self._ngram.match_length
 
         return self.chooser.plan_with_ngrams(budget, propose, site)
 
