@@ -3,6 +3,7 @@ tiny models the tests write."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 
 import pytest
@@ -10,7 +11,7 @@ from test_engine import make_engine
 
 from localspec.engine import Engine, GenerationRequest
 from localspec.engine.kv_snapshots import MIN_SAVED_TOKENS
-from localspec.engine.prefix_cache import sync_sequence
+from localspec.engine.prefix_cache import common_prefix_length, sync_sequence
 
 LINES = [f"def function_{i}(value):\n    return value * {i} + {i * 7}\n\n" for i in range(40)]
 TEXT = "".join(LINES)
@@ -155,6 +156,39 @@ def test_a_copy_of_more_tokens_replaces_the_copies_it_extends(tiny_models) -> No
         hold_and_save(700)  # a copy of more is already here
         hold_and_save(len(tokens))  # and of exactly these
         assert store.describe()["saves"] == 3 and len(store) == 1
+    finally:
+        engine.close()
+
+
+def test_the_copy_sharing_most_with_a_prompt_is_found_among_many_saved_in_any_order(tiny_models) -> None:
+    # Copies are looked up beside where the prompt sorts among them, not one by one: that must still be the copy
+    # sharing the longest prefix, and a copy of more tokens must still be found and replace what it extends.
+    engine = make_engine(tiny_models.target, None, n_ctx=2048, slots=1)
+    try:
+        store, slot = engine.snapshots, engine._slots.slots[0]
+        tokens = engine.tokenize(TEXT, parse_special=False)
+        head = tokens[
+            :80
+        ]  # every place shares the file's first lines, as an editor's prompts share their context
+        rng = random.Random(7)
+        places = [
+            head + tokens[start : start + rng.randrange(40, 300)] for start in rng.sample(range(80, 1200), 24)
+        ]
+        places += [place[: len(place) - 20] for place in places[:4]]  # copies held already: not saved again
+        for place in places:
+            sync_sequence(engine.target, slot.seq_id, slot.target_tokens, place, "none")
+            store.save(slot, engine.target, None)
+        assert store.describe()["saves"] == len(store) == 24
+        for start in rng.sample(range(80, 1200), 40):
+            prompt = head + tokens[start : start + rng.randrange(10, 300)]
+            longest = max(common_prefix_length(place, prompt) for place in places)
+            assert store.best(prompt)[1] == longest
+        places.append(places[0] + tokens[1300:1340])
+        sync_sequence(engine.target, slot.seq_id, slot.target_tokens, places[-1], "none")
+        store.save(slot, engine.target, None)
+        assert len(store) == 24 and store.best(places[0])[1] == len(
+            places[0]
+        )  # the longer copy took its place
     finally:
         engine.close()
 

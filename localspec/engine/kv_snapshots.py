@@ -9,6 +9,7 @@ those positions, so reuse stays exact: only a common prefix is ever reused, as w
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import time
 from dataclasses import dataclass, field
@@ -28,9 +29,10 @@ MIN_RESTORE_GAIN = 16
 
 @dataclass(frozen=True)
 class Snapshot:
-    # As an array: an editor's jump compares its prompt with every copy, and numpy finds where two token lists
-    # part in microseconds where Python takes a fraction of a millisecond per copy.
+    # As an array: numpy finds where two token lists part in microseconds, where Python takes a fraction of a
+    # millisecond.
     target_tokens: np.ndarray
+    order_key: bytes  # `_order_key(target_tokens)`
     target_state: np.ndarray
     draft_tokens: tuple[int, ...]
     draft_state: np.ndarray | None
@@ -43,6 +45,12 @@ class Snapshot:
 
 def _as_array(tokens: list[int] | tuple[int, ...]) -> np.ndarray:
     return np.asarray(tokens, dtype=np.int64)
+
+
+def _order_key(tokens: np.ndarray) -> bytes:
+    """Bytes that sort as the token list does, token by token (token ids are never negative: fixed width,
+    big-endian); a key that starts with another's belongs to a list that starts with the other's list."""
+    return tokens.astype(">u4").tobytes()
 
 
 def _shared_length(a: np.ndarray, b: np.ndarray) -> int:
@@ -65,6 +73,10 @@ class KvSnapshots:
         # Keyed by serial number, least recently used first. (Not by token tuple: an OrderedDict hashes every key
         # while iterating, and a tuple of thousands of tokens does not cache its hash.)
         self._entries: dict[int, Snapshot] = {}
+        # (order key, serial) of every copy, in token order. Of all copies, the two either side of where a token
+        # list would go share the longest prefix with it (lists in order part later the closer they are), so a
+        # lookup compares two copies, not every one.
+        self._order: list[tuple[bytes, int]] = []
         self.nbytes = 0
         self.saves = 0
         self.restores = 0
@@ -79,7 +91,9 @@ class KvSnapshots:
     def _best(self, wanted: np.ndarray) -> tuple[Snapshot | None, int]:
         best: Snapshot | None = None
         best_length = 0
-        for snapshot in self._entries.values():
+        at = bisect.bisect_left(self._order, (_order_key(wanted),))
+        for _, serial in self._order[max(0, at - 1) : at + 1]:
+            snapshot = self._entries[serial]
             length = _shared_length(snapshot.target_tokens, wanted)
             if length > best_length:
                 best, best_length = snapshot, length
@@ -90,27 +104,30 @@ class KvSnapshots:
         if self.max_bytes <= 0 or len(slot.target_tokens) < MIN_SAVED_TOKENS:
             return
         held = _as_array(slot.target_tokens)
-        shared = {key: _shared_length(kept.target_tokens, held) for key, kept in self._entries.items()}
-        for key, length in shared.items():
-            if length == len(held):  # a copy of these tokens, or of more, is here
-                self._touch(key)
-                return
+        held_key = _order_key(held)
+        at = bisect.bisect_left(self._order, (held_key,))
+        if at < len(self._order) and self._order[at][0].startswith(held_key):
+            # A copy of these tokens, or of more, is here (any such copy sorts right after them).
+            self._touch(self._order[at][1])
+            return
         pinned = self.pinned
         draft_state = (
             draft.save_sequence(slot.seq_id, pinned) if draft is not None and slot.draft_tokens else None
         )
         snapshot = Snapshot(
             held,
+            held_key,
             target.save_sequence(slot.seq_id, pinned),
             tuple(slot.draft_tokens) if draft_state is not None else (),
             draft_state,
         )
         if snapshot.nbytes > self.max_bytes:
             return
-        covered = [key for key, length in shared.items() if length == len(self._entries[key].target_tokens)]
-        for key in covered:  # copies of a prefix of this one
-            self._drop(key)
+        covered = [serial for key, serial in self._order if held_key.startswith(key)]
+        for serial in covered:  # copies of a prefix of this one
+            self._drop(serial)
         self._entries[snapshot.serial] = snapshot
+        bisect.insort(self._order, (held_key, snapshot.serial))
         self.nbytes += snapshot.nbytes
         self.saves += 1
         while self.nbytes > self.max_bytes:
@@ -119,8 +136,10 @@ class KvSnapshots:
     def _touch(self, key: int) -> None:
         self._entries[key] = self._entries.pop(key)  # now the most recently used
 
-    def _drop(self, key: int) -> None:
-        self.nbytes -= self._entries.pop(key).nbytes
+    def _drop(self, serial: int) -> None:
+        snapshot = self._entries.pop(serial)
+        del self._order[bisect.bisect_left(self._order, (snapshot.order_key, serial))]
+        self.nbytes -= snapshot.nbytes
 
     def restore(
         self, snapshot: Snapshot, slot: SlotState, target: LlamaModel, draft: LlamaModel | None
@@ -137,6 +156,7 @@ class KvSnapshots:
 
     def clear(self) -> None:
         self._entries.clear()
+        self._order.clear()
         self.nbytes = 0
 
     def prepare(
