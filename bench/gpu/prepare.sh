@@ -11,7 +11,7 @@ version=$(sed -n 's/.*"llama-cpp-python==\([0-9.]*\)".*/\1/p' pyproject.toml)
 tree_mib=$(( $(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1) / 1048576 + 1 ))
 chunk_mib=$(( 64 - tree_mib - 4 ))
 (( chunk_mib >= 8 )) || { echo "the tracked tree is ${tree_mib} MiB: too large to carry model chunks beside it" >&2; exit 1; }
-rm -rf .gpu/chunks && mkdir -p .gpu/chunks .gpu/whl
+rm -rf .gpu/chunks .gpu/whl && mkdir -p .gpu/chunks .gpu/whl  # (a wheel left from an older download would clash)
 split -b "${chunk_mib}M" -d -a 2 "$target" .gpu/chunks/t
 split -b "${chunk_mib}M" -d -a 2 "$draft" .gpu/chunks/d
 echo "chunks of ${chunk_mib} MiB (the tracked tree: ${tree_mib} MiB)"
