@@ -57,12 +57,12 @@ async def test_a_reload_during_a_long_generation_never_decodes_two_engines_at_on
             Job(kind="completion", slot="a", prepare=lambda _: _request(LONG), loop=loop, stream=True)
         )
         kind, _ = await asyncio.wait_for(job.events.get(), timeout=60)
-        assert kind == "step"  # the old engine is decoding
+        assert kind == "steps"  # the old engine is decoding
         loader = host.load(new)
         await asyncio.to_thread(loader.join)
         events = [await asyncio.wait_for(job.events.get(), timeout=240)]
-        assert events[0][0] == "step", "the generation should still run when the new models have loaded"
-        while events[-1][0] == "step":
+        assert events[0][0] == "steps", "the generation should still run when the new models have loaded"
+        while events[-1][0] == "steps":
             events.append(await asyncio.wait_for(job.events.get(), timeout=240))
         kind, result = events[-1]
         assert kind == "done", result

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
-from sse_starlette import EventSourceResponse
+from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -155,15 +155,15 @@ def _model_name(request: Request) -> str:
 
 async def _stream(
     first: Event, job: Job, format_step: Callable[[Any], str | None], finish: Callable[[Any], str]
-) -> AsyncIterator[str]:
+) -> AsyncIterator[str | bytes]:
     event = first
     try:
         while True:
             kind, payload = event
-            if kind == "step":
-                data = format_step(payload)
-                if data is not None:
-                    yield data
+            if kind == "steps":  # each step its own stream chunk, sent together
+                chunks = [data for step in payload if (data := format_step(step)) is not None]
+                if chunks:
+                    yield b"".join(ServerSentEvent(data).encode() for data in chunks)
             elif kind == "done":
                 yield finish(payload)
                 break

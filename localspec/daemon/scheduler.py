@@ -1,7 +1,8 @@
 """One engine worker thread and a priority queue of generation jobs.
 
 The engine is not thread-safe, so every engine call happens on the worker thread. Jobs come from the event
-loop; step events go back to it through `loop.call_soon_threadsafe`, so neither side ever waits on the other.
+loop; step events go back to it through `loop.call_soon_threadsafe`, so neither side ever waits on the other,
+several at a time where steps come fast (each hand-over costs the engine's thread the event loop's work on it).
 Between decode steps the worker steps the highest-priority live generation: an editor infill that arrives
 during a long chat reply runs at once (the chat's Generation stays alive on its own KV slot) and the chat
 resumes when the infill is done.
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -33,6 +35,10 @@ JobKind = Literal["infill", "chat", "completion", "prefill"]
 # cache for a later request, so it runs when nothing else does.
 PRIORITY: dict[str, int] = {"infill": 0, "chat": 1, "completion": 1, "prefill": 2}
 RECENT_REQUESTS = 64
+# A streaming job's step events go to the event loop at most this often, the steps between together (each still its
+# own stream chunk): on a GPU a step can take under 2 ms, and handing each over alone (waking the loop, which sends
+# it while the engine's thread waits for the GIL) costs a share of every step (docs/BENCHMARKS.md).
+STEP_EVENTS_EVERY = 0.02
 
 
 @dataclass
@@ -44,8 +50,11 @@ class Job:
     loop: asyncio.AbstractEventLoop
     stream: bool = False
     cancel: CancelToken = field(default_factory=CancelToken)
-    # ("step", StepEvent) items when streaming, then one ("done", GenerationResult) or ("error", Exception).
+    # ("steps", [StepEvent, ...]) items when streaming, then one ("done", GenerationResult) or ("error", Exception).
     events: asyncio.Queue[tuple[str, Any]] = field(default_factory=asyncio.Queue)
+    # Step events not yet handed to the loop (touched on the worker thread only).
+    _unsent: list[StepEvent] = field(default_factory=list, init=False)
+    _sent_at: float = field(default=-math.inf, init=False)  # (the first step goes at once)
     id: int = 0
     max_tokens: int = 0
     submitted_at: float = field(default_factory=time.monotonic)
@@ -60,6 +69,18 @@ class Job:
             self.loop.call_soon_threadsafe(self.events.put_nowait, item)
         except RuntimeError:  # the event loop is gone (server shutting down)
             self.cancel.cancel()
+
+    def _post_step(self, event: StepEvent) -> None:
+        """Queue a step's event; hand the queued ones over once STEP_EVENTS_EVERY has passed since the last."""
+        self._unsent.append(event)
+        if time.monotonic() - self._sent_at >= STEP_EVENTS_EVERY:
+            self._flush_steps()
+
+    def _flush_steps(self) -> None:
+        if self._unsent:
+            steps, self._unsent = self._unsent, []
+            self._sent_at = time.monotonic()
+            self._post(("steps", steps))
 
 
 @dataclass
@@ -259,6 +280,8 @@ class Scheduler:
         if last is not None and last is not current.job and any(a.job is last for a in self._active):
             with self._stats_lock:
                 self._counters.preemptions += 1
+        if last is not None and last is not current.job:
+            last._flush_steps()  # (its text must not wait while another job runs)
         self._last_stepped = current.job
         try:
             event: StepEvent | None = current.generation.step()
@@ -271,7 +294,7 @@ class Scheduler:
             self._fail(current.job, exc)
             return
         if event is not None and current.job.stream and event.text:
-            current.job._post(("step", event))
+            current.job._post_step(event)
         result = current.generation.result
         if event is None or result is not None:  # (finished by this step: answer now, not a turn later)
             self._active.remove(current)
@@ -303,12 +326,14 @@ class Scheduler:
                     "time": _time_split(job, result),
                 }
             )
+        job._flush_steps()
         job._post(("done", result))
 
     def _fail(self, job: Job, exc: BaseException) -> None:
         with self._stats_lock:
             self._counters.errors += 1
         log.info("request %s (%s) failed: %s", job.id, job.kind, exc)
+        job._flush_steps()
         job._post(("error", exc))
 
     def _refresh_engine_stats(self) -> None:
