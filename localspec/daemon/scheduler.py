@@ -35,9 +35,9 @@ JobKind = Literal["infill", "chat", "completion", "prefill"]
 # cache for a later request, so it runs when nothing else does.
 PRIORITY: dict[str, int] = {"infill": 0, "chat": 1, "completion": 1, "prefill": 2}
 RECENT_REQUESTS = 64
-# A streaming job's step events go to the event loop at most this often, the steps between together (each still its
-# own stream chunk): on a GPU a step can take under 2 ms, and handing each over alone (waking the loop, which sends
-# it while the engine's thread waits for the GIL) costs a share of every step (docs/BENCHMARKS.md).
+# A streaming job's step events go to the event loop at most this often, the steps between together (each still
+# its own stream chunk): on a GPU steps can come hundreds a second, and handing each over alone (waking the loop,
+# which sends it while the engine's thread waits for the GIL) costs a share of every step (docs/BENCHMARKS.md).
 STEP_EVENTS_EVERY = 0.02
 
 
