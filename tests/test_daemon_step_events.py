@@ -88,7 +88,7 @@ async def test_a_preempted_job_hands_over_its_steps_before_the_other_runs(
 ) -> None:
     monkeypatch.setattr(scheduler_module, "STEP_EVENTS_EVERY", DAY)
     loop = asyncio.get_running_loop()
-    request = GenerationRequest(prompt="def fib(n):\n", max_tokens=1500, speculative="none")
+    request = _request(1500)
     chat = _ChatStartingAnInfill(kind="chat", slot="chat", prepare=lambda _: request, loop=loop, stream=True)
     chat.scheduler = scheduler
     chat.infill = Job(kind="infill", slot="infill", prepare=lambda _: _request(16), loop=loop)

@@ -167,9 +167,8 @@ def test_the_copy_sharing_most_with_a_prompt_is_found_among_many_saved_in_any_or
     try:
         store, slot = engine.snapshots, engine._slots.slots[0]
         tokens = engine.tokenize(TEXT, parse_special=False)
-        head = tokens[
-            :80
-        ]  # every place shares the file's first lines, as an editor's prompts share their context
+        # Every place shares the file's first lines, as an editor's prompts share their context.
+        head = tokens[:80]
         rng = random.Random(7)
         places = [
             head + tokens[start : start + rng.randrange(40, 300)] for start in rng.sample(range(80, 1200), 24)
@@ -186,9 +185,8 @@ def test_the_copy_sharing_most_with_a_prompt_is_found_among_many_saved_in_any_or
         places.append(places[0] + tokens[1300:1340])
         sync_sequence(engine.target, slot.seq_id, slot.target_tokens, places[-1], "none")
         store.save(slot, engine.target, None)
-        assert len(store) == 24 and store.best(places[0])[1] == len(
-            places[0]
-        )  # the longer copy took its place
+        # The longer copy took its place.
+        assert len(store) == 24 and store.best(places[0])[1] == len(places[0])
     finally:
         engine.close()
 

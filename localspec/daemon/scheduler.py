@@ -277,11 +277,11 @@ class Scheduler:
     def _step_one(self) -> None:
         current = min(self._active, key=lambda a: (a.job.priority, a.job.id))
         last = self._last_stepped
-        if last is not None and last is not current.job and any(a.job is last for a in self._active):
-            with self._stats_lock:
-                self._counters.preemptions += 1
         if last is not None and last is not current.job:
             last._flush_steps()  # (its text must not wait while another job runs)
+            if any(a.job is last for a in self._active):
+                with self._stats_lock:
+                    self._counters.preemptions += 1
         self._last_stepped = current.job
         try:
             event: StepEvent | None = current.generation.step()

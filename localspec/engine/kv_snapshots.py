@@ -123,8 +123,9 @@ class KvSnapshots:
         )
         if snapshot.nbytes > self.max_bytes:
             return
-        covered = [serial for key, serial in self._order if held_key.startswith(key)]
-        for serial in covered:  # copies of a prefix of this one
+        # Copies of a prefix of these tokens (they sort before them).
+        covered = [serial for key, serial in self._order[:at] if held_key.startswith(key)]
+        for serial in covered:
             self._drop(serial)
         self._entries[snapshot.serial] = snapshot
         bisect.insort(self._order, (held_key, snapshot.serial))
