@@ -210,6 +210,17 @@ def test_bench_against_llama_server_runs_each_server_mode_fresh_warm_and_with_al
         assert all(r["tokens"] > 0 and r["decode_seconds"] > 0 for r in mine)
         # Speculative server runs are checked against the server's own target alone.
         assert all((r["identical"] is None) == (mode == "none") for r in mine)
+    # The same text is the same number of tokens in both systems, whether it ended at max_tokens or by itself.
+    alone = {
+        (r["workload"], r["task_id"]): r
+        for r in result["runs"]
+        if r["system"] == "localspec" and r["mode"] == "none"
+    }
+    for r in server_runs:
+        reference = alone[(r["workload"], r["task_id"])]
+        if r["text"] == reference["text"]:
+            assert r["tokens"] == reference["tokens"]
+    assert any(r["tokens"] < 16 for r in alone.values())  # (some answers ended before max_tokens)
     commands = result["meta"]["llama_server_commands"]
     assert set(commands) == server_modes
     for mode, command in commands.items():

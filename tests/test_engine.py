@@ -512,6 +512,40 @@ def test_an_infill_with_a_single_line_rule_ends_itself_at_the_first_newline(
     assert "\n" not in streamed.lstrip() and len(generation.result.token_ids) < len(free.token_ids)
 
 
+@pytest.mark.parametrize("mode", ["draft", "ngram"])
+def test_no_step_drafts_past_where_the_end_rule_ends_the_text(same_engine: Engine, mode: str) -> None:
+    # The draft model is the target here, and the n-gram drafter can copy the target's own earlier answer (without
+    # the rule, it runs on past the newline): every draft would be taken. A step's drafts still stop at the
+    # token that ends the line; its result, and the text, are the target alone's.
+    suffix = "\n\nprint(add(1, 2))\n"
+    tokens = same_engine.infill_prompt("def add(a, b):\n    ", suffix)
+    same_engine.history.clear()
+    free = run(same_engine, tokens, "none", max_tokens=40, slot="end-free")
+    rule = EndRule("single_line", suffix)
+    alone = same_engine.complete(
+        GenerationRequest(prompt=tokens, max_tokens=40, slot="end-alone", speculative="none", end_rule=rule)
+    )
+    line = len(alone.token_ids)
+    assert line < len(free.token_ids)
+    for draft_max in range(3, 7):  # (steps then end at different places along the line)
+        result = same_engine.complete(
+            GenerationRequest(
+                prompt=tokens,
+                max_tokens=40,
+                slot=f"end-{mode}-{draft_max}",
+                speculative=mode,  # type: ignore[arg-type]
+                end_rule=rule,
+                draft_max=draft_max,
+                record_steps=True,
+            )
+        )
+        assert result.token_ids == alone.token_ids and result.text == alone.text
+        *before, last = result.stats.steps
+        settled_before = sum(step.accepted + 1 for step in before)
+        assert last.drafted > 0 and settled_before + last.drafted <= line
+    same_engine.history.clear()
+
+
 def test_an_infill_prompt_keeps_half_the_context_for_the_code_however_long_the_answer(
     similar_engine: Engine,
 ) -> None:

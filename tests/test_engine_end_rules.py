@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from localspec.engine.end_rules import EndCutter, EndRule
-from localspec.engine.text_stream import TextStream
+from localspec.engine.text_stream import EndWatch, TextStream
 
 
 def _run(pieces: list[str], single_line: bool, suffix: str = "") -> tuple[str, str, bool]:
@@ -73,3 +73,38 @@ def test_the_text_stream_applies_the_rule_after_stop_strings() -> None:
     single = TextStream([], EndRule("single_line"))
     assert single.push(b"  a") == "  a" and single.push(b"b\nc") == "b"
     assert single.stopped and single.text == "  ab" and single.finish() == ""
+
+
+PIECES = {0: b"#", 1: b"  x", 2: b" = 1", 3: b"\n", 4: b"y", 5: b"\n\n", 6: b"ST", 7: b"OP"}
+PROMPT = [0, 0]
+
+
+def _watch(stop: list[str], rule: EndRule | None) -> tuple[TextStream, list[int], EndWatch]:
+    stream = TextStream(stop, rule)
+    output: list[int] = []
+    return stream, output, EndWatch(stream, output, len(PROMPT), PIECES.__getitem__)
+
+
+def test_drafts_end_where_the_rule_or_a_stop_string_would_end_the_text() -> None:
+    _, _, line = _watch([], EndRule("single_line"))
+    assert not line.ends(PROMPT, 3)  # a newline before anything shown does not end the line
+    assert line.ends([*PROMPT, 1, 2], 3) and not line.ends([*PROMPT, 1, 2], 4)
+    assert line.cut(PROMPT, [1, 2, 3, 4, 3]) == [1, 2, 3]  # the ending draft is kept, none after it
+    assert line.cut(PROMPT, [3, 1, 3, 4]) == [3, 1, 3]
+    _, _, block = _watch([], EndRule("block"))
+    assert block.cut(PROMPT, [1, 2, 3, 4, 5, 1]) == [1, 2, 3, 4, 5]  # a blank line after a statement
+    assert not block.ends([*PROMPT, 1, 2], 3)
+    _, _, stops = _watch(["STOP"], None)
+    assert stops.cut(PROMPT, [1, 6, 7, 4]) == [1, 6, 7]  # a stop string across two drafts
+    assert stops.cut(PROMPT, [1, 6, 4, 7]) == [1, 6, 4, 7]
+
+
+def test_the_watch_follows_the_settled_output_and_leaves_the_request_text_alone() -> None:
+    stream, output, watch = _watch([], EndRule("single_line"))
+    assert not watch.ends([*PROMPT, 3], 3)  # a blank start so far
+    stream.push(PIECES[1])  # the request settles "  x"
+    output.append(1)
+    assert watch.ends([*PROMPT, 1], 3)  # now a newline ends the line
+    assert watch.ends([*PROMPT, 1, 2, 4], 3) and watch.cut([*PROMPT, 1], [2, 3, 4]) == [2, 3]
+    assert not watch.ends([*PROMPT, 4], 3)  # not the settled output's continuation: nothing known
+    assert stream.text == "  x" and not stream.stopped  # asking never fed the request's own stream

@@ -293,7 +293,9 @@ class LlamaServer:
 def run_llama_server(server: LlamaServer, mode: str, task: Task, tokens: list[int]) -> Run:
     data = server.complete(tokens, task.max_tokens)
     timings = data.get("timings", {})
-    predicted = int(timings.get("predicted_n", 0))
+    # llama-server counts the end-of-generation token it sampled; localspec counts the text's tokens. The same
+    # text is counted alike (both times include the pass that settled the end).
+    predicted = int(timings.get("predicted_n", 0)) - (data.get("stop_type") == "eos")
     seconds = float(timings.get("predicted_ms", 0.0)) / 1000.0
     return Run(
         system="llama-server",

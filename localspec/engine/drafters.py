@@ -12,7 +12,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from localspec.engine.llama_model import DecodeAborted, LlamaModel, best_two
@@ -28,8 +28,9 @@ from localspec.engine.prefix_cache import (
 @dataclass
 class _Tip:
     """The draft model's pick after a chain's evaluated tokens: `guess` is made but not evaluated (None where it
-    was unsure); `unsure` marks the chain's end (an unsure pick, or an end-of-generation guess); `top` and
-    `runner_up` are its first and second choices there (None where either ends the generation)."""
+    was unsure); `unsure` marks the chain's end (an unsure pick, or a guess that ends the generation or the
+    request's text); `top` and `runner_up` are its first and second choices there (None where either ends the
+    generation, and `top` where it ends the text)."""
 
     guess: int | None = None
     unsure: bool = False
@@ -86,8 +87,12 @@ class DraftModelDrafter:
         one_by_one: bool | None = None,
         costs: PassCosts | None = None,
         branch_seq: int | None = None,
+        ends: Callable[[list[int], int], bool] | None = None,
     ) -> None:
         self.model = model
+        # Whether a token after a chain ends the request's text (`EndWatch.ends`): a chain ends with such a token,
+        # as with an end-of-generation one.
+        self._ends = ends
         # Catch up short remainders one token at a time (see sync_sequence); by default where the draft is on a GPU.
         self.one_by_one = model.offloaded if one_by_one is None else one_by_one
         self.seq_id = seq_id
@@ -274,7 +279,7 @@ class DraftModelDrafter:
                 return
             self.model.decode([token], len(branch.tokens), seq, "last")
             branch.tokens.append(token)
-            branch.tip = self._read_pick()
+            branch.tip = self._read_pick(branch.tokens)
             self._branch = branch  # (offered from its first evaluated token on)
             if branch.tip.guess is None or branch.tip.unsure:
                 return
@@ -290,18 +295,20 @@ class DraftModelDrafter:
     def _pick(self) -> bool:
         """Pick the draft model's next token after `cached` into the tip; True where it is below p_min (then
         its guess is None)."""
-        self._tip = self._read_pick()
+        self._tip = self._read_pick(self.cached)
         return self._tip.guess is None
 
-    def _read_pick(self) -> _Tip:
-        """The draft model's pick after the last pass. An end-of-generation pick is kept but ends the chain."""
+    def _read_pick(self, chain: list[int]) -> _Tip:
+        """The draft model's pick after `chain`, its last pass. A pick that ends the generation (or the request's
+        text) is kept but ends the chain."""
         token, margin, runner_up = best_two(self.model.logits(1)[0])
         end = self.model.is_end_of_generation
         unsure = margin < self._min_margin
+        last = end(token) or (self._ends is not None and self._ends(chain, token))
         return _Tip(
             guess=None if unsure else token,
-            unsure=unsure or end(token),
-            top=None if end(token) else token,
+            unsure=unsure or last,
+            top=None if last else token,
             runner_up=None if end(runner_up) else runner_up,
         )
 

@@ -22,7 +22,7 @@ from localspec.engine.drafters import DraftModelDrafter, NgramDrafter, NgramTabl
 from localspec.engine.llama_model import DecodeAborted, LlamaModel
 from localspec.engine.prefix_cache import SlotState, common_prefix_length, trim_to_prefix
 from localspec.engine.sampling import TokenPicker
-from localspec.engine.text_stream import TextStream
+from localspec.engine.text_stream import EndWatch, TextStream
 from localspec.engine.types import (
     DraftSource,
     FinishReason,
@@ -73,6 +73,10 @@ class Generation:
         self._stream = TextStream(request.stop, request.end_rule)
         self._output: list[int] = []
         self.result: GenerationResult | None = None
+        # Where drafts would end the text (a stop string, an end rule), drafting stops.
+        self._end_watch = (
+            EndWatch(self._stream, self._output, len(prompt), target.piece) if self._stream.can_stop else None
+        )
         self._draft = (
             DraftModelDrafter(
                 draft,
@@ -81,6 +85,7 @@ class Generation:
                 draft_p_min,
                 costs=chooser.costs,
                 branch_seq=branch_seq if ahead is not None else None,
+                ends=self._end_watch.ends if self._end_watch is not None else None,
             )
             if draft
             else None
@@ -314,6 +319,8 @@ class Generation:
 
         def propose(k: int) -> tuple[list[int], int]:
             drafts = self._ngram.propose(context, k)
+            if self._end_watch is not None:
+                drafts = self._end_watch.cut(context, drafts)
             agreed = common_prefix_length(drafts, ready)
             if agreed < min(len(drafts), len(ready)):  # (they part: past that, the draft model's drafts win)
                 drafts = drafts[:agreed]

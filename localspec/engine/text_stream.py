@@ -1,9 +1,12 @@
 """Turns token bytes into text deltas: UTF-8 safe, never emitting any part of a stop string, and ending where
-the request's end rule (an infill's single line or block) cuts the text."""
+the request's end rule (an infill's single line or block) cuts the text. `EndWatch` asks the same of drafts: where
+they would end the text, drafting further is wasted."""
 
 from __future__ import annotations
 
 import codecs
+import copy
+from collections.abc import Callable
 
 from localspec.engine.end_rules import EndRule
 
@@ -16,6 +19,19 @@ class TextStream:
         self._held = ""  # decoded text not yet emitted: it may be the start of a stop string
         self.text = ""  # everything emitted so far
         self.stopped = False  # a stop string or the end rule ended the text
+
+    @property
+    def can_stop(self) -> bool:
+        """Whether text can end the stream (a stop string or an end rule), not only the end of generation."""
+        return bool(self._stop) or self._cutter is not None
+
+    def fork(self) -> TextStream:
+        """An independent copy in the same state: what it is fed does not reach this stream."""
+        forked = copy.copy(self)
+        forked._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        forked._decoder.setstate(self._decoder.getstate())
+        forked._cutter = copy.copy(self._cutter)
+        return forked
 
     def push(self, data: bytes) -> str:
         """Add a token's bytes; return the text that is now safe to emit."""
@@ -66,3 +82,59 @@ class TextStream:
                     best = length
                     break
         return best
+
+
+class EndWatch:
+    """Where drafts would end a request's text (a stop string, or the end rule: an infill's line or block), which
+    ends the request whatever the target settles after: drafting past there is wasted.
+
+    It forks the request's own stream at the settled output and feeds the fork along the last chain asked about,
+    so that each next token of a growing chain costs one token's text."""
+
+    def __init__(
+        self, stream: TextStream, output: list[int], prompt_length: int, piece: Callable[[int], bytes]
+    ) -> None:
+        """stream and output: the request's, updated in place as tokens settle; prompt_length: where its
+        contexts' output starts; piece: a token's bytes."""
+        self._stream = stream
+        self._output = output
+        self._start = prompt_length
+        self._piece = piece
+        self._fork: TextStream | None = None
+        self._fed: list[int] = []  # the output tokens the fork has read
+
+    def ends(self, context: list[int], token: int) -> bool:
+        """Whether `token`, after `context` (the prompt, the output, drafts), ends the text."""
+        fork = self._at(context)
+        if fork is None or fork.stopped:
+            return fork is not None
+        probe = fork.fork()
+        probe.push(self._piece(token))
+        return probe.stopped
+
+    def cut(self, context: list[int], drafts: list[int]) -> list[int]:
+        """`drafts` up to the first that ends the text (kept: the target may settle it), none past it."""
+        fork = self._at(context) if drafts else None
+        if fork is None:
+            return drafts
+        probe = fork.fork()
+        for index, token in enumerate(drafts):
+            if probe.stopped:
+                return drafts[:index]
+            probe.push(self._piece(token))
+        return drafts
+
+    def _at(self, context: list[int]) -> TextStream | None:
+        """A fork of the stream after `context`'s output, or None where that output is not the settled one's
+        continuation (then nothing is known of where it ends)."""
+        output = context[self._start :]
+        fed = self._fed
+        if self._fork is None or output[: len(fed)] != fed:
+            settled = len(self._output)
+            if output[:settled] != self._output:
+                return None
+            self._fork, fed = self._stream.fork(), output[:settled]
+        for token in output[len(fed) :]:
+            self._fork.push(self._piece(token))
+        self._fed = output
+        return self._fork
