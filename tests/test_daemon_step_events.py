@@ -76,10 +76,10 @@ class _ChatStartingAnInfill(Job):
     infill: Job
     queued = 0
 
-    def _post_step(self, event: StepEvent) -> None:
+    def _post_step(self, event: StepEvent | None) -> None:
         super()._post_step(event)
-        self.queued += 1
-        if self.queued == 2:
+        self.queued += event is not None
+        if event is not None and self.queued == 2:
             self.scheduler.submit(self.infill)
 
 
@@ -102,3 +102,28 @@ async def test_a_preempted_job_hands_over_its_steps_before_the_other_runs(
         ("steps", 1),
     ]
     assert [kind for kind, _ in events[2:]] == ["steps", "done"]
+
+
+async def test_a_step_without_text_hands_over_a_waiting_step_once_the_interval_passed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A step whose text is held back (part of a stop string, a split character) sends nothing, but the steps
+    after it still hand over what waits once STEP_EVENTS_EVERY has passed: text never waits for the next text."""
+    job = Job(
+        kind="completion",
+        slot="s",
+        prepare=lambda _: _request(4),
+        loop=asyncio.get_running_loop(),
+        stream=True,
+    )
+    steps = [StepEvent(text=text, tokens=1, drafted=0, accepted=0, source="none") for text in ("a", "b")]
+    monkeypatch.setattr(scheduler_module, "STEP_EVENTS_EVERY", DAY)
+    job._post_step(steps[0])  # (the first goes at once)
+    job._post_step(steps[1])
+    job._post_step(None)  # not due yet: "b" waits
+    monkeypatch.setattr(scheduler_module, "STEP_EVENTS_EVERY", 0.0)
+    job._post_step(None)  # due: "b" goes without waiting for another step with text
+    job._post_step(None)  # nothing waits: nothing is sent
+    job._post(("done", None))
+    events = await _events(job)
+    assert events == [("steps", [steps[0]]), ("steps", [steps[1]]), ("done", None)]

@@ -70,9 +70,11 @@ class Job:
         except RuntimeError:  # the event loop is gone (server shutting down)
             self.cancel.cancel()
 
-    def _post_step(self, event: StepEvent) -> None:
-        """Queue a step's event; hand the queued ones over once STEP_EVENTS_EVERY has passed since the last."""
-        self._unsent.append(event)
+    def _post_step(self, event: StepEvent | None) -> None:
+        """Queue a step's event (None: the step has no text to send); hand the queued ones over once
+        STEP_EVENTS_EVERY has passed since the last, so that steps without text do not hold back one with text."""
+        if event is not None:
+            self._unsent.append(event)
         if time.monotonic() - self._sent_at >= STEP_EVENTS_EVERY:
             self._flush_steps()
 
@@ -293,8 +295,8 @@ class Scheduler:
                 log.exception("closing a failed generation")
             self._fail(current.job, exc)
             return
-        if event is not None and current.job.stream and event.text:
-            current.job._post_step(event)
+        if current.job.stream:
+            current.job._post_step(event if event is not None and event.text else None)
         result = current.generation.result
         if event is None or result is not None:  # (finished by this step: answer now, not a turn later)
             self._active.remove(current)
