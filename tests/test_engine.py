@@ -586,6 +586,31 @@ def test_the_near_tie_margin_defaults_to_the_device_and_a_setting_wins(tiny_mode
         engine.close()
 
 
+def test_threads_left_unset_follow_where_each_model_runs_and_a_setting_wins(tiny_models) -> None:
+    import os
+
+    from localspec.engine.llama_model import default_threads, whole_on_gpu
+
+    # Where every layer runs on a GPU the CPU only looks up the input embeddings: one thread. Elsewhere every
+    # core. A layer count names no model's depth, so only -1 is known to be whole before loading.
+    assert default_threads(whole_on_gpu=True) == 1
+    assert default_threads() == (os.cpu_count() or 1)
+    assert not whole_on_gpu(0) and not whole_on_gpu(1000)
+    engine = make_engine(
+        tiny_models.target, tiny_models.draft_similar, threads=0, target_gpu_layers=0, draft_gpu_layers=0
+    )
+    try:
+        assert not engine.target.offloaded
+        assert engine.target.n_threads == engine.draft.n_threads == default_threads()  # type: ignore[union-attr]
+    finally:
+        engine.close()
+    engine = make_engine(tiny_models.target, None, threads=1, target_gpu_layers=0)
+    try:
+        assert engine.target.n_threads == 1
+    finally:
+        engine.close()
+
+
 def test_stats_add_up_the_requests_they_count(similar_engine: Engine) -> None:
     before = similar_engine.stats()
     results = [run(similar_engine, PROMPT, mode, max_tokens=40, slot="stats") for mode in ("draft", "none")]

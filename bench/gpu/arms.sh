@@ -12,7 +12,7 @@ for spec in "$@"; do
     mkdir -p /tmp/r/$name
     echo "== $spec (x$scale) $(date +%T)"
     (cd /tmp && PYTHONPATH=$pkg:/tmp/site python3 -m localspec bench --target $T --draft $D --scale-layers $scale \
-        --scaled-dir /tmp/scaled --threads 16 --prompts ${PROMPTS:-humaneval=20,fim=10,code-edit=10} \
+        --scaled-dir /tmp/scaled --prompts ${PROMPTS:-humaneval=20,fim=10,code-edit=10} \
         --modes $modes ${EXTRA:-} $flags --out /tmp/r/$name) 2>&1 | grep -v "^\s*$" | tail -40
     f=$(ls /tmp/r/$name/*.json | head -1)
     gzip -c "$f" > $OUT/$name.json.gz

@@ -33,7 +33,11 @@ def register(subparsers: Any) -> None:
         "--max-tokens", type=int, default=64, help="the language server's maxTokens (default 64)"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for the places jumped to (default 0)")
-    parser.add_argument("--threads", type=int, help="CPU threads (default: engine.threads; 0 = all cores)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads (default: engine.threads; 0 = all cores, 1 where the target is wholly on a GPU)",
+    )
     parser.add_argument(
         "--gpu-layers", type=int, help="layers on the GPU (-1: all when available; default: configured)"
     )
@@ -78,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     from localspec.benchmark.editor import BenchOptions, run_benchmark
     from localspec.benchmark.infill_server import find_llama_server
     from localspec.config import load_config
-    from localspec.engine.llama_model import default_threads
+    from localspec.engine.llama_model import default_threads, whole_on_gpu
     from localspec.errors import ConfigError, InvalidRequestError
     from localspec.models import resolve_run_models
 
@@ -124,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         line_modes=line_modes,
         max_tokens=args.max_tokens,
         seed=args.seed,
-        threads=config.threads or default_threads(),
+        threads=config.threads or default_threads(whole_on_gpu(config.target_gpu_layers)),
         gpu_layers=config.target_gpu_layers,
         n_ctx=args.n_ctx,
         warm_timeout=args.warm_timeout,

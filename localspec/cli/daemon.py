@@ -13,7 +13,7 @@ _SERVE_FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--target", "target", str, "target model: catalog name or .gguf path"),
     ("--draft", "draft", str, "draft model: catalog name or .gguf path"),
     ("--n-ctx", "n_ctx", int, "context tokens per slot"),
-    ("--threads", "threads", int, "CPU threads (0 = all)"),
+    ("--threads", "threads", int, "CPU threads (0 = all cores; 1 for a model wholly on a GPU)"),
     ("--slots", "slots", int, "KV-cache slots (generations alive at once)"),
     ("--target-gpu-layers", "target_gpu_layers", int, "target layers on the GPU (-1 = all)"),
     ("--draft-gpu-layers", "draft_gpu_layers", int, "draft layers on the GPU (-1 = all)"),

@@ -67,7 +67,7 @@ class EngineSettings:
     target_path: Path
     draft_path: Path | None = None
     n_ctx: int = DEFAULT_N_CTX  # per slot
-    threads: int = 0  # 0 = all cores
+    threads: int = 0  # 0 = all cores, or 1 for a model wholly on a GPU (`default_threads`)
     target_gpu_layers: int = -1  # -1 = all layers on the GPU when llama.cpp has one, else CPU
     draft_gpu_layers: int = -1
     slots: int = DEFAULT_SLOTS

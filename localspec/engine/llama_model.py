@@ -85,8 +85,19 @@ def check_gguf_file(path: Path, role: str) -> None:
         )
 
 
-def default_threads() -> int:
-    return max(1, os.cpu_count() or 1)
+def default_threads(whole_on_gpu: bool = False) -> int:
+    """CPU threads for a model's passes where none are configured: every core, or one for a model wholly on a GPU.
+    There the CPU only looks up the input tokens' embeddings, while more threads, idling hot after each pass, take
+    the cores of the threads that launch the GPU's work and draft ahead: verify passes then cost more and vary
+    more (docs/BENCHMARKS.md, "twenty-sixth lease")."""
+    return 1 if whole_on_gpu else max(1, os.cpu_count() or 1)
+
+
+def whole_on_gpu(gpu_layers: int) -> bool:
+    """Whether a model loaded with `gpu_layers` (-1 = all) runs wholly on a GPU, known before loading it only for
+    -1 (a count may or may not cover all of a model's layers)."""
+    _ensure_backend()
+    return gpu_layers < 0 and bool(llama_cpp.llama_supports_gpu_offload())
 
 
 class _ThreadpoolParams(ctypes.Structure):
@@ -229,7 +240,7 @@ class LlamaModel:
         self.n_batch = n_batch
         if vocab_only:
             return
-        threads = n_threads or default_threads()
+        threads = n_threads or default_threads(self.offloaded)
         self.n_threads = threads
         ctx_params = llama_cpp.llama_context_default_params()
         ctx_params.n_ctx = shared_cells or n_ctx_per_seq * n_seq
