@@ -589,7 +589,7 @@ def test_the_near_tie_margin_defaults_to_the_device_and_a_setting_wins(tiny_mode
 def test_threads_left_unset_follow_where_each_model_runs_and_a_setting_wins(tiny_models) -> None:
     import os
 
-    from localspec.engine.llama_model import default_threads, whole_on_gpu
+    from localspec.engine.llama_model import default_threads, threads_for, whole_on_gpu
 
     # Where every layer runs on a GPU the CPU only looks up the input embeddings: one thread. Elsewhere every
     # core. A layer count names no model's depth, so only -1 is known to be whole before loading.
@@ -602,6 +602,8 @@ def test_threads_left_unset_follow_where_each_model_runs_and_a_setting_wins(tiny
     try:
         assert not engine.target.offloaded
         assert engine.target.n_threads == engine.draft.n_threads == default_threads()  # type: ignore[union-attr]
+        # What `bench` passes on to llama-server is what the engine took; a setting wins.
+        assert threads_for(0, 0) == engine.target.n_threads and threads_for(3, 0) == 3
     finally:
         engine.close()
     engine = make_engine(tiny_models.target, None, threads=1, target_gpu_layers=0)

@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     from localspec.benchmark.cost_scaled import Scale
     from localspec.config import draft_ahead_setting, load_config
     from localspec.engine import Engine, EngineSettings
-    from localspec.engine.llama_model import default_threads, shutdown, whole_on_gpu
+    from localspec.engine.llama_model import shutdown, threads_for
     from localspec.errors import InvalidRequestError
     from localspec.models import resolve_run_models
 
@@ -172,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
         )
     target = _scaled_target(source, scale, args.scaled_dir, console)
     label = f"{scale.label()} {source.name}" if not scale.identity else source.name
-    threads = config.threads or default_threads(whole_on_gpu(config.target_gpu_layers))
+    threads = threads_for(config.threads, config.target_gpu_layers)
     # One slot; each run names its mode, so the configured one only must not ask for a draft model that is absent.
     overrides: dict[str, Any] = {"threads": threads, "slots": 1, "mode": "adaptive"}
     if args.tie_margin is not None:

@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     from localspec.benchmark.editor import BenchOptions, run_benchmark
     from localspec.benchmark.infill_server import find_llama_server
     from localspec.config import load_config
-    from localspec.engine.llama_model import default_threads, whole_on_gpu
+    from localspec.engine.llama_model import threads_for
     from localspec.errors import ConfigError, InvalidRequestError
     from localspec.models import resolve_run_models
 
@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         line_modes=line_modes,
         max_tokens=args.max_tokens,
         seed=args.seed,
-        threads=config.threads or default_threads(whole_on_gpu(config.target_gpu_layers)),
+        threads=threads_for(config.threads, config.target_gpu_layers),
         gpu_layers=config.target_gpu_layers,
         n_ctx=args.n_ctx,
         warm_timeout=args.warm_timeout,

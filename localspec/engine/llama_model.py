@@ -100,6 +100,12 @@ def whole_on_gpu(gpu_layers: int) -> bool:
     return gpu_layers < 0 and bool(llama_cpp.llama_supports_gpu_offload())
 
 
+def threads_for(configured: int, gpu_layers: int) -> int:
+    """The CPU threads a model loaded with `gpu_layers` computes with: `configured`, or where that is 0 the default
+    for where it runs (for a command that passes the count on, as `bench` does to llama-server)."""
+    return configured or default_threads(whole_on_gpu(gpu_layers))
+
+
 class _ThreadpoolParams(ctypes.Structure):
     # ggml.h: struct ggml_threadpool_params (GGML_MAX_N_THREADS = 512)
     _fields_ = [
