@@ -1,6 +1,7 @@
 """The language server's connection to the daemon, through `localspec.client` only.
 
-Each suggestion is one streamed `POST /v1/infill`; leaving the stream early (a newer request, or
+Each suggestion is one `POST /v1/infill` answered with one JSON body (the editor shows a suggestion whole, and a
+stream's events cost the round trip about a millisecond more); dropping the request (a newer one, or
 `$/cancelRequest` cancelling the asyncio task) closes the HTTP connection and the daemon cancels the
 generation. A suggestion never waits for a daemon to start or load: when none is ready it fails at once,
 and `start_in_background` runs `client.aconnect` in a task so the editor is never blocked while models load.
@@ -76,8 +77,8 @@ class DaemonLink:
         return await self._adopt(client)
 
     async def _adopt(self, client: AsyncDaemonClient) -> AsyncDaemonClient:
-        """Use `client` from now on, unless the one in use already talks to the same daemon (it may be
-        streaming a suggestion)."""
+        """Use `client` from now on, unless the one in use already talks to the same daemon (a suggestion may
+        be waiting on it)."""
         current, self.status = self._client, "ok"
         if current is not None and current.url == client.url:
             await client.aclose()
@@ -88,7 +89,7 @@ class DaemonLink:
         return client
 
     async def infill(self, prompt: InfillPrompt, max_tokens: int, temperature: float, timeout: float) -> str:
-        """The daemon's completion for this prompt (streamed; cancelling the caller cancels it)."""
+        """The daemon's completion for this prompt (cancelling the caller cancels it)."""
         client = await self._ready_client()
         params: dict[str, Any] = {
             **_context_params(prompt),
@@ -96,26 +97,22 @@ class DaemonLink:
             "temperature": temperature,
             "single_line": prompt.single_line,
         }
-        parts: list[str] = []
         try:
             async with asyncio.timeout(timeout):
-                async with client.stream_infill(prompt.prefix, prompt.suffix, **params) as stream:
-                    async for chunk in stream:
-                        parts.append(str(chunk.get("content") or ""))
-                    if stream.final is not None:
-                        self.last_speculative = stream.final.get("speculative")
-                        self._note_prompt_cost(stream.final)
+                answer = await client.infill(prompt.prefix, prompt.suffix, **params)
         except TimeoutError:
             raise LocalspecError(
                 f"The daemon did not finish a suggestion within {timeout:g}s; lower maxTokens or raise "
                 "requestTimeoutS."
             ) from None
-        except DaemonUnavailableError as exc:  # it stopped, or the connection broke mid-stream
+        except DaemonUnavailableError as exc:  # it stopped, or the connection broke
             self.status = "down"
             self.last_error = str(exc)
             raise
         self.status = "ok"
-        return "".join(parts)
+        self.last_speculative = answer.get("speculative")
+        self._note_prompt_cost(answer)
+        return str(answer.get("content") or "")
 
     async def prefill(self, prompt: InfillPrompt, timeout: float) -> None:
         """Have the daemon evaluate this prompt into its cache, generating nothing (a warm-up)."""
@@ -126,7 +123,7 @@ class DaemonLink:
 
     def _note_prompt_cost(self, final: dict[str, Any]) -> None:
         """Average the milliseconds a new prompt token cost, over suggestions with enough of them to tell (from
-        the stream's last chunk: its `usage` and `speculative.prompt_seconds`)."""
+        the answer's `usage` and `speculative.prompt_seconds`)."""
         usage = final.get("usage") or {}
         cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
         seconds = (final.get("speculative") or {}).get("prompt_seconds")

@@ -4,7 +4,7 @@
   from it, with no new generation.
 - Debounce: a generation starts only after the user paused for `debounce_ms`.
 - Supersede: a newer request for the same document cancels the older generation (closing its HTTP
-  stream cancels it on the daemon); `$/cancelRequest` does the same through asyncio cancellation.
+  request cancels it on the daemon); `$/cancelRequest` does the same through asyncio cancellation.
 - Pre-compute: once a suggestion is shown, the one that follows its acceptance is generated in the
   background (as llama.vscode does), so accepting and continuing is instant too.
 - Daemon down: answer nothing at once, start the daemon in the background, warn once.
