@@ -1,7 +1,7 @@
 """The language server's connection to the daemon, through `localspec.client` only.
 
 Each suggestion is one `POST /v1/infill` answered with one JSON body (the editor shows a suggestion whole, and a
-stream's events cost the round trip about a millisecond more); dropping the request (a newer one, or
+stream's events only lengthen the round trip: docs/BENCHMARKS.md); dropping the request (a newer one, or
 `$/cancelRequest` cancelling the asyncio task) closes the HTTP connection and the daemon cancels the
 generation. A suggestion never waits for a daemon to start or load: when none is ready it fails at once,
 and `start_in_background` runs `client.aconnect` in a task so the editor is never blocked while models load.
@@ -121,12 +121,12 @@ class DaemonLink:
         async with asyncio.timeout(timeout):
             await client.infill(prompt.prefix, prompt.suffix, **params)
 
-    def _note_prompt_cost(self, final: dict[str, Any]) -> None:
+    def _note_prompt_cost(self, answer: dict[str, Any]) -> None:
         """Average the milliseconds a new prompt token cost, over suggestions with enough of them to tell (from
         the answer's `usage` and `speculative.prompt_seconds`)."""
-        usage = final.get("usage") or {}
+        usage = answer.get("usage") or {}
         cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
-        seconds = (final.get("speculative") or {}).get("prompt_seconds")
+        seconds = (answer.get("speculative") or {}).get("prompt_seconds")
         if usage.get("prompt_tokens") is None or cached is None or not seconds:
             return  # (a remote backend may not say)
         new = int(usage["prompt_tokens"]) - int(cached)
