@@ -114,6 +114,28 @@ def test_bench_editor_measures_every_scenario_through_the_language_server(
     assert all(not s["llama_server"] for s in result["samples"])
 
 
+def test_a_cost_scaled_target_serves_the_same_suggestions_and_is_recorded(
+    tiny_models, tmp_path: Path
+) -> None:
+    # The regime users run (a 7B-14B target) without downloading one: a deeper copy whose added layers add zero.
+    project = _write_project(tmp_path / "project", files=1)
+    models = ("--target", str(tiny_models.target), "--draft", str(tiny_models.draft_similar))
+    options = (str(project), "--files", "1", "--line-modes", "single", *models)
+    plain = _bench_editor(tmp_path / "home", tmp_path / "plain.json", *options)
+    scaled = _bench_editor(
+        tmp_path / "home2",
+        tmp_path / "scaled.json",
+        *options,
+        "--scale-layers", "2", "--scaled-dir", str(tmp_path / "scaled"),
+    )  # fmt: skip
+    assert plain["meta"]["cost_scaled"] is None
+    assert scaled["meta"]["cost_scaled"] == {"source": str(tiny_models.target), "layers": 2, "ffn": 1}
+    assert Path(scaled["meta"]["target"]).parent == tmp_path / "scaled"
+    assert scaled["meta"]["daemon_args"][1] == scaled["meta"]["target"]  # the daemon served the copy
+    assert [s["text"] for s in scaled["samples"]] == [s["text"] for s in plain["samples"]]
+    assert any(s["text"] for s in plain["samples"])
+
+
 def test_bench_editor_replays_the_same_requests_through_llama_server(
     tiny_models, llama_cpp_tools: Path, tmp_path: Path
 ) -> None:

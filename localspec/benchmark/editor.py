@@ -107,6 +107,9 @@ class BenchOptions:
     llama_server: Path | None = None
     server_modes: tuple[str, ...] = ("plain", "cache-reuse")
     daemon_config: Path | None = None  # the benchmark daemon's config.toml
+    cost_scaled: dict[str, Any] | None = (
+        None  # the target is a cost-scaled copy (`cli.cost_scaling.describe`)
+    )
 
 
 # ---- choosing files and places -----------------------------------------------------------------------------------
@@ -859,6 +862,7 @@ def run_benchmark(options: BenchOptions, out: Path, console: Any) -> dict[str, A
             "processor": platform.processor() or platform.machine(),
             "cpus": os.cpu_count(),
             "target": str(options.target),
+            "cost_scaled": options.cost_scaled,
             "draft": str(options.draft) if options.draft else None,
             "files": [{"path": str(path), "lines": text.count("\n") + 1} for path, text in files],
             "workspace": str(root),

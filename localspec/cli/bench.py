@@ -10,10 +10,11 @@ import platform
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from localspec.cli import cost_scaling
+
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from localspec.benchmark.cost_scaled import Scale
     from localspec.benchmark.runner import Run, ServerMode
     from localspec.benchmark.workloads import Task
     from localspec.engine import Engine, EngineSettings
@@ -29,26 +30,7 @@ def register(subparsers: Any) -> None:
         "target alone and how many outputs are identical to the target alone.",
     )
     parser.add_argument("--target", help="target GGUF path or catalog name (default: configured)")
-    parser.add_argument(
-        "--scale-layers",
-        type=int,
-        default=1,
-        metavar="N",
-        help="benchmark a cost-scaled copy of the target with N times its layers (added layers add exactly zero: "
-        "same output, N times the cost per token)",
-    )
-    parser.add_argument(
-        "--scale-ffn",
-        type=int,
-        default=1,
-        metavar="M",
-        help="benchmark a cost-scaled copy of the target with M times its FFN width (added units add zero)",
-    )
-    parser.add_argument(
-        "--scaled-dir",
-        type=Path,
-        help="folder for cost-scaled copies, written once and reused (default: localspec's cache folder)",
-    )
+    cost_scaling.add_flags(parser)
     parser.add_argument("--draft", help="draft GGUF path or catalog name (default: configured)")
     parser.add_argument(
         "--workloads",
@@ -123,7 +105,6 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from localspec.benchmark import report, runner, workloads
-    from localspec.benchmark.cost_scaled import Scale
     from localspec.config import draft_ahead_setting, load_config
     from localspec.engine import Engine, EngineSettings
     from localspec.engine.llama_model import shutdown, threads_for
@@ -144,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
             f"Unknown workload(s) {', '.join(unknown)}; choose from {', '.join(workloads.WORKLOADS)}."
         )
     counts = workloads.prompt_counts(args.prompts, names)
-    scale = Scale(args.scale_layers, args.scale_ffn)
+    scale = cost_scaling.scale_of(args)
     config = load_config(
         overrides={
             "threads": args.threads,
@@ -170,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidRequestError(
             "Nothing to run: name at least one --workloads entry or give --jsonl prompts."
         )
-    target = _scaled_target(source, scale, args.scaled_dir, console)
+    target = cost_scaling.scaled_target(source, scale, args.scaled_dir, console)
     label = f"{scale.label()} {source.name}" if not scale.identity else source.name
     threads = threads_for(config.threads, config.target_gpu_layers)
     # One slot; each run names its mode, so the configured one only must not ask for a draft model that is absent.
@@ -223,9 +204,7 @@ def run(args: argparse.Namespace) -> int:
         "threads": threads,
         "target": str(target),
         "target_label": label,
-        "cost_scaled": None
-        if scale.identity
-        else {"source": str(source), "layers": scale.layers, "ffn": scale.ffn},
+        "cost_scaled": cost_scaling.describe(source, scale),
         "draft": str(draft),
         "max_tokens": args.max_tokens,
         "prompts_per_workload": counts,
@@ -249,31 +228,6 @@ def run(args: argparse.Namespace) -> int:
     console.print(f"results: {json_path}")
     console.print(report.plot_in_child(json_path, args.out / f"bench-{stamp}.png"))
     return 0
-
-
-def _scaled_target(source: Path, scale: Scale, folder: Path | None, console: Console) -> Path:
-    """The target to load: `source` itself, or its cost-scaled copy (written once into the cache, then reused)."""
-    if scale.identity:
-        return source
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
-
-    from localspec import locations
-    from localspec.benchmark.cost_scaled import cached_scaled_copy
-    from localspec.engine.llama_model import check_gguf_file
-
-    check_gguf_file(source, "target")
-    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
-        bar = progress.add_task(f"writing {scale.label()} copy of {source.name}", total=None)
-
-        def advance(done: int, total: int) -> None:
-            progress.update(bar, completed=done, total=total)
-
-        path, written = cached_scaled_copy(
-            source, scale, folder or locations.cache_dir() / "cost-scaled", advance
-        )
-    console.print(f"{'wrote' if written else 'reusing'} {scale.label()} target: {path}")
-    return path
 
 
 def _run_localspec(

@@ -7,6 +7,8 @@ import datetime
 from pathlib import Path
 from typing import Any
 
+from localspec.cli import cost_scaling
+
 LINE_MODES = ("single", "multi")
 
 
@@ -20,6 +22,7 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("sources", nargs="+", type=Path, metavar="SOURCE", help="source files or folders")
     parser.add_argument("--target", help="target GGUF path or catalog name (default: configured)")
+    cost_scaling.add_flags(parser)
     parser.add_argument("--draft", help="draft GGUF path or catalog name (default: configured)")
     parser.add_argument("--files", type=int, default=3, help="files to open: the longest ones (default 3)")
     parser.add_argument(
@@ -115,12 +118,14 @@ def run(args: argparse.Namespace) -> int:
             "draft_gpu_layers": args.gpu_layers,
         }
     )
-    target, draft = resolve_run_models(
+    source, draft = resolve_run_models(
         config.models_path(), config.target, config.draft, args.target, args.draft
     )
+    console = Console(width=170)
+    scale = cost_scaling.scale_of(args)
     options = BenchOptions(
         sources=args.sources,
-        target=target,
+        target=cost_scaling.scaled_target(source, scale, args.scaled_dir, console),
         draft=draft,
         files=args.files,
         min_lines=args.min_lines,
@@ -135,8 +140,9 @@ def run(args: argparse.Namespace) -> int:
         llama_server=llama_server,
         server_modes=server_modes,
         daemon_config=args.daemon_config,
+        cost_scaled=cost_scaling.describe(source, scale),
     )
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = args.out or Path("bench/results") / f"bench-editor-{stamp}.json"
-    run_benchmark(options, out, Console(width=170))
+    run_benchmark(options, out, console)
     return 0
