@@ -40,7 +40,12 @@ DRAFT_MAX_LIMIT = 64  # the most speculative.draft_max may be
 # token on this machine (`drafters.confidence_floor`).
 DEFAULT_DRAFT_P_MIN = "auto"
 DEFAULT_HISTORY_TOKENS = 16384  # earlier outputs kept as an n-gram draft source
-DEFAULT_PROMPT_CACHE_MB = 4096  # host memory for saved KV sequences (engine/kv_snapshots.py)
+# Host memory (MiB) for saved KV sequences (engine/kv_snapshots.py); "auto": a quarter of this machine's memory,
+# within PROMPT_CACHE_AUTO_MB. A larger target holds more KV per token (a 7B-14B several times the 1.5B's), so the
+# same files' windows need more room.
+DEFAULT_PROMPT_CACHE_MB = "auto"
+PROMPT_CACHE_AUTO_MB = (4096, 16384)
+PROMPT_CACHE_MAX_MB = 1 << 20
 
 
 @dataclass
@@ -57,8 +62,9 @@ class Config:
     n_ctx: int = field(default=DEFAULT_N_CTX, metadata={"section": "engine"})
     threads: int = field(default=0, metadata={"section": "engine"})
     slots: int = field(default=DEFAULT_SLOTS, metadata={"section": "engine"})
-    # Host memory (MiB) for copies of evaluated prompts beyond the slots, so returning to a place is cheap; 0 = off.
-    prompt_cache_mb: int = field(default=DEFAULT_PROMPT_CACHE_MB, metadata={"section": "engine"})
+    # Host memory (MiB) for copies of evaluated prompts beyond the slots, so returning to a place is cheap; 0 = off,
+    # "auto" = a quarter of this machine's memory, 4-16 GiB.
+    prompt_cache_mb: str = field(default=DEFAULT_PROMPT_CACHE_MB, metadata={"section": "engine"})
     # Keep those copies in page-locked memory (as much as prompt_cache_mb) where the models run on a GPU: the GPU
     # restores them about 3x as fast. Page-locked memory cannot be swapped out; false keeps them swappable.
     prompt_cache_pinned: bool = field(default=True, metadata={"section": "engine"})
@@ -137,8 +143,7 @@ class Config:
             )
         if self.slots < 1:
             raise ConfigError(f"engine.slots must be at least 1, not {self.slots}.")
-        if self.prompt_cache_mb < 0:
-            raise ConfigError(f"engine.prompt_cache_mb must be 0 (off) or more, not {self.prompt_cache_mb}.")
+        prompt_cache_mb_setting(self.prompt_cache_mb)
 
 
 _Number = TypeVar("_Number", int, float)
@@ -153,6 +158,13 @@ def draft_max_setting(value: str) -> int | None:
 def draft_p_min_setting(value: str) -> float | None:
     """`speculative.draft_p_min` ("auto" or a number from 0 to 1) as the engine takes it: None for auto."""
     return _auto_or_number("speculative.draft_p_min", value, float, 0.0, 1.0, "a number")
+
+
+def prompt_cache_mb_setting(value: str) -> int | None:
+    """`engine.prompt_cache_mb` ("auto" or MiB, 0 = off) as the engine takes it: None for auto."""
+    return _auto_or_number(
+        "engine.prompt_cache_mb", value, int, 0, PROMPT_CACHE_MAX_MB, "a whole number of MiB"
+    )
 
 
 def _auto_or_number(

@@ -85,6 +85,35 @@ def test_without_a_prompt_cache_the_slot_evaluates_again(tiny_models) -> None:
         engine.close()
 
 
+def test_the_prompt_cache_size_is_a_share_of_memory_by_default_or_as_configured(
+    tiny_models, localspec_home, monkeypatch
+) -> None:
+    # A larger target holds several times the KV per token: "auto" scales the budget with the machine.
+    import os
+
+    from localspec.config import PROMPT_CACHE_AUTO_MB, load_config
+    from localspec.engine import EngineSettings
+    from localspec.engine.host_memory import MIB, prompt_cache_bytes
+    from localspec.errors import ConfigError
+
+    memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    low, high = (mb * MIB for mb in PROMPT_CACHE_AUTO_MB)
+    assert prompt_cache_bytes(None) == min(high, max(low, memory // 4))
+    assert prompt_cache_bytes(0) == 0 and prompt_cache_bytes(512) == 512 * MIB
+    for setting, expected in (("auto", prompt_cache_bytes(None)), ("300", 300 * MIB)):
+        monkeypatch.setenv("LOCALSPEC_ENGINE_PROMPT_CACHE_MB", setting)
+        settings = EngineSettings.from_config(load_config(), tiny_models.target, None, n_ctx=256, slots=1)
+        engine = Engine(settings, calibrate=False)
+        try:
+            assert engine.snapshots.max_bytes == expected
+        finally:
+            engine.close()
+    for bad in ("-1", "lots"):
+        monkeypatch.setenv("LOCALSPEC_ENGINE_PROMPT_CACHE_MB", bad)
+        with pytest.raises(ConfigError, match='prompt_cache_mb must be "auto" or a whole number of MiB'):
+            load_config()
+
+
 def test_a_prefill_evaluates_the_prompt_generates_nothing_and_keeps_its_kv(
     engine: Engine, reference: Engine
 ) -> None:

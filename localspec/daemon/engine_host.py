@@ -222,6 +222,10 @@ def _open(settings: Settings) -> tuple[Backend, dict[str, Any], dict[str, Any], 
 
     log.info("loading target %s, draft %s", settings.target_path, settings.draft_path)
     engine = Engine(settings, calibrate=False)  # the scheduler times it where nothing else decodes
+    log.info(
+        "prompt cache: up to %.1f GiB of host memory (engine.prompt_cache_mb)",
+        engine.snapshots.max_bytes / 2**30,
+    )
     models = {
         "target": engine.target_info.name if engine.target_info else settings.target_path.stem,
         "draft": engine.draft_info.name if engine.draft_info else None,

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 from localspec.config import (
     DEFAULT_HISTORY_TOKENS,
     DEFAULT_N_CTX,
-    DEFAULT_PROMPT_CACHE_MB,
     DEFAULT_SLOTS,
     DRAFT_MAX_CPU,
     DRAFT_MAX_GPU,
@@ -24,11 +23,13 @@ from localspec.config import (
     draft_ahead_setting,
     draft_max_setting,
     draft_p_min_setting,
+    prompt_cache_mb_setting,
 )
 from localspec.engine.canary import ensure_llama_runs
 from localspec.engine.chooser import AdaptiveChooser
 from localspec.engine.compat import ensure_compatible
 from localspec.engine.drafters import NgramHistory, NgramTable, confidence_floor
+from localspec.engine.host_memory import prompt_cache_bytes
 from localspec.engine.kv_snapshots import KvSnapshots
 from localspec.engine.llama_model import LlamaModel
 from localspec.engine.pass_costs import PassCosts
@@ -84,7 +85,8 @@ class EngineSettings:
     # where the target runs on a GPU (there the launch is most of a short pass; on a CPU the pass needs every core).
     index_beside: bool | None = None
     history_tokens: int = DEFAULT_HISTORY_TOKENS  # earlier outputs kept as an n-gram source (0 = none)
-    prompt_cache_mb: int = DEFAULT_PROMPT_CACHE_MB  # host memory for saved KV sequences (0 = none)
+    # MiB of host memory for saved KV sequences (0 = none); None: a share of this machine's (`prompt_cache_bytes`).
+    prompt_cache_mb: int | None = None
     prompt_cache_pinned: bool = True  # ... page-locked where the models run on a GPU (see `host_memory`)
 
     @classmethod
@@ -105,7 +107,7 @@ class EngineSettings:
             "draft_max": draft_max_setting(config.draft_max),
             "draft_p_min": draft_p_min_setting(config.draft_p_min),
             "history_tokens": config.history_tokens,
-            "prompt_cache_mb": config.prompt_cache_mb,
+            "prompt_cache_mb": prompt_cache_mb_setting(config.prompt_cache_mb),
             "prompt_cache_pinned": config.prompt_cache_pinned,
             "draft_ahead": draft_ahead_setting(config.draft_ahead),
         }
@@ -154,7 +156,9 @@ class Engine:
         index_beside = settings.index_beside if settings.index_beside is not None else self.target.offloaded
         self._indexer = ThreadPoolExecutor(1, thread_name_prefix="localspec-index") if index_beside else None
         self._slots = SlotPool(settings.slots)
-        self.snapshots = KvSnapshots(settings.prompt_cache_mb * 1024 * 1024, settings.prompt_cache_pinned)
+        self.snapshots = KvSnapshots(
+            prompt_cache_bytes(settings.prompt_cache_mb), settings.prompt_cache_pinned
+        )
         self.prompts = PromptLayout(self.target, settings.n_ctx)
         self._choosers: dict[tuple[str, str], AdaptiveChooser] = {}
         self._lookup_tables: dict[str, NgramTable] = {}

@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import os
 import threading
 import weakref
 from typing import Any
 
 import numpy as np
 
+from localspec.config import PROMPT_CACHE_AUTO_MB
+
 GGML_BACKEND_DEVICE_TYPE_GPU = 1  # enum ggml_backend_dev_type
+MIB = 1024 * 1024
 
 _lock = threading.Lock()
 _pinned_bytes = 0
@@ -78,3 +82,16 @@ def pinned_bytes() -> int:
     """Bytes of page-locked memory the prompt cache holds now (as ggml allocated it: its CUDA host buffer type
     falls back to ordinary memory where the driver refuses to lock more)."""
     return _pinned_bytes
+
+
+def prompt_cache_bytes(setting_mb: int | None) -> int:
+    """The prompt cache's budget: `setting_mb` MiB, or for None ("auto") a quarter of this machine's memory within
+    PROMPT_CACHE_AUTO_MB (the low end where the memory cannot be read)."""
+    if setting_mb is not None:
+        return setting_mb * MIB
+    low, high = PROMPT_CACHE_AUTO_MB
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        total = 0
+    return max(low * MIB, min(high * MIB, total // 4))
