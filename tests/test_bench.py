@@ -148,7 +148,12 @@ def test_a_cost_scaled_target_is_written_once_and_labelled_everywhere(
 ) -> None:
     meta = scaled_bench.result["meta"]
     label = "cost-scaled (x2 layers, x2 FFN)"
-    assert meta["cost_scaled"] == {"source": str(tiny_models.target), "layers": 2, "ffn": 2}
+    assert meta["cost_scaled"] == {
+        "source": str(tiny_models.target),
+        "layers": 2,
+        "ffn": 2,
+        "label": label,
+    }
     assert meta["target_label"] == f"{label} {tiny_models.target.name}"
     copy = Path(meta["target"])
     assert copy.is_file() and copy.parent == scaled_bench.out.parent / "home" / "cache" / "cost-scaled"

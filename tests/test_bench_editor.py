@@ -129,7 +129,12 @@ def test_a_cost_scaled_target_serves_the_same_suggestions_and_is_recorded(
         "--scale-layers", "2", "--scaled-dir", str(tmp_path / "scaled"),
     )  # fmt: skip
     assert plain["meta"]["cost_scaled"] is None
-    assert scaled["meta"]["cost_scaled"] == {"source": str(tiny_models.target), "layers": 2, "ffn": 1}
+    assert scaled["meta"]["cost_scaled"] == {
+        "source": str(tiny_models.target),
+        "layers": 2,
+        "ffn": 1,
+        "label": "cost-scaled (x2 layers)",
+    }
     assert Path(scaled["meta"]["target"]).parent == tmp_path / "scaled"
     assert scaled["meta"]["daemon_args"][1] == scaled["meta"]["target"]  # the daemon served the copy
     assert [s["text"] for s in scaled["samples"]] == [s["text"] for s in plain["samples"]]

@@ -750,8 +750,13 @@ def agrees(server_text: str, text: str) -> bool:
 
 
 def print_report(
-    rows: list[dict[str, Any]], server_modes: list[str], info: dict[str, Any], console: Any
+    rows: list[dict[str, Any]],
+    server_modes: list[str],
+    info: dict[str, Any],
+    console: Any,
+    target: str = "",
 ) -> None:
+    """The summary tables; `target` names the target in their titles (a cost-scaled one as such)."""
     from rich.table import Table
 
     def cell(value: float | None) -> str:
@@ -765,7 +770,10 @@ def print_report(
     )
     for line_mode in dict.fromkeys(row["line_mode"] for row in rows):
         warm = info["warm_up_seconds"].get(line_mode)
-        table = Table(title=f"editor latency, {line_mode}-line suggestions (ms; localspec warm-up {warm} s)")
+        of = f", {target}" if target else ""
+        table = Table(
+            title=f"editor latency{of}, {line_mode}-line suggestions (ms; localspec warm-up {warm} s)"
+        )
         table.add_column("scenario")
         table.add_column("n", justify="right")
         table.add_column("empty", justify="right")
@@ -924,6 +932,8 @@ def run_benchmark(options: BenchOptions, out: Path, console: Any) -> dict[str, A
             server.close()
 
     result = write(True)
-    print_report(result["summary"], names, info, console)
+    scaled = options.cost_scaled
+    target = f"{scaled['label']} {Path(scaled['source']).name}" if scaled else options.target.name
+    print_report(result["summary"], names, info, console, target)
     console.print(f"results: {out}")
     return result

@@ -69,4 +69,6 @@ def scaled_target(source: Path, scale: Scale, folder: Path | None, console: Cons
 
 def describe(source: Path, scale: Scale) -> dict[str, Any] | None:
     """What a result file records of the scaling (None: the target itself ran)."""
-    return None if scale.identity else {"source": str(source), "layers": scale.layers, "ffn": scale.ffn}
+    if scale.identity:
+        return None
+    return {"source": str(source), "layers": scale.layers, "ffn": scale.ffn, "label": scale.label()}
