@@ -1,0 +1,74 @@
+"""What a prompt-cache copy costs, split: allocating its host buffer, copying the KV out, copying it back.
+
+The prompt cache (`localspec/engine/kv_snapshots.py`) copies a slot's KV out before a prompt overwrites it and
+restores a copy for a later prompt that shares more with it. Each save allocates a new host buffer of the
+sequence's size, page-locked where a GPU runs the model (`host_memory.host_buffer`). For a cost-scaled x5 target
+an editor's save took tens of milliseconds on the H200 (docs/BENCHMARKS.md, twenty-eighth lease); this tells the
+buffer's allocation apart from the copies, for page-locked and ordinary memory, at a few sequence lengths
+(median of a few rounds each, ms):
+
+    python bench/kv_copy_cost.py TARGET.gguf [--tokens 500,1000,2000] [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import llama_cpp
+import numpy as np
+
+from localspec.engine.host_memory import host_buffer
+from localspec.engine.llama_model import LlamaModel, shutdown
+
+
+def _median_ms(action: Callable[[], object], rounds: int) -> float:
+    times = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        action()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000
+
+
+def _copies(model: LlamaModel, size: int, pinned: bool, rounds: int) -> str:
+    """'allocate (and free) / copy out / copy back' in ms, for one kind of host memory."""
+    buffer = host_buffer(size, pinned)
+    pointer = buffer.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8))
+    allocate = _median_ms(lambda: host_buffer(size, pinned), rounds)
+    copy_out = _median_ms(lambda: llama_cpp.llama_state_seq_get_data(model.ctx, pointer, size, 0), rounds)
+    copy_back = _median_ms(lambda: model.restore_sequence(0, buffer), rounds)
+    return f"{allocate:.1f} / {copy_out:.1f} / {copy_back:.1f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("target", type=Path)
+    parser.add_argument("--tokens", default="500,1000,2000")
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    lengths = [int(n) for n in args.tokens.split(",")]
+    model = LlamaModel(args.target, role="target", n_ctx_per_seq=max(lengths) + 64, n_batch=512)
+    rng = np.random.default_rng(0)
+    print(f"{args.target.name}: offloaded {model.offloaded}")
+    print("| tokens | MB | page-locked: allocate and free / copy out / copy back | ordinary: the same |")
+    print("| ---: | ---: | --- | --- |")
+    for n in lengths:
+        tokens = [int(t) for t in rng.integers(100, 20000, n)]
+        model.remove_from(0, 0)
+        for start in range(0, n, 512):
+            model.decode(tokens[start : start + 512], start, 0, "none")
+        model.synchronize()
+        size = int(llama_cpp.llama_state_seq_get_size(model.ctx, 0))
+        cells = [_copies(model, size, pinned, args.rounds) for pinned in (True, False)]
+        print(f"| {n} | {size / 1e6:.0f} | {cells[0]} | {cells[1]} |")
+    model.close()
+    shutdown()
+
+
+if __name__ == "__main__":
+    main()
