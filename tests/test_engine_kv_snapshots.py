@@ -128,6 +128,39 @@ def test_a_prefill_evaluates_the_prompt_generates_nothing_and_keeps_its_kv(
     assert result.text == fresh(reference, request)
 
 
+def test_where_the_draft_model_is_cheap_a_prefill_has_it_read_the_prompt_and_its_copy_keeps_that(
+    tiny_models, reference: Engine
+) -> None:
+    # A 7B-14B target's editor windows: the draft model's KV comes back with the copy, so a jump drafts at once.
+    engine = make_engine(
+        tiny_models.target, tiny_models.draft_similar, n_ctx=2048, slots=1, prefill_draft=True
+    )
+    try:
+        warm = engine.complete(infill(engine, TEXT[:2000], max_tokens=0, mode="draft"))
+        assert (warm.text, warm.stats.tokens) == ("", 0) and warm.stats.t_draft > 0
+        assert engine.snapshots.describe()["with_draft"] == 1
+        engine.complete(infill(engine, TEXT[1200:2600], mode="draft"))  # another place in between
+        request = infill(engine, TEXT[:1700], mode="draft")
+        generation = engine.generate(request)
+        window = len(engine.tokenize(TEXT[:1650], parse_special=False))
+        slot = generation.slot  # before any step: the copy restored both models' KV
+        assert len(slot.draft_tokens) >= window and slot.draft_tokens[:window] == slot.target_tokens[:window]
+        for _ in generation:
+            pass
+        assert generation.result is not None and generation.result.stats.drafted > 0
+        assert generation.result.text == fresh(reference, request)
+    finally:
+        engine.close()
+    # By default only where a draft token costs a fraction of a target token (these two cost the same).
+    engine = make_engine(tiny_models.target, tiny_models.draft_similar, n_ctx=2048, slots=1)
+    try:
+        assert not engine.prefills_draft()
+        engine.complete(infill(engine, TEXT[:2000], max_tokens=0, mode="draft"))
+        assert engine.snapshots.describe()["with_draft"] == 0
+    finally:
+        engine.close()
+
+
 def test_a_prefill_runs_in_chunks_so_other_work_can_run_between_them(engine: Engine) -> None:
     generation = engine.generate(infill(engine, TEXT, max_tokens=0))
     steps = 0

@@ -22,6 +22,7 @@ from localspec.engine.prefix_cache import (
     common_prefix_length,
     reusable_prefix,
     sync_sequence,
+    trim_to_prefix,
 )
 
 
@@ -169,6 +170,23 @@ class DraftModelDrafter:
         if self._branch_holds and self.branch_seq is not None:
             self.model.remove_from(self.branch_seq, 0)
             self._branch_holds = False
+
+    def read(self, context: list[int], most: int) -> bool:
+        """Evaluate up to `most` more tokens of `context` into the draft model's KV, with no logits (a prefill whose
+        prompt-cache copy should hold the draft model's KV too); whether any are left to read."""
+        self.close()
+        self._tip, self._stops, self._own_from = (
+            _Tip(),
+            [],
+            0,
+        )  # (no pick is read: no chain goes on from here)
+        at = trim_to_prefix(self.model, self.seq_id, self.cached, context, "none")
+        chunk = context[at : at + most]
+        if chunk:
+            self.model.decode(chunk, at, self.seq_id, "none")
+            self.cached.extend(chunk)
+            self.model.synchronize()
+        return len(self.cached) < len(context)
 
     def propose(self, context: list[int], k: int) -> list[int]:
         if k <= 0:

@@ -61,6 +61,11 @@ MAX_LOOKUP_TABLES = 64
 # A prefill (max_tokens=0, e.g. an editor warming the places a user may jump to) runs at the lowest priority, so it
 # is evaluated in small chunks: a request arriving meanwhile waits for one chunk at most.
 PREFILL_CHUNK_CPU = 64
+# Prefills have the draft model read their prompt too where a draft token costs at most this share of the target's
+# one-token pass (a 7B-14B target with a 0.5B draft): the prompt cache's copy then holds its KV, and a request
+# restoring the copy drafts at once instead of first catching the draft model up on the whole prompt. Where the
+# draft model costs more (the 1.5B + 0.5B pair) it seldom drafts, and reading would only slow the warm-up.
+PREFILL_DRAFT_MAX_COST = 0.25
 
 
 @dataclass
@@ -84,6 +89,9 @@ class EngineSettings:
     # An infill prompt's own n-grams are indexed on a thread of their own while its first pass is launched. None:
     # where the target runs on a GPU (there the launch is most of a short pass; on a CPU the pass needs every core).
     index_beside: bool | None = None
+    # Prefills have the draft model read their prompt too. None: where a draft token costs at most
+    # PREFILL_DRAFT_MAX_COST of a target token (`Engine.prefills_draft`).
+    prefill_draft: bool | None = None
     history_tokens: int = DEFAULT_HISTORY_TOKENS  # earlier outputs kept as an n-gram source (0 = none)
     # MiB of host memory for saved KV sequences (0 = none); None: a share of this machine's (`prompt_cache_bytes`).
     prompt_cache_mb: int | None = None
@@ -341,6 +349,7 @@ class Engine:
                 # An editor's suffix and other files' chunks come as lookup texts too: index only its prefix.
                 own_text=self.prompts.infill_window(prompt) if request.lookup_texts else None,
                 indexer=self._indexer,
+                prefill_draft=mode in ("adaptive", "draft") and self.prefills_draft(),
             )
         except Exception:
             slot.release()
@@ -400,6 +409,14 @@ class Engine:
         if self.settings.draft_p_min is not None:
             return self.settings.draft_p_min
         return confidence_floor(self.costs.draft_token() / self.costs.verify(1, warm=True))
+
+    def prefills_draft(self) -> bool:
+        """Whether prefills have the draft model read their prompt too (see PREFILL_DRAFT_MAX_COST)."""
+        if self.draft is None:
+            return False
+        if self.settings.prefill_draft is not None:
+            return self.settings.prefill_draft
+        return self.costs.draft_token() <= PREFILL_DRAFT_MAX_COST * self.costs.verify(1, warm=True)
 
     @property
     def drafts_ahead(self) -> bool:

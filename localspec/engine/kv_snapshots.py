@@ -187,4 +187,6 @@ class KvSnapshots:
             "max_bytes": self.max_bytes,
             "saves": self.saves,
             "restores": self.restores,
+            # copies that hold the draft model's KV as well (a request restoring one drafts at once)
+            "with_draft": sum(1 for snapshot in self._entries.values() if snapshot.draft_state is not None),
         }

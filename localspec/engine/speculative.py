@@ -56,12 +56,14 @@ class Generation:
         branch_seq: int | None = None,
         own_text: range | None = None,
         indexer: Executor | None = None,
+        prefill_draft: bool = False,
     ) -> None:
         """ahead: a thread on which the draft model drafts the next step while the target verifies this one
         (`DraftModelDrafter.run_ahead`), or None; branch_seq: the draft model's sequence for a second chain;
         own_text: the part of the prompt that is not in `lookup_tables` (see `NgramDrafter.resuming`);
         indexer: a thread on which that part's n-grams are indexed while the target's pass is launched, or None
-        (then they are indexed after the launch, before waiting for the pass)."""
+        (then they are indexed after the launch, before waiting for the pass); prefill_draft: a prefill
+        (max_tokens 0) has the draft model read the prompt too, in chunks after the target's (see `Engine`)."""
         self.request = request
         self.target = target
         self.slot = slot
@@ -112,6 +114,7 @@ class Generation:
         self._ahead = ahead if self._draft is not None else None
         self._indexer = indexer
         self._used_draft_model = False  # whether a step of this request drafted with the draft model
+        self._draft_reads = prefill_draft and self._draft is not None and request.max_tokens == 0
 
     def __iter__(self) -> Iterator[StepEvent]:
         while (event := self.step()) is not None:
@@ -151,6 +154,8 @@ class Generation:
             remaining <= 0 or len(self._unevaluated) + 1 + most_drafts > self._prefill_chunk
         ):
             return self._prefill_step()
+        if self._draft_reads:
+            return self._draft_prefill_step()
         fold = self._unevaluated
         self._unevaluated = []
         room = self.target.n_ctx_per_seq - len(self._committed) - len(fold) - 1
@@ -303,6 +308,14 @@ class Generation:
         del self._unevaluated[: len(chunk)]
         self.target.synchronize()
         self.stats.t_prompt += time.perf_counter() - started
+        return StepEvent(text="", tokens=0, drafted=0, accepted=0, source="none")
+
+    def _draft_prefill_step(self) -> StepEvent:
+        """A prefill's next chunk for the draft model: the prompt the target has evaluated (no token is settled)."""
+        assert self._draft is not None
+        started = time.perf_counter()
+        self._draft_reads = self._draft.read(self._committed, self._prefill_chunk)
+        self.stats.t_draft += time.perf_counter() - started
         return StepEvent(text="", tokens=0, drafted=0, accepted=0, source="none")
 
     def _plan(
