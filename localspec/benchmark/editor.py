@@ -107,9 +107,8 @@ class BenchOptions:
     llama_server: Path | None = None
     server_modes: tuple[str, ...] = ("plain", "cache-reuse")
     daemon_config: Path | None = None  # the benchmark daemon's config.toml
-    cost_scaled: dict[str, Any] | None = (
-        None  # the target is a cost-scaled copy (`cli.cost_scaling.describe`)
-    )
+    # Set where the target is a cost-scaled copy (`cli.cost_scaling.describe`).
+    cost_scaled: dict[str, Any] | None = None
 
 
 # ---- choosing files and places -----------------------------------------------------------------------------------

@@ -175,11 +175,8 @@ class DraftModelDrafter:
         """Evaluate up to `most` more tokens of `context` into the draft model's KV, with no logits (a prefill whose
         prompt-cache copy should hold the draft model's KV too); whether any are left to read."""
         self.close()
-        self._tip, self._stops, self._own_from = (
-            _Tip(),
-            [],
-            0,
-        )  # (no pick is read: no chain goes on from here)
+        # No pick is read here: no chain goes on from the prompt.
+        self._tip, self._stops, self._own_from = _Tip(), [], 0
         at = trim_to_prefix(self.model, self.seq_id, self.cached, context, "none")
         chunk = context[at : at + most]
         if chunk:
