@@ -178,7 +178,8 @@ def _auto_or_number(
     except ValueError:
         number = None
     if number is None or not low <= number <= high:
-        raise ConfigError(f'{key} must be "auto" or {kind} from {low:g} to {high:g}, not {value!r}.')
+        shown = (str(low), str(high)) if isinstance(high, int) else (f"{low:g}", f"{high:g}")
+        raise ConfigError(f'{key} must be "auto" or {kind} from {shown[0]} to {shown[1]}, not {value!r}.')
     return number
 
 
