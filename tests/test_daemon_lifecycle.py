@@ -37,6 +37,7 @@ def test_discovery_file_points_at_the_daemon_and_goes_away_on_stop(daemon: Runni
     status = _cli(daemon.home, "status")
     assert status.returncode == 0, status.stderr
     assert daemon.url in status.stdout and "tiny-target" in status.stdout and "status: ok" in status.stdout
+    assert "prompt cache: 0 copies, 0.0 of " in status.stdout  # what it holds, of its budget
     as_json = json.loads(_cli(daemon.home, "status", "--json").stdout)
     assert as_json["health"]["models"] == {"target": "tiny-target", "draft": "tiny-draft-similar"}
 
@@ -45,7 +46,8 @@ def test_discovery_file_points_at_the_daemon_and_goes_away_on_stop(daemon: Runni
     assert daemon.process.wait(timeout=10) == 0
     assert not (daemon.home / "state" / "daemon.json").exists()
     assert _cli(daemon.home, "status").returncode == 3
-    assert "serving on" in (daemon.home / "log" / "daemon.log").read_text()
+    log = (daemon.home / "log" / "daemon.log").read_text()
+    assert "serving on" in log and "prompt cache: up to" in log
 
 
 def test_second_daemon_in_the_same_home_refuses_to_start(

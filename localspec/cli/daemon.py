@@ -112,6 +112,12 @@ def _status(args: argparse.Namespace) -> int:
             f"tokens/s: {engine.get('tokens_per_second', 0)}  acceptance: {_percent(engine.get('acceptance'))}  "
             f"cache hits: {_known(engine.get('cache_hit_tokens'))} tokens"
         )
+    if cache := engine.get("prompt_cache"):
+        print(
+            f"  prompt cache: {cache['entries']} copies, {cache['bytes'] / 2**30:.1f} of "
+            f"{cache['max_bytes'] / 2**30:.1f} GiB (engine.prompt_cache_mb); saved {cache['saves']}, "
+            f"restored {cache['restores']}"
+        )
     print(f"  queue: {stats.get('queue_length', 0)}  active: {stats.get('active', 0)}")
     return 0
 
