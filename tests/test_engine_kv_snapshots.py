@@ -134,14 +134,8 @@ def test_where_the_draft_model_is_cheap_a_prefill_has_it_read_the_prompt_and_its
 ) -> None:
     # A 7B-14B target's editor windows: the draft model's KV comes back with the copy, so a jump drafts at once.
     # (Drafting ahead, as on a GPU, gives the draft model one buffer of cells its sequences share.)
-    engine = make_engine(
-        tiny_models.target,
-        tiny_models.draft_similar,
-        n_ctx=2048,
-        slots=2,
-        prefill_draft=True,
-        draft_ahead=ahead,
-    )
+    target, draft = tiny_models.target, tiny_models.draft_similar
+    engine = make_engine(target, draft, n_ctx=2048, slots=2, prefill_draft=True, draft_ahead=ahead)
     assert engine.drafts_ahead == ahead
     try:
         warm = engine.complete(infill(engine, TEXT[:2000], max_tokens=0, mode="draft"))
