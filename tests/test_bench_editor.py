@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 
 from localspec.benchmark.editor import (
     SCENARIOS,
@@ -26,6 +27,7 @@ from localspec.benchmark.editor import (
     find_sources,
     is_place,
     percentile,
+    print_report,
     replay_llama_server,
 )
 from localspec.benchmark.infill_server import InfillClient, server_modes
@@ -139,6 +141,13 @@ def test_a_cost_scaled_target_serves_the_same_suggestions_and_is_recorded(
     assert scaled["meta"]["daemon_args"][1] == scaled["meta"]["target"]  # the daemon served the copy
     assert [s["text"] for s in scaled["samples"]] == [s["text"] for s in plain["samples"]]
     assert any(s["text"] for s in plain["samples"])
+    # The report's tables name the target as results do: a cost-scaled copy as such.
+    label = f"cost-scaled (x2 layers) {tiny_models.target.name}"
+    assert plain["meta"]["options"]["target_label"] == tiny_models.target.name
+    assert scaled["meta"]["options"]["target_label"] == label
+    console = Console(record=True, width=200)
+    print_report(scaled["summary"], [], scaled["meta"], console, label)
+    assert f"editor latency, {label}, single-line suggestions" in console.export_text()
 
 
 def test_bench_editor_replays_the_same_requests_through_llama_server(

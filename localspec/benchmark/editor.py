@@ -109,6 +109,7 @@ class BenchOptions:
     daemon_config: Path | None = None  # the benchmark daemon's config.toml
     # Set where the target is a cost-scaled copy (`cli.cost_scaling.describe`).
     cost_scaled: dict[str, Any] | None = None
+    target_label: str = ""  # how the report's titles name the target (default: its file's name)
 
 
 # ---- choosing files and places -----------------------------------------------------------------------------------
@@ -931,8 +932,6 @@ def run_benchmark(options: BenchOptions, out: Path, console: Any) -> dict[str, A
             server.close()
 
     result = write(True)
-    scaled = options.cost_scaled
-    target = f"{scaled['label']} {Path(scaled['source']).name}" if scaled else options.target.name
-    print_report(result["summary"], names, info, console, target)
+    print_report(result["summary"], names, info, console, options.target_label or options.target.name)
     console.print(f"results: {out}")
     return result

@@ -152,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
             "Nothing to run: name at least one --workloads entry or give --jsonl prompts."
         )
     target = cost_scaling.scaled_target(source, scale, args.scaled_dir, console)
-    label = f"{scale.label()} {source.name}" if not scale.identity else source.name
+    label = cost_scaling.target_label(source, scale)
     threads = threads_for(config.threads, config.target_gpu_layers)
     # One slot; each run names its mode, so the configured one only must not ask for a draft model that is absent.
     overrides: dict[str, Any] = {"threads": threads, "slots": 1, "mode": "adaptive"}

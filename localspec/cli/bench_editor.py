@@ -141,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
         server_modes=server_modes,
         daemon_config=args.daemon_config,
         cost_scaled=cost_scaling.describe(source, scale),
+        target_label=cost_scaling.target_label(source, scale),
     )
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = args.out or Path("bench/results") / f"bench-editor-{stamp}.json"

@@ -67,6 +67,11 @@ def scaled_target(source: Path, scale: Scale, folder: Path | None, console: Cons
     return path
 
 
+def target_label(source: Path, scale: Scale) -> str:
+    """How results name the target: its file, as a cost-scaled copy where it is one."""
+    return source.name if scale.identity else f"{scale.label()} {source.name}"
+
+
 def describe(source: Path, scale: Scale) -> dict[str, Any] | None:
     """What a result file records of the scaling (None: the target itself ran)."""
     if scale.identity:
