@@ -110,7 +110,9 @@ def test_the_prompt_cache_size_is_a_share_of_memory_by_default_or_as_configured(
             engine.close()
     for bad in ("-1", "lots"):
         monkeypatch.setenv("LOCALSPEC_ENGINE_PROMPT_CACHE_MB", bad)
-        with pytest.raises(ConfigError, match='prompt_cache_mb must be "auto" or a whole number of MiB from 0 to 1048576'):
+        with pytest.raises(
+            ConfigError, match='prompt_cache_mb must be "auto" or a whole number of MiB from 0 to 1048576'
+        ):
             load_config()
 
 
