@@ -17,6 +17,7 @@ from typing import Any
 from localspec.client import AsyncDaemonClient, aconnect, discover, discovery_stamp
 from localspec.errors import DaemonUnavailableError, LocalspecError
 from localspec.lsp.prompt import InfillPrompt
+from localspec.lsp.warmup import CacheRoom
 
 log = logging.getLogger(__name__)
 
@@ -114,12 +115,17 @@ class DaemonLink:
         self._note_prompt_cost(answer)
         return str(answer.get("content") or "")
 
-    async def prefill(self, prompt: InfillPrompt, timeout: float) -> None:
-        """Have the daemon evaluate this prompt into its cache, generating nothing (a warm-up)."""
+    async def prefill(self, prompt: InfillPrompt, timeout: float) -> CacheRoom | None:
+        """Have the daemon evaluate this prompt into its cache, generating nothing (a warm-up); what its copy took
+        of the cache, where the daemon says (a remote backend does not)."""
         client = await self._ready_client()
         params: dict[str, Any] = {**_context_params(prompt), "max_tokens": 0}
         async with asyncio.timeout(timeout):
-            await client.infill(prompt.prefix, prompt.suffix, **params)
+            answer = await client.infill(prompt.prefix, prompt.suffix, **params)
+        room = answer.get("prompt_cache")
+        if not isinstance(room, dict):
+            return None
+        return CacheRoom(bool(room["kept"]), int(room["copy_bytes"]), int(room["max_bytes"]))
 
     def _note_prompt_cost(self, answer: dict[str, Any]) -> None:
         """Average the milliseconds a new prompt token cost, over suggestions with enough of them to tell (from

@@ -198,6 +198,8 @@ class LocalspecLanguageServer(LanguageServer):
             "in_flight": self.suggester.in_flight(),
             "warming": self.warmer.pending,
             "warmed": self.warmer.warmed,
+            # windows left cold until the cursor comes near them (the daemon's prompt cache is full near it)
+            "warm_waiting": self.warmer.waiting,
             "context_chunks": [chunk.filename for chunk in self.ring.chunks()],
             "watched_folders": [str(root) for root in self.watcher.roots],
             "daemon": self.link.describe(),

@@ -8,6 +8,11 @@ refreshed at most every CONTEXT_REFRESH_S), rather than changing with every chun
 context is warmed first and used once every window of the file is warmed with it: until then suggestions keep
 the old one, whose windows the daemon holds (a cold prompt is slow on a CPU). Warm-up requests are prefills
 (`max_tokens: 0`): the daemon runs them when nothing else runs and keeps their KV in its prompt cache.
+
+Where the prompt cache cannot hold every window (a 14B target's KV, many files, a small machine), warming on
+would push out the cache's least recently used copies: the first windows warmed, the nearest to the cursor. So
+the windows nearest the cursor are warmed only while they fill at most ROOM_SHARE of the cache (each prefill's
+answer says what its copy took), and the rest wait until the cursor moves near them.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from localspec.errors import DaemonUnavailableError, LocalspecError
-from localspec.lsp.prompt import InfillPrompt, warm_windows
+from localspec.lsp.prompt import InfillPrompt, warm_windows, window_anchor
 from localspec.lsp.settings import LspSettings
 
 log = logging.getLogger(__name__)
@@ -30,10 +35,24 @@ REWARM_DELAY_S = 2.0
 # A file's frozen extra context is taken anew (and the file warmed again) when older than this.
 CONTEXT_REFRESH_S = 600.0
 PREFILL_TIMEOUT_S = 600.0
+# The windows nearest the cursor are warmed while they take at most this share of the daemon's prompt cache; the
+# rest is left to the suggestions' own copies.
+ROOM_SHARE = 0.8
+
+
+@dataclass(frozen=True)
+class CacheRoom:
+    """What a prefill's copy took of the daemon's prompt cache (its answer's `prompt_cache`, docs/API.md)."""
+
+    kept: bool
+    copy_bytes: int
+    max_bytes: int
 
 
 class PrefillBackend(Protocol):
-    async def prefill(self, prompt: InfillPrompt, timeout: float) -> None: ...
+    async def prefill(self, prompt: InfillPrompt, timeout: float) -> CacheRoom | None:
+        """Evaluate `prompt` into the daemon's cache; None where the daemon does not say what the copy took."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -60,7 +79,14 @@ class Warmer:
             str, tuple[tuple[str, str], ...]
         ] = {}  # filename -> a newer context being warmed
         self._queue: list[_Window] = []
-        self._warmed: dict[str, set[int]] = {}  # uri -> hashes of the windows (with their context) evaluated
+        self._windows: dict[
+            str, dict[int, _Window]
+        ] = {}  # uri -> its text's windows by key, as last scheduled
+        self._warmed: dict[str, set[int]] = {}  # uri -> keys of the windows (with their context) evaluated
+        # Windows the daemon's cache is taken to hold, least recently warmed first, with their copies' bytes.
+        self._kept: dict[tuple[str, int], tuple[_Window, int]] = {}
+        self._room: CacheRoom | None = None  # the last prefill's answer
+        self._focus: tuple[str, int] | None = None  # (uri, window index) of the last suggestion
         self._task: asyncio.Task[None] | None = None
         self._rewarm: dict[str, asyncio.TimerHandle] = {}
         self._current: _Window | None = None  # the window being evaluated
@@ -112,9 +138,12 @@ class Warmer:
         done = self._warmed.setdefault(uri, set())
         candidate = self._candidates.get(filename)
         context = tuple(self.context(filename)) if candidate is None else candidate
+        windows = self._windows[uri] = {}
         for index, prefix in enumerate(warm_windows(text, self._settings())):
+            window = windows[_key(prefix, context)] = _Window(uri, filename, index, prefix, context)
             if _key(prefix, context) not in done:
-                self._queue.append(_Window(uri, filename, index, prefix, context))
+                self._queue.append(window)
+        self._sort()
         self._promote_when_warm(filename)
         self._resume()
 
@@ -141,23 +170,81 @@ class Warmer:
 
     def focus(self, uri: str, line: int) -> None:
         """The user is at `line`: warm that file's windows nearest to it first (and resume warming if the daemon was
-        down when it stopped)."""
-        step = max(1, self._settings().window_step_lines)
-        here = line // step
-        self._queue.sort(key=lambda window: (window.uri != uri, abs(window.index - here)))
+        down when it stopped, or the cache had no room for the windows near the cursor's last place)."""
+        settings = self._settings()
+        step = max(1, settings.window_step_lines)
+        self._focus = (uri, window_anchor(line, settings.prefix_lines, step) // step)
+        self._sort()
         self._resume()
+
+    def _nearness(self, window: _Window) -> tuple[bool, int]:
+        """Lower is nearer the cursor: its file first, then by distance in windows (all alike before a cursor)."""
+        if self._focus is None:
+            return (False, 0)
+        uri, here = self._focus
+        return (window.uri != uri, abs(window.index - here))
+
+    def _sort(self) -> None:
+        self._queue.sort(key=self._nearness)
+
+    def _has_room(self, window: _Window) -> bool:
+        """Whether the daemon's cache holds `window` beside the warm windows at least as near the cursor, within
+        ROOM_SHARE of it (estimating its copy as the last one)."""
+        room = self._room
+        if room is None:  # no prefill answered yet, or the daemon does not say
+            return True
+        if room.max_bytes <= 0:
+            return False
+        nearness = self._nearness(window)
+        nearer = sum(
+            size
+            for (uri, key), (kept, size) in self._kept.items()
+            if self._is_warm(uri, key) and self._nearness(kept) <= nearness
+        )
+        return nearer + room.copy_bytes <= ROOM_SHARE * room.max_bytes
+
+    def _note_room(self, window: _Window, room: CacheRoom | None) -> None:
+        """Record what the prefill of `window` took; windows the cache has likely dropped since (least recently
+        warmed first) count as cold again, and go back in the queue."""
+        if room is None:
+            return
+        self._room = room
+        if not room.kept:
+            return
+        entry = (window.uri, _key(window.prefix, window.context))
+        self._kept.pop(entry, None)
+        self._kept[entry] = (window, room.copy_bytes)
+        held = sum(size for _, size in self._kept.values())
+        while held > room.max_bytes:
+            (uri, key), (_, size) = next(iter(self._kept.items()))
+            del self._kept[(uri, key)]
+            held -= size
+            if self._is_warm(uri, key):
+                self._warmed[uri].discard(key)
+                self._queue.append(self._windows[uri][key])
+        self._sort()
+
+    def _is_warm(self, uri: str, key: int) -> bool:
+        """Whether the window `key` is one of the file's windows now (not of an older text), evaluated."""
+        return key in self._warmed.get(uri, ()) and key in self._windows.get(uri, {})
 
     def forget(self, uri: str) -> None:
         self._queue = [window for window in self._queue if window.uri != uri]
         self._warmed.pop(uri, None)
+        self._windows.pop(uri, None)
         pending = self._rewarm.pop(uri, None)
         if pending is not None:
             pending.cancel()
 
     @property
     def pending(self) -> int:
-        """Windows queued or being evaluated."""
-        return len(self._queue) + (1 if self._current is not None else 0)
+        """Windows queued or being evaluated (not those waiting for room in the cache)."""
+        return len(self._queue) - self.waiting + (1 if self._current is not None else 0)
+
+    @property
+    def waiting(self) -> int:
+        """Windows left cold until the cursor comes near them: the cache has no room for them now."""
+        return len(self._queue) if self._queue and not self._has_room(self._queue[0]) else 0
 
     def stop(self) -> None:
         self._queue.clear()
@@ -170,7 +257,7 @@ class Warmer:
     # ---- the worker: one prefill at a time, so the daemon's queue never fills with them ----
 
     async def _work(self) -> None:
-        while self._queue:
+        while self._queue and self._has_room(self._queue[0]):
             window = self._current = self._queue.pop(0)
             prompt = InfillPrompt(
                 prefix=window.prefix,
@@ -180,7 +267,7 @@ class Warmer:
                 extra=list(window.context),
             )
             try:
-                await self.backend.prefill(prompt, PREFILL_TIMEOUT_S)
+                room = await self.backend.prefill(prompt, PREFILL_TIMEOUT_S)
             except DaemonUnavailableError:
                 self._queue.insert(0, window)  # the next schedule (an open, an edit) resumes
                 break
@@ -193,6 +280,7 @@ class Warmer:
                 self._promote_when_warm(window.filename)
             self._warmed.setdefault(window.uri, set()).add(_key(window.prefix, window.context))
             self.warmed += 1
+            self._note_room(window, room)
 
 
 def _key(prefix: str, context: tuple[tuple[str, str], ...]) -> int:

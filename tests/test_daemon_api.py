@@ -159,7 +159,12 @@ def test_an_infill_of_zero_tokens_prefills_the_cache_for_the_next_request(shared
     assert (data["content"], data["finish_reason"], data["usage"]["completion_tokens"]) == ("", "length", 0)
     stats = httpx.get(f"{shared.url}/v1/stats", headers=shared.headers, timeout=30).json()
     assert stats["requests"].get("prefill", 0) >= 1
-    assert stats["engine"]["prompt_cache"]["entries"] >= 1
+    cache = stats["engine"]["prompt_cache"]
+    assert cache["entries"] >= 1
+    # The answer says what the prefill's copy took of the cache.
+    room = data["prompt_cache"]
+    assert room["kept"] and 0 < room["copy_bytes"] <= room["bytes"] <= cache["bytes"]
+    assert room["max_bytes"] == cache["max_bytes"]
 
     # A suggestion further down the same text reuses what the prefill evaluated (its own slot is elsewhere).
     ask = {"prefix": prefix + "def g(", "suffix": "", "filename": "warm.py", "max_tokens": 4}

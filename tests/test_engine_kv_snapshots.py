@@ -122,6 +122,10 @@ def test_a_prefill_evaluates_the_prompt_generates_nothing_and_keeps_its_kv(
     warm = engine.complete(infill(engine, TEXT[:2000], max_tokens=0))
     assert (warm.text, warm.token_ids, warm.finish_reason) == ("", [], "length")
     assert engine.snapshots.describe()["entries"] == 1
+    # Its result says what its copy took of the cache (the language server's warm-up keeps within that).
+    room = warm.prompt_cache
+    assert room is not None and room.kept and room.copy_bytes == engine.snapshots.nbytes == room.bytes > 0
+    assert room.max_bytes == engine.snapshots.max_bytes
 
     engine.complete(infill(engine, TEXT[1200:2600]))  # another place in between
     request = infill(engine, TEXT[:1700])
@@ -184,11 +188,22 @@ def test_the_store_keeps_within_its_memory_and_drops_the_least_recently_used(tin
             engine.complete(infill(engine, prefix, max_tokens=0))
         assert len(engine.snapshots) == 2
         engine.snapshots.max_bytes = engine.snapshots.nbytes + 1  # no room for a third copy
-        engine.complete(infill(engine, places[2], max_tokens=0))
+        third = engine.complete(infill(engine, places[2], max_tokens=0))
         assert engine.snapshots.nbytes <= engine.snapshots.max_bytes
         shares = [engine.snapshots.best(engine.infill_prompt(p, "", filename="code.py"))[1] for p in places]
         assert shares[0] < MIN_SAVED_TOKENS  # the oldest copy went first
         assert shares[2] > 1000  # the newest is kept
+        assert engine.snapshots.describe()["dropped"] == 1
+        assert third.prompt_cache is not None and third.prompt_cache.kept
+
+        # A copy larger than the whole cache is not kept, and the prefill says so with the copy's size.
+        engine.snapshots.max_bytes = third.prompt_cache.copy_bytes // 2
+        whole = engine.complete(infill(engine, TEXT[:1900], max_tokens=0)).prompt_cache
+        assert whole is not None and not whole.kept and whole.copy_bytes > whole.max_bytes
+        # With the cache off nothing is copied.
+        engine.snapshots.max_bytes = 0
+        off = engine.complete(infill(engine, TEXT[500:1900], max_tokens=0)).prompt_cache
+        assert off is not None and (off.kept, off.copy_bytes, off.max_bytes) == (False, 0, 0)
     finally:
         engine.close()
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import RunningDaemon, TinyModels
+from conftest import RunningDaemon, TinyModels, start_daemon, stop_daemon, tiny_serve_args
 from lsprotocol import types
 from pygls.exceptions import JsonRpcException
 from pytest_lsp import ClientServerConfig, LanguageClient
@@ -662,6 +662,49 @@ async def test_an_opened_file_is_warmed_so_a_jump_reuses_the_daemons_cache(
     )
     expected = await daemon_infill(daemon, prompt.prefix, prompt.suffix, single_line=prompt.single_line)
     assert [item.insert_text for item in items] == ([expected] if expected else [])
+
+
+async def test_warming_a_file_the_prompt_cache_cannot_hold_keeps_the_windows_nearest_the_cursor(
+    tiny_models: TinyModels, localspec_home: Path, start_lsp: StartLsp, tmp_path: Path
+) -> None:
+    # 1 MiB of prompt cache holds a handful of this file's windows (about 100 kB each with the tiny models).
+    (localspec_home / "config").mkdir(parents=True, exist_ok=True)
+    (localspec_home / "config" / "config.toml").write_text(
+        "[engine]\nprompt_cache_mb = 1\n", encoding="utf-8"
+    )
+    daemon = start_daemon(localspec_home, tiny_serve_args(tiny_models))
+    try:
+        options = {**FAST, "warmFiles": True, "prefixLines": 8, "windowStepLines": 8}
+        client = await start_lsp(daemon.home, options)
+        text = long_document()
+        windows = len(warm_windows(text, LspSettings(prefix_lines=8, window_step_lines=8)))
+        uri = open_document(client, tmp_path, "main.py", text)
+
+        async def warmed_more_than(count: int) -> bool:
+            current = await stats(client)
+            return current["warming"] == 0 and current["warmed"] > count
+
+        # The warm-up stops before its copies fill the cache: none was pushed out, the rest wait for the cursor.
+        assert await wait_until(lambda: warmed_more_than(0))
+        first = await stats(client)
+        cache = (await daemon_stats(daemon))["engine"]["prompt_cache"]
+        assert first["warm_waiting"] > 0 and first["warmed"] + first["warm_waiting"] == windows
+        assert (cache["dropped"], cache["entries"]) == (0, first["warmed"])
+
+        # A suggestion at the end of the file: the windows near it are warmed now, so a jump near there finds its
+        # window in the cache (the oldest windows, at the file's start, make room).
+        lines = text.splitlines()
+        await inline(
+            client, uri, types.Position(line=lines.index("def function_28(value):") + 1, character=4)
+        )
+        assert await wait_until(lambda: warmed_more_than(first["warmed"]))
+        await inline(
+            client, uri, types.Position(line=lines.index("def function_26(value):") + 1, character=4)
+        )
+        *_, jump = [entry for entry in (await daemon_stats(daemon))["recent"] if entry["kind"] == "infill"]
+        assert jump["cached_tokens"] > jump["prompt_tokens"] // 2
+    finally:
+        stop_daemon(daemon.process)
 
 
 async def test_an_edit_under_a_cached_suggestion_is_never_answered_from_the_cache(

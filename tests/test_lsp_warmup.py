@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from localspec.lsp.prompt import InfillPrompt
+from localspec.lsp.prompt import InfillPrompt, warm_windows
 from localspec.lsp.settings import LspSettings
-from localspec.lsp.warmup import Warmer
+from localspec.lsp.warmup import CacheRoom, Warmer
 
 TEXT = "".join(f"line{i}\n" for i in range(40))
 SETTINGS = LspSettings(prefix_lines=8, window_step_lines=8)
@@ -18,9 +18,10 @@ class RecordingDaemon:
     def __init__(self) -> None:
         self.prompts: list[InfillPrompt] = []
 
-    async def prefill(self, prompt: InfillPrompt, timeout: float) -> None:
+    async def prefill(self, prompt: InfillPrompt, timeout: float) -> CacheRoom | None:
         self.prompts.append(prompt)
         await asyncio.sleep(0)
+        return None
 
 
 async def _drain(warmer: Warmer) -> None:
@@ -64,3 +65,50 @@ async def test_without_warming_a_refreshed_context_is_used_at_once() -> None:
     warmer.opened("file:///a.py", "a.py", TEXT)
     assert warmer.context("a.py") == [("c.py", "new chunk\n"), ("b.py", "old chunk\n")]
     assert not daemon.prompts
+
+
+class SmallCache:
+    """Answers each prefill as a daemon whose prompt cache holds `max_bytes`, each copy taking `copy_bytes`."""
+
+    def __init__(self, copy_bytes: int, max_bytes: int) -> None:
+        self.room = CacheRoom(kept=max_bytes > 0, copy_bytes=copy_bytes, max_bytes=max_bytes)
+        self.prompts: list[InfillPrompt] = []
+
+    async def prefill(self, prompt: InfillPrompt, timeout: float) -> CacheRoom | None:
+        self.prompts.append(prompt)
+        await asyncio.sleep(0)
+        return self.room
+
+
+async def test_a_warm_up_the_cache_cannot_hold_warms_the_windows_nearest_the_cursor_and_leaves_the_rest() -> (
+    None
+):
+    windows = warm_windows(TEXT, SETTINGS)
+    assert len(windows) == 5
+    daemon = SmallCache(copy_bytes=100, max_bytes=250)  # room for two windows within ROOM_SHARE
+    warmer = Warmer(daemon, lambda: SETTINGS, lambda filename: [])
+    warmer.opened("file:///a.py", "a.py", TEXT)
+    await _drain(warmer)
+    # Before any cursor, in file order; then the rest waits.
+    assert [windows.index(p.prefix) for p in daemon.prompts] == [0, 1]
+    assert (warmer.pending, warmer.waiting) == (0, 3)
+
+    # The cursor at the end of the file: its window, then the next nearest; the oldest windows (0, then 1) are
+    # taken to be pushed out of the cache by those, and wait again.
+    warmer.focus("file:///a.py", 39)
+    await _drain(warmer)
+    assert [windows.index(p.prefix) for p in daemon.prompts] == [0, 1, 3, 2]
+    assert (warmer.pending, warmer.waiting) == (0, 3)
+
+    # Back at the start: window 0 is warmed again.
+    warmer.focus("file:///a.py", 9)
+    await _drain(warmer)
+    assert [windows.index(p.prefix) for p in daemon.prompts][4:] == [0, 1]
+
+
+async def test_with_the_daemons_prompt_cache_off_one_window_is_warmed() -> None:
+    daemon = SmallCache(copy_bytes=0, max_bytes=0)
+    warmer = Warmer(daemon, lambda: SETTINGS, lambda filename: [])
+    warmer.opened("file:///a.py", "a.py", TEXT)
+    await _drain(warmer)
+    assert len(daemon.prompts) == 1 and warmer.waiting == 4

@@ -124,7 +124,7 @@ class Shaper:
 
 
 def infill_body(content: str, finish_reason: str, result: GenerationResult, model: str) -> dict[str, Any]:
-    return {
+    body = {
         "id": new_id("infill"),
         "object": "infill",
         "model": model,
@@ -133,6 +133,9 @@ def infill_body(content: str, finish_reason: str, result: GenerationResult, mode
         "usage": usage(result),
         "speculative": speculative(result),
     }
+    if result.prompt_cache is not None:  # a prefill: what its copy took of the prompt cache
+        body["prompt_cache"] = result.prompt_cache.as_dict()
+    return body
 
 
 def error_body(message: str, kind: str, code: str | None = None) -> dict[str, Any]:

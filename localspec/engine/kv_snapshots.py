@@ -18,6 +18,7 @@ import numpy as np
 
 from localspec.engine.llama_model import LlamaModel
 from localspec.engine.prefix_cache import SlotState
+from localspec.engine.types import CacheRoom
 
 # Save a slot only when overwriting it would lose at least this many tokens that no copy holds yet (a save copies
 # the whole sequence: on a GPU, re-evaluating a few hundred tokens costs less than copying it out); restore a copy
@@ -80,6 +81,7 @@ class KvSnapshots:
         self.nbytes = 0
         self.saves = 0
         self.restores = 0
+        self.dropped = 0  # copies dropped to make room for newer ones
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -99,17 +101,18 @@ class KvSnapshots:
                 best, best_length = snapshot, length
         return best, best_length
 
-    def save(self, slot: SlotState, target: LlamaModel, draft: LlamaModel | None) -> None:
-        """Copy what `slot` holds, unless a copy of it (or of more) is already here or it does not fit."""
+    def save(self, slot: SlotState, target: LlamaModel, draft: LlamaModel | None) -> CacheRoom:
+        """Copy what `slot` holds, unless a copy of it (or of more) is already here or it does not fit; say which."""
         if self.max_bytes <= 0 or len(slot.target_tokens) < MIN_SAVED_TOKENS:
-            return
+            return self._room(False, 0)
         held = _as_array(slot.target_tokens)
         held_key = _order_key(held)
         at = bisect.bisect_left(self._order, (held_key,))
         if at < len(self._order) and self._order[at][0].startswith(held_key):
             # A copy of these tokens, or of more, is here (any such copy sorts right after them).
-            self._touch(self._order[at][1])
-            return
+            serial = self._order[at][1]
+            self._touch(serial)
+            return self._room(True, self._entries[serial].nbytes)
         pinned = self.pinned
         draft_state = (
             draft.save_sequence(slot.seq_id, pinned) if draft is not None and slot.draft_tokens else None
@@ -122,7 +125,7 @@ class KvSnapshots:
             draft_state,
         )
         if snapshot.nbytes > self.max_bytes:
-            return
+            return self._room(False, snapshot.nbytes)
         # Copies of a prefix of these tokens (they sort before them).
         covered = [serial for key, serial in self._order[:at] if held_key.startswith(key)]
         for serial in covered:
@@ -133,6 +136,11 @@ class KvSnapshots:
         self.saves += 1
         while self.nbytes > self.max_bytes:
             self._drop(next(iter(self._entries)))
+            self.dropped += 1
+        return self._room(True, snapshot.nbytes)
+
+    def _room(self, kept: bool, copy_bytes: int) -> CacheRoom:
+        return CacheRoom(kept, copy_bytes, self.nbytes, self.max_bytes)
 
     def _touch(self, key: int) -> None:
         self._entries[key] = self._entries.pop(key)  # now the most recently used
@@ -187,6 +195,7 @@ class KvSnapshots:
             "max_bytes": self.max_bytes,
             "saves": self.saves,
             "restores": self.restores,
+            "dropped": self.dropped,
             # copies that hold the draft model's KV as well (a request restoring one drafts at once)
             "with_draft": sum(1 for snapshot in self._entries.values() if snapshot.draft_state is not None),
         }

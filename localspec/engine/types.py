@@ -176,12 +176,32 @@ class RequestStats:
         }
 
 
+@dataclass(frozen=True)
+class CacheRoom:
+    """What a prefill left in the prompt cache: whether its KV was kept as a copy, the copy's size (0 where none was
+    made: a short prompt, or the cache off), and the cache's use and budget after it (bytes)."""
+
+    kept: bool
+    copy_bytes: int
+    bytes: int
+    max_bytes: int
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "kept": self.kept,
+            "copy_bytes": self.copy_bytes,
+            "bytes": self.bytes,
+            "max_bytes": self.max_bytes,
+        }
+
+
 @dataclass
 class GenerationResult:
     text: str
     token_ids: list[int]
     finish_reason: FinishReason
     stats: RequestStats
+    prompt_cache: CacheRoom | None = None  # a prefill's (max_tokens 0) report, where the engine keeps copies
 
 
 @dataclass
