@@ -78,6 +78,8 @@ def _check_localspec(result: dict[str, Any]) -> None:
         assert {s["scenario"] for s in mine} == set(SCENARIOS), line_mode
         assert all(s["seconds"] > 0 and not s["failed"] for s in mine)
         assert set(result["meta"]["warm_up_seconds"]) == {"single", "multi"}
+        windows = result["meta"]["warm_up_windows"][line_mode]  # the default cache holds every window
+        assert windows["warmed"] > 0 and windows["waiting"] == 0
         prices = result["meta"]["daemon_prices"][line_mode]  # what the daemon's chooser planned with
         assert prices["start"].startswith("target pass 1: ") and prices["end"].startswith("target pass 1: ")
     # Typing along types what was suggested; typing against types something else.

@@ -603,7 +603,15 @@ async def measure_localspec(
 ) -> None:
     """All line modes through a fresh language server each (its suggestion cache must not carry over), into
     `samples` and `info`; `checkpoint()` after each."""
-    info.update({"warm_up_seconds": {}, "lsp_stats": {}, "lsp_warnings": {}, "daemon_prices": {}})
+    info.update(
+        {
+            "warm_up_seconds": {},
+            "warm_up_windows": {},
+            "lsp_stats": {},
+            "lsp_warnings": {},
+            "daemon_prices": {},
+        }
+    )
     for line_mode in options.line_modes:
         settings = LspSettings.from_options(lsp_options(line_mode, options.max_tokens))
         editor = Editor(daemon.home, root, settings, line_mode, options.max_tokens)
@@ -614,6 +622,12 @@ async def measure_localspec(
             warm = await wait_warm(editor, daemon, options.warm_timeout, progress)
             progress(f"{line_mode}: warm after {warm:.1f} s")
             info["warm_up_seconds"][line_mode] = round(warm, 3)
+            # Windows warmed, and those left cold because the daemon's prompt cache had no room for them.
+            warmed = await editor.stats()
+            info["warm_up_windows"][line_mode] = {
+                "warmed": warmed.get("warmed"),
+                "waiting": warmed.get("warm_waiting"),
+            }
             # The prices the daemon's chooser plans with decide whether suggestions draft (timed at its start).
             prices = info["daemon_prices"][line_mode] = {"start": daemon.stats()["engine"].get("prices")}
             samples += await run_line_mode(
@@ -770,9 +784,15 @@ def print_report(
     )
     for line_mode in dict.fromkeys(row["line_mode"] for row in rows):
         warm = info["warm_up_seconds"].get(line_mode)
+        windows = info.get("warm_up_windows", {}).get(line_mode) or {}
+        cold = (
+            f", {windows['waiting']} windows left cold for lack of cache room"
+            if windows.get("waiting")
+            else ""
+        )
         of = f", {target}" if target else ""
         table = Table(
-            title=f"editor latency{of}, {line_mode}-line suggestions (ms; localspec warm-up {warm} s)"
+            title=f"editor latency{of}, {line_mode}-line suggestions (ms; localspec warm-up {warm} s{cold})"
         )
         table.add_column("scenario")
         table.add_column("n", justify="right")

@@ -116,7 +116,7 @@ def _status(args: argparse.Namespace) -> int:
         print(
             f"  prompt cache: {cache['entries']} copies, {cache['bytes'] / 2**30:.1f} of "
             f"{cache['max_bytes'] / 2**30:.1f} GiB (engine.prompt_cache_mb); saved {cache['saves']}, "
-            f"restored {cache['restores']}"
+            f"restored {cache['restores']}, dropped for room {cache.get('dropped', 0)}"
         )
     print(f"  queue: {stats.get('queue_length', 0)}  active: {stats.get('active', 0)}")
     return 0
