@@ -28,6 +28,7 @@ from localspec.lsp.items import completion_items, inline_items
 from localspec.lsp.settings import LspSettings
 from localspec.lsp.suggestions import DocumentSnapshot, Suggester
 from localspec.lsp.text_edits import PositionEncoding, offset_at
+from localspec.lsp.warm_progress import WarmProgress
 from localspec.lsp.warmup import Warmer
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ class LocalspecLanguageServer(LanguageServer):
         self.watcher = WorkspaceWatcher(self.ring, self.settings.watch_max_file_bytes, is_open=self._is_open)
         self.link = link or DaemonLink()
         self.link.report = lambda message, warning: self.warn(message) if warning else self.info(message)
-        self.warmer = Warmer(self.link, lambda: self.settings, self._ring_context)
+        self.warmer = Warmer(self.link, lambda: self.settings, self._ring_context, WarmProgress(self))
         self.suggester = Suggester(self.link, lambda: self.settings, self.warmer.context, self.warn)
         self._chunk_refreshed: dict[str, float] = {}
 

@@ -49,6 +49,14 @@ class CacheRoom:
     max_bytes: int
 
 
+class WarmUpObserver(Protocol):
+    """Told how a stretch of warming goes (the editor's progress display, `warm_progress`)."""
+
+    def update(self, warmed: int, left: int) -> None: ...
+
+    def finish(self, message: str) -> None: ...
+
+
 class PrefillBackend(Protocol):
     async def prefill(self, prompt: InfillPrompt, timeout: float) -> CacheRoom | None:
         """Evaluate `prompt` into the daemon's cache; None where the daemon does not say what the copy took."""
@@ -70,8 +78,10 @@ class Warmer:
         backend: PrefillBackend,
         settings: Callable[[], LspSettings],
         ring_context: Callable[[str], list[tuple[str, str]]],
+        observer: WarmUpObserver | None = None,
     ) -> None:
         self.backend = backend
+        self.observer = observer
         self._settings = settings
         self._ring_context = ring_context
         self._contexts: dict[str, tuple[float, list[tuple[str, str]]]] = {}  # filename -> (frozen at, extra)
@@ -257,6 +267,10 @@ class Warmer:
     # ---- the worker: one prefill at a time, so the daemon's queue never fills with them ----
 
     async def _work(self) -> None:
+        done, stopped = 0, ""
+        observer = self.observer if self._queue and self._has_room(self._queue[0]) else None
+        if observer is not None:  # (shown only where something is warmed)
+            observer.update(0, self.pending)
         while self._queue and self._has_room(self._queue[0]):
             window = self._current = self._queue.pop(0)
             prompt = InfillPrompt(
@@ -270,6 +284,7 @@ class Warmer:
                 room = await self.backend.prefill(prompt, PREFILL_TIMEOUT_S)
             except DaemonUnavailableError:
                 self._queue.insert(0, window)  # the next schedule (an open, an edit) resumes
+                stopped = "; stopped: the daemon is not running"
                 break
             except (LocalspecError, TimeoutError) as exc:
                 self.failed += 1
@@ -281,6 +296,13 @@ class Warmer:
             self._warmed.setdefault(window.uri, set()).add(_key(window.prefix, window.context))
             self.warmed += 1
             self._note_room(window, room)
+            done += 1
+            if observer is not None:
+                observer.update(done, self.pending)
+        if observer is not None:
+            if self.waiting and not stopped:
+                stopped = f"; {self.waiting} wait for the cursor (the daemon's prompt cache is full)"
+            observer.finish(f"{done} windows warmed{stopped}")
 
 
 def _key(prefix: str, context: tuple[tuple[str, str], ...]) -> int:

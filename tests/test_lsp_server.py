@@ -34,6 +34,7 @@ TIMEOUT = 60.0  # generous: CI machines are small and busy; passing runs take a 
 CAPABILITIES = types.ClientCapabilities(
     general=types.GeneralClientCapabilities(position_encodings=[types.PositionEncodingKind.Utf16]),
     workspace=types.WorkspaceClientCapabilities(configuration=True),
+    window=types.WindowClientCapabilities(work_done_progress=True),
     text_document=types.TextDocumentClientCapabilities(
         synchronization=types.TextDocumentSyncClientCapabilities(did_save=True),
         completion=types.CompletionClientCapabilities(
@@ -623,6 +624,17 @@ async def test_tcp_transport_serves_an_editor(localspec_home: Path) -> None:
         await asyncio.wait_for(process.wait(), TIMEOUT)
 
 
+async def warm_up_progress(client: LanguageClient) -> list[list[Any]]:
+    """Each warm-up progress the server showed (begin, reports, end), once every one has ended."""
+
+    async def ended() -> bool:
+        shown = client.progress_reports.values()
+        return bool(shown) and all(r and isinstance(r[-1], types.WorkDoneProgressEnd) for r in shown)
+
+    assert await wait_until(ended)
+    return list(client.progress_reports.values())
+
+
 def long_document(functions: int = 30) -> str:
     """A file long enough for several prompt windows."""
     body = "".join(
@@ -648,6 +660,13 @@ async def test_an_opened_file_is_warmed_so_a_jump_reuses_the_daemons_cache(
     assert windows == len(warm_windows(text, LspSettings(prefix_lines=8, window_step_lines=8)))
     prefills = (await daemon_stats(daemon))["requests"]["prefill"]
     assert prefills == windows
+    # The editor was shown the warm-up as progress, from its start to its end.
+    [shown] = await warm_up_progress(client)
+    assert (
+        isinstance(shown[0], types.WorkDoneProgressBegin)
+        and shown[0].title == "localspec: warming open files"
+    )
+    assert shown[-1] == types.WorkDoneProgressEnd(message=f"{windows} windows warmed")
 
     # Jump to a function far down the file: the daemon evaluates only the code after the window's cached start.
     line = text.splitlines().index("def function_20(value):") + 1
@@ -690,6 +709,11 @@ async def test_warming_a_file_the_prompt_cache_cannot_hold_keeps_the_windows_nea
         cache = (await daemon_stats(daemon))["engine"]["prompt_cache"]
         assert first["warm_waiting"] > 0 and first["warmed"] + first["warm_waiting"] == windows
         assert (cache["dropped"], cache["entries"]) == (0, first["warmed"])
+        [shown] = await warm_up_progress(client)
+        assert shown[-1] == types.WorkDoneProgressEnd(
+            message=f"{first['warmed']} windows warmed; {first['warm_waiting']} wait for the cursor "
+            "(the daemon's prompt cache is full)"
+        )
 
         # A suggestion at the end of the file: the windows near it are warmed now, so a jump near there finds its
         # window in the cache (the oldest windows, at the file's start, make room).
