@@ -40,6 +40,8 @@ class DaemonLink:
         self.last_error: str | None = None
         self.last_speculative: dict[str, Any] | None = None
         self.prompt_ms_per_token: float | None = None  # measured on suggestions, a moving average
+        self.cache_id: str | None = None  # the daemon's prompt cache, as its last answer named it
+        self.on_new_cache: Callable[[], None] = lambda: None
         # The daemon record's stamp when the client in use was last found to match it (see `_ready_client`).
         self._found_at: tuple[int, int, int] | None = None
 
@@ -113,6 +115,7 @@ class DaemonLink:
         self.status = "ok"
         self.last_speculative = answer.get("speculative")
         self._note_prompt_cost(answer)
+        self._note_cache(answer)
         return str(answer.get("content") or "")
 
     async def prefill(self, prompt: InfillPrompt, timeout: float) -> CacheRoom | None:
@@ -122,10 +125,21 @@ class DaemonLink:
         params: dict[str, Any] = {**_context_params(prompt), "max_tokens": 0}
         async with asyncio.timeout(timeout):
             answer = await client.infill(prompt.prefix, prompt.suffix, **params)
+        return self._note_cache(answer)
+
+    def _note_cache(self, answer: dict[str, Any]) -> CacheRoom | None:
+        """The answer's prompt-cache report (None where the daemon gives none: a remote backend); a cache other
+        than the one the last answer named (a restarted daemon, another model) is reported (`on_new_cache`)."""
         room = answer.get("prompt_cache")
         if not isinstance(room, dict):
             return None
-        return CacheRoom(bool(room["kept"]), int(room["copy_bytes"]), int(room["max_bytes"]))
+        parsed = CacheRoom(
+            str(room["id"]), bool(room["kept"]), int(room["copy_bytes"]), int(room["max_bytes"])
+        )
+        known, self.cache_id = self.cache_id, parsed.id
+        if known is not None and known != parsed.id:
+            self.on_new_cache()
+        return parsed
 
     def _note_prompt_cost(self, answer: dict[str, Any]) -> None:
         """Average the milliseconds a new prompt token cost, over suggestions with enough of them to tell (from

@@ -71,6 +71,7 @@ class LocalspecLanguageServer(LanguageServer):
         self.link = link or DaemonLink()
         self.link.report = lambda message, warning: self.warn(message) if warning else self.info(message)
         self.warmer = Warmer(self.link, lambda: self.settings, self._ring_context, WarmProgress(self))
+        self.link.on_new_cache = self._cache_replaced
         self.suggester = Suggester(self.link, lambda: self.settings, self.warmer.context, self.warn)
         self._chunk_refreshed: dict[str, float] = {}
 
@@ -171,6 +172,15 @@ class LocalspecLanguageServer(LanguageServer):
             offset=offset_at(text, position, self.encoding),
             filename=self.display_name(uri),
         )
+
+    def _cache_replaced(self) -> None:
+        """The daemon's prompt cache starts empty (it restarted, or loaded other models): warm the open files again."""
+        self.warmer.cache_replaced()
+        asyncio.get_running_loop().call_soon(self._warm_all)
+
+    def _warm_all(self) -> None:
+        for uri in list(self.workspace.text_documents):
+            self.warm(uri)
 
     def before_suggesting(self, uri: str, line: int) -> None:
         """Warm the windows near the cursor first; refresh a file's context once it is stale."""

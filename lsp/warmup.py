@@ -42,8 +42,10 @@ ROOM_SHARE = 0.8
 
 @dataclass(frozen=True)
 class CacheRoom:
-    """What a prefill's copy took of the daemon's prompt cache (its answer's `prompt_cache`, docs/API.md)."""
+    """What a prefill's copy took of the daemon's prompt cache (its answer's `prompt_cache`, docs/API.md), and
+    which cache that is."""
 
+    id: str
     kept: bool
     copy_bytes: int
     max_bytes: int
@@ -237,6 +239,13 @@ class Warmer:
     def _is_warm(self, uri: str, key: int) -> bool:
         """Whether the window `key` is one of the file's windows now (not of an older text), evaluated."""
         return key in self._warmed.get(uri, ()) and key in self._windows.get(uri, {})
+
+    def cache_replaced(self) -> None:
+        """The daemon's prompt cache is a new, empty one (a restarted daemon, another model): nothing is warm any
+        more. The caller schedules the open files again."""
+        self._warmed.clear()
+        self._kept.clear()
+        self._room = None
 
     def forget(self, uri: str) -> None:
         self._queue = [window for window in self._queue if window.uri != uri]

@@ -164,7 +164,7 @@ def test_an_infill_of_zero_tokens_prefills_the_cache_for_the_next_request(shared
     # The answer says what the prefill's copy took of the cache.
     room = data["prompt_cache"]
     assert room["kept"] and 0 < room["copy_bytes"] <= room["bytes"] <= cache["bytes"]
-    assert room["max_bytes"] == cache["max_bytes"]
+    assert room["max_bytes"] == cache["max_bytes"] and room["id"]
 
     # A suggestion further down the same text reuses what the prefill evaluated (its own slot is elsewhere).
     ask = {"prefix": prefix + "def g(", "suffix": "", "filename": "warm.py", "max_tokens": 4}
@@ -172,6 +172,7 @@ def test_an_infill_of_zero_tokens_prefills_the_cache_for_the_next_request(shared
     cached = answer["usage"].get("prompt_tokens_details", {}).get("cached_tokens")
     recent = httpx.get(f"{shared.url}/v1/stats", headers=shared.headers, timeout=30).json()["recent"][-1]
     assert recent["kind"] == "infill"
+    assert answer["prompt_cache"]["id"] == room["id"] and not answer["prompt_cache"]["kept"]
     assert (cached if cached is not None else recent["cached_tokens"]) >= recent["prompt_tokens"] - 16
 
 

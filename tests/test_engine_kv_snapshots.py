@@ -127,11 +127,17 @@ def test_a_prefill_evaluates_the_prompt_generates_nothing_and_keeps_its_kv(
     assert room is not None and room.kept and room.copy_bytes == engine.snapshots.nbytes == room.bytes > 0
     assert room.max_bytes == engine.snapshots.max_bytes
 
-    engine.complete(infill(engine, TEXT[1200:2600]))  # another place in between
+    between = engine.complete(infill(engine, TEXT[1200:2600]))  # another place in between
     request = infill(engine, TEXT[:1700])
     result = engine.complete(request)
     assert result.stats.cached_tokens >= len(engine.tokenize(TEXT[:1650], parse_special=False))
     assert result.text == fresh(reference, request)
+    # Every result names the cache it left (no copy of its own but a prefill's); an emptied cache is another one.
+    assert between.prompt_cache is not None and not between.prompt_cache.kept
+    assert between.prompt_cache.id == room.id
+    engine.reset_cache()
+    after = engine.complete(infill(engine, TEXT[:1700]))
+    assert after.prompt_cache is not None and after.prompt_cache.id != room.id
 
 
 @pytest.mark.parametrize("ahead", [False, True], ids=["own-buffers", "shared-cells"])

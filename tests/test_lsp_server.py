@@ -731,6 +731,39 @@ async def test_warming_a_file_the_prompt_cache_cannot_hold_keeps_the_windows_nea
         stop_daemon(daemon.process)
 
 
+async def test_after_the_daemon_restarts_the_open_files_are_warmed_again(
+    tiny_models: TinyModels, localspec_home: Path, start_lsp: StartLsp, tmp_path: Path
+) -> None:
+    daemon = start_daemon(localspec_home, tiny_serve_args(tiny_models))
+    try:
+        options = {
+            **FAST,
+            "warmFiles": True,
+            "prefixLines": 8,
+            "windowStepLines": 8,
+            "autoStartDaemon": False,
+        }
+        client = await start_lsp(daemon.home, options)
+        text = long_document(12)
+        windows = len(warm_windows(text, LspSettings(prefix_lines=8, window_step_lines=8)))
+        uri = open_document(client, tmp_path, "main.py", text)
+
+        async def warmed(count: int) -> bool:
+            current = await stats(client)
+            return current["warming"] == 0 and current["warmed"] == count
+
+        assert await wait_until(lambda: warmed(windows))
+        stop_daemon(daemon.process)
+        # A new daemon starts with an empty prompt cache: the first answer from it names another cache, and the
+        # language server warms the open file again (its windows were warm only in the old daemon).
+        daemon = start_daemon(localspec_home, tiny_serve_args(tiny_models))
+        await inline(client, uri, types.Position(line=3, character=4))
+        assert await wait_until(lambda: warmed(2 * windows))
+        assert (await daemon_stats(daemon))["requests"]["prefill"] == windows
+    finally:
+        stop_daemon(daemon.process)
+
+
 async def test_an_edit_under_a_cached_suggestion_is_never_answered_from_the_cache(
     daemon: RunningDaemon, start_lsp: StartLsp, tmp_path: Path
 ) -> None:

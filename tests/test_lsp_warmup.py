@@ -71,7 +71,7 @@ class SmallCache:
     """Answers each prefill as a daemon whose prompt cache holds `max_bytes`, each copy taking `copy_bytes`."""
 
     def __init__(self, copy_bytes: int, max_bytes: int) -> None:
-        self.room = CacheRoom(kept=max_bytes > 0, copy_bytes=copy_bytes, max_bytes=max_bytes)
+        self.room = CacheRoom(id="cache", kept=max_bytes > 0, copy_bytes=copy_bytes, max_bytes=max_bytes)
         self.prompts: list[InfillPrompt] = []
 
     async def prefill(self, prompt: InfillPrompt, timeout: float) -> CacheRoom | None:

@@ -133,7 +133,7 @@ def infill_body(content: str, finish_reason: str, result: GenerationResult, mode
         "usage": usage(result),
         "speculative": speculative(result),
     }
-    if result.prompt_cache is not None:  # a prefill: what its copy took of the prompt cache
+    if result.prompt_cache is not None:  # (a remote backend keeps no prompt cache here)
         body["prompt_cache"] = result.prompt_cache.as_dict()
     return body
 

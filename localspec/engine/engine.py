@@ -371,8 +371,10 @@ class Engine:
         self._requests += 1
         if generation.request.max_tokens == 0:  # a prefill: keep its KV for the request it prepares
             room = self.snapshots.save(generation.slot, self.target, self.draft)
-            if generation.result is not None:
-                generation.result.prompt_cache = room
+        else:
+            room = self.snapshots.room()
+        if generation.result is not None:
+            generation.result.prompt_cache = room
         if generation.result is not None:
             self.history.add(generation.result.token_ids)
         stats, totals = generation.stats, self._totals

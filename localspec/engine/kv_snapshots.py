@@ -12,6 +12,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import time
+import uuid
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -82,6 +83,8 @@ class KvSnapshots:
         self.saves = 0
         self.restores = 0
         self.dropped = 0  # copies dropped to make room for newer ones
+        # Names this store's contents: a client that warmed it tells a new, empty one (`CacheRoom.id`) by it.
+        self.id = uuid.uuid4().hex[:12]
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -104,7 +107,7 @@ class KvSnapshots:
     def save(self, slot: SlotState, target: LlamaModel, draft: LlamaModel | None) -> CacheRoom:
         """Copy what `slot` holds, unless a copy of it (or of more) is already here or it does not fit; say which."""
         if self.max_bytes <= 0 or len(slot.target_tokens) < MIN_SAVED_TOKENS:
-            return self._room(False, 0)
+            return self.room(False, 0)
         held = _as_array(slot.target_tokens)
         held_key = _order_key(held)
         at = bisect.bisect_left(self._order, (held_key,))
@@ -112,7 +115,7 @@ class KvSnapshots:
             # A copy of these tokens, or of more, is here (any such copy sorts right after them).
             serial = self._order[at][1]
             self._touch(serial)
-            return self._room(True, self._entries[serial].nbytes)
+            return self.room(True, self._entries[serial].nbytes)
         pinned = self.pinned
         draft_state = (
             draft.save_sequence(slot.seq_id, pinned) if draft is not None and slot.draft_tokens else None
@@ -125,7 +128,7 @@ class KvSnapshots:
             draft_state,
         )
         if snapshot.nbytes > self.max_bytes:
-            return self._room(False, snapshot.nbytes)
+            return self.room(False, snapshot.nbytes)
         # Copies of a prefix of these tokens (they sort before them).
         covered = [serial for key, serial in self._order[:at] if held_key.startswith(key)]
         for serial in covered:
@@ -137,10 +140,10 @@ class KvSnapshots:
         while self.nbytes > self.max_bytes:
             self._drop(next(iter(self._entries)))
             self.dropped += 1
-        return self._room(True, snapshot.nbytes)
+        return self.room(True, snapshot.nbytes)
 
-    def _room(self, kept: bool, copy_bytes: int) -> CacheRoom:
-        return CacheRoom(kept, copy_bytes, self.nbytes, self.max_bytes)
+    def room(self, kept: bool = False, copy_bytes: int = 0) -> CacheRoom:
+        return CacheRoom(self.id, self.nbytes, self.max_bytes, kept, copy_bytes)
 
     def _touch(self, key: int) -> None:
         self._entries[key] = self._entries.pop(key)  # now the most recently used
@@ -167,6 +170,7 @@ class KvSnapshots:
         self._entries.clear()
         self._order.clear()
         self.nbytes = 0
+        self.id = uuid.uuid4().hex[:12]
 
     def prepare(
         self, slot: SlotState, prompt: list[int], target: LlamaModel, draft: LlamaModel | None

@@ -178,20 +178,23 @@ class RequestStats:
 
 @dataclass(frozen=True)
 class CacheRoom:
-    """What a prefill left in the prompt cache: whether its KV was kept as a copy, the copy's size (0 where none was
-    made: a short prompt, or the cache off), and the cache's use and budget after it (bytes)."""
+    """The prompt cache after a request: which store it is (a new id whenever the store starts empty: another engine,
+    a restarted daemon, a cleared cache), its use and budget (bytes), and for a prefill whether its KV was kept as
+    a copy and the copy's size (0 where none was made: a short prompt, or the cache off)."""
 
-    kept: bool
-    copy_bytes: int
+    id: str
     bytes: int
     max_bytes: int
+    kept: bool = False
+    copy_bytes: int = 0
 
     def as_dict(self) -> dict[str, object]:
         return {
-            "kept": self.kept,
-            "copy_bytes": self.copy_bytes,
+            "id": self.id,
             "bytes": self.bytes,
             "max_bytes": self.max_bytes,
+            "kept": self.kept,
+            "copy_bytes": self.copy_bytes,
         }
 
 
@@ -201,7 +204,7 @@ class GenerationResult:
     token_ids: list[int]
     finish_reason: FinishReason
     stats: RequestStats
-    prompt_cache: CacheRoom | None = None  # a prefill's (max_tokens 0) report, where the engine keeps copies
+    prompt_cache: CacheRoom | None = None  # where the engine keeps copies of evaluated prompts
 
 
 @dataclass
