@@ -12,7 +12,8 @@ the old one, whose windows the daemon holds (a cold prompt is slow on a CPU). Wa
 Where the prompt cache cannot hold every window (a 14B target's KV, many files, a small machine), warming on
 would push out the cache's least recently used copies: the first windows warmed, the nearest to the cursor. So
 the windows nearest the cursor are warmed only while they fill at most ROOM_SHARE of the cache (each prefill's
-answer says what its copy took), and the rest wait until the cursor moves near them.
+answer says what its copy took), and the rest wait until the cursor moves near them. A daemon whose answers name
+another cache (it restarted, or loaded other models) holds none of them: the open files are warmed again.
 """
 
 from __future__ import annotations
