@@ -375,7 +375,6 @@ class Engine:
             room = self.snapshots.room()
         if generation.result is not None:
             generation.result.prompt_cache = room
-        if generation.result is not None:
             self.history.add(generation.result.token_ids)
         stats, totals = generation.stats, self._totals
         for name in (
