@@ -50,6 +50,8 @@ class WarmProgress:
 
 
 class _Run:
+    """One stretch's progress: its token, created with the client before anything is sent with it."""
+
     def __init__(self, server: LanguageServer, token: str) -> None:
         self._progress = server.work_done_progress
         self._token = token
@@ -58,7 +60,9 @@ class _Run:
         self._end_message: str | None = None
         self._last_report = 0.0
         self._report_handle: asyncio.TimerHandle | None = None
-        self._task = asyncio.get_running_loop().create_task(self._begin())
+        self._task = asyncio.get_running_loop().create_task(
+            self._begin()
+        )  # (held: a task is only weakly kept)
 
     def _message(self) -> tuple[str, int]:
         warmed, left = self._counts
