@@ -60,9 +60,8 @@ class _Run:
         self._end_message: str | None = None
         self._last_report = 0.0
         self._report_handle: asyncio.TimerHandle | None = None
-        self._task = asyncio.get_running_loop().create_task(
-            self._begin()
-        )  # (held: a task is only weakly kept)
+        # Held here: the event loop keeps only a weak reference to a task.
+        self._task = asyncio.get_running_loop().create_task(self._begin())
 
     def _message(self) -> tuple[str, int]:
         warmed, left = self._counts
