@@ -81,6 +81,8 @@ def _check_localspec(result: dict[str, Any]) -> None:
         windows = result["meta"]["warm_up_windows"][line_mode]  # the default cache holds every window
         assert windows["warmed"] > 0 and windows["waiting"] == 0
         prices = result["meta"]["daemon_prices"][line_mode]  # what the daemon's chooser planned with
+        cache = result["meta"]["daemon_prompt_cache"][line_mode]  # the warm-up's copies, then the jumps'
+        assert cache["start"]["entries"] > 0 and cache["end"]["saves"] >= cache["start"]["saves"]
         assert prices["start"].startswith("target pass 1: ") and prices["end"].startswith("target pass 1: ")
     # Typing along types what was suggested; typing against types something else.
     for sample in samples:

@@ -610,6 +610,7 @@ async def measure_localspec(
             "lsp_stats": {},
             "lsp_warnings": {},
             "daemon_prices": {},
+            "daemon_prompt_cache": {},
         }
     )
     for line_mode in options.line_modes:
@@ -628,12 +629,16 @@ async def measure_localspec(
                 "warmed": warmed.get("warmed"),
                 "waiting": warmed.get("warm_waiting"),
             }
-            # The prices the daemon's chooser plans with decide whether suggestions draft (timed at its start).
-            prices = info["daemon_prices"][line_mode] = {"start": daemon.stats()["engine"].get("prices")}
+            # The prices the daemon's chooser plans with decide whether suggestions draft (timed at its start); the
+            # prompt cache's counts (copies held, saved, restored, dropped for room) say how jumps found their windows.
+            engine = daemon.stats()["engine"]
+            prices = info["daemon_prices"][line_mode] = {"start": engine.get("prices")}
+            cache = info["daemon_prompt_cache"][line_mode] = {"start": engine.get("prompt_cache")}
             samples += await run_line_mode(
                 editor, daemon, files, options.jumps, options.seed, line_mode, progress
             )
-            prices["end"] = daemon.stats()["engine"].get("prices")
+            engine = daemon.stats()["engine"]
+            prices["end"], cache["end"] = engine.get("prices"), engine.get("prompt_cache")
             stats = await editor.stats()
             info["lsp_stats"][line_mode] = stats.get("suggestions", {})
             info["lsp_warnings"][line_mode] = editor.warnings
