@@ -101,6 +101,13 @@ def _check_localspec(result: dict[str, Any]) -> None:
     assert set(rows) == {(mode, scenario) for mode in ("single", "multi") for scenario in SCENARIOS}
     assert all(row["localspec_p50_ms"] > 0 for row in rows.values())
     assert all(rows[mode, "jump-in-file"]["lsp_transport_p50_ms"] > 0 for mode in ("single", "multi"))
+    # Jumps within a warmed file evaluate only the cursor's line and the suffix anew: most of the prompt is cached.
+    for mode in ("single", "multi"):
+        prompts = [
+            r["prompt_tokens"] for s in jumps if s.line_mode == mode and (r := s.own_record()) is not None
+        ]
+        new = rows[mode, "jump-in-file"]["new_prompt_tokens_p50"]
+        assert 0 < new < sorted(prompts)[len(prompts) // 2] / 2
 
 
 def test_bench_editor_measures_every_scenario_through_the_language_server(

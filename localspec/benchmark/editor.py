@@ -748,7 +748,7 @@ def _overheads(samples: list[Sample]) -> dict[str, float | None]:
     editor and the language server (the LSP transport), between the language server and the daemon (prompt
     window, HTTP), and in the daemon's record outside its generation's total (the prompt's tokens, the prompt
     cache's copies, queueing)."""
-    lsp, link, daemon = [], [], []
+    lsp, link, daemon, new_tokens = [], [], [], []
     for sample in samples:
         record = sample.own_record()
         if sample.server_seconds is None or record is None:
@@ -756,10 +756,15 @@ def _overheads(samples: list[Sample]) -> dict[str, float | None]:
         lsp.append(sample.seconds - sample.server_seconds)
         link.append(sample.server_seconds - float(record["seconds"]))
         daemon.append(float(record["seconds"]) - float((record.get("time") or {}).get("total") or 0.0))
+        if record.get("prompt_tokens") is not None and record.get("cached_tokens") is not None:
+            new_tokens.append(float(record["prompt_tokens"]) - float(record["cached_tokens"]))
+    new_p50 = percentile(new_tokens, 50)
     return {
         "lsp_transport_p50_ms": _ms(percentile(lsp, 50)),
         "daemon_link_p50_ms": _ms(percentile(link, 50)),
         "daemon_unsplit_p50_ms": _ms(percentile(daemon, 50)),
+        # prompt tokens evaluated anew (not found in the cache): a few where the window was warm
+        "new_prompt_tokens_p50": None if new_p50 is None else round(new_p50),
     }
 
 
@@ -805,6 +810,7 @@ def print_report(
         table.add_column("failed", justify="right")
         table.add_column("localspec p50/p90", justify="right")
         table.add_column("outside the engine: LSP / HTTP / daemon", justify="right")
+        table.add_column("new prompt tokens", justify="right")
         for mode in server_modes:
             table.add_column(f"llama-server {mode} p50/p90", justify="right")
             table.add_column("agrees", justify="right")
@@ -821,6 +827,7 @@ def print_report(
                     cell1(row[key])
                     for key in ("lsp_transport_p50_ms", "daemon_link_p50_ms", "daemon_unsplit_p50_ms")
                 ),
+                cell(row["new_prompt_tokens_p50"]),
             ]
             for mode in server_modes:
                 server = row["llama_server"][mode]
@@ -845,7 +852,8 @@ def print_report(
         "did; \"agrees\": its text starts with localspec's (localspec ends a suggestion at a block's end). "
         "Outside the engine: p50s over jumps of the time between the editor and the language server (LSP), between "
         "the language server and the daemon (its prompt window and HTTP call), and in the daemon outside the "
-        "generation (the prompt's tokens and the prompt cache's copies)."
+        "generation (the prompt's tokens and the prompt cache's copies); new prompt tokens: p50 over jumps of the "
+        "prompt tokens the daemon evaluated anew (the rest came from its cache)."
     )
 
 
