@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from localspec.engine.end_rules import EndRule
@@ -189,13 +189,7 @@ class CacheRoom:
     copy_bytes: int = 0
 
     def as_dict(self) -> dict[str, object]:
-        return {
-            "id": self.id,
-            "bytes": self.bytes,
-            "max_bytes": self.max_bytes,
-            "kept": self.kept,
-            "copy_bytes": self.copy_bytes,
-        }
+        return asdict(self)
 
 
 @dataclass
