@@ -187,3 +187,54 @@ def test_an_infill_between_two_chat_turns_does_not_evict_the_chat_cache(daemon: 
     ).json()
     # The follow-up starts with the first turn's prompt, still cached in the chat's own slot.
     assert second["usage"]["prompt_tokens_details"]["cached_tokens"] >= first["usage"]["prompt_tokens"] - 1
+
+
+def test_an_infill_stops_a_running_prefills_pass_part_way_and_both_finish_correctly(
+    endless_pair: tuple[Path, Path], tmp_path: Path
+) -> None:
+    target, draft = endless_pair
+    # A context long enough for a prefill of ~7,000 tokens: it runs ~100 chunks, an infill comes during one.
+    daemon = start_daemon(
+        tmp_path / "home",
+        ["--target", str(target), "--draft", str(draft), "--n-ctx", "8192", "--threads", "1"],
+    )
+    try:
+        _infill_stops_a_prefill(daemon)
+    finally:
+        stop_daemon(daemon.process)
+
+
+def _prefill(daemon: RunningDaemon, prefix: str, out: dict[str, Any]) -> None:
+    body = {"prefix": prefix, "max_tokens": 0, "filename": "warm.py"}
+    out.update(httpx.post(f"{daemon.url}/v1/infill", json=body, headers=daemon.headers, timeout=60).json())
+
+
+def _infill_stops_a_prefill(daemon: RunningDaemon) -> None:
+    infill_body = {"prefix": "def g(x):\n    return ", "suffix": "\n", "max_tokens": 8, "speculative": "none"}
+    alone = httpx.post(f"{daemon.url}/v1/infill", json=infill_body, headers=daemon.headers, timeout=60).json()
+
+    def stats() -> dict[str, Any]:
+        return dict(httpx.get(f"{daemon.url}/v1/stats", headers=daemon.headers, timeout=10).json())
+
+    # An infill that comes while a prefill's pass runs stops that pass (on a CPU) instead of waiting for it. It may
+    # come between two passes instead, where nothing needs stopping: a few tries make that vanishingly unlikely.
+    for attempt in range(5):
+        gave_way = stats()["engine"]["gave_way"]
+        prefix = f"# attempt {attempt}\n" + "".join(
+            f"def f{i}(x):\n    return x + {i}\n\n" for i in range(240)
+        )
+        out: dict[str, Any] = {}
+        warm = threading.Thread(target=_prefill, args=(daemon, prefix, out))
+        warm.start()
+        deadline = time.monotonic() + 20
+        while stats()["active"] == 0 and warm.is_alive() and time.monotonic() < deadline:
+            pass  # (until the prefill runs)
+        answer = httpx.post(f"{daemon.url}/v1/infill", json=infill_body, headers=daemon.headers, timeout=60)
+        warm.join(60)
+        assert answer.json()["content"] == alone["content"]
+        assert (out["content"], out["finish_reason"], out["prompt_cache"]["kept"]) == ("", "length", True)
+        order = [r["kind"] for r in stats()["recent"][-2:]]
+        if stats()["engine"]["gave_way"] > gave_way:
+            assert order == ["infill", "prefill"]  # (the infill went first)
+            return
+    raise AssertionError("no infill stopped a prefill's pass in five tries")

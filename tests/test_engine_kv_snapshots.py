@@ -186,6 +186,32 @@ def test_a_prefill_runs_in_chunks_so_other_work_can_run_between_them(engine: Eng
     assert steps > 1
 
 
+def test_a_prefill_gives_way_part_way_through_a_pass_and_later_resumes_where_it_was(
+    engine: Engine, reference: Engine
+) -> None:
+    """On a CPU a prefill's pass stops where a more urgent request has come (`give_way`): the step settles nothing
+    and the slot keeps what earlier chunks evaluated, so the prefill goes on later as if never stopped."""
+    urgent = [False]
+    warm = infill(engine, TEXT, max_tokens=0)
+    warm.give_way = lambda: urgent[0]
+    generation = engine.generate(warm)
+    assert generation.step() is not None  # the first chunk, undisturbed
+    held = list(generation.slot.target_tokens)
+    urgent[0] = True
+    for _ in range(3):  # while something more urgent waits, the prefill's passes stop part-way
+        assert generation.step() is not None
+    assert generation.stats.gave_way == 3 and generation.slot.target_tokens == held
+    urgent[0] = False
+    while generation.step() is not None:
+        pass
+    assert generation.result is not None and generation.result.finish_reason == "length"
+    # What it evaluated is the prompt's KV, as from a prefill never stopped: a request after it reuses it.
+    request = infill(engine, TEXT[:2500])
+    result = engine.complete(request)
+    assert result.stats.cached_tokens >= len(engine.tokenize(TEXT[:2450], parse_special=False))
+    assert result.text == fresh(reference, request)
+
+
 def test_the_store_keeps_within_its_memory_and_drops_the_least_recently_used(tiny_models) -> None:
     engine = make_engine(tiny_models.target, None, n_ctx=2048, slots=1)
     try:

@@ -115,6 +115,9 @@ class Scheduler:
         self._stopping = False
         self._ids = itertools.count(1)
         self._last_stepped: Job | None = None
+        # A job more urgent than a prefill came since the worker last admitted jobs: a running prefill's pass stops
+        # part-way (on a CPU) so that the job starts at once rather than after the prefill's chunk.
+        self._urgent_came = False
         self._stats_lock = threading.Lock()
         self._counters = DaemonCounters()
         self._engine_stats: dict[str, Any] = {}
@@ -129,6 +132,8 @@ class Scheduler:
             if self._stopping:
                 raise DaemonUnavailableError("The daemon is shutting down; retry in a moment.")
             self._pending.append(job)
+            if job.priority < PRIORITY["prefill"]:
+                self._urgent_came = True
             self._lock.notify()
         return job
 
@@ -193,6 +198,9 @@ class Scheduler:
             if uncalibrated is not None:
                 self._calibrate(uncalibrated)
                 continue  # swap it in on the next turn (unless a newer engine was installed meanwhile)
+            self._urgent_came = (
+                False  # (a prefill gives way once for each arrival: what came is admitted next)
+            )
             self._admit()
             if self._active:
                 self._step_one()
@@ -264,6 +272,8 @@ class Scheduler:
                 request = job.prepare(self._engine)
                 request.slot = job.slot
                 request.cancel = job.cancel
+                if job.kind == "prefill":
+                    request.give_way = lambda: self._urgent_came
                 job.max_tokens = request.max_tokens
                 generation = self._engine.generate(request)
             except Exception as exc:

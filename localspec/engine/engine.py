@@ -388,6 +388,7 @@ class Engine:
             "second_chains",
             "target_passes",
             "settled_near_ties",
+            "gave_way",
             "t_cache",
             "t_cache_save",
             "t_prompt",

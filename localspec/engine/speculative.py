@@ -131,20 +131,27 @@ class Generation:
             return None
         if self.request.cancel.cancelled:
             return self._final_event(self._finish("cancelled"))
-        # A cancel that arrives during this step's passes stops them where llama.cpp can (on a CPU).
+        # A cancel that arrives during this step's passes stops them where llama.cpp can (on a CPU), as does a more
+        # urgent request arriving during a prefill's.
         models = [self.target, *([self._draft.model] if self._draft is not None else [])]
         for model in models:
-            model.abort_check = self._cancelled
+            model.abort_check = self._should_stop
         try:
             return self._step()
         except DecodeAborted:  # (the model dropped what the stopped pass wrote: the slot holds `committed`)
-            return self._final_event(self._finish("cancelled"))
+            if self.request.cancel.cancelled:
+                return self._final_event(self._finish("cancelled"))
+            self.stats.gave_way += 1
+            return StepEvent(text="", tokens=0, drafted=0, accepted=0, source="none")
         finally:
             for model in models:
                 model.abort_check = None
 
-    def _cancelled(self) -> bool:
-        return self.request.cancel.cancelled
+    def _should_stop(self) -> bool:
+        give_way = self.request.give_way
+        return self.request.cancel.cancelled or (
+            give_way is not None and self.request.max_tokens == 0 and give_way()
+        )
 
     def _step(self) -> StepEvent | None:
         remaining = self.request.max_tokens - len(self._output)

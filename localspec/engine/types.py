@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -69,6 +70,9 @@ class GenerationRequest:
     # Keep a `StepRecord` for every step (benchmarks use them to see what the adaptive chooser did).
     record_steps: bool = False
     cancel: CancelToken = field(default_factory=CancelToken)
+    # For a prefill (max_tokens 0): whether a more urgent request has come. On a CPU its pass then stops part-way and
+    # the step settles nothing, so the scheduler can run that request first; the prefill redoes the chunk later.
+    give_way: Callable[[], bool] | None = None
 
 
 @dataclass
@@ -117,6 +121,9 @@ class RequestStats:
     target_passes: int = 0
     steps_by_source: dict[str, int] = field(default_factory=lambda: {"draft": 0, "ngram": 0, "none": 0})
     settled_near_ties: int = 0  # positions re-decoded alone because the verify margin was tiny
+    gave_way: int = (
+        0  # a prefill's passes stopped part-way for a more urgent request (`GenerationRequest.give_way`)
+    )
     t_cache: float = 0.0  # saving and restoring KV copies of the prompt cache, before the prompt is evaluated
     t_cache_save: float = 0.0  # ... of which saving the slot's KV before it is overwritten
     t_prompt: float = 0.0
@@ -157,6 +164,7 @@ class RequestStats:
             "mean_accepted_length": round(self.mean_accepted_length, 3),
             "steps_by_source": dict(self.steps_by_source),
             "settled_near_ties": self.settled_near_ties,
+            "gave_way": self.gave_way,
             "tokens_per_second": round(self.tokens_per_second, 3),
             "time": self.time_split(),
         }
