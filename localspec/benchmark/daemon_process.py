@@ -58,11 +58,8 @@ class DaemonProcess:
                 if info.get("pid") == self.process.pid:
                     health = httpx.get(f"{info['url']}/health", timeout=5).json()
                     if health.get("status") == "ok":
-                        token = (self.home / "config" / "token").read_text().strip()
                         self.url = str(info["url"])
-                        self._http = httpx.Client(
-                            base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=30
-                        )
+                        self._http = self.client()
                         return
                     if health.get("status") == "error":
                         raise LocalspecError(f"localspec serve could not load its models: {health}")
@@ -70,6 +67,11 @@ class DaemonProcess:
                 pass  # not listening yet
             time.sleep(POLL_S)
         raise LocalspecError(f"localspec serve was not ready within {timeout:g} s; see {self.log}")
+
+    def client(self, timeout: float = 30) -> httpx.Client:
+        """A new client of its API, with its token (one per thread: the benchmarks' own requests)."""
+        token = (self.home / "config" / "token").read_text().strip()
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout)
 
     def stats(self) -> dict[str, Any]:
         assert self._http is not None

@@ -1,0 +1,80 @@
+"""How long an editor request waits for the engine when it arrives while a warm-up prefill runs.
+
+The language server warms a file's windows with prefills (`max_tokens: 0`) after every open and every edit; they
+run in chunks, and a request that arrives during one is what a user typing meanwhile sends. This starts a daemon
+(`localspec serve` in a temporary home), and `--tries` times: starts the prefill of a 128-line window of
+`difflib.py`, waits a random 0.5-2.5 s (seeded), sends a one-line infill of another file, and reads how long that
+request waited for the engine (`queued` in its record). Prints the waits and the request's whole time (ms):
+
+    python bench/prefill_wait.py TARGET.gguf DRAFT.gguf [--tries 12] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import random
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from localspec.benchmark.daemon_process import DaemonProcess
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("target", type=Path)
+    parser.add_argument("draft", type=Path)
+    parser.add_argument("--tries", type=int, default=12)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    lines = Path(difflib.__file__).read_text().splitlines(keepends=True)
+    rng = random.Random(args.seed)
+    serve = ["--target", str(args.target), "--draft", str(args.draft), "--n-ctx", "4096"]
+    with tempfile.TemporaryDirectory() as folder:
+        daemon = DaemonProcess(Path(folder) / "home", [*serve, "--threads", str(args.threads)], timeout=600)
+        try:
+            http, background = daemon.client(timeout=600), daemon.client(timeout=600)
+            waits, totals = [], []
+            for i in range(args.tries):
+                window = "".join(lines[100 + i * 64 : 228 + i * 64])
+                prefill = {"prefix": window, "max_tokens": 0, "filename": "difflib.py"}
+                warm = threading.Thread(
+                    target=background.post, args=("/v1/infill",), kwargs={"json": prefill}
+                )
+                warm.start()
+                time.sleep(rng.uniform(0.5, 2.5))  # the user types meanwhile
+                request = {
+                    "prefix": "".join(lines[1000 + i * 10 : 1010 + i * 10]) + "        ",
+                    "suffix": "\n",
+                    "max_tokens": 4,
+                    "single_line": True,
+                    "filename": "other.py",
+                    "speculative": "none",
+                }
+                started = time.perf_counter()
+                http.post("/v1/infill", json=request).raise_for_status()
+                totals.append(time.perf_counter() - started)
+                record = [r for r in daemon.stats()["recent"] if r["kind"] == "infill"][-1]
+                waits.append(record["time"]["queued"])
+                warm.join()
+            stopped = daemon.stats()["engine"].get("gave_way")
+            http.close()
+            background.close()
+        finally:
+            daemon.close()
+    print(f"waits for the engine (ms): {[round(w * 1000) for w in waits]}")
+    print(
+        f"wait p50 {statistics.median(waits) * 1000:.0f} ms, request p50 {statistics.median(totals) * 1000:.0f} ms; "
+        f"prefill passes stopped for a request: {stopped}"
+    )
+
+
+if __name__ == "__main__":
+    main()
