@@ -1,12 +1,13 @@
-"""How long an editor request waits for the engine when it arrives while a warm-up prefill runs.
+"""How long an editor request waits for the engine when it arrives while a less urgent request runs.
 
-The language server warms a file's windows with prefills (`max_tokens: 0`) after every open and every edit; they
-run in chunks, and a request that arrives during one is what a user typing meanwhile sends. This starts a daemon
-(`localspec serve` in a temporary home), and `--tries` times: starts the prefill of a 128-line window of
-`difflib.py`, waits a random 0.5-2.5 s (seeded), sends a one-line infill of another file, and reads how long that
-request waited for the engine (`queued` in its record). Prints the waits and the request's whole time (ms):
+The language server warms a file's windows with prefills (`max_tokens: 0`) after every open and every edit, and a
+chat may be reading a long prompt; a request that arrives meanwhile is what a user typing in the editor sends.
+This starts a daemon (`localspec serve` in a temporary home), and `--tries` times: starts the other request (the
+prefill of a 128-line window of `difflib.py`, or with `--during chat` a chat message holding 160 lines of it),
+waits a random 0.5-2.5 s (seeded), sends a one-line infill of another file, and reads how long that request waited
+for the engine (`queued` in its record). Prints the waits and the request's whole time (ms):
 
-    python bench/prefill_wait.py TARGET.gguf DRAFT.gguf [--tries 12] [--threads 2]
+    python bench/prefill_wait.py TARGET.gguf DRAFT.gguf [--during prefill|chat] [--tries 12] [--threads 2]
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def main() -> None:
     parser.add_argument("--tries", type=int, default=12)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--during", choices=("prefill", "chat"), default="prefill")
     args = parser.parse_args()
 
     lines = Path(difflib.__file__).read_text().splitlines(keepends=True)
@@ -43,11 +45,14 @@ def main() -> None:
             http, background = daemon.client(timeout=600), daemon.client(timeout=600)
             waits, totals = [], []
             for i in range(args.tries):
-                window = "".join(lines[100 + i * 64 : 228 + i * 64])
-                prefill = {"prefix": window, "max_tokens": 0, "filename": "difflib.py"}
-                warm = threading.Thread(
-                    target=background.post, args=("/v1/infill",), kwargs={"json": prefill}
-                )
+                if args.during == "prefill":
+                    window = "".join(lines[100 + i * 64 : 228 + i * 64])
+                    path, body = "/v1/infill", {"prefix": window, "max_tokens": 0, "filename": "difflib.py"}
+                else:
+                    code = "".join(lines[100 + i * 64 : 260 + i * 64])
+                    message = {"role": "user", "content": f"Explain this code:\n{code}"}
+                    path, body = "/v1/chat/completions", {"messages": [message], "max_tokens": 16}
+                warm = threading.Thread(target=background.post, args=(path,), kwargs={"json": body})
                 warm.start()
                 time.sleep(rng.uniform(0.5, 2.5))  # the user types meanwhile
                 request = {

@@ -189,52 +189,61 @@ def test_an_infill_between_two_chat_turns_does_not_evict_the_chat_cache(daemon: 
     assert second["usage"]["prompt_tokens_details"]["cached_tokens"] >= first["usage"]["prompt_tokens"] - 1
 
 
-def test_an_infill_stops_a_running_prefills_pass_part_way_and_both_finish_correctly(
-    endless_pair: tuple[Path, Path], tmp_path: Path
+@pytest.mark.parametrize("kind", ["prefill", "completion"])
+def test_an_infill_stops_a_less_urgent_prompt_pass_part_way_and_both_finish_correctly(
+    endless_pair: tuple[Path, Path], tmp_path: Path, kind: str
 ) -> None:
     target, draft = endless_pair
-    # A context long enough for a prefill of ~7,000 tokens: it runs ~100 chunks, an infill comes during one.
+    # A context long enough for a prompt of ~7,000 tokens: ~50 chunks, an infill comes during one's pass.
     daemon = start_daemon(
         tmp_path / "home",
         ["--target", str(target), "--draft", str(draft), "--n-ctx", "8192", "--threads", "1"],
     )
     try:
-        _infill_stops_a_prefill(daemon)
+        _infill_stops_a_prompt_pass(daemon, kind)
     finally:
         stop_daemon(daemon.process)
 
 
-def _prefill(daemon: RunningDaemon, prefix: str, out: dict[str, Any]) -> None:
-    body = {"prefix": prefix, "max_tokens": 0, "filename": "warm.py"}
-    out.update(httpx.post(f"{daemon.url}/v1/infill", json=body, headers=daemon.headers, timeout=60).json())
+def _long_request(daemon: RunningDaemon, kind: str, text: str, out: dict[str, Any]) -> None:
+    """A prefill (an editor's warm-up) or a completion (as a chat) of `text`, answered into `out`."""
+    if kind == "prefill":
+        path, body = "/v1/infill", {"prefix": text, "max_tokens": 0, "filename": "warm.py"}
+    else:
+        path, body = "/v1/completions", {"prompt": text, "max_tokens": 4, "speculative": "none"}
+    out.update(httpx.post(f"{daemon.url}{path}", json=body, headers=daemon.headers, timeout=60).json())
 
 
-def _infill_stops_a_prefill(daemon: RunningDaemon) -> None:
+def _infill_stops_a_prompt_pass(daemon: RunningDaemon, kind: str) -> None:
     infill_body = {"prefix": "def g(x):\n    return ", "suffix": "\n", "max_tokens": 8, "speculative": "none"}
     alone = httpx.post(f"{daemon.url}/v1/infill", json=infill_body, headers=daemon.headers, timeout=60).json()
 
     def stats() -> dict[str, Any]:
         return dict(httpx.get(f"{daemon.url}/v1/stats", headers=daemon.headers, timeout=10).json())
 
-    # An infill that comes while a prefill's pass runs stops that pass (on a CPU) instead of waiting for it. It may
-    # come between two passes instead, where nothing needs stopping: a few tries make that vanishingly unlikely.
+    # An infill that comes while the other request's prompt pass runs stops that pass (on a CPU) instead of waiting
+    # for it. It may come between two passes instead, where nothing needs stopping: a few tries make that unlikely.
     for attempt in range(5):
         gave_way = stats()["engine"]["gave_way"]
-        prefix = f"# attempt {attempt}\n" + "".join(
-            f"def f{i}(x):\n    return x + {i}\n\n" for i in range(240)
-        )
+        text = f"# attempt {attempt}\n" + "".join(f"def f{i}(x):\n    return x + {i}\n\n" for i in range(240))
         out: dict[str, Any] = {}
-        warm = threading.Thread(target=_prefill, args=(daemon, prefix, out))
-        warm.start()
+        other = threading.Thread(target=_long_request, args=(daemon, kind, text, out))
+        other.start()
         deadline = time.monotonic() + 20
-        while stats()["active"] == 0 and warm.is_alive() and time.monotonic() < deadline:
-            pass  # (until the prefill runs)
+        while stats()["active"] == 0 and other.is_alive() and time.monotonic() < deadline:
+            pass  # (until the other request runs)
         answer = httpx.post(f"{daemon.url}/v1/infill", json=infill_body, headers=daemon.headers, timeout=60)
-        warm.join(60)
+        other.join(60)
         assert answer.json()["content"] == alone["content"]
-        assert (out["content"], out["finish_reason"], out["prompt_cache"]["kept"]) == ("", "length", True)
-        order = [r["kind"] for r in stats()["recent"][-2:]]
+        if kind == "prefill":
+            assert (out["content"], out["finish_reason"], out["prompt_cache"]["kept"]) == ("", "length", True)
+        else:  # the same text as the same request alone
+            again: dict[str, Any] = {}
+            _long_request(daemon, kind, text, again)
+            assert out["choices"][0]["text"] == again["choices"][0]["text"]
+        kinds = [r["kind"] for r in stats()["recent"]]
+        last_infill = len(kinds) - 1 - kinds[::-1].index("infill")
         if stats()["engine"]["gave_way"] > gave_way:
-            assert order == ["infill", "prefill"]  # (the infill went first)
+            assert kinds[last_infill + 1] == kind  # (the infill finished first)
             return
-    raise AssertionError("no infill stopped a prefill's pass in five tries")
+    raise AssertionError(f"no infill stopped a {kind}'s prompt pass in five tries")

@@ -10,6 +10,7 @@ import pytest
 from test_engine import make_engine
 
 from localspec.engine import Engine, GenerationRequest
+from localspec.engine.engine import PROMPT_CHUNK_CPU
 from localspec.engine.kv_snapshots import MIN_SAVED_TOKENS
 from localspec.engine.prefix_cache import common_prefix_length, sync_sequence
 
@@ -176,23 +177,30 @@ def test_where_the_draft_model_is_cheap_a_prefill_has_it_read_the_prompt_and_its
 
 
 def test_a_prefill_runs_in_chunks_so_other_work_can_run_between_them(engine: Engine) -> None:
-    generation = engine.generate(infill(engine, TEXT, max_tokens=0))
+    request = infill(engine, TEXT, max_tokens=0)
+    request.give_way = lambda: (
+        False
+    )  # (the daemon's scheduler gives every request but the most urgent kind one)
+    generation = engine.generate(request)
     steps = 0
     while generation.step() is not None:
         steps += 1
     assert generation.result is not None and generation.result.finish_reason == "length"
     prompt_tokens = generation.stats.prompt_tokens
-    assert steps == -(-(prompt_tokens - 1) // engine._prefill_chunk(generation.request))
+    assert engine._prefill_chunk(generation.request) == PROMPT_CHUNK_CPU  # (small on a CPU)
+    assert steps == -(-(prompt_tokens - 1) // PROMPT_CHUNK_CPU)
     assert steps > 1
 
 
-def test_a_prefill_gives_way_part_way_through_a_pass_and_later_resumes_where_it_was(
-    engine: Engine, reference: Engine
+@pytest.mark.parametrize("max_tokens", [0, 6], ids=["prefill", "generation"])
+def test_a_prompt_pass_gives_way_part_way_and_the_request_later_resumes_where_it_was(
+    engine: Engine, reference: Engine, max_tokens: int
 ) -> None:
-    """On a CPU a prefill's pass stops where a more urgent request has come (`give_way`): the step settles nothing
-    and the slot keeps what earlier chunks evaluated, so the prefill goes on later as if never stopped."""
+    """On a CPU a pass over a chunk of the prompt stops where a more urgent request has come (`give_way`): the step
+    settles nothing and the slot keeps what earlier chunks evaluated, so the request goes on later as if never
+    stopped (a prefill, or a generation whose output is then the target alone's)."""
     urgent = [False]
-    warm = infill(engine, TEXT, max_tokens=0)
+    warm = infill(engine, TEXT, max_tokens=max_tokens)
     warm.give_way = lambda: urgent[0]
     generation = engine.generate(warm)
     assert generation.step() is not None  # the first chunk, undisturbed
@@ -204,7 +212,11 @@ def test_a_prefill_gives_way_part_way_through_a_pass_and_later_resumes_where_it_
     urgent[0] = False
     while generation.step() is not None:
         pass
-    assert generation.result is not None and generation.result.finish_reason == "length"
+    assert generation.result is not None
+    if max_tokens:
+        assert generation.result.text == fresh(reference, warm)
+        return
+    assert generation.result.finish_reason == "length"
     # What it evaluated is the prompt's KV, as from a prefill never stopped: a request after it reuses it.
     request = infill(engine, TEXT[:2500])
     result = engine.complete(request)

@@ -11,6 +11,7 @@ resumes when the infill is done.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import math
@@ -115,9 +116,9 @@ class Scheduler:
         self._stopping = False
         self._ids = itertools.count(1)
         self._last_stepped: Job | None = None
-        # A job more urgent than a prefill came since the worker last admitted jobs: a running prefill's pass stops
-        # part-way (on a CPU) so that the job starts at once rather than after the prefill's chunk.
-        self._urgent_came = False
+        # The most urgent priority among jobs that came since the worker last admitted jobs: a less urgent job's
+        # prompt pass stops part-way (on a CPU) so that the new one starts at once rather than after that pass.
+        self._came = math.inf
         self._stats_lock = threading.Lock()
         self._counters = DaemonCounters()
         self._engine_stats: dict[str, Any] = {}
@@ -132,8 +133,7 @@ class Scheduler:
             if self._stopping:
                 raise DaemonUnavailableError("The daemon is shutting down; retry in a moment.")
             self._pending.append(job)
-            if job.priority < PRIORITY["prefill"]:
-                self._urgent_came = True
+            self._came = min(self._came, job.priority)
             self._lock.notify()
         return job
 
@@ -198,9 +198,7 @@ class Scheduler:
             if uncalibrated is not None:
                 self._calibrate(uncalibrated)
                 continue  # swap it in on the next turn (unless a newer engine was installed meanwhile)
-            self._urgent_came = (
-                False  # (a prefill gives way once for each arrival: what came is admitted next)
-            )
+            self._came = math.inf  # (a job gives way once for each arrival: what came is admitted next)
             self._admit()
             if self._active:
                 self._step_one()
@@ -272,8 +270,8 @@ class Scheduler:
                 request = job.prepare(self._engine)
                 request.slot = job.slot
                 request.cancel = job.cancel
-                if job.kind == "prefill":
-                    request.give_way = lambda: self._urgent_came
+                if job.priority > min(PRIORITY.values()):
+                    request.give_way = functools.partial(self._more_urgent_came, job.priority)
                 job.max_tokens = request.max_tokens
                 generation = self._engine.generate(request)
             except Exception as exc:
@@ -281,6 +279,9 @@ class Scheduler:
                 continue
             self._active.append(_Active(job, generation))
             busy.add(job.slot)
+
+    def _more_urgent_came(self, priority: int) -> bool:
+        return self._came < priority
 
     def _remove_pending(self, job: Job) -> None:
         with self._lock:

@@ -58,9 +58,11 @@ TIE_MARGIN_CPU = 0.35
 TIE_MARGIN_GPU = 0.1
 MAX_CHOOSERS = 64
 MAX_LOOKUP_TABLES = 64
-# A prefill (max_tokens=0, e.g. an editor warming the places a user may jump to) runs at the lowest priority, so it
-# is evaluated in small chunks: a request arriving meanwhile waits for one chunk at most.
-PREFILL_CHUNK_CPU = 64
+# On a CPU, a request that may give way to a more urgent one (`GenerationRequest.give_way`: a prefill warming an
+# editor's windows, a chat) has its prompt evaluated in chunks this small: a chunk's pass stops part-way when that
+# request comes, and the last chunk, evaluated with the first token where nothing stops it, stays short
+# (docs/BENCHMARKS.md, session 34, has what smaller chunks cost).
+PROMPT_CHUNK_CPU = 128
 # Prefills have the draft model read their prompt too where a draft token costs at most this share of the target's
 # one-token pass (a 7B-14B target with a 0.5B draft): the prompt cache's copy then holds its KV, and a request
 # restoring the copy drafts at once instead of first catching the draft model up on the whole prompt. Where the
@@ -356,8 +358,8 @@ class Engine:
             raise
 
     def _prefill_chunk(self, request: GenerationRequest) -> int:
-        if request.max_tokens == 0 and not self.target.offloaded:
-            return PREFILL_CHUNK_CPU
+        if request.give_way is not None and not self.target.offloaded:
+            return PROMPT_CHUNK_CPU
         return self.target.n_batch
 
     def complete(self, request: GenerationRequest) -> GenerationResult:

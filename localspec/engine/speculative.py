@@ -107,6 +107,7 @@ class Generation:
         self.stats.t_prompt = time.perf_counter() - started
         self._unevaluated = prompt[self.stats.cached_tokens : -1]
         self._prefill_chunk = max(1, prefill_chunk)
+        self._yielding = False  # a prompt chunk's pass runs: it stops for a more urgent request
         self._committed = slot.target_tokens  # same list: the slot always knows what its KV holds
         self._context = [*prompt]  # committed + [pending], kept incrementally (drafters read it every step)
         self._pending = prompt[-1]
@@ -149,9 +150,7 @@ class Generation:
 
     def _should_stop(self) -> bool:
         give_way = self.request.give_way
-        return self.request.cancel.cancelled or (
-            give_way is not None and self.request.max_tokens == 0 and give_way()
-        )
+        return self.request.cancel.cancelled or (self._yielding and give_way is not None and give_way())
 
     def _step(self) -> StepEvent | None:
         remaining = self.request.max_tokens - len(self._output)
@@ -307,10 +306,15 @@ class Generation:
         return None
 
     def _prefill_step(self) -> StepEvent:
-        """Evaluate the next chunk of the prompt (no token is settled)."""
+        """Evaluate the next chunk of the prompt (no token is settled); its pass gives way to a more urgent
+        request (`GenerationRequest.give_way`)."""
         started = time.perf_counter()
         chunk = self._unevaluated[: self._prefill_chunk]
-        self.target.decode(chunk, len(self._committed), self.slot.seq_id, "none")
+        self._yielding = True
+        try:
+            self.target.decode(chunk, len(self._committed), self.slot.seq_id, "none")
+        finally:
+            self._yielding = False
         self._committed.extend(chunk)
         del self._unevaluated[: len(chunk)]
         self.target.synchronize()

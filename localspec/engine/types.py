@@ -70,8 +70,9 @@ class GenerationRequest:
     # Keep a `StepRecord` for every step (benchmarks use them to see what the adaptive chooser did).
     record_steps: bool = False
     cancel: CancelToken = field(default_factory=CancelToken)
-    # For a prefill (max_tokens 0): whether a more urgent request has come. On a CPU its pass then stops part-way and
-    # the step settles nothing, so the scheduler can run that request first; the prefill redoes the chunk later.
+    # Whether a more urgent request has come (None: nothing is more urgent). On a CPU a pass over a chunk of the
+    # prompt then stops part-way and the step settles nothing, so the scheduler can run that request first; the
+    # chunk is evaluated again later.
     give_way: Callable[[], bool] | None = None
 
 
