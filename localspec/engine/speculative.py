@@ -108,6 +108,7 @@ class Generation:
         self._unevaluated = prompt[self.stats.cached_tokens : -1]
         self._prefill_chunk = max(1, prefill_chunk)
         self._yielding = False  # a prompt chunk's pass runs: it stops for a more urgent request
+        self._just_gave_way = False  # (then the next chunk does not: a stream of urgent requests cannot starve it)
         self._committed = slot.target_tokens  # same list: the slot always knows what its KV holds
         self._context = [*prompt]  # committed + [pending], kept incrementally (drafters read it every step)
         self._pending = prompt[-1]
@@ -143,6 +144,7 @@ class Generation:
             if self.request.cancel.cancelled:
                 return self._final_event(self._finish("cancelled"))
             self.stats.gave_way += 1
+            self._just_gave_way = True
             return StepEvent(text="", tokens=0, drafted=0, accepted=0, source="none")
         finally:
             for model in models:
@@ -150,7 +152,8 @@ class Generation:
 
     def _should_stop(self) -> bool:
         give_way = self.request.give_way
-        return self.request.cancel.cancelled or (self._yielding and give_way is not None and give_way())
+        yielding = self._yielding and not self._just_gave_way
+        return self.request.cancel.cancelled or (yielding and give_way is not None and give_way())
 
     def _step(self) -> StepEvent | None:
         remaining = self.request.max_tokens - len(self._output)
@@ -315,6 +318,7 @@ class Generation:
             self.target.decode(chunk, len(self._committed), self.slot.seq_id, "none")
         finally:
             self._yielding = False
+        self._just_gave_way = False
         self._committed.extend(chunk)
         del self._unevaluated[: len(chunk)]
         self.target.synchronize()

@@ -72,7 +72,7 @@ class GenerationRequest:
     cancel: CancelToken = field(default_factory=CancelToken)
     # Whether a more urgent request has come (None: nothing is more urgent). On a CPU a pass over a chunk of the
     # prompt then stops part-way and the step settles nothing, so the scheduler can run that request first; the
-    # chunk is evaluated again later.
+    # chunk is evaluated again later, and not stopped again right away (urgent requests in a row do not starve it).
     give_way: Callable[[], bool] | None = None
 
 
