@@ -210,7 +210,8 @@ def test_a_prompt_pass_gives_way_part_way_and_the_request_later_resumes_where_it
     assert generation.stats.gave_way == 1 and generation.slot.target_tokens == held
     # Urgent requests in a row do not starve it: the chunk after one that gave way is not stopped.
     assert generation.step() is not None
-    assert generation.stats.gave_way == 1 and len(generation.slot.target_tokens) == len(held) + PROMPT_CHUNK_CPU
+    assert generation.stats.gave_way == 1
+    assert len(generation.slot.target_tokens) == len(held) + PROMPT_CHUNK_CPU
     assert generation.step() is not None
     assert generation.stats.gave_way == 2
     urgent[0] = False

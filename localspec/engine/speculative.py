@@ -108,7 +108,8 @@ class Generation:
         self._unevaluated = prompt[self.stats.cached_tokens : -1]
         self._prefill_chunk = max(1, prefill_chunk)
         self._yielding = False  # a prompt chunk's pass runs: it stops for a more urgent request
-        self._just_gave_way = False  # (then the next chunk does not: a stream of urgent requests cannot starve it)
+        # The last chunk's pass stopped for a more urgent request: the next one does not (no starving by a stream).
+        self._just_gave_way = False
         self._committed = slot.target_tokens  # same list: the slot always knows what its KV holds
         self._context = [*prompt]  # committed + [pending], kept incrementally (drafters read it every step)
         self._pending = prompt[-1]
