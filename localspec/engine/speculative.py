@@ -135,7 +135,7 @@ class Generation:
         if self.request.cancel.cancelled:
             return self._final_event(self._finish("cancelled"))
         # A cancel that arrives during this step's passes stops them where llama.cpp can (on a CPU), as does a more
-        # urgent request arriving during a prefill's.
+        # urgent request arriving during a pass over a chunk of the prompt (`_prefill_step`).
         models = [self.target, *([self._draft.model] if self._draft is not None else [])]
         for model in models:
             model.abort_check = self._should_stop
