@@ -73,6 +73,7 @@ class _Window:
     index: int  # the window's place in its file (its anchor's order)
     prefix: str
     context: tuple[tuple[str, str], ...]  # the extra context it is warmed with
+    key: int  # names it (with its context) among the warmed windows: `_key`
 
 
 class Warmer:
@@ -153,8 +154,9 @@ class Warmer:
         context = tuple(self.context(filename)) if candidate is None else candidate
         windows = self._windows[uri] = {}
         for index, prefix in enumerate(warm_windows(text, self._settings())):
-            window = windows[_key(prefix, context)] = _Window(uri, filename, index, prefix, context)
-            if _key(prefix, context) not in done:
+            key = _key(prefix, context)
+            window = windows[key] = _Window(uri, filename, index, prefix, context, key)
+            if key not in done:
                 self._queue.append(window)
         self._sort()
         self._promote_when_warm(filename)
@@ -224,7 +226,7 @@ class Warmer:
         self._room = room
         if not room.kept:
             return
-        entry = (window.uri, _key(window.prefix, window.context))
+        entry = (window.uri, window.key)
         self._kept.pop(entry, None)
         self._kept[entry] = (window, room.copy_bytes)
         held = sum(size for _, size in self._kept.values())
@@ -303,7 +305,7 @@ class Warmer:
             finally:
                 self._current = None
                 self._promote_when_warm(window.filename)
-            self._warmed.setdefault(window.uri, set()).add(_key(window.prefix, window.context))
+            self._warmed.setdefault(window.uri, set()).add(window.key)
             self.warmed += 1
             self._note_room(window, room)
             done += 1
