@@ -146,7 +146,7 @@ class Generation:
                 return self._final_event(self._finish("cancelled"))
             self.stats.gave_way += 1
             self._just_gave_way = True
-            return StepEvent(text="", tokens=0, drafted=0, accepted=0, source="none")
+            return _settled_nothing()
         finally:
             for model in models:
                 model.abort_check = None
@@ -324,7 +324,7 @@ class Generation:
         del self._unevaluated[: len(chunk)]
         self.target.synchronize()
         self.stats.t_prompt += time.perf_counter() - started
-        return StepEvent(text="", tokens=0, drafted=0, accepted=0, source="none")
+        return _settled_nothing()
 
     def _draft_prefill_step(self) -> StepEvent:
         """A prefill's next chunk for the draft model: the prompt the target has evaluated (no token is settled)."""
@@ -332,7 +332,7 @@ class Generation:
         started = time.perf_counter()
         self._draft_reads = self._draft.read(self._committed, self._prefill_chunk)
         self.stats.t_draft += time.perf_counter() - started
-        return StepEvent(text="", tokens=0, drafted=0, accepted=0, source="none")
+        return _settled_nothing()
 
     def _plan(
         self,
@@ -404,7 +404,7 @@ class Generation:
 
     @staticmethod
     def _final_event(tail: str) -> StepEvent | None:
-        return StepEvent(text=tail, tokens=0, drafted=0, accepted=0, source="none") if tail else None
+        return _settled_nothing(tail) if tail else None
 
     def _finish(self, reason: FinishReason) -> str:
         """Record the result, release the slot, and return the text held back until now (if any)."""
@@ -430,3 +430,8 @@ class Generation:
             self._picker.close()
             if self._on_finish is not None:
                 self._on_finish(self)
+
+
+def _settled_nothing(text: str = "") -> StepEvent:
+    """A step that settled no token (a prompt chunk, a pass that gave way), or the text held back until the end."""
+    return StepEvent(text=text, tokens=0, drafted=0, accepted=0, source="none")
