@@ -33,8 +33,11 @@ log = logging.getLogger(__name__)
 
 # After an edit, wait for the typing to pause this long before warming the windows it changed.
 REWARM_DELAY_S = 2.0
-# A file's frozen extra context is taken anew (and the file warmed again) when older than this.
+# A file's frozen extra context is taken anew (and the file warmed again) when older than this, and than its warm-up
+# divided by REFRESH_WORK_SHARE: re-warming whole files then takes at most that share of the time (minutes a file on a
+# CPU, where a refresh every CONTEXT_REFRESH_S would keep the daemon busy for good).
 CONTEXT_REFRESH_S = 600.0
+REFRESH_WORK_SHARE = 0.1
 PREFILL_TIMEOUT_S = 600.0
 # The windows nearest the cursor are warmed while they take at most this share of the daemon's prompt cache; the
 # rest is left to the suggestions' own copies.
@@ -83,9 +86,11 @@ class Warmer:
         settings: Callable[[], LspSettings],
         ring_context: Callable[[str], list[tuple[str, str]]],
         observer: WarmUpObserver | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.backend = backend
         self.observer = observer
+        self._clock = clock
         self._settings = settings
         self._ring_context = ring_context
         self._contexts: dict[str, tuple[float, list[tuple[str, str]]]] = {}  # filename -> (frozen at, extra)
@@ -104,6 +109,7 @@ class Warmer:
         self._task: asyncio.Task[None] | None = None
         self._rewarm: dict[str, asyncio.TimerHandle] = {}
         self._current: _Window | None = None  # the window being evaluated
+        self._prefill_seconds = 0.0  # the warmed windows' time, for a file's warm-up cost
         self.warmed = 0
         self.failed = 0
 
@@ -113,7 +119,7 @@ class Warmer:
         """The file's extra context: the ring's chunks of other files as they were when it was frozen."""
         frozen = self._contexts.get(filename)
         if frozen is None:
-            frozen = self._contexts[filename] = (time.monotonic(), self._ring_now(filename))
+            frozen = self._contexts[filename] = (self._clock(), self._ring_now(filename))
         return frozen[1]
 
     def _ring_now(self, filename: str) -> list[tuple[str, str]]:
@@ -122,7 +128,23 @@ class Warmer:
 
     def context_is_stale(self, filename: str) -> bool:
         frozen = self._contexts.get(filename)
-        return frozen is None or time.monotonic() - frozen[0] > CONTEXT_REFRESH_S
+        if frozen is None:
+            return True
+        return self._clock() - frozen[0] > max(
+            CONTEXT_REFRESH_S, self.warm_up_seconds(filename) / REFRESH_WORK_SHARE
+        )
+
+    def warm_up_seconds(self, filename: str) -> float:
+        """What warming every window of the file takes, at the mean time of the windows warmed so far."""
+        if not self.warmed:
+            return 0.0
+        windows = sum(
+            1
+            for windows in self._windows.values()
+            for window in windows.values()
+            if window.filename == filename
+        )
+        return windows * self._prefill_seconds / self.warmed
 
     # ---- what to warm ----
 
@@ -134,9 +156,9 @@ class Warmer:
         new, current = self._ring_now(filename), self._contexts.get(filename)
         self._candidates.pop(filename, None)
         if current is None or new == current[1] or not self._warming_on(text):
-            self._contexts[filename] = (time.monotonic(), new)
+            self._contexts[filename] = (self._clock(), new)
         else:
-            self._contexts[filename] = (time.monotonic(), current[1])
+            self._contexts[filename] = (self._clock(), current[1])
             self._candidates[filename] = tuple(new)
         self.schedule(uri, filename, text)
 
@@ -169,7 +191,7 @@ class Warmer:
             return
         windows = [*self._queue, *([self._current] if self._current is not None else [])]
         if not any(w.filename == filename and w.context == candidate for w in windows):
-            self._contexts[filename] = (time.monotonic(), list(self._candidates.pop(filename)))
+            self._contexts[filename] = (self._clock(), list(self._candidates.pop(filename)))
 
     def _resume(self) -> None:
         if self._queue and (self._task is None or self._task.done()):
@@ -292,6 +314,7 @@ class Warmer:
                 single_line=False,
                 extra=list(window.context),
             )
+            started = self._clock()
             try:
                 room = await self.backend.prefill(prompt, PREFILL_TIMEOUT_S)
             except DaemonUnavailableError:
@@ -307,6 +330,7 @@ class Warmer:
                 self._promote_when_warm(window.filename)
             self._warmed.setdefault(window.uri, set()).add(window.key)
             self.warmed += 1
+            self._prefill_seconds += self._clock() - started
             self._note_room(window, room)
             done += 1
             if observer is not None:

@@ -6,7 +6,7 @@ import asyncio
 
 from localspec.lsp.prompt import InfillPrompt, warm_windows
 from localspec.lsp.settings import LspSettings
-from localspec.lsp.warmup import CacheRoom, Warmer
+from localspec.lsp.warmup import CONTEXT_REFRESH_S, REFRESH_WORK_SHARE, CacheRoom, Warmer
 
 TEXT = "".join(f"line{i}\n" for i in range(40))
 SETTINGS = LspSettings(prefix_lines=8, window_step_lines=8)
@@ -53,6 +53,40 @@ async def test_a_refreshed_context_is_used_only_once_the_file_is_warmed_with_it(
     # An unchanged context warms nothing again.
     warmer.opened("file:///a.py", "a.py", TEXT)
     assert warmer.pending == 0
+
+
+class SlowDaemon(RecordingDaemon):
+    """Takes `seconds` of a fake clock for each prefill (a CPU's windows take seconds each)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self.now = 0.0
+
+    def clock(self) -> float:
+        return self.now
+
+    async def prefill(self, prompt: InfillPrompt, timeout: float) -> CacheRoom | None:
+        self.now += self.seconds
+        return await super().prefill(prompt, timeout)
+
+
+async def test_a_files_context_is_refreshed_no_more_often_than_its_warm_up_allows() -> None:
+    windows = len(warm_windows(TEXT, SETTINGS))
+    for seconds in (0.0, 60.0):
+        daemon = SlowDaemon(seconds)
+        warmer = Warmer(daemon, lambda: SETTINGS, lambda filename: [], clock=daemon.clock)
+        warmer.opened("file:///a.py", "a.py", TEXT)
+        await _drain(warmer)
+        assert warmer.warm_up_seconds("a.py") == windows * seconds
+        # Cheap windows (a GPU): refreshed every CONTEXT_REFRESH_S. Slow ones: re-warming the whole file takes at
+        # most REFRESH_WORK_SHARE of the time.
+        period = max(CONTEXT_REFRESH_S, windows * seconds / REFRESH_WORK_SHARE)
+        assert period == (CONTEXT_REFRESH_S if seconds == 0 else 3000.0)
+        daemon.now = period - 1  # (since the context was taken, at the open)
+        assert not warmer.context_is_stale("a.py")
+        daemon.now = period + 1
+        assert warmer.context_is_stale("a.py")
 
 
 async def test_without_warming_a_refreshed_context_is_used_at_once() -> None:
