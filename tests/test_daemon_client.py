@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import RunningDaemon
+from conftest import RunningDaemon, start_daemon, stop_daemon
 
 from localspec import rendezvous
 from localspec.client import AsyncDaemonClient, DaemonClient, connect, discover, discovery_stamp
@@ -101,6 +101,42 @@ async def test_async_stream_closed_early_cancels_on_the_daemon(daemon: RunningDa
                 return
             await asyncio.sleep(0.02)
         raise AssertionError("the early-closed generation never finished")
+
+
+async def test_a_request_cancelled_twice_still_stops_its_generation(
+    endless_pair: tuple[Path, Path], localspec_home: Path
+) -> None:
+    """An editor's request is often cancelled twice (superseded by the next keystroke's, then cancelled by the
+    editor). httpx closes the connection after a cancel, which is how the daemon learns to stop; a second cancel
+    arriving during that clean-up (one turn of the event loop later) used to cut it short, and the daemon generated
+    on to max_tokens (encode/httpcore#1115)."""
+    running = start_daemon(
+        localspec_home, ["--target", str(endless_pair[0]), "--n-ctx", "2048", "--threads", "1"]
+    )
+    try:
+        async with AsyncDaemonClient() as client, AsyncDaemonClient() as watcher:
+            for turns in range(4):  # loop turns between the two cancels
+                slot = f"twice-{turns}"
+                request = asyncio.ensure_future(
+                    client.infill("def f(x):\n    return", max_tokens=1500, slot=slot)
+                )
+                deadline = time.monotonic() + 30
+                while (await watcher.stats())["active"] == 0:
+                    assert time.monotonic() < deadline and not request.done(), "the generation never started"
+                    await asyncio.sleep(0.01)
+                request.cancel()
+                for _ in range(turns):
+                    await asyncio.sleep(0)
+                request.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await request
+                while (stats := await watcher.stats())["active"] or stats["recent"][-1]["slot"] != slot:
+                    assert time.monotonic() < deadline, "the generation never ended"
+                    await asyncio.sleep(0.01)
+                record = stats["recent"][-1]
+                assert record["finish_reason"] == "cancelled" and record["tokens"] < 1500, (turns, record)
+    finally:
+        stop_daemon(running.process)
 
 
 def test_errors_map_to_the_localspec_hierarchy(daemon: RunningDaemon) -> None:

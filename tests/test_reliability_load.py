@@ -59,6 +59,11 @@ def rss_mb(daemon: RunningDaemon) -> float:
     raise AssertionError("no VmRSS in /proc")
 
 
+def cache_mb(stats: dict[str, Any]) -> float:
+    """What the daemon's prompt cache holds: memory it keeps by design, within its own budget."""
+    return float(stats["engine"].get("prompt_cache", {}).get("bytes", 0)) / 2**20
+
+
 def stats(daemon: RunningDaemon) -> dict[str, Any]:
     response = httpx.get(f"{daemon.url}/v1/stats", headers=daemon.headers, timeout=10)
     response.raise_for_status()

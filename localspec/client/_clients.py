@@ -7,6 +7,7 @@ generation within one step.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from types import TracebackType
@@ -18,6 +19,12 @@ from localspec import rendezvous
 from localspec.client import _wire
 from localspec.client._wire import Call
 from localspec.errors import DaemonUnavailableError
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Take a cancelled request's outcome, so that asyncio does not report an error nobody waited for."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _resolve(url: str | None, token: str | None) -> tuple[str, str | None]:
@@ -234,6 +241,19 @@ class AsyncDaemonClient:
         await self._http.aclose()
 
     async def _send(self, call: Call) -> Any:
+        # The request runs in a task of its own, cancelled once however often this call is: after a cancel httpx
+        # closes the connection (which is how the daemon learns to stop generating), and a second cancel during that
+        # clean-up cuts it short (encode/httpcore#1115). An editor's request is often cancelled twice: superseded
+        # by the next keystroke's, then cancelled by the editor.
+        request = asyncio.ensure_future(self._request(call))
+        try:
+            return await asyncio.shield(request)
+        except asyncio.CancelledError:
+            request.cancel()
+            request.add_done_callback(_retrieve)
+            raise
+
+    async def _request(self, call: Call) -> Any:
         with _wire.reaching(self.url):
             response = await self._http.request(call.method, call.path, json=call.body)
         return _wire.answer(call, response)

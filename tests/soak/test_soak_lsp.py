@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import test_lsp_server as lsp
 from conftest import RunningDaemon
-from test_reliability_load import RSS_BOUND_MB, rss_mb, wait_quiet
+from test_reliability_load import RSS_BOUND_MB, cache_mb, rss_mb, wait_quiet
 from test_reliability_lsp import STORM, endless_daemon, lsp_storm  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.soak
@@ -30,9 +30,16 @@ async def test_a_thousand_lsp_completions_superseded_or_cancelled(
     # A few single-line suggestions may finish between two keystrokes; the rest were cut off.
     assert sum(outcome.values()) == 1000 and outcome["suggested"] <= 20, outcome
     counters = (await lsp.stats(client))["suggestions"]
-    assert counters["errors"] == 0 and counters["superseded"] + counters["cancelled"] >= 980
+    # A request cancelled before the server took it up never reaches the suggester (nor the daemon).
+    never_started = 1000 - counters["requests"]
+    assert 0 <= never_started <= outcome["cancelled"] and counters["errors"] == 0, (outcome, counters)
+    assert counters["superseded"] + counters["cancelled"] + never_started >= 980, counters
     after = wait_quiet(endless_daemon)
     assert not any(slot["busy"] for slot in after["engine"]["slots"])
     assert after["errors"] == baseline["errors"]
-    assert rss_mb(endless_daemon) - rss_before < RSS_BOUND_MB
+    # Each generation the daemon started for a superseded or cancelled request was stopped, not run to its end.
+    received = sum(after["requests"].values()) - sum(baseline["requests"].values())
+    assert after["finish_reasons"].get("cancelled", 0) >= received - 20, after["finish_reasons"]
+    cached = cache_mb(after) - cache_mb(baseline)  # (copies of the typed prompts, within the cache's budget)
+    assert rss_mb(endless_daemon) - rss_before - cached < RSS_BOUND_MB
     assert (await lsp.stats(client))["in_flight"] == 0
