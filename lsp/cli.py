@@ -42,10 +42,11 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     from localspec.lsp.server import server
+    from localspec.lsp.stdio import start_stdio
 
     if args.tcp:
         host, port = parse_address(args.tcp)
         server.start_tcp(host, port)
     else:
-        server.start_io()
+        start_stdio(server)
     return 0

@@ -624,6 +624,39 @@ async def test_tcp_transport_serves_an_editor(localspec_home: Path) -> None:
         await asyncio.wait_for(process.wait(), TIMEOUT)
 
 
+def _lsp_message(body: dict[str, Any]) -> bytes:
+    data = json.dumps(body).encode()
+    return b"Content-Length: %d\r\n\r\n" % len(data) + data
+
+
+async def test_stdin_that_is_a_file_is_served_too(localspec_home: Path, tmp_path: Path) -> None:
+    """Editors give a pipe, which the event loop reads; a file (as a script might give) goes through pygls's own
+    threaded reader, and is answered the same."""
+    script = tmp_path / "session.lsp"
+    script.write_bytes(
+        _lsp_message(
+            {
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "initialize",
+                "params": {"capabilities": {}, "processId": None},
+            }
+        )
+        + _lsp_message({"jsonrpc": "2.0", "method": "initialized", "params": {}})
+        + _lsp_message({"jsonrpc": "2.0", "id": 2, "method": "shutdown"})
+        + _lsp_message({"jsonrpc": "2.0", "method": "exit"})
+    )
+    with script.open("rb") as stdin:
+        process = await asyncio.create_subprocess_exec(
+            *SERVER, stdin=stdin, stdout=asyncio.subprocess.PIPE, env=lsp_env(localspec_home)
+        )
+        out, _ = await asyncio.wait_for(process.communicate(), TIMEOUT)
+    answers = [json.loads(part[: part.rindex(b"}") + 1]) for part in out.split(b"\r\n\r\n")[1:]]
+    by_id = {answer["id"]: answer for answer in answers if "id" in answer}
+    assert by_id[1]["result"]["capabilities"]["inlineCompletionProvider"] is not None
+    assert by_id[2]["result"] is None
+
+
 async def warm_up_progress(client: LanguageClient) -> list[list[Any]]:
     """Each warm-up progress the server showed (begin, reports, end), once every one has ended."""
 

@@ -109,8 +109,10 @@ async def test_lsp_cancellation_storm_leaves_the_daemon_clean(
     assert outcome["suggested"] <= 5 and sum(outcome.values()) == 120, outcome
     assert outcome["cancelled"] >= 10, outcome
     counters = (await lsp.stats(client))["suggestions"]
-    assert counters["requests"] == 120 and counters["errors"] == 0
-    assert counters["superseded"] + counters["cancelled"] >= 115, counters
+    # A request cancelled before the server took it up never reaches the suggester (nor the daemon).
+    never_started = 120 - counters["requests"]
+    assert 0 <= never_started <= outcome["cancelled"] and counters["errors"] == 0, (outcome, counters)
+    assert counters["superseded"] + counters["cancelled"] + never_started >= 115, counters
     after = wait_quiet(endless_daemon)
     assert not any(slot["busy"] for slot in after["engine"]["slots"])
     assert after["errors"] == baseline["errors"]

@@ -1,0 +1,64 @@
+"""The language server over stdio, with stdin read on the event loop.
+
+pygls's `start_io` reads every header line and every body on a worker thread: three thread hand-offs a message,
+which a suggestion's request pays on its way in. Its TCP transport reads with asyncio streams instead; this does the
+same for stdio where stdin is a pipe or a socket (what editors give), and leaves anything else (a terminal, a file,
+Windows) to `start_io`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import stat
+import sys
+import threading
+
+from pygls.io_ import StdoutWriter, run_async
+from pygls.server import JsonRPCServer
+
+log = logging.getLogger(__name__)
+
+
+def start_stdio(server: JsonRPCServer) -> None:
+    """Serve the editor on stdin/stdout until it exits or closes stdin."""
+    if not _readable_on_loop(sys.stdin.buffer.fileno()):
+        server.start_io()
+        return
+    try:
+        asyncio.run(_serve(server))
+    except BrokenPipeError:
+        log.error("The editor closed the connection; shutting down.")
+    except (KeyboardInterrupt, SystemExit):
+        pass
+    finally:
+        server.shutdown()
+
+
+def _readable_on_loop(fd: int) -> bool:
+    """Whether the event loop can watch `fd` (a pipe or a socket; not a terminal, whose non-blocking mode would be
+    stdout's too, nor a regular file). Windows' loop cannot watch a pipe this way."""
+    if sys.platform == "win32":
+        return False
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
+
+
+async def _serve(server: JsonRPCServer) -> None:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer)
+    # `shutdown()` (the editor's exit) sets the event pygls's own transports stop on.
+    server._stop_event = stop = threading.Event()
+    server.protocol.set_writer(StdoutWriter(sys.stdout.buffer))
+    await run_async(
+        stop_event=stop,
+        reader=reader,
+        protocol=server.protocol,
+        logger=log,
+        error_handler=server.report_server_error,
+    )
