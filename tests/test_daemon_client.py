@@ -103,13 +103,14 @@ async def test_async_stream_closed_early_cancels_on_the_daemon(daemon: RunningDa
         raise AssertionError("the early-closed generation never finished")
 
 
+@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "streamed"])
 async def test_a_request_cancelled_twice_still_stops_its_generation(
-    endless_pair: tuple[Path, Path], localspec_home: Path
+    endless_pair: tuple[Path, Path], localspec_home: Path, streamed: bool
 ) -> None:
-    """An editor's request is often cancelled twice (superseded by the next keystroke's, then cancelled by the
-    editor). httpx closes the connection after a cancel, which is how the daemon learns to stop; a second cancel
-    arriving during that clean-up (one turn of the event loop later) used to cut it short, and the daemon generated
-    on to max_tokens (encode/httpcore#1115)."""
+    """A request is often cancelled twice (an editor's superseded by the next keystroke's then cancelled by the
+    editor; a chat's Esc pressed twice). httpx closes the connection after a cancel, which is how the daemon learns
+    to stop; a second cancel arriving during that clean-up (a turn of the event loop later) used to cut it short,
+    and the daemon generated on to max_tokens (encode/httpcore#1115)."""
     running = start_daemon(
         localspec_home, ["--target", str(endless_pair[0]), "--n-ctx", "2048", "--threads", "1"]
     )
@@ -117,9 +118,20 @@ async def test_a_request_cancelled_twice_still_stops_its_generation(
         async with AsyncDaemonClient() as client, AsyncDaemonClient() as watcher:
             for turns in range(4):  # loop turns between the two cancels
                 slot = f"twice-{turns}"
-                request = asyncio.ensure_future(
-                    client.infill("def f(x):\n    return", max_tokens=1500, slot=slot)
-                )
+                started = asyncio.Event()
+
+                async def generate(slot: str = slot, started: asyncio.Event = started) -> None:
+                    prompt = "def f(x):\n    return"
+                    if not streamed:
+                        started.set()
+                        await client.infill(prompt, max_tokens=1500, slot=slot)
+                        return
+                    async with client.stream_infill(prompt, max_tokens=1500, slot=slot) as stream:
+                        async for _chunk in stream:
+                            started.set()
+
+                request = asyncio.ensure_future(generate())
+                await started.wait()
                 deadline = time.monotonic() + 30
                 while (await watcher.stats())["active"] == 0:
                     assert time.monotonic() < deadline and not request.done(), "the generation never started"

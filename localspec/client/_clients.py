@@ -8,10 +8,10 @@ generation within one step.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import httpx
 
@@ -20,9 +20,25 @@ from localspec.client import _wire
 from localspec.client._wire import Call
 from localspec.errors import DaemonUnavailableError
 
+T = TypeVar("T")
+
+
+async def _cancelled_once(work: Coroutine[Any, Any, T]) -> T:
+    """Await `work` in a task of its own, cancelled once however often the caller is. After a cancel httpx closes
+    the connection, which is how the daemon learns to stop generating; a second cancel during that clean-up cuts it
+    short and leaves the connection open (encode/httpcore#1115). Callers are often cancelled twice: an editor's
+    request superseded by the next keystroke's and cancelled by the editor, a chat's Esc pressed twice."""
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        task.cancel()
+        task.add_done_callback(_retrieve)
+        raise
+
 
 def _retrieve(task: asyncio.Future[Any]) -> None:
-    """Take a cancelled request's outcome, so that asyncio does not report an error nobody waited for."""
+    """Take a cancelled call's outcome, so that asyncio does not report an error nobody waited for."""
     if not task.cancelled():
         task.exception()
 
@@ -115,13 +131,16 @@ class AsyncStream(AbstractAsyncContextManager["AsyncStream"]):
 
     async def __aenter__(self) -> Self:
         if self._response is None:
-            await self._open()
+            await _cancelled_once(self._open())
         return self
 
     def __aiter__(self) -> Self:
         return self
 
     async def __anext__(self) -> dict[str, Any]:
+        return await _cancelled_once(self._next())
+
+    async def _next(self) -> dict[str, Any]:
         if self._closed:
             raise StopAsyncIteration
         lines = self._lines or await self._open()
@@ -147,7 +166,7 @@ class AsyncStream(AbstractAsyncContextManager["AsyncStream"]):
         if not self._closed:
             self._closed = True
             if self._response is not None:
-                await self._cm.__aexit__(None, None, None)
+                await _cancelled_once(self._cm.__aexit__(None, None, None))
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -241,17 +260,7 @@ class AsyncDaemonClient:
         await self._http.aclose()
 
     async def _send(self, call: Call) -> Any:
-        # The request runs in a task of its own, cancelled once however often this call is: after a cancel httpx
-        # closes the connection (which is how the daemon learns to stop generating), and a second cancel during that
-        # clean-up cuts it short (encode/httpcore#1115). An editor's request is often cancelled twice: superseded
-        # by the next keystroke's, then cancelled by the editor.
-        request = asyncio.ensure_future(self._request(call))
-        try:
-            return await asyncio.shield(request)
-        except asyncio.CancelledError:
-            request.cancel()
-            request.add_done_callback(_retrieve)
-            raise
+        return await _cancelled_once(self._request(call))
 
     async def _request(self, call: Call) -> Any:
         with _wire.reaching(self.url):
