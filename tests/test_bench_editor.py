@@ -29,6 +29,7 @@ from localspec.benchmark.editor import (
     percentile,
     print_report,
     replay_llama_server,
+    warm_up_estimate,
 )
 from localspec.benchmark.infill_server import InfillClient, server_modes
 from localspec.benchmark.runner import LlamaServer
@@ -256,6 +257,13 @@ def test_percentile_interpolates_between_ranks() -> None:
     assert percentile([1.0, 2.0, 3.0, 4.0, 5.0], 90) == pytest.approx(4.6)
     assert percentile([1.0, 2.0, 3.0], 100) == 3.0
     assert percentile([1.0, 2.0, 3.0], 0) == 1.0
+
+
+def test_the_warm_up_is_estimated_from_its_pace_once_enough_is_seen() -> None:
+    # 60 pages, 6 warmed in 72 s: 12 s a page, 720 s in all.
+    assert warm_up_estimate(72.0, 60, 54) == 720.0
+    assert warm_up_estimate(72.0, 60, 58) is None  # too few pages to tell
+    assert warm_up_estimate(30.0, 60, 50) is None  # too soon to tell
 
 
 def test_places_are_indented_code_lines_only() -> None:

@@ -87,6 +87,11 @@ DAEMON_FIELDS = (
     "time",
 )
 WARM_POLL_S = 0.2
+# The warm-up fails early once its pace (measured over at least WARM_PACE_PAGES pages and WARM_PACE_S seconds) says
+# it needs more than WARM_OVERRUN times --warm-timeout: two big files take a 2-core CPU a quarter of an hour.
+WARM_PACE_PAGES = 5
+WARM_PACE_S = 60.0
+WARM_OVERRUN = 1.5
 
 
 @dataclass(frozen=True)
@@ -423,9 +428,11 @@ Progress = Callable[[str], None]
 
 
 async def wait_warm(editor: Editor, daemon: DaemonProcess, timeout: float, progress: Progress) -> float:
-    """Seconds until the language server has pre-processed the open files (`warming` 0) and the daemon is idle."""
+    """Seconds until the language server has pre-processed the open files (`warming` 0) and the daemon is idle.
+    Fails early where the pace so far says the warm-up cannot end within `timeout` (big files on a CPU)."""
     started = time.monotonic()
     last_report = 0.0
+    first_left: int | None = None
     while True:
         stats = await editor.stats()
         warming = int(stats.get("warming", 0) or 0)
@@ -433,16 +440,29 @@ async def wait_warm(editor: Editor, daemon: DaemonProcess, timeout: float, progr
         elapsed = time.monotonic() - started
         if warming == 0 and daemon_idle and not stats.get("in_flight"):
             return elapsed
-        if elapsed > timeout:
+        first_left = warming if first_left is None else max(first_left, warming)
+        needed = warm_up_estimate(elapsed, first_left, warming)
+        if elapsed > timeout or (needed is not None and needed > WARM_OVERRUN * timeout):
+            pace = "" if needed is None else f"; at its pace so far it needs ~{needed / 60:.0f} min in all"
             raise LocalspecError(
-                f"The language server was still warming up after {timeout:g} s ({warming} pages left); "
-                "raise --warm-timeout."
+                f"The language server was still warming up after {elapsed:.0f} s ({warming} pages left{pace}). "
+                f"Raise --warm-timeout (now {timeout:g} s), or open fewer or shorter files (--files, --min-lines)."
             )
         if elapsed - last_report >= 5:
             last_report = elapsed
             state = "idle" if daemon_idle else "busy"
-            progress(f"warming up: {warming} pages left, daemon {state}, {elapsed:.0f} s")
+            left = "" if needed is None else f", ~{max(0.0, needed - elapsed) / 60:.0f} min left"
+            progress(f"warming up: {warming} pages left, daemon {state}, {elapsed:.0f} s{left}")
         await asyncio.sleep(WARM_POLL_S)
+
+
+def warm_up_estimate(elapsed: float, first_left: int, left: int) -> float | None:
+    """Seconds the whole warm-up takes at the pace so far (pages warmed per second), once enough has been seen
+    to tell: at least WARM_PACE_PAGES pages and WARM_PACE_S seconds."""
+    done = first_left - left
+    if done < WARM_PACE_PAGES or elapsed < WARM_PACE_S:
+        return None
+    return elapsed * first_left / done
 
 
 async def wait_quiet(editor: Editor, daemon: DaemonProcess) -> None:
