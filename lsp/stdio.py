@@ -3,7 +3,9 @@
 pygls's `start_io` reads every header line and every body on a worker thread: three thread hand-offs a message,
 which a suggestion's request pays on its way in. Its TCP transport reads with asyncio streams instead; this does the
 same for stdio where stdin is a pipe or a socket (what editors give), and leaves anything else (a terminal, a file,
-Windows) to `start_io`.
+Windows) to `start_io`. Messages are still taken up in order: the reader lets the event loop run once before each
+line, so a handler a message started (an async one starts on the next turn) takes the documents and settings as
+they were when it came, before the next message changes them.
 """
 
 from __future__ import annotations
@@ -48,16 +50,30 @@ def _readable_on_loop(fd: int) -> bool:
     return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
 
 
+class _InOrder:
+    """An asyncio stream that yields to the event loop before each line (see the module's docstring)."""
+
+    def __init__(self, stream: asyncio.StreamReader) -> None:
+        self._stream = stream
+
+    async def readline(self) -> bytes:
+        await asyncio.sleep(0)
+        return await self._stream.readline()
+
+    async def readexactly(self, n: int) -> bytes:
+        return await self._stream.readexactly(n)
+
+
 async def _serve(server: JsonRPCServer) -> None:
     loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer)
+    stream = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stream), sys.stdin.buffer)
     # `shutdown()` (the editor's exit) sets the event pygls's own transports stop on.
     server._stop_event = stop = threading.Event()
     server.protocol.set_writer(StdoutWriter(sys.stdout.buffer))
     await run_async(
         stop_event=stop,
-        reader=reader,
+        reader=_InOrder(stream),
         protocol=server.protocol,
         logger=log,
         error_handler=server.report_server_error,

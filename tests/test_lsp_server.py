@@ -657,6 +657,74 @@ async def test_stdin_that_is_a_file_is_served_too(localspec_home: Path, tmp_path
     assert by_id[2]["result"] is None
 
 
+async def _read_message(stdout: asyncio.StreamReader) -> dict[str, Any]:
+    header = await asyncio.wait_for(stdout.readuntil(b"\r\n\r\n"), TIMEOUT)
+    length = int(header.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+    return dict(json.loads(await asyncio.wait_for(stdout.readexactly(length), TIMEOUT)))
+
+
+async def _answer(stdout: asyncio.StreamReader, request_id: int) -> dict[str, Any]:
+    """The server's answer to `request_id`, skipping its notifications."""
+    while True:
+        message = await _read_message(stdout)
+        if message.get("id") == request_id and "method" not in message:
+            return message
+
+
+async def test_a_request_is_answered_for_the_document_as_it_was_when_it_came(
+    daemon: RunningDaemon, tmp_path: Path
+) -> None:
+    """A request, then an edit, in one write from the editor: the suggestion is for the text the request was made
+    on (the server reads stdin on its event loop, and must still take messages up in order)."""
+    expected = await daemon_infill(daemon, DOC[:CURSOR_OFFSET], DOC[CURSOR_OFFSET:])
+    uri = (tmp_path / "main.py").as_uri()
+    process = await asyncio.create_subprocess_exec(
+        *SERVER, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=lsp_env(daemon.home)
+    )
+    assert process.stdin is not None and process.stdout is not None
+    try:
+        process.stdin.write(
+            _lsp_message(
+                {
+                    "jsonrpc": "2.0",
+                    "id": 1,
+                    "method": "initialize",
+                    "params": {"capabilities": {}, "processId": None, "initializationOptions": FAST},
+                }
+            )
+        )
+        await _answer(process.stdout, 1)
+        document = {"uri": uri, "languageId": "python", "version": 1, "text": DOC}
+        process.stdin.write(
+            _lsp_message({"jsonrpc": "2.0", "method": "initialized", "params": {}})
+            + _lsp_message(
+                {"jsonrpc": "2.0", "method": "textDocument/didOpen", "params": {"textDocument": document}}
+            )
+        )
+        position = {"line": CURSOR.line, "character": CURSOR.character}
+        request = {
+            "jsonrpc": "2.0",
+            "id": 2,
+            "method": "textDocument/inlineCompletion",
+            "params": {"textDocument": {"uri": uri}, "position": position, "context": {"triggerKind": 2}},
+        }
+        edit = {
+            "jsonrpc": "2.0",
+            "method": "textDocument/didChange",
+            "params": {
+                "textDocument": {"uri": uri, "version": 2},
+                "contentChanges": [{"text": "x = 1\n" * 20}],
+            },
+        }
+        process.stdin.write(_lsp_message(request) + _lsp_message(edit))
+        answer = await _answer(process.stdout, 2)
+        items = answer["result"]["items"] if answer.get("result") else []
+        assert [item["insertText"] for item in items] == [expected]
+    finally:
+        process.kill()
+        await process.wait()
+
+
 async def warm_up_progress(client: LanguageClient) -> list[list[Any]]:
     """Each warm-up progress the server showed (begin, reports, end), once every one has ended."""
 
