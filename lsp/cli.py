@@ -42,11 +42,11 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     from localspec.lsp.server import server
-    from localspec.lsp.stdio import start_stdio
+    from localspec.lsp.transport import serve_stdio, serve_tcp
 
     if args.tcp:
         host, port = parse_address(args.tcp)
-        server.start_tcp(host, port)
+        serve_tcp(server, host, port)
     else:
-        start_stdio(server)
+        serve_stdio(server)
     return 0

@@ -584,20 +584,24 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+async def _connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection to a language server listening on `port`, once it listens."""
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        try:
+            return await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            assert time.monotonic() < deadline, "the TCP server never listened"
+            await asyncio.sleep(0.05)
+
+
 async def test_tcp_transport_serves_an_editor(localspec_home: Path) -> None:
     port = _free_port()
     process = await asyncio.create_subprocess_exec(
         *SERVER, "--tcp", f"127.0.0.1:{port}", env=lsp_env(localspec_home), stderr=asyncio.subprocess.PIPE
     )
     try:
-        deadline = time.monotonic() + TIMEOUT
-        while True:
-            try:
-                reader, writer = await asyncio.open_connection("127.0.0.1", port)
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "the TCP server never listened"
-                await asyncio.sleep(0.05)
+        reader, writer = await _connect(port)
         body = json.dumps(
             {
                 "jsonrpc": "2.0",
@@ -671,19 +675,28 @@ async def _answer(stdout: asyncio.StreamReader, request_id: int) -> dict[str, An
             return message
 
 
+@pytest.mark.parametrize("transport", ["stdio", "tcp"])
 async def test_a_request_is_answered_for_the_document_as_it_was_when_it_came(
-    daemon: RunningDaemon, tmp_path: Path
+    daemon: RunningDaemon, tmp_path: Path, transport: str
 ) -> None:
     """A request, then an edit, in one write from the editor: the suggestion is for the text the request was made
-    on (the server reads stdin on its event loop, and must still take messages up in order)."""
+    on (the server reads on its event loop, and must still take messages up in order)."""
     expected = await daemon_infill(daemon, DOC[:CURSOR_OFFSET], DOC[CURSOR_OFFSET:])
     uri = (tmp_path / "main.py").as_uri()
-    process = await asyncio.create_subprocess_exec(
-        *SERVER, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=lsp_env(daemon.home)
-    )
-    assert process.stdin is not None and process.stdout is not None
+    if transport == "stdio":
+        process = await asyncio.create_subprocess_exec(
+            *SERVER, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=lsp_env(daemon.home)
+        )
+        assert process.stdin is not None and process.stdout is not None
+        stdout, stdin = process.stdout, process.stdin
+    else:
+        port = _free_port()
+        process = await asyncio.create_subprocess_exec(
+            *SERVER, "--tcp", f"127.0.0.1:{port}", env=lsp_env(daemon.home), stderr=asyncio.subprocess.PIPE
+        )
+        stdout, stdin = await _connect(port)
     try:
-        process.stdin.write(
+        stdin.write(
             _lsp_message(
                 {
                     "jsonrpc": "2.0",
@@ -693,9 +706,9 @@ async def test_a_request_is_answered_for_the_document_as_it_was_when_it_came(
                 }
             )
         )
-        await _answer(process.stdout, 1)
+        await _answer(stdout, 1)
         document = {"uri": uri, "languageId": "python", "version": 1, "text": DOC}
-        process.stdin.write(
+        stdin.write(
             _lsp_message({"jsonrpc": "2.0", "method": "initialized", "params": {}})
             + _lsp_message(
                 {"jsonrpc": "2.0", "method": "textDocument/didOpen", "params": {"textDocument": document}}
@@ -716,8 +729,8 @@ async def test_a_request_is_answered_for_the_document_as_it_was_when_it_came(
                 "contentChanges": [{"text": "x = 1\n" * 20}],
             },
         }
-        process.stdin.write(_lsp_message(request) + _lsp_message(edit))
-        answer = await _answer(process.stdout, 2)
+        stdin.write(_lsp_message(request) + _lsp_message(edit))
+        answer = await _answer(stdout, 2)
         items = answer["result"]["items"] if answer.get("result") else []
         assert [item["insertText"] for item in items] == [expected]
     finally:

@@ -1,16 +1,18 @@
-"""The language server over stdio, with stdin read on the event loop.
+"""The language server's transports: stdio (what editors spawn) and TCP, both read on the event loop, in order.
 
 pygls's `start_io` reads every header line and every body on a worker thread: three thread hand-offs a message,
 which a suggestion's request pays on its way in. Its TCP transport reads with asyncio streams instead; this does the
 same for stdio where stdin is a pipe or a socket (what editors give), and leaves anything else (a terminal, a file,
-Windows) to `start_io`. Messages are still taken up in order: the reader lets the event loop run once before each
-line, so a handler a message started (an async one starts on the next turn) takes the documents and settings as
-they were when it came, before the next message changes them.
+Windows) to `start_io`. Messages are taken up in order: the reader lets the event loop run once before each line,
+so a handler a message started (an async one starts on the next turn) takes the documents and settings as they were
+when it came, before the next message changes them (pygls's own stream reader, which its TCP transport uses, does
+not; this module serves TCP the same way as stdio).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import stat
@@ -23,7 +25,32 @@ from pygls.server import JsonRPCServer
 log = logging.getLogger(__name__)
 
 
-def start_stdio(server: JsonRPCServer) -> None:
+def serve_tcp(server: JsonRPCServer, host: str, port: int) -> None:
+    """Listen on host:port; serve one editor at a time until it exits."""
+    log.info("listening for an editor on %s:%s", host, port)
+    server._stop_event = stop = threading.Event()
+
+    async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        server.protocol.set_writer(writer)
+        await run_async(
+            stop_event=stop,
+            reader=_InOrder(reader),
+            protocol=server.protocol,
+            logger=log,
+            error_handler=server.report_server_error,
+        )
+        server.shutdown()  # (closes the listener: serving ends)
+
+    async def listen() -> None:
+        server._server = await asyncio.start_server(connection, host, port)
+        async with server._server:
+            await server._server.serve_forever()
+
+    with contextlib.suppress(asyncio.CancelledError):  # (the listener closed: the editor is gone)
+        asyncio.run(listen())
+
+
+def serve_stdio(server: JsonRPCServer) -> None:
     """Serve the editor on stdin/stdout until it exits or closes stdin."""
     if not _readable_on_loop(sys.stdin.buffer.fileno()):
         server.start_io()
