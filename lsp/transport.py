@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 def serve_tcp(server: JsonRPCServer, host: str, port: int) -> None:
-    """Listen on host:port; serve one editor at a time until it exits."""
+    """Listen on host:port for an editor and serve it until it disconnects (then stop, as pygls does)."""
     log.info("listening for an editor on %s:%s", host, port)
     server._stop_event = stop = threading.Event()
 
