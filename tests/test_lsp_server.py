@@ -633,6 +633,9 @@ def _lsp_message(body: dict[str, Any]) -> bytes:
     return b"Content-Length: %d\r\n\r\n" % len(data) + data
 
 
+NO_AUTOSTART = {"autoStartDaemon": False}
+
+
 async def test_stdin_that_is_a_file_is_served_too(localspec_home: Path, tmp_path: Path) -> None:
     """Editors give a pipe, which the event loop reads; a file (as a script might give) goes through pygls's own
     threaded reader, and is answered the same."""
@@ -643,7 +646,8 @@ async def test_stdin_that_is_a_file_is_served_too(localspec_home: Path, tmp_path
                 "jsonrpc": "2.0",
                 "id": 1,
                 "method": "initialize",
-                "params": {"capabilities": {}, "processId": None},
+                # No daemon runs here, and none may be started: it would outlive the test.
+                "params": {"capabilities": {}, "processId": None, "initializationOptions": NO_AUTOSTART},
             }
         )
         + _lsp_message({"jsonrpc": "2.0", "method": "initialized", "params": {}})
