@@ -32,13 +32,7 @@ def serve_tcp(server: JsonRPCServer, host: str, port: int) -> None:
 
     async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         server.protocol.set_writer(writer)
-        await run_async(
-            stop_event=stop,
-            reader=_InOrder(reader),
-            protocol=server.protocol,
-            logger=log,
-            error_handler=server.report_server_error,
-        )
+        await _handle_messages(server, stop, reader)
         server.shutdown()  # (closes the listener: serving ends)
 
     async def listen() -> None:
@@ -98,6 +92,13 @@ async def _serve(server: JsonRPCServer) -> None:
     # `shutdown()` (the editor's exit) sets the event pygls's own transports stop on.
     server._stop_event = stop = threading.Event()
     server.protocol.set_writer(StdoutWriter(sys.stdout.buffer))
+    await _handle_messages(server, stop, stream)
+
+
+async def _handle_messages(
+    server: JsonRPCServer, stop: threading.Event, stream: asyncio.StreamReader
+) -> None:
+    """pygls's message loop over `stream`, in order (`_InOrder`), until `stop` is set or the stream ends."""
     await run_async(
         stop_event=stop,
         reader=_InOrder(stream),
