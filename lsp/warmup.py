@@ -33,9 +33,9 @@ log = logging.getLogger(__name__)
 
 # After an edit, wait for the typing to pause this long before warming the windows it changed.
 REWARM_DELAY_S = 2.0
-# A file's frozen extra context is taken anew (and the file warmed again) when older than this, and than its warm-up
-# divided by REFRESH_WORK_SHARE: re-warming whole files then takes at most that share of the time (minutes a file on a
-# CPU, where a refresh every CONTEXT_REFRESH_S would keep the daemon busy for good).
+# A file's frozen extra context is taken anew (and the file warmed again) when older than both this and its warm-up
+# time divided by REFRESH_WORK_SHARE: re-warming whole files then takes at most that share of the time (a big file
+# takes minutes on a CPU, where a refresh every CONTEXT_REFRESH_S would keep the daemon busy for good).
 CONTEXT_REFRESH_S = 600.0
 REFRESH_WORK_SHARE = 0.1
 PREFILL_TIMEOUT_S = 600.0
