@@ -595,6 +595,17 @@ async def _connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWrite
             await asyncio.sleep(0.05)
 
 
+def _lsp_message(body: dict[str, Any]) -> bytes:
+    data = json.dumps(body).encode()
+    return b"Content-Length: %d\r\n\r\n" % len(data) + data
+
+
+async def _read_message(stdout: asyncio.StreamReader) -> dict[str, Any]:
+    header = await asyncio.wait_for(stdout.readuntil(b"\r\n\r\n"), TIMEOUT)
+    length = int(header.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+    return dict(json.loads(await asyncio.wait_for(stdout.readexactly(length), TIMEOUT)))
+
+
 async def test_tcp_transport_serves_an_editor(localspec_home: Path) -> None:
     port = _free_port()
     process = await asyncio.create_subprocess_exec(
@@ -602,19 +613,10 @@ async def test_tcp_transport_serves_an_editor(localspec_home: Path) -> None:
     )
     try:
         reader, writer = await _connect(port)
-        body = json.dumps(
-            {
-                "jsonrpc": "2.0",
-                "id": 1,
-                "method": "initialize",
-                "params": {"capabilities": {}, "processId": None},
-            }
-        ).encode()
-        writer.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        initialize = {"capabilities": {}, "processId": None}
+        writer.write(_lsp_message({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": initialize}))
         await writer.drain()
-        header = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
-        length = int(header.split(b"Content-Length: ")[1].split(b"\r\n")[0])
-        response = json.loads(await asyncio.wait_for(reader.readexactly(length), TIMEOUT))
+        response = await _read_message(reader)
         writer.close()
         assert response["id"] == 1
         capabilities = response["result"]["capabilities"]
@@ -626,11 +628,6 @@ async def test_tcp_transport_serves_an_editor(localspec_home: Path) -> None:
     finally:
         process.terminate()
         await asyncio.wait_for(process.wait(), TIMEOUT)
-
-
-def _lsp_message(body: dict[str, Any]) -> bytes:
-    data = json.dumps(body).encode()
-    return b"Content-Length: %d\r\n\r\n" % len(data) + data
 
 
 NO_AUTOSTART = {"autoStartDaemon": False}
@@ -659,16 +656,11 @@ async def test_stdin_that_is_a_file_is_served_too(localspec_home: Path, tmp_path
             *SERVER, stdin=stdin, stdout=asyncio.subprocess.PIPE, env=lsp_env(localspec_home)
         )
         out, _ = await asyncio.wait_for(process.communicate(), TIMEOUT)
-    answers = [json.loads(part[: part.rindex(b"}") + 1]) for part in out.split(b"\r\n\r\n")[1:]]
-    by_id = {answer["id"]: answer for answer in answers if "id" in answer}
-    assert by_id[1]["result"]["capabilities"]["inlineCompletionProvider"] is not None
-    assert by_id[2]["result"] is None
-
-
-async def _read_message(stdout: asyncio.StreamReader) -> dict[str, Any]:
-    header = await asyncio.wait_for(stdout.readuntil(b"\r\n\r\n"), TIMEOUT)
-    length = int(header.split(b"Content-Length: ")[1].split(b"\r\n")[0])
-    return dict(json.loads(await asyncio.wait_for(stdout.readexactly(length), TIMEOUT)))
+    stdout = asyncio.StreamReader()
+    stdout.feed_data(out)
+    stdout.feed_eof()
+    assert (await _answer(stdout, 1))["result"]["capabilities"]["inlineCompletionProvider"] is not None
+    assert (await _answer(stdout, 2))["result"] is None
 
 
 async def _answer(stdout: asyncio.StreamReader, request_id: int) -> dict[str, Any]:
