@@ -9,7 +9,7 @@ import pytest
 import test_lsp_server as lsp
 from conftest import RunningDaemon
 from test_reliability_load import RSS_BOUND_MB, cache_mb, rss_mb, wait_quiet
-from test_reliability_lsp import STORM, endless_daemon, lsp_storm  # noqa: F401  (fixtures)
+from test_reliability_lsp import STORM, cut_off, endless_daemon, lsp_storm  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.soak
 start_lsp = lsp.start_lsp
@@ -30,10 +30,7 @@ async def test_a_thousand_lsp_completions_superseded_or_cancelled(
     # A few single-line suggestions may finish between two keystrokes; the rest were cut off.
     assert sum(outcome.values()) == 1000 and outcome["suggested"] <= 20, outcome
     counters = (await lsp.stats(client))["suggestions"]
-    # A request cancelled before the server took it up never reaches the suggester (nor the daemon).
-    never_started = 1000 - counters["requests"]
-    assert 0 <= never_started <= outcome["cancelled"] and counters["errors"] == 0, (outcome, counters)
-    assert counters["superseded"] + counters["cancelled"] + never_started >= 980, counters
+    assert cut_off(counters, outcome, 1000) >= 980, counters
     after = wait_quiet(endless_daemon)
     assert not any(slot["busy"] for slot in after["engine"]["slots"])
     assert after["errors"] == baseline["errors"]
