@@ -6,7 +6,8 @@ This starts a daemon (`localspec serve` in a temporary home), times the other re
 128-line window of `difflib.py`, or with `--during chat` a chat message holding 160 lines of it), then `--tries`
 times: starts it anew (another window), waits a random 10-90% of its time alone (seeded: a GPU reads a window in
 tens of milliseconds, a CPU in seconds), sends a one-line infill of another file, and reads how long that request
-waited for the engine (`queued` in its record). Prints the waits and the request's whole time (ms):
+waited for the engine (`queued` in its record), and last times another window alone. Prints the waits and the
+request's whole time (ms), and the chunk size the engine reads such prompts in (`engine.prompt_chunks`):
 
     python bench/prefill_wait.py TARGET.gguf DRAFT.gguf [--during prefill|chat] [--tries 12] [--threads 2]
 """
@@ -79,12 +80,20 @@ def main() -> None:
                 record = [r for r in daemon.stats()["recent"] if r["kind"] == "infill"][-1]
                 waits.append(record["time"]["queued"])
                 warm.join()
-            stopped = daemon.stats()["engine"].get("gave_way")
+            path, body = other(args.tries + 1)  # alone again, in the chunks the tries taught (on a GPU)
+            started = time.perf_counter()
+            background.post(path, json=body).raise_for_status()
+            alone_after = time.perf_counter() - started
+            engine = daemon.stats()["engine"]
+            stopped = engine.get("gave_way")
             http.close()
             background.close()
         finally:
             daemon.close()
-    print(f"the other request alone: {alone * 1000:.0f} ms")
+    print(
+        f"the other request alone: {alone * 1000:.0f} ms, after the tries {alone_after * 1000:.0f} ms "
+        f"(chunks of {engine.get('prompt_chunk')} tokens)"
+    )
     print(f"waits for the engine (ms): {[round(w * 1000) for w in waits]}")
     print(
         f"wait p50 {statistics.median(waits) * 1000:.0f} ms, request p50 {statistics.median(totals) * 1000:.0f} ms; "

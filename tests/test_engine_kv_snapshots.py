@@ -10,9 +10,9 @@ import pytest
 from test_engine import make_engine
 
 from localspec.engine import Engine, GenerationRequest
-from localspec.engine.engine import PROMPT_CHUNK_CPU
 from localspec.engine.kv_snapshots import MIN_SAVED_TOKENS
 from localspec.engine.prefix_cache import common_prefix_length, sync_sequence
+from localspec.engine.prompt_chunks import GIVE_WAY_PASS_S, SMALLEST_CHUNK, STOPPABLE_CHUNK, PromptChunks
 
 LINES = [f"def function_{i}(value):\n    return value * {i} + {i * 7}\n\n" for i in range(40)]
 TEXT = "".join(LINES)
@@ -187,9 +187,51 @@ def test_a_prefill_runs_in_chunks_so_other_work_can_run_between_them(engine: Eng
         steps += 1
     assert generation.result is not None and generation.result.finish_reason == "length"
     prompt_tokens = generation.stats.prompt_tokens
-    assert engine._prefill_chunk(generation.request) == PROMPT_CHUNK_CPU  # (small on a CPU)
-    assert steps == -(-(prompt_tokens - 1) // PROMPT_CHUNK_CPU)
+    assert engine.prompt_chunks.size == STOPPABLE_CHUNK  # (small on a CPU, where a pass stops part-way)
+    assert steps == -(-(prompt_tokens - 1) // STOPPABLE_CHUNK)
     assert steps > 1
+
+
+def test_where_a_pass_cannot_stop_the_chunks_take_what_the_passes_measured_to_fit() -> None:
+    """On a GPU a chunk's pass runs to its end, so the chunks are sized from their passes' times to take at most
+    GIVE_WAY_PASS_S: smaller where passes are slow, never below SMALLEST_CHUNK, and larger again only where a
+    larger chunk, estimated in proportion to a measured one, surely fits."""
+    chunks = PromptChunks(512, stoppable=False)
+    assert chunks.size == 512  # nothing measured yet
+    chunks.record(512, GIVE_WAY_PASS_S * 3.5)  # a 7B's prompt pass on a small GPU
+    assert chunks.size == 128
+    chunks.record(500, GIVE_WAY_PASS_S * 100)  # a prompt's last, shorter chunk teaches nothing
+    assert chunks.size == 128
+    chunks.record(128, GIVE_WAY_PASS_S * 0.4)  # shorter passes cost less than in proportion
+    assert chunks.size == 256
+    chunks.record(256, GIVE_WAY_PASS_S * 3)  # (not so much less)
+    assert chunks.size == 128
+    slow = PromptChunks(512, stoppable=False)
+    slow.record(512, GIVE_WAY_PASS_S * 50)
+    assert slow.size == SMALLEST_CHUNK
+    fast = PromptChunks(512, stoppable=False)
+    fast.record(512, GIVE_WAY_PASS_S / 2)  # a small model on a fast GPU keeps whole batches
+    assert fast.size == 512
+    stoppable = PromptChunks(512, stoppable=True)
+    stoppable.record(STOPPABLE_CHUNK, GIVE_WAY_PASS_S * 50)
+    assert stoppable.size == STOPPABLE_CHUNK
+
+
+def test_a_prefill_reads_its_prompt_in_the_chunks_the_engine_holds_and_teaches_them(engine: Engine) -> None:
+    assert engine.target.n_batch == 512
+    chunks = PromptChunks(512, stoppable=False)
+    chunks.record(512, GIVE_WAY_PASS_S * 3.5)
+    assert chunks.size == 128
+    engine.prompt_chunks = chunks
+    request = infill(engine, TEXT, max_tokens=0)
+    request.give_way = lambda: False
+    generation = engine.generate(request)
+    assert generation.step() is not None
+    assert len(generation.slot.target_tokens) == 128
+    assert chunks.seconds[128].samples == 1  # (its pass was timed)
+    while generation.step() is not None:
+        pass
+    assert generation.result is not None and generation.result.finish_reason == "length"
 
 
 @pytest.mark.parametrize("max_tokens", [0, 6], ids=["prefill", "generation"])
@@ -211,7 +253,7 @@ def test_a_prompt_pass_gives_way_part_way_and_the_request_later_resumes_where_it
     # Urgent requests in a row do not starve it: the chunk after one that gave way is not stopped.
     assert generation.step() is not None
     assert generation.stats.gave_way == 1
-    assert len(generation.slot.target_tokens) == len(held) + PROMPT_CHUNK_CPU
+    assert len(generation.slot.target_tokens) == len(held) + STOPPABLE_CHUNK
     assert generation.step() is not None
     assert generation.stats.gave_way == 2
     urgent[0] = False

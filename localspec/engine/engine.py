@@ -35,6 +35,7 @@ from localspec.engine.llama_model import LlamaModel
 from localspec.engine.pass_costs import PassCosts
 from localspec.engine.pass_costs import calibrate as time_passes
 from localspec.engine.prefix_cache import ONE_BY_ONE_CATCH_UP, SlotPool, SlotState
+from localspec.engine.prompt_chunks import PromptChunks
 from localspec.engine.prompts import PromptLayout
 from localspec.engine.recently_used import recently_used
 from localspec.engine.speculative import Generation
@@ -58,11 +59,6 @@ TIE_MARGIN_CPU = 0.35
 TIE_MARGIN_GPU = 0.1
 MAX_CHOOSERS = 64
 MAX_LOOKUP_TABLES = 64
-# On a CPU, a request that may give way to a more urgent one (`GenerationRequest.give_way`: a prefill warming an
-# editor's windows, a chat) has its prompt evaluated in chunks this small: a chunk's pass stops part-way when that
-# request comes, and the last chunk, evaluated with the first token where nothing stops it, stays short
-# (docs/BENCHMARKS.md, session 34, has what smaller chunks cost).
-PROMPT_CHUNK_CPU = 128
 # Prefills have the draft model read their prompt too where a draft token costs at most this share of the target's
 # one-token pass (a 7B-14B target with a 0.5B draft): the prompt cache's copy then holds its KV, and a request
 # restoring the copy drafts at once instead of first catching the draft model up on the whole prompt. Where the
@@ -166,6 +162,8 @@ class Engine:
         index_beside = settings.index_beside if settings.index_beside is not None else self.target.offloaded
         self._indexer = ThreadPoolExecutor(1, thread_name_prefix="localspec-index") if index_beside else None
         self._slots = SlotPool(settings.slots)
+        # Chunks of the prompts of requests that may give way to a more urgent one (a warm-up prefill, a chat).
+        self.prompt_chunks = PromptChunks(self.target.n_batch, stoppable=not self.target.offloaded)
         self.snapshots = KvSnapshots(
             prompt_cache_bytes(settings.prompt_cache_mb), settings.prompt_cache_pinned
         )
@@ -256,6 +254,7 @@ class Engine:
             "prices": self.costs.describe(),  # what the chooser plans with (ms), as start-up and passes left them
             "draft_p_min": round(self.draft_p_min(), 3) if self.draft is not None else None,
             "draft_max": self.draft_max,
+            "prompt_chunk": self.prompt_chunks.size,  # tokens a pass reads of a prompt that gives way
         }
 
     # ---- prompts ----------------------------------------------------------------------------------------------
@@ -345,7 +344,7 @@ class Engine:
                 [self.history.table],
                 stats,
                 on_finish=self._record,
-                prefill_chunk=self._prefill_chunk(request),
+                prompt_chunks=self.prompt_chunks if request.give_way is not None else None,
                 ahead=self._ahead,
                 branch_seq=self._branch_seq(slot),
                 # An editor's suffix and other files' chunks come as lookup texts too: index only its prefix.
@@ -356,11 +355,6 @@ class Engine:
         except Exception:
             slot.release()
             raise
-
-    def _prefill_chunk(self, request: GenerationRequest) -> int:
-        if request.give_way is not None and not self.target.offloaded:
-            return PROMPT_CHUNK_CPU
-        return self.target.n_batch
 
     def complete(self, request: GenerationRequest) -> GenerationResult:
         generation = self.generate(request)

@@ -21,6 +21,7 @@ from localspec.engine.chooser import AdaptiveChooser, Plan, StepSite
 from localspec.engine.drafters import DraftModelDrafter, NgramDrafter, NgramTable
 from localspec.engine.llama_model import DecodeAborted, LlamaModel
 from localspec.engine.prefix_cache import SlotState, common_prefix_length, trim_to_prefix
+from localspec.engine.prompt_chunks import PromptChunks
 from localspec.engine.sampling import TokenPicker
 from localspec.engine.text_stream import EndWatch, TextStream
 from localspec.engine.types import (
@@ -51,7 +52,7 @@ class Generation:
         shared_ngrams: list[NgramTable],
         stats: RequestStats,
         on_finish: Callable[[Generation], None] | None = None,
-        prefill_chunk: int = 512,
+        prompt_chunks: PromptChunks | None = None,
         ahead: Executor | None = None,
         branch_seq: int | None = None,
         own_text: range | None = None,
@@ -62,7 +63,8 @@ class Generation:
         (`DraftModelDrafter.run_ahead`), or None; branch_seq: the draft model's sequence for a second chain;
         own_text: the part of the prompt that is not in `lookup_tables` (see `NgramDrafter.resuming`);
         indexer: a thread on which that part's n-grams are indexed while the target's pass is launched, or None
-        (then they are indexed after the launch, before waiting for the pass); prefill_draft: a prefill
+        (then they are indexed after the launch, before waiting for the pass); prompt_chunks: the chunk size of a
+        request that gives way (else the target's batch size), taught by this one's chunks; prefill_draft: a prefill
         (max_tokens 0) has the draft model read the prompt too, in chunks after the target's (see `Engine`)."""
         self.request = request
         self.target = target
@@ -97,7 +99,7 @@ class Generation:
             slot.ngram_index, prompt, [*lookup_tables, *shared_ngrams], own_text
         )
         # The prompt except its last token is evaluated first, reusing the slot's cached prefix, in chunks of at most
-        # `prefill_chunk` tokens, one per step, so a more urgent request can run between two chunks; the last chunk
+        # `_chunk_size()` tokens, one per step, so a more urgent request can run between two chunks; the last chunk
         # goes into the first step's pass. The prompt's last token is the first `pending`, so prompt and
         # generation share one code path.
         started = time.perf_counter()
@@ -106,7 +108,7 @@ class Generation:
         )
         self.stats.t_prompt = time.perf_counter() - started
         self._unevaluated = prompt[self.stats.cached_tokens : -1]
-        self._prefill_chunk = max(1, prefill_chunk)
+        self._chunks = prompt_chunks
         self._yielding = False  # a prompt chunk's pass runs: it stops for a more urgent request
         # The last chunk's pass stopped for a more urgent request: the next one does not (no starving by a stream).
         self._just_gave_way = False
@@ -161,7 +163,7 @@ class Generation:
         most_drafts = self.request.draft_max if self.request.draft_max is not None else self.chooser.draft_max
         # The prompt's last chunk is evaluated in the first step's pass, which saves a pass per request.
         if self._unevaluated and (
-            remaining <= 0 or len(self._unevaluated) + 1 + most_drafts > self._prefill_chunk
+            remaining <= 0 or len(self._unevaluated) + 1 + most_drafts > self._chunk_size()
         ):
             return self._prefill_step()
         if self._draft_reads:
@@ -313,7 +315,7 @@ class Generation:
         """Evaluate the next chunk of the prompt (no token is settled); its pass gives way to a more urgent
         request (`GenerationRequest.give_way`)."""
         started = time.perf_counter()
-        chunk = self._unevaluated[: self._prefill_chunk]
+        chunk = self._unevaluated[: self._chunk_size()]
         self._yielding = True
         try:
             self.target.decode(chunk, len(self._committed), self.slot.seq_id, "none")
@@ -323,14 +325,20 @@ class Generation:
         self._committed.extend(chunk)
         del self._unevaluated[: len(chunk)]
         self.target.synchronize()
-        self.stats.t_prompt += time.perf_counter() - started
+        seconds = time.perf_counter() - started
+        self.stats.t_prompt += seconds
+        if self._chunks is not None:
+            self._chunks.record(len(chunk), seconds)
         return _settled_nothing()
+
+    def _chunk_size(self) -> int:
+        return self._chunks.size if self._chunks is not None else self.target.n_batch
 
     def _draft_prefill_step(self) -> StepEvent:
         """A prefill's next chunk for the draft model: the prompt the target has evaluated (no token is settled)."""
         assert self._draft is not None
         started = time.perf_counter()
-        self._draft_reads = self._draft.read(self._committed, self._prefill_chunk)
+        self._draft_reads = self._draft.read(self._committed, self._chunk_size())
         self.stats.t_draft += time.perf_counter() - started
         return _settled_nothing()
 

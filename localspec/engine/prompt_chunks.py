@@ -1,0 +1,50 @@
+"""How many prompt tokens one pass reads for a request that may give way to a more urgent one.
+
+A warm-up prefill or a chat's prompt is read in chunks, one per scheduler step, so that an editor's request can
+run between two of them (`GenerationRequest.give_way`). On a CPU llama.cpp also stops a pass part-way for it (its
+abort check), so the chunks are short and fixed; the last one, read with the first token where nothing stops it,
+stays short too. On a GPU a pass runs to its end, so a request that comes during one waits for it: the chunks are
+sized to take at most GIVE_WAY_PASS_S each, as the passes of earlier chunks measured (docs/BENCHMARKS.md, the
+twenty-ninth lease, has what an editor request waited with 512-token chunks).
+"""
+
+from __future__ import annotations
+
+from localspec.engine.estimates import Ewma
+
+STOPPABLE_CHUNK = (
+    128  # where a pass stops part-way (a CPU): what smaller chunks cost is in docs/BENCHMARKS.md
+)
+GIVE_WAY_PASS_S = 0.03  # where it does not (a GPU): the longest a chunk's pass should take
+SMALLEST_CHUNK = 64  # below this a pass reads too few tokens to use a GPU well, whatever it takes
+
+
+class PromptChunks:
+    """The chunk size for requests that give way on one machine and model (`size`), from their passes' times."""
+
+    def __init__(self, largest: int, stoppable: bool) -> None:
+        """largest: the most tokens one pass takes (the context's batch size); stoppable: whether llama.cpp stops a
+        pass part-way for a more urgent request (a model on a CPU)."""
+        self.largest = largest
+        self._stoppable = stoppable
+        self.seconds: dict[int, Ewma] = {}  # per chunk size, its passes' seconds
+        self.size = min(STOPPABLE_CHUNK, largest) if stoppable else largest
+
+    def record(self, tokens: int, seconds: float) -> None:
+        """A chunk's pass over `tokens` took `seconds` (a prompt's shorter last chunk teaches nothing)."""
+        if self._stoppable or tokens != self.size:
+            return
+        self.seconds.setdefault(tokens, Ewma(0.0, weight=0.3)).measure(seconds)
+        size = self.largest
+        while size > SMALLEST_CHUNK and self._estimate(size) > GIVE_WAY_PASS_S:
+            size = max(size // 2, SMALLEST_CHUNK)
+        self.size = size
+
+    def _estimate(self, size: int) -> float:
+        """Seconds a pass of `size` takes: measured, else the nearest measured size's in proportion to the tokens
+        (longer passes cost less per token, so an unmeasured longer chunk is taken only where it surely fits)."""
+        measured = self.seconds.get(size)
+        if measured is not None:
+            return measured.value
+        nearest = min(self.seconds, key=lambda known: abs(known - size))
+        return self.seconds[nearest].value * size / nearest
