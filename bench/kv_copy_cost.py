@@ -5,7 +5,9 @@ restores a copy for a later prompt that shares more with it. Each save allocates
 sequence's size, page-locked where a GPU runs the model (`host_memory.host_buffer`). For a cost-scaled x5 target
 an editor's save took tens of milliseconds on the H200 (docs/BENCHMARKS.md, twenty-eighth lease); this tells the
 buffer's allocation apart from the copies, for page-locked and ordinary memory, at a few sequence lengths
-(median of a few rounds each, ms):
+(median of a few rounds each, ms). Then, since CUDA synchronizes around page-locked allocations, it times one-token
+passes while another thread allocates such buffers (and ordinary ones) of the last length's size: whether an
+allocation off the engine's thread would still hold up its passes.
 
     python bench/kv_copy_cost.py TARGET.gguf [--tokens 500,1000,2000] [--rounds 5]
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import statistics
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -45,11 +48,39 @@ def _copies(model: LlamaModel, size: int, pinned: bool, rounds: int) -> str:
     return f"{allocate:.1f} / {copy_out:.1f} / {copy_back:.1f}"
 
 
+def _passes_while(model: LlamaModel, depth: int, allocate: Callable[[], object] | None, passes: int) -> str:
+    """p50 / p90 ms of one-token passes at `depth` while another thread calls `allocate` in a loop (None: alone)."""
+    stop = threading.Event()
+
+    def churn() -> None:
+        while not stop.is_set() and allocate is not None:
+            allocate()
+
+    thread = threading.Thread(target=churn, daemon=True)
+    if allocate is not None:
+        thread.start()
+    times = []
+    try:
+        for i in range(passes):
+            started = time.perf_counter()
+            model.decode([100 + i % 1000], depth, 0, "last")
+            model.synchronize()
+            times.append((time.perf_counter() - started) * 1000)
+            model.remove_from(0, depth)
+    finally:
+        stop.set()
+        if allocate is not None:
+            thread.join()
+    times.sort()
+    return f"{statistics.median(times):.2f} / {times[int(len(times) * 0.9)]:.2f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("target", type=Path)
     parser.add_argument("--tokens", default="500,1000,2000")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--passes", type=int, default=200)
     args = parser.parse_args()
     lengths = [int(n) for n in args.tokens.split(",")]
     model = LlamaModel(args.target, role="target", n_ctx_per_seq=max(lengths) + 64, n_batch=512)
@@ -66,6 +97,13 @@ def main() -> None:
         size = int(llama_cpp.llama_state_seq_get_size(model.ctx, 0))
         cells = [_copies(model, size, pinned, args.rounds) for pinned in (True, False)]
         print(f"| {n} | {size / 1e6:.0f} | {cells[0]} | {cells[1]} |")
+    print(
+        f"\none-token passes {n} tokens deep, p50 / p90 ms, while another thread allocates {size / 1e6:.0f} MB buffers:"
+    )
+    print("| alone | page-locked | ordinary |")
+    print("| --- | --- | --- |")
+    kinds = [None, lambda: host_buffer(size, True), lambda: host_buffer(size, False)]
+    print(f"| {' | '.join(_passes_while(model, n, allocate, args.passes) for allocate in kinds)} |")
     model.close()
     shutdown()
 
