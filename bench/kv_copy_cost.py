@@ -1,13 +1,13 @@
 """What a prompt-cache copy costs, split: allocating its host buffer, copying the KV out, copying it back.
 
 The prompt cache (`localspec/engine/kv_snapshots.py`) copies a slot's KV out before a prompt overwrites it and
-restores a copy for a later prompt that shares more with it. Each save allocates a new host buffer of the
-sequence's size, page-locked where a GPU runs the model (`host_memory.host_buffer`). For a cost-scaled x5 target
-an editor's save took tens of milliseconds on the H200 (docs/BENCHMARKS.md, twenty-eighth lease); this tells the
-buffer's allocation apart from the copies, for page-locked and ordinary memory, at a few sequence lengths
-(median of a few rounds each, ms). Then, since CUDA synchronizes around page-locked allocations, it times one-token
-passes while another thread allocates such buffers (and ordinary ones) of the last length's size: whether an
-allocation off the engine's thread would still hold up its passes.
+restores a copy for a later prompt that shares more with it. A save takes a host buffer of the sequence's size,
+page-locked where a GPU runs the model (`host_memory.host_buffer`: a freed one of about that size where the pool
+has one, else a new one, whose allocation is timed below). This tells the allocation apart from the copies, for
+page-locked and ordinary memory, at a few sequence lengths (median of a few rounds each, ms). Then, since CUDA
+synchronizes around page-locked allocations, it times one-token passes while another thread allocates such
+buffers (and ordinary ones) of the last length's size: whether allocating off the engine's thread would still
+hold up its passes.
 
     python bench/kv_copy_cost.py TARGET.gguf [--tokens 500,1000,2000] [--rounds 5]
 """
@@ -25,7 +25,7 @@ from pathlib import Path
 import llama_cpp
 import numpy as np
 
-from localspec.engine.host_memory import host_buffer
+from localspec.engine.host_memory import host_buffer, pinned_allocator
 from localspec.engine.llama_model import LlamaModel, shutdown
 
 
@@ -38,11 +38,23 @@ def _median_ms(action: Callable[[], object], rounds: int) -> float:
     return statistics.median(times) * 1000
 
 
+def _allocate(size: int, pinned: bool) -> None:
+    """Allocate and free a buffer of `size` (page-locked: as the prompt cache's pool does when it has none free)."""
+    allocator = pinned_allocator() if pinned else None
+    if allocator is None:
+        np.empty(size, dtype=np.uint8)
+        return
+    allocate, release = allocator
+    allocated = allocate(size)
+    if allocated is not None:
+        release(allocated[0])
+
+
 def _copies(model: LlamaModel, size: int, pinned: bool, rounds: int) -> str:
     """'allocate (and free) / copy out / copy back' in ms, for one kind of host memory."""
     buffer = host_buffer(size, pinned)
     pointer = buffer.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8))
-    allocate = _median_ms(lambda: host_buffer(size, pinned), rounds)
+    allocate = _median_ms(lambda: _allocate(size, pinned), rounds)
     copy_out = _median_ms(lambda: llama_cpp.llama_state_seq_get_data(model.ctx, pointer, size, 0), rounds)
     copy_back = _median_ms(lambda: model.restore_sequence(0, buffer), rounds)
     return f"{allocate:.1f} / {copy_out:.1f} / {copy_back:.1f}"
@@ -102,7 +114,7 @@ def main() -> None:
     )
     print("| alone | page-locked | ordinary |")
     print("| --- | --- | --- |")
-    kinds = [None, lambda: host_buffer(size, True), lambda: host_buffer(size, False)]
+    kinds = [None, lambda: _allocate(size, True), lambda: _allocate(size, False)]
     print(f"| {' | '.join(_passes_while(model, n, allocate, args.passes) for allocate in kinds)} |")
     model.close()
     shutdown()

@@ -5,6 +5,11 @@ staging buffers at a fraction of that speed, and restoring a copy is the largest
 the passes. ggml offers such memory for a GPU device (the device's host buffer type). Where it does not (no GPU
 device, a backend without one) or where allocating fails, a buffer is ordinary memory. Page-locked memory cannot
 be swapped out: the prompt cache's own budget (engine.prompt_cache_mb) bounds how much of it is taken.
+
+Allocating page-locked memory costs many times what a copy into it does (docs/BENCHMARKS.md, the twenty-ninth
+lease). So a freed page-locked buffer is kept for the next copy of about its size
+(`BufferPool`): where the cache is full and each new copy replaces an old one, a copy then allocates nothing.
+Up to KEPT_FREE such free buffers are held beyond the cache's budget.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import functools
 import os
 import threading
 import weakref
-from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 
@@ -23,13 +28,79 @@ from localspec.config import PROMPT_CACHE_AUTO_MB
 GGML_BACKEND_DEVICE_TYPE_GPU = 1  # enum ggml_backend_dev_type
 MIB = 1024 * 1024
 
-_lock = threading.Lock()
-_pinned_bytes = 0
+# A free buffer serves a copy of at least 1 / REUSE_SLACK of its size; buffers are allocated in steps of 1 /
+# CAPACITY_STEPS of their size's power of two, so that copies of windows a few percent apart fit each other's.
+REUSE_SLACK = 1.25
+CAPACITY_STEPS = 16
+KEPT_FREE = 2  # free buffers kept for the next copies (each is about one copy's size); older ones are freed
+
+
+def capacity(size: int) -> int:
+    """The bytes to allocate for a buffer of `size`: rounded up to a step (at most 1 / CAPACITY_STEPS more)."""
+    step = max(1, (1 << (size.bit_length() - 1)) // CAPACITY_STEPS)
+    return -(-size // step) * step
+
+
+class BufferPool:
+    """Buffers of some costly kind of memory, kept when freed for a later request of about their size.
+
+    `allocate(n)` returns a handle and the address of n bytes, or None; `release(handle)` frees them. Buffers are
+    handed out as numpy arrays; when the last array over one is gone, the buffer comes back here."""
+
+    def __init__(
+        self, allocate: Callable[[int], tuple[int, int] | None], release: Callable[[int], None]
+    ) -> None:
+        self._allocate, self._release = allocate, release
+        self._lock = threading.Lock()
+        self._free: list[tuple[int, int, int]] = []  # (capacity, handle, address), oldest first
+        self.in_use = 0  # bytes of the buffers handed out
+        self.allocations = 0
+
+    def take(self, size: int) -> np.ndarray | None:
+        """An uninitialized uint8 array of `size` bytes, or None where the memory cannot be had."""
+        with self._lock:
+            fitting = [entry for entry in self._free if size <= entry[0] <= size * REUSE_SLACK]
+            entry = min(fitting, default=None)
+            if entry is not None:
+                self._free.remove(entry)
+        if entry is None:
+            allocated = self._allocate(capacity(size))
+            if allocated is None:
+                return None
+            self.allocations += 1
+            entry = (capacity(size), *allocated)
+        held, _, address = entry
+        with self._lock:
+            self.in_use += held
+        raw = (ctypes.c_uint8 * size).from_address(address)
+        weakref.finalize(raw, self._give_back, entry)  # when the last array over it is gone
+        return np.frombuffer(memoryview(raw).cast("B"), dtype=np.uint8)
+
+    def _give_back(self, entry: tuple[int, int, int]) -> None:
+        with self._lock:
+            self.in_use -= entry[0]
+            self._free.append(entry)
+            surplus, self._free = self._free[:-KEPT_FREE], self._free[-KEPT_FREE:]
+        for _, handle, _ in surplus:
+            self._release(handle)
+
+    @property
+    def free_bytes(self) -> int:
+        with self._lock:
+            return sum(entry[0] for entry in self._free)
 
 
 @functools.cache
-def _pinned_buffer_type() -> tuple[Any, int] | None:
-    """ggml's library and the host buffer type of the first GPU device, or None."""
+def _pinned_pool() -> BufferPool | None:
+    """The pool of the first GPU device's host buffers, or None where there is none."""
+    allocator = pinned_allocator()
+    return BufferPool(*allocator) if allocator is not None else None
+
+
+@functools.cache
+def pinned_allocator() -> tuple[Callable[[int], tuple[int, int] | None], Callable[[int], None]] | None:
+    """Allocate and release functions of the first GPU device's host buffers (ggml's), or None where there is
+    none (see `BufferPool`)."""
     try:
         import llama_cpp.llama_cpp as bindings
         from llama_cpp._ctypes_extensions import load_shared_library
@@ -49,39 +120,33 @@ def _pinned_buffer_type() -> tuple[Any, int] | None:
         return None
     device = lib.ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_GPU)
     buffer_type = lib.ggml_backend_dev_host_buffer_type(device) if device else None
-    return (lib, buffer_type) if buffer_type else None
+    if not buffer_type:
+        return None
+
+    def allocate(size: int) -> tuple[int, int] | None:
+        buffer = lib.ggml_backend_buft_alloc_buffer(buffer_type, size)
+        base = lib.ggml_backend_buffer_get_base(buffer) if buffer else None
+        if buffer and base:
+            return buffer, base
+        if buffer:
+            lib.ggml_backend_buffer_free(buffer)
+        return None
+
+    return allocate, lib.ggml_backend_buffer_free
 
 
 def host_buffer(size: int, pinned: bool) -> np.ndarray:
     """An uninitialized uint8 array of `size` bytes; page-locked when `pinned` and possible (see the module)."""
-    found = _pinned_buffer_type() if pinned and size > 0 else None
-    if found is not None:
-        lib, buffer_type = found
-        buffer: int | None = lib.ggml_backend_buft_alloc_buffer(buffer_type, size)
-        base = lib.ggml_backend_buffer_get_base(buffer) if buffer else None
-        if buffer and base:
-            global _pinned_bytes
-            with _lock:
-                _pinned_bytes += size
-            raw = (ctypes.c_uint8 * size).from_address(base)
-            weakref.finalize(raw, _free, lib, buffer, size)  # when the last array over it is gone
-            return np.frombuffer(memoryview(raw).cast("B"), dtype=np.uint8)
-        if buffer:
-            lib.ggml_backend_buffer_free(buffer)
-    return np.empty(size, dtype=np.uint8)
-
-
-def _free(lib: Any, buffer: int, size: int) -> None:
-    lib.ggml_backend_buffer_free(buffer)
-    global _pinned_bytes
-    with _lock:
-        _pinned_bytes -= size
+    pool = _pinned_pool() if pinned and size > 0 else None
+    buffer = pool.take(size) if pool is not None else None
+    return buffer if buffer is not None else np.empty(size, dtype=np.uint8)
 
 
 def pinned_bytes() -> int:
-    """Bytes of page-locked memory the prompt cache holds now (as ggml allocated it: its CUDA host buffer type
-    falls back to ordinary memory where the driver refuses to lock more)."""
-    return _pinned_bytes
+    """Bytes of page-locked memory the prompt cache's copies hold now, and kept free for the next copies (as ggml
+    allocated it: its CUDA host buffer type falls back to ordinary memory where the driver refuses to lock more)."""
+    pool = _pinned_pool()
+    return pool.in_use + pool.free_bytes if pool is not None else 0
 
 
 def prompt_cache_bytes(setting_mb: int | None) -> int:

@@ -116,10 +116,21 @@ class KvSnapshots:
             serial = self._order[at][1]
             self._touch(serial)
             return self.room(True, self._entries[serial].nbytes)
+        with_draft = draft is not None and bool(slot.draft_tokens)
+        size = target.sequence_bytes(slot.seq_id)
+        if draft is not None and with_draft:
+            size += draft.sequence_bytes(slot.seq_id)
+        if size > self.max_bytes:
+            return self.room(False, size)
+        # Room is made before the copy, so that the buffers of the copies it drops can take it (`host_memory`).
+        # Copies of a prefix of these tokens (they sort before them) go first.
+        for serial in [serial for key, serial in self._order[:at] if held_key.startswith(key)]:
+            self._drop(serial)
+        while self.nbytes + size > self.max_bytes:
+            self._drop(next(iter(self._entries)))
+            self.dropped += 1
         pinned = self.pinned
-        draft_state = (
-            draft.save_sequence(slot.seq_id, pinned) if draft is not None and slot.draft_tokens else None
-        )
+        draft_state = draft.save_sequence(slot.seq_id, pinned) if draft is not None and with_draft else None
         snapshot = Snapshot(
             held,
             held_key,
@@ -127,19 +138,10 @@ class KvSnapshots:
             tuple(slot.draft_tokens) if draft_state is not None else (),
             draft_state,
         )
-        if snapshot.nbytes > self.max_bytes:
-            return self.room(False, snapshot.nbytes)
-        # Copies of a prefix of these tokens (they sort before them).
-        covered = [serial for key, serial in self._order[:at] if held_key.startswith(key)]
-        for serial in covered:
-            self._drop(serial)
         self._entries[snapshot.serial] = snapshot
         bisect.insort(self._order, (held_key, snapshot.serial))
         self.nbytes += snapshot.nbytes
         self.saves += 1
-        while self.nbytes > self.max_bytes:
-            self._drop(next(iter(self._entries)))
-            self.dropped += 1
         return self.room(True, snapshot.nbytes)
 
     def room(self, kept: bool = False, copy_bytes: int = 0) -> CacheRoom:

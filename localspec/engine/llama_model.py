@@ -474,11 +474,15 @@ class LlamaModel:
         self.remove_from(destination, 0)
         llama_cpp.llama_memory_seq_cp(self._memory, source, destination, -1, -1)
 
+    def sequence_bytes(self, seq_id: int) -> int:
+        """The size of `save_sequence`'s copy of sequence `seq_id` now."""
+        self.synchronize()
+        return int(llama_cpp.llama_state_seq_get_size(self.ctx, seq_id))
+
     def save_sequence(self, seq_id: int, pinned: bool = False) -> np.ndarray:
         """A copy, in host memory, of everything sequence `seq_id`'s KV holds (see `restore_sequence`); in
         page-locked memory when `pinned` and the model runs on a GPU (`host_memory`)."""
-        self.synchronize()
-        size = int(llama_cpp.llama_state_seq_get_size(self.ctx, seq_id))
+        size = self.sequence_bytes(seq_id)
         buffer = host_buffer(size, pinned and self.offloaded)  # not zeroed: llama.cpp writes every byte
         written = int(llama_cpp.llama_state_seq_get_data(self.ctx, _bytes_pointer(buffer), size, seq_id))
         if written != size:
