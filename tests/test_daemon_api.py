@@ -203,6 +203,30 @@ def test_a_negative_max_tokens_is_refused(shared: RunningDaemon) -> None:
         ("/v1/chat/completions", {"messages": [{"role": "robot", "content": "hi"}]}, "role"),
         ("/v1/infill", {"suffix": "x"}, "prefix"),
         ("/v1/infill", {"prefix": "x", "max_tokens": -1}, "max_tokens"),
+        # What the daemon does not do is refused, not answered as if done.
+        ("/v1/completions", {"prompt": "x", "logprobs": 3}, "log-probabilities are not supported"),
+        ("/v1/completions", {"prompt": "x", "best_of": 2}, "best_of"),
+        ("/v1/completions", {"prompt": [5, 6], "suffix": "x"}, "a suffix needs the prompt as text"),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "hi"}], "logprobs": True, "top_logprobs": 2},
+            "log-probabilities are not supported",
+        ),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]},
+            "tool calls are not supported",
+        ),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "hi"}], "functions": [{"name": "f"}]},
+            "tool calls are not supported",
+        ),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_schema"}},
+            "'json_schema' is not supported",
+        ),
     ],
 )
 def test_bad_requests_get_400_with_a_message(
@@ -213,6 +237,39 @@ def test_bad_requests_get_400_with_a_message(
     error = response.json()["error"]
     assert fragment in error["message"]
     assert error["type"] == "invalid_request_error"
+
+
+def test_the_same_fields_asking_for_nothing_are_answered(oai: openai.OpenAI) -> None:
+    """Clients send these by default: no tools, tool_choice "none", text output, no log-probabilities."""
+    hi: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
+    for extra in (
+        {"tools": []},
+        {"tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "none"},
+        {"response_format": {"type": "text"}},
+        {"logprobs": False, "top_logprobs": 0},
+    ):
+        reply = oai.chat.completions.create(model="m", messages=hi, max_tokens=3, extra_body=extra)
+        assert reply.usage is not None and reply.usage.completion_tokens > 0
+
+
+def test_a_completion_with_a_suffix_fills_in_the_middle(shared: RunningDaemon) -> None:
+    """`suffix` (OpenAI's and Ollama's): the prompt is the text before the insertion point, and the answer is
+    what the model writes between it and the suffix, in its fill-in-the-middle tokens."""
+    prefix, suffix = "def add(a, b):\n    ", "\n\nprint(add(1, 2))\n"
+
+    def complete(body: dict[str, object]) -> dict:
+        body = {"max_tokens": 12, "speculative": "none", **body}
+        response = httpx.post(f"{shared.url}/v1/completions", json=body, headers=shared.headers, timeout=30)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    middle = complete({"prompt": prefix, "suffix": suffix})
+    spelled = complete({"prompt": f"<|fim_prefix|>{prefix}<|fim_suffix|>{suffix}<|fim_middle|>"})
+    assert middle["choices"][0]["text"] == spelled["choices"][0]["text"]
+    usage = [(r["usage"]["prompt_tokens"], r["usage"]["completion_tokens"]) for r in (middle, spelled)]
+    assert usage[0] == usage[1] and usage[0][1] > 0
+    plain = complete({"prompt": prefix})
+    assert plain["usage"]["prompt_tokens"] < middle["usage"]["prompt_tokens"]
 
 
 def test_malformed_json_and_unknown_routes_are_4xx(shared: RunningDaemon) -> None:

@@ -161,7 +161,7 @@ def test_nasty_bodies_get_a_4xx_that_says_why(
 
 # Odd but valid: answered normally (unknown fields are ignored so stock OpenAI clients work).
 ODD_BUT_FINE: list[tuple[str, str, dict[str, Any]]] = [
-    ("unknown fields", "/v1/completions", {"prompt": "x", "max_tokens": 4, "logprobs": 3, "frobnicate": [1]}),
+    ("unknown fields", "/v1/completions", {"prompt": "x", "max_tokens": 4, "user": "u", "frobnicate": [1]}),
     ("huge seed", "/v1/completions", {"prompt": "x", "max_tokens": 4, "seed": 2**70}),
     ("negative seed", "/v1/completions", {"prompt": "x", "max_tokens": 4, "seed": -5}),
     ("NUL characters", "/v1/completions", {"prompt": "\x00\x00", "max_tokens": 4}),

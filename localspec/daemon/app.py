@@ -216,18 +216,32 @@ def _openai_formats(shaper: responses.Shaper) -> _Formats:
 
 async def completions(request: Request) -> Response:
     body = await _parse(request, CompletionBody)
+    max_tokens = body.max_tokens or 256
+    suffix = body.suffix
 
     def prepare(engine: Backend) -> GenerationRequest:
+        prompt = body.prompt_value()
+        if suffix is not None and isinstance(prompt, str):  # fill in the middle (CompletionBody says why)
+            return GenerationRequest(
+                prompt=engine.infill_prompt(prompt, suffix, max_tokens=max_tokens),
+                max_tokens=max_tokens,
+                sampling=body.sampling(),
+                stop=body.stop_list(),
+                speculative=body.speculative,
+                draft_max=body.draft_max,
+                lookup_texts=[suffix],
+            )
         return GenerationRequest(
-            prompt=body.prompt_value(),
-            max_tokens=body.max_tokens or 256,
+            prompt=prompt,
+            max_tokens=max_tokens,
             sampling=body.sampling(),
             stop=body.stop_list(),
             speculative=body.speculative,
             draft_max=body.draft_max,
         )
 
-    job = _submit(request, "completion", body.slot or "completion", prepare, body.stream)
+    kind: JobKind = "completion" if suffix is None else "infill"  # (an editor's, served first)
+    job = _submit(request, kind, body.slot or kind, prepare, body.stream)
     return await _respond(
         request, job, body.stream, _openai_formats(Shaper("completion", _model_name(request)))
     )

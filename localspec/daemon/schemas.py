@@ -1,13 +1,15 @@
 """Request bodies of the HTTP API as pydantic models: bad input becomes a 400 naming the field.
 
-Unknown OpenAI fields (user, logprobs, ...) are ignored so stock clients work; the ones we read are checked.
+Unknown OpenAI fields (user, presence_penalty, ...) are ignored so stock clients work; the ones we read are
+checked. A field that asks for something the daemon does not do (log-probabilities, tool calls, JSON output) is
+refused with a 400 that says so, rather than answered as if it had been done.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from localspec.config import DRAFT_MAX_LIMIT
 from localspec.engine.types import SamplingParams
@@ -32,6 +34,8 @@ class _Sampling(_Body):
     stop: str | list[str] | None = None
     stream: bool = False
     n: Annotated[int, Field(ge=1, le=1)] = 1
+    logprobs: bool | int | None = None
+    top_logprobs: int | None = None
     # localspec extensions
     speculative: SpeculativeField = None
     # At most the daemon's speculative.draft_max: the engine rejects more, naming the limit.
@@ -46,6 +50,16 @@ class _Sampling(_Body):
             raise ValueError("at most 16 stop strings")
         if any(not s for s in stops):
             raise ValueError("stop strings must not be empty")
+        return value
+
+    @field_validator("logprobs", "top_logprobs")
+    @classmethod
+    def _no_logprobs(cls, value: bool | int | None) -> bool | int | None:
+        if value:
+            raise ValueError(
+                "log-probabilities are not supported: localspec returns the text and no per-token log-probabilities; "
+                "leave this field out"
+            )
         return value
 
     def stop_list(self) -> list[str]:
@@ -68,6 +82,10 @@ class CompletionBody(_Sampling):
     # A string, a one-string list, or token ids.
     prompt: str | list[str] | list[int]
     max_tokens: Annotated[int, Field(ge=1, le=131072)] | None = 256
+    # The text after the insertion point: the prompt is then the text before it, completed in the middle with the
+    # model's fill-in-the-middle tokens (as OpenAI's and Ollama's `suffix`).
+    suffix: str | None = None
+    best_of: Annotated[int, Field(ge=1, le=1)] = 1
 
     @field_validator("prompt")
     @classmethod
@@ -76,6 +94,16 @@ class CompletionBody(_Sampling):
             raise ValueError("batched prompts are not supported; send one prompt per request")
         if isinstance(value, list) and not value:
             raise ValueError("prompt must not be empty")
+        return value
+
+    @field_validator("suffix")
+    @classmethod
+    def _suffix_with_text(cls, value: str | None, info: ValidationInfo) -> str | None:
+        prompt = info.data.get("prompt")
+        if value is not None and isinstance(prompt, list) and prompt and isinstance(prompt[0], int):
+            raise ValueError(
+                "a suffix needs the prompt as text (the text before the insertion point), not token ids"
+            )
         return value
 
     def prompt_value(self) -> str | list[int]:
@@ -104,6 +132,30 @@ class ChatMessage(_Body):
 class ChatBody(_Sampling):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: Annotated[int, Field(ge=1, le=131072)] | None = None
+    tool_choice: object = None
+    tools: list[object] | None = None
+    functions: list[object] | None = None  # (OpenAI's older name for tools)
+    response_format: dict[str, object] | None = None
+
+    @field_validator("tools", "functions")
+    @classmethod
+    def _no_tools(cls, value: list[object] | None, info: ValidationInfo) -> list[object] | None:
+        if value and info.data.get("tool_choice") != "none":
+            raise ValueError(
+                "tool calls are not supported: localspec answers in text and never calls a tool; leave "
+                '`tools` out (or send tool_choice "none")'
+            )
+        return value
+
+    @field_validator("response_format")
+    @classmethod
+    def _text_only(cls, value: dict[str, object] | None) -> dict[str, object] | None:
+        if value is not None and value.get("type", "text") != "text":
+            raise ValueError(
+                f"response_format {value.get('type')!r} is not supported: localspec does not constrain its output "
+                'to JSON; leave response_format out (or {"type": "text"}) and ask for JSON in the prompt'
+            )
+        return value
 
     def token_budget(self) -> int:
         return self.max_completion_tokens or self.max_tokens or 1024
