@@ -224,6 +224,11 @@ def test_a_negative_max_tokens_is_refused(shared: RunningDaemon) -> None:
         ),
         (
             "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+            "only parts of type 'text' are supported",
+        ),
+        (
+            "/v1/chat/completions",
             {"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_schema"}},
             "'json_schema' is not supported",
         ),

@@ -121,6 +121,19 @@ class ChatMessage(_Body):
     role: Literal["system", "user", "assistant", "developer", "tool"]
     content: str | list[_ContentPart] | None = None
 
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text_parts_only(cls, value: object) -> object:
+        if isinstance(value, list):
+            kinds = {str(part.get("type")) for part in value if isinstance(part, dict)} - {"text"}
+            if kinds:
+                named = ", ".join(sorted(kinds))
+                raise ValueError(
+                    f"only parts of type 'text' are supported (the models read text), not {named}; send the "
+                    "message's text alone"
+                )
+        return value
+
     def text(self) -> str:
         if self.content is None:
             return ""
