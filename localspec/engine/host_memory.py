@@ -142,6 +142,12 @@ def host_buffer(size: int, pinned: bool) -> np.ndarray:
     return buffer if buffer is not None else np.empty(size, dtype=np.uint8)
 
 
+def pinned_allocations() -> int:
+    """Page-locked buffers allocated so far (the rest of the copies took a freed one)."""
+    pool = _pinned_pool()
+    return pool.allocations if pool is not None else 0
+
+
 def pinned_bytes() -> int:
     """Bytes of page-locked memory the prompt cache's copies hold now, and kept free for the next copies (as ggml
     allocated it: its CUDA host buffer type falls back to ordinary memory where the driver refuses to lock more)."""

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from localspec.engine.host_memory import pinned_allocations
 from localspec.engine.llama_model import LlamaModel
 from localspec.engine.prefix_cache import SlotState
 from localspec.engine.types import CacheRoom
@@ -204,4 +205,6 @@ class KvSnapshots:
             "dropped": self.dropped,
             # copies that hold the draft model's KV as well (a request restoring one drafts at once)
             "with_draft": sum(1 for snapshot in self._entries.values() if snapshot.draft_state is not None),
+            # page-locked buffers allocated for copies (the others took a freed one: `host_memory`)
+            "pinned_allocations": pinned_allocations() if self.pinned else 0,
         }
