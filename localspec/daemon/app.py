@@ -222,15 +222,7 @@ async def completions(request: Request) -> Response:
     def prepare(engine: Backend) -> GenerationRequest:
         prompt = body.prompt_value()
         if suffix is not None and isinstance(prompt, str):  # fill in the middle (CompletionBody says why)
-            return GenerationRequest(
-                prompt=engine.infill_prompt(prompt, suffix, max_tokens=max_tokens),
-                max_tokens=max_tokens,
-                sampling=body.sampling(),
-                stop=body.stop_list(),
-                speculative=body.speculative,
-                draft_max=body.draft_max,
-                lookup_texts=[suffix],
-            )
+            prompt = engine.infill_prompt(prompt, suffix, max_tokens=max_tokens)
         return GenerationRequest(
             prompt=prompt,
             max_tokens=max_tokens,
@@ -238,6 +230,8 @@ async def completions(request: Request) -> Response:
             stop=body.stop_list(),
             speculative=body.speculative,
             draft_max=body.draft_max,
+            # The n-gram drafter may copy from the text after the insertion point.
+            lookup_texts=[] if suffix is None else [suffix],
         )
 
     kind: JobKind = "completion" if suffix is None else "infill"  # (an editor's, served first)

@@ -117,10 +117,10 @@ class KvSnapshots:
             serial = self._order[at][1]
             self._touch(serial)
             return self.room(True, self._entries[serial].nbytes)
-        with_draft = draft is not None and bool(slot.draft_tokens)
+        copied_draft = draft if draft is not None and slot.draft_tokens else None
         size = target.sequence_bytes(slot.seq_id)
-        if draft is not None and with_draft:
-            size += draft.sequence_bytes(slot.seq_id)
+        if copied_draft is not None:
+            size += copied_draft.sequence_bytes(slot.seq_id)
         if size > self.max_bytes:
             return self.room(False, size)
         # Room is made before the copy, so that the buffers of the copies it drops can take it (`host_memory`).
@@ -131,7 +131,7 @@ class KvSnapshots:
             self._drop(next(iter(self._entries)))
             self.dropped += 1
         pinned = self.pinned
-        draft_state = draft.save_sequence(slot.seq_id, pinned) if draft is not None and with_draft else None
+        draft_state = copied_draft.save_sequence(slot.seq_id, pinned) if copied_draft is not None else None
         snapshot = Snapshot(
             held,
             held_key,

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 from localspec.engine.estimates import Ewma
 
-STOPPABLE_CHUNK = (
-    128  # where a pass stops part-way (a CPU): what smaller chunks cost is in docs/BENCHMARKS.md
-)
-GIVE_WAY_PASS_S = 0.03  # where it does not (a GPU): the longest a chunk's pass should take
+# Where a pass stops part-way (a CPU), the chunk size: what smaller chunks cost is in docs/BENCHMARKS.md.
+STOPPABLE_CHUNK = 128
+GIVE_WAY_PASS_S = 0.03  # where a pass does not stop (a GPU): the longest a chunk's pass should take
 SMALLEST_CHUNK = 64  # below this a pass reads too few tokens to use a GPU well, whatever it takes
 
 
