@@ -297,7 +297,8 @@ async def inline_completion(
 ) -> types.InlineCompletionList | None:
     snapshot = ls.snapshot(params.text_document.uri, params.position)
     ls.before_suggesting(params.text_document.uri, params.position.line)
-    suggestion = await ls.suggester.suggest(snapshot) if snapshot else None
+    with ls.warmer.suggesting():
+        suggestion = await ls.suggester.suggest(snapshot) if snapshot else None
     if snapshot is None or not suggestion:
         return types.InlineCompletionList(items=[])
     return inline_items(snapshot.text, snapshot.offset, suggestion, ls.encoding)
@@ -307,7 +308,8 @@ async def inline_completion(
 async def completion(ls: LocalspecLanguageServer, params: types.CompletionParams) -> types.CompletionList:
     snapshot = ls.snapshot(params.text_document.uri, params.position)
     ls.before_suggesting(params.text_document.uri, params.position.line)
-    suggestion = await ls.suggester.suggest(snapshot) if snapshot else None
+    with ls.warmer.suggesting():
+        suggestion = await ls.suggester.suggest(snapshot) if snapshot else None
     if snapshot is None or not suggestion:
         return types.CompletionList(is_incomplete=True, items=[])
     return completion_items(snapshot.text, snapshot.offset, suggestion, ls.encoding)

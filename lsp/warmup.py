@@ -14,14 +14,19 @@ would push out the cache's least recently used copies: the first windows warmed,
 the windows nearest the cursor are warmed only while they fill at most ROOM_SHARE of the cache (each prefill's
 answer says what its copy took), and the rest wait until the cursor moves near them. A daemon whose answers name
 another cache (it restarted, or loaded other models) holds none of them: the open files are warmed again.
+
+While a suggestion is in flight no warm-up prefill is sent (`suggesting`): the first window warmed after the
+cursor moves is the cursor's own, whose prompt the suggestion evaluates anyway, and a prefill sent ahead of the
+suggestion would hold it up for a pass (docs/BENCHMARKS.md, the thirtieth lease).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -110,6 +115,9 @@ class Warmer:
         self._rewarm: dict[str, asyncio.TimerHandle] = {}
         self._current: _Window | None = None  # the window being evaluated
         self._prefill_seconds = 0.0  # the warmed windows' time, for a file's warm-up cost
+        self._suggestions = 0  # suggestions in flight (`suggesting`)
+        self._no_suggestion = asyncio.Event()
+        self._no_suggestion.set()
         self.warmed = 0
         self.failed = 0
 
@@ -214,6 +222,18 @@ class Warmer:
         self._sort()
         self._resume()
 
+    @contextlib.contextmanager
+    def suggesting(self) -> Iterator[None]:
+        """A suggestion is in flight: warming sends no prefill until it (and any other in flight) is done."""
+        self._suggestions += 1
+        self._no_suggestion.clear()
+        try:
+            yield
+        finally:
+            self._suggestions -= 1
+            if not self._suggestions:
+                self._no_suggestion.set()
+
     def _nearness(self, window: _Window) -> tuple[bool, int]:
         """Lower is nearer the cursor: its file first, then by distance in windows (all alike before a cursor)."""
         if self._focus is None:
@@ -305,7 +325,10 @@ class Warmer:
         observer = self.observer if self._queue and self._has_room(self._queue[0]) else None
         if observer is not None:  # (shown only where something is warmed)
             observer.update(0, self.pending)
-        while self._queue and self._has_room(self._queue[0]):
+        while True:
+            await self._no_suggestion.wait()
+            if not (self._queue and self._has_room(self._queue[0])):
+                break
             window = self._current = self._queue.pop(0)
             prompt = InfillPrompt(
                 prefix=window.prefix,

@@ -13,7 +13,13 @@ from test_engine import make_engine
 from localspec.engine import Engine, GenerationRequest
 from localspec.engine.kv_snapshots import MIN_SAVED_TOKENS
 from localspec.engine.prefix_cache import common_prefix_length, sync_sequence
-from localspec.engine.prompt_chunks import GIVE_WAY_PASS_S, SMALLEST_CHUNK, STOPPABLE_CHUNK, PromptChunks
+from localspec.engine.prompt_chunks import (
+    GIVE_WAY_PASS_S,
+    MAX_SLOWDOWN,
+    SMALLEST_CHUNK,
+    STOPPABLE_CHUNK,
+    PromptChunks,
+)
 
 LINES = [f"def function_{i}(value):\n    return value * {i} + {i * 7}\n\n" for i in range(40)]
 TEXT = "".join(LINES)
@@ -216,6 +222,22 @@ def test_where_a_pass_cannot_stop_the_chunks_take_what_the_passes_measured_to_fi
     stoppable = PromptChunks(512, stoppable=True)
     stoppable.record(STOPPABLE_CHUNK, GIVE_WAY_PASS_S * 50)
     assert stoppable.size == STOPPABLE_CHUNK
+
+
+def test_a_chunk_whose_tokens_cost_much_more_than_in_larger_chunks_is_not_taken() -> None:
+    """Where a pass has a large fixed cost (many thin layers), a short chunk fits the time but makes the prompt
+    being read pay for it: no size whose tokens cost over MAX_SLOWDOWN times the cheapest measured is kept, and
+    where none fits the time, the smallest size still affordable is."""
+    chunks = PromptChunks(512, stoppable=False)
+    chunks.record(512, GIVE_WAY_PASS_S * 4)
+    assert chunks.size == 128  # (estimated in proportion: it fits)
+    chunks.record(128, GIVE_WAY_PASS_S * 2)  # four times 512's cost a token
+    assert chunks.size == SMALLEST_CHUNK  # (not measured yet, estimated from 128's: it fits)
+    chunks.record(SMALLEST_CHUNK, GIVE_WAY_PASS_S * 1.5)
+    assert chunks.size == 256  # nothing affordable fits: the smallest not measured to cost too much
+    per_token_512 = GIVE_WAY_PASS_S * 4 / 512
+    chunks.record(256, 256 * per_token_512 * MAX_SLOWDOWN * 0.95)
+    assert chunks.size == 256  # within MAX_SLOWDOWN of 512's cost a token, and as short as that allows
 
 
 def test_a_prefill_reads_its_prompt_in_the_chunks_the_engine_holds_and_teaches_them(engine: Engine) -> None:

@@ -828,10 +828,18 @@ async def test_warming_a_file_the_prompt_cache_cannot_hold_keeps_the_windows_nea
         # A suggestion at the end of the file: the windows near it are warmed now, so a jump near there finds its
         # window in the cache (the oldest windows, at the file's start, make room).
         lines = text.splitlines()
+        before = max(entry["id"] for entry in (await daemon_stats(daemon))["recent"])
         await inline(
             client, uri, types.Position(line=lines.index("def function_28(value):") + 1, character=4)
         )
         assert await wait_until(lambda: warmed_more_than(first["warmed"]))
+        # The suggestion went first: the windows near it were warmed after it, not ahead of it.
+        since = sorted(
+            (entry["id"], entry["kind"])
+            for entry in (await daemon_stats(daemon))["recent"]
+            if entry["id"] > before
+        )
+        assert since[0][1] == "infill" and "prefill" in {kind for _, kind in since}
         await inline(
             client, uri, types.Position(line=lines.index("def function_26(value):") + 1, character=4)
         )

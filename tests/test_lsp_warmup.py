@@ -146,3 +146,15 @@ async def test_with_the_daemons_prompt_cache_off_one_window_is_warmed() -> None:
     warmer.opened("file:///a.py", "a.py", TEXT)
     await _drain(warmer)
     assert len(daemon.prompts) == 1 and warmer.waiting == 4
+
+
+async def test_no_window_is_warmed_while_a_suggestion_is_in_flight() -> None:
+    daemon = RecordingDaemon()
+    warmer = Warmer(daemon, lambda: SETTINGS, lambda filename: [])
+    with warmer.suggesting():
+        warmer.opened("file:///a.py", "a.py", TEXT)
+        for _ in range(10):  # (the worker's turns: it would send its first prefill in the first)
+            await asyncio.sleep(0)
+        assert not daemon.prompts and warmer.pending == len(warm_windows(TEXT, SETTINGS))
+    await _drain(warmer)
+    assert len(daemon.prompts) == len(warm_windows(TEXT, SETTINGS))

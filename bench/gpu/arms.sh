@@ -13,7 +13,7 @@ for spec in "$@"; do
     echo "== $spec (x$scale) $(date +%T)"
     (cd /tmp && PYTHONPATH=$pkg:/tmp/site python3 -m localspec bench --target $T --draft $D --scale-layers $scale \
         --scaled-dir /tmp/scaled --prompts ${PROMPTS:-humaneval=20,fim=10,code-edit=10} \
-        --modes $modes ${EXTRA:-} $flags --out /tmp/r/$name) 2>&1 | grep -v "^\s*$" | tail -40
+        --modes $modes ${EXTRA:-} $flags --out /tmp/r/$name) 2>&1 | tee $OUT/$name.log | grep -v "^\s*$" | tail -40
     f=$(ls /tmp/r/$name/*.json | head -1)
     gzip -c "$f" > $OUT/$name.json.gz
     PYTHONPATH=$tree:/tmp/site python3 $tree/bench/render_table.py "$f" | head -30

@@ -8,5 +8,5 @@ mkdir -p /tmp/src /tmp/r/$name
 lib=$(python3 -c 'import difflib, os; print(os.path.dirname(difflib.__file__))')
 cp $lib/difflib.py $lib/argparse.py /tmp/src/
 cd /tmp && PYTHONPATH=$pkg:/tmp/site LOCALSPEC_HOME=/tmp/lsh-$name python3 -m localspec bench-editor /tmp/src --target $T \
-    --draft $D --files 2 --against-llama-server $LS "$@" --out /tmp/r/$name/result.json 2>&1 | tail -40
+    --draft $D --files 2 --against-llama-server $LS "$@" --out /tmp/r/$name/result.json 2>&1 | tee $OUT/$name.log | tail -40
 gzip -c /tmp/r/$name/result.json > $OUT/$name.json.gz

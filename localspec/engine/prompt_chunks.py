@@ -4,8 +4,10 @@ A warm-up prefill or a chat's prompt is read in chunks, one per scheduler step, 
 run between two of them (`GenerationRequest.give_way`). On a CPU llama.cpp also stops a pass part-way for it (its
 abort check), so the chunks are short and fixed; the last one, read with the first token where nothing stops it,
 stays short too. On a GPU a pass runs to its end, so a request that comes during one waits for it: the chunks are
-sized to take at most GIVE_WAY_PASS_S each, as the passes of earlier chunks measured (docs/BENCHMARKS.md, the
-twenty-ninth lease, has what an editor request waited with 512-token chunks).
+sized from the passes of earlier chunks to take at most GIVE_WAY_PASS_S each, but never so small that a token
+costs more than MAX_SLOWDOWN times what it does in the cheapest chunks measured: shorter passes waste more of a
+GPU, and the prompt being read (a chat's, which its user waits for) would pay for every wait saved.
+docs/BENCHMARKS.md (the twenty-ninth and thirtieth leases) has both sides of it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from localspec.engine.estimates import Ewma
 # Where a pass stops part-way (a CPU), the chunk size: what smaller chunks cost is in docs/BENCHMARKS.md.
 STOPPABLE_CHUNK = 128
 GIVE_WAY_PASS_S = 0.03  # where a pass does not stop (a GPU): the longest a chunk's pass should take
+MAX_SLOWDOWN = 1.25  # the most a chunk's token may cost over the cheapest measured chunk's
 SMALLEST_CHUNK = 64  # below this a pass reads too few tokens to use a GPU well, whatever it takes
 
 
@@ -30,14 +33,27 @@ class PromptChunks:
         self.size = min(STOPPABLE_CHUNK, largest) if stoppable else largest
 
     def record(self, tokens: int, seconds: float) -> None:
-        """A chunk's pass over `tokens` took `seconds` (a prompt's shorter last chunk teaches nothing)."""
+        """A chunk's pass over `tokens` took `seconds` (a prompt's shorter last chunk teaches nothing).
+
+        The sizes tried halve from the largest down to SMALLEST_CHUNK. Of those not measured to cost too much per
+        token, the size is the largest whose pass fits GIVE_WAY_PASS_S, or where none does, the smallest: each
+        size is measured once it is taken, so a few prompts settle it."""
         if self._stoppable or tokens != self.size:
             return
         self.seconds.setdefault(tokens, Ewma(0.0, weight=0.3)).measure(seconds)
-        size = self.largest
-        while size > SMALLEST_CHUNK and self._estimate(size) > GIVE_WAY_PASS_S:
-            size = max(size // 2, SMALLEST_CHUNK)
-        self.size = size
+        cheapest = min(measured.value / size for size, measured in self.seconds.items())
+        sizes = [self.largest]
+        while sizes[-1] > SMALLEST_CHUNK:
+            sizes.append(max(sizes[-1] // 2, SMALLEST_CHUNK))
+        affordable = [
+            size for size in sizes if self._per_token(size, default=cheapest) <= cheapest * MAX_SLOWDOWN
+        ]
+        fitting = [size for size in affordable if self._estimate(size) <= GIVE_WAY_PASS_S]
+        self.size = fitting[0] if fitting else affordable[-1]
+
+    def _per_token(self, size: int, default: float) -> float:
+        measured = self.seconds.get(size)
+        return measured.value / size if measured is not None else default
 
     def _estimate(self, size: int) -> float:
         """Seconds a pass of `size` takes: measured, else the nearest measured size's in proportion to the tokens
