@@ -182,11 +182,17 @@ class LocalspecLanguageServer(LanguageServer):
         for uri in list(self.workspace.text_documents):
             self.warm(uri)
 
-    def before_suggesting(self, uri: str, line: int) -> None:
-        """Warm the windows near the cursor first; refresh a file's context once it is stale."""
+    async def suggest(self, uri: str, position: types.Position) -> tuple[DocumentSnapshot | None, str | None]:
+        """The document as the request sees it and the suggestion at the cursor (None: no document, nothing
+        to suggest). The windows near the cursor are warmed next, after the suggestion (`Warmer.suggesting`); a
+        file's context is refreshed once it is stale."""
+        snapshot = self.snapshot(uri, position)
         if self.warmer.context_is_stale(self.display_name(uri)) and uri in self.workspace.text_documents:
             self.warm(uri)
-        self.warmer.focus(uri, line)
+        self.warmer.focus(uri, position.line)
+        with self.warmer.suggesting():
+            suggestion = await self.suggester.suggest(snapshot) if snapshot else None
+        return snapshot, suggestion
 
     def remember_chunk(self, uri: str, line: int, force: bool = False) -> None:
         now = time.monotonic()
@@ -295,10 +301,7 @@ def did_close(ls: LocalspecLanguageServer, params: types.DidCloseTextDocumentPar
 async def inline_completion(
     ls: LocalspecLanguageServer, params: types.InlineCompletionParams
 ) -> types.InlineCompletionList | None:
-    snapshot = ls.snapshot(params.text_document.uri, params.position)
-    ls.before_suggesting(params.text_document.uri, params.position.line)
-    with ls.warmer.suggesting():
-        suggestion = await ls.suggester.suggest(snapshot) if snapshot else None
+    snapshot, suggestion = await ls.suggest(params.text_document.uri, params.position)
     if snapshot is None or not suggestion:
         return types.InlineCompletionList(items=[])
     return inline_items(snapshot.text, snapshot.offset, suggestion, ls.encoding)
@@ -306,10 +309,7 @@ async def inline_completion(
 
 @server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions())
 async def completion(ls: LocalspecLanguageServer, params: types.CompletionParams) -> types.CompletionList:
-    snapshot = ls.snapshot(params.text_document.uri, params.position)
-    ls.before_suggesting(params.text_document.uri, params.position.line)
-    with ls.warmer.suggesting():
-        suggestion = await ls.suggester.suggest(snapshot) if snapshot else None
+    snapshot, suggestion = await ls.suggest(params.text_document.uri, params.position)
     if snapshot is None or not suggestion:
         return types.CompletionList(is_incomplete=True, items=[])
     return completion_items(snapshot.text, snapshot.offset, suggestion, ls.encoding)
