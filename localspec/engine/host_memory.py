@@ -64,11 +64,12 @@ class BufferPool:
             if entry is not None:
                 self._free.remove(entry)
         if entry is None:
-            allocated = self._allocate(capacity(size))
+            allocating = capacity(size)
+            allocated = self._allocate(allocating)
             if allocated is None:
                 return None
             self.allocations += 1
-            entry = (capacity(size), *allocated)
+            entry = (allocating, *allocated)
         held, _, address = entry
         with self._lock:
             self.in_use += held

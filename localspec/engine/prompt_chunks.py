@@ -31,22 +31,22 @@ class PromptChunks:
         self._stoppable = stoppable
         self.seconds: dict[int, Ewma] = {}  # per chunk size, its passes' seconds
         self.size = min(STOPPABLE_CHUNK, largest) if stoppable else largest
+        self._sizes = [largest]  # the sizes tried: halving from the largest down to SMALLEST_CHUNK
+        while self._sizes[-1] > SMALLEST_CHUNK:
+            self._sizes.append(max(self._sizes[-1] // 2, SMALLEST_CHUNK))
 
     def record(self, tokens: int, seconds: float) -> None:
         """A chunk's pass over `tokens` took `seconds` (a prompt's shorter last chunk teaches nothing).
 
-        The sizes tried halve from the largest down to SMALLEST_CHUNK. Of those not measured to cost too much per
-        token, the size is the largest whose pass fits GIVE_WAY_PASS_S, or where none does, the smallest: each
-        size is measured once it is taken, so a few prompts settle it."""
+        Of the sizes tried (`_sizes`) not measured to cost too much per token, the size is the largest whose pass
+        fits GIVE_WAY_PASS_S, or where none does, the smallest: each size is measured once it is taken, so a few
+        prompts settle it."""
         if self._stoppable or tokens != self.size:
             return
         self.seconds.setdefault(tokens, Ewma(0.0, weight=0.3)).measure(seconds)
         cheapest = min(measured.value / size for size, measured in self.seconds.items())
-        sizes = [self.largest]
-        while sizes[-1] > SMALLEST_CHUNK:
-            sizes.append(max(sizes[-1] // 2, SMALLEST_CHUNK))
         affordable = [
-            size for size in sizes if self._per_token(size, default=cheapest) <= cheapest * MAX_SLOWDOWN
+            size for size in self._sizes if self._per_token(size, default=cheapest) <= cheapest * MAX_SLOWDOWN
         ]
         fitting = [size for size in affordable if self._estimate(size) <= GIVE_WAY_PASS_S]
         self.size = fitting[0] if fitting else affordable[-1]
