@@ -2,9 +2,12 @@
 # A machine left idle for 30 s is given back and the next call gets a fresh one, without the build or the models:
 # stop at once rather than wait for a build that is not running.
 [[ -d /tmp/w && -f /tmp/models/target.gguf ]] || { echo "fresh machine (idle release?): run setup.sh and the chunk calls again"; exit 3; }
-B=$(echo /tmp/w/llama_cpp_python-*/vendor/llama.cpp/build/bin)
-while [[ ! -f /tmp/w/build.done ]]; do sleep 5; done
+while [[ ! -s /tmp/w/build.done ]]; do sleep 5; done
 [[ $(cat /tmp/w/build.done) == 0 ]] || { tail -30 /tmp/w/build.log; exit 1; }
+# Only now: before the build has made build/bin the glob matches nothing and stays a literal `*` path, which is
+# how the first run after the build's wait failed to load libllama in the twenty-eighth and thirtieth leases.
+B=$(echo /tmp/w/llama_cpp_python-*/vendor/llama.cpp/build/bin)
+[[ -f $B/libllama.so ]] || { echo "no libllama.so in $B after the build"; ls "$B" | head; exit 1; }
 export LLAMA_CPP_LIB_PATH=$B LD_LIBRARY_PATH=$B${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} PYTHONUNBUFFERED=1
 export LS=$B/llama-server T=/tmp/models/target.gguf D=/tmp/models/draft.gguf
 export NCCL_NVLS_ENABLE=0
