@@ -401,14 +401,23 @@ class NgramTable:
 
     def next_token(self, tail: list[int]) -> tuple[int, int] | None:
         """(follower, n) for the longest n-gram ending `tail` that has a confident follower, if any."""
-        for n in reversed(self.orders):
-            if len(tail) < n:
-                continue
-            entry = self.table.get(tuple(tail[-n:]))
+        return self.follower(tail_keys(tail, self.orders))
+
+    def follower(self, keys: list[tuple[int, ...]]) -> tuple[int, int] | None:
+        """`next_token` of the tail whose n-grams, longest first, are `keys` (`tail_keys`: made once for every
+        table a drafter looks in)."""
+        table = self.table
+        for key in keys:
+            entry = table.get(key)
             # Short n-grams recur by chance in code: trust them only when they were followed consistently.
-            if entry is not None and entry[1] * 2 > entry[2] and (n >= 3 or entry[1] >= 2):
-                return entry[0], n
+            if entry is not None and entry[1] * 2 > entry[2] and (len(key) >= 3 or entry[1] >= 2):
+                return entry[0], len(key)
         return None
+
+
+def tail_keys(tail: list[int], orders: tuple[int, ...] = NGRAM_ORDERS) -> list[tuple[int, ...]]:
+    """The n-grams of these orders that end `tail`, longest first."""
+    return [tuple(tail[-n:]) for n in reversed(orders) if n <= len(tail)]
 
 
 class NgramDrafter:
@@ -505,8 +514,9 @@ class NgramDrafter:
             if self._pending_ends and tail[-1] in self._pending_ends:
                 self.index_pending()
             found = None
+            keys = tail_keys(tail)
             for table in self._tables:
-                if (found := table.next_token(tail)) is not None:
+                if (found := table.follower(keys)) is not None:
                     break
             if found is None:
                 break
