@@ -22,7 +22,7 @@ from localspec.errors import ConfigError
 
 DEFAULT_PAIR = "qwen2.5-coder-1.5b+0.5b"
 SPECULATIVE_MODES = ("adaptive", "draft", "ngram", "none")
-SWITCH_CHOICES = ("auto", "on", "off")  # settings the engine may decide for this machine (auto)
+DRAFT_AHEAD_CHOICES = ("auto", "on", "off")
 BACKENDS = ("local", "remote")
 REMOTE_KINDS = ("auto", "llama-server", "vllm", "openai")
 # Qwen2.5-Coder's fill-in-the-middle tokens (the default pair's), for remotes without an infill endpoint.
@@ -68,10 +68,6 @@ class Config:
     # Keep those copies in page-locked memory (as much as prompt_cache_mb) where the models run on a GPU: the GPU
     # restores them about 3x as fast. Page-locked memory cannot be swapped out; false keeps them swappable.
     prompt_cache_pinned: bool = field(default=True, metadata={"section": "engine"})
-    # Greedy picks (each output row's best two tokens) computed on the GPU where a model runs, so that a pass
-    # copies two logits a row to the CPU instead of the whole vocabulary's: "auto" = where a model is wholly on a
-    # GPU. Off by default until measured on one (docs/BENCHMARKS.md).
-    device_sampling: str = field(default="off", metadata={"section": "engine"})
     # "local": llama.cpp in this process; "remote": an existing inference server does the decoding (docs/REMOTE.md).
     backend: str = field(default="local", metadata={"section": "engine"})
     remote_url: str = field(default="", metadata={"section": "engine"})
@@ -116,12 +112,11 @@ class Config:
             raise ConfigError(
                 f"speculative.history_tokens must be between 0 and 1048576, not {self.history_tokens}."
             )
-        for key, value in (
-            ("speculative.draft_ahead", self.draft_ahead),
-            ("engine.device_sampling", self.device_sampling),
-        ):
-            if value not in SWITCH_CHOICES:
-                raise ConfigError(f"{key} must be one of {', '.join(SWITCH_CHOICES)}, not {value!r}.")
+        if self.draft_ahead not in DRAFT_AHEAD_CHOICES:
+            raise ConfigError(
+                f"speculative.draft_ahead must be one of {', '.join(DRAFT_AHEAD_CHOICES)}, not "
+                f"{self.draft_ahead!r}."
+            )
         if self.n_ctx < 64:
             raise ConfigError(f"engine.n_ctx must be at least 64, not {self.n_ctx}.")
         if not 0 <= self.port <= 65535:
@@ -188,8 +183,8 @@ def _auto_or_number(
     return number
 
 
-def switch_setting(choice: str) -> bool | None:
-    """A setting of SWITCH_CHOICES ("auto", "on", "off") as the engine takes it: None lets it decide (auto)."""
+def draft_ahead_setting(choice: str) -> bool | None:
+    """`speculative.draft_ahead` ("auto", "on", "off") as the engine takes it: None lets it decide (auto)."""
     return {"on": True, "off": False}.get(choice)
 
 

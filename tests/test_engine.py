@@ -867,58 +867,6 @@ def test_drafting_ahead_is_set_from_the_config(tiny_models, localspec_home: Path
         load_config()
 
 
-def test_picks_made_on_the_device_are_the_picks_of_whole_rows(tiny_models) -> None:
-    """With `device_sampling` each pass returns its rows' best two tokens instead of whole rows (the GPU's saving;
-    forced on here, on the CPU): every mode gives the same tokens as whole rows do, the modes whose passes do not
-    depend on timings (all but `adaptive`) the same top-2 margins, a sampled request (which reads whole rows) the
-    same draw, and greedy requests after it the same. (Near-ties are settled alone, as by default: `adaptive` plans
-    from measured times, and its batched passes may flip one in the last bits in either engine.)"""
-    prompts = [PROMPT, "class Stack:\n    def push(self, item):\n", "for i in range(10):\n"]
-    sampled = SamplingParams(temperature=0.9, seed=11)
-    outputs = {}
-    for on_device in (False, True):
-        engine = make_engine(
-            tiny_models.target, tiny_models.draft_similar, device_sampling=on_device, tie_margin=NEAR_TIE
-        )
-        try:
-            assert engine.target.device_sampling is on_device
-            assert engine.stats()["device_sampling"] is on_device
-            assert engine.draft is not None and engine.draft.device_sampling is on_device
-            got = []
-            for prompt in prompts:
-                for mode in ("none", "draft", "ngram", "adaptive"):
-                    result = run(engine, prompt, mode, max_tokens=24, record_margins=mode != "adaptive")
-                    got.append((result.token_ids, result.stats.margins))
-                got.append((run(engine, prompt, "draft", max_tokens=24, sampling=sampled).token_ids, []))
-                sequences = range(engine.target.n_seq)
-                assert not all(engine.target.picks_on_device(seq) for seq in sequences)
-                got.append((run(engine, prompt, "draft", max_tokens=24, slot="draft").token_ids, []))
-                assert all(engine.target.picks_on_device(seq) for seq in sequences) is on_device
-            infill = engine.infill_prompt("def add(a, b):\n    ", "\n\nprint(add(1, 2))\n")
-            got.append((run(engine, infill, "adaptive", max_tokens=16).token_ids, []))
-            outputs[on_device] = got
-        finally:
-            engine.close()
-    assert outputs[True] == outputs[False]
-
-
-def test_device_sampling_is_set_from_the_config(tiny_models, localspec_home: Path, monkeypatch) -> None:
-    from localspec.config import load_config
-
-    assert load_config().device_sampling == "off"  # (until it is measured on a GPU: docs/BENCHMARKS.md)
-    monkeypatch.setenv("LOCALSPEC_ENGINE_DEVICE_SAMPLING", "on")
-    engine = Engine(
-        EngineSettings.from_config(load_config(), tiny_models.target, None, n_ctx=256, slots=1, threads=2)
-    )
-    try:
-        assert engine.stats()["device_sampling"] is True
-    finally:
-        engine.close()
-    monkeypatch.setenv("LOCALSPEC_ENGINE_DEVICE_SAMPLING", "gpu")
-    with pytest.raises(ConfigError, match="device_sampling must be one of auto, on, off"):
-        load_config()
-
-
 def test_the_draft_confidence_floor_follows_what_a_draft_token_costs(
     tiny_models, localspec_home: Path, monkeypatch
 ) -> None:

@@ -72,12 +72,6 @@ def register(subparsers: Any) -> None:
         "auto: where both models run on a GPU)",
     )
     parser.add_argument(
-        "--device-sampling",
-        choices=("auto", "on", "off"),
-        help="greedy picks (each row's best two tokens) made on the device that runs each model (default: "
-        "engine.device_sampling, auto: where a model is wholly on a GPU)",
-    )
-    parser.add_argument(
         "--trace-steps",
         action="store_true",
         help="keep every step of localspec's runs in the JSON: draft source, drafts, accepted, drafts ready, "
@@ -111,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from localspec.benchmark import report, runner, workloads
-    from localspec.config import load_config, switch_setting
+    from localspec.config import draft_ahead_setting, load_config
     from localspec.engine import Engine, EngineSettings
     from localspec.engine.llama_model import shutdown, threads_for
     from localspec.errors import InvalidRequestError
@@ -165,9 +159,7 @@ def run(args: argparse.Namespace) -> int:
     if args.tie_margin is not None:
         overrides["tie_margin"] = args.tie_margin
     if args.draft_ahead is not None:
-        overrides["draft_ahead"] = switch_setting(args.draft_ahead)
-    if args.device_sampling is not None:
-        overrides["device_sampling"] = switch_setting(args.device_sampling)
+        overrides["draft_ahead"] = draft_ahead_setting(args.draft_ahead)
     settings = EngineSettings.from_config(config, target, draft, **overrides)
 
     engine: Engine | None = None
@@ -177,7 +169,6 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"measured at start-up: {start_up_prices}")
         prompts = [runner.prompt_tokens(engine, task) for task in tasks]
         tie_margin, draft_ahead, draft_max = engine.tie_margin, engine.drafts_ahead, engine.draft_max
-        device_sampling = engine.target.device_sampling
         runs = _run_localspec(engine, modes, tasks, prompts, console, args.trace_steps, args.rounds)
         # The draft confidence floor follows the measured costs by default: as the runs left them.
         draft_p_min = engine.draft_p_min()
@@ -228,7 +219,6 @@ def run(args: argparse.Namespace) -> int:
         "history_tokens": settings.history_tokens,
         "tie_margin": tie_margin,
         "draft_ahead": draft_ahead,
-        "device_sampling": device_sampling,
         "start_up_prices": start_up_prices,
         "end_prices": end_prices,
         "llama_server_commands": server_commands,

@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from localspec.engine.llama_model import DecodeAborted, LlamaModel
+from localspec.engine.llama_model import DecodeAborted, LlamaModel, best_two
 from localspec.engine.pass_costs import PassCosts
 from localspec.engine.prefix_cache import (
     catches_up_one_by_one,
@@ -316,7 +316,7 @@ class DraftModelDrafter:
     def _read_pick(self, chain: list[int]) -> _Tip:
         """The draft model's pick after `chain`, its last pass. A pick that ends the generation (or the request's
         text) is kept but ends the chain."""
-        token, margin, runner_up = self.model.pick_two()
+        token, margin, runner_up = best_two(self.model.logits(1)[0])
         end = self.model.is_end_of_generation
         unsure = margin < self._min_margin
         last = end(token) or (self._ends is not None and self._ends(chain, token))

@@ -20,10 +20,10 @@ from localspec.config import (
     DRAFT_MAX_CPU,
     DRAFT_MAX_GPU,
     DRAFT_MAX_LIMIT,
+    draft_ahead_setting,
     draft_max_setting,
     draft_p_min_setting,
     prompt_cache_mb_setting,
-    switch_setting,
 )
 from localspec.engine.canary import ensure_llama_runs
 from localspec.engine.chooser import AdaptiveChooser
@@ -94,8 +94,6 @@ class EngineSettings:
     # MiB of host memory for saved KV sequences (0 = none); None: a share of this machine's (`prompt_cache_bytes`).
     prompt_cache_mb: int | None = None
     prompt_cache_pinned: bool = True  # ... page-locked where the models run on a GPU (see `host_memory`)
-    # Greedy picks made where each model runs (`LlamaModel(device_sampling=...)`); None: where it is wholly on a GPU.
-    device_sampling: bool | None = False
 
     @classmethod
     def from_config(
@@ -117,8 +115,7 @@ class EngineSettings:
             "history_tokens": config.history_tokens,
             "prompt_cache_mb": prompt_cache_mb_setting(config.prompt_cache_mb),
             "prompt_cache_pinned": config.prompt_cache_pinned,
-            "draft_ahead": switch_setting(config.draft_ahead),
-            "device_sampling": switch_setting(config.device_sampling),
+            "draft_ahead": draft_ahead_setting(config.draft_ahead),
         }
         return cls(**{**values, **overrides})
 
@@ -211,7 +208,6 @@ class Engine:
             n_threads=settings.threads,
             gpu_layers=gpu_layers,
             shared_cells=settings.slots * (settings.n_ctx + branch_room) if branch_seqs else None,
-            device_sampling=settings.device_sampling,
         )
 
     def _branch_seq(self, slot: SlotState) -> int | None:
@@ -259,7 +255,6 @@ class Engine:
             "draft_p_min": round(self.draft_p_min(), 3) if self.draft is not None else None,
             "draft_max": self.draft_max,
             "prompt_chunk": self.prompt_chunks.size,  # tokens a pass reads of a prompt that gives way
-            "device_sampling": self.target.device_sampling,  # greedy picks made on the target's device
         }
 
     # ---- prompts ----------------------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
-import math
 import os
 import threading
 from collections.abc import Callable
@@ -205,15 +204,10 @@ class LlamaModel:
         n_batch: int = 512,
         vocab_only: bool = False,
         shared_cells: int | None = None,
-        device_sampling: bool | None = False,
     ) -> None:
         """shared_cells: one KV buffer of that many cells for all `n_seq` sequences (llama.cpp's unified KV), where
         sequences can share cells: copying one into another is then free (`copy_sequence`). By default each
-        sequence has a buffer of its own, of `n_ctx_per_seq` cells.
-
-        device_sampling: passes find each output row's best two tokens where the model runs (llama.cpp's backend
-        sampling), and copy out those two logits instead of the vocabulary's (`pick_two`); None: where the model
-        is wholly on a GPU. A sequence may still ask for whole rows (`whole_logits`)."""
+        sequence has a buffer of its own, of `n_ctx_per_seq` cells."""
         self.path = path
         self.role = role
         check_gguf_file(path, role)
@@ -262,9 +256,6 @@ class LlamaModel:
         ctx_params.n_threads = threads
         ctx_params.n_threads_batch = threads
         ctx_params.kv_unified = shared_cells is not None
-        sample_on_device = device_sampling if device_sampling is not None else self.offloaded
-        if sample_on_device:  # (rows a pass may pick on the device: by default one)
-            ctx_params.n_outputs_max_per_seq = n_batch
         ctx_params.no_perf = True
         self._ctx = llama_cpp.llama_init_from_model(self._model, ctx_params)
         if not self._ctx:
@@ -289,15 +280,6 @@ class LlamaModel:
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self._logits_address: int | None = None
         self._logits_view = np.empty((0, self.n_vocab), dtype=np.float32)
-        # Each sequence's sampler chain that picks its rows' best two on the device, and the sequences it is
-        # attached to now (a sequence serving a sampled request reads whole rows instead: `whole_logits`).
-        self._top_two_chains: dict[int, Any] = {}
-        self._picking_on_device: set[int] = set()
-        self._last_seq = -1  # the sequence of the last decode
-        if sample_on_device:
-            for seq_id in range(n_seq):
-                self._top_two_chains[seq_id] = None
-                self.whole_logits(seq_id, False)
 
     # ---- vocabulary -------------------------------------------------------------------------------------------
 
@@ -402,7 +384,6 @@ class LlamaModel:
         """
         tail = {"none": 0, "last": 1, "all": len(tokens)}[outputs] if isinstance(outputs, str) else outputs
         first_out = len(tokens) - tail
-        self._last_seq = seq_id
         if start_pos + len(tokens) > self.n_ctx_per_seq:
             raise ContextOverflowError(
                 f"The {self.role} context is full ({self.n_ctx_per_seq} tokens per slot). Shorten the prompt, "
@@ -479,60 +460,6 @@ class LlamaModel:
             self._logits_address = address
         return self._logits_view[:rows]
 
-    @property
-    def device_sampling(self) -> bool:
-        """Whether this model's passes pick their rows' best two tokens on the device (see `__init__`)."""
-        return bool(self._picking_on_device) or any(self._top_two_chains.values())
-
-    def picks_on_device(self, seq_id: int) -> bool:
-        """Whether sequence `seq_id`'s passes return their rows' best two only (`whole_logits`)."""
-        return seq_id in self._picking_on_device
-
-    def whole_logits(self, seq_id: int, whole: bool) -> None:
-        """Have sequence `seq_id`'s passes copy out whole logits rows (`logits`: a sampled request's sampler chain
-        reads them) or, where this model samples on the device, only each row's best two (`pick_two`). A switch
-        changes the passes' graph (llama.cpp reserves its memory anew, and the next pass of each size runs cold on
-        a GPU): `TokenPicker` switches a sequence only where a request needs the other kind."""
-        if seq_id not in self._top_two_chains or whole == (seq_id not in self._picking_on_device):
-            return
-        if whole:
-            llama_cpp.llama_set_sampler(self.ctx, seq_id, None)
-            self._picking_on_device.discard(seq_id)
-            return
-        # llama.cpp sets a chain up for the device once: attaching again takes a new one (the old one goes now,
-        # after the passes that read whole rows have left it behind).
-        chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
-        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_k(2))
-        if not llama_cpp.llama_set_sampler(self.ctx, seq_id, chain):
-            llama_cpp.llama_sampler_free(chain)  # (this backend cannot: whole rows it is)
-            return
-        old, self._top_two_chains[seq_id] = self._top_two_chains[seq_id], chain
-        if old is not None:
-            llama_cpp.llama_sampler_free(old)
-        self._picking_on_device.add(seq_id)
-
-    def pick_two(self, row_index: int = 0, n_rows: int = 1, margin: bool = True) -> tuple[int, float, int]:
-        """(argmax, top-1 minus top-2 logit, the second-best token) of output row `row_index` of the last decode's
-        `n_rows`, as `best_two` finds them in the row. Without `margin` and where the whole row is read, only the
-        argmax is searched (the margin is then +inf and the second token -1)."""
-        if self._last_seq not in self._picking_on_device:
-            row = self.logits(n_rows)[row_index]
-            return best_two(row) if margin else (int(np.argmax(row)), math.inf, -1)
-        index = (
-            row_index - n_rows
-        )  # (counted from the last output row: the batch may hold rows without outputs)
-        tokens = llama_cpp.llama_get_sampled_candidates_ith(self._ctx, index)
-        logits = llama_cpp.llama_get_sampled_logits_ith(self._ctx, index)
-        if not tokens or not logits:
-            raise RuntimeError(
-                f"llama.cpp returned no device-sampled tokens for the {self.role} model's pass"
-            )
-        first, second = (tokens[0], logits[0]), (tokens[1], logits[1])
-        # (in the order numpy's argmax would pick them: the higher logit, and the lower token id of a tie)
-        if second[1] > first[1] or (second[1] == first[1] and second[0] < first[0]):
-            first, second = second, first
-        return int(first[0]), float(np.float32(first[1]) - np.float32(second[1])), int(second[0])
-
     def synchronize(self) -> None:
         """Wait for queued GPU work (llama_decode returns before a GPU finishes), so timings are real."""
         llama_cpp.llama_synchronize(self._ctx)
@@ -574,11 +501,6 @@ class LlamaModel:
             llama_cpp.llama_batch_free(self._batch)
             llama_cpp.llama_free(self._ctx)
             self._ctx = None
-            # (llama.cpp leaves the chains to their owner)
-            for chain in self._top_two_chains.values():
-                if chain is not None:
-                    llama_cpp.llama_sampler_free(chain)
-            self._top_two_chains.clear()
         if self._model:
             llama_cpp.llama_model_free(self._model)
             self._model = None

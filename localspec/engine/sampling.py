@@ -1,9 +1,8 @@
 """The target's own choice of token at a logits row, exactly as the target alone would choose.
 
-Greedy without penalties reads the best two tokens of a row (argmax and top-2 margin: `LlamaModel.pick_two`, in
-llama.cpp's logits buffer without copies, or as the device picked them). Everything else goes through a llama.cpp
-sampler chain on whole rows, which also keeps the penalty history and the seeded RNG: one draw per settled
-position, so a speculative run consumes the RNG exactly like a target-alone run.
+Greedy without penalties reads llama.cpp's logits buffer in place (argmax and top-2 margin, no copies).
+Everything else goes through a llama.cpp sampler chain, which also keeps the penalty history and the seeded
+RNG: one draw per settled position, so a speculative run consumes the RNG exactly like a target-alone run.
 """
 
 from __future__ import annotations
@@ -13,8 +12,9 @@ import math
 import random
 
 import llama_cpp
+import numpy as np
 
-from localspec.engine.llama_model import LlamaModel
+from localspec.engine.llama_model import LlamaModel, top_two
 from localspec.engine.types import SamplingParams
 from localspec.errors import InvalidRequestError
 
@@ -34,16 +34,11 @@ def validate_sampling(params: SamplingParams) -> None:
 
 
 class TokenPicker:
-    def __init__(
-        self, model: LlamaModel, params: SamplingParams, history: list[int], seq_id: int = 0
-    ) -> None:
-        """seq_id: the sequence whose passes it picks from (a sampler chain needs their whole logits rows; the
-        sequence keeps them until a greedy request comes, so that a chat's sampled requests switch it once)."""
+    def __init__(self, model: LlamaModel, params: SamplingParams, history: list[int]) -> None:
         validate_sampling(params)
         self.model = model
         self.fast_greedy = params.greedy and params.repeat_penalty == 1.0
         self._chain = None
-        model.whole_logits(seq_id, not self.fast_greedy)
         if not self.fast_greedy:
             self._chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
             chain = self._chain
@@ -81,8 +76,8 @@ class TokenPicker:
             # A negative index counts output rows from the last (the batch may hold tokens without rows).
             token = llama_cpp.llama_sampler_sample(self._chain, self.model.ctx, row_index - n_rows)
             return int(token), math.inf
-        token, gap, _ = self.model.pick_two(row_index, n_rows, margin)
-        return token, gap
+        row = self.model.logits(n_rows)[row_index]
+        return top_two(row) if margin else (int(np.argmax(row)), math.inf)
 
     def close(self) -> None:
         if self._chain is not None:

@@ -115,7 +115,7 @@ class Generation:
         self._committed = slot.target_tokens  # same list: the slot always knows what its KV holds
         self._context = [*prompt]  # committed + [pending], kept incrementally (drafters read it every step)
         self._pending = prompt[-1]
-        self._picker = TokenPicker(target, request.sampling, prompt, slot.seq_id)
+        self._picker = TokenPicker(target, request.sampling, prompt)
         self._ahead = ahead if self._draft is not None else None
         self._indexer = indexer
         self._used_draft_model = False  # whether a step of this request drafted with the draft model
