@@ -159,6 +159,8 @@ class Generation:
         return self.request.cancel.cancelled or (yielding and give_way is not None and give_way())
 
     def _step(self) -> StepEvent | None:
+        """One step: a chunk of the prompt, or a plan (`_plan`), its drafts, the target's pass over them
+        (`_verify`), the target's own tokens along its rows (`_walk`), and what it settled kept and counted."""
         remaining = self.request.max_tokens - len(self._output)
         most_drafts = self.request.draft_max if self.request.draft_max is not None else self.chooser.draft_max
         # The prompt's last chunk is evaluated in the first step's pass, which saves a pass per request.
@@ -202,51 +204,13 @@ class Generation:
             source, drafts = "none", []
         t_draft = time.perf_counter() - started
 
-        started = time.perf_counter()
-        tokens = [self._pending, *drafts]
-        if pass_size > len(tokens) and not fold:  # padded to the previous pass's size (warm on a GPU)
-            room_left = self.target.n_ctx_per_seq - len(self._committed)
-            tokens += [tokens[-1]] * (min(pass_size, room_left) - len(tokens))
-        ahead = self._start_ahead(context, drafts, source, most_drafts + 1)
-        # The prompt's own n-grams, where a proposal was made without them: on the indexer's thread while this
-        # thread launches the pass (ctypes lets go of the GIL during the call), else after the launch, before waiting.
-        indexer = self._indexer if self._ngram.has_pending(proposed_only=True) else None
-        indexing = indexer.submit(self._ngram.index_pending, True) if indexer is not None else None
-        indexed = False
-        try:
-            n_rows = self.target.decode([*fold, *tokens], len(self._committed), self.slot.seq_id, len(tokens))
-            self._committed.extend(fold)
-            if indexing is None:
-                indexed = self._ngram.index_pending(proposed_only=True)
-            self.target.synchronize()
-        finally:
-            if ahead is not None:
-                ahead[1].set()
-                ahead[0].result()  # (waits for the draft token in flight, if any)
-            if indexing is not None:
-                indexed = indexing.result()
+        n_rows, indexed, t_verify = self._verify(fold, drafts, pass_size, context, source, most_drafts + 1)
         base = len(self._committed)
-        t_verify = time.perf_counter() - started
-
         started = time.perf_counter()
-        settled: list[int] = []
-        t_settle = 0.0
-        # Margins decide near-ties in batched passes; a one-token pass needs one only when the request records them.
-        want_margin = n_rows > 1 or self.request.record_margins
-        for row in range(len(drafts) + 1):
-            token, margin = self._picker.pick(row, n_rows, want_margin)
-            near_tie = n_rows > 1 and margin < self.tie_margin
-            if near_tie:  # the walk ends here: later rows were computed after a token that may change
-                token, margin, t_settle = self._settle_alone(base, drafts, row)
-            settled.append(token)
-            if self.request.record_margins:
-                self.stats.margins.append(margin)
-            if near_tie or row >= len(drafts) or token != drafts[row]:
-                break
+        settled, t_settle = self._walk(base, drafts, n_rows)
         accepted = len(settled) - 1
         # Keep [pending, d1..d_accepted] in the KV (unless a settle already trimmed it) and drop the rest.
-        keep = base + 1 + accepted
-        self.target.remove_from(self.slot.seq_id, keep)
+        self.target.remove_from(self.slot.seq_id, base + 1 + accepted)
         self._committed.extend([self._pending, *drafts[:accepted]])
         self._context.extend([*drafts[:accepted], settled[-1]])
         self._pending = settled[-1]
@@ -265,7 +229,91 @@ class Generation:
             depth=base,
             ngram_next=None if after_drafts is None else after_drafts == settled[-1],
         )
-        t_verify += t_settle
+        self._count_step(
+            source,
+            drafts,
+            accepted,
+            site,
+            ahead_before,
+            len(fold) + n_rows,
+            fold,
+            t_draft,
+            t_verify + t_settle,
+            t_sample,
+        )
+        return self._emit(settled, len(drafts), accepted, source)
+
+    def _verify(
+        self,
+        fold: list[int],
+        drafts: list[int],
+        pass_size: int,
+        context: list[int],
+        source: DraftSource,
+        limit: int,
+    ) -> tuple[int, bool, float]:
+        """The target's pass over [pending, *drafts] (after `fold`, the prompt's last chunk), padded to `pass_size`
+        where there is no fold; returns its logit rows, whether the prompt's own n-grams were indexed meanwhile,
+        and its seconds. The draft model drafts on from these drafts during it (`_start_ahead`)."""
+        started = time.perf_counter()
+        tokens = [self._pending, *drafts]
+        if pass_size > len(tokens) and not fold:  # padded to the previous pass's size (warm on a GPU)
+            room_left = self.target.n_ctx_per_seq - len(self._committed)
+            tokens += [tokens[-1]] * (min(pass_size, room_left) - len(tokens))
+        ahead = self._start_ahead(context, drafts, source, limit)
+        # The prompt's own n-grams, where a proposal was made without them: on the indexer's thread while this
+        # thread launches the pass (ctypes lets go of the GIL during the call), else after the launch, before waiting.
+        indexer = self._indexer if self._ngram.has_pending(proposed_only=True) else None
+        indexing = indexer.submit(self._ngram.index_pending, True) if indexer is not None else None
+        indexed = False
+        try:
+            n_rows = self.target.decode([*fold, *tokens], len(self._committed), self.slot.seq_id, len(tokens))
+            self._committed.extend(fold)
+            if indexing is None:
+                indexed = self._ngram.index_pending(proposed_only=True)
+            self.target.synchronize()
+        finally:
+            if ahead is not None:
+                ahead[1].set()
+                ahead[0].result()  # (waits for the draft token in flight, if any)
+            if indexing is not None:
+                indexed = indexing.result()
+        return n_rows, indexed, time.perf_counter() - started
+
+    def _walk(self, base: int, drafts: list[int], n_rows: int) -> tuple[list[int], float]:
+        """The target's own tokens along the pass's rows: each row's pick, up to the first that differs from the
+        draft after it (or a near-tie, settled in a one-token pass of its own). Returns them and the settles'
+        seconds."""
+        settled: list[int] = []
+        t_settle = 0.0
+        # Margins decide near-ties in batched passes; a one-token pass needs one only when the request records them.
+        want_margin = n_rows > 1 or self.request.record_margins
+        for row in range(len(drafts) + 1):
+            token, margin = self._picker.pick(row, n_rows, want_margin)
+            near_tie = n_rows > 1 and margin < self.tie_margin
+            if near_tie:  # the walk ends here: later rows were computed after a token that may change
+                token, margin, t_settle = self._settle_alone(base, drafts, row)
+            settled.append(token)
+            if self.request.record_margins:
+                self.stats.margins.append(margin)
+            if near_tie or row >= len(drafts) or token != drafts[row]:
+                break
+        return settled, t_settle
+
+    def _count_step(
+        self,
+        source: DraftSource,
+        drafts: list[int],
+        accepted: int,
+        site: StepSite,
+        ahead_before: int,
+        pass_tokens: int,
+        fold: list[int],
+        t_draft: float,
+        t_verify: float,
+        t_sample: float,
+    ) -> None:
+        """Add a step to the request's stats (and its trace, where the request keeps one)."""
         stats = self.stats
         stats.drafted += len(drafts)
         stats.accepted += accepted
@@ -278,7 +326,7 @@ class Generation:
                     len(drafts),
                     accepted,
                     stats.drafted_ahead - ahead_before,
-                    len(fold) + len(tokens),
+                    pass_tokens,
                     round(t_draft * 1000, 3),
                     round(t_verify * 1000, 3),
                     site.draft_ready,
@@ -293,7 +341,6 @@ class Generation:
         else:
             stats.t_verify += t_verify
         stats.t_sample += t_sample
-        return self._emit(settled, len(drafts), accepted, source)
 
     def _start_ahead(
         self, context: list[int], drafts: list[int], source: DraftSource, limit: int
