@@ -4,7 +4,7 @@ Usage: python bench/backend_sampling_check.py MODEL.gguf
 A top-2 sampler chain on each of three sequences; one sequence's pass of 8 rows right after another's pass of 8
 rows. Each row's pick is compared with the argmax of the same pass's whole logits row in a context without
 samplers. With llama-cpp-python 0.3.36 the first row comes back wrong (session 38, docs/BENCHMARKS.md), which is why
-`engine.device_sampling` applies only to contexts of one sequence; run this again on a newer llama.cpp.
+greedy picks on the device (branch `exp/device-sampling`) use sequence 0 only; run this again on a newer llama.cpp.
 """
 
 from __future__ import annotations
@@ -58,9 +58,9 @@ def main() -> int:
         logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(plain, row - 8), shape=(n_vocab,))
         tokens = llama_cpp.llama_get_sampled_candidates_ith(sampling, row - 8)
         values = llama_cpp.llama_get_sampled_logits_ith(sampling, row - 8)
-        picked = tokens[0] if values[0] >= values[1] else tokens[1]
-        wrong += int(picked != int(np.argmax(logits)))
-        print(f"row {row}: whole row {int(np.argmax(logits))}, picked on the device {picked}")
+        picked, whole = tokens[0] if values[0] >= values[1] else tokens[1], int(np.argmax(logits))
+        wrong += int(picked != whole)
+        print(f"row {row}: whole row {whole}, picked on the device {picked}")
     print("all rows right" if not wrong else f"{wrong} of 8 rows wrong")
     return 1 if wrong else 0
 

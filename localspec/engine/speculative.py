@@ -229,18 +229,34 @@ class Generation:
             depth=base,
             ngram_next=None if after_drafts is None else after_drafts == settled[-1],
         )
-        self._count_step(
-            source,
-            drafts,
-            accepted,
-            site,
-            ahead_before,
-            len(fold) + n_rows,
-            fold,
-            t_draft,
-            t_verify + t_settle,
-            t_sample,
-        )
+        t_verify += t_settle
+        stats = self.stats
+        stats.drafted += len(drafts)
+        stats.accepted += accepted
+        stats.drafted_ahead = self._draft.drafted_ahead if self._draft is not None else 0
+        stats.second_chains = self._draft.second_chains if self._draft is not None else 0
+        if self.request.record_steps:
+            stats.steps.append(
+                StepRecord(
+                    source,
+                    len(drafts),
+                    accepted,
+                    stats.drafted_ahead - ahead_before,
+                    len(fold) + n_rows,
+                    round(t_draft * 1000, 3),
+                    round(t_verify * 1000, 3),
+                    site.draft_ready,
+                    {name: round(rate, 1) for name, rate in self.chooser.priced.items()},
+                )
+            )
+        stats.target_passes += 1
+        stats.steps_by_source[source] += 1
+        stats.t_draft += t_draft
+        if fold:
+            stats.t_prompt += t_verify
+        else:
+            stats.t_verify += t_verify
+        stats.t_sample += t_sample
         return self._emit(settled, len(drafts), accepted, source)
 
     def _verify(
@@ -299,48 +315,6 @@ class Generation:
             if near_tie or row >= len(drafts) or token != drafts[row]:
                 break
         return settled, t_settle
-
-    def _count_step(
-        self,
-        source: DraftSource,
-        drafts: list[int],
-        accepted: int,
-        site: StepSite,
-        ahead_before: int,
-        pass_tokens: int,
-        fold: list[int],
-        t_draft: float,
-        t_verify: float,
-        t_sample: float,
-    ) -> None:
-        """Add a step to the request's stats (and its trace, where the request keeps one)."""
-        stats = self.stats
-        stats.drafted += len(drafts)
-        stats.accepted += accepted
-        stats.drafted_ahead = self._draft.drafted_ahead if self._draft is not None else 0
-        stats.second_chains = self._draft.second_chains if self._draft is not None else 0
-        if self.request.record_steps:
-            stats.steps.append(
-                StepRecord(
-                    source,
-                    len(drafts),
-                    accepted,
-                    stats.drafted_ahead - ahead_before,
-                    pass_tokens,
-                    round(t_draft * 1000, 3),
-                    round(t_verify * 1000, 3),
-                    site.draft_ready,
-                    {name: round(rate, 1) for name, rate in self.chooser.priced.items()},
-                )
-            )
-        stats.target_passes += 1
-        stats.steps_by_source[source] += 1
-        stats.t_draft += t_draft
-        if fold:
-            stats.t_prompt += t_verify
-        else:
-            stats.t_verify += t_verify
-        stats.t_sample += t_sample
 
     def _start_ahead(
         self, context: list[int], drafts: list[int], source: DraftSource, limit: int
