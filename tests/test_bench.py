@@ -555,6 +555,33 @@ def test_the_backend_sampling_check_compares_every_row_and_says_how_many_are_wro
     assert checked.returncode == (1 if wrong else 0)
 
 
+def test_the_overhead_model_keeps_its_sources_tokenizer_and_decodes(tiny_models, tmp_path: Path) -> None:
+    # bench/overhead_model.py: a two-layer copy with random weights that tokenizes as its source does (what the
+    # language server and the daemon handle), and that llama.cpp loads and decodes.
+    import numpy as np
+
+    from localspec.engine.llama_model import LlamaModel
+
+    copy = tmp_path / "overhead.gguf"
+    written = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "overhead_model.py"), str(tiny_models.target), str(copy)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert written.returncode == 0, written.stderr
+    text = "def add(a, b):\n    return a + b  # défini\n"
+    source = LlamaModel(tiny_models.target, role="target", n_ctx_per_seq=256, n_threads=1)
+    model = LlamaModel(copy, role="target", n_ctx_per_seq=256, n_threads=1)
+    try:
+        tokens = model.tokenize(text, add_bos=True, parse_special=False)
+        assert tokens == source.tokenize(text, add_bos=True, parse_special=False) and len(tokens) > 10
+        assert model.metadata("llama.block_count") == "2"
+        model.decode(tokens, 0, 0, "last")
+        assert np.isfinite(model.logits(1)[0]).all()
+    finally:
+        source.close()
+        model.close()
+
+
 def test_a_bench_with_nothing_to_run_says_what_to_give(
     tiny_models, localspec_home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

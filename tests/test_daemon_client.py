@@ -70,15 +70,17 @@ async def test_a_stream_read_to_its_end_leaves_its_connection_open_for_the_next_
     daemon: RunningDaemon,
 ) -> None:
     # An editor streams a suggestion per keystroke: a connection dropped after each would make every request
-    # connect anew. (httpcore's pool is reached through httpx's private transport: no public accessor exists.)
+    # connect anew. (The connection pools are the libraries' private state: no public accessor exists.)
     async with AsyncDaemonClient() as client:
-        pool = client._http._transport._pool  # type: ignore[attr-defined]
         for _ in range(2):
             async with client.stream_infill("x = ", "\n", max_tokens=6) as stream:
                 async for _chunk in stream:
                     pass
             assert stream.final is not None
-            assert len(pool.connections) == 1 and pool.connections[0].is_idle()
+            connector = client._http().connector
+            assert connector is not None
+            idle = [conn for conns in connector._conns.values() for conn in conns]
+            assert len(idle) == 1 and not connector._acquired
     with DaemonClient() as sync_client:
         with sync_client.stream_infill("x = ", "\n", max_tokens=6) as sync_stream:
             for _chunk in sync_stream:
@@ -108,9 +110,9 @@ async def test_a_request_cancelled_twice_still_stops_its_generation(
     endless_pair: tuple[Path, Path], localspec_home: Path, streamed: bool
 ) -> None:
     """A request is often cancelled twice (an editor's superseded by the next keystroke's then cancelled by the
-    editor; a chat's Esc pressed twice). httpx closes the connection after a cancel, which is how the daemon learns
-    to stop; a second cancel arriving during that clean-up (a turn of the event loop later) used to cut it short,
-    and the daemon generated on to max_tokens (encode/httpcore#1115)."""
+    editor; a chat's Esc pressed twice). The client closes the connection after a cancel, which is how the daemon
+    learns to stop; with httpx a second cancel arriving during that clean-up (a turn of the event loop later) cut
+    it short, and the daemon generated on to max_tokens (encode/httpcore#1115)."""
     running = start_daemon(
         localspec_home, ["--target", str(endless_pair[0]), "--n-ctx", "2048", "--threads", "1"]
     )

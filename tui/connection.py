@@ -28,7 +28,7 @@ class Connection:
 
     async def connect(self, progress: Callable[[str], None]) -> str:
         """Return the model pair's description once the daemon is healthy; `progress` runs on the event loop."""
-        # The client module imports httpx; keep it out of `localspec --help`.
+        # The client module imports the HTTP libraries; keep them out of `localspec --help`.
         from localspec.client import Health, aconnect
 
         client = await aconnect(autostart=self.autostart, progress=progress)

