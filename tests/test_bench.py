@@ -582,6 +582,19 @@ def test_the_overhead_model_keeps_its_sources_tokenizer_and_decodes(tiny_models,
         model.close()
 
 
+def test_pass_depth_times_every_size_at_every_depth(tiny_models) -> None:
+    # bench/pass_depth.py: a row per depth, a figure per size.
+    timed = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "pass_depth.py"), str(tiny_models.target),
+         "--sizes", "2,63,64", "--depths", "0,100", "--threads", "1"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert timed.returncode == 0, timed.stderr
+    rows = [line.split() for line in timed.stdout.splitlines()[1:]]
+    assert [row[0] for row in rows] == ["0", "100"] and all(len(row) == 4 for row in rows)
+    assert all(float(figure) > 0 for row in rows for figure in row[1:])
+
+
 def test_a_bench_with_nothing_to_run_says_what_to_give(
     tiny_models, localspec_home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -285,6 +285,50 @@ def test_a_pass_stopped_by_its_abort_check_leaves_nothing_in_the_kv(
     similar_engine.reset_cache()  # (this test wrote a slot's KV behind its back: every slot starts empty again)
 
 
+def test_a_short_pass_deep_in_its_sequence_is_padded_on_a_cpu_and_leaves_only_its_own_tokens(
+    tiny_models: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On a CPU llama.cpp attends a pass of 64 tokens or more in tiles and a shorter one one query at a time, which
+    # costs more deep in a sequence: there a pass of 63 tokens is padded to 64 (llama_model.ATTENTION_TILE). The
+    # padding leaves no cell behind, and the pass's rows are an unpadded pass's (up to the two kernels' rounding).
+    import llama_cpp
+    import numpy as np
+
+    from localspec.engine.llama_model import LlamaModel
+
+    sizes: list[int] = []
+    decode = llama_cpp.llama_decode
+
+    def recording(ctx: Any, batch: Any) -> int:
+        sizes.append(batch.n_tokens)
+        return int(decode(ctx, batch))
+
+    monkeypatch.setattr(llama_cpp, "llama_decode", recording)
+    tokens = [(i * 37) % 250 + 1 for i in range(164)]
+    rows = {}
+    # A context with room for the padding, and one filled exactly by the pass (no room: unpadded).
+    for name, n_ctx in (("padded", 512), ("exact", 163)):
+        model = LlamaModel(tiny_models.target, role="target", n_ctx_per_seq=n_ctx, n_threads=1)
+        try:
+            sizes.clear()
+            model.decode(tokens[:100], 0, 0, "none")
+            assert model.decode(tokens[100:163], 100, 0, "all") == 63
+            rows[name] = model.logits(63)[:63].copy()
+            assert llama_cpp.llama_memory_seq_pos_max(llama_cpp.llama_get_memory(model.ctx), 0) == 162
+            assert sizes == [100, 64 if name == "padded" else 63]
+            if name == "padded":
+                model.decode(tokens[163:], 163, 0, "last")  # the next position is free
+                model.remove_from(0, 0)
+                sizes.clear()
+                model.decode(tokens[:63], 0, 0, "last")  # at a sequence's start: never padded
+                assert sizes == [63]
+        finally:
+            model.close()
+    # (the tiled kernel multiplies queries in float32, the other in float16)
+    assert np.abs(rows["padded"] - rows["exact"]).max() < 0.01 * np.abs(rows["exact"]).max()
+    assert (rows["padded"].argmax(axis=1) == rows["exact"].argmax(axis=1)).all()
+
+
 def test_prompt_cache_reuses_the_common_prefix(similar_engine: Engine) -> None:
     first = run(similar_engine, PROMPT, "draft", max_tokens=8, slot="cache")
     assert first.stats.cached_tokens == 0 or first.stats.cached_tokens < first.stats.prompt_tokens

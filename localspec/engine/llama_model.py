@@ -24,6 +24,14 @@ from localspec.errors import ContextOverflowError, ModelLoadError
 GGUF_MAGIC = b"GGUF"
 _DECODE_ABORTED = 2  # llama_decode's status when its abort callback stopped it
 ABORTABLE_PASS = 8  # tokens in a pass from which a cancelled request stops it part-way (see `abort_check`)
+# On a CPU llama.cpp's attention takes a pass of ATTENTION_TILE tokens or more in tiles of that many queries, and a
+# shorter one one query at a time (GGML_FA_TILE_Q): deep in a sequence that costs about 2.6 times as much per token
+# and position, so a pass of 63 tokens 2,000 deep costs 1.6 times one of 64 (docs/BENCHMARKS.md, session 39). Such a
+# pass is padded to ATTENTION_TILE tokens where that costs less: a token's attention costs ONE_QUERY (one query at a
+# time) or TILED (tiled) times its other work per position of context before it (fitted to the Qwen2.5-Coder 0.5B's
+# passes; the 1.5B's gain from padding at the same sizes and depths or sooner).
+ATTENTION_TILE = 64
+ONE_QUERY, TILED = 0.0009, 0.00035
 
 
 class DecodeAborted(Exception):
@@ -244,6 +252,7 @@ class LlamaModel:
         self.n_ctx_per_seq = n_ctx_per_seq
         self.n_seq = n_seq
         self.n_batch = n_batch
+        self._shared_cells = shared_cells is not None
         if vocab_only:
             return
         threads = n_threads or default_threads(self.offloaded)
@@ -393,13 +402,15 @@ class LlamaModel:
         n_out = 0
         for chunk_start in range(0, len(tokens), self.n_batch):
             chunk = tokens[chunk_start : chunk_start + self.n_batch]
-            for i, token in enumerate(chunk):
-                batch.token[i] = token
-                batch.pos[i] = start_pos + chunk_start + i
+            at = start_pos + chunk_start
+            padded = self._padded_size(len(chunk), at)
+            for i in range(padded):  # (the padding repeats the last token, with no logits)
+                batch.token[i] = chunk[min(i, len(chunk) - 1)]
+                batch.pos[i] = at + i
                 batch.n_seq_id[i] = 1
                 batch.seq_id[i][0] = seq_id
-                batch.logits[i] = chunk_start + i >= first_out
-            batch.n_tokens = len(chunk)
+                batch.logits[i] = chunk_start + i >= first_out and i < len(chunk)
+            batch.n_tokens = padded
             n_out = sum(1 for i in range(len(chunk)) if batch.logits[i])
             size = len(chunk) if n_out == len(chunk) else 0
             self.pass_streak = self.pass_streak + 1 if size == self.last_pass_size else 1
@@ -420,7 +431,22 @@ class LlamaModel:
                 )
             if status != 0:
                 raise RuntimeError(f"llama_decode failed with status {status} on the {self.role} model")
+            if padded > len(chunk):
+                self.remove_from(seq_id, at + len(chunk))
         return n_out
+
+    def _padded_size(self, n: int, depth: int) -> int:
+        """Tokens to decode for a pass of n tokens `depth` into its sequence: ATTENTION_TILE where padding it costs
+        less on a CPU (see ONE_QUERY), else n. Only where the padding's cells are surely free (a sequence of its own
+        with room after the pass)."""
+        if (
+            self.offloaded
+            or self._shared_cells
+            or not 2 <= n < ATTENTION_TILE <= self.n_batch
+            or depth + ATTENTION_TILE > self.n_ctx_per_seq
+        ):
+            return n
+        return ATTENTION_TILE if ATTENTION_TILE * (1 + TILED * depth) < n * (1 + ONE_QUERY * depth) else n
 
     def _decode_on_pool(self, batch: llama_cpp.llama_batch) -> int:
         in_use = self._pool_in_use
