@@ -89,6 +89,20 @@ async def test_a_stream_read_to_its_end_leaves_its_connection_open_for_the_next_
         assert len(sync_pool.connections) == 1 and sync_pool.connections[0].is_idle()
 
 
+async def test_the_async_client_lets_go_of_an_idle_connection_before_the_daemon_closes_it(
+    daemon: RunningDaemon,
+) -> None:
+    # Were the daemon first, a request could go out on a connection it is closing at that moment, and fail: aiohttp
+    # retries only idempotent requests, and an editor's suggestions are POSTs. (aiohttp's pool setting is private.)
+    from localspec.daemon.serve import KEEP_ALIVE_S
+
+    async with AsyncDaemonClient() as client:
+        await client.infill("x = ", "\n", max_tokens=2)
+        connector = client._http().connector
+        assert connector is not None
+        assert 0 < connector._keepalive_timeout < KEEP_ALIVE_S  # type: ignore[attr-defined]
+
+
 async def test_async_stream_closed_early_cancels_on_the_daemon(daemon: RunningDaemon) -> None:
     async with AsyncDaemonClient() as client:
         async with client.stream_chat(MESSAGES, max_tokens=400, slot="early") as stream:

@@ -59,6 +59,13 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+# Seconds an idle connection stays open. Longer than clients keep one for reuse (aiohttp: 15 s, the language
+# server's and the chat's; httpx: 5 s): a client that closes an idle connection itself never sends a request on one
+# the daemon is closing at that moment (uvicorn's default is 5 s, and the editor's requests are POSTs, which aiohttp
+# does not retry).
+KEEP_ALIVE_S = 30
+
+
 def run(
     config: Config,
     overrides: Mapping[str, Any],
@@ -94,7 +101,14 @@ def run(
         AppSettings(token=token, host=config.host, allow_origins=list(config.allow_origins)), host
     )
     server = _Server(
-        uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=3)
+        uvicorn.Config(
+            app,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=3,
+            timeout_keep_alive=KEEP_ALIVE_S,
+        )
     )
     watcher = ConfigWatcher(locations.config_file(), host, overrides) if watch else None
     info = rendezvous.write(config.host, port)
