@@ -24,12 +24,11 @@ from localspec.errors import ContextOverflowError, ModelLoadError
 GGUF_MAGIC = b"GGUF"
 _DECODE_ABORTED = 2  # llama_decode's status when its abort callback stopped it
 ABORTABLE_PASS = 8  # tokens in a pass from which a cancelled request stops it part-way (see `abort_check`)
-# On a CPU llama.cpp's attention takes a pass of ATTENTION_TILE tokens or more in tiles of that many queries, and a
-# shorter one one query at a time (GGML_FA_TILE_Q): deep in a sequence that costs about 2.6 times as much per token
-# and position, so a pass of 63 tokens 2,000 deep costs 1.6 times one of 64 (docs/BENCHMARKS.md, session 39). Such a
-# pass is padded to ATTENTION_TILE tokens where that costs less: a token's attention costs ONE_QUERY (one query at a
-# time) or TILED (tiled) times its other work per position of context before it (fitted to the Qwen2.5-Coder 0.5B's
-# passes; the 1.5B's gain from padding at the same sizes and depths or sooner).
+# On a CPU llama.cpp's attention takes a pass of ATTENTION_TILE tokens or more in tiles of queries, and a shorter one
+# one query at a time (GGML_FA_TILE_Q), which deep in a sequence costs several times as much per token and position
+# (docs/BENCHMARKS.md, session 39). Such a pass is padded to ATTENTION_TILE tokens where a fitted cost says that pays:
+# a token's attention costs ONE_QUERY (one query at a time) or TILED times its other work per position of context
+# before it (fitted to the Qwen2.5-Coder 0.5B; the 1.5B gains from padding at the same sizes and depths or sooner).
 ATTENTION_TILE = 64
 ONE_QUERY, TILED = 0.0009, 0.00035
 
