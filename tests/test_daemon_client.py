@@ -182,6 +182,29 @@ def test_errors_map_to_the_localspec_hierarchy(daemon: RunningDaemon) -> None:
         bad.models()
 
 
+async def test_the_async_client_maps_errors_as_the_sync_one_does(daemon: RunningDaemon) -> None:
+    async with AsyncDaemonClient() as client:
+        with pytest.raises(ContextOverflowError):
+            await client.complete("word " * 3000, max_tokens=4)
+        with pytest.raises(InvalidRequestError, match="max_tokens"):
+            await client.complete("x", max_tokens=0)
+        with pytest.raises(ContextOverflowError):
+            async with client.stream_complete("word " * 3000, max_tokens=4):
+                pass
+    async with AsyncDaemonClient(daemon.url, token="wrong-token-wrong-token") as bad:
+        with pytest.raises(DaemonUnavailableError):
+            await bad.models()
+    async with AsyncDaemonClient() as client:
+        await client.health()  # (a connection kept for reuse, then the daemon goes)
+        daemon.process.terminate()
+        daemon.process.wait(timeout=15)
+        with pytest.raises(DaemonUnavailableError, match="localspec serve"):
+            await client.health()
+        with pytest.raises(DaemonUnavailableError, match="localspec serve"):
+            async with client.stream_infill("x = ", "\n", max_tokens=4):
+                pass
+
+
 def test_a_stopped_daemon_is_reported_as_unavailable(daemon: RunningDaemon) -> None:
     client = DaemonClient()
     daemon.process.terminate()
