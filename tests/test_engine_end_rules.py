@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from localspec.engine.end_rules import EndCutter, EndRule
 from localspec.engine.text_stream import EndWatch, TextStream
@@ -108,3 +110,51 @@ def test_the_watch_follows_the_settled_output_and_leaves_the_request_text_alone(
     assert watch.ends([*PROMPT, 1, 2, 4], 3) and watch.cut([*PROMPT, 1], [2, 3, 4]) == [2, 3]
     assert not watch.ends([*PROMPT, 4], 3)  # not the settled output's continuation: nothing known
     assert stream.text == "  x" and not stream.stopped  # asking never fed the request's own stream
+
+
+def _asked_afresh(stream: TextStream, output: list[int], chain: list[int], tokens: list[int]) -> int | None:
+    """How many of `tokens` after `chain` (output tokens) are read when the text ends, from a fork made for this
+    question alone (0: it ended within the chain; None: it does not end, or the chain is not the output's)."""
+    if chain[: len(output)] != output:
+        return None
+    probe = stream.fork()
+    for token in chain[len(output) :]:
+        probe.push(PIECES[token])
+    for read, token in enumerate(tokens):
+        if probe.stopped:
+            return read
+        probe.push(PIECES[token])
+    return len(tokens) if probe.stopped else None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rule=st.sampled_from([EndRule("single_line"), EndRule("block"), None]),
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from(["ends", "cut", "settle"]),
+            st.booleans(),  # the chain continues the settled output (else: any tokens)
+            st.lists(st.sampled_from(sorted(PIECES)), max_size=4),
+            st.lists(st.sampled_from(sorted(PIECES)), min_size=1, max_size=5),
+        ),
+        max_size=25,
+    ),
+)
+def test_the_watch_answers_as_a_fork_made_for_each_question_would(
+    rule: EndRule | None, steps: list[tuple[str, bool, list[int], list[int]]]
+) -> None:
+    # The watch keeps one fork and feeds it along the chains asked about; asking afresh each time is the reference.
+    stream, output, watch = _watch(["STOP"], rule)
+    for kind, continues, extra, tokens in steps:
+        chain = [*output, *extra] if continues else extra
+        context = [*PROMPT, *chain]
+        if kind == "settle":
+            stream.push(PIECES[tokens[0]])
+            output.append(tokens[0])
+        elif kind == "ends":
+            assert watch.ends(context, tokens[0]) == (
+                _asked_afresh(stream, output, chain, tokens[:1]) is not None
+            )
+        else:
+            read = _asked_afresh(stream, output, chain, tokens)
+            assert watch.cut(context, tokens) == (tokens if read is None else tokens[:read])

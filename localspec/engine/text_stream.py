@@ -88,8 +88,10 @@ class EndWatch:
     """Where drafts would end a request's text (a stop string, or the end rule: an infill's line or block), which
     ends the request whatever the target settles after: drafting past there is wasted.
 
-    It forks the request's own stream at the settled output and feeds the fork along the last chain asked about,
-    so that each next token of a growing chain costs one token's text."""
+    It forks the request's own stream at the settled output and feeds the fork along the chains asked about,
+    remembering where it stopped: asked again along the same chain (a growing draft, a proposal asked for twice, the
+    tokens the target settles) it reads only the tokens it has not read; a chain that parts from it (a rejected
+    draft) forks the stream anew."""
 
     def __init__(
         self, stream: TextStream, output: list[int], prompt_length: int, piece: Callable[[int], bytes]
@@ -102,39 +104,37 @@ class EndWatch:
         self._piece = piece
         self._fork: TextStream | None = None
         self._fed: list[int] = []  # the output tokens the fork has read
+        self._stop: int | None = None  # how many of them it had read when it stopped
 
     def ends(self, context: list[int], token: int) -> bool:
         """Whether `token`, after `context` (the prompt, the output, drafts), ends the text."""
-        fork = self._at(context)
-        if fork is None or fork.stopped:
-            return fork is not None
-        probe = fork.fork()
-        probe.push(self._piece(token))
-        return probe.stopped
+        chain = context[self._start :]
+        chain.append(token)
+        return self._stopped_at(chain) is not None
 
     def cut(self, context: list[int], drafts: list[int]) -> list[int]:
         """`drafts` up to the first that ends the text (kept: the target may settle it), none past it."""
-        fork = self._at(context) if drafts else None
-        if fork is None:
-            return drafts
-        probe = fork.fork()
-        for index, token in enumerate(drafts):
-            if probe.stopped:
-                return drafts[:index]
-            probe.push(self._piece(token))
-        return drafts
+        stop = self._stopped_at(context[self._start :] + drafts) if drafts else None
+        return drafts if stop is None else drafts[: max(0, stop - (len(context) - self._start))]
 
-    def _at(self, context: list[int]) -> TextStream | None:
-        """A fork of the stream after `context`'s output, or None where that output is not the settled one's
-        continuation (then nothing is known of where it ends)."""
-        output = context[self._start :]
+    def _stopped_at(self, chain: list[int]) -> int | None:
+        """How many tokens of `chain` (output tokens after the prompt) the text reads before it ends, or None where
+        it does not end within them (or the chain is not the settled output's continuation: nothing is known)."""
         fed = self._fed
-        if self._fork is None or output[: len(fed)] != fed:
+        shared = min(len(fed), len(chain))
+        if self._fork is None or chain[:shared] != fed[:shared]:
             settled = len(self._output)
-            if output[:settled] != self._output:
+            if chain[:settled] != self._output:
                 return None
-            self._fork, fed = self._stream.fork(), output[:settled]
-        for token in output[len(fed) :]:
-            self._fork.push(self._piece(token))
-        self._fed = output
-        return self._fork
+            self._fork, self._fed = self._stream.fork(), chain[:settled]
+            self._stop = settled if self._stream.stopped else None
+            fed = self._fed
+        fork = self._fork
+        for token in chain[len(fed) :]:
+            if self._stop is not None:
+                break
+            fork.push(self._piece(token))
+            fed.append(token)
+            if fork.stopped:
+                self._stop = len(fed)
+        return self._stop if self._stop is not None and self._stop <= len(chain) else None
