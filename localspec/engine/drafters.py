@@ -399,13 +399,9 @@ class NgramTable:
             else:  # the n-gram is ambiguous: remember the newest follower, with its weaker record
                 entry[0], entry[1], entry[2] = follower, 1, entry[2] + 1
 
-    def next_token(self, tail: list[int]) -> tuple[int, int] | None:
-        """(follower, n) for the longest n-gram ending `tail` that has a confident follower, if any."""
-        return self.follower(tail_keys(tail, self.orders))
-
     def follower(self, keys: list[tuple[int, ...]]) -> tuple[int, int] | None:
-        """`next_token` of the tail whose n-grams, longest first, are `keys` (`tail_keys`: made once for every
-        table a drafter looks in)."""
+        """(follower, n) for the longest n-gram of a tail that has a confident follower, if any; `keys` are the
+        tail's n-grams, longest first (`tail_keys`: made once for every table a drafter looks in)."""
         table = self.table
         for key in keys:
             entry = table.get(key)
