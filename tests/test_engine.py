@@ -1688,9 +1688,11 @@ def test_a_one_token_pass_timed_dearer_than_two_tokens_at_start_up_is_timed_agai
     similar_engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Other start-up work (an editor's warm-up beside the daemon) catches the first one-token timings: each costs
-    # half a second more, the sweep's best of three included. The price must still come out below two tokens'.
+    # half a second more, the sweep's best of three included. The price must come from a timing taken again, not
+    # caught: near a two-token pass's. (This model's one- and two-token passes cost about the same, so which of the
+    # two comes out cheaper is the machine's noise; a caught timing would be thousands of times dearer.)
     costs = calibrate_busy_at_first(similar_engine, monkeypatch, slowed=4, max_size=4, one_token_only=True)
-    assert costs.verify(1) < costs.verify(2)
+    assert costs.verify(1) < min(2 * costs.verify(2), 0.25)
 
 
 def test_one_slow_pass_moves_a_price_little_and_a_lasting_change_moves_it_all_the_way() -> None:
@@ -1717,8 +1719,9 @@ def test_short_passes_timed_slow_at_the_start_of_the_sweep_are_timed_again_after
     # their real cost, every one of them, and a draft model that does not pay there looked as if it did for the
     # whole first request. Here the first six timings (sizes 1 and 2, best of three each) cost half a second more.
     costs = calibrate_busy_at_first(similar_engine, monkeypatch, slowed=6, max_size=8, one_token_only=False)
-    # Each short size is priced from an uncaught timing: below the 8-token pass, cheapest first.
-    assert costs.verify(1) < costs.verify(2) < costs.verify(8) < 0.5
+    # Each short size is priced from a timing taken after the sweep, not a caught one (this model's passes of one,
+    # two and eight tokens cost about the same, so their order is the machine's noise).
+    assert max(costs.verify(1), costs.verify(2)) < 0.25
 
 
 def test_drafts_made_ahead_are_the_drafts_the_draft_model_would_make_then(similar_engine: Engine) -> None:
