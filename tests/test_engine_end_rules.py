@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from localspec.engine.end_rules import EndCutter, EndRule
@@ -139,6 +139,17 @@ def _asked_afresh(stream: TextStream, output: list[int], chain: list[int], token
         ),
         max_size=25,
     ),
+)
+# Found by this test in CI: a fork fed along one chain, then output settled that the next chain asked about does not
+# continue (the watch must know nothing there, whatever the fork read before).
+@example(
+    rule=EndRule("single_line"),
+    steps=[
+        ("ends", False, [], [0]),
+        ("settle", False, [], [0]),
+        ("settle", False, [], [0]),
+        ("ends", False, [0, 3], [0]),
+    ],
 )
 def test_the_watch_answers_as_a_fork_made_for_each_question_would(
     rule: EndRule | None, steps: list[tuple[str, bool, list[int], list[int]]]

@@ -120,12 +120,12 @@ class EndWatch:
     def _stopped_at(self, chain: list[int]) -> int | None:
         """How many tokens of `chain` (output tokens after the prompt) the text reads before it ends, or None where
         it does not end within them (or the chain is not the settled output's continuation: nothing is known)."""
+        settled = len(self._output)
+        if chain[:settled] != self._output:
+            return None
         fed = self._fed
         shared = min(len(fed), len(chain))
         if self._fork is None or chain[:shared] != fed[:shared]:
-            settled = len(self._output)
-            if chain[:settled] != self._output:
-                return None
             self._fork, self._fed = self._stream.fork(), chain[:settled]
             self._stop = settled if self._stream.stopped else None
             fed = self._fed
