@@ -3,8 +3,9 @@
 Usage: python bench/backend_sampling_check.py MODEL.gguf
 A top-2 sampler chain on each of three sequences; one sequence's pass of 8 rows right after another's pass of 8
 rows. Each row's pick is compared with the argmax of the same pass's whole logits row in a context without
-samplers. With llama-cpp-python 0.3.36 the first row comes back wrong (session 38, docs/BENCHMARKS.md), which is why
-greedy picks on the device (branch `exp/device-sampling`) use sequence 0 only; run this again on a newer llama.cpp.
+samplers. With llama-cpp-python 0.3.36 the first row comes back wrong (session 38, docs/BENCHMARKS.md). Greedy picks
+on the device were tried on sequence 0 only for that reason, and dropped as slower (the thirty-first lease); run this
+again on a newer llama.cpp before trying them again.
 """
 
 from __future__ import annotations
