@@ -196,15 +196,17 @@ class WorkspaceWatcher:
             candidates = [root.resolve() for root in roots if root.is_dir()]
             # An editor opened in $HOME or / would make us walk and watch the whole disk.
             self.skipped = [root for root in candidates if root in (Path.home().resolve(), Path(root.anchor))]
-            self.roots = [root for root in candidates if root not in self.skipped]
-            if not self.roots:
+            roots = [root for root in candidates if root not in self.skipped]
+            if not roots:
                 return
             observer = Observer()
             observer.daemon = True
-            for root in self.roots:
+            for root in roots:
                 observer.schedule(_Handler(self, IgnoreRules(root)), str(root), recursive=True)
-            observer.start()
+            observer.start()  # returns once every folder has its inotify watch
             self._observer = observer
+            # Published only now: a folder reported as watched sees every change made after the report.
+            self.roots = roots
 
     def stop(self) -> None:
         with self._lock:
@@ -216,12 +218,6 @@ class WorkspaceWatcher:
             self._observer.join(timeout=5)
             self._observer = None
         self.roots = []
-
-    def display_name(self, path: Path) -> str:
-        for root in self.roots:
-            if path.is_relative_to(root):
-                return path.relative_to(root).as_posix()
-        return path.name
 
     def file_changed(self, rules: IgnoreRules, path: Path) -> None:
         if path.name == ".gitignore":
@@ -236,11 +232,11 @@ class WorkspaceWatcher:
             text = path.read_bytes().decode("utf-8")
         except (OSError, UnicodeDecodeError):
             return  # vanished meanwhile, unreadable, or binary: nothing useful for the model
-        self.ring.add(self.display_name(path), text)
+        self.ring.add(path.relative_to(rules.root).as_posix(), text)
         log.debug("context chunk refreshed from disk: %s", path)
         if self.on_update is not None:
             self.on_update(path)
 
     def file_removed(self, rules: IgnoreRules, path: Path) -> None:
         if path.name != ".gitignore" and not rules.ignored(path):
-            self.ring.remove_file(self.display_name(path))
+            self.ring.remove_file(path.relative_to(rules.root).as_posix())
