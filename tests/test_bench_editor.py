@@ -17,20 +17,14 @@ import pytest
 from rich.console import Console
 
 from localspec.benchmark.editor import (
-    SCENARIOS,
     BenchOptions,
-    PlacePicker,
-    Sample,
     _place_stream,
     against_text,
-    choose_files,
-    find_sources,
-    is_place,
-    percentile,
-    print_report,
     replay_llama_server,
     warm_up_estimate,
 )
+from localspec.benchmark.editor_places import PlacePicker, choose_files, find_sources, is_place
+from localspec.benchmark.editor_report import SCENARIOS, Sample, percentile, print_report
 from localspec.benchmark.infill_server import InfillClient, server_modes
 from localspec.benchmark.runner import LlamaServer
 from localspec.errors import InvalidRequestError
