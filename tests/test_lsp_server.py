@@ -19,6 +19,7 @@ from conftest import RunningDaemon, TinyModels, start_daemon, stop_daemon, tiny_
 from lsprotocol import types
 from pygls.exceptions import JsonRpcException
 from pytest_lsp import ClientServerConfig, LanguageClient
+from system_limits import inotify_instances_used_up
 
 from localspec.client import AsyncDaemonClient
 from localspec.lsp.prompt import build_prompt, suffix_window, warm_windows
@@ -272,6 +273,25 @@ async def test_positions_outside_the_document_are_answered_at_its_end(
     assert [item.insert_text for item in items] == ([expected] if expected else [])
     if items:
         assert items[0].range == types.Range(start=end, end=end)
+
+
+async def test_with_no_inotify_left_the_server_warns_and_suggests_without_watching(
+    daemon: RunningDaemon, start_lsp: StartLsp, tmp_path: Path
+) -> None:
+    with inotify_instances_used_up():
+        client = await start_lsp(daemon.home, FAST)
+
+        async def warned() -> bool:
+            return any(
+                m.type == types.MessageType.Warning and "not watching the workspace" in m.message
+                for m in client.log_messages
+            )
+
+        assert await wait_until(warned)
+    assert (await stats(client))["watched_folders"] == []
+    uri = open_document(client, tmp_path, "main.py", DOC)
+    await inline(client, uri, CURSOR)
+    assert (await stats(client))["suggestions"]["generations"] == 1
 
 
 async def test_other_files_reach_the_prompt_as_extra_context(

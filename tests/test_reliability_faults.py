@@ -1,4 +1,4 @@
-"""Faults on real processes: a daemon SIGKILLed mid-stream, model files that vanish or rot, a full disk.
+"""Faults on real processes: a daemon SIGKILLed mid-stream, model files that vanish or rot, a full disk, no inotify.
 
 Each test breaks something the way the world does (kill -9, rm, truncate, a file-size limit that makes the
 kernel refuse writes) and checks what the user sees: a clear error, the partial reply kept, the old model
@@ -18,7 +18,8 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import RunningDaemon, TinyModels, start_daemon, stop_daemon
+from conftest import RunningDaemon, TinyModels, start_daemon, stop_daemon, tiny_serve_args
+from system_limits import inotify_instances_used_up
 from waiting import wait_until
 
 from localspec.client import AsyncDaemonClient, DaemonClient, discover
@@ -340,3 +341,26 @@ async def main():
 
 asyncio.run(main())
 """
+
+
+# ---- no inotify instance left ----
+
+
+def test_a_daemon_started_with_no_inotify_left_serves_without_watching_its_config(
+    tiny_models: TinyModels, localspec_home: Path
+) -> None:
+    with inotify_instances_used_up():
+        running = start_daemon(localspec_home, tiny_serve_args(tiny_models))
+    try:
+        assert _health(running.url)["status"] == "ok"
+        completion = httpx.post(
+            f"{running.url}/v1/completions",
+            json={"prompt": "hi", "max_tokens": 4},
+            headers=running.headers,
+            timeout=30,
+        )
+        assert completion.status_code == 200, completion.text
+        log = (localspec_home / "log" / "daemon.log").read_text()
+        assert "not watching" in log and "config.toml" in log and "inotify" in log
+    finally:
+        stop_daemon(running.process)

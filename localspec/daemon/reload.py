@@ -14,6 +14,7 @@ from typing import Any
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
 
 from localspec.config import Config, load_config
 from localspec.daemon.engine_host import EngineHost
@@ -45,20 +46,36 @@ class ConfigWatcher:
         self._overrides = dict(overrides)
         self._timer: threading.Timer | None = None
         self._lock = threading.Lock()
-        self._observer = Observer()
+        self._observer: BaseObserver | None = None
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._observer.schedule(_Handler(path, self._changed), str(path.parent), recursive=False)
 
-    def start(self) -> None:
-        self._observer.daemon = True
-        self._observer.start()
+    def start(self) -> bool:
+        """Watch the file. Where the system refuses a watch (Linux's inotify limits, reached by many editor windows
+        or containers), log why and return False: the daemon serves on, and edits apply at its next start."""
+        observer = Observer()
+        observer.daemon = True
+        try:
+            observer.schedule(_Handler(self.path, self._changed), str(self.path.parent), recursive=False)
+            observer.start()
+        except OSError as exc:
+            log.warning(
+                "not watching %s for changes (%s): edits to it apply after `localspec stop` and a new start. "
+                "On Linux, raising fs.inotify.max_user_instances (sysctl) lifts the limit.",
+                self.path,
+                exc,
+            )
+            return False
+        self._observer = observer
+        return True
 
     def stop(self) -> None:
         with self._lock:
             if self._timer is not None:
                 self._timer.cancel()
-        self._observer.stop()
-        self._observer.join(timeout=5)
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=5)
+            self._observer = None
 
     def _changed(self) -> None:
         with self._lock:

@@ -111,12 +111,12 @@ def run(
         )
     )
     watcher = ConfigWatcher(locations.config_file(), host, overrides) if watch else None
-    info = rendezvous.write(config.host, port)
-    log.info("serving on %s (pid %d); log %s", info.url, info.pid, log_path)
-    print(f"localspec: serving on {info.url} (log: {log_path})", file=sys.stderr, flush=True)
     try:
         if watcher is not None:
-            watcher.start()
+            watcher.start()  # before daemon.json: a client that finds the daemon finds its config watched
+        info = rendezvous.write(config.host, port)
+        log.info("serving on %s (pid %d); log %s", info.url, info.pid, log_path)
+        print(f"localspec: serving on {info.url} (log: {log_path})", file=sys.stderr, flush=True)
         asyncio.run(server.serve(sockets=[sock]))
     finally:
         rendezvous.remove()
