@@ -49,9 +49,9 @@ class ConfigWatcher:
         self._observer: BaseObserver | None = None
         path.parent.mkdir(parents=True, exist_ok=True)
 
-    def start(self) -> bool:
+    def start(self) -> None:
         """Watch the file. Where the system refuses a watch (Linux's inotify limits, reached by many editor windows
-        or containers), log why and return False: the daemon serves on, and edits apply at its next start."""
+        or containers), log why: the daemon serves on, and edits apply at its next start."""
         observer = Observer()
         observer.daemon = True
         try:
@@ -64,9 +64,8 @@ class ConfigWatcher:
                 self.path,
                 exc,
             )
-            return False
+            return
         self._observer = observer
-        return True
 
     def stop(self) -> None:
         with self._lock:
