@@ -353,12 +353,7 @@ def test_a_daemon_started_with_no_inotify_left_serves_without_watching_its_confi
         running = start_daemon(localspec_home, tiny_serve_args(tiny_models))
     try:
         assert _health(running.url)["status"] == "ok"
-        completion = httpx.post(
-            f"{running.url}/v1/completions",
-            json={"prompt": "hi", "max_tokens": 4},
-            headers=running.headers,
-            timeout=30,
-        )
+        completion = _complete(running)
         assert completion.status_code == 200, completion.text
         log = (localspec_home / "log" / "daemon.log").read_text()
         assert "not watching" in log and "config.toml" in log and "inotify" in log
