@@ -151,6 +151,11 @@ def _asked_afresh(stream: TextStream, output: list[int], chain: list[int], token
         ("ends", False, [0, 3], [0]),
     ],
 )
+# ... and a context from before the last settled token, whose drafts happen to repeat it (found in CI too).
+@example(
+    rule=EndRule("single_line"),
+    steps=[("ends", False, [], [0]), ("settle", False, [], [0]), ("cut", False, [], [0, 3, 0])],
+)
 def test_the_watch_answers_as_a_fork_made_for_each_question_would(
     rule: EndRule | None, steps: list[tuple[str, bool, list[int], list[int]]]
 ) -> None:

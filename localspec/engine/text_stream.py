@@ -109,19 +109,22 @@ class EndWatch:
     def ends(self, context: list[int], token: int) -> bool:
         """Whether `token`, after `context` (the prompt, the output, drafts), ends the text."""
         chain = context[self._start :]
+        asked_from = len(chain)
         chain.append(token)
-        return self._stopped_at(chain) is not None
+        return self._stopped_at(chain, asked_from) is not None
 
     def cut(self, context: list[int], drafts: list[int]) -> list[int]:
         """`drafts` up to the first that ends the text (kept: the target may settle it), none past it."""
-        stop = self._stopped_at(context[self._start :] + drafts) if drafts else None
-        return drafts if stop is None else drafts[: max(0, stop - (len(context) - self._start))]
+        asked_from = len(context) - self._start
+        stop = self._stopped_at(context[self._start :] + drafts, asked_from) if drafts else None
+        return drafts if stop is None else drafts[: max(0, stop - asked_from)]
 
-    def _stopped_at(self, chain: list[int]) -> int | None:
+    def _stopped_at(self, chain: list[int], asked_from: int) -> int | None:
         """How many tokens of `chain` (output tokens after the prompt) the text reads before it ends, or None where
-        it does not end within them (or the chain is not the settled output's continuation: nothing is known)."""
+        it does not end within them. The first `asked_from` tokens are the context asked from: where they are not the
+        settled output and its continuation (a context from before the last settled token), nothing is known."""
         settled = len(self._output)
-        if chain[:settled] != self._output:
+        if asked_from < settled or chain[:settled] != self._output:
             return None
         fed = self._fed
         shared = min(len(fed), len(chain))
