@@ -1,8 +1,8 @@
 """Faults on real processes: a daemon SIGKILLed mid-stream, model files that vanish or rot, a full disk, no inotify.
 
 Each test breaks something the way the world does (kill -9, rm, truncate, a file-size limit that makes the
-kernel refuse writes) and checks what the user sees: a clear error, the partial reply kept, the old model
-still serving, nothing saved earlier lost.
+kernel refuse writes, every inotify instance taken) and checks what the user sees: a clear error, the partial
+reply kept, the old model still serving, nothing saved earlier lost.
 """
 
 from __future__ import annotations
