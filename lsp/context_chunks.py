@@ -203,7 +203,11 @@ class WorkspaceWatcher:
             observer.daemon = True
             for root in roots:
                 observer.schedule(_Handler(self, IgnoreRules(root)), str(root), recursive=True)
-            observer.start()  # returns once every folder has its inotify watch
+            try:
+                observer.start()  # returns once every folder has its inotify watch
+            except OSError:
+                observer.stop()  # releases the watches of the folders before the one that failed
+                raise
             self._observer = observer
             # Published only now: a folder reported as watched sees every change made after the report.
             self.roots = roots

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+import pytest
+from watchdog.observers import inotify_c
+from watchdog.observers.api import EventEmitter
 
 from localspec.lsp.context_chunks import ChunkRing, IgnoreRules, WorkspaceWatcher, chunk_around
 
@@ -113,3 +120,34 @@ def test_watcher_refuses_to_watch_the_home_directory() -> None:
         assert watcher.roots == [] and watcher.skipped == [Path.home().resolve()]
     finally:
         watcher.stop()
+
+
+def test_a_folder_that_cannot_be_watched_releases_the_folders_watched_before_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    add_watch = inotify_c.inotify_add_watch
+
+    def add_watch_out_of_watches(fd: int, path: bytes, mask: int) -> int:
+        """The kernel's answer once the user's inotify watches (fs.inotify.max_user_watches) are used up."""
+        if path.startswith(bytes(second)):
+            ctypes.set_errno(errno.ENOSPC)
+            return -1
+        return add_watch(fd, path, mask)
+
+    monkeypatch.setattr(inotify_c, "inotify_add_watch", add_watch_out_of_watches)
+    emitters_before = set(emitter_threads())
+    watcher = WorkspaceWatcher(ChunkRing())
+    with pytest.raises(OSError, match="watch limit"):
+        watcher.start([first, second])
+    assert watcher.roots == []
+    assert set(emitter_threads()) == emitters_before  # the first folder's watch was stopped, not left running
+    watcher.stop()
+
+
+def emitter_threads() -> list[threading.Thread]:
+    return [
+        thread for thread in threading.enumerate() if isinstance(thread, EventEmitter) and thread.is_alive()
+    ]
