@@ -4,11 +4,18 @@
 # carries, so the chunk size is what the tree leaves, less 4 MiB for the tree to grow), the llama-cpp-python sdist
 # trimmed to what a CUDA build needs, and py3.12 wheels of the packages the machine lacks.
 # Usage: bash bench/gpu/prepare.sh TARGET.gguf DRAFT.gguf      (then see bench/gpu/README.md)
+#        LEAVE_DOCS=1 bash bench/gpu/prepare.sh ...   chunks sized for a tree without docs/benchmarks/ (most of its
+#        bytes: fewer chunk calls), which the lease must then leave behind (README: "Fewer chunk calls").
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 target=$1 draft=$2
 version=$(sed -n 's/.*"llama-cpp-python==\([0-9.]*\)".*/\1/p' pyproject.toml)
-tree_mib=$(( $(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1) / 1048576 + 1 ))
+if [[ ${LEAVE_DOCS:-} == 1 ]]; then
+    tracked() { git ls-files -z -- . ':(exclude)docs/benchmarks'; }
+else
+    tracked() { git ls-files -z; }
+fi
+tree_mib=$(( $(tracked | xargs -0 du -cb | tail -1 | cut -f1) / 1048576 + 1 ))
 chunk_mib=$(( 64 - tree_mib - 4 ))
 (( chunk_mib >= 8 )) || { echo "the tracked tree is ${tree_mib} MiB: too large to carry model chunks beside it" >&2; exit 1; }
 rm -rf .gpu/chunks .gpu/whl && mkdir -p .gpu/chunks .gpu/whl  # (a wheel left from an older download would clash)
