@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import TinyModels
 from rich.console import Console
+from waiting import wait_until
 
 from localspec.benchmark.editor import (
     BenchOptions,
@@ -319,7 +321,9 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def test_ctrl_c_stops_the_language_server_and_the_daemon(tiny_models, tmp_path: Path) -> None:
+def _start_bench_editor(tiny_models: TinyModels, tmp_path: Path) -> tuple[subprocess.Popen[str], set[int]]:
+    """`localspec bench-editor` on a small project, once its language server is warm (daemon and server both
+    running), and the processes it started."""
     project = _write_project(tmp_path / "project", files=2)
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOCALSPEC_")}
     env.update(LOCALSPEC_HOME=str(tmp_path / "home"), PYTHONUNBUFFERED="1")
@@ -342,6 +346,15 @@ def test_ctrl_c_stops_the_language_server_and_the_daemon(tiny_models, tmp_path: 
         assert any("warm after" in line for line in seen), "".join(seen)
         children = _descendants(process.pid)
         assert len(children) >= 2  # `localspec serve` and `localspec lsp`
+    except BaseException:
+        process.kill()
+        raise
+    return process, children
+
+
+def test_ctrl_c_stops_the_language_server_and_the_daemon(tiny_models, tmp_path: Path) -> None:
+    process, children = _start_bench_editor(tiny_models, tmp_path)
+    try:
         process.send_signal(signal.SIGINT)
         output = process.communicate(timeout=120)[0]
     finally:
@@ -350,6 +363,59 @@ def test_ctrl_c_stops_the_language_server_and_the_daemon(tiny_models, tmp_path: 
     assert process.returncode == 130, output
     assert not [pid for pid in children if _alive(pid)]
     assert not (tmp_path / "editor.json").exists()
+
+
+def test_a_benchmark_killed_outright_takes_its_daemon_and_language_server_with_it(
+    tiny_models, tmp_path: Path
+) -> None:
+    # kill -9 (a CI job's timeout, an out-of-memory kill) runs no cleanup in the benchmark: its daemon must still
+    # not go on holding the models' memory.
+    process, children = _start_bench_editor(tiny_models, tmp_path)
+    process.kill()
+    process.communicate(timeout=60)
+    try:
+        wait_until(lambda: not [pid for pid in children if _alive(pid)], timeout=60)
+    finally:
+        _kill_left(children)
+
+
+def test_a_benchmark_killed_outright_takes_its_llama_server_with_it(
+    tiny_models, llama_cpp_tools: Path, tmp_path: Path
+) -> None:
+    # The benchmarks' llama-server, started as `localspec bench` and `bench-editor` start it, in a process then
+    # killed with SIGKILL.
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from localspec.benchmark.runner import LlamaServer, ServerMode\n"
+        "server = LlamaServer(Path(sys.argv[1]), Path(sys.argv[2]), ServerMode('none', []), 512, 1, '0',\n"
+        "                     Path(sys.argv[3]))\n"
+        "print(server.process.pid, flush=True)\n"
+        "time.sleep(3600)  # until killed\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", script, str(llama_cpp_tools / "llama-server"), str(tiny_models.target),
+         str(tmp_path / "llama-server.log")],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        server = int(process.stdout.readline())  # printed once it answers /health
+        assert _alive(server)
+    finally:
+        process.kill()
+        process.communicate(timeout=60)
+    try:
+        wait_until(lambda: not _alive(server), timeout=60)
+    finally:
+        _kill_left({server})
+
+
+def _kill_left(pids: set[int]) -> None:
+    """SIGKILL whichever of these processes still runs (a failed test must not leave them behind)."""
+    for pid in pids:
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_jumps_between_files_alternate_until_a_file_has_no_place_left() -> None:

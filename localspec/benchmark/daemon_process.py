@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 
+from localspec.benchmark.child_process import ends_with_this_process
 from localspec.errors import LocalspecError
 
 POLL_S = 0.1
@@ -36,6 +37,7 @@ class DaemonProcess:
                 env=home_env(home),
                 stdout=out,
                 stderr=subprocess.STDOUT,
+                preexec_fn=ends_with_this_process(),
             )
         self.url = ""
         self._http: httpx.Client | None = None

@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 
+from localspec.benchmark.child_process import ends_with_this_process
 from localspec.benchmark.workloads import Task
 from localspec.engine import Engine, GenerationRequest
 from localspec.engine.drafters import NgramHistory
@@ -248,7 +249,9 @@ class LlamaServer:
             command += ["-ngld", gpu_layers]
         self.command = command
         self._log = log.open("ab")
-        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            command, stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=ends_with_this_process()
+        )
         self.url = f"http://127.0.0.1:{self.port}"
         try:
             self._wait_healthy(log)
