@@ -604,6 +604,29 @@ def test_a_bench_with_nothing_to_run_says_what_to_give(
     assert "name at least one --workloads entry or give --jsonl prompts" in capsys.readouterr().err
 
 
+def test_a_missing_or_broken_model_file_is_the_first_and_only_thing_a_bench_says(
+    tiny_models, localspec_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from localspec.cli import main
+
+    assert main(["bench", "--target", str(tmp_path / "gone.gguf"), "--prompts", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "The target model file" in err and "does not exist" in err and "draft mode" not in err
+    (tmp_path / "partial.gguf").write_bytes(b"<html>")  # a download that saved an error page
+    args = [
+        "bench",
+        "--target",
+        str(tiny_models.target),
+        "--draft",
+        str(tmp_path / "partial.gguf"),
+        "--prompts",
+        "1",
+    ]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "The draft model file" in err and "is not a GGUF file" in err and "measured at start-up" not in err
+
+
 def test_a_plot_that_fails_leaves_the_results_and_says_how_to_draw_it_later(tmp_path: Path) -> None:
     # The plot is drawn in a child process: a crash there (seen as a segfault on a GPU machine) cannot cost the
     # results or the bench's exit status.
