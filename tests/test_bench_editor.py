@@ -467,5 +467,31 @@ def test_the_benchmark_daemon_runs_with_the_config_given_and_a_bad_one_fails_bef
     assert not (tmp_path / "out.json").exists() and not (tmp_path / "h2" / "state" / "daemon.json").exists()
 
 
+def test_model_files_the_benchmark_cannot_use_are_reported_plainly(tmp_path: Path) -> None:
+    project = _write_project(tmp_path / "project")
+    env = {**os.environ, "LOCALSPEC_HOME": str(tmp_path / "home")}
+
+    def bench(target: Path) -> str:
+        completed = subprocess.run(
+            [sys.executable, "-m", "localspec", "bench-editor", str(project), "--target", str(target),
+             "--draft", "none", "--out", str(tmp_path / "out.json")],
+            capture_output=True, text=True, timeout=300, env=env,
+        )  # fmt: skip
+        assert completed.returncode == 1
+        return completed.stdout + completed.stderr
+
+    missing = bench(tmp_path / "gone.gguf")  # checked before anything starts
+    assert "The target model file" in missing and "does not exist" in missing
+    assert "starting localspec serve" not in missing
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(
+        b"GGUF" + bytes(64)
+    )  # a GGUF header and nothing llama.cpp can load: the daemon says so
+    said = bench(broken)
+    assert "localspec serve could not load its models:" in said and "broken.gguf" in said
+    assert "'status'" not in said  # its message, not the health answer it came in
+    assert not (tmp_path / "out.json").exists()
+
+
 def _auth(home: Path) -> dict[str, str]:
     return {"Authorization": f"Bearer {(home / 'config' / 'token').read_text().strip()}"}

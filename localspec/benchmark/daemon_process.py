@@ -64,7 +64,10 @@ class DaemonProcess:
                         self._http = self.client()
                         return
                     if health.get("status") == "error":
-                        raise LocalspecError(f"localspec serve could not load its models: {health}")
+                        errors = (
+                            "; ".join(str(e.get("message")) for e in health.get("errors") or []) or health
+                        )
+                        raise LocalspecError(f"localspec serve could not load its models: {errors}")
             except (OSError, ValueError, KeyError, httpx.HTTPError):
                 pass  # not listening yet
             time.sleep(POLL_S)

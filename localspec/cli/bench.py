@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     from localspec.benchmark import report, runner, workloads
     from localspec.config import draft_ahead_setting, load_config
     from localspec.engine import Engine, EngineSettings
-    from localspec.engine.llama_model import check_gguf_file, shutdown, threads_for
+    from localspec.engine.llama_model import check_model_files, shutdown, threads_for
     from localspec.errors import InvalidRequestError
     from localspec.models import resolve_run_models
 
@@ -139,10 +139,7 @@ def run(args: argparse.Namespace) -> int:
     source, draft = resolve_run_models(
         config.models_path(), config.target, config.draft, args.target, args.draft
     )
-    # A missing or broken file is reported before anything else is said or started.
-    check_gguf_file(source, "target")
-    if draft is not None:
-        check_gguf_file(draft, "draft")
+    check_model_files(source, draft)
     if draft is None and "draft" in modes:
         modes.remove("draft")
         console.print("no draft model: the draft mode is skipped")

@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     from localspec.benchmark.editor import BenchOptions, run_benchmark
     from localspec.benchmark.infill_server import find_llama_server
     from localspec.config import load_config
-    from localspec.engine.llama_model import threads_for
+    from localspec.engine.llama_model import check_model_files, threads_for
     from localspec.errors import ConfigError, InvalidRequestError
     from localspec.models import resolve_run_models
 
@@ -121,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
     source, draft = resolve_run_models(
         config.models_path(), config.target, config.draft, args.target, args.draft
     )
+    check_model_files(source, draft)
     console = Console(width=170)
     scale = cost_scaling.scale_of(args)
     options = BenchOptions(

@@ -92,6 +92,13 @@ def check_gguf_file(path: Path, role: str) -> None:
         )
 
 
+def check_model_files(target: Path, draft: Path | None) -> None:
+    """`check_gguf_file` for a run's pair: a command checks its files before it prints or starts anything."""
+    check_gguf_file(target, "target")
+    if draft is not None:
+        check_gguf_file(draft, "draft")
+
+
 def default_threads(whole_on_gpu: bool = False) -> int:
     """CPU threads for a model's passes where none are configured: every core, or one for a model wholly on a GPU.
     There the CPU only looks up the input tokens' embeddings, while more threads, idling hot after each pass, take
