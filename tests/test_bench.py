@@ -83,6 +83,7 @@ def test_bench_runs_every_workload_and_mode_and_reports_speed_acceptance_and_ide
     # The prices the chooser started from are kept with the results (and printed).
     assert result["meta"]["start_up_prices"].startswith("target pass 1: ")
     assert "draft catch-up of 64 tokens" in " ".join(completed.stderr.split())
+    assert result["meta"]["complete"] is True
     runs = result["runs"]
     per_workload = {
         w: {r["task_id"] for r in runs if r["workload"] == w} for w in {r["workload"] for r in runs}
@@ -602,6 +603,32 @@ def test_a_bench_with_nothing_to_run_says_what_to_give(
 
     assert main(["bench", "--target", str(tiny_models.target), "--workloads", ""]) == 1
     assert "name at least one --workloads entry or give --jsonl prompts" in capsys.readouterr().err
+
+
+def test_a_bench_that_fails_part_way_keeps_what_it_measured(tiny_models, tmp_path: Path) -> None:
+    # The stage after localspec's runs fails (a llama-server that exits at once, as one built without the GPU's
+    # support would): the runs measured before it are on disk, marked incomplete. The same file is written after
+    # each workload and each llama-server mode, so a run stopped by Ctrl-C, a timeout or kill -9 keeps as much.
+    out = tmp_path / "results"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOCALSPEC_")}
+    env["LOCALSPEC_HOME"] = str(tmp_path / "home")
+    completed = subprocess.run(
+        [sys.executable, "-m", "localspec", "bench", "--threads", "1", "--n-ctx", "2048", "--max-tokens", "8",
+         "--target", str(tiny_models.target), "--draft", str(tiny_models.draft_similar),
+         "--workloads", "humaneval,fim", "--prompts", "1", "--modes", "none,adaptive",
+         "--against-llama-server", "/bin/false", "--out", str(out)],
+        capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert completed.returncode == 1
+    assert "llama-server exited with 1" in completed.stderr
+    assert "stopped part-way" in completed.stderr
+    kept = json.loads(next(out.glob("bench-*.json")).read_text())
+    assert kept["meta"]["complete"] is False
+    assert {(r["system"], r["mode"], r["workload"]) for r in kept["runs"]} == {
+        ("localspec", mode, workload) for mode in ("none", "adaptive") for workload in ("humaneval", "fim")
+    }
+    assert {row["mode"] for row in kept["summary"]} == {"none", "adaptive"}
+    assert kept["meta"]["end_prices"].startswith("target pass 1: ")
 
 
 def test_a_missing_or_broken_model_file_is_the_first_and_only_thing_a_bench_says(

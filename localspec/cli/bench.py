@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 from localspec.cli import cost_scaling
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from rich.console import Console
 
     from localspec.benchmark.runner import Run, ServerMode
@@ -163,41 +165,10 @@ def run(args: argparse.Namespace) -> int:
         overrides["draft_ahead"] = draft_ahead_setting(args.draft_ahead)
     settings = EngineSettings.from_config(config, target, draft, **overrides)
 
-    engine: Engine | None = None
-    try:
-        engine = Engine(settings)
-        start_up_prices = engine.costs.describe()  # what the chooser plans with before any request (ms)
-        console.print(f"measured at start-up: {start_up_prices}")
-        prompts = [runner.prompt_tokens(engine, task) for task in tasks]
-        tie_margin, draft_ahead, draft_max = engine.tie_margin, engine.drafts_ahead, engine.draft_max
-        runs = _run_localspec(engine, modes, tasks, prompts, console, args.trace_steps, args.rounds)
-        # The draft confidence floor follows the measured costs by default: as the runs left them.
-        draft_p_min = engine.draft_p_min()
-        end_prices = engine.costs.describe()  # the same prices as every measured pass left them
-        console.print(f"prices after the runs: {end_prices}; draft confidence floor {draft_p_min:.2f}")
-    finally:
-        if engine is not None:
-            engine.close()
-        shutdown()  # llama.cpp's process-wide state goes before the interpreter's teardown, in order
-    args.out.mkdir(parents=True, exist_ok=True)
-    server_commands: dict[str, str] = {}
-    if args.against_llama_server:
-        for server_mode in runner.llama_server_modes(draft, draft_max, draft_p_min):
-            server_runs, command = _run_llama_server(args, settings, server_mode, tasks, prompts, console)
-            runs += server_runs
-            server_commands[server_mode.name] = " ".join(command)
-        references = {
-            (r.workload, r.task_id): r for r in runs if r.system == "llama-server" and r.mode == "none"
-        }
-        for result in runs:
-            reference = references.get((result.workload, result.task_id))
-            if result.system == "llama-server" and result.mode != "none" and reference is not None:
-                runner.compare(result, reference)
-
-    rows = runner.summarize(runs)
-    report.print_table(rows, Console(width=170), label)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    meta = {
+    args.out.mkdir(parents=True, exist_ok=True)
+    json_path = args.out / f"bench-{stamp}.json"
+    meta: dict[str, Any] = {
         "date": stamp,
         "machine": platform.node(),
         "processor": platform.processor() or platform.machine(),
@@ -213,19 +184,72 @@ def run(args: argparse.Namespace) -> int:
         "n_ctx": settings.n_ctx,
         "gpu_layers": settings.target_gpu_layers,
         "draft_gpu_layers": settings.draft_gpu_layers,
-        "draft_max": draft_max,
         "draft_max_setting": "auto" if settings.draft_max is None else settings.draft_max,
-        "draft_p_min": draft_p_min,
         "draft_p_min_setting": "auto" if settings.draft_p_min is None else settings.draft_p_min,
         "history_tokens": settings.history_tokens,
-        "tie_margin": tie_margin,
-        "draft_ahead": draft_ahead,
-        "start_up_prices": start_up_prices,
-        "end_prices": end_prices,
-        "llama_server_commands": server_commands,
+        "llama_server_commands": {},
     }
-    json_path = args.out / f"bench-{stamp}.json"
-    runner.write_json(json_path, meta, rows, runs)
+
+    def keep(runs: list[Run], complete: bool) -> list[dict[str, Any]]:
+        """Write what was measured so far: a run stopped or failing part-way keeps it (`meta.complete` false)."""
+        rows = runner.summarize(runs)
+        runner.write_json(json_path, {**meta, "complete": complete}, rows, runs)
+        return rows
+
+    runs: list[Run] = []
+    engine: Engine | None = None
+    try:
+        try:
+            engine = Engine(settings)
+            start_up_prices = engine.costs.describe()  # what the chooser plans with before any request (ms)
+            console.print(f"measured at start-up: {start_up_prices}")
+            meta.update(
+                tie_margin=engine.tie_margin,
+                draft_ahead=engine.drafts_ahead,
+                draft_max=engine.draft_max,
+                start_up_prices=start_up_prices,
+            )
+            prompts = [runner.prompt_tokens(engine, task) for task in tasks]
+            runs = _run_localspec(
+                engine,
+                modes,
+                tasks,
+                prompts,
+                console,
+                args.trace_steps,
+                args.rounds,
+                lambda done: keep(done, False),
+            )
+            # The draft confidence floor follows the measured costs by default: as the runs left them.
+            draft_p_min = engine.draft_p_min()
+            end_prices = engine.costs.describe()  # the same prices as every measured pass left them
+            meta.update(draft_p_min=draft_p_min, end_prices=end_prices)
+            console.print(f"prices after the runs: {end_prices}; draft confidence floor {draft_p_min:.2f}")
+            keep(runs, False)
+        finally:
+            if engine is not None:
+                engine.close()
+            shutdown()  # llama.cpp's process-wide state goes before the interpreter's teardown, in order
+        if args.against_llama_server:
+            references: dict[tuple[str, str], Run] = {}
+            for server_mode in runner.llama_server_modes(draft, meta["draft_max"], draft_p_min):
+                server_runs, command = _run_llama_server(args, settings, server_mode, tasks, prompts, console)
+                for result in server_runs:  # (the server alone runs first: every other mode's reference)
+                    key = (result.workload, result.task_id)
+                    if result.mode == "none":
+                        references[key] = result
+                    elif (reference := references.get(key)) is not None:
+                        runner.compare(result, reference)
+                runs += server_runs
+                meta["llama_server_commands"][server_mode.name] = " ".join(command)
+                keep(runs, False)
+    except BaseException:
+        if json_path.exists():
+            console.print(f"stopped part-way; what was measured so far: {json_path} (meta.complete false)")
+        raise
+
+    rows = keep(runs, True)
+    report.print_table(rows, Console(width=170), label)
     console.print(f"results: {json_path}")
     console.print(report.plot_in_child(json_path, args.out / f"bench-{stamp}.png"))
     return 0
@@ -239,7 +263,10 @@ def _run_localspec(
     console: Console,
     trace_steps: bool = False,
     rounds: int = 1,
+    checkpoint: Callable[[list[Run]], object] = lambda runs: None,
 ) -> list[Run]:
+    """Every mode over every task (the target alone first), one workload at a time; `checkpoint` gets the runs
+    so far after each workload."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from localspec.benchmark import runner
@@ -286,6 +313,7 @@ def _run_localspec(
                             runner.fill_margins(engine, task, tokens, reference)
                             runner.compare(result, reference)
                     runs.append(result)
+            checkpoint(runs)
     return runs
 
 
