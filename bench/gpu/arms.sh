@@ -9,12 +9,11 @@ for spec in "$@"; do
     [[ $spec == *:* ]] && flags=${spec#*:} && flags=${flags//,/ }
     tree=$(tree_for "$arm"); pkg=$(pkg_for "$arm")
     name=gpu-x$scale-$arm$(echo "$flags" | tr -dc 'a-z0-9')-$(date +%H%M%S)
-    mkdir -p /tmp/r/$name
     echo "== $spec (x$scale) $(date +%T)"
     (cd /tmp && PYTHONPATH=$pkg:/tmp/site python3 -m localspec bench --target $T --draft $D --scale-layers $scale \
         --scaled-dir /tmp/scaled --prompts ${PROMPTS:-humaneval=20,fim=10,code-edit=10} \
-        --modes $modes ${EXTRA:-} $flags --out /tmp/r/$name) 2>&1 | tee $OUT/$name.log | grep -v "^\s*$" | tail -40
-    f=$(ls /tmp/r/$name/*.json | head -1)
-    gzip -c "$f" > $OUT/$name.json.gz
-    PYTHONPATH=$tree:/tmp/site python3 $tree/bench/render_table.py "$f" | head -30
+        --modes $modes ${EXTRA:-} $flags --out $OUT/$name) 2>&1 | tee $OUT/$name.log | grep -v "^\s*$" | tail -40
+    f=$(ls $OUT/$name/*.json | head -1)  # (in $OUT from the start: a run stopped part-way keeps what it wrote)
+    gzip -c "$f" > $OUT/$name.json.gz && rm -r $OUT/$name
+    PYTHONPATH=$tree:/tmp/site python3 $tree/bench/render_table.py $OUT/$name.json.gz | head -30
 done

@@ -8,8 +8,6 @@ name=$1; shift
 args=()
 for arg in "$@"; do [[ $arg == @LS ]] && arg=$LS; args+=("$arg"); done
 pkg=$(pkg_for "${SRC:-main}")
-mkdir -p /tmp/r/$name
+# Results straight into $OUT: what a run stopped by the call's time limit wrote so far still comes back.
 (cd /tmp && PYTHONPATH=$pkg:/tmp/site python3 -m localspec bench --target $T --draft $D --scaled-dir /tmp/scaled \
-    "${args[@]}" --out /tmp/r/$name) 2>&1 | tee $OUT/$name.log | grep -v "^\s*$" | tail -60
-f=$(ls /tmp/r/$name/*.json | head -1)
-cp "$f" $OUT/$name.json
+    "${args[@]}" --out $OUT/$name) 2>&1 | tee $OUT/$name.log | grep -v "^\s*$" | tail -60
