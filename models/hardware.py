@@ -87,7 +87,7 @@ def gpu_memory() -> Memory | None:
 
 
 def gpu_devices() -> tuple[str, ...]:
-    """The NVIDIA GPUs' names as their driver gives them (e.g. "NVIDIA H100 80GB HBM3"); () without a driver.
+    """The NVIDIA GPUs' names as their driver gives them; () without a driver.
     What the machine has, whatever `LOCALSPEC_GPU_MEMORY` says."""
     found = _nvidia_memory()
     return found.devices if found is not None else ()

@@ -1,5 +1,5 @@
-"""Which machine a benchmark ran on, kept with its results: leases lend an H100 or an H200, and ratios compare only
-within one card."""
+"""Which machine a benchmark ran on, kept with its results: a ratio between two results compares only where both
+ran on the same kind of card."""
 
 from __future__ import annotations
 
