@@ -46,10 +46,7 @@ def _override(name: str, value: str) -> Memory | None:
 
 def _nvidia_memory() -> Memory | None:
     """All NVIDIA GPUs added up (llama.cpp splits layers across them), or None without a driver."""
-    try:
-        import pynvml  # nvidia-ml-py
-    except ImportError:  # (a machine given only what a benchmark needs: bench/gpu/)
-        return None
+    import pynvml  # nvidia-ml-py
 
     try:
         pynvml.nvmlInit()
@@ -88,8 +85,12 @@ def gpu_memory() -> Memory | None:
 
 def gpu_devices() -> tuple[str, ...]:
     """The NVIDIA GPUs' names as their driver gives them; () without a driver.
-    What the machine has, whatever `LOCALSPEC_GPU_MEMORY` says."""
-    found = _nvidia_memory()
+    What the machine has, whatever `LOCALSPEC_GPU_MEMORY` says; () too where nvidia-ml-py is not installed (a
+    benchmark's results only name the card, and a machine prepared before `bench/gpu/` carried it lacks it)."""
+    try:
+        found = _nvidia_memory()
+    except ImportError:
+        return ()
     return found.devices if found is not None else ()
 
 
