@@ -600,6 +600,26 @@ def test_pass_depth_times_every_size_at_every_depth(tiny_models) -> None:
     assert all(float(figure) > 0 for row in rows for figure in row[1:])
 
 
+def test_shared_kv_cost_times_jumps_for_host_copies_and_each_number_of_shared_windows(tiny_models) -> None:
+    # bench/shared_kv_cost.py: a row for host copies, then one per number of windows held in the shared buffer.
+    timed = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "shared_kv_cost.py"), str(tiny_models.target),
+         "--shared", "16", "--own", "32", "--windows", "1,3", "--new", "4", "--generate", "2", "--jumps", "4",
+         "--threads", "1"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert timed.returncode == 0, timed.stderr
+    rows = [line.strip("|").split("|") for line in timed.stdout.splitlines()[2:]]
+    assert [row[0].strip() for row in rows] == [
+        "host copies (ordinary memory)",
+        "shared buffer, 1 window (48 cells)",
+        "shared buffer, 3 windows (112 cells)",
+    ]
+    # switch, passes and the whole jump: p50 / p90 each, the whole at least the passes
+    figures = [[[float(x) for x in cell.split("/")] for cell in row[1:]] for row in rows]
+    assert all(len(row) == 3 and row[2][0] >= row[1][0] > 0 for row in figures)
+
+
 def test_a_bench_with_nothing_to_run_says_what_to_give(
     tiny_models, localspec_home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
