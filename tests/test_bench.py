@@ -629,6 +629,41 @@ def test_a_bench_with_nothing_to_run_says_what_to_give(
     assert "name at least one --workloads entry or give --jsonl prompts" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["bench", "bench-editor"])
+def test_a_llama_server_that_cannot_run_is_reported_before_anything_is_measured(
+    command: str,
+    tiny_models,
+    localspec_home: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # `bench` loaded its models and ran every localspec mode before it found out the llama-server path was wrong.
+    from localspec.cli import main
+
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "a.py").write_text("def f():\n    return 1\n")
+    out = tmp_path / "out"
+    first = ["bench"] if command == "bench" else ["bench-editor", str(source)]
+    models = ["--target", str(tiny_models.target), "--draft", str(tiny_models.draft_similar)]
+    not_executable = tmp_path / "llama-server"
+    not_executable.write_text("#!/bin/sh\n")
+    no_server_here = tmp_path / "empty"
+    no_server_here.mkdir()
+    monkeypatch.setenv("LOCALSPEC_LLAMA_CPP_BIN", str(no_server_here))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(no_server_here))
+    monkeypatch.setenv("PATH", str(no_server_here))
+    for server, says in [
+        (["--against-llama-server", str(tmp_path / "missing")], "missing is not a file"),
+        (["--against-llama-server", str(not_executable)], "llama-server is not executable (chmod +x it)"),
+        (["--against-llama-server"], "No llama-server found: give its path (--against-llama-server PATH)"),
+    ]:
+        assert main([*first, *models, *server, "--out", str(out / "results.json")]) == 1
+        assert says in capsys.readouterr().err
+    assert not out.exists()  # nothing ran, nothing was written
+
+
 def test_a_bench_that_fails_part_way_keeps_what_it_measured(tiny_models, tmp_path: Path) -> None:
     # The stage after localspec's runs fails (a llama-server that exits at once, as one built without the GPU's
     # support would): the runs measured before it are on disk, marked incomplete. The same file is written after

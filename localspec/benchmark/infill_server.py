@@ -4,8 +4,6 @@ the prompt cache on, and optionally `--cache-reuse` (what llama.vscode recommend
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,27 +46,6 @@ def server_modes(names: list[str], draft: Path | None) -> list[ServerMode]:
             ]
             modes.append(ServerMode(name, [*reuse, *draft_args]))
     return modes
-
-
-def find_llama_server(given: Path | None) -> Path | None:
-    """The llama-server binary: `given`, else LOCALSPEC_LLAMA_CPP_BIN's, else the one `.ci/build-llama-server`
-    builds into localspec's build cache, else the first on PATH; None when there is none."""
-    if given is not None:
-        if not given.is_file():
-            raise InvalidRequestError(f"--against-llama-server: {given} is not a file.")
-        return given
-    import llama_cpp
-
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    folders = [
-        os.environ.get("LOCALSPEC_LLAMA_CPP_BIN"),
-        str(cache / "localspec-build" / f"llama.cpp-{llama_cpp.__version__}" / "bin"),
-    ]
-    for folder in folders:
-        if folder and (Path(folder) / "llama-server").is_file():
-            return Path(folder) / "llama-server"
-    found = shutil.which("llama-server")
-    return Path(found) if found else None
 
 
 @dataclass

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import socket
 import subprocess
 import time
@@ -16,7 +18,7 @@ from localspec.benchmark.child_process import ends_with_this_process
 from localspec.benchmark.workloads import Task
 from localspec.engine import Engine, GenerationRequest
 from localspec.engine.drafters import NgramHistory
-from localspec.errors import LocalspecError
+from localspec.errors import InvalidRequestError, LocalspecError
 
 TARGET_ALONE = "none"
 
@@ -209,6 +211,33 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def find_llama_server(given: Path | None) -> Path:
+    """The llama-server binary to compare with: `given`, else LOCALSPEC_LLAMA_CPP_BIN's, else the one
+    `.ci/build-llama-server` builds into localspec's build cache, else the first on PATH. Checked before a
+    benchmark starts, so a wrong path fails at once, not after the minutes of localspec's own runs."""
+    if given is not None:
+        if not given.is_file():
+            raise InvalidRequestError(f"--against-llama-server: {given} is not a file.")
+        if not os.access(given, os.X_OK):
+            raise InvalidRequestError(f"--against-llama-server: {given} is not executable (chmod +x it).")
+        return given
+    import llama_cpp
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    folders = [
+        os.environ.get("LOCALSPEC_LLAMA_CPP_BIN"),
+        str(cache / "localspec-build" / f"llama.cpp-{llama_cpp.__version__}" / "bin"),
+    ]
+    for folder in folders:
+        if folder and (Path(folder) / "llama-server").is_file():
+            return Path(folder) / "llama-server"
+    if found := shutil.which("llama-server"):
+        return Path(found)
+    raise InvalidRequestError(
+        "No llama-server found: give its path (--against-llama-server PATH) or run .ci/build-llama-server."
+    )
 
 
 class LlamaServer:

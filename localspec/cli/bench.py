@@ -92,8 +92,11 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--against-llama-server",
         type=Path,
+        nargs="?",
+        const=Path(),
         metavar="PATH",
-        help="llama-server binary: also run it alone and in its speculative modes",
+        help="also run llama-server alone and in its speculative modes (binary path; default: the one "
+        "`.ci/build-llama-server` builds, else PATH's)",
     )
     parser.add_argument(
         "--out", type=Path, default=Path("bench/results"), help="folder for JSON and PNG results"
@@ -141,6 +144,10 @@ def run(args: argparse.Namespace) -> int:
         config.models_path(), config.target, config.draft, args.target, args.draft
     )
     check_model_files(source, draft)
+    llama_server = None
+    if args.against_llama_server is not None:
+        given = args.against_llama_server if args.against_llama_server != Path() else None
+        llama_server = runner.find_llama_server(given)
     if draft is None and "draft" in modes:
         modes.remove("draft")
         console.print("no draft model: the draft mode is skipped")
@@ -227,10 +234,12 @@ def run(args: argparse.Namespace) -> int:
             if engine is not None:
                 engine.close()
             shutdown()  # llama.cpp's process-wide state goes before the interpreter's teardown, in order
-        if args.against_llama_server:
+        if llama_server is not None:
             references: dict[tuple[str, str], Run] = {}
             for server_mode in runner.llama_server_modes(draft, meta["draft_max"], draft_p_min):
-                server_runs, command = _run_llama_server(args, settings, server_mode, tasks, prompts, console)
+                server_runs, command = _run_llama_server(
+                    args, llama_server, settings, server_mode, tasks, prompts, console
+                )
                 for result in server_runs:  # (the server alone runs first: every other mode's reference)
                     key = (result.workload, result.task_id)
                     if result.mode == "none":
@@ -316,6 +325,7 @@ def _run_localspec(
 
 def _run_llama_server(
     args: argparse.Namespace,
+    llama_server: Path,
     settings: EngineSettings,
     mode: ServerMode,
     tasks: list[Task],
@@ -337,7 +347,7 @@ def _run_llama_server(
         for workload in dict.fromkeys(task.workload for task in tasks):
             mine = [(t, p) for t, p in zip(tasks, prompts, strict=True) if t.workload == workload]
             server = runner.LlamaServer(
-                args.against_llama_server,
+                llama_server,
                 settings.target_path,
                 mode,
                 settings.n_ctx,

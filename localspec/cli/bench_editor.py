@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from localspec.benchmark.editor import BenchOptions, run_benchmark
-    from localspec.benchmark.infill_server import find_llama_server
+    from localspec.benchmark.runner import find_llama_server
     from localspec.config import load_config
     from localspec.engine.llama_model import check_model_files, threads_for
     from localspec.errors import ConfigError, InvalidRequestError
@@ -100,10 +100,6 @@ def run(args: argparse.Namespace) -> int:
     if args.against_llama_server is not None:
         given = args.against_llama_server if args.against_llama_server != Path() else None
         llama_server = find_llama_server(given)
-        if llama_server is None:
-            raise InvalidRequestError(
-                "No llama-server found: give its path (--against-llama-server PATH) or run .ci/build-llama-server."
-            )
     if args.daemon_config is not None:
         if not args.daemon_config.is_file():
             raise InvalidRequestError(f"--daemon-config {args.daemon_config}: no such file.")
