@@ -240,6 +240,14 @@ def find_llama_server(given: Path | None) -> Path:
     )
 
 
+def requested_llama_server(argument: Path | None) -> Path | None:
+    """The llama-server that `--against-llama-server [PATH]` asks for, checked (`find_llama_server`): None where
+    the flag is absent; the one found where it names no path (argparse's `const`, `Path()`)."""
+    if argument is None:
+        return None
+    return find_llama_server(argument if argument != Path() else None)
+
+
 class LlamaServer:
     """A llama-server process for one mode; stopped on exit."""
 

@@ -144,10 +144,7 @@ def run(args: argparse.Namespace) -> int:
         config.models_path(), config.target, config.draft, args.target, args.draft
     )
     check_model_files(source, draft)
-    llama_server = None
-    if args.against_llama_server is not None:
-        given = args.against_llama_server if args.against_llama_server != Path() else None
-        llama_server = runner.find_llama_server(given)
+    llama_server = runner.requested_llama_server(args.against_llama_server)
     if draft is None and "draft" in modes:
         modes.remove("draft")
         console.print("no draft model: the draft mode is skipped")

@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from localspec.benchmark.editor import BenchOptions, run_benchmark
-    from localspec.benchmark.runner import find_llama_server
+    from localspec.benchmark.runner import requested_llama_server
     from localspec.config import load_config
     from localspec.engine.llama_model import check_model_files, threads_for
     from localspec.errors import ConfigError, InvalidRequestError
@@ -96,10 +96,7 @@ def run(args: argparse.Namespace) -> int:
     for flag, value in (("--files", args.files), ("--jumps", args.jumps), ("--max-tokens", args.max_tokens)):
         if value < 1:
             raise InvalidRequestError(f"{flag} must be at least 1, not {value}.")
-    llama_server = None
-    if args.against_llama_server is not None:
-        given = args.against_llama_server if args.against_llama_server != Path() else None
-        llama_server = find_llama_server(given)
+    llama_server = requested_llama_server(args.against_llama_server)
     if args.daemon_config is not None:
         if not args.daemon_config.is_file():
             raise InvalidRequestError(f"--daemon-config {args.daemon_config}: no such file.")
