@@ -18,6 +18,7 @@ for the shared buffer holding each of `--windows` windows (the jumps go round th
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import statistics
 import time
 from collections.abc import Callable
@@ -61,6 +62,7 @@ def _row(label: str, jumps: list[list[float]]) -> str:
 
 
 def main() -> None:
+    faulthandler.enable()  # a crash in native code (llama.cpp, CUDA) then prints where it happened
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("target", type=Path)
     parser.add_argument("--shared", type=int, default=400, help="tokens every window starts with")
