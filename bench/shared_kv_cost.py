@@ -31,11 +31,6 @@ from localspec.engine.llama_model import LlamaModel, shutdown
 ACTIVE = 0  # the sequence a jump decodes in; held windows are the sequences from 1 on
 
 
-def _decode(model: LlamaModel, tokens: list[int], start: int, seq_id: int) -> None:
-    for at in range(0, len(tokens), model.n_batch):
-        model.decode(tokens[at : at + model.n_batch], start + at, seq_id, "none")
-
-
 def _jump(
     model: LlamaModel, switch: Callable[[], None], depth: int, new: list[int], generate: int
 ) -> list[float]:
@@ -90,7 +85,7 @@ def main() -> None:
     copies = []
     for _ in range(min(4, max(counts))):
         own_buffer.remove_from(ACTIVE, 0)
-        _decode(own_buffer, [*shared, *text(args.own)], 0, ACTIVE)
+        own_buffer.decode([*shared, *text(args.own)], 0, ACTIVE, "none")
         copies.append(own_buffer.save_sequence(ACTIVE, pinned=True))
     jumps = [
         _jump(own_buffer, lambda i=i: own_buffer.restore_sequence(ACTIVE, copies[i % len(copies)]), depth, new,
@@ -112,14 +107,14 @@ def main() -> None:
         shared_cells=cells,
         n_threads=args.threads,
     )
-    _decode(model, shared, 0, 1)
+    model.decode(shared, 0, 1, "none")
     held = 0
     for count in counts:
         for seq in range(held + 1, count + 1):
             if seq > 1:
                 model.copy_sequence(1, seq)
                 model.remove_from(seq, args.shared)
-            _decode(model, text(args.own), args.shared, seq)
+            model.decode(text(args.own), args.shared, seq, "none")
         held = count
         order = [int(seq) for seq in rng.permutation(np.resize(np.arange(1, count + 1), args.jumps))]
         jumps = [
