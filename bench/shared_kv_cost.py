@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import argparse
 import faulthandler
-import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from localspec.benchmark.editor_report import percentile
 from localspec.engine.llama_model import LlamaModel, shutdown
 
 ACTIVE = 0  # the sequence a jump decodes in; held windows are the sequences from 1 on
@@ -49,10 +49,11 @@ def _jump(
 
 
 def _row(label: str, jumps: list[list[float]]) -> str:
-    cells = []
-    for part in zip(*jumps, strict=True):
-        ordered = sorted(part)
-        cells.append(f"{statistics.median(ordered):.2f} / {ordered[int(len(ordered) * 0.9)]:.2f}")
+    """p50 / p90 of each part, as `localspec bench-editor` computes them."""
+    cells = [
+        f"{percentile(list(part), 50):.2f} / {percentile(list(part), 90):.2f}"
+        for part in zip(*jumps, strict=True)
+    ]
     return f"| {label} | {' | '.join(cells)} |"
 
 
