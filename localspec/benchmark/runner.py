@@ -123,7 +123,12 @@ def run_localspec(
         second_chains=stats.second_chains,
         settled_near_ties=stats.settled_near_ties,
         steps_by_source=dict(stats.steps_by_source),
-        time_split={"draft": stats.t_draft, "verify": stats.t_verify, "sample": stats.t_sample},
+        time_split={
+            "plan": stats.t_plan,
+            "draft": stats.t_draft,
+            "verify": stats.t_verify,
+            "sample": stats.t_sample,
+        },
         margins=stats.margins,
         steps=[asdict(step) for step in stats.steps],
     )
@@ -374,7 +379,10 @@ def summarize(runs: list[Run]) -> list[dict[str, Any]]:
         settled = sum(r.settled for r in items)
         near_ties = sum(r.settled_near_ties for r in items)
         speed = tokens / max(1e-9, seconds)
-        split = {key: sum(r.time_split.get(key, 0.0) for r in items) for key in ("draft", "verify", "sample")}
+        split = {
+            key: sum(r.time_split.get(key, 0.0) for r in items)
+            for key in ("plan", "draft", "verify", "sample")
+        }
         divergences = [r.divergence for r in items if r.divergence]
         sources: dict[str, int] = {}
         for r in items:
