@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import argparse
 import faulthandler
+import random
 import time
 from collections.abc import Callable
 from pathlib import Path
-
-import numpy as np
 
 from localspec.benchmark.editor_report import percentile
 from localspec.engine.llama_model import LlamaModel, shutdown
@@ -71,14 +70,14 @@ def main() -> None:
     args = parser.parse_args()
     counts = sorted(int(n) for n in args.windows.split(","))
     depth = args.shared + args.own
-    rng = np.random.default_rng(0)
+    rng = random.Random(0)
 
     # Host copies: the window is copied back into the active sequence's own buffer (as the prompt cache does now).
     own_buffer = LlamaModel(args.target, role="target", n_ctx_per_seq=depth + 256, n_threads=args.threads)
     vocab = min(20000, own_buffer.n_vocab)
 
     def text(n: int) -> list[int]:
-        return [int(t) for t in rng.integers(min(100, vocab // 2), vocab, n)]
+        return [rng.randrange(min(100, vocab // 2), vocab) for _ in range(n)]
 
     shared, new = text(args.shared), text(args.new)
     print("| KV of the windows | switch p50 / p90 ms | passes | whole jump |")
@@ -117,7 +116,8 @@ def main() -> None:
                 model.remove_from(seq, args.shared)
             model.decode(text(args.own), args.shared, seq, "none")
         held = count
-        order = [int(seq) for seq in rng.permutation(np.resize(np.arange(1, count + 1), args.jumps))]
+        order = [1 + i % count for i in range(args.jumps)]
+        rng.shuffle(order)
         jumps = [
             _jump(model, lambda seq=seq: model.copy_sequence(seq, ACTIVE), depth, new, args.generate)
             for seq in order
