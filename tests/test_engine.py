@@ -1955,6 +1955,7 @@ def test_a_pass_deep_in_its_sequence_is_priced_for_its_depth() -> None:
     streak=st.integers(1, 4),
     after_draft=st.booleans(),
     depth=st.sampled_from([0, 2000]),
+    later=st.dictionaries(st.integers(1, 24), st.floats(1e-4, 0.1), max_size=4),
 )
 def test_a_whole_steps_prices_are_each_sizes_own_price(
     timed: dict[str, dict[int, float]],
@@ -1963,18 +1964,22 @@ def test_a_whole_steps_prices_are_each_sizes_own_price(
     streak: int,
     after_draft: bool,
     depth: int,
+    later: dict[int, float],
 ) -> None:
-    # The chooser prices every draft length of a step at once (`sequence_prices`, for speed): whatever has been
-    # timed, each figure must be exactly what `in_sequence` says for that size.
+    # The chooser prices every draft length of a step at once (`sequence_prices`, for speed, keeping the cold
+    # prices until a cold pass is timed): whatever has been timed, before and after it last priced, each figure
+    # must be exactly what `in_sequence` says for that size.
     costs = PassCosts()
     for kind, prices in timed.items():
         for n, seconds in prices.items():
             costs.record_verify(n, seconds, **({} if kind == "cold" else {kind: True}))
     for seconds in deep:  # (passes deep in a sequence teach a price per position)
         costs.record_verify(1, seconds, depth=3000)
-    sizes = range(2, 18)
-    at_once = costs.sequence_prices(sizes, previous, streak, after_draft, depth)
-    assert at_once == [costs.in_sequence(n, previous, streak, after_draft, depth) for n in sizes]
+    for sizes in (range(2, 26), range(2, 18)):
+        at_once = costs.sequence_prices(sizes, previous, streak, after_draft, depth)
+        assert at_once == [costs.in_sequence(n, previous, streak, after_draft, depth) for n in sizes]
+        for n, seconds in later.items():  # (cold passes timed since)
+            costs.record_verify(n, seconds)
 
 
 def _price_between(measured: dict[int, float], n: int) -> float:

@@ -75,6 +75,9 @@ class PassCosts:
         # Each table's measured sizes, sorted, kept until it gains a size: the chooser prices every draft length of
         # every source at each step, and finding the measured sizes around an unmeasured one was most of that.
         self._sizes: dict[int, list[int]] = {}
+        # Cold prices by size (index n), kept until a cold pass is timed: one-token steps time warm passes, and
+        # every one of them prices each draft length cold.
+        self._cold_prices: list[float] = []
 
     def record_verify(
         self,
@@ -105,6 +108,8 @@ class PassCosts:
             self._record(self._warm, n, seconds)
 
     def _record(self, table: dict[int, Ewma], n: int, seconds: float) -> None:
+        if table is self._cold:
+            self._cold_prices = []
         estimate = table.get(n)
         if estimate is None:
             self._sizes.pop(id(table), None)
@@ -218,6 +223,9 @@ class PassCosts:
         """`in_sequence` for each size in `sizes`, the same figures at a fraction of the cost: the chooser prices
         every draft length of every source at each step, and on a fast GPU that planning is a share of a step."""
         per_position = self._per_position.value
+        cold = self._cold_prices
+        if len(cold) < sizes.stop:
+            cold = self._cold_prices = [self._estimate(self._cold, n) for n in range(max(sizes.stop, 2))]
         # `_shallow` written out by kind of pass (only a pass of the previous size is warm or a capture; a pass of
         # another size after the draft model's is priced cold until such passes are timed), plus the depth's part.
         after = self._after_draft
@@ -227,13 +235,9 @@ class PassCosts:
                 shallow = self._shallow(n, streak >= 2, streak == 1, after_draft)
             elif after_draft:
                 known = after.get(n)
-                shallow = (
-                    known.value
-                    if known is not None
-                    else self._relative_to_cold(after, n, self._estimate(self._cold, n))
-                )
+                shallow = known.value if known is not None else self._relative_to_cold(after, n, cold[n])
             else:
-                shallow = self._estimate(self._cold, n)
+                shallow = cold[n]
             prices.append(shallow + per_position * n * depth)
         return prices
 
