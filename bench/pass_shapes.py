@@ -8,8 +8,13 @@ On a GPU, llama.cpp's CUDA backend replays a captured graph only while consecuti
 - j draft-model tokens alone, a target pass alone, and both queued together (draft while the target verifies),
 - with --after-draft: a target pass right after passes of its size, after draft-model passes, and after the GPU
   idled as long, with the CUDA graph events llama.cpp logged meanwhile (why a verify pass after drafting is slow).
+- with --after-prompt: the two one-token passes after a pass over a prompt's new tokens, when that pass returns
+  the last row's logits (as an editor request's first step does, folding the prompt's last chunk in) and when it
+  returns none (a chunk of its own), against one-token passes after their like. llama.cpp builds passes with and
+  without outputs in two graphs of their own, and its CUDA backend keys captured graphs by the graph's first
+  node: whether the one-token passes' captured graph outlives a pass without outputs is what this shows.
 
-    python bench/pass_shapes.py TARGET.gguf DRAFT.gguf [--after-draft]
+    python bench/pass_shapes.py TARGET.gguf DRAFT.gguf [--after-draft | --after-prompt]
 """
 
 from __future__ import annotations
@@ -134,12 +139,42 @@ def after_draft(target: LlamaModel, draft: LlamaModel, n: int, drafts: int = 8, 
         )
 
 
+def after_prompt(target: LlamaModel, new: int = 20, trials: int = 10) -> None:
+    """The two one-token passes after one-token passes, and after a pass over `new` tokens with the last row's
+    logits or none: median ms of each, and the CUDA graph events llama.cpp logged meanwhile."""
+    scenarios = {"one-token passes": (1, "last"), f"{new} tokens, last row's logits": (new, "last")}
+    scenarios[f"{new} tokens, no logits"] = (new, "none")
+    for name, (size, outputs) in scenarios.items():
+        firsts, seconds, events = [], [], []
+        for _ in range(trials):
+            for _ in range(3):  # (the one-token passes' graph captured and replayed)
+                target.decode([500], BASE, 0, "last")
+                target.synchronize()
+                target.remove_from(0, BASE)
+            target.decode(list(range(500, 500 + size)), BASE, 0, outputs)
+            target.synchronize()
+            _events.clear()
+            for offset, times in enumerate((firsts, seconds)):
+                started = time.perf_counter()
+                target.decode([600], BASE + size + offset, 0, "last")
+                target.synchronize()
+                times.append((time.perf_counter() - started) * 1000)
+            events.extend(_events)
+            target.remove_from(0, BASE)
+        counted = {event: events.count(event) for event in GRAPH_EVENTS if event in events}
+        print(
+            f"one-token passes after {name}: median {statistics.median(firsts):.2f} ms, then "
+            f"{statistics.median(seconds):.2f} ms; {counted}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("target", type=Path)
     parser.add_argument("draft", type=Path)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--after-draft", action="store_true", help="only the after-draft comparison")
+    parser.add_argument("--after-prompt", action="store_true", help="only the after-prompt comparison")
     args = parser.parse_args()
     engine = Engine(
         EngineSettings(
@@ -155,6 +190,11 @@ def main() -> None:
     def reset() -> None:
         forget_passes(target, draft)
 
+    if args.after_prompt:
+        llama_cpp.llama_log_set(_record_graph_events, ctypes.c_void_p(0))
+        after_prompt(target)
+        engine.close()
+        return
     if args.after_draft:
         llama_cpp.llama_log_set(_record_graph_events, ctypes.c_void_p(0))
         for n in (1, 9, 17):
