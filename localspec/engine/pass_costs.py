@@ -225,7 +225,7 @@ class PassCosts:
         per_position = self._per_position.value
         cold = self._cold_prices
         if len(cold) < sizes.stop:
-            cold = self._cold_prices = [self._estimate(self._cold, n) for n in range(max(sizes.stop, 2))]
+            cold = self._cold_prices = [self._estimate(self._cold, n) for n in range(sizes.stop)]
         # `_shallow` written out by kind of pass (only a pass of the previous size is warm or a capture; a pass of
         # another size after the draft model's is priced cold until such passes are timed), plus the depth's part.
         after = self._after_draft
