@@ -2572,6 +2572,7 @@ def test_a_draft_model_far_from_paying_is_not_priced_at_every_one_token_step() -
     from localspec.engine.chooser import PROBE_EVERY, REST_STEPS
 
     chooser = AdaptiveChooser("adaptive", draft_max=24, has_draft_model=True, costs=real_pair_like_prices())
+    chooser.start_request()  # (a request starts with the probe due)
     one_token = StepSite(previous=1, streak=5)
 
     def step(site: StepSite = one_token) -> int:
@@ -2585,12 +2586,12 @@ def test_a_draft_model_far_from_paying_is_not_priced_at_every_one_token_step() -
     assert step(StepSite(previous=6, streak=1)) == REST_STEPS  # after a pass of another size: priced at once
     chooser.start_request()
     assert chooser.draft_rest == 0
-    # A probe falling due is not put off: from a fresh chooser (24 steps to the first probe) it is priced at steps
-    # 0, 9, 18 and at 24, where the probe falls due (and, not worth it here, is rested like the rest).
-    assert PROBE_EVERY == 24
+    # A probe falling due is not put off: from a fresh chooser (24 steps to the first probe) it is priced at step 0,
+    # rests until the probe falls due at step 24, and is priced there (and, not worth it here, rested like the rest).
+    assert PROBE_EVERY == 24 < REST_STEPS
     chooser = AdaptiveChooser("adaptive", draft_max=24, has_draft_model=True, costs=real_pair_like_prices())
     rests = [step() for _ in range(25)]
-    assert rests == [8, *range(7, -1, -1), 8, *range(7, -1, -1), 5, *range(4, -1, -1), REST_STEPS]
+    assert rests == [23, *range(22, -1, -1), REST_STEPS]
     # Where the draft model pays (prices like the x5 target's) it never rests.
     costs = x5_like_prices()
     paying = AdaptiveChooser("adaptive", draft_max=16, has_draft_model=True, costs=costs)

@@ -36,7 +36,7 @@ LENGTH_SLACK = 0.1
 # by improves meanwhile (its acceptance and prices move only with its own steps, the catch-up it would need grows:
 # a shorter one ends the rest), and pricing every draft length of it (and its probe) was most of a one-token step's
 # planning.
-REST_MARGIN, REST_STEPS = 0.8, 8
+REST_MARGIN, REST_STEPS = 0.8, 32
 # Tokens a run of steps is assumed to settle until runs are measured. What a run pays once is spread over the
 # tokens such runs settle: the draft model's catch-up over a run of draft-model steps, the return to one-token
 # passes (cold, then a CUDA graph capture) over a run of speculative steps.

@@ -209,8 +209,10 @@ class Generation:
         started = time.perf_counter()
         settled, t_settle = self._walk(base, drafts, n_rows)
         accepted = len(settled) - 1
-        # Keep [pending, d1..d_accepted] in the KV (unless a settle already trimmed it) and drop the rest.
-        self.target.remove_from(self.slot.seq_id, base + 1 + accepted)
+        # Keep [pending, d1..d_accepted] in the KV (unless a settle already trimmed it) and drop the rest, if the
+        # pass wrote more (a one-token pass did not, and on a fast GPU every call between passes counts).
+        if 1 + accepted < n_rows:
+            self.target.remove_from(self.slot.seq_id, base + 1 + accepted)
         self._committed.extend([self._pending, *drafts[:accepted]])
         self._context.extend([*drafts[:accepted], settled[-1]])
         self._pending = settled[-1]
@@ -324,11 +326,12 @@ class Generation:
         request that never does, as with a draft model that costs too much to pay, leaves it idle)."""
         if self._ahead is None or self._draft is None or not drafts:
             return None
-        stop = threading.Event()
         if source == "draft":
             self._used_draft_model = True
+            stop = threading.Event()
             return self._ahead.submit(self._draft.run_ahead, limit, stop), stop
         if source == "ngram" and self._used_draft_model:
+            stop = threading.Event()
             return self._ahead.submit(self._draft.run_ahead_from, [*context, *drafts], limit, stop), stop
         return None
 
