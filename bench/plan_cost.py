@@ -32,9 +32,8 @@ def _between(table: dict[int, float], n: int) -> float:
     return table[sizes[-1]]
 
 
-def priced_chooser(draft_max: int) -> AdaptiveChooser:
-    """A chooser with the prices above and some steps behind it (one-token passes last)."""
-    costs = PassCosts(price_depth=False)
+def gpu_prices(costs: PassCosts, draft_max: int) -> PassCosts:
+    """`costs` (priced by size alone, as on a GPU) with the prices above, timed at start-up's sizes."""
     for n in sweep_sizes(draft_max + 1):
         cold, warm = _between(COLD, n) / 1000, _between(WARM, n) / 1000
         costs.record_verify(n, cold)
@@ -42,6 +41,12 @@ def priced_chooser(draft_max: int) -> AdaptiveChooser:
         costs.record_verify(n, warm, warm=True)
         costs.record_verify(n, _between(AFTER_DRAFT, n) / 1000, after_draft=True)
     costs.record_draft(1, DRAFT_TOKEN_MS / 1000)
+    return costs
+
+
+def priced_chooser(draft_max: int) -> AdaptiveChooser:
+    """A chooser with the prices above and some steps behind it (one-token passes last)."""
+    costs = gpu_prices(PassCosts(price_depth=False), draft_max)
     chooser = AdaptiveChooser("adaptive", draft_max, has_draft_model=True, costs=costs)
     chooser.start_request()
     for _ in range(20):

@@ -545,6 +545,27 @@ def test_the_planning_cost_script_times_each_kind_of_step() -> None:
         assert (row[3], row[4]) == (("none", "0") if row[1] == "no" else ("ngram", "6"))
 
 
+def test_the_overhead_replay_times_each_mode_between_passes_on_the_target_alones_text(
+    tiny_models, tmp_path: Path
+) -> None:
+    # bench/overhead_replay.py: every mode settles the target alone's answer (made once, then read back), and gets
+    # a row of times outside the passes; the first mode is the yardstick of the last column.
+    answers = tmp_path / "answers.json"
+    replay = [
+        sys.executable, str(ROOT / "bench" / "overhead_replay.py"), str(tiny_models.target),
+        str(tiny_models.draft_similar), "--prompts", "humaneval=2", "--max-tokens", "16", "--rounds", "1",
+        "--modes", "none,adaptive", "--answers", str(answers),
+    ]  # fmt: skip
+    for _ in range(2):  # (the second from the kept answers)
+        printed = subprocess.run(replay, capture_output=True, text=True)
+        assert printed.returncode == 0, printed.stderr
+        rows = {line.split()[0]: line.split()[1:] for line in printed.stdout.splitlines()[1:]}
+        assert set(rows) == {"none", "adaptive"}
+        assert float(rows["none"][1]) == 1.0 and float(rows["none"][6]) == 0.0  # (one token a pass, itself)
+        assert all(float(cell) > 0 for row in rows.values() for cell in row[:6])
+    assert [len(answer["target"]) for answer in json.loads(answers.read_text())] == [16, 16]
+
+
 def test_the_backend_sampling_check_compares_every_row_and_says_how_many_are_wrong(tiny_models) -> None:
     # bench/backend_sampling_check.py: llama.cpp's own picks on the device against the whole rows' argmax, row by
     # row, a verdict that matches them, and an exit status that says whether any was wrong (the vendored

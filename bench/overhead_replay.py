@@ -1,0 +1,170 @@
+"""What the engine's own work between passes costs a step on a fast GPU, measured on any machine.
+
+On a GPU where a target token takes ~2 ms, the engine's Python between passes (planning, picking, bookkeeping) is
+a share of every mode's speed, and `adaptive` does more of it than the target alone. Timed on its own
+(`plan_cost.py`) a plan looks cheap; between passes it costs several times as much, because every pass evicts the
+caches that the interpreter and its tables were in. This replays real text through the engine with passes that
+cost next to nothing and a chooser that decides as on that GPU:
+- the passes run on two-layer stand-ins with the models' tokenizers (`overhead_model.py`);
+- each step's picks are the target alone's answer (`draft_floor.py`'s answers: made with TARGET here, or read
+  from --answers), so the n-gram drafter and the chooser see the text a real run sees; the picks' argmax over the
+  logits is still computed, so its cost stays;
+- prices are held at `plan_cost.py`'s (an H200's, for the real 1.5B), so `adaptive` chooses as it did there.
+Each mode runs the prompts back to back, one untimed round and then `--rounds` more, in turn and in reverse order
+(ABBA), each with a fresh history of earlier outputs, as `localspec bench` does. Printed per mode: target passes,
+tokens per pass, and microseconds per pass outside the model's passes: planning, picking (with the KV's trim), the
+rest; then per token, against the first mode's.
+
+usage: python bench/overhead_replay.py TARGET.gguf DRAFT.gguf [--answers FILE] [--modes none,ngram,adaptive]
+       [--workloads humaneval] [--prompts humaneval=20] [--max-tokens 128] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from collections import defaultdict
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from draft_floor import Answer, answers  # (this script's folder is on the path)
+from overhead_model import write_overhead_model
+from plan_cost import gpu_prices
+
+from localspec.benchmark import workloads
+from localspec.benchmark.runner import prompt_tokens, run_localspec
+from localspec.engine import Engine, EngineSettings
+from localspec.engine.pass_costs import PassCosts
+from localspec.engine.speculative import Generation
+
+DRAFT_MAX = 24  # a GPU's default draft length (config.DRAFT_MAX_GPU)
+
+
+class HeldPrices(PassCosts):
+    """Prices that the replay's passes (which cost nothing) do not move once `held`."""
+
+    held = False
+
+    def record_verify(self, *args: Any, **kwargs: Any) -> None:
+        if not self.held:
+            super().record_verify(*args, **kwargs)
+
+    def record_draft(self, tokens: int, seconds: float) -> None:
+        if not self.held:
+            super().record_draft(tokens, seconds)
+
+    def record_draft_pass(self, n: int, seconds: float) -> None:
+        if not self.held:
+            super().record_draft_pass(n, seconds)
+
+
+class ForcedPicks:
+    """Makes every Generation's walk take the answer's tokens (the row's argmax is still computed, then dropped):
+    the target alone's text whatever the stand-in's logits say, and drafts accepted as far as they match it."""
+
+    def __init__(self, end_token: int) -> None:
+        self.answer: list[int] = []
+        self.end_token = end_token
+        forced = self
+
+        def walk(
+            generation: Generation, base: int, drafts: list[int], n_rows: int
+        ) -> tuple[list[int], float]:
+            settled: list[int] = []
+            for row in range(len(drafts) + 1):
+                generation._picker.pick(row, n_rows, n_rows > 1)
+                at = len(generation._output) + row
+                settled.append(forced.answer[at] if at < len(forced.answer) else forced.end_token)
+                if row >= len(drafts) or settled[-1] != drafts[row]:
+                    break
+            return settled, 0.0
+
+        Generation._walk = walk  # type: ignore[method-assign,assignment]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("target", type=Path)
+    parser.add_argument("draft", type=Path)
+    parser.add_argument(
+        "--answers", type=Path, help="keep the target's answers here, and reuse them if it exists"
+    )
+    parser.add_argument("--modes", default="none,ngram,adaptive")
+    parser.add_argument("--workloads", default="humaneval")
+    parser.add_argument("--prompts", default="humaneval=20")
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    names = [name.strip() for name in args.workloads.split(",") if name.strip()]
+    modes = [mode.strip() for mode in args.modes.split(",") if mode.strip()]
+    if args.answers is not None and args.answers.exists():
+        found = [Answer(**item) for item in json.loads(args.answers.read_text())]
+    else:
+        found = answers(args.target, args.draft, names, args.prompts, args.max_tokens)
+        if args.answers is not None:
+            args.answers.write_text(json.dumps([asdict(answer) for answer in found]))
+    counts = workloads.prompt_counts(args.prompts, names)
+    tasks = [task for name in names for task in workloads.WORKLOADS[name](counts[name], args.max_tokens)]
+    if len(tasks) != len(found):
+        raise SystemExit(
+            f"{args.answers} holds {len(found)} answers for {len(tasks)} prompts: make them anew."
+        )
+
+    with tempfile.TemporaryDirectory() as folder:
+        target = write_overhead_model(args.target, Path(folder) / "target.gguf")
+        draft = write_overhead_model(args.draft, Path(folder) / "draft.gguf")
+        settings = EngineSettings(
+            target,
+            draft,
+            slots=1,
+            threads=1,
+            draft_max=DRAFT_MAX,
+            tie_margin=0.1,
+            draft_ahead=True,
+            index_beside=True,
+        )
+        engine = Engine(settings, calibrate=False)
+    prices = HeldPrices(price_depth=False)
+    gpu_prices(prices, DRAFT_MAX)
+    prices.held = True
+    engine.costs = prices
+    engine.calibrated = True
+    forced = ForcedPicks(engine.target.special_tokens()["eos"])
+    prompts = [prompt_tokens(engine, task) for task in tasks]
+    totals: dict[str, defaultdict[str, float]] = {mode: defaultdict(float) for mode in modes}
+    for round_ in range(args.rounds + 1):
+        for mode in modes if round_ % 2 == 0 else modes[::-1]:
+            engine.history.clear()
+            for task, prompt, answer in zip(tasks, prompts, found, strict=True):
+                forced.answer = answer.target
+                run = run_localspec(engine, task, prompt, mode)
+                if round_ == 0:
+                    continue  # (untimed: the interpreter's and llama.cpp's first passes)
+                total = totals[mode]
+                total["passes"] += run.target_passes
+                total["tokens"] += run.tokens
+                total["decode"] += run.decode_seconds
+                for part, seconds in run.time_split.items():
+                    total[part] += seconds
+    engine.close()
+    print(
+        "mode       passes  tokens/pass   us a pass: planning  picking  rest    us a token   more than the first"
+    )
+    first: float | None = None
+    for mode, total in totals.items():
+        passes = total["passes"]
+        outside = total["decode"] - total["verify"] - total["draft"]
+        rest = outside - total["plan"] - total["sample"]
+        per_token = outside / total["tokens"] * 1e6
+        first = per_token if first is None else first
+        print(
+            f"{mode:9} {passes:7.0f} {total['tokens'] / passes:12.2f} {total['plan'] / passes * 1e6:20.1f}"
+            f" {total['sample'] / passes * 1e6:8.1f} {rest / passes * 1e6:6.1f} {per_token:13.1f}"
+            f" {per_token - first:21.1f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
