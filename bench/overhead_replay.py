@@ -13,7 +13,8 @@ cost next to nothing and a chooser that decides as on that GPU:
 Each mode runs the prompts back to back, one untimed round and then `--rounds` more, in turn and in reverse order
 (ABBA), each with a fresh history of earlier outputs, as `localspec bench` does. Printed per mode: target passes,
 tokens per pass, and microseconds per pass outside the model's passes: planning, picking (with the KV's trim), the
-rest; then per token, against the first mode's.
+rest; then per token, against the first mode's; then the speed a run would have with its passes at the held prices
+and the time between them as measured, and its ratio to the first mode's (in brackets: the passes alone).
 
 usage: python bench/overhead_replay.py TARGET.gguf DRAFT.gguf [--answers FILE] [--modes none,ngram,adaptive]
        [--workloads humaneval] [--prompts humaneval=20] [--max-tokens 128] [--rounds 2]
@@ -84,6 +85,21 @@ class ForcedPicks:
         Generation._walk = walk  # type: ignore[method-assign,assignment]
 
 
+def priced_passes(steps: list[dict[str, Any]], prices: PassCosts) -> float:
+    """What a run's target passes, and its draft tokens not made ahead, cost at `prices`: each pass priced cold,
+    as a capture or warm after the passes before it, as the chooser prices it. The first step's pass finished the
+    prompt (the prompt's time, not the decode's), and leaves the next pass cold."""
+    previous, streak, seconds = 0, 0, 0.0
+    for step in steps[1:]:
+        size, drafting = step["pass_tokens"], step["source"] == "draft"
+        seconds += prices.in_sequence(size, previous, streak, drafting)
+        if drafting:
+            seconds += max(0, step["drafted"] - step["ready"]) * prices.draft_token()
+        streak = streak + 1 if size == previous else 1
+        previous = size
+    return seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("target", type=Path)
@@ -139,30 +155,33 @@ def main() -> None:
             engine.history.clear()
             for task, prompt, answer in zip(tasks, prompts, found, strict=True):
                 forced.answer = answer.target
-                run = run_localspec(engine, task, prompt, mode)
+                run = run_localspec(engine, task, prompt, mode, record_steps=True)
                 if round_ == 0:
                     continue  # (untimed: the interpreter's and llama.cpp's first passes)
                 total = totals[mode]
                 total["passes"] += run.target_passes
                 total["tokens"] += run.tokens
                 total["decode"] += run.decode_seconds
+                total["priced"] += priced_passes(run.steps, prices)
                 for part, seconds in run.time_split.items():
                     total[part] += seconds
     engine.close()
     print(
         "mode       passes  tokens/pass   us a pass: planning  picking  rest    us a token   more than the first"
+        "   at the prices: tok/s  ratio (passes alone)"
     )
-    first: float | None = None
+    first: tuple[float, float, float] | None = None
     for mode, total in totals.items():
-        passes = total["passes"]
+        passes, tokens = total["passes"], total["tokens"]
         outside = total["decode"] - total["verify"] - total["draft"]
         rest = outside - total["plan"] - total["sample"]
-        per_token = outside / total["tokens"] * 1e6
-        first = per_token if first is None else first
+        per_token = outside / tokens * 1e6
+        rate, bare = tokens / (total["priced"] + outside), tokens / total["priced"]
+        first = (per_token, rate, bare) if first is None else first
         print(
-            f"{mode:9} {passes:7.0f} {total['tokens'] / passes:12.2f} {total['plan'] / passes * 1e6:20.1f}"
+            f"{mode:9} {passes:7.0f} {tokens / passes:12.2f} {total['plan'] / passes * 1e6:20.1f}"
             f" {total['sample'] / passes * 1e6:8.1f} {rest / passes * 1e6:6.1f} {per_token:13.1f}"
-            f" {per_token - first:21.1f}"
+            f" {per_token - first[0]:21.1f} {rate:22.1f} {rate / first[1]:6.3f} ({bare / first[2]:.3f})"
         )
 
 

@@ -549,7 +549,7 @@ def test_the_overhead_replay_times_each_mode_between_passes_on_the_target_alones
     tiny_models, tmp_path: Path
 ) -> None:
     # bench/overhead_replay.py: every mode settles the target alone's answer (made once, then read back), and gets
-    # a row of times outside the passes; the first mode is the yardstick of the last column.
+    # a row of times outside the passes and of speeds at the held prices; the first mode is the ratios' yardstick.
     answers = tmp_path / "answers.json"
     replay = [
         sys.executable, str(ROOT / "bench" / "overhead_replay.py"), str(tiny_models.target),
@@ -562,7 +562,10 @@ def test_the_overhead_replay_times_each_mode_between_passes_on_the_target_alones
         rows = {line.split()[0]: line.split()[1:] for line in printed.stdout.splitlines()[1:]}
         assert set(rows) == {"none", "adaptive"}
         assert float(rows["none"][1]) == 1.0 and float(rows["none"][6]) == 0.0  # (one token a pass, itself)
-        assert all(float(cell) > 0 for row in rows.values() for cell in row[:6])
+        assert rows["none"][8:] == ["1.000", "(1.000)"]
+        assert all(
+            float(cell) > 0 for row in rows.values() for cell in [*row[:6], *row[7:9], row[9].strip("()")]
+        )
     assert [len(answer["target"]) for answer in json.loads(answers.read_text())] == [16, 16]
 
 
