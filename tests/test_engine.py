@@ -1382,6 +1382,44 @@ def test_indexing_the_prompts_own_part_during_the_first_pass_leaves_every_propos
     assert deferred.index()[1].table == eager.index()[1].table
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    prompt=st.lists(st.integers(0, 4), min_size=1, max_size=40),
+    other=st.lists(st.integers(0, 4), max_size=40),
+    steps=st.lists(
+        st.tuples(
+            st.lists(st.integers(0, 4), min_size=1, max_size=2), st.sampled_from([1, 1, 3, 24]), st.booleans()
+        ),
+        max_size=40,
+    ),
+)
+def test_a_one_token_proposal_indexes_its_new_position_during_the_pass_and_proposes_as_if_indexed_first(
+    prompt: list[int], other: list[int], steps: list[tuple[list[int], int, bool]]
+) -> None:
+    # After one new token, a one-token proposal looks its n-grams up before the position before that token is
+    # indexed: the step indexes it while its pass runs (on a GPU, off the time between passes). Every proposal, and
+    # the index the slot keeps, are those of a drafter made afresh for the whole context, which indexes it first.
+    from localspec.engine.drafters import NgramDrafter, NgramTable
+
+    shared = NgramTable()
+    shared.add(other, 0, len(other) - 1)
+    drafter = NgramDrafter([shared])
+    context = [*prompt]
+    proposed: list[int] = []  # (the context of the last proposal: what the drafter has seen)
+    for generated, k, pass_runs in steps:
+        fresh = NgramDrafter([shared])
+        assert drafter.propose(context, k) == fresh.propose(context, k)
+        assert drafter.match_length == fresh.match_length
+        proposed = [*context]
+        if pass_runs:  # (else the next proposal indexes it first)
+            drafter.index_deferred()
+        context.extend(generated)
+    tokens, table = drafter.index()
+    whole = NgramTable()
+    whole.add(proposed, 0, len(proposed) - 1)
+    assert tokens == proposed and table.table == whole.table
+
+
 def test_a_slot_reuses_its_ngram_index_when_the_next_prompt_shares_its_start(similar_engine: Engine) -> None:
     from localspec.engine.drafters import MIN_REUSED_PREFIX
 

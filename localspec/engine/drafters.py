@@ -435,6 +435,8 @@ class NgramDrafter:
         self._pending: range | None = None
         self._pending_ends: frozenset[int] = frozenset()
         self._proposed = False
+        # A position whose n-grams wait to be indexed (`index_deferred`), or -1.
+        self._deferred = -1
         # Length of the n-gram that proposed the first token of the last draft: the longer the match, the likelier
         # the draft is accepted (`estimates.match_class`).
         self.match_length = 0
@@ -474,7 +476,15 @@ class NgramDrafter:
     def index(self) -> tuple[list[int], NgramTable]:
         """The context indexed so far and its table, for `resuming` by the slot's next request (no context where
         the prompt's own part was never indexed: a request that made no proposal)."""
+        self.index_deferred()
         return ([] if self._pending is not None else self._tokens), self._context
+
+    def index_deferred(self) -> None:
+        """Index the position a one-token proposal left for later (see `propose`): a step calls it while its target
+        pass runs, which on a GPU takes it off the time between passes."""
+        if self._deferred >= 0:
+            at, self._deferred = self._deferred, -1
+            self._context.add(self._tokens, at, at + 1)
 
     def has_pending(self, proposed_only: bool = False) -> bool:
         """Whether `index_pending` would index anything."""
@@ -499,11 +509,19 @@ class NgramDrafter:
         self._proposed = True
         if len(context) > len(self._tokens):  # (the prompt's own part comes before what was generated)
             self.index_pending()
+        self.index_deferred()
         # A generation's context only grows, so only its new tail needs indexing.
         indexed = max(0, len(self._tokens) - 1)
-        self._tokens.extend(context[len(self._tokens) :])
-        self._context.add(self._tokens, indexed, len(self._tokens) - 1)
-        tail = self._tokens[-self._max_n :]
+        tokens = self._tokens
+        tokens.extend(context[len(tokens) :])
+        # After one new token, a one-token proposal looks up n-grams that end at the last token; the position
+        # before it ends one of them only where the two last tokens are the same. Elsewhere its indexing waits
+        # for `index_deferred`, and the proposal is the same.
+        if k == 1 and len(tokens) - 1 - indexed == 1 and tokens[-1] != tokens[-2]:
+            self._deferred = indexed
+        else:
+            self._context.add(tokens, indexed, len(tokens) - 1)
+        tail = tokens[-self._max_n :]
         drafts: list[int] = []
         while len(drafts) < k:
             # The unindexed part can answer only a tail that ends with one of its tokens: index it first then.

@@ -280,15 +280,17 @@ class Generation:
             tokens += [tokens[-1]] * (min(pass_size, room_left) - len(tokens))
         ahead = self._start_ahead(context, drafts, source, limit)
         # The prompt's own n-grams, where a proposal was made without them: on the indexer's thread while this
-        # thread launches the pass (ctypes lets go of the GIL during the call), else after the launch, before waiting.
+        # thread launches the pass (ctypes lets go of the GIL during the call), else after the launch, before waiting
+        # (as is the position a one-token proposal left unindexed).
         indexer = self._indexer if self._ngram.has_pending(proposed_only=True) else None
         indexing = indexer.submit(self._ngram.index_pending, True) if indexer is not None else None
         indexed = False
         try:
             n_rows = self.target.decode([*fold, *tokens], len(self._committed), self.slot.seq_id, len(tokens))
             self._committed.extend(fold)
-            if indexing is None:
+            if indexing is None:  # (else the next proposal indexes it: one thread writes the table at a time)
                 indexed = self._ngram.index_pending(proposed_only=True)
+                self._ngram.index_deferred()
             self.target.synchronize()
         finally:
             if ahead is not None:
