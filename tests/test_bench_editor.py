@@ -328,7 +328,8 @@ def _start_bench_editor(tiny_models: TinyModels, tmp_path: Path) -> tuple[subpro
     running), and the processes it started."""
     project = _write_project(tmp_path / "project", files=2)
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOCALSPEC_")}
-    env.update(LOCALSPEC_HOME=str(tmp_path / "home"), PYTHONUNBUFFERED="1")
+    # (TMPDIR: the benchmark's own temporary folder, which a kill -9 leaves behind, goes under tmp_path too)
+    env.update(LOCALSPEC_HOME=str(tmp_path / "home"), PYTHONUNBUFFERED="1", TMPDIR=str(tmp_path))
     process = subprocess.Popen(
         [sys.executable, "-m", "localspec", "bench-editor", str(project), "--threads", "1", "--n-ctx", "2048",
          "--jumps", "50", "--files", "2", "--out", str(tmp_path / "editor.json"),
