@@ -254,6 +254,7 @@ class LlamaModel:
         self.pass_streak = 0
         self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._vocab))
         self._pieces: dict[int, bytes] = {}
+        self._ends: dict[int, bool] = {}  # whether a token ends the generation, as asked so far
         self._ctx = None
         self.n_ctx_per_seq = n_ctx_per_seq
         self.n_seq = n_seq
@@ -335,7 +336,12 @@ class LlamaModel:
         return bytes(llama_cpp.llama_vocab_get_text(self._vocab, token) or b"")
 
     def is_end_of_generation(self, token: int) -> bool:
-        return bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
+        known = self._ends.get(token)
+        if (
+            known is None
+        ):  # (asked of every token settled and drafted: a call into llama.cpp costs more than a dict)
+            known = self._ends[token] = bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
+        return known
 
     def metadata(self, key: str) -> str | None:
         buffer = ctypes.create_string_buffer(1 << 16)
