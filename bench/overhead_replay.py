@@ -9,7 +9,9 @@ cost next to nothing and a chooser that decides as on that GPU:
 - each step's picks are the target alone's answer (`draft_floor.py`'s answers: made with TARGET here, or read
   from --answers), so the n-gram drafter and the chooser see the text a real run sees; the picks' argmax over the
   logits is still computed, so its cost stays;
-- prices are held at `plan_cost.py`'s (an H200's, for the real 1.5B), so `adaptive` chooses as it did there.
+- prices are held at `plan_cost.py`'s (an H200's, for the real 1.5B), so `adaptive` chooses as it did there;
+- the engine's settings are a GPU's (drafting ahead, indexing beside the first pass, planning during one-token
+  passes), and what it does during a pass counts as the pass's time, as it overlaps the pass there.
 Each mode runs the prompts back to back, one untimed round and then `--rounds` more, in turn and in reverse order
 (ABBA), each with a fresh history of earlier outputs, as `localspec bench` does. Printed per mode: target passes,
 tokens per pass, and microseconds per pass outside the model's passes: planning, picking (with the KV's trim), the
@@ -140,6 +142,7 @@ def main() -> None:
             tie_margin=0.1,
             draft_ahead=True,
             index_beside=True,
+            plan_ahead=True,
         )
         engine = Engine(settings, calibrate=False)
     prices = HeldPrices(price_depth=False)

@@ -2667,6 +2667,85 @@ def test_an_infill_prefix_tokenized_line_by_line_has_the_whole_texts_tokens(
     assert layout.lines_exact is splits
 
 
+def test_an_engine_that_plans_during_one_token_passes_gives_the_target_alones_text(tiny_models) -> None:
+    # `plan_ahead` (a GPU's default): each one-token pass of `adaptive` works out the next step's n-gram prices
+    # while it runs. Where that is on, the text is still the target alone's, and the prices were worked out.
+    engine = make_engine(tiny_models.target, tiny_models.draft_similar, plan_ahead=True)
+    try:
+        prompt = "x = [1, 2, 3, 4, 5, 6, 7, 8]\n" * 3 + "def f(a, b):\n    return"
+        generation = engine.generate(GenerationRequest(prompt=prompt, max_tokens=48, speculative="adaptive"))
+        worked_out = 0
+        for _ in generation:
+            worked_out += generation.chooser._prepared is not None
+        assert generation.result is not None and worked_out > 0
+        assert generation.result.token_ids == run(engine, prompt, "none", max_tokens=48).token_ids
+    finally:
+        engine.close()
+
+
+def test_n_gram_prices_worked_out_during_a_one_token_pass_leave_every_plan_as_it_was() -> None:
+    # Two choosers see the same prices, sites and outcomes; one works out the next step's n-gram prices while each
+    # one-token pass runs (before the pass is timed and recorded), the other prices at planning. Over machines from
+    # a fast GPU's prices to a slow one's, acceptances from 0.2 to 0.95, one-token passes whose times drift by a
+    # tenth, n-gram steps and the cold passes after them, near a request's end too, their plans never differ.
+    import random
+
+    from localspec.engine.chooser import AdaptiveChooser
+
+    def prices(seed: int) -> PassCosts:
+        rng = random.Random(seed)
+        costs, one = PassCosts(price_depth=False), rng.uniform(0.0015, 0.02)
+        for n in range(1, 26):
+            costs.record_verify(n, one * rng.uniform(1.6, 2.2) + one * 0.08 * n)
+            costs.record_verify(n, one * rng.uniform(1.3, 2.0) + one * 0.08 * n, capture=True)
+            costs.record_verify(n, one * (1 + 0.1 * (n - 1)), warm=True)
+        return costs
+
+    used = 0
+    for seed in range(40):
+        rng = random.Random(seed)
+        acceptance = rng.uniform(0.2, 0.95)
+        plain, ahead = (AdaptiveChooser("adaptive", 24, False, prices(seed)) for _ in range(2))
+        for chooser in (plain, ahead):
+            chooser.start_request()
+        worked_out = ahead._prepared_price
+
+        def counted(*args: Any, answer: Any = worked_out) -> Any:
+            nonlocal used
+            found = answer(*args)
+            used += found is not None
+            return found
+
+        ahead._prepared_price = counted  # type: ignore[method-assign]
+        one = plain.costs.verify(1, warm=True)
+        previous, streak, depth, remaining = 1, 3, 200, 160
+        while remaining > 1:
+            budget = min(remaining - 1, 24)
+            site = StepSite(previous=previous, streak=streak, remaining=remaining, depth=depth)
+            available, match = (budget if rng.random() < 0.5 else 0), rng.choice([2, 5, 9])
+            plan = plain.plan(budget, available, match, site)
+            assert ahead.plan(budget, available, match, site) == plan
+            if plan.source == "none":
+                if previous == 1:
+                    next_site = StepSite(
+                        previous=1, streak=streak + 1, remaining=remaining - 1, depth=depth + 1
+                    )
+                    ahead.prepare(min(remaining - 2, 24), next_site)
+                seconds = one * rng.uniform(0.9, 1.1) * (1 if previous == 1 and streak >= 2 else 2)
+                for chooser in (plain, ahead):
+                    chooser.record("none", 0, 0, seconds, 1, warm=previous == 1 and streak >= 2,
+                                   capture=previous == 1 and streak == 1)  # fmt: skip
+                streak, previous, settled = (streak + 1 if previous == 1 else 1), 1, 1
+            else:
+                accepted = sum(1 for _ in range(plan.k) if rng.random() < acceptance)
+                seconds = plain.costs.verify(plan.k + 1) * rng.uniform(0.9, 1.1)
+                for chooser in (plain, ahead):
+                    chooser.record("ngram", plan.k, accepted, seconds, plan.k + 1, ngram_match=match)
+                streak, previous, settled = 1, plan.k + 1, accepted + 1
+            depth, remaining = depth + settled, remaining - settled
+    assert used > 100  # (the worked-out prices were used: the comparison is not empty)
+
+
 def test_resting_the_draft_model_leaves_every_plan_as_it_was() -> None:
     # Two choosers see the same prices, sites and outcomes; one may rest the draft model, the other prices it at
     # every step. Over machines from a draft token at a twentieth of a target token to nine tenths, acceptances

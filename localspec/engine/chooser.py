@@ -83,6 +83,17 @@ class RunLength:
 
 
 @dataclass
+class _Prepared:
+    """n-gram prices worked out ahead for the next step (`AdaptiveChooser.prepare`), and what they were read from."""
+
+    key: tuple[int, int, float, int]  # draft length limit, depth, switch horizon, `PassCosts.cold_version`
+    switch: float  # `PassCosts.switch_cost()` then
+    cheapest: float  # the cheapest pass priced
+    # By match class: the acceptance read, and `_best_length`'s answer.
+    by_class: dict[str, tuple[list[float], tuple[int, float, int]]]
+
+
+@dataclass
 class Plan:
     source: DraftSource
     k: int
@@ -120,6 +131,7 @@ class AdaptiveChooser:
         self._rest_backlog = 0  # the catch-up it was priced with (one it would need less of ends the rest)
         # The last plan's expected tokens per second of each source it priced (`StepRecord.priced`, for traces).
         self.priced: dict[DraftSource, float] = {}
+        self._prepared: _Prepared | None = None
 
     def start_request(self) -> None:
         """Whether the text repeats itself is a property of each request: n-gram acceptance starts again from the
@@ -133,6 +145,7 @@ class AdaptiveChooser:
         self._since_tried["ngram"] = 0
         self._since_tried["draft"] = max(self._since_tried["draft"], PROBE_EVERY)
         self.draft_rest = 0
+        self._prepared = None
         self._draft_run.end()
         self._speculative_run.end()
 
@@ -212,6 +225,7 @@ class AdaptiveChooser:
         ngram_match: length of the match that proposed it; site: where the step's pass sits."""
         budget = min(budget, self.draft_max)
         self.priced = {}
+        prepared, self._prepared = self._prepared, None  # (for this plan only)
         if budget <= 0 or self.mode == "none":
             return Plan("none", 0)
         if self.mode == "draft":
@@ -225,9 +239,13 @@ class AdaptiveChooser:
         self.priced["none"] = alone
         switch_horizon = self._speculative_run.horizon(site.remaining)
         if ngram_available:
-            rates = self.ngram_acceptance[match_class(ngram_match)]
-            k, rate, size = self._best_length(
-                rates, site, limit=min(budget, ngram_available), switch_horizon=switch_horizon
+            match = match_class(ngram_match)
+            rates, limit = self.ngram_acceptance[match], min(budget, ngram_available)
+            known = self._prepared_price(prepared, match, rates, limit, site, switch_horizon, alone)
+            k, rate, size = (
+                known
+                if known is not None
+                else self._best_length(rates, site, limit=limit, switch_horizon=switch_horizon)
             )
             self.priced["ngram"] = rate
             if rate > best_rate:
@@ -298,6 +316,58 @@ class AdaptiveChooser:
         if self._since_tried["none"] >= RETIME_EVERY and best_rate < WIDE_MARGIN * alone:
             return Plan("none", 0)
         return plan
+
+    def prepare(self, budget: int, site: StepSite) -> None:
+        """Work out the n-gram prices of every match class for the next step, at `site` after a one-token pass and
+        for drafts of up to `budget` tokens (the whole budget: a one-token step plans with its proposal's first
+        token). A step calls it while its one-token pass runs: on a GPU the CPU waits for that pass anyway, and the
+        next plan then needs only its proposal's class (`_prepared_price`)."""
+        self._prepared = None
+        if self.mode != "adaptive" or site.previous != 1 or budget <= 0:
+            return
+        horizon = self._speculative_run.horizon(site.remaining)
+        costs = self.costs
+        self._prepared = _Prepared(
+            (budget, site.depth, horizon, costs.cold_version),
+            costs.switch_cost(),
+            min(costs.sequence_prices(range(2, budget + 2), 1, 2, depth=site.depth)),
+            {
+                name: (
+                    rates.first(POSITIONS),
+                    self._best_length(rates, site, limit=budget, switch_horizon=horizon),
+                )
+                for name, rates in self.ngram_acceptance.items()
+            },
+        )
+
+    def _prepared_price(
+        self,
+        prepared: _Prepared | None,
+        match: str,
+        rates: PositionalAcceptance,
+        limit: int,
+        site: StepSite,
+        switch_horizon: float,
+        alone: float,
+    ) -> tuple[int, float, int] | None:
+        """`_best_length`'s answer for n-gram drafts of this match class from `prepare`, where it is the plan's: read
+        from the same acceptance and cold prices, and either the same switch cost or a rate so far below the target
+        alone's that the switch cost's change (the one-token pass since was timed) cannot lift it to it. A pass
+        costing `cheapest` or more whose price moves by `change` moves a rate by at most cheapest / (cheapest - change)
+        times. None: price it now."""
+        if prepared is None or site.previous != 1:
+            return None
+        if prepared.key != (limit, site.depth, switch_horizon, self.costs.cold_version):
+            return None
+        read, answer = prepared.by_class[match]
+        if rates.first(POSITIONS) != read:
+            return None
+        change = abs(self.costs.switch_cost() - prepared.switch)
+        if change == 0.0:
+            return answer
+        cheapest = prepared.cheapest
+        below = change < cheapest and answer[1] * cheapest / (cheapest - change) < alone * (1 - 1e-9)
+        return answer if below else None
 
     def padded_size(self, n: int, site: StepSite, largest: int) -> int:
         """The size to give a draft-model step's pass of n tokens once its drafts are made (the draft model stops

@@ -90,6 +90,9 @@ class EngineSettings:
     # Prefills have the draft model read their prompt too. None: where a draft token costs at most
     # PREFILL_DRAFT_MAX_COST of a target token (`Engine.prefills_draft`).
     prefill_draft: bool | None = None
+    # A one-token pass works out the next step's n-gram prices while it runs (`AdaptiveChooser.prepare`). None: where
+    # the target runs on a GPU (its passes return before they are done; on a CPU the work would only add up).
+    plan_ahead: bool | None = None
     history_tokens: int = DEFAULT_HISTORY_TOKENS  # earlier outputs kept as an n-gram source (0 = none)
     # MiB of host memory for saved KV sequences (0 = none); None: a share of this machine's (`prompt_cache_bytes`).
     prompt_cache_mb: int | None = None
@@ -351,6 +354,9 @@ class Engine:
                 own_text=self.prompts.infill_window(prompt) if request.lookup_texts else None,
                 indexer=self._indexer,
                 prefill_draft=mode in ("adaptive", "draft") and self.prefills_draft(),
+                plan_ahead=self.settings.plan_ahead
+                if self.settings.plan_ahead is not None
+                else self.target.offloaded,
             )
         except Exception:
             slot.release()

@@ -78,6 +78,7 @@ class PassCosts:
         # Cold prices by size (index n), kept until a cold pass is timed: one-token steps time warm passes, and
         # every one of them prices each draft length cold.
         self._cold_prices: list[float] = []
+        self.cold_version = 0  # counts changes to the cold prices and the price per position
 
     def record_verify(
         self,
@@ -94,6 +95,7 @@ class PassCosts:
         # timing caught by other work): it corrects it, as a shallow pass would, and teaches no depth price.
         if self.price_depth and depth >= DEPTH_TAUGHT_FROM and seconds >= shallow:
             self._per_position.measure((seconds - shallow) / (n * depth))
+            self.cold_version += 1
             return
         if seconds >= shallow:
             seconds = max(seconds - self.depth_cost(n, depth), seconds / 2)
@@ -110,6 +112,7 @@ class PassCosts:
     def _record(self, table: dict[int, Ewma], n: int, seconds: float) -> None:
         if table is self._cold:
             self._cold_prices = []
+            self.cold_version += 1
         estimate = table.get(n)
         if estimate is None:
             self._sizes.pop(id(table), None)

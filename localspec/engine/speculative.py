@@ -58,6 +58,7 @@ class Generation:
         own_text: range | None = None,
         indexer: Executor | None = None,
         prefill_draft: bool = False,
+        plan_ahead: bool = False,
     ) -> None:
         """ahead: a thread on which the draft model drafts the next step while the target verifies this one
         (`DraftModelDrafter.run_ahead`), or None; branch_seq: the draft model's sequence for a second chain;
@@ -65,7 +66,9 @@ class Generation:
         indexer: a thread on which that part's n-grams are indexed while the target's pass is launched, or None
         (then they are indexed after the launch, before waiting for the pass); prompt_chunks: the chunk size of a
         request that gives way (else the target's batch size), taught by this one's chunks; prefill_draft: a prefill
-        (max_tokens 0) has the draft model read the prompt too, in chunks after the target's (see `Engine`)."""
+        (max_tokens 0) has the draft model read the prompt too, in chunks after the target's (see `Engine`);
+        plan_ahead: a one-token pass works out the next plan's n-gram prices while it runs
+        (`AdaptiveChooser.prepare`; where the target's passes return before they are done, on a GPU)."""
         self.request = request
         self.target = target
         self.slot = slot
@@ -120,6 +123,7 @@ class Generation:
         self._indexer = indexer
         self._used_draft_model = False  # whether a step of this request drafted with the draft model
         self._draft_reads = prefill_draft and self._draft is not None and request.max_tokens == 0
+        self._plan_ahead = plan_ahead and chooser.mode == "adaptive"
 
     def __iter__(self) -> Iterator[StepEvent]:
         while (event := self.step()) is not None:
@@ -204,7 +208,17 @@ class Generation:
             source, drafts = "none", []
         t_draft = time.perf_counter() - started
 
-        n_rows, indexed, t_verify = self._verify(fold, drafts, pass_size, context, source, most_drafts + 1)
+        # After a one-token pass the next step sits at a known site: its n-gram prices can be worked out meanwhile.
+        upcoming = None
+        if self._plan_ahead and not drafts and not fold and pass_size <= 1:
+            streak = self.target.pass_streak + 1 if self.target.last_pass_size == 1 else 1
+            next_site = StepSite(
+                previous=1, streak=streak, remaining=remaining - 1, depth=len(self._committed) + 1
+            )
+            upcoming = (min(remaining - 2, room - 2, most_drafts), next_site)
+        n_rows, indexed, t_verify = self._verify(
+            fold, drafts, pass_size, context, source, most_drafts + 1, upcoming
+        )
         base = len(self._committed)
         started = time.perf_counter()
         settled, t_settle = self._walk(base, drafts, n_rows)
@@ -269,10 +283,12 @@ class Generation:
         context: list[int],
         source: DraftSource,
         limit: int,
+        upcoming: tuple[int, StepSite] | None = None,
     ) -> tuple[int, bool, float]:
         """The target's pass over [pending, *drafts] (after `fold`, the prompt's last chunk), padded to `pass_size`
         where there is no fold; returns its logit rows, whether the prompt's own n-grams were indexed meanwhile,
-        and its seconds. The draft model drafts on from these drafts during it (`_start_ahead`)."""
+        and its seconds. The draft model drafts on from these drafts during it (`_start_ahead`), and the chooser
+        prices the `upcoming` step's n-gram drafts (its budget and site), if any."""
         started = time.perf_counter()
         tokens = [self._pending, *drafts]
         if pass_size > len(tokens) and not fold:  # padded to the previous pass's size (warm on a GPU)
@@ -291,6 +307,8 @@ class Generation:
             if indexing is None:  # (else the next proposal indexes it: one thread writes the table at a time)
                 indexed = self._ngram.index_pending(proposed_only=True)
                 self._ngram.index_deferred()
+            if upcoming is not None:
+                self.chooser.prepare(*upcoming)
             self.target.synchronize()
         finally:
             if ahead is not None:
