@@ -354,9 +354,7 @@ class Engine:
                 own_text=self.prompts.infill_window(prompt) if request.lookup_texts else None,
                 indexer=self._indexer,
                 prefill_draft=mode in ("adaptive", "draft") and self.prefills_draft(),
-                plan_ahead=self.settings.plan_ahead
-                if self.settings.plan_ahead is not None
-                else self.target.offloaded,
+                plan_ahead=self.plans_ahead,
             )
         except Exception:
             slot.release()
@@ -423,6 +421,12 @@ class Engine:
         if self.settings.prefill_draft is not None:
             return self.settings.prefill_draft
         return self.costs.draft_token() <= PREFILL_DRAFT_MAX_COST * self.costs.verify(1, warm=True)
+
+    @property
+    def plans_ahead(self) -> bool:
+        """Whether one-token passes work out the next step's n-gram prices while they run (`plan_ahead`)."""
+        ahead = self.settings.plan_ahead
+        return ahead if ahead is not None else self.target.offloaded
 
     @property
     def drafts_ahead(self) -> bool:

@@ -336,10 +336,9 @@ class LlamaModel:
         return bytes(llama_cpp.llama_vocab_get_text(self._vocab, token) or b"")
 
     def is_end_of_generation(self, token: int) -> bool:
+        # Asked of every token settled and drafted: a call into llama.cpp costs more than a dict's lookup.
         known = self._ends.get(token)
-        if (
-            known is None
-        ):  # (asked of every token settled and drafted: a call into llama.cpp costs more than a dict)
+        if known is None:
             known = self._ends[token] = bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
         return known
 
