@@ -72,6 +72,18 @@ def answers(target: Path, draft: Path, names: list[str], prompt_spec: str, max_t
     return found
 
 
+def kept_answers(
+    path: Path | None, target: Path, draft: Path, names: list[str], prompt_spec: str, max_tokens: int
+) -> list[Answer]:
+    """`answers`, read from `path` where it exists, else made and kept there (where given)."""
+    if path is not None and path.exists():
+        return [Answer(**item) for item in json.loads(path.read_text())]
+    found = answers(target, draft, names, prompt_spec, max_tokens)
+    if path is not None:
+        path.write_text(json.dumps([asdict(answer) for answer in found]))
+    return found
+
+
 class Prices:
     """Milliseconds per target pass by size and kind, and per draft token, from a bench trace's steps."""
 
@@ -171,13 +183,8 @@ def main() -> None:
     opener = gzip.open if args.prices.suffix == ".gz" else open
     with opener(args.prices, "rt") as file:
         prices = Prices(json.load(file))
-    if args.answers is not None and args.answers.exists():
-        found = [Answer(**item) for item in json.loads(args.answers.read_text())]
-    else:
-        names = [name.strip() for name in args.workloads.split(",") if name.strip()]
-        found = answers(args.target, args.draft, names, args.prompts, args.max_tokens)
-        if args.answers is not None:
-            args.answers.write_text(json.dumps([asdict(answer) for answer in found]))
+    names = [name.strip() for name in args.workloads.split(",") if name.strip()]
+    found = kept_answers(args.answers, args.target, args.draft, names, args.prompts, args.max_tokens)
     print(
         "speedup of draft mode over the target alone, per workload, by floor (columns) and draft cost (rows)"
     )

@@ -25,14 +25,12 @@ usage: python bench/overhead_replay.py TARGET.gguf DRAFT.gguf [--answers FILE] [
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from collections import defaultdict
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from draft_floor import Answer, answers  # (this script's folder is on the path)
+from draft_floor import kept_answers  # (this script's folder is on the path)
 from overhead_model import write_overhead_model
 from plan_cost import gpu_prices
 
@@ -117,12 +115,7 @@ def main() -> None:
     args = parser.parse_args()
     names = [name.strip() for name in args.workloads.split(",") if name.strip()]
     modes = [mode.strip() for mode in args.modes.split(",") if mode.strip()]
-    if args.answers is not None and args.answers.exists():
-        found = [Answer(**item) for item in json.loads(args.answers.read_text())]
-    else:
-        found = answers(args.target, args.draft, names, args.prompts, args.max_tokens)
-        if args.answers is not None:
-            args.answers.write_text(json.dumps([asdict(answer) for answer in found]))
+    found = kept_answers(args.answers, args.target, args.draft, names, args.prompts, args.max_tokens)
     counts = workloads.prompt_counts(args.prompts, names)
     tasks = [task for name in names for task in workloads.WORKLOADS[name](counts[name], args.max_tokens)]
     if len(tasks) != len(found):
