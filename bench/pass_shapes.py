@@ -13,8 +13,12 @@ On a GPU, llama.cpp's CUDA backend replays a captured graph only while consecuti
   returns none (a chunk of its own), against one-token passes after their like. llama.cpp builds passes with and
   without outputs in two graphs of their own, and its CUDA backend keys captured graphs by the graph's first
   node: whether the one-token passes' captured graph outlives a pass without outputs is what this shows.
+- with --ahead: target passes of 8 to 25 tokens, cold and warm, alone and with the draft model drafting on another
+  thread until the pass is done (as the engine drafts the next step while the target verifies): the pass's ms and
+  how many draft tokens were made meanwhile, against a draft token's ms alone. Both models' kernels share the GPU,
+  and a cold pass launches its kernels one by one from the CPU, so drafting beside it may go slower than alone.
 
-    python bench/pass_shapes.py TARGET.gguf DRAFT.gguf [--after-draft | --after-prompt]
+    python bench/pass_shapes.py TARGET.gguf DRAFT.gguf [--after-draft | --after-prompt | --ahead]
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import argparse
 import ctypes
 import os
 import statistics
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -168,6 +173,53 @@ def after_prompt(target: LlamaModel, new: int = 20, trials: int = 10) -> None:
         )
 
 
+def drafting(draft: LlamaModel, stop: threading.Event, made: list[float]) -> None:
+    """Greedy draft tokens after the BASE ones until `stop` is set, each one's finishing time in `made`."""
+    token = 0
+    for position in range(BASE, draft.n_ctx_per_seq - 1):
+        if stop.is_set():
+            return
+        draft.decode([token], position, 0, "last")
+        token, _ = top_two(draft.logits(1)[0])
+        made.append(time.perf_counter())
+
+
+def ahead(target: LlamaModel, draft: LlamaModel, n: int, trials: int = 10) -> None:
+    """A target pass of n tokens, warm (after passes of its size) and cold (after a one-token pass), alone and with
+    the draft model drafting on another thread meanwhile: median ms, and the draft tokens finished before it."""
+
+    def reset() -> None:
+        forget_passes(target, draft)
+
+    # On a CPU the two models share one thread pool, which computes one pass at a time.
+    besides = (False, True) if target.offloaded and draft.offloaded else (False,)
+    for kind, before in (("warm", (n, n, n)), ("cold", (1,))):
+        for beside in besides:
+            times, tokens = [], []
+            for _ in range(trials):
+                for size in before:
+                    target_pass(target, size)
+                    reset()
+                stop, made = threading.Event(), []
+                thread = threading.Thread(target=drafting, args=(draft, stop, made)) if beside else None
+                started = time.perf_counter()
+                if thread is not None:
+                    thread.start()
+                target_pass(target, n)
+                finished = time.perf_counter()
+                stop.set()
+                if thread is not None:
+                    thread.join()
+                times.append((finished - started) * 1000)
+                tokens.append(sum(1 for at in made if at <= finished))
+                reset()
+            drafted = f", {statistics.median(tokens):.1f} draft tokens made meanwhile" if beside else ""
+            print(
+                f"target pass n={n}, {kind}, {'with the draft model drafting' if beside else 'alone'}: "
+                f"median {statistics.median(times):.2f} ms{drafted}"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("target", type=Path)
@@ -175,6 +227,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--after-draft", action="store_true", help="only the after-draft comparison")
     parser.add_argument("--after-prompt", action="store_true", help="only the after-prompt comparison")
+    parser.add_argument("--ahead", action="store_true", help="only target passes with drafting beside them")
     args = parser.parse_args()
     engine = Engine(
         EngineSettings(
@@ -193,6 +246,15 @@ def main() -> None:
     if args.after_prompt:
         llama_cpp.llama_log_set(_record_graph_events, ctypes.c_void_p(0))
         after_prompt(target)
+        engine.close()
+        return
+    if args.ahead:
+        alone = best_ms(lambda: draft_tokens(draft, 8), reset) / 8
+        print(f"a draft token alone: {alone:.2f} ms")
+        if not (target.offloaded and draft.offloaded):
+            print("(not on a GPU: the passes alone only, since both models share the CPU's thread pool)")
+        for n in (8, 9, 16, 25):
+            ahead(target, draft, n)
         engine.close()
         return
     if args.after_draft:
