@@ -14,9 +14,10 @@ On a GPU, llama.cpp's CUDA backend replays a captured graph only while consecuti
   without outputs in two graphs of their own, and its CUDA backend keys captured graphs by the graph's first
   node: whether the one-token passes' captured graph outlives a pass without outputs is what this shows.
 - with --ahead: target passes of 8 to 25 tokens, cold and warm, alone and with the draft model drafting on another
-  thread until the pass is done (as the engine drafts the next step while the target verifies): the pass's ms and
-  how many draft tokens were made meanwhile, against a draft token's ms alone. Both models' kernels share the GPU,
-  and a cold pass launches its kernels one by one from the CPU, so drafting beside it may go slower than alone.
+  thread until the pass is done (as the engine drafts the next step while the target verifies), from the pass's
+  launch or only once `decode` returned: the pass's ms and how many draft tokens were made meanwhile, against a
+  draft token's ms alone. Both models' kernels share the GPU, and a cold pass launches its kernels one by one from
+  the CPU, so drafting beside it may go slower than alone.
 
     python bench/pass_shapes.py TARGET.gguf DRAFT.gguf [--after-draft | --after-prompt | --ahead]
 """
@@ -173,8 +174,10 @@ def after_prompt(target: LlamaModel, new: int = 20, trials: int = 10) -> None:
         )
 
 
-def drafting(draft: LlamaModel, stop: threading.Event, made: list[float]) -> None:
-    """Greedy draft tokens after the BASE ones until `stop` is set, each one's finishing time in `made`."""
+def drafting(draft: LlamaModel, go: threading.Event, stop: threading.Event, made: list[float]) -> None:
+    """Once `go` is set, greedy draft tokens after the BASE ones until `stop` is, each one's finishing time in
+    `made`."""
+    go.wait()
     token = 0
     for position in range(BASE, draft.n_ctx_per_seq - 1):
         if stop.is_set():
@@ -184,28 +187,39 @@ def drafting(draft: LlamaModel, stop: threading.Event, made: list[float]) -> Non
         made.append(time.perf_counter())
 
 
+AHEAD_MODES = ("alone", "drafting from its launch", "drafting once its launch returned")
+
+
 def ahead(target: LlamaModel, draft: LlamaModel, n: int, trials: int = 10) -> None:
-    """A target pass of n tokens, warm (after passes of its size) and cold (after a one-token pass), alone and with
-    the draft model drafting on another thread meanwhile: median ms, and the draft tokens finished before it."""
+    """A target pass of n tokens, warm (after passes of its size) and cold (after a one-token pass): alone, with
+    the draft model drafting on another thread from the start (as the engine does), and with drafting held until
+    `decode` returned (its kernels launched): median ms until `decode` returned and until the logits were ready,
+    and the draft tokens finished meanwhile."""
 
     def reset() -> None:
         forget_passes(target, draft)
 
     # On a CPU the two models share one thread pool, which computes one pass at a time.
-    besides = (False, True) if target.offloaded and draft.offloaded else (False,)
+    modes = AHEAD_MODES if target.offloaded and draft.offloaded else AHEAD_MODES[:1]
     for kind, before in (("warm", (n, n, n)), ("cold", (1,))):
-        for beside in besides:
-            times, tokens = [], []
+        for mode in modes:
+            launched, times, tokens = [], [], []
             for _ in range(trials):
                 for size in before:
                     target_pass(target, size)
                     reset()
-                stop, made = threading.Event(), []
-                thread = threading.Thread(target=drafting, args=(draft, stop, made)) if beside else None
-                started = time.perf_counter()
-                if thread is not None:
+                go, stop, made = threading.Event(), threading.Event(), []
+                thread = None
+                if mode != "alone":
+                    thread = threading.Thread(target=drafting, args=(draft, go, stop, made))
                     thread.start()
-                target_pass(target, n)
+                started = time.perf_counter()
+                if mode == AHEAD_MODES[1]:
+                    go.set()
+                target_pass(target, n, wait=False)
+                launched.append((time.perf_counter() - started) * 1000)
+                go.set()
+                target.synchronize()
                 finished = time.perf_counter()
                 stop.set()
                 if thread is not None:
@@ -213,10 +227,12 @@ def ahead(target: LlamaModel, draft: LlamaModel, n: int, trials: int = 10) -> No
                 times.append((finished - started) * 1000)
                 tokens.append(sum(1 for at in made if at <= finished))
                 reset()
-            drafted = f", {statistics.median(tokens):.1f} draft tokens made meanwhile" if beside else ""
+            drafted = (
+                f", {statistics.median(tokens):.1f} draft tokens made meanwhile" if mode != "alone" else ""
+            )
             print(
-                f"target pass n={n}, {kind}, {'with the draft model drafting' if beside else 'alone'}: "
-                f"median {statistics.median(times):.2f} ms{drafted}"
+                f"target pass n={n}, {kind}, {mode}: decode returned after {statistics.median(launched):.2f} ms, "
+                f"logits after {statistics.median(times):.2f} ms{drafted}"
             )
 
 
