@@ -7,8 +7,10 @@ per step; then the longest run of target-alone steps in a row and its task; then
 mode, how many target passes ran cold (after a pass of another size), captured a CUDA graph (the second of their
 size in a row) or replayed it (warm), and their mean ms: on a GPU the three cost very differently; then, for
 `adaptive`, the tokens per second the chooser expected of each source it priced against what the steps it chose
-got, and how many were close calls (another source within 5%). Each run's first step is left out: its pass also
-reads the prompt's last chunk (the next pass is classed against its size).
+got, and how many were close calls (another source within 5%); then the draft-model steps by what the step before
+them did (every draft taken, a draft rejected, or no drafts): the drafts they found made ahead and their drafting
+time, since drafting ahead assumes every draft is taken. Each run's first step is left out: its pass also reads the
+prompt's last chunk (the next pass is classed against its size).
 """
 
 from __future__ import annotations
@@ -92,6 +94,31 @@ def priced_choices(runs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str
     return dict(rows)
 
 
+BEFORE = ("every draft taken", "a draft rejected", "no drafts")  # what the step before a draft-model step did
+
+
+def draft_steps_by_before(runs: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str, float]]:
+    """Per (workload, speculative mode, `BEFORE`): the draft-model steps' count, drafts found made ahead
+    (`ready`), drafts and drafting ms, summed."""
+    rows: dict[tuple[str, str, str], dict[str, float]] = defaultdict(
+        lambda: dict.fromkeys(("steps", "ready", "drafted", "draft_ms"), 0.0)
+    )
+    for run in runs:
+        if run["system"] != "localspec" or run["mode"] == "none" or not run.get("steps"):
+            continue
+        for before, step in zip(run["steps"], run["steps"][1:], strict=False):
+            if step["source"] != "draft":
+                continue
+            taken = before["accepted"] == before["drafted"]
+            row = rows[
+                (run["workload"], run["mode"], BEFORE[2 if not before["drafted"] else 0 if taken else 1])
+            ]
+            row["steps"] += 1
+            for name in ("ready", "drafted", "draft_ms"):
+                row[name] += step[name]
+    return dict(rows)
+
+
 def render(path: Path) -> str:
     runs = load(path)["runs"]
     totals, longest = summarise(runs)
@@ -134,6 +161,20 @@ def render(path: Path) -> str:
             got = row["tokens"] / row["ms"] * 1000 if row["ms"] else 0.0
             lines.append(
                 f"| {workload} | {source} | {row['steps']} | {priced} | {got:.0f} | {row['close']} |"
+            )
+    by_before = draft_steps_by_before(runs)
+    if by_before:
+        lines += [
+            "",
+            "| workload | mode | step before | draft-model steps | drafts made ahead / step | drafts / step "
+            "| drafting ms / step |",
+            "| --- | --- | --- | ---: | ---: | ---: | ---: |",
+        ]
+        for (workload, mode, before), row in sorted(by_before.items()):
+            n = row["steps"]
+            lines.append(
+                f"| {workload} | {mode} | {before} | {n:.0f} | {row['ready'] / n:.1f} | {row['drafted'] / n:.1f} "
+                f"| {row['draft_ms'] / n:.1f} |"
             )
     return "\n".join(lines)
 

@@ -513,6 +513,30 @@ def test_bench_takes_engine_settings_from_the_config_and_its_flags_override_them
         for before, step in pairwise(steps)
     )
     assert sum(counts) == sum(len(steps) - 1 for steps in draft_runs) and counts[0] == new_sizes
+    # ... and sorts the draft-model steps by what the step before them did, with the drafts they found made ahead.
+    by_before = {
+        cells[2].strip(): cells
+        for cells in kinds
+        if len(cells) == 7 and cells[2].strip() in ("every draft taken", "a draft rejected", "no drafts")
+    }
+    pairs = [(before, step) for steps in draft_runs for before, step in pairwise(steps)]
+    for name, cells in by_before.items():
+        chosen = [
+            step
+            for before, step in pairs
+            if name
+            == (
+                "no drafts"
+                if not before["drafted"]
+                else "every draft taken"
+                if before["accepted"] == before["drafted"]
+                else "a draft rejected"
+            )
+        ]
+        assert int(cells[3]) == len(chosen) > 0
+        assert float(cells[4]) == pytest.approx(sum(s["ready"] for s in chosen) / len(chosen), abs=0.06)
+        assert float(cells[5]) == pytest.approx(sum(s["drafted"] for s in chosen) / len(chosen), abs=0.06)
+    assert by_before and sum(int(cells[3]) for cells in by_before.values()) == len(pairs)
     # bench/draft_floor.py replays draft mode over the target alone's answers with this trace's prices: a speedup
     # for every floor and draft cost, and the answers kept for the next replay.
     answers = tmp_path / "answers.json"
