@@ -97,6 +97,13 @@ def priced_choices(runs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str
 BEFORE = ("every draft taken", "a draft rejected", "no drafts")  # what the step before a draft-model step did
 
 
+def what_it_did(step: dict[str, Any]) -> str:
+    """`step` as a step before a draft-model step (`BEFORE`)."""
+    if not step["drafted"]:
+        return BEFORE[2]
+    return BEFORE[0] if step["accepted"] == step["drafted"] else BEFORE[1]
+
+
 def draft_steps_by_before(runs: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str, float]]:
     """Per (workload, speculative mode, `BEFORE`): the draft-model steps' count, drafts found made ahead
     (`ready`), drafts and drafting ms, summed."""
@@ -109,10 +116,7 @@ def draft_steps_by_before(runs: list[dict[str, Any]]) -> dict[tuple[str, str, st
         for before, step in zip(run["steps"], run["steps"][1:], strict=False):
             if step["source"] != "draft":
                 continue
-            taken = before["accepted"] == before["drafted"]
-            row = rows[
-                (run["workload"], run["mode"], BEFORE[2 if not before["drafted"] else 0 if taken else 1])
-            ]
+            row = rows[(run["workload"], run["mode"], what_it_did(before))]
             row["steps"] += 1
             for name in ("ready", "drafted", "draft_ms"):
                 row[name] += step[name]

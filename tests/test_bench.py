@@ -520,19 +520,14 @@ def test_bench_takes_engine_settings_from_the_config_and_its_flags_override_them
         if len(cells) == 7 and cells[2].strip() in ("every draft taken", "a draft rejected", "no drafts")
     }
     pairs = [(before, step) for steps in draft_runs for before, step in pairwise(steps)]
+
+    def what_it_did(before: dict[str, Any]) -> str:
+        if not before["drafted"]:
+            return "no drafts"
+        return "every draft taken" if before["accepted"] == before["drafted"] else "a draft rejected"
+
     for name, cells in by_before.items():
-        chosen = [
-            step
-            for before, step in pairs
-            if name
-            == (
-                "no drafts"
-                if not before["drafted"]
-                else "every draft taken"
-                if before["accepted"] == before["drafted"]
-                else "a draft rejected"
-            )
-        ]
+        chosen = [step for before, step in pairs if what_it_did(before) == name]
         assert int(cells[3]) == len(chosen) > 0
         assert float(cells[4]) == pytest.approx(sum(s["ready"] for s in chosen) / len(chosen), abs=0.06)
         assert float(cells[5]) == pytest.approx(sum(s["drafted"] for s in chosen) / len(chosen), abs=0.06)
