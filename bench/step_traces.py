@@ -123,63 +123,73 @@ def draft_steps_by_before(runs: list[dict[str, Any]]) -> dict[tuple[str, str, st
     return dict(rows)
 
 
+STEPS_HEADER = (
+    "workload | mode | source | steps | drafts / step | accepted / step | ready | tokens / pass | verify ms / step"
+    " | draft ms / step"
+)
+KINDS_HEADER = "workload | mode | cold passes (mean ms) | captures | warm"
+CHOICES_HEADER = (
+    "workload | `adaptive` chose | steps | priced tok/s: none / ngram / draft | got tok/s | close calls"
+)
+BEFORE_HEADER = (
+    "workload | mode | step before | draft-model steps | drafts made ahead / step | drafts / step"
+    " | drafting ms / step"
+)
+
+
+def markdown_table(header: str, text_columns: int, rows: list[list[str]]) -> list[str]:
+    """A Markdown table's lines (`header`: its column names joined by " | "): the first `text_columns` columns
+    left-aligned, the numbers after them right-aligned."""
+    names = header.split(" | ")
+    rule = ["---" if column < text_columns else "---:" for column in range(len(names))]
+    return [f"| {' | '.join(cells)} |" for cells in (names, rule, *rows)]
+
+
 def render(path: Path) -> str:
     runs = load(path)["runs"]
     totals, longest = summarise(runs)
     if not totals:
         return f"{path}: no step traces (run `localspec bench --trace-steps`)"
-    lines = [
-        f"<!-- {path} -->",
-        "| workload | mode | source | steps | drafts / step | accepted / step | ready | tokens / pass "
-        "| verify ms / step | draft ms / step |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
+    rows = []
     for (workload, mode, source), row in sorted(totals.items()):
         n = row["steps"]
-        lines.append(
-            f"| {workload} | {mode} | {source} | {n:.0f} | {row['drafted'] / n:.2f} | {row['accepted'] / n:.2f} "
-            f"| {row['ready'] / n:.0%} | {row['pass_tokens'] / n:.1f} | {row['verify_ms'] / n:.1f} "
-            f"| {row['draft_ms'] / n:.1f} |"
+        rows.append(
+            [
+                workload,
+                mode,
+                source,
+                f"{n:.0f}",
+                f"{row['drafted'] / n:.2f}",
+                f"{row['accepted'] / n:.2f}",
+                f"{row['ready'] / n:.0%}",
+                *(f"{row[name] / n:.1f}" for name in ("pass_tokens", "verify_ms", "draft_ms")),
+            ]
         )
-    lines.append("")
+    lines = [f"<!-- {path} -->", *markdown_table(STEPS_HEADER, 3, rows), ""]
     for (workload, mode), (steps, task) in sorted(longest.items()):
         lines.append(f"- {workload}, {mode}: at most {steps} target-alone steps in a row ({task})")
-    lines += [
-        "",
-        "| workload | mode | cold passes (mean ms) | captures | warm |",
-        "| --- | --- | ---: | ---: | ---: |",
+    rows = [
+        [workload, mode, *(f"{len(ms)} ({sum(ms) / len(ms):.1f})" if ms else "0" for ms in by_kind.values())]
+        for (workload, mode), by_kind in sorted(pass_kinds(runs).items())
     ]
-    for (workload, mode), by_kind in sorted(pass_kinds(runs).items()):
-        cells = [f"{len(ms)} ({sum(ms) / len(ms):.1f})" if ms else "0" for ms in by_kind.values()]
-        lines.append(f"| {workload} | {mode} | {' | '.join(cells)} |")
+    lines += ["", *markdown_table(KINDS_HEADER, 2, rows)]
     choices = priced_choices(runs)
     if any(row["priced"] for row in choices.values()):
-        lines += [
-            "",
-            "| workload | `adaptive` chose | steps | priced tok/s: none / ngram / draft | got tok/s | close calls |",
-            "| --- | --- | ---: | ---: | ---: | ---: |",
-        ]
+        rows = []
         for (workload, source), row in sorted(choices.items()):
             means = [row["priced"][name] for name in ("none", "ngram", "draft")]
             priced = " / ".join(f"{total / n:.0f}" if n else "-" for total, n in means)
             got = row["tokens"] / row["ms"] * 1000 if row["ms"] else 0.0
-            lines.append(
-                f"| {workload} | {source} | {row['steps']} | {priced} | {got:.0f} | {row['close']} |"
-            )
+            rows.append([workload, source, str(row["steps"]), priced, f"{got:.0f}", str(row["close"])])
+        lines += ["", *markdown_table(CHOICES_HEADER, 2, rows)]
     by_before = draft_steps_by_before(runs)
     if by_before:
-        lines += [
-            "",
-            "| workload | mode | step before | draft-model steps | drafts made ahead / step | drafts / step "
-            "| drafting ms / step |",
-            "| --- | --- | --- | ---: | ---: | ---: | ---: |",
-        ]
+        rows = []
         for (workload, mode, before), row in sorted(by_before.items()):
             n = row["steps"]
-            lines.append(
-                f"| {workload} | {mode} | {before} | {n:.0f} | {row['ready'] / n:.1f} | {row['drafted'] / n:.1f} "
-                f"| {row['draft_ms'] / n:.1f} |"
-            )
+            per_step = [f"{row[name] / n:.1f}" for name in ("ready", "drafted", "draft_ms")]
+            rows.append([workload, mode, before, f"{n:.0f}", *per_step])
+        lines += ["", *markdown_table(BEFORE_HEADER, 3, rows)]
     return "\n".join(lines)
 
 
