@@ -335,6 +335,10 @@ class LlamaModel:
         """The raw vocabulary entry (used to compare vocabularies)."""
         return bytes(llama_cpp.llama_vocab_get_text(self._vocab, token) or b"")
 
+    def streak_after(self, size: int) -> int:
+        """`pass_streak` once a pass of `size` tokens follows the passes so far."""
+        return self.pass_streak + 1 if size == self.last_pass_size else 1
+
     def is_end_of_generation(self, token: int) -> bool:
         # Asked of every token settled and drafted: a call into llama.cpp costs more than a dict's lookup.
         known = self._ends.get(token)
@@ -424,7 +428,7 @@ class LlamaModel:
             batch.n_tokens = padded
             n_out = sum(1 for i in range(len(chunk)) if batch.logits[i])
             size = len(chunk) if n_out == len(chunk) else 0
-            self.pass_streak = self.pass_streak + 1 if size == self.last_pass_size else 1
+            self.pass_streak = self.streak_after(size)
             self.last_pass_size = size
             self._ask_to_abort(
                 self.abort_check is not None and len(chunk) >= ABORTABLE_PASS and not self.offloaded

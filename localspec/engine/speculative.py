@@ -211,9 +211,11 @@ class Generation:
         # After a one-token pass the next step sits at a known site: its n-gram prices can be worked out meanwhile.
         upcoming = None
         if self._plan_ahead and not drafts and not fold and pass_size <= 1:
-            streak = self.target.pass_streak + 1 if self.target.last_pass_size == 1 else 1
             next_site = StepSite(
-                previous=1, streak=streak, remaining=remaining - 1, depth=len(self._committed) + 1
+                previous=1,
+                streak=self.target.streak_after(1),
+                remaining=remaining - 1,
+                depth=len(self._committed) + 1,
             )
             upcoming = (min(remaining - 2, room - 2, most_drafts), next_site)
         n_rows, indexed, t_verify = self._verify(
