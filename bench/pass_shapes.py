@@ -30,7 +30,7 @@ import os
 import statistics
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import llama_cpp
@@ -59,12 +59,22 @@ def target_pass(target: LlamaModel, n: int, wait: bool = True) -> None:
         target.synchronize()
 
 
-def draft_tokens(draft: LlamaModel, j: int) -> None:
-    """j greedy draft tokens, as the engine's drafter makes them."""
+def greedy_drafts(draft: LlamaModel, end: int, stop: threading.Event | None = None) -> Iterator[int]:
+    """Greedy draft tokens after the BASE ones, as the engine's drafter makes them, up to position `end` or until
+    `stop` is set (asked before each): yields each one's position once it is made."""
     token = 0
-    for position in range(BASE, BASE + j):
+    for position in range(BASE, end):
+        if stop is not None and stop.is_set():
+            return
         draft.decode([token], position, 0, "last")
         token, _ = top_two(draft.logits(1)[0])
+        yield position
+
+
+def draft_tokens(draft: LlamaModel, j: int) -> None:
+    """j greedy draft tokens."""
+    for _ in greedy_drafts(draft, BASE + j):
+        pass
 
 
 def queued_together(target: LlamaModel, draft: LlamaModel, j: int) -> None:
@@ -178,12 +188,7 @@ def drafting(draft: LlamaModel, go: threading.Event, stop: threading.Event, made
     """Once `go` is set, greedy draft tokens after the BASE ones until `stop` is, each one's finishing time in
     `made`."""
     go.wait()
-    token = 0
-    for position in range(BASE, draft.n_ctx_per_seq - 1):
-        if stop.is_set():
-            return
-        draft.decode([token], position, 0, "last")
-        token, _ = top_two(draft.logits(1)[0])
+    for _ in greedy_drafts(draft, draft.n_ctx_per_seq - 1, stop):
         made.append(time.perf_counter())
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import sys
 from collections import defaultdict
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +114,7 @@ def draft_steps_by_before(runs: list[dict[str, Any]]) -> dict[tuple[str, str, st
     for run in runs:
         if run["system"] != "localspec" or run["mode"] == "none" or not run.get("steps"):
             continue
-        for before, step in zip(run["steps"], run["steps"][1:], strict=False):
+        for before, step in pairwise(run["steps"]):
             if step["source"] != "draft":
                 continue
             row = rows[(run["workload"], run["mode"], what_it_did(before))]
