@@ -102,6 +102,32 @@ def test_greedy_speculative_output_equals_target_alone(
         assert alone.stats.margins[diverged] < NEAR_TIE, (diverged, alone.stats.margins)
 
 
+# Logit rows with ties, infinities and NaN where they matter: at the draft the pick expects, and beside it.
+_LOGIT = st.sampled_from([0.0, 1.0, 1.5, float("-inf"), float("inf"), float("nan")]) | st.floats(
+    -30, 30, width=32
+)
+
+
+@given(values=st.lists(_LOGIT, min_size=2, max_size=12), expected=st.integers(0, 11))
+def test_a_pick_that_expects_a_draft_is_the_top_two_pick_and_leaves_the_row_as_it_was(
+    values: list[float], expected: int
+) -> None:
+    import math
+
+    import numpy as np
+
+    from localspec.engine.llama_model import top_two, top_two_expecting
+
+    row = np.array(values, dtype=np.float32)
+    expected %= len(row)
+    before = row.tobytes()
+    token, margin = top_two(row.copy())
+    got_token, got_margin = top_two_expecting(row, expected)
+    assert row.tobytes() == before
+    assert got_token == token
+    assert got_margin == margin or (math.isnan(got_margin) and math.isnan(margin))
+
+
 @settings(
     max_examples=100,
     deadline=None,

@@ -564,8 +564,28 @@ def top_two(row: np.ndarray) -> tuple[int, float]:
 def best_two(row: np.ndarray) -> tuple[int, float, int]:
     """(argmax, top-1 minus top-2 logit, the second-best token) of a logits row, without copying the row."""
     token = int(np.argmax(row))
+    return token, *_runner_up(row, token)
+
+
+def top_two_expecting(row: np.ndarray, expected: int) -> tuple[int, float]:
+    """`top_two(row)`, in one pass over the row instead of two where `expected` is its only best token (a draft
+    the target takes; a verify pass's rows are mostly such): the best of the others is then the runner-up."""
+    held = row[expected]
+    row[expected] = -np.inf
+    rival = int(np.argmax(row))
+    row[expected] = held
+    if held > row[rival]:
+        return expected, float(held - row[rival])
+    if held < row[rival]:  # the rival is the row's first best token (what argmax gives)
+        margin, _ = _runner_up(row, rival)
+        return rival, margin
+    return top_two(row)  # a tie with the expected token, or NaN
+
+
+def _runner_up(row: np.ndarray, token: int) -> tuple[float, int]:
+    """(row[token] minus the best other logit, that other token), without copying the row."""
     top = row[token]
     row[token] = -np.inf
     runner_up = int(np.argmax(row))
     row[token] = top
-    return token, float(top - row[runner_up]), runner_up
+    return float(top - row[runner_up]), runner_up

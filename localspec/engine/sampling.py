@@ -14,7 +14,7 @@ import random
 import llama_cpp
 import numpy as np
 
-from localspec.engine.llama_model import LlamaModel, top_two
+from localspec.engine.llama_model import LlamaModel, top_two, top_two_expecting
 from localspec.engine.types import SamplingParams
 from localspec.errors import InvalidRequestError
 
@@ -65,19 +65,23 @@ class TokenPicker:
             for token in history[-max(params.repeat_last_n, 0) :] if params.repeat_penalty != 1.0 else []:
                 llama_cpp.llama_sampler_accept(chain, token)
 
-    def pick(self, row_index: int, n_rows: int, margin: bool = True) -> tuple[int, float]:
+    def pick(
+        self, row_index: int, n_rows: int, margin: bool = True, expected: int | None = None
+    ) -> tuple[int, float]:
         """(token, top-2 logit margin) for output row `row_index` of the last decode.
 
         The margin is only known on the greedy fast path, and only computed when asked for (a second pass over a
-        vocabulary-sized row the GPU just copied); elsewhere it is +inf (never
-        treated as a near-tie).
+        vocabulary-sized row the GPU just copied, spared where the row's best token is `expected`: the draft
+        after it); elsewhere it is +inf (never treated as a near-tie).
         """
         if self._chain is not None:
             # A negative index counts output rows from the last (the batch may hold tokens without rows).
             token = llama_cpp.llama_sampler_sample(self._chain, self.model.ctx, row_index - n_rows)
             return int(token), math.inf
         row = self.model.logits(n_rows)[row_index]
-        return top_two(row) if margin else (int(np.argmax(row)), math.inf)
+        if not margin:
+            return int(np.argmax(row)), math.inf
+        return top_two(row) if expected is None else top_two_expecting(row, expected)
 
     def close(self) -> None:
         if self._chain is not None:

@@ -329,7 +329,9 @@ class Generation:
         # Margins decide near-ties in batched passes; a one-token pass needs one only when the request records them.
         want_margin = n_rows > 1 or self.request.record_margins
         for row in range(len(drafts) + 1):
-            token, margin = self._picker.pick(row, n_rows, want_margin)
+            token, margin = self._picker.pick(
+                row, n_rows, want_margin, drafts[row] if row < len(drafts) else None
+            )
             near_tie = n_rows > 1 and margin < self.tie_margin
             if near_tie:  # the walk ends here: later rows were computed after a token that may change
                 token, margin, t_settle = self._settle_alone(base, drafts, row)
