@@ -8,6 +8,7 @@ The TOML file groups keys in sections; the environment names are LOCALSPEC_<SECT
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import tomllib
 from collections.abc import Callable, Mapping
@@ -196,13 +197,27 @@ def _config_fields() -> list[dataclasses.Field[Any]]:
     return [f for f in fields(Config) if f.name != "sources"]
 
 
+# How a setting's type is named in an error.
+_KINDS = {
+    "bool": "true or false",
+    "int": "a whole number",
+    "float": "a number",
+    "list": "a list",
+    "str": "text",
+}
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
 def _coerce(name: str, raw: Any, like: Any, origin: str) -> Any:
     try:
         if isinstance(like, bool):
-            if isinstance(raw, str):
-                return raw.strip().lower() in ("1", "true", "yes", "on")
-            return bool(raw)
+            text = str(raw).strip().lower()  # (TOML's true and false, or an environment variable's text)
+            if text in _TRUE or text in _FALSE:
+                return text in _TRUE
+            raise ValueError(raw)
         if isinstance(like, int):
+            if isinstance(raw, float) and not raw.is_integer():
+                raise ValueError(raw)  # (int() would drop the fraction without a word)
             return int(raw)
         if isinstance(like, float):
             return float(raw)
@@ -212,7 +227,31 @@ def _coerce(name: str, raw: Any, like: Any, origin: str) -> Any:
             return list(raw)
         return str(raw)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{name} from {origin} must be a {type(like).__name__}, got {raw!r}.") from exc
+        kind = _KINDS.get(type(like).__name__, type(like).__name__)
+        raise ConfigError(f"{name} from {origin} must be {kind}, got {raw!r}.") from exc
+
+
+def _refuse_unknown(file_values: dict[str, Any], path: Path) -> None:
+    """A key config.toml sets that no setting reads is a typo or a misplaced line: say which, and what was meant,
+    rather than run with the default the user meant to change."""
+    known = {_field_key(f) for f in _config_fields()}
+    names = sorted(f"{section}.{key}" for section, key in known)
+    for section, values in file_values.items():
+        if not isinstance(values, dict):  # a key above every [section]
+            homes = [name for name in names if name.endswith(f".{section}")]
+            where = f" Put it under [{homes[0].split('.')[0]}] ({homes[0]})." if homes else ""
+            raise ConfigError(
+                f"{path} sets {section!r} outside a section; settings go under [models], [engine], "
+                f"[speculative] or [server].{where}"
+            )
+        for key in values:
+            if (section, key) not in known:
+                close = difflib.get_close_matches(f"{section}.{key}", names, n=1)
+                hint = f" Did you mean {close[0]}?" if close else ""
+                raise ConfigError(
+                    f"{path} sets {section}.{key}, which is not a setting.{hint} "
+                    "`localspec config show` lists every setting."
+                )
 
 
 def load_config(
@@ -233,6 +272,7 @@ def load_config(
             raise ConfigError(
                 f"{path} is not valid TOML ({exc}). Fix or delete it; defaults apply without it."
             ) from exc
+        _refuse_unknown(file_values, path)
     for f in _config_fields():
         section, key = _field_key(f)
         like = getattr(defaults, f.name)

@@ -237,6 +237,13 @@ def test_hot_reload_swaps_a_good_model_and_keeps_serving_after_a_corrupt_one(
         )
         assert completion.status_code == 200 and completion.json()["model"] == "tiny-no-fim"
         assert "corrupt.gguf" in (home / "log" / "daemon.log").read_text()
+
+        # A typo in the file: refused by name, and the daemon keeps the settings it runs with.
+        config_file.write_text(config_file.read_text() + '[speculative]\nmodee = "none"\n')
+        wait_until(lambda: any("speculative.modee" in e["message"] for e in _health(running)["errors"]))
+        typo = next(e["message"] for e in _health(running)["errors"] if "speculative.modee" in e["message"])
+        assert "Did you mean speculative.mode?" in typo and "keeps its current settings" in typo
+        assert _health(running)["models"]["target"] == "tiny-no-fim"
     finally:
         stop_daemon(running.process)
 
