@@ -231,9 +231,13 @@ def _coerce(name: str, raw: Any, like: Any, origin: str) -> Any:
         raise ConfigError(f"{name} from {origin} must be {kind}, got {raw!r}.") from exc
 
 
+# Settings an earlier version read and this one does not: a file that still sets one loads, the line unused.
+RETIRED_SETTINGS = frozenset({"engine.device_sampling"})
+
+
 def _refuse_unknown(file_values: dict[str, Any], path: Path) -> None:
     """A key config.toml sets that no setting reads is a typo or a misplaced line: say which, and what was meant,
-    rather than run with the default the user meant to change."""
+    rather than run with the default the user meant to change (a retired setting's line is left alone)."""
     known = {_field_key(f) for f in _config_fields()}
     names = sorted(f"{section}.{key}" for section, key in known)
     for section, values in file_values.items():
@@ -245,7 +249,7 @@ def _refuse_unknown(file_values: dict[str, Any], path: Path) -> None:
                 f"[speculative] or [server].{where}"
             )
         for key in values:
-            if (section, key) not in known:
+            if (section, key) not in known and f"{section}.{key}" not in RETIRED_SETTINGS:
                 close = difflib.get_close_matches(f"{section}.{key}", names, n=1)
                 hint = f" Did you mean {close[0]}?" if close else ""
                 raise ConfigError(

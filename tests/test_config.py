@@ -15,7 +15,7 @@ from localspec.config import Config, describe, load_config
 from localspec.errors import ConfigError
 
 
-def _load(tmp_path: Path, text: str, environ: dict[str, str] | None = None) -> object:
+def _load(tmp_path: Path, text: str, environ: dict[str, str] | None = None) -> Config:
     path = tmp_path / "config.toml"
     path.write_text(text, encoding="utf-8")
     return load_config(path, environ=environ or {})
@@ -41,6 +41,11 @@ def test_a_key_no_setting_reads_is_refused_with_what_was_meant(
 ) -> None:
     with pytest.raises(ConfigError, match=message):
         _load(tmp_path, text)
+
+
+def test_a_retired_setting_left_in_the_file_does_not_stop_it_loading(tmp_path: Path) -> None:
+    config = _load(tmp_path, '[engine]\ndevice_sampling = "off"\nn_ctx = 2048\n')
+    assert config.n_ctx == 2048
 
 
 def test_every_setting_config_show_lists_is_read_back_from_the_file(tmp_path: Path) -> None:
@@ -82,9 +87,9 @@ def test_a_value_of_the_wrong_kind_is_refused_not_rounded_or_guessed(
 
 def test_whole_floats_and_the_usual_words_for_true_and_false_are_taken(tmp_path: Path) -> None:
     config = _load(tmp_path, "[engine]\nn_ctx = 2048.0\n", {"LOCALSPEC_ENGINE_PROMPT_CACHE_PINNED": "off"})
-    assert (config.n_ctx, config.prompt_cache_pinned) == (2048, False)  # type: ignore[attr-defined]
+    assert (config.n_ctx, config.prompt_cache_pinned) == (2048, False)
     config = _load(tmp_path, "", {"LOCALSPEC_ENGINE_PROMPT_CACHE_PINNED": "Yes"})
-    assert config.prompt_cache_pinned is True  # type: ignore[attr-defined]
+    assert config.prompt_cache_pinned is True
 
 
 def test_config_show_names_the_typo_and_exits_non_zero(tmp_path: Path) -> None:
