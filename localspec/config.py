@@ -235,11 +235,20 @@ def _coerce(name: str, raw: Any, like: Any, origin: str) -> Any:
 RETIRED_SETTINGS = frozenset({"engine.device_sampling"})
 
 
-def _refuse_unknown(file_values: dict[str, Any], path: Path) -> None:
-    """A key config.toml sets that no setting reads is a typo or a misplaced line: say which, and what was meant,
-    rather than run with the default the user meant to change (a retired setting's line is left alone)."""
+def _refuse_unknown(file_values: dict[str, Any], environ: Mapping[str, str], path: Path) -> None:
+    """A key config.toml sets, or a LOCALSPEC_<SECTION>_* variable, that no setting reads is a typo or a misplaced
+    line: say which, and what was meant, rather than run with the default the user meant to change (a retired
+    setting is left alone)."""
     known = {_field_key(f) for f in _config_fields()}
     names = sorted(f"{section}.{key}" for section, key in known)
+
+    def refuse(shown: str, origin: str, choices: list[str]) -> None:
+        close = difflib.get_close_matches(shown, choices, n=1)
+        hint = f" Did you mean {close[0]}?" if close else ""
+        raise ConfigError(
+            f"{origin} sets {shown}, which is not a setting.{hint} `localspec config show` lists every setting."
+        )
+
     for section, values in file_values.items():
         if not isinstance(values, dict):  # a key above every [section]
             homes = [name for name in names if name.endswith(f".{section}")]
@@ -250,12 +259,18 @@ def _refuse_unknown(file_values: dict[str, Any], path: Path) -> None:
             )
         for key in values:
             if (section, key) not in known and f"{section}.{key}" not in RETIRED_SETTINGS:
-                close = difflib.get_close_matches(f"{section}.{key}", names, n=1)
-                hint = f" Did you mean {close[0]}?" if close else ""
-                raise ConfigError(
-                    f"{path} sets {section}.{key}, which is not a setting.{hint} "
-                    "`localspec config show` lists every setting."
-                )
+                refuse(f"{section}.{key}", str(path), names)
+    variables = sorted(f"LOCALSPEC_{name.replace('.', '_')}".upper() for name in names)
+    prefixes = {f"LOCALSPEC_{section.upper()}_": section for section, _ in known}
+    for variable in environ:
+        if variable in variables:
+            continue
+        for prefix, section in prefixes.items():  # (LOCALSPEC_HOME and the like are not settings)
+            if (
+                variable.startswith(prefix)
+                and f"{section}.{variable[len(prefix) :].lower()}" not in RETIRED_SETTINGS
+            ):
+                refuse(variable, "The environment", variables)
 
 
 def load_config(
@@ -276,7 +291,7 @@ def load_config(
             raise ConfigError(
                 f"{path} is not valid TOML ({exc}). Fix or delete it; defaults apply without it."
             ) from exc
-        _refuse_unknown(file_values, path)
+    _refuse_unknown(file_values, environ, path)
     for f in _config_fields():
         section, key = _field_key(f)
         like = getattr(defaults, f.name)

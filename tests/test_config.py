@@ -43,8 +43,28 @@ def test_a_key_no_setting_reads_is_refused_with_what_was_meant(
         _load(tmp_path, text)
 
 
-def test_a_retired_setting_left_in_the_file_does_not_stop_it_loading(tmp_path: Path) -> None:
-    config = _load(tmp_path, '[engine]\ndevice_sampling = "off"\nn_ctx = 2048\n')
+def test_a_variable_no_setting_reads_is_refused_and_others_of_localspec_are_left_alone(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(
+        ConfigError,
+        match=r"The environment sets LOCALSPEC_SERVER_PROT, which is not a setting\. Did you mean LOCALSPEC_SERVER_PORT\?",
+    ):
+        _load(tmp_path, "", {"LOCALSPEC_SERVER_PROT": "9000"})
+    config = _load(
+        tmp_path, "", {"LOCALSPEC_HOME": "/tmp/x", "LOCALSPEC_SERVER_PORT": "9000", "PATH": "/bin"}
+    )
+    assert config.port == 9000
+
+
+def test_a_retired_setting_left_in_the_file_or_the_environment_does_not_stop_it_loading(
+    tmp_path: Path,
+) -> None:
+    config = _load(
+        tmp_path,
+        '[engine]\ndevice_sampling = "off"\nn_ctx = 2048\n',
+        {"LOCALSPEC_ENGINE_DEVICE_SAMPLING": "on"},
+    )
     assert config.n_ctx == 2048
 
 
