@@ -570,16 +570,12 @@ def best_two(row: np.ndarray) -> tuple[int, float, int]:
 def top_two_expecting(row: np.ndarray, expected: int) -> tuple[int, float]:
     """`top_two(row)`, in one pass over the row instead of two where `expected` is its only best token (a draft
     the target takes; a verify pass's rows are mostly such): the best of the others is then the runner-up."""
-    held = row[expected]
-    row[expected] = -np.inf
-    rival = int(np.argmax(row))
-    row[expected] = held
-    if held > row[rival]:
-        return expected, float(held - row[rival])
-    if held < row[rival]:  # the rival is the row's first best token (what argmax gives)
-        margin, _ = _runner_up(row, rival)
-        return rival, margin
-    return top_two(row)  # a tie with the expected token, or NaN
+    margin, rival = _runner_up(row, expected)
+    if margin > 0:
+        return expected, margin
+    if margin < 0:  # the rival is the row's first best token (what argmax gives)
+        return rival, _runner_up(row, rival)[0]
+    return top_two(row)  # a tie with the expected token (a margin of 0, or NaN between infinities), or NaN
 
 
 def _runner_up(row: np.ndarray, token: int) -> tuple[float, int]:
