@@ -193,6 +193,11 @@ def _field_key(f: dataclasses.Field[Any]) -> tuple[str, str]:
     return f.metadata["section"], f.metadata.get("key", f.name)
 
 
+def _env_name(section: str, key: str) -> str:
+    """The environment variable of a setting: LOCALSPEC_<SECTION>_<KEY>."""
+    return f"LOCALSPEC_{section}_{key}".upper()
+
+
 def _config_fields() -> list[dataclasses.Field[Any]]:
     return [f for f in fields(Config) if f.name != "sources"]
 
@@ -260,8 +265,8 @@ def _refuse_unknown(file_values: dict[str, Any], environ: Mapping[str, str], pat
         for key in values:
             if (section, key) not in known and f"{section}.{key}" not in RETIRED_SETTINGS:
                 refuse(f"{section}.{key}", str(path), names)
-    variables = sorted(f"LOCALSPEC_{name.replace('.', '_')}".upper() for name in names)
-    prefixes = {f"LOCALSPEC_{section.upper()}_": section for section, _ in known}
+    variables = sorted(_env_name(section, key) for section, key in known)
+    prefixes = {_env_name(section, ""): section for section, _ in known}
     for variable in environ:
         if variable in variables:
             continue
@@ -300,7 +305,7 @@ def load_config(
         if isinstance(section_values, dict) and key in section_values:
             setattr(config, f.name, _coerce(f"{section}.{key}", section_values[key], like, str(path)))
             config.sources[f.name] = f"config file {path}"
-        env_name = f"LOCALSPEC_{section}_{key}".upper()
+        env_name = _env_name(section, key)
         if env_name in environ:
             setattr(config, f.name, _coerce(f"{section}.{key}", environ[env_name], like, env_name))
             config.sources[f.name] = f"env {env_name}"
