@@ -191,7 +191,11 @@ class Generation:
             depth=len(self._committed),
         )
         planning = time.perf_counter()
-        plan, ngram = self._plan(context, budget, site)
+        # The pass that ends the prompt: where passes return before they are done (a GPU), it goes without drafts
+        # (they seldom pay there) and the prompt's n-grams are indexed while it runs, not before it starts.
+        plan, ngram = (
+            self._plan(context, budget, site) if not (fold and self._plan_ahead) else self._no_plan()
+        )
         self.stats.t_plan += time.perf_counter() - planning
         source: DraftSource = plan.source
         ahead_before = self._draft.drafted_ahead if self._draft is not None else 0
@@ -309,6 +313,8 @@ class Generation:
             if indexing is None:  # (else the next proposal indexes it: one thread writes the table at a time)
                 indexed = self._ngram.index_pending(proposed_only=True)
                 self._ngram.index_deferred()
+            if fold and self._plan_ahead:  # (no proposal was made: see `_step`)
+                self._ngram.index_context(context)
             if upcoming is not None:
                 self.chooser.prepare(*upcoming)
             self.target.synchronize()
@@ -389,6 +395,10 @@ class Generation:
         self._draft_reads = self._draft.read(self._committed, self._chunk_size())
         self.stats.t_draft += time.perf_counter() - started
         return _settled_nothing()
+
+    def _no_plan(self) -> tuple[Plan, list[int]]:
+        self.chooser.priced = {}
+        return Plan("none", 0), []
 
     def _plan(
         self,
