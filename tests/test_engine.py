@@ -2713,13 +2713,16 @@ def test_where_passes_run_ahead_the_prompts_last_pass_is_planned_without_drafts_
     tiny_models,
 ) -> None:
     # With `plan_ahead` (a GPU's default) the pass that ends the prompt carries no drafts and nothing is priced
-    # before it starts; the prompt's n-grams are indexed while it runs, so the next step can copy from the prompt.
-    # Elsewhere (a CPU) that step is planned as every other. The text is the target alone's either way.
+    # before it starts; the prompt's n-grams are indexed while it runs (on the indexer's thread where there is one,
+    # `index_beside`), so the next step can copy from the prompt. Elsewhere (a CPU) that step is planned as every
+    # other. The text is the target alone's either way.
     from localspec.engine.drafters import tail_keys
 
     prompt = "x = [1, 2, 3, 4, 5, 6, 7, 8]\n" * 3 + "x = [1, 2,"
-    for plan_ahead in (True, False):
-        engine = make_engine(tiny_models.target, tiny_models.draft_similar, plan_ahead=plan_ahead)
+    for plan_ahead, beside in ((True, False), (True, True), (False, False)):
+        engine = make_engine(
+            tiny_models.target, tiny_models.draft_similar, plan_ahead=plan_ahead, index_beside=beside
+        )
         try:
             request = GenerationRequest(
                 prompt=prompt, max_tokens=24, speculative="adaptive", record_steps=True

@@ -502,13 +502,15 @@ class NgramDrafter:
         self._pending, self._pending_ends = None, frozenset()
         return True
 
-    def index_context(self, context: list[int]) -> None:
-        """Index the context up to its last token (whose follower is not known yet), as a proposal would first."""
-        self.index_pending()
+    def index_context(self, context: list[int]) -> bool:
+        """Index the context up to its last token (whose follower is not known yet), as a proposal would first;
+        whether there was anything to index."""
+        pending = self.index_pending()
         self.index_deferred()
         indexed = max(0, len(self._tokens) - 1)
         self._tokens.extend(context[len(self._tokens) :])
         self._context.add(self._tokens, indexed, len(self._tokens) - 1)
+        return pending or len(self._tokens) - 1 > indexed
 
     def propose(self, context: list[int], k: int) -> list[int]:
         self.match_length = 0

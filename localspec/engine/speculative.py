@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future
+from functools import partial
 
 from localspec.engine.chooser import AdaptiveChooser, Plan, StepSite
 from localspec.engine.drafters import DraftModelDrafter, NgramDrafter, NgramTable
@@ -301,20 +302,23 @@ class Generation:
             room_left = self.target.n_ctx_per_seq - len(self._committed)
             tokens += [tokens[-1]] * (min(pass_size, room_left) - len(tokens))
         ahead = self._start_ahead(context, drafts, source, limit)
-        # The prompt's own n-grams, where a proposal was made without them: on the indexer's thread while this
-        # thread launches the pass (ctypes lets go of the GIL during the call), else after the launch, before waiting
-        # (as is the position a one-token proposal left unindexed).
-        indexer = self._indexer if self._ngram.has_pending(proposed_only=True) else None
-        indexing = indexer.submit(self._ngram.index_pending, True) if indexer is not None else None
+        # The prompt's own n-grams, where a proposal was made without them (or none was, the unplanned pass that ends
+        # the prompt: `_step`): on the indexer's thread while this thread launches the pass (ctypes lets go of the GIL
+        # during the call), else after the launch, before waiting (as is the position a one-token proposal left
+        # unindexed).
+        index: Callable[[], bool] | None = None
+        if fold and self._plan_ahead:
+            index = partial(self._ngram.index_context, context)
+        elif self._ngram.has_pending(proposed_only=True):
+            index = partial(self._ngram.index_pending, True)
+        indexing = self._indexer.submit(index) if index is not None and self._indexer is not None else None
         indexed = False
         try:
             n_rows = self.target.decode([*fold, *tokens], len(self._committed), self.slot.seq_id, len(tokens))
             self._committed.extend(fold)
             if indexing is None:  # (else the next proposal indexes it: one thread writes the table at a time)
-                indexed = self._ngram.index_pending(proposed_only=True)
+                indexed = index() if index is not None else False
                 self._ngram.index_deferred()
-            if fold and self._plan_ahead:  # (no proposal was made: see `_step`)
-                self._ngram.index_context(context)
             if upcoming is not None:
                 self.chooser.prepare(*upcoming)
             self.target.synchronize()
