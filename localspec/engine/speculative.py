@@ -194,9 +194,7 @@ class Generation:
         planning = time.perf_counter()
         # The pass that ends the prompt: where passes return before they are done (a GPU), it goes without drafts
         # (they seldom pay there) and the prompt's n-grams are indexed while it runs, not before it starts.
-        plan, ngram = (
-            self._plan(context, budget, site) if not (fold and self._plan_ahead) else self._no_plan()
-        )
+        plan, ngram = self._no_plan() if fold and self._plan_ahead else self._plan(context, budget, site)
         self.stats.t_plan += time.perf_counter() - planning
         source: DraftSource = plan.source
         ahead_before = self._draft.drafted_ahead if self._draft is not None else 0
