@@ -192,9 +192,7 @@ class Generation:
             depth=len(self._committed),
         )
         planning = time.perf_counter()
-        # The pass that ends the prompt: where passes return before they are done (a GPU), it goes without drafts
-        # (they seldom pay there) and the prompt's n-grams are indexed while it runs, not before it starts.
-        plan, ngram = self._no_plan() if fold and self._plan_ahead else self._plan(context, budget, site)
+        plan, ngram = self._no_plan() if self._unplanned(fold) else self._plan(context, budget, site)
         self.stats.t_plan += time.perf_counter() - planning
         source: DraftSource = plan.source
         ahead_before = self._draft.drafted_ahead if self._draft is not None else 0
@@ -305,7 +303,7 @@ class Generation:
         # during the call), else after the launch, before waiting (as is the position a one-token proposal left
         # unindexed).
         index: Callable[[], bool] | None = None
-        if fold and self._plan_ahead:
+        if self._unplanned(fold):
             index = partial(self._ngram.index_context, context)
         elif self._ngram.has_pending(proposed_only=True):
             index = partial(self._ngram.index_pending, True)
@@ -397,6 +395,12 @@ class Generation:
         self._draft_reads = self._draft.read(self._committed, self._chunk_size())
         self.stats.t_draft += time.perf_counter() - started
         return _settled_nothing()
+
+    def _unplanned(self, fold: list[int]) -> bool:
+        """Whether this step's pass, which ends the prompt (`fold`), goes unplanned: where passes return before they
+        are done (a GPU) it carries no drafts (they seldom pay there) and the prompt's n-grams are indexed while it
+        runs (`_verify`), not before it starts."""
+        return bool(fold) and self._plan_ahead
 
     def _no_plan(self) -> tuple[Plan, list[int]]:
         self.chooser.priced = {}
