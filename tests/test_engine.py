@@ -2709,42 +2709,6 @@ def test_an_engine_that_plans_during_one_token_passes_gives_the_target_alones_te
         engine.close()
 
 
-def test_where_passes_run_ahead_the_prompts_last_pass_is_planned_without_drafts_and_indexes_it_meanwhile(
-    tiny_models,
-) -> None:
-    # With `plan_ahead` (a GPU's default) the pass that ends the prompt carries no drafts and nothing is priced
-    # before it starts; the prompt's n-grams are indexed while it runs (on the indexer's thread where there is one,
-    # `index_beside`), so the next step can copy from the prompt. Elsewhere (a CPU) that step is planned as every
-    # other. The text is the target alone's either way.
-    from localspec.engine.drafters import tail_keys
-
-    prompt = "x = [1, 2, 3, 4, 5, 6, 7, 8]\n" * 3 + "x = [1, 2,"
-    for plan_ahead, beside in ((True, False), (True, True), (False, False)):
-        engine = make_engine(
-            tiny_models.target, tiny_models.draft_similar, plan_ahead=plan_ahead, index_beside=beside
-        )
-        try:
-            request = GenerationRequest(
-                prompt=prompt, max_tokens=24, speculative="adaptive", record_steps=True
-            )
-            generation = engine.generate(request)
-            next(iter(generation))
-            first = generation.stats.steps[0]
-            assert (first.priced == {}) is plan_ahead and (first.drafted == 0 or not plan_ahead)
-            prompt_tokens = engine.tokenize(prompt, add_bos=engine.target.adds_bos())
-            assert generation._ngram._tokens[: len(prompt_tokens)] == prompt_tokens
-            assert generation._ngram._context.follower(tail_keys(prompt_tokens[:-8])) == (
-                prompt_tokens[-8],
-                8,
-            )
-            for _ in generation:
-                pass
-            assert generation.result is not None
-            assert generation.result.token_ids == run(engine, prompt, "none", max_tokens=24).token_ids
-        finally:
-            engine.close()
-
-
 def test_n_gram_prices_worked_out_during_a_one_token_pass_leave_every_plan_as_it_was() -> None:
     # Two choosers see the same prices, sites and outcomes; one works out the next step's n-gram prices while each
     # one-token pass runs (before the pass is timed and recorded), the other prices at planning. Over machines from

@@ -502,31 +502,18 @@ class NgramDrafter:
         self._pending, self._pending_ends = None, frozenset()
         return True
 
-    def index_context(self, context: list[int]) -> bool:
-        """Index the context up to its last token (whose follower is not known yet), the prompt's own part included,
-        as a proposal would first; whether there was anything to index."""
-        pending = self.index_pending()
-        indexed = self._take(context)
-        self._context.add(self._tokens, indexed, len(self._tokens) - 1)
-        return pending or len(self._tokens) - 1 > indexed
-
-    def _take(self, context: list[int]) -> int:
-        """Take the context's new tokens (the position a one-token proposal left is indexed first); returns the first
-        position whose n-grams are not indexed yet. A generation's context only grows, so only its tail is new."""
-        if len(context) > len(self._tokens):  # (the prompt's own part comes before what was generated)
-            self.index_pending()
-        self.index_deferred()
-        indexed = max(0, len(self._tokens) - 1)
-        self._tokens.extend(context[len(self._tokens) :])
-        return indexed
-
     def propose(self, context: list[int], k: int) -> list[int]:
         self.match_length = 0
         if k <= 0:
             return []
         self._proposed = True
-        indexed = self._take(context)
+        if len(context) > len(self._tokens):  # (the prompt's own part comes before what was generated)
+            self.index_pending()
+        self.index_deferred()
+        # A generation's context only grows, so only its new tail needs indexing.
+        indexed = max(0, len(self._tokens) - 1)
         tokens = self._tokens
+        tokens.extend(context[len(tokens) :])
         # After one new token, a one-token proposal looks up n-grams that end at the last token; the position
         # before it ends one of them only where the two last tokens are the same. Elsewhere its indexing waits
         # for `index_deferred`, and the proposal is the same.

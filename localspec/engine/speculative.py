@@ -16,7 +16,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future
-from functools import partial
 
 from localspec.engine.chooser import AdaptiveChooser, Plan, StepSite
 from localspec.engine.drafters import DraftModelDrafter, NgramDrafter, NgramTable
@@ -192,7 +191,7 @@ class Generation:
             depth=len(self._committed),
         )
         planning = time.perf_counter()
-        plan, ngram = self._no_plan() if self._unplanned(fold) else self._plan(context, budget, site)
+        plan, ngram = self._plan(context, budget, site)
         self.stats.t_plan += time.perf_counter() - planning
         source: DraftSource = plan.source
         ahead_before = self._draft.drafted_ahead if self._draft is not None else 0
@@ -298,22 +297,17 @@ class Generation:
             room_left = self.target.n_ctx_per_seq - len(self._committed)
             tokens += [tokens[-1]] * (min(pass_size, room_left) - len(tokens))
         ahead = self._start_ahead(context, drafts, source, limit)
-        # The prompt's own n-grams, where a proposal was made without them (or none was, the unplanned pass that ends
-        # the prompt: `_step`): on the indexer's thread while this thread launches the pass (ctypes lets go of the GIL
-        # during the call), else after the launch, before waiting (as is the position a one-token proposal left
-        # unindexed).
-        index: Callable[[], bool] | None = None
-        if self._unplanned(fold):
-            index = partial(self._ngram.index_context, context)
-        elif self._ngram.has_pending(proposed_only=True):
-            index = partial(self._ngram.index_pending, True)
-        indexing = self._indexer.submit(index) if index is not None and self._indexer is not None else None
+        # The prompt's own n-grams, where a proposal was made without them: on the indexer's thread while this
+        # thread launches the pass (ctypes lets go of the GIL during the call), else after the launch, before waiting
+        # (as is the position a one-token proposal left unindexed).
+        indexer = self._indexer if self._ngram.has_pending(proposed_only=True) else None
+        indexing = indexer.submit(self._ngram.index_pending, True) if indexer is not None else None
         indexed = False
         try:
             n_rows = self.target.decode([*fold, *tokens], len(self._committed), self.slot.seq_id, len(tokens))
             self._committed.extend(fold)
             if indexing is None:  # (else the next proposal indexes it: one thread writes the table at a time)
-                indexed = index() if index is not None else False
+                indexed = self._ngram.index_pending(proposed_only=True)
                 self._ngram.index_deferred()
             if upcoming is not None:
                 self.chooser.prepare(*upcoming)
@@ -395,16 +389,6 @@ class Generation:
         self._draft_reads = self._draft.read(self._committed, self._chunk_size())
         self.stats.t_draft += time.perf_counter() - started
         return _settled_nothing()
-
-    def _unplanned(self, fold: list[int]) -> bool:
-        """Whether this step's pass, which ends the prompt (`fold`), goes unplanned: where passes return before they
-        are done (a GPU) it carries no drafts (they seldom pay there) and the prompt's n-grams are indexed while it
-        runs (`_verify`), not before it starts."""
-        return bool(fold) and self._plan_ahead
-
-    def _no_plan(self) -> tuple[Plan, list[int]]:
-        self.chooser.priced = {}
-        return Plan("none", 0), []
 
     def _plan(
         self,
