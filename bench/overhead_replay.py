@@ -9,7 +9,11 @@ cost next to nothing and a chooser that decides as on that GPU:
 - each step's picks are the target alone's answer (`draft_floor.py`'s answers: made with TARGET here, or read
   from --answers), so the n-gram drafter and the chooser see the text a real run sees; the picks' argmax over the
   logits is still computed, so its cost stays;
-- prices are held at `plan_cost.py`'s (an H200's, for the real 1.5B), so `adaptive` chooses as it did there;
+- the draft model picks as the real DRAFT did along that answer (its pick, top-2 margin and runner-up there, from
+  the same answers), so its drafts are accepted as far as the real one's would be and it stops where that one
+  was unsure; past a wrong draft the stand-in's own picks go on (they are rejected whatever they are);
+- prices are held at `plan_cost.py`'s (an H200's, for the real 1.5B; `--scale N`: its target passes N times as
+  dear, as a cost-scaled target's, where the draft model pays), so `adaptive` chooses as it did there;
 - the engine's settings are a GPU's (drafting ahead, indexing beside the first pass, planning during one-token
   passes), and what it does during a pass counts as the pass's time, as it overlaps the pass there.
 Each mode runs the prompts back to back, one untimed round and then `--rounds` more, in turn and in reverse order
@@ -19,7 +23,7 @@ rest; then per token, against the first mode's; then the speed a run would have 
 and the time between them as measured, and its ratio to the first mode's (in brackets: the passes alone).
 
 usage: python bench/overhead_replay.py TARGET.gguf DRAFT.gguf [--answers FILE] [--modes none,ngram,adaptive]
-       [--workloads humaneval] [--prompts humaneval=20] [--max-tokens 128] [--rounds 2]
+       [--workloads humaneval] [--prompts humaneval=20] [--max-tokens 128] [--rounds 2] [--scale 1]
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from plan_cost import gpu_prices
 from localspec.benchmark import workloads
 from localspec.benchmark.runner import prompt_tokens, run_localspec
 from localspec.engine import Engine, EngineSettings
+from localspec.engine.drafters import DraftModelDrafter, _Tip
 from localspec.engine.pass_costs import PassCosts
 from localspec.engine.speculative import Generation
 
@@ -63,12 +68,33 @@ class HeldPrices(PassCosts):
 
 class ForcedPicks:
     """Makes every Generation's walk take the answer's tokens (the row's argmax is still computed, then dropped):
-    the target alone's text whatever the stand-in's logits say, and drafts accepted as far as they match it."""
+    the target alone's text whatever the stand-in's logits say, and drafts accepted as far as they match it. The
+    draft model picks as the real one did along the answer (`draft_picks`: its pick, margin and runner-up before
+    each answer token, after `prompt`)."""
 
     def __init__(self, end_token: int) -> None:
+        self.prompt: list[int] = []
         self.answer: list[int] = []
+        self.draft_picks: list[tuple[int, float, int]] = []
         self.end_token = end_token
+        self.on_path = self.off_path = 0  # the draft model's picks made as the real one's, and the others
         forced = self
+        stand_in_pick = DraftModelDrafter._read_pick
+
+        def read_pick(drafter: DraftModelDrafter, chain: list[int]) -> _Tip:
+            at = len(chain) - len(forced.prompt)
+            if 0 <= at < len(forced.draft_picks):
+                # (on the answer's path where the chain's last tokens are the answer's: one path is followed)
+                path = forced.answer[max(0, at - 8) : at]
+                if at < 8:
+                    path = forced.prompt[len(forced.prompt) - 8 + at :] + path
+                if chain[-8:] == path:
+                    forced.on_path += 1
+                    return drafter._tip_for(chain, *forced.draft_picks[at])
+            forced.off_path += 1
+            return stand_in_pick(drafter, chain)
+
+        DraftModelDrafter._read_pick = read_pick  # type: ignore[method-assign,assignment]
 
         def walk(
             generation: Generation, base: int, drafts: list[int], n_rows: int
@@ -112,6 +138,9 @@ def main() -> None:
     parser.add_argument("--prompts", default="humaneval=20")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--scale", type=float, default=1.0, help="the target's passes this many times as dear"
+    )
     args = parser.parse_args()
     names = [name.strip() for name in args.workloads.split(",") if name.strip()]
     modes = [mode.strip() for mode in args.modes.split(",") if mode.strip()]
@@ -139,7 +168,7 @@ def main() -> None:
         )
         engine = Engine(settings, calibrate=False)
     prices = HeldPrices(price_depth=False)
-    gpu_prices(prices, DRAFT_MAX)
+    gpu_prices(prices, DRAFT_MAX, args.scale)
     prices.held = True
     engine.costs = prices
     engine.calibrated = True
@@ -150,7 +179,7 @@ def main() -> None:
         for mode in modes if round_ % 2 == 0 else modes[::-1]:
             engine.history.clear()
             for task, prompt, answer in zip(tasks, prompts, found, strict=True):
-                forced.answer = answer.target
+                forced.prompt, forced.answer, forced.draft_picks = prompt, answer.target, answer.picks
                 run = run_localspec(engine, task, prompt, mode, record_steps=True)
                 if round_ == 0:
                     continue  # (untimed: the interpreter's and llama.cpp's first passes)
@@ -179,6 +208,9 @@ def main() -> None:
             f" {total['sample'] / passes * 1e6:8.1f} {rest / passes * 1e6:6.1f} {per_token:13.1f}"
             f" {per_token - first[0]:21.1f} {rate:22.1f} {rate / first[1]:6.3f} ({bare / first[2]:.3f})"
         )
+    print(
+        f"the draft model's picks: {forced.on_path} the real one's along the answer, {forced.off_path} past it"
+    )
 
 
 if __name__ == "__main__":

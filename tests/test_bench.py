@@ -569,17 +569,23 @@ def test_the_overhead_replay_times_each_mode_between_passes_on_the_target_alones
 ) -> None:
     # bench/overhead_replay.py: every mode settles the target alone's answer (made once, then read back), and gets
     # a row of times outside the passes and of speeds at the held prices; the first mode is the ratios' yardstick.
+    # The draft model picks as the real one did along the answer (draft mode drafts at every step).
     answers = tmp_path / "answers.json"
     replay = [
         sys.executable, str(ROOT / "bench" / "overhead_replay.py"), str(tiny_models.target),
         str(tiny_models.draft_similar), "--prompts", "humaneval=2", "--max-tokens", "16", "--rounds", "1",
-        "--modes", "none,adaptive", "--answers", str(answers),
+        "--modes", "none,adaptive,draft", "--answers", str(answers), "--scale", "5",
     ]  # fmt: skip
     for _ in range(2):  # (the second from the kept answers)
         printed = subprocess.run(replay, capture_output=True, text=True)
         assert printed.returncode == 0, printed.stderr
-        rows = {line.split()[0]: line.split()[1:] for line in printed.stdout.splitlines()[1:]}
-        assert set(rows) == {"none", "adaptive"}
+        *lines, picks = printed.stdout.splitlines()[1:]
+        rows = {line.split()[0]: line.split()[1:] for line in lines}
+        assert set(rows) == {"none", "adaptive", "draft"}
+        along = re.fullmatch(
+            r"the draft model's picks: (\d+) the real one's along the answer, (\d+) past it", picks
+        )
+        assert along is not None and int(along[1]) > 0, picks
         assert float(rows["none"][1]) == 1.0 and float(rows["none"][6]) == 0.0  # (one token a pass, itself)
         assert rows["none"][8:] == ["1.000", "(1.000)"]
         assert all(

@@ -314,9 +314,12 @@ class DraftModelDrafter:
         return self._tip.guess is None
 
     def _read_pick(self, chain: list[int]) -> _Tip:
-        """The draft model's pick after `chain`, its last pass. A pick that ends the generation (or the request's
-        text) is kept but ends the chain."""
-        token, margin, runner_up = best_two(self.model.logits(1)[0])
+        """The draft model's pick after `chain`, from its last pass."""
+        return self._tip_for(chain, *best_two(self.model.logits(1)[0]))
+
+    def _tip_for(self, chain: list[int], token: int, margin: float, runner_up: int) -> _Tip:
+        """The tip of the pick `token` (its top-2 `margin`, its `runner_up`) after `chain`. A pick that ends the
+        generation (or the request's text) is kept but ends the chain."""
         end = self.model.is_end_of_generation
         unsure = margin < self._min_margin
         last = end(token) or (self._ends is not None and self._ends(chain, token))
