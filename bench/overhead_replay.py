@@ -83,14 +83,11 @@ class ForcedPicks:
 
         def read_pick(drafter: DraftModelDrafter, chain: list[int]) -> _Tip:
             at = len(chain) - len(forced.prompt)
-            if 0 <= at < len(forced.draft_picks):
-                # (on the answer's path where the chain's last tokens are the answer's: one path is followed)
-                path = forced.answer[max(0, at - 8) : at]
-                if at < 8:
-                    path = forced.prompt[len(forced.prompt) - 8 + at :] + path
-                if chain[-8:] == path:
-                    forced.on_path += 1
-                    return drafter._tip_for(chain, *forced.draft_picks[at])
+            # (on the answer's path where the chain ends as the prompt and answer do: one path is followed)
+            path = forced.prompt[-8:] + forced.answer[max(0, at - 8) : at]
+            if 0 <= at < len(forced.draft_picks) and chain[-8:] == path[-8:]:
+                forced.on_path += 1
+                return drafter._tip_for(chain, *forced.draft_picks[at])
             forced.off_path += 1
             return stand_in_pick(drafter, chain)
 
