@@ -11,16 +11,19 @@ cost next to nothing and a chooser that decides as on that GPU:
   logits is still computed, so its cost stays;
 - the draft model picks as the real DRAFT did along that answer (its pick, top-2 margin and runner-up there, from
   the same answers), so its drafts are accepted as far as the real one's would be and it stops where that one
-  was unsure; past a wrong draft the stand-in's own picks go on (they are rejected whatever they are);
+  was unsure; past a wrong draft the stand-in's own picks go on (rejected whatever they are), as sure as the
+  real one was along the answer there, so that a draft model's chain goes on past its miss as a real one's does;
 - prices are held at `plan_cost.py`'s (an H200's, for the real 1.5B; `--scale N`: its target passes N times as
   dear, as a cost-scaled target's, where the draft model pays), so `adaptive` chooses as it did there;
 - the engine's settings are a GPU's (drafting ahead, indexing beside the first pass, planning during one-token
   passes), and what it does during a pass counts as the pass's time, as it overlaps the pass there.
-Each mode runs the prompts back to back, one untimed round and then `--rounds` more, in turn and in reverse order
-(ABBA), each with a fresh history of earlier outputs, as `localspec bench` does. Printed per mode: target passes,
-tokens per pass, and microseconds per pass outside the model's passes: planning, picking (with the KV's trim), the
-rest; then per token, against the first mode's; then the speed a run would have with its passes at the held prices
-and the time between them as measured, and its ratio to the first mode's (in brackets: the passes alone).
+The workloads run one after another in one engine, as `localspec bench` runs them (what the chooser learns
+from one is there for the next): after one untimed run of the first prompt in each mode, each mode runs a
+workload's prompts back to back, `--rounds` times in turn and in reverse order (ABBA), each time with a fresh
+history of earlier outputs. Printed per workload and mode: target passes, tokens per pass, and microseconds per
+pass outside the model's passes: planning, picking (with the KV's trim), the rest; then per token, against the
+first mode's; then the speed a run would have with its passes at the held prices and the time between them as
+measured, and its ratio to the first mode's (in brackets: the passes alone).
 
 usage: python bench/overhead_replay.py TARGET.gguf DRAFT.gguf [--answers FILE] [--modes none,ngram,adaptive]
        [--workloads humaneval] [--prompts humaneval=20] [--max-tokens 128] [--rounds 2] [--scale 1]
@@ -34,14 +37,16 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from draft_floor import kept_answers  # (this script's folder is on the path)
+from draft_floor import Answer, kept_answers  # (this script's folder is on the path)
 from overhead_model import write_overhead_model
 from plan_cost import gpu_prices
 
 from localspec.benchmark import workloads
-from localspec.benchmark.runner import prompt_tokens, run_localspec
+from localspec.benchmark.runner import Run, prompt_tokens, run_localspec
+from localspec.benchmark.workloads import Task
 from localspec.engine import Engine, EngineSettings
 from localspec.engine.drafters import DraftModelDrafter, _Tip
+from localspec.engine.llama_model import best_two
 from localspec.engine.pass_costs import PassCosts
 from localspec.engine.speculative import Generation
 
@@ -79,7 +84,6 @@ class ForcedPicks:
         self.end_token = end_token
         self.on_path = self.off_path = 0  # the draft model's picks made as the real one's, and the others
         forced = self
-        stand_in_pick = DraftModelDrafter._read_pick
 
         def read_pick(drafter: DraftModelDrafter, chain: list[int]) -> _Tip:
             at = len(chain) - len(forced.prompt)
@@ -88,8 +92,13 @@ class ForcedPicks:
             if 0 <= at < len(forced.draft_picks) and chain[-8:] == path[-8:]:
                 forced.on_path += 1
                 return drafter._tip_for(chain, *forced.draft_picks[at])
+            # Past a wrong draft the real model goes on as sure as it was along the answer there (a stand-in's
+            # margins would stop it at once, making drafts past a miss next to free).
             forced.off_path += 1
-            return stand_in_pick(drafter, chain)
+            token, margin, runner_up = best_two(drafter.model.logits(1)[0])
+            if 0 <= at < len(forced.draft_picks):
+                margin = forced.draft_picks[at][1]
+            return drafter._tip_for(chain, token, margin, runner_up)
 
         DraftModelDrafter._read_pick = read_pick  # type: ignore[method-assign,assignment]
 
@@ -121,6 +130,28 @@ def priced_passes(steps: list[dict[str, Any]], prices: PassCosts) -> float:
         streak = streak + 1 if size == previous else 1
         previous = size
     return seconds
+
+
+def print_rows(totals: dict[str, defaultdict[str, float]]) -> None:
+    """A header, then a row per mode: its passes, the time between them, and its speed at the held prices, against
+    the first mode's."""
+    print(
+        "mode       passes  tokens/pass   us a pass: planning  picking  rest    us a token   more than the first"
+        "   at the prices: tok/s  ratio (passes alone)"
+    )
+    first: tuple[float, float, float] | None = None
+    for mode, total in totals.items():
+        passes, tokens = total["passes"], total["tokens"]
+        outside = total["decode"] - total["verify"] - total["draft"]
+        rest = outside - total["plan"] - total["sample"]
+        per_token = outside / tokens * 1e6
+        rate, bare = tokens / (total["priced"] + outside), tokens / total["priced"]
+        first = (per_token, rate, bare) if first is None else first
+        print(
+            f"{mode:9} {passes:7.0f} {tokens / passes:12.2f} {total['plan'] / passes * 1e6:20.1f}"
+            f" {total['sample'] / passes * 1e6:8.1f} {rest / passes * 1e6:6.1f} {per_token:13.1f}"
+            f" {per_token - first[0]:21.1f} {rate:22.1f} {rate / first[1]:6.3f} ({bare / first[2]:.3f})"
+        )
 
 
 def main() -> None:
@@ -171,40 +202,36 @@ def main() -> None:
     engine.calibrated = True
     forced = ForcedPicks(engine.target.special_tokens()["eos"])
     prompts = [prompt_tokens(engine, task) for task in tasks]
-    totals: dict[str, defaultdict[str, float]] = {mode: defaultdict(float) for mode in modes}
-    for round_ in range(args.rounds + 1):
-        for mode in modes if round_ % 2 == 0 else modes[::-1]:
+    by_workload: dict[str, list[tuple[Task, list[int], Answer]]] = defaultdict(list)
+    for task, prompt, answer in zip(tasks, prompts, found, strict=True):
+        by_workload[task.workload].append((task, prompt, answer))
+    totals: dict[str, dict[str, defaultdict[str, float]]] = {}
+
+    def run(task: Task, prompt: list[int], answer: Answer, mode: str) -> Run:
+        forced.prompt, forced.answer, forced.draft_picks = prompt, answer.target, answer.picks
+        return run_localspec(engine, task, prompt, mode, record_steps=True)
+
+    for mode in modes:  # (untimed: the interpreter's and llama.cpp's first passes, as the bench's warm-up)
+        run(tasks[0], prompts[0], found[0], mode)
+    schedule = [mode for turn in range(args.rounds) for mode in (modes if turn % 2 == 0 else modes[::-1])]
+    for name, replayed in by_workload.items():  # one workload after another, as `localspec bench` runs them
+        totals[name] = {mode: defaultdict(float) for mode in modes}
+        for mode in schedule:
             engine.history.clear()
-            for task, prompt, answer in zip(tasks, prompts, found, strict=True):
-                forced.prompt, forced.answer, forced.draft_picks = prompt, answer.target, answer.picks
-                run = run_localspec(engine, task, prompt, mode, record_steps=True)
-                if round_ == 0:
-                    continue  # (untimed: the interpreter's and llama.cpp's first passes)
-                total = totals[mode]
-                total["passes"] += run.target_passes
-                total["tokens"] += run.tokens
-                total["decode"] += run.decode_seconds
-                total["priced"] += priced_passes(run.steps, prices)
-                for part, seconds in run.time_split.items():
+            for task, prompt, answer in replayed:
+                done = run(task, prompt, answer, mode)
+                total = totals[name][mode]
+                total["passes"] += done.target_passes
+                total["tokens"] += done.tokens
+                total["decode"] += done.decode_seconds
+                total["priced"] += priced_passes(done.steps, prices)
+                for part, seconds in done.time_split.items():
                     total[part] += seconds
     engine.close()
-    print(
-        "mode       passes  tokens/pass   us a pass: planning  picking  rest    us a token   more than the first"
-        "   at the prices: tok/s  ratio (passes alone)"
-    )
-    first: tuple[float, float, float] | None = None
-    for mode, total in totals.items():
-        passes, tokens = total["passes"], total["tokens"]
-        outside = total["decode"] - total["verify"] - total["draft"]
-        rest = outside - total["plan"] - total["sample"]
-        per_token = outside / tokens * 1e6
-        rate, bare = tokens / (total["priced"] + outside), tokens / total["priced"]
-        first = (per_token, rate, bare) if first is None else first
-        print(
-            f"{mode:9} {passes:7.0f} {tokens / passes:12.2f} {total['plan'] / passes * 1e6:20.1f}"
-            f" {total['sample'] / passes * 1e6:8.1f} {rest / passes * 1e6:6.1f} {per_token:13.1f}"
-            f" {per_token - first[0]:21.1f} {rate:22.1f} {rate / first[1]:6.3f} ({bare / first[2]:.3f})"
-        )
+    for name, by_mode in totals.items():
+        if len(totals) > 1:
+            print(f"== {name}")
+        print_rows(by_mode)
     print(
         f"the draft model's picks: {forced.on_path} the real one's along the answer, {forced.off_path} past it"
     )

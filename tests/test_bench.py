@@ -568,29 +568,33 @@ def test_the_overhead_replay_times_each_mode_between_passes_on_the_target_alones
     tiny_models, tmp_path: Path
 ) -> None:
     # bench/overhead_replay.py: every mode settles the target alone's answer (made once, then read back), and gets
-    # a row of times outside the passes and of speeds at the held prices; the first mode is the ratios' yardstick.
-    # The draft model picks as the real one did along the answer (draft mode drafts at every step).
+    # a row of times outside the passes and of speeds at the held prices, per workload in the bench's order; the
+    # first mode is the ratios' yardstick. The draft model picks as the real one did along the answer (draft mode
+    # drafts at every step).
     answers = tmp_path / "answers.json"
     replay = [
         sys.executable, str(ROOT / "bench" / "overhead_replay.py"), str(tiny_models.target),
-        str(tiny_models.draft_similar), "--prompts", "humaneval=2", "--max-tokens", "16", "--rounds", "1",
-        "--modes", "none,adaptive,draft", "--answers", str(answers), "--scale", "5",
+        str(tiny_models.draft_similar), "--workloads", "humaneval,fim", "--prompts", "humaneval=1,fim=1",
+        "--max-tokens", "16", "--rounds", "1", "--modes", "none,adaptive,draft", "--answers", str(answers),
+        "--scale", "5",
     ]  # fmt: skip
     for _ in range(2):  # (the second from the kept answers)
         printed = subprocess.run(replay, capture_output=True, text=True)
         assert printed.returncode == 0, printed.stderr
-        *lines, picks = printed.stdout.splitlines()[1:]
-        rows = {line.split()[0]: line.split()[1:] for line in lines}
-        assert set(rows) == {"none", "adaptive", "draft"}
+        *lines, picks = printed.stdout.splitlines()
+        blocks = "\n".join(lines).split("== ")[1:]
+        assert [block.split()[0] for block in blocks] == ["humaneval", "fim"]
+        for block in blocks:
+            rows = {line.split()[0]: line.split()[1:] for line in block.splitlines()[2:]}
+            assert set(rows) == {"none", "adaptive", "draft"}
+            assert float(rows["none"][6]) == 0.0 and rows["none"][8:] == ["1.000", "(1.000)"]  # (itself)
+            assert all(
+                float(cell) > 0 for row in rows.values() for cell in [*row[:6], *row[7:9], row[9].strip("()")]
+            )
         along = re.fullmatch(
             r"the draft model's picks: (\d+) the real one's along the answer, (\d+) past it", picks
         )
         assert along is not None and int(along[1]) > 0, picks
-        assert float(rows["none"][1]) == 1.0 and float(rows["none"][6]) == 0.0  # (one token a pass, itself)
-        assert rows["none"][8:] == ["1.000", "(1.000)"]
-        assert all(
-            float(cell) > 0 for row in rows.values() for cell in [*row[:6], *row[7:9], row[9].strip("()")]
-        )
     assert [len(answer["target"]) for answer in json.loads(answers.read_text())] == [16, 16]
 
 
