@@ -87,18 +87,17 @@ class ForcedPicks:
 
         def read_pick(drafter: DraftModelDrafter, chain: list[int]) -> _Tip:
             at = len(chain) - len(forced.prompt)
+            real = forced.draft_picks[at] if 0 <= at < len(forced.draft_picks) else None
             # (on the answer's path where the chain ends as the prompt and answer do: one path is followed)
             path = forced.prompt[-8:] + forced.answer[max(0, at - 8) : at]
-            if 0 <= at < len(forced.draft_picks) and chain[-8:] == path[-8:]:
+            if real is not None and chain[-8:] == path[-8:]:
                 forced.on_path += 1
-                return drafter._tip_for(chain, *forced.draft_picks[at])
+                return drafter._tip_for(chain, *real)
             # Past a wrong draft the real model goes on as sure as it was along the answer there (a stand-in's
             # margins would stop it at once, making drafts past a miss next to free).
             forced.off_path += 1
             token, margin, runner_up = best_two(drafter.model.logits(1)[0])
-            if 0 <= at < len(forced.draft_picks):
-                margin = forced.draft_picks[at][1]
-            return drafter._tip_for(chain, token, margin, runner_up)
+            return drafter._tip_for(chain, token, margin if real is None else real[1], runner_up)
 
         DraftModelDrafter._read_pick = read_pick  # type: ignore[method-assign,assignment]
 
