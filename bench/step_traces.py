@@ -9,15 +9,19 @@ size in a row) or replayed it (warm), and their mean ms: on a GPU the three cost
 `adaptive`, the tokens per second the chooser expected of each source it priced against what the steps it chose
 got, and how many were close calls (another source within 5%); then the draft-model steps by what the step before
 them did (every draft taken, a draft rejected, or no drafts): the drafts they found made ahead and their drafting
-time, since drafting ahead assumes every draft is taken. Each run's first step is left out: its pass also reads the
-prompt's last chunk (the next pass is classed against its size).
+time, since drafting ahead assumes every draft is taken; last, `adaptive`'s n-gram steps by the rate it priced them at
+over the target alone, with what they saved against the target alone's warm one-token passes once the one-token
+passes right after them (cold, then a CUDA graph capture) are paid (with a traced `none` run in the file). Each
+run's first step is left out: its pass also reads the prompt's last chunk (the next pass is classed against its
+size).
 """
 
 from __future__ import annotations
 
+import statistics
 import sys
 from collections import defaultdict
-from itertools import pairwise
+from itertools import pairwise, takewhile
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +128,53 @@ def draft_steps_by_before(runs: list[dict[str, Any]]) -> dict[tuple[str, str, st
     return dict(rows)
 
 
+RETURN_PASSES = 2  # one-token passes after a pass of another size that run cold, then capture a CUDA graph
+BANDS = (1.25, 1.5, 2.0, 3.0)  # bounds of the bands of priced rate over the target alone's
+
+
+def band(ratio: float) -> str:
+    """The `BANDS` band a priced rate over the target alone's falls in, as a label that sorts in order."""
+    lower = max((bound for bound in BANDS if ratio >= bound), default=None)
+    upper = min((bound for bound in BANDS if ratio < bound), default=None)
+    if lower is None:
+        return f"a. < {upper}x"
+    return f"b. >= {lower}x" if upper is None else f"b. {lower}-{upper}x"
+
+
+def ngram_returns(runs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, float]]:
+    """Per (workload, `band` of the rate `adaptive` priced its n-gram drafts at over the target alone's): the
+    n-gram steps, tokens they settled, and the ms they saved against the target alone's warm one-token pass (the
+    median of the workload's traced `none` runs): those tokens at that price, less the step's pass and what the
+    one-token passes right after it cost beyond it (`RETURN_PASSES`). Empty without a traced `none` run."""
+    warm: dict[str, list[float]] = defaultdict(list)
+    for run in runs:
+        if run["system"] == "localspec" and run["mode"] == "none" and run.get("steps"):
+            warm[run["workload"]] += [
+                step["verify_ms"] for step in run["steps"][1:] if step["pass_tokens"] == 1
+            ]
+    rows: dict[tuple[str, str], dict[str, float]] = defaultdict(
+        lambda: dict.fromkeys(("steps", "tokens", "saved"), 0.0)
+    )
+    for run in runs:
+        if run["system"] != "localspec" or run["mode"] != "adaptive" or not warm.get(run["workload"]):
+            continue
+        one = statistics.median(warm[run["workload"]])
+        steps = run.get("steps") or []
+        for at, step in enumerate(steps[1:], 1):
+            priced = step.get("priced") or {}
+            if step["source"] != "ngram" or not priced.get("none") or "ngram" not in priced:
+                continue
+            after = takewhile(lambda later: later["pass_tokens"] == 1, steps[at + 1 : at + 1 + RETURN_PASSES])
+            settled = step["accepted"] + 1
+            row = rows[(run["workload"], band(priced["ngram"] / priced["none"]))]
+            row["steps"] += 1
+            row["tokens"] += settled
+            row["saved"] += (
+                settled * one - step["verify_ms"] - sum(later["verify_ms"] - one for later in after)
+            )
+    return dict(rows)
+
+
 STEPS_HEADER = (
     "workload | mode | source | steps | drafts / step | accepted / step | ready | tokens / pass | verify ms / step"
     " | draft ms / step"
@@ -131,6 +182,10 @@ STEPS_HEADER = (
 KINDS_HEADER = "workload | mode | cold passes (mean ms) | captures | warm"
 CHOICES_HEADER = (
     "workload | `adaptive` chose | steps | priced tok/s: none / ngram / draft | got tok/s | close calls"
+)
+RETURNS_HEADER = (
+    "workload | n-gram drafts priced at, over the target alone | steps | tokens / step | saved ms"
+    " | saved ms / step"
 )
 BEFORE_HEADER = (
     "workload | mode | step before | draft-model steps | drafts made ahead / step | drafts / step"
@@ -191,6 +246,14 @@ def render(path: Path) -> str:
             per_step = [f"{row[name] / n:.1f}" for name in ("ready", "drafted", "draft_ms")]
             rows.append([workload, mode, before, f"{n:.0f}", *per_step])
         lines += ["", *markdown_table(BEFORE_HEADER, 3, rows)]
+    returns = ngram_returns(runs)
+    if returns:
+        rows = [
+            [workload, label[3:], f"{row['steps']:.0f}", f"{row['tokens'] / row['steps']:.1f}", f"{row['saved']:.1f}",
+             f"{row['saved'] / row['steps']:.2f}"]
+            for (workload, label), row in sorted(returns.items())
+        ]  # fmt: skip
+        lines += ["", *markdown_table(RETURNS_HEADER, 2, rows)]
     return "\n".join(lines)
 
 

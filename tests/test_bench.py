@@ -148,6 +148,60 @@ def test_step_traces_set_what_adaptive_expected_of_each_source_beside_what_it_go
             assert priced[source] != "-" and priced["none"] != "-"
 
 
+def _step(
+    source: str, drafted: int, accepted: int, verify_ms: float, priced: dict[str, float]
+) -> dict[str, Any]:
+    return {
+        "source": source, "drafted": drafted, "accepted": accepted, "ready": 0, "pass_tokens": drafted + 1,
+        "draft_ms": 0.0, "verify_ms": verify_ms, "draft_ready": 0, "priced": priced,
+    }  # fmt: skip
+
+
+def test_step_traces_net_each_ngram_step_against_the_warm_passes_it_replaced(tmp_path: Path) -> None:
+    # A trace written here: the target alone's warm one-token pass costs 2 ms (its median), and adaptive's n-gram
+    # steps are followed by one-token passes that ran cold (3 ms) or by another n-gram step.
+    alone = [_step("none", 0, 0, ms, {}) for ms in (9.0, 2.0, 2.0, 2.5)]  # (the first reads the prompt)
+    low, high = {"none": 500.0, "ngram": 600.0}, {"none": 500.0, "ngram": 2000.0}
+    adaptive = [
+        _step("none", 0, 0, 9.0, {"none": 500.0}),
+        _step(
+            "ngram", 8, 0, 5.0, low
+        ),  # 1 token for 2 ms, less its 5 ms pass and 1 ms more in each return pass
+        _step("none", 0, 0, 3.0, {"none": 500.0}),
+        _step("none", 0, 0, 3.0, {"none": 500.0}),
+        _step("none", 0, 0, 3.0, {"none": 500.0}),  # (a third pass after it is not the step's)
+        _step("ngram", 8, 7, 5.0, high),  # 8 tokens: 16 ms less 5; another n-gram step comes next
+        _step(
+            "ngram", 4, 3, 4.0, high
+        ),  # 4 tokens: 8 ms less 4, and 1 ms more in the one-token pass after it
+        _step("none", 0, 0, 3.0, {"none": 500.0}),
+    ]
+    runs = [
+        {
+            "system": "localspec",
+            "workload": "humaneval",
+            "mode": mode,
+            "task_id": "HumanEval/0",
+            "steps": steps,
+        }
+        for mode, steps in (("none", alone), ("adaptive", adaptive))
+    ]
+    path = tmp_path / "trace.json"
+    path.write_text(json.dumps({"runs": runs}))
+    table = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "step_traces.py"), str(path)],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    rows = {
+        cells[1].strip(): [cell.strip() for cell in cells[2:]]
+        for cells in (
+            line.strip("|").split("|") for line in table.splitlines() if line.startswith("| humaneval")
+        )
+        if "x" in cells[1]
+    }
+    assert rows == {"< 1.25x": ["1", "1.0", "-5.0", "-5.00"], ">= 3.0x": ["2", "6.0", "14.0", "7.00"]}
+
+
 def test_a_cost_scaled_target_is_written_once_and_labelled_everywhere(
     scaled_bench: BenchRun, tiny_models
 ) -> None:
