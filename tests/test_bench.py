@@ -162,19 +162,19 @@ def test_step_traces_net_each_ngram_step_against_the_warm_passes_it_replaced(tmp
     # steps are followed by one-token passes that ran cold (3 ms) or by another n-gram step.
     alone = [_step("none", 0, 0, ms, {}) for ms in (9.0, 2.0, 2.0, 2.5)]  # (the first reads the prompt)
     low, high = {"none": 500.0, "ngram": 600.0}, {"none": 500.0, "ngram": 2000.0}
+    alone_step = _step("none", 0, 0, 3.0, {"none": 500.0})  # a cold one-token pass
     adaptive = [
         _step("none", 0, 0, 9.0, {"none": 500.0}),
-        _step(
-            "ngram", 8, 0, 5.0, low
-        ),  # 1 token for 2 ms, less its 5 ms pass and 1 ms more in each return pass
-        _step("none", 0, 0, 3.0, {"none": 500.0}),
-        _step("none", 0, 0, 3.0, {"none": 500.0}),
-        _step("none", 0, 0, 3.0, {"none": 500.0}),  # (a third pass after it is not the step's)
-        _step("ngram", 8, 7, 5.0, high),  # 8 tokens: 16 ms less 5; another n-gram step comes next
-        _step(
-            "ngram", 4, 3, 4.0, high
-        ),  # 4 tokens: 8 ms less 4, and 1 ms more in the one-token pass after it
-        _step("none", 0, 0, 3.0, {"none": 500.0}),
+        # 1 token for 2 ms, less its 5 ms pass and 1 ms more in each of the two return passes; a third is not its
+        _step("ngram", 8, 0, 5.0, low),
+        alone_step,
+        alone_step,
+        alone_step,
+        # 8 tokens: 16 ms less its 5 ms pass (another n-gram step comes next)
+        _step("ngram", 8, 7, 5.0, high),
+        # 4 tokens: 8 ms less 4, and 1 ms more in the one-token pass after it
+        _step("ngram", 4, 3, 4.0, high),
+        alone_step,
     ]
     runs = [
         {
