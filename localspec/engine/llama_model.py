@@ -579,9 +579,10 @@ def top_two_expecting(row: np.ndarray, expected: int) -> tuple[int, float]:
 
 
 def _runner_up(row: np.ndarray, token: int) -> tuple[float, int]:
-    """(row[token] minus the best other logit, that other token), without copying the row."""
+    """(row[token] minus the best other logit, that other token), without copying the row. In Python floats: a
+    row whose two best are the same infinity gives NaN (`top_two_expecting` handles it) without numpy's warning."""
     top = row[token]
     row[token] = -np.inf
     runner_up = int(np.argmax(row))
     row[token] = top
-    return float(top - row[runner_up]), runner_up
+    return float(top) - float(row[runner_up]), runner_up
