@@ -18,6 +18,7 @@ size).
 
 from __future__ import annotations
 
+import bisect
 import statistics
 import sys
 from collections import defaultdict
@@ -130,19 +131,15 @@ def draft_steps_by_before(runs: list[dict[str, Any]]) -> dict[tuple[str, str, st
 
 RETURN_PASSES = 2  # one-token passes after a pass of another size that run cold, then capture a CUDA graph
 BANDS = (1.25, 1.5, 2.0, 3.0)  # bounds of the bands of priced rate over the target alone's
+BAND_LABELS = (
+    f"< {BANDS[0]}x",
+    *(f"{low}-{high}x" for low, high in pairwise(BANDS)),
+    f">= {BANDS[-1]}x",
+)
 
 
-def band(ratio: float) -> str:
-    """The `BANDS` band a priced rate over the target alone's falls in, as a label that sorts in order."""
-    lower = max((bound for bound in BANDS if ratio >= bound), default=None)
-    upper = min((bound for bound in BANDS if ratio < bound), default=None)
-    if lower is None:
-        return f"a. < {upper}x"
-    return f"b. >= {lower}x" if upper is None else f"b. {lower}-{upper}x"
-
-
-def ngram_returns(runs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, float]]:
-    """Per (workload, `band` of the rate `adaptive` priced its n-gram drafts at over the target alone's): the
+def ngram_returns(runs: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, float]]:
+    """Per (workload, `BANDS` band of the rate `adaptive` priced its n-gram drafts at over the target alone's): the
     n-gram steps, tokens they settled, and the ms they saved against the target alone's warm one-token pass (the
     median of the workload's traced `none` runs): those tokens at that price, less the step's pass and what the
     one-token passes right after it cost beyond it (`RETURN_PASSES`). Empty without a traced `none` run."""
@@ -152,7 +149,7 @@ def ngram_returns(runs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str,
             warm[run["workload"]] += [
                 step["verify_ms"] for step in run["steps"][1:] if step["pass_tokens"] == 1
             ]
-    rows: dict[tuple[str, str], dict[str, float]] = defaultdict(
+    rows: dict[tuple[str, int], dict[str, float]] = defaultdict(
         lambda: dict.fromkeys(("steps", "tokens", "saved"), 0.0)
     )
     for run in runs:
@@ -166,7 +163,7 @@ def ngram_returns(runs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str,
                 continue
             after = takewhile(lambda later: later["pass_tokens"] == 1, steps[at + 1 : at + 1 + RETURN_PASSES])
             settled = step["accepted"] + 1
-            row = rows[(run["workload"], band(priced["ngram"] / priced["none"]))]
+            row = rows[(run["workload"], bisect.bisect_right(BANDS, priced["ngram"] / priced["none"]))]
             row["steps"] += 1
             row["tokens"] += settled
             row["saved"] += (
@@ -249,9 +246,9 @@ def render(path: Path) -> str:
     returns = ngram_returns(runs)
     if returns:
         rows = [
-            [workload, label[3:], f"{row['steps']:.0f}", f"{row['tokens'] / row['steps']:.1f}", f"{row['saved']:.1f}",
+            [workload, BAND_LABELS[band], f"{row['steps']:.0f}", f"{row['tokens'] / row['steps']:.1f}", f"{row['saved']:.1f}",
              f"{row['saved'] / row['steps']:.2f}"]
-            for (workload, label), row in sorted(returns.items())
+            for (workload, band), row in sorted(returns.items())
         ]  # fmt: skip
         lines += ["", *markdown_table(RETURNS_HEADER, 2, rows)]
     return "\n".join(lines)
