@@ -245,11 +245,11 @@ def render(path: Path) -> str:
         lines += ["", *markdown_table(BEFORE_HEADER, 3, rows)]
     returns = ngram_returns(runs)
     if returns:
-        rows = [
-            [workload, BAND_LABELS[band], f"{row['steps']:.0f}", f"{row['tokens'] / row['steps']:.1f}", f"{row['saved']:.1f}",
-             f"{row['saved'] / row['steps']:.2f}"]
-            for (workload, band), row in sorted(returns.items())
-        ]  # fmt: skip
+        rows = []
+        for (workload, band), row in sorted(returns.items()):
+            steps, saved = row["steps"], row["saved"]
+            per_step = [f"{row['tokens'] / steps:.1f}", f"{saved:.1f}", f"{saved / steps:.2f}"]
+            rows.append([workload, BAND_LABELS[band], f"{steps:.0f}", *per_step])
         lines += ["", *markdown_table(RETURNS_HEADER, 2, rows)]
     return "\n".join(lines)
 
