@@ -1308,6 +1308,49 @@ def test_a_draft_model_step_that_drafted_less_keeps_the_size_before_where_that_c
     assert all(cpu.padded_size(n, warm, largest=17) == n for n in range(1, 9))
 
 
+def long_pass_costs() -> PassCosts:
+    """Prices of an expensive target on a GPU (ms, shaped as the x10 cost-scaled target's on an H100): a capture
+    (the second pass of a size in a row) costs more than a cold pass, each replay after it much less."""
+    costs = PassCosts()
+    for n in range(1, 26):
+        cold = 16.0 + 1.9 * (n - 1)
+        costs.record_verify(n, cold / 1000)
+        costs.record_verify(n, (cold + 1.0) / 1000, after_draft=True)
+        costs.record_verify(n, (cold + 10.0) / 1000, capture=True)
+        costs.record_verify(n, (15.8 + 1.35 * (n - 1)) / 1000, warm=True)
+    costs.record_draft(1, 1.2 / 1000)
+    return costs
+
+
+def test_a_capture_is_planned_net_of_the_replays_that_follow_it() -> None:
+    # After one 25-token pass, a draft-model step of 24 drafts would capture that size's CUDA graph: dearer than a
+    # cold 24-token pass, but each pass of that size after it replays the graph. Where captures are followed by
+    # replays (as they are until counted) `adaptive` keeps the size; where they have not been, it drafts one short.
+    from localspec.engine.estimates import PositionalAcceptance
+
+    costs = long_pass_costs()
+    after_one = StepSite(previous=25, streak=1, draft_ready=24)
+
+    def plan(chooser: AdaptiveChooser) -> Plan:
+        chooser.draft_acceptance = PositionalAcceptance(0.97)
+        return chooser.plan(budget=24, ngram_available=0, site=after_one)
+
+    chooser = AdaptiveChooser("adaptive", draft_max=24, has_draft_model=True, costs=costs)
+    assert plan(chooser) == Plan("draft", 24)
+    # A shorter draft is padded up to the capture (the replays pay for the padding) unless it is much shorter.
+    assert [chooser.padded_size(n, after_one, largest=25) for n in (12, 20)] == [12, 25]
+    # Captures never followed by a replay: each is priced as what it costs.
+    capture, cold = costs.verify(25, capture=True), costs.verify(11, after_draft=True)
+    for _ in range(12):
+        chooser.record("draft", 24, 24, capture, 25, capture=True)
+        chooser.record("draft", 10, 10, cold, 11)
+    assert plan(chooser) == Plan("draft", 23)
+    assert chooser.padded_size(20, after_one, largest=25) == 20
+    # Draft mode keeps its plain rule: no padding to a capture.
+    draft_mode = AdaptiveChooser("draft", draft_max=24, has_draft_model=True, costs=costs)
+    assert draft_mode.padded_size(20, after_one, largest=25) == 20
+
+
 def test_draft_model_steps_padded_to_a_warm_size_keep_the_output_of_the_target_alone(
     similar_engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -41,6 +41,9 @@ REST_MARGIN, REST_STEPS = 0.8, 32
 # tokens such runs settle: the draft model's catch-up over a run of draft-model steps, the return to one-token
 # passes (cold, then a CUDA graph capture) over a run of speculative steps.
 PRIOR_RUN = 64
+# Replays of a CUDA graph that follow its capture (passes of the same size after it, on a GPU), until counted: what
+# keeping a draft-model step's pass size is expected to buy (`AdaptiveChooser._capture_price`).
+PRIOR_REPLAYS = 2.0
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,9 @@ class AdaptiveChooser:
         # The last plan's expected tokens per second of each source it priced (`StepRecord.priced`, for traces).
         self.priced: dict[DraftSource, float] = {}
         self._prepared: _Prepared | None = None
+        # Replays after each capture of a pass of more than one token, and the current count (None: no capture's).
+        self._replays = Ewma(PRIOR_REPLAYS, weight=0.3)
+        self._replay_run: int | None = None
 
     def start_request(self) -> None:
         """Whether the text repeats itself is a property of each request: n-gram acceptance starts again from the
@@ -148,6 +154,7 @@ class AdaptiveChooser:
         self._prepared = None
         self._draft_run.end()
         self._speculative_run.end()
+        self._count_replays(0, warm=False, capture=False)  # (the prompt's pass ends any run of replays)
 
     # ---- planning ---------------------------------------------------------------------------------------------
 
@@ -169,6 +176,7 @@ class AdaptiveChooser:
         after_draft: bool = False,
         free_drafts: int = 0,
         slack: float = 0.0,
+        replays: float = 0.0,
     ) -> tuple[int, float, int]:
         """The draft length in 1..limit with the best expected tokens per second, that rate, and the pass size to
         pad to (0: none; the previous pass's size when padding pays, a pass of the same size being warm).
@@ -181,10 +189,13 @@ class AdaptiveChooser:
         pass follows draft-model passes and is priced as such. free_drafts: drafts already made (the draft model
         drafted them ahead): only the ones beyond cost per_draft_token.
         slack: take the longest length whose rate is within this share of the best (the best rate is returned).
+        replays: passes expected to replay the CUDA graph a capture makes (no more than the steps left in a run of
+        `horizon` tokens): a pass of the previous size after one such pass is priced net of them (`_capture_price`).
         """
         costs = self.costs
         previous, streak, depth = site.previous, site.streak, site.depth
         switch = costs.switch_cost() if previous == 1 else 0.0
+        capture_size = previous if replays and streak == 1 and previous > 1 else 0
         best_k, best_rate, best_size = 0, 0.0, 0
         expected = survive = 1.0
         by_length = []
@@ -199,6 +210,10 @@ class AdaptiveChooser:
             if switch:
                 share += switch if expected >= switch_horizon else switch * (expected / switch_horizon)
             drafting = (k - free_drafts) * per_draft_token if k > free_drafts else 0.0
+            if k + 1 == capture_size:
+                verify = self._capture_price(
+                    capture_size, site, after_draft, min(replays, horizon / expected - 1)
+                )
             step = verify + drafting + share
             rate = expected / step
             by_length.append(rate)
@@ -208,7 +223,11 @@ class AdaptiveChooser:
             best_k = max(k for k, rate in enumerate(by_length, 1) if rate >= (1 - slack) * best_rate)
         if limit + 1 < previous <= self.draft_max + 1 and limit:
             share = one_off * min(1.0, expected / horizon)
-            verify = costs.in_sequence(previous, previous, streak, after_draft, depth)
+            verify = (
+                self._capture_price(previous, site, after_draft, min(replays, horizon / expected - 1))
+                if capture_size
+                else costs.in_sequence(previous, previous, streak, after_draft, depth)
+            )
             padded = expected / (verify + max(0, limit - free_drafts) * per_draft_token + share)
             if padded > best_rate:
                 best_k, best_rate, best_size = limit, padded, previous
@@ -288,6 +307,7 @@ class AdaptiveChooser:
                     after_draft=True,
                     free_drafts=site.draft_ready,
                     slack=LENGTH_SLACK,
+                    replays=self._replays.value,
                 )
 
             k, rate, size = drafting(budget)
@@ -377,8 +397,23 @@ class AdaptiveChooser:
         previous = site.previous
         if not n < previous <= largest:
             return n
-        same = self.costs.in_sequence(previous, previous, site.streak, True, site.depth)
+        if self.mode == "adaptive" and site.streak == 1:  # (draft mode keeps the plain prices: the yardstick)
+            steps_left = self._draft_run.horizon(site.remaining) / previous - 1
+            same = self._capture_price(previous, site, True, min(self._replays.value, steps_left))
+        else:
+            same = self.costs.in_sequence(previous, previous, site.streak, True, site.depth)
         return previous if same < self.costs.in_sequence(n, previous, site.streak, True, site.depth) else n
+
+    def _capture_price(self, n: int, site: StepSite, after_draft: bool, replays: float) -> float:
+        """A pass that captures the CUDA graph of n tokens (the second pass of that size in a row), net of what the
+        `replays` passes expected to replay it save over cold passes: a capture costs about a cold pass, and one
+        replay after it does not pay for keeping the size, while a run of them does (docs/BENCHMARKS.md). Never
+        below a replay's price; on a CPU the three prices are one and nothing changes."""
+        costs, depth = self.costs, site.depth
+        warm = costs.verify(n, warm=True, depth=depth)
+        saving = max(0.0, costs.verify(n, after_draft=after_draft, depth=depth) - warm)
+        capture = costs.verify(n, capture=True, after_draft=after_draft, depth=depth)
+        return max(warm, capture - max(0.0, replays) * saving)
 
     def plan_with_ngrams(
         self,
@@ -447,6 +482,7 @@ class AdaptiveChooser:
             self._alone_confirmed = abs(t_verify - priced) <= CONFIRMED * priced
         if verify_tokens:
             self.costs.record_verify(verify_tokens, t_verify, warm, capture, source == "draft", depth)
+        self._count_replays(verify_tokens, warm, capture)
         if source == "draft":
             self._draft_run.extend(accepted + 1)
         else:
@@ -464,3 +500,12 @@ class AdaptiveChooser:
                 drafted, accepted = drafted + 1, accepted + int(ngram_next)
             self.ngram_acceptance[match_class(ngram_match)].record(drafted, accepted)
             self._ngram_long_run[match_class(ngram_match)].record(drafted, accepted)
+
+    def _count_replays(self, size: int, warm: bool, capture: bool) -> None:
+        """Count the replays after each capture of a pass of more than one token, while they last."""
+        if warm and self._replay_run is not None:
+            self._replay_run += 1
+            return
+        if self._replay_run is not None:
+            self._replays.add(self._replay_run)
+        self._replay_run = 0 if capture and size > 1 else None
