@@ -393,7 +393,9 @@ class AdaptiveChooser:
         """The size to give a draft-model step's pass of n tokens once its drafts are made (the draft model stops
         where it is unsure, so a step's size is known only then): the pass before's, where repeating that size (a
         replayed CUDA graph) costs less than a pass of n tokens, else n. Padding keeps a run of same-size passes
-        warm; the extra rows are ignored."""
+        warm; the extra rows are ignored. In `adaptive` a pass that would capture the graph is priced net of the
+        replays after it (`_capture_price`; at most the steps left in the run, each settling no more than a pass
+        holds)."""
         previous = site.previous
         if not n < previous <= largest:
             return n
