@@ -176,7 +176,7 @@ class AdaptiveChooser:
         after_draft: bool = False,
         free_drafts: int = 0,
         slack: float = 0.0,
-        replays: float = 0.0,
+        capture_credit: bool = False,
     ) -> tuple[int, float, int]:
         """The draft length in 1..limit with the best expected tokens per second, that rate, and the pass size to
         pad to (0: none; the previous pass's size when padding pays, a pass of the same size being warm).
@@ -189,13 +189,13 @@ class AdaptiveChooser:
         pass follows draft-model passes and is priced as such. free_drafts: drafts already made (the draft model
         drafted them ahead): only the ones beyond cost per_draft_token.
         slack: take the longest length whose rate is within this share of the best (the best rate is returned).
-        replays: passes expected to replay the CUDA graph a capture makes (no more than the steps left in a run of
-        `horizon` tokens): a pass of the previous size after one such pass is priced net of them (`_capture_price`).
+        capture_credit: a pass of the previous size after one such pass (a CUDA graph capture) is priced net of the
+        replays expected after it, within the steps left in a run of `horizon` tokens (`_capture_price`).
         """
         costs = self.costs
         previous, streak, depth = site.previous, site.streak, site.depth
         switch = costs.switch_cost() if previous == 1 else 0.0
-        capture_size = previous if replays and streak == 1 and previous > 1 else 0
+        capture_size = previous if capture_credit and streak == 1 and previous > 1 else 0
         best_k, best_rate, best_size = 0, 0.0, 0
         expected = survive = 1.0
         by_length = []
@@ -211,9 +211,7 @@ class AdaptiveChooser:
                 share += switch if expected >= switch_horizon else switch * (expected / switch_horizon)
             drafting = (k - free_drafts) * per_draft_token if k > free_drafts else 0.0
             if k + 1 == capture_size:
-                verify = self._capture_price(
-                    capture_size, site, after_draft, min(replays, horizon / expected - 1)
-                )
+                verify = self._capture_price(capture_size, site, after_draft, horizon / expected - 1)
             step = verify + drafting + share
             rate = expected / step
             by_length.append(rate)
@@ -224,7 +222,7 @@ class AdaptiveChooser:
         if limit + 1 < previous <= self.draft_max + 1 and limit:
             share = one_off * min(1.0, expected / horizon)
             verify = (
-                self._capture_price(previous, site, after_draft, min(replays, horizon / expected - 1))
+                self._capture_price(previous, site, after_draft, horizon / expected - 1)
                 if capture_size
                 else costs.in_sequence(previous, previous, streak, after_draft, depth)
             )
@@ -307,7 +305,7 @@ class AdaptiveChooser:
                     after_draft=True,
                     free_drafts=site.draft_ready,
                     slack=LENGTH_SLACK,
-                    replays=self._replays.value,
+                    capture_credit=True,
                 )
 
             k, rate, size = drafting(budget)
@@ -400,22 +398,25 @@ class AdaptiveChooser:
         if not n < previous <= largest:
             return n
         if self.mode == "adaptive" and site.streak == 1:  # (draft mode keeps the plain prices: the yardstick)
-            steps_left = self._draft_run.horizon(site.remaining) / previous - 1
-            same = self._capture_price(previous, site, True, min(self._replays.value, steps_left))
+            same = self._capture_price(
+                previous, site, True, self._draft_run.horizon(site.remaining) / previous - 1
+            )
         else:
             same = self.costs.in_sequence(previous, previous, site.streak, True, site.depth)
         return previous if same < self.costs.in_sequence(n, previous, site.streak, True, site.depth) else n
 
-    def _capture_price(self, n: int, site: StepSite, after_draft: bool, replays: float) -> float:
+    def _capture_price(self, n: int, site: StepSite, after_draft: bool, steps_left: float) -> float:
         """A pass that captures the CUDA graph of n tokens (the second pass of that size in a row), net of what the
-        `replays` passes expected to replay it save over cold passes: a capture costs about a cold pass, and one
-        replay after it does not pay for keeping the size, while a run of them does (docs/BENCHMARKS.md). Never
-        below a replay's price; on a CPU the three prices are one and nothing changes."""
+        passes expected to replay it (the replays counted after captures, at most `steps_left`) save over cold
+        passes: a capture costs about a cold pass, and one replay after it does not pay for keeping the size, while
+        a run of them does (docs/BENCHMARKS.md). Never below a replay's price; on a CPU the three prices are one and
+        nothing changes."""
+        replays = max(0.0, min(self._replays.value, steps_left))
         costs, depth = self.costs, site.depth
         warm = costs.verify(n, warm=True, depth=depth)
         saving = max(0.0, costs.verify(n, after_draft=after_draft, depth=depth) - warm)
         capture = costs.verify(n, capture=True, after_draft=after_draft, depth=depth)
-        return max(warm, capture - max(0.0, replays) * saving)
+        return max(warm, capture - replays * saving)
 
     def plan_with_ngrams(
         self,
