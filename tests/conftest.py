@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import os
 import subprocess
@@ -25,6 +26,14 @@ class TinyModels:
     draft_other: Path  # unrelated weights, same tokenizer: low acceptance
     draft_bad_vocab: Path  # different special tokens: incompatible with the target
     no_fim: Path  # a model without FIM tokens
+
+
+@pytest.fixture(autouse=True)
+def _garbage_collector_unfrozen() -> Iterator[None]:
+    """The daemon's scheduler freezes what its process holds at each engine swap (`localspec.gc_pauses`); in the
+    tests' process that would keep earlier tests' garbage from collection: let it go after each test."""
+    yield
+    gc.unfreeze()
 
 
 @pytest.fixture(scope="session")

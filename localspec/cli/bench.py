@@ -113,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
     from localspec.engine import Engine, EngineSettings
     from localspec.engine.llama_model import check_model_files, shutdown, threads_for
     from localspec.errors import InvalidRequestError
+    from localspec.gc_pauses import freeze_long_lived
     from localspec.models import resolve_run_models
 
     console = Console(stderr=True)
@@ -202,6 +203,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         try:
             engine = Engine(settings)
+            freeze_long_lived()  # (as the daemon does once the models are in)
             start_up_prices = engine.costs.describe()  # what the chooser plans with before any request (ms)
             console.print(f"measured at start-up: {start_up_prices}")
             meta.update(

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from localspec.engine.types import CancelToken, GenerationRequest, GenerationResult, RequestStats, StepEvent
 from localspec.errors import DaemonUnavailableError
+from localspec.gc_pauses import freeze_long_lived
 from localspec.remote.stats import unknown_fields
 
 if TYPE_CHECKING:
@@ -191,10 +192,14 @@ class Scheduler:
                     self._lock.wait()
                 if self._stopping and not self._active and not self._pending:
                     break
+                serving = id(self._engine)
                 uncalibrated = self._swap_engine_if_idle()
+                swapped = id(self._engine) != serving
                 to_close, self._to_close = self._to_close, []
-            for engine in to_close:
-                engine.close()
+            while to_close:
+                to_close.pop().close()
+            if swapped:  # (the new engine timed and serving, the old one closed and let go)
+                freeze_long_lived()
             if uncalibrated is not None:
                 self._calibrate(uncalibrated)
                 continue  # swap it in on the next turn (unless a newer engine was installed meanwhile)
