@@ -7,11 +7,10 @@ import gc
 
 def freeze_long_lived() -> None:
     """Call after loading models. What the process holds then (modules, the models' wrappers, the tokenizers'
-    tables: ~65,000 objects in the daemon) lives until the next load, yet each full collection walks all of it:
-    ~10 ms on a 2-core CPU, in the middle of whichever request it falls in (a GPU step takes 2-20 ms). Garbage is
-    collected first; the rest is moved out of the collector's reach (`gc.freeze`), and objects made later are
-    collected as before. At the next load the last load's frozen objects are let go first, so what that load
-    dropped is collected then."""
+    tables) lives until the next load, yet each full collection walks all of it, in the middle of whichever request
+    it falls in: on a GPU, a pause of several target passes (docs/BENCHMARKS.md). Garbage is collected first; the
+    rest is moved out of the collector's reach (`gc.freeze`), and objects made later are collected as before. At
+    the next load the last load's frozen objects are let go first, so what that load dropped is collected then."""
     gc.unfreeze()
     gc.collect()
     gc.freeze()

@@ -83,9 +83,8 @@ async def test_a_reload_during_a_long_generation_never_decodes_two_engines_at_on
 async def test_a_swap_keeps_what_the_daemon_holds_out_of_full_collections_and_frees_the_engine_it_replaced(
     endless_pair: tuple[Path, Path],
 ) -> None:
-    # A full garbage collection walks every object the process holds (~65,000 in the daemon, ~10 ms on a 2-core
-    # CPU) in the middle of some request. Once an engine is swapped in, what the daemon then holds is frozen out of
-    # those walks; an engine swapped out is still let go.
+    # A full garbage collection walks every object the process holds, in the middle of some request. Once an engine
+    # is swapped in, what the daemon then holds is frozen out of those walks; an engine swapped out is still let go.
     import gc
     import weakref
 
