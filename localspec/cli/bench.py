@@ -276,6 +276,7 @@ def _run_localspec(
 
     from localspec.benchmark import runner
     from localspec.engine.drafters import NgramHistory
+    from localspec.gc_pauses import freeze_long_lived
 
     runs: list[Run] = []
     # Warm-up (GPU kernels, CUDA graphs, caches) so the first measured mode is not penalised.
@@ -303,6 +304,9 @@ def _run_localspec(
                     by_mode[mode][position].append(
                         runner.run_localspec(engine, task, tokens, mode, record_steps=trace_steps)
                     )
+                    # (the runs' records live on, as nothing a daemon's request leaves does: frozen with the rest,
+                    # so that a full collection walking them never falls in a later run)
+                    freeze_long_lived()
                     progress.advance(bar)
             references: dict[int, Run] = {}
             for mode in order:
