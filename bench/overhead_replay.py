@@ -26,7 +26,7 @@ first mode's; then the speed a run would have with its passes at the held prices
 measured, and its ratio to the first mode's (in brackets: the passes alone).
 
 usage: python bench/overhead_replay.py TARGET.gguf DRAFT.gguf [--answers FILE] [--modes none,ngram,adaptive]
-       [--workloads humaneval] [--prompts humaneval=20] [--max-tokens 128] [--rounds 2] [--scale 1]
+       [--workloads humaneval] [--prompts humaneval=20] [--max-tokens 128] [--rounds 2] [--scale 1] [--trace FILE.json]
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from overhead_model import write_overhead_model
 from plan_cost import gpu_prices
 
 from localspec.benchmark import workloads
-from localspec.benchmark.runner import Run, prompt_tokens, run_localspec
+from localspec.benchmark.runner import Run, prompt_tokens, run_localspec, summarize, write_json
 from localspec.benchmark.workloads import Task
 from localspec.engine import Engine, EngineSettings
 from localspec.engine.drafters import DraftModelDrafter, _Tip
@@ -168,6 +168,11 @@ def main() -> None:
     parser.add_argument(
         "--scale", type=float, default=1.0, help="the target's passes this many times as dear"
     )
+    parser.add_argument(
+        "--trace",
+        type=Path,
+        help="write every run with its steps here, for bench/step_traces.py (its ms aside)",
+    )
     args = parser.parse_args()
     names = [name.strip() for name in args.workloads.split(",") if name.strip()]
     modes = [mode.strip() for mode in args.modes.split(",") if mode.strip()]
@@ -205,6 +210,7 @@ def main() -> None:
     for task, prompt, answer in zip(tasks, prompts, found, strict=True):
         by_workload[task.workload].append((task, prompt, answer))
     totals: dict[str, dict[str, defaultdict[str, float]]] = {}
+    traced: list[Run] = []
 
     def run(task: Task, prompt: list[int], answer: Answer, mode: str) -> Run:
         forced.prompt, forced.answer, forced.draft_picks = prompt, answer.target, answer.picks
@@ -219,6 +225,7 @@ def main() -> None:
             engine.history.clear()
             for task, prompt, answer in replayed:
                 done = run(task, prompt, answer, mode)
+                traced.append(done)
                 total = totals[name][mode]
                 total["passes"] += done.target_passes
                 total["tokens"] += done.tokens
@@ -227,6 +234,9 @@ def main() -> None:
                 for part, seconds in done.time_split.items():
                     total[part] += seconds
     engine.close()
+    if args.trace is not None:
+        meta = {"replay": "bench/overhead_replay.py", "scale": args.scale, "rounds": args.rounds}
+        write_json(args.trace, meta, summarize(traced), traced)
     for name, by_mode in totals.items():
         if len(totals) > 1:
             print(f"== {name}")
