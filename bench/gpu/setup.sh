@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
 # First call on a fresh GPU machine: wheels + llama_cpp into /tmp/site, one CUDA build in the background.
 set -euo pipefail
+repo=$PWD
 mkdir -p /tmp/w /tmp/m /tmp/site
 tar -xJf .gpu/llama.tar.xz -C /tmp/w
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/whl/*.whl
 src=$(echo /tmp/w/llama_cpp_python-*)
 cp -r "$src/llama_cpp" /tmp/site/
 cd "$src/vendor/llama.cpp"
-if [[ -f $OLDPWD/.gpu/build.tar.xz ]]; then  # a build brought back by pack-build.sh: unpacked in seconds
-    mkdir -p build/bin && tar -xJf "$OLDPWD/.gpu/build.tar.xz" -C build/bin && echo 0 > /tmp/w/build.done
+if [[ -f $repo/.gpu/build.tar.xz ]]; then  # a build brought back by pack-build.sh: unpacked in seconds
+    mkdir -p build/bin && tar -xJf "$repo/.gpu/build.tar.xz" -C build/bin && echo 0 > /tmp/w/build.done
 else
-setsid nohup sh -c 'cmake -B build -DBUILD_SHARED_LIBS=ON -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
-  -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF > /tmp/w/build.log 2>&1 \
-  && cmake --build build -j16 --target llama llama-server llama-bench >> /tmp/w/build.log 2>&1; echo $? > /tmp/w/build.done' \
-  > /dev/null 2>&1 < /dev/null &
+    setsid nohup sh -c 'cmake -B build -DBUILD_SHARED_LIBS=ON -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
+      -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF > /tmp/w/build.log 2>&1 \
+      && cmake --build build -j16 --target llama llama-server llama-bench >> /tmp/w/build.log 2>&1; echo $? > /tmp/w/build.done' \
+      > /dev/null 2>&1 < /dev/null &
 fi
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv
 python3 --version; nproc

@@ -192,6 +192,7 @@ class Scheduler:
                     self._lock.wait()
                 if self._stopping and not self._active and not self._pending:
                     break
+                # (the engine's id: a reference would keep a swapped-out engine from being freed)
                 serving = id(self._engine)
                 uncalibrated = self._swap_engine_if_idle()
                 swapped = id(self._engine) != serving
