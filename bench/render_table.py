@@ -60,7 +60,9 @@ def rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "system": system,
                 "mode": mode,
                 "tok/s": speed[(workload, system, mode)],
-                "vs own alone": speed[(workload, system, mode)] / speed[(workload, system, "none")],
+                "vs own alone": speed[(workload, system, mode)] / speed[(workload, system, "none")]
+                if (workload, system, "none") in speed
+                else None,
                 "vs localspec alone": speed[(workload, system, mode)] / speed[(workload, "localspec", "none")]
                 if (workload, "localspec", "none") in speed
                 else None,
@@ -78,11 +80,14 @@ def markdown(table: list[dict[str, Any]]) -> str:
         "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in table:
-        ratio = f"{row['vs localspec alone']:.2f}x" if row["vs localspec alone"] is not None else "-"
+        own, ratio = (
+            f"{row[key]:.2f}x" if row[key] is not None else "-"
+            for key in ("vs own alone", "vs localspec alone")
+        )
         acceptance = f"{row['acceptance']:.2f}" if row["acceptance"] is not None else "-"
         lines.append(
             f"| {row['workload']} | {row['system']} | {row['mode']} | {row['tok/s']:.1f} | "
-            f"{row['vs own alone']:.2f}x | {ratio} | {acceptance} | {row['identical']} |"
+            f"{own} | {ratio} | {acceptance} | {row['identical']} |"
         )
     return "\n".join(lines)
 

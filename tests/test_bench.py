@@ -513,6 +513,26 @@ def test_bench_without_a_draft_model_skips_the_draft_mode(tiny_models, tmp_path:
     assert {r["mode"] for r in run.result["runs"]} == {"none", "ngram"}
 
 
+def test_bench_without_the_target_alone_runs_only_the_modes_named_and_claims_no_speedup(
+    tiny_models, tmp_path: Path
+) -> None:
+    run = _bench(
+        tmp_path / "home", tmp_path / "results",
+        "--target", str(tiny_models.target), "--draft", str(tiny_models.draft_similar),
+        "--workloads", "humaneval", "--prompts", "1", "--modes", "draft,ngram", "--no-target-alone",
+    )  # fmt: skip
+    assert {r["mode"] for r in run.result["runs"]} == {"draft", "ngram"}
+    assert all(r["identical"] is None for r in run.result["runs"])
+    rows = run.result["summary"]
+    assert {r["mode"] for r in rows} == {"draft", "ngram"}
+    assert all(r["speedup_vs_own_target_alone"] is None and r["tokens_per_second"] > 0 for r in rows)
+    table = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "render_table.py"), str(run.json_path)],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert "| humaneval | localspec | draft |" in table and "| - | - |" in table
+
+
 def test_bench_takes_engine_settings_from_the_config_and_its_flags_override_them(
     tiny_models, tmp_path: Path
 ) -> None:

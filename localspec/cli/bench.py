@@ -85,6 +85,12 @@ def register(subparsers: Any) -> None:
         "and report the mean time (a machine whose speed drifts during the run weighs on every mode alike)",
     )
     parser.add_argument(
+        "--no-target-alone",
+        action="store_true",
+        help="skip localspec's target-alone run (no speedups or identity checks): compares modes or engines with "
+        "each other in less time",
+    )
+    parser.add_argument(
         "--tie-margin",
         type=float,
         help="near-tie settling threshold (default: the engine's, 0.1 on a GPU, 0.35 on a CPU)",
@@ -122,7 +128,11 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidRequestError(f"Unknown mode(s) {', '.join(unknown)}; choose from {', '.join(MODES)}.")
     if args.rounds < 1:
         raise InvalidRequestError(f"--rounds must be 1 or more, not {args.rounds}.")
-    if "none" not in modes:
+    if args.no_target_alone:
+        modes = [m for m in modes if m != "none"]
+        if not modes:
+            raise InvalidRequestError("--no-target-alone leaves no mode to run: name one in --modes.")
+    elif "none" not in modes:
         modes.insert(0, "none")  # the reference every other mode is compared with
     names = [w.strip() for w in args.workloads.split(",") if w.strip()]
     if unknown := [w for w in names if w not in workloads.WORKLOADS]:
