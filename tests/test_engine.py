@@ -1351,6 +1351,37 @@ def test_a_capture_is_planned_net_of_the_replays_that_follow_it() -> None:
     assert draft_mode.padded_size(20, after_one, largest=25) == 20
 
 
+def test_n_gram_drafts_not_used_beside_draft_model_steps_are_still_learnt_from() -> None:
+    # A client whose earlier requests' long n-gram matches went wrong carries a low n-gram rate into a request
+    # whose text repeats (a code edit). The draft model is priced above n-grams there, so n-grams are never tried
+    # and their rate never rises: the request runs at the draft model's speed. Scored beside the draft model's
+    # steps against the target's picks, the n-gram drafts are learnt from all the same.
+    from localspec.engine.estimates import PositionalAcceptance
+
+    costs = long_pass_costs()
+    chooser = AdaptiveChooser("adaptive", draft_max=24, has_draft_model=True, costs=costs)
+    for _ in range(3):  # earlier requests: long matches copied one token right, then wrong
+        chooser.start_request()
+        for _ in range(4):
+            chooser.record("ngram", 24, 1, costs.verify(25), 25, ngram_match=12)
+    chooser.start_request()
+    chooser.draft_acceptance = PositionalAcceptance(0.9)
+    after_draft_pass = StepSite(previous=25, streak=3, draft_ready=0)
+
+    def plan() -> Plan:
+        return chooser.plan(budget=24, ngram_available=24, ngram_match=12, site=after_draft_pass)
+
+    for _ in range(3):  # the draft model's steps, each of its 24 drafts taken: they teach nothing of n-grams
+        chooser.record("draft", 24, 24, costs.verify(25, warm=True), 25, warm=True)
+    assert plan().source == "draft"
+    chooser.record_ngrams_beside(known=24, agreed=0, match_length=12)
+    assert plan().source == "draft"  # (wrong at once beside that step: n-grams stay below the draft model)
+    for _ in range(3):  # every n-gram draft beside the draft model's steps was the target's pick
+        chooser.record("draft", 24, 24, costs.verify(25, warm=True), 25, warm=True)
+        chooser.record_ngrams_beside(known=24, agreed=24, match_length=12)
+    assert plan() == Plan("ngram", 24)
+
+
 def test_draft_model_steps_padded_to_a_warm_size_keep_the_output_of_the_target_alone(
     similar_engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1979,6 +2010,58 @@ def test_an_n_gram_proposal_ends_where_it_leaves_the_draft_models_ready_drafts(t
             assert drafts == whole[:agreed]
         assert any(drafts != whole for _, whole, drafts in seen)  # (some were cut)
         assert any(ready and drafts for ready, _, drafts in seen)  # (some agreed with drafts made ahead)
+    finally:
+        engine.close()
+
+
+def test_each_draft_model_step_scores_the_n_gram_drafts_it_did_not_use(tiny_models) -> None:
+    # Beside a draft-model step, the engine proposes the n-gram drafts it did not use and scores them against the
+    # target's picks along the step (`AdaptiveChooser.record_ngrams_beside`). A scripted chooser drafts with the
+    # draft model only; each score must be how far the proposal agrees with the target alone's text, over no more
+    # drafts than the step's picks reach.
+    from localspec.engine.speculative import Generation
+
+    proposals: list[tuple[int, list[int]]] = []  # (tokens generated before the step, the whole proposal)
+    scored: list[tuple[int, int]] = []
+    running: list[Generation] = []
+
+    def draft_model_only(step: int, budget: int, propose: Proposer) -> tuple[Plan, list[int]]:
+        generation = running[0]
+        proposals.append((len(generation._output), generation._ngram.propose(generation._context, budget)))
+        return Plan("draft", budget), []
+
+    class Scoring(ScriptedChooser):
+        def record_ngrams_beside(self, known: int, agreed: int, match_length: int) -> None:
+            scored.append((known, agreed))
+            super().record_ngrams_beside(known, agreed, match_length)
+
+    engine = make_engine(tiny_models.target, tiny_models.draft_similar, slots=1)
+    try:
+        # The n-gram drafts come from an earlier output that is the target's text with every ninth token changed.
+        alone = run(engine, "zq", "none", max_tokens=64).token_ids
+        engine.history.clear()
+        engine.history.add([token if i % 9 != 8 else (token + 1) % 200 for i, token in enumerate(alone)])
+        engine._choosers[("scoring", "adaptive")] = Scoring(engine, draft_model_only)
+        generation = engine.generate(
+            GenerationRequest(
+                prompt="zq", max_tokens=64, speculative="adaptive", slot="scoring", record_steps=True
+            )
+        )
+        running.append(generation)
+        for _ in generation:
+            pass
+        assert generation.result is not None and generation.result.token_ids == alone
+        steps = generation.result.stats.steps
+        assert len(steps) == len(proposals) and {step.source for step in steps} == {"draft"}
+        expected = []
+        for (done, whole), step in zip(proposals, steps, strict=True):
+            known = min(len(whole), step.accepted + 1)
+            if whole:
+                pairs = zip(whole[:known], alone[done:], strict=False)
+                expected.append((known, next((i for i, (a, b) in enumerate(pairs) if a != b), known)))
+        assert scored == expected
+        assert any(agreed < known for known, agreed in scored)  # (some went wrong)
+        assert any(agreed == known > 1 for known, agreed in scored)  # (some agreed as far as the picks reach)
     finally:
         engine.close()
 

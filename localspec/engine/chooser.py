@@ -504,6 +504,19 @@ class AdaptiveChooser:
             self.ngram_acceptance[match_class(ngram_match)].record(drafted, accepted)
             self._ngram_long_run[match_class(ngram_match)].record(drafted, accepted)
 
+    def record_ngrams_beside(self, known: int, agreed: int, match_length: int) -> None:
+        """n-gram drafts proposed at a draft-model step and not verified: the target's picks along that step say
+        how far they would have been accepted (`known`: the drafts the picks reach; `agreed`: how many of the
+        first ones equal them), learnt as if they had been tried. n-gram drafts cost nothing to make, so their
+        acceptance is kept measured while the draft model is preferred: learnt from n-gram steps alone, a rate
+        carried low from earlier requests kept n-grams from being tried again."""
+        if not known:
+            return
+        tried = min(agreed + 1, known)  # (where all the known ones agreed, later positions are unknown)
+        match = match_class(match_length)
+        self.ngram_acceptance[match].record(tried, agreed)
+        self._ngram_long_run[match].record(tried, agreed)
+
     def _count_replays(self, size: int, warm: bool, capture: bool) -> None:
         """Count the replays after each capture of a pass of more than one token, while they last."""
         if warm and self._replay_run is not None:

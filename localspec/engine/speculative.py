@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future
+from functools import partial
 
 from localspec.engine.chooser import AdaptiveChooser, Plan, StepSite
 from localspec.engine.drafters import DraftModelDrafter, NgramDrafter, NgramTable
@@ -208,8 +209,11 @@ class Generation:
             source, drafts = "none", []
         t_draft = time.perf_counter() - started
 
-        # After a one-token pass the next step sits at a known site: its n-gram prices can be worked out meanwhile.
-        upcoming = None
+        # CPU work done while the pass runs. After a one-token pass the next step sits at a known site: its n-gram
+        # prices can be worked out. Beside a draft-model step, the n-gram drafts it did not use are proposed (their
+        # acceptance is learnt from the target's picks too: `AdaptiveChooser.record_ngrams_beside`).
+        meanwhile: Callable[[], object] | None = None
+        beside: list[int] = []
         if self._plan_ahead and not drafts and not fold and pass_size <= 1:
             next_site = StepSite(
                 previous=1,
@@ -217,9 +221,15 @@ class Generation:
                 remaining=remaining - 1,
                 depth=len(self._committed) + 1,
             )
-            upcoming = (min(remaining - 2, room - 2, most_drafts), next_site)
+            meanwhile = partial(self.chooser.prepare, min(remaining - 2, room - 2, most_drafts), next_site)
+        elif source == "draft" and self.chooser.mode == "adaptive":
+
+            def propose_beside() -> None:
+                beside.extend(self._ngram_proposal(context, budget))
+
+            meanwhile = propose_beside
         n_rows, indexed, t_verify = self._verify(
-            fold, drafts, pass_size, context, source, most_drafts + 1, upcoming
+            fold, drafts, pass_size, context, source, most_drafts + 1, meanwhile
         )
         base = len(self._committed)
         started = time.perf_counter()
@@ -234,6 +244,11 @@ class Generation:
         self._pending = settled[-1]
         t_sample = time.perf_counter() - started - t_settle
 
+        if beside:  # (`match_length` is still the proposal's: nothing proposed since)
+            known = min(len(beside), len(settled))
+            self.chooser.record_ngrams_beside(
+                known, common_prefix_length(beside, settled), self._ngram.match_length
+            )
         self.chooser.record(
             source,
             len(drafts),
@@ -285,12 +300,12 @@ class Generation:
         context: list[int],
         source: DraftSource,
         limit: int,
-        upcoming: tuple[int, StepSite] | None = None,
+        meanwhile: Callable[[], object] | None = None,
     ) -> tuple[int, bool, float]:
         """The target's pass over [pending, *drafts] (after `fold`, the prompt's last chunk), padded to `pass_size`
         where there is no fold; returns its logit rows, whether the prompt's own n-grams were indexed meanwhile,
-        and its seconds. The draft model drafts on from these drafts during it (`_start_ahead`), and the chooser
-        prices the `upcoming` step's n-gram drafts (its budget and site), if any."""
+        and its seconds. The draft model drafts on from these drafts during it (`_start_ahead`), and this thread
+        does `meanwhile`'s work, if any."""
         started = time.perf_counter()
         tokens = [self._pending, *drafts]
         if pass_size > len(tokens) and not fold:  # padded to the previous pass's size (warm on a GPU)
@@ -309,8 +324,10 @@ class Generation:
             if indexing is None:  # (else the next proposal indexes it: one thread writes the table at a time)
                 indexed = self._ngram.index_pending(proposed_only=True)
                 self._ngram.index_deferred()
-            if upcoming is not None:
-                self.chooser.prepare(*upcoming)
+            elif meanwhile is not None:  # (it may propose n-grams, which writes the table)
+                indexed, indexing = indexing.result(), None
+            if meanwhile is not None:
+                meanwhile()
             self.target.synchronize()
         finally:
             if ahead is not None:
@@ -403,15 +420,18 @@ class Generation:
         ready = self._draft.ready_drafts(context) if site.draft_ready and self._draft is not None else []
 
         def propose(k: int) -> tuple[list[int], int]:
-            drafts = self._ngram.propose(context, k)
-            if self._end_watch is not None:
-                drafts = self._end_watch.cut(context, drafts)
+            drafts = self._ngram_proposal(context, k)
             agreed = common_prefix_length(drafts, ready)
             if agreed < min(len(drafts), len(ready)):  # (they part: past that, the draft model's drafts win)
                 drafts = drafts[:agreed]
             return drafts, self._ngram.match_length
 
         return self.chooser.plan_with_ngrams(budget, propose, site)
+
+    def _ngram_proposal(self, context: list[int], k: int) -> list[int]:
+        """Up to k n-gram drafts after `context`, none past where the request's text would end."""
+        drafts = self._ngram.propose(context, k)
+        return self._end_watch.cut(context, drafts) if self._end_watch is not None else drafts
 
     def _settle_alone(self, base: int, drafts: list[int], row: int) -> tuple[int, float, float]:
         """Re-evaluate the input token of `row` in a one-token pass and take the target-alone choice there."""
