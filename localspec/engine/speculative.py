@@ -224,8 +224,10 @@ class Generation:
             meanwhile = partial(self.chooser.prepare, min(remaining - 2, room - 2, most_drafts), next_site)
         elif source == "draft" and self.chooser.mode == "adaptive":
 
-            def propose_beside() -> None:
-                beside.extend(self._ngram_proposal(context, budget))
+            def propose_beside() -> (
+                None
+            ):  # (not cut where the text would end: the drafting ahead uses that watch)
+                beside.extend(self._ngram.propose(context, budget))
 
             meanwhile = propose_beside
         n_rows, indexed, t_verify = self._verify(
@@ -420,18 +422,15 @@ class Generation:
         ready = self._draft.ready_drafts(context) if site.draft_ready and self._draft is not None else []
 
         def propose(k: int) -> tuple[list[int], int]:
-            drafts = self._ngram_proposal(context, k)
+            drafts = self._ngram.propose(context, k)
+            if self._end_watch is not None:
+                drafts = self._end_watch.cut(context, drafts)
             agreed = common_prefix_length(drafts, ready)
             if agreed < min(len(drafts), len(ready)):  # (they part: past that, the draft model's drafts win)
                 drafts = drafts[:agreed]
             return drafts, self._ngram.match_length
 
         return self.chooser.plan_with_ngrams(budget, propose, site)
-
-    def _ngram_proposal(self, context: list[int], k: int) -> list[int]:
-        """Up to k n-gram drafts after `context`, none past where the request's text would end."""
-        drafts = self._ngram.propose(context, k)
-        return self._end_watch.cut(context, drafts) if self._end_watch is not None else drafts
 
     def _settle_alone(self, base: int, drafts: list[int], row: int) -> tuple[int, float, float]:
         """Re-evaluate the input token of `row` in a one-token pass and take the target-alone choice there."""
