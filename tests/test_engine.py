@@ -1382,6 +1382,27 @@ def test_n_gram_drafts_not_used_beside_draft_model_steps_are_still_learnt_from()
     assert plan() == Plan("ngram", 24)
 
 
+def test_an_ngram_step_that_would_capture_is_planned_net_of_the_replays_after_it() -> None:
+    # The same for n-gram drafts (a long copy proposes the whole budget step after step): after one 25-token pass,
+    # 24 drafts keep the size while captures are followed by replays, and a shorter cold pass wins once they are not.
+    from localspec.engine.estimates import PositionalAcceptance
+
+    costs = long_pass_costs()
+    after_one = StepSite(previous=25, streak=1)
+
+    def plan(chooser: AdaptiveChooser) -> Plan:
+        chooser.ngram_acceptance["long"] = PositionalAcceptance(0.97)
+        return chooser.plan(budget=24, ngram_available=24, ngram_match=12, site=after_one)
+
+    chooser = AdaptiveChooser("adaptive", draft_max=24, has_draft_model=False, costs=costs)
+    assert plan(chooser) == Plan("ngram", 24)
+    capture, cold = costs.verify(25, capture=True), costs.verify(11)
+    for _ in range(12):
+        chooser.record("ngram", 24, 24, capture, 25, ngram_match=12, capture=True)
+        chooser.record("ngram", 10, 10, cold, 11, ngram_match=12)
+    assert plan(chooser).k < 24
+
+
 def test_draft_model_steps_padded_to_a_warm_size_keep_the_output_of_the_target_alone(
     similar_engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -259,10 +259,18 @@ class AdaptiveChooser:
             match = match_class(ngram_match)
             rates, limit = self.ngram_acceptance[match], min(budget, ngram_available)
             known = self._prepared_price(prepared, match, rates, limit, site, switch_horizon, alone)
+            # (a capture of the size before is priced net of the replays the run of speculative steps leaves room for)
             k, rate, size = (
                 known
                 if known is not None
-                else self._best_length(rates, site, limit=limit, switch_horizon=switch_horizon)
+                else self._best_length(
+                    rates,
+                    site,
+                    limit=limit,
+                    horizon=switch_horizon,
+                    switch_horizon=switch_horizon,
+                    capture_credit=True,
+                )
             )
             self.priced["ngram"] = rate
             if rate > best_rate:
