@@ -1989,6 +1989,15 @@ def test_a_draft_model_step_after_n_gram_drafts_finds_its_drafts_made_ahead(tiny
         engine.close()
 
 
+def history_of_the_target_text_changed_every(engine: Engine, n: int) -> list[int]:
+    """The target alone's answer to "zq", returned; the history gets it with every `n`-th token changed, so that
+    n-gram drafts copied from it go wrong at known places."""
+    alone = run(engine, "zq", "none", max_tokens=64).token_ids
+    engine.history.clear()
+    engine.history.add([token if i % n != n - 1 else (token + 1) % 200 for i, token in enumerate(alone)])
+    return alone
+
+
 def test_an_n_gram_proposal_ends_where_it_leaves_the_draft_models_ready_drafts(tiny_models) -> None:
     # Where the draft model has drafted ahead for a step's context, an n-gram proposal is cut where it first
     # disagrees with those drafts (past there the draft model is the likelier to be right). A scripted chooser
@@ -2012,10 +2021,7 @@ def test_an_n_gram_proposal_ends_where_it_leaves_the_draft_models_ready_drafts(t
 
     engine = drafting_ahead_right_away(tiny_models.target, tiny_models.draft_same)
     try:
-        # The n-gram drafts come from an earlier output that is the target's text with every twelfth token changed.
-        alone = run(engine, "zq", "none", max_tokens=64).token_ids
-        engine.history.clear()
-        engine.history.add([token if i % 12 != 11 else (token + 1) % 200 for i, token in enumerate(alone)])
+        alone = history_of_the_target_text_changed_every(engine, 12)
         engine._choosers[("alternating", "adaptive")] = ScriptedChooser(engine, alternate)
         generation = engine.generate(
             GenerationRequest(prompt="zq", max_tokens=64, speculative="adaptive", slot="alternating")
@@ -2058,10 +2064,7 @@ def test_each_draft_model_step_scores_the_n_gram_drafts_it_did_not_use(tiny_mode
 
     engine = make_engine(tiny_models.target, tiny_models.draft_similar, slots=1)
     try:
-        # The n-gram drafts come from an earlier output that is the target's text with every ninth token changed.
-        alone = run(engine, "zq", "none", max_tokens=64).token_ids
-        engine.history.clear()
-        engine.history.add([token if i % 9 != 8 else (token + 1) % 200 for i, token in enumerate(alone)])
+        alone = history_of_the_target_text_changed_every(engine, 9)
         engine._choosers[("scoring", "adaptive")] = Scoring(engine, draft_model_only)
         generation = engine.generate(
             GenerationRequest(
