@@ -224,9 +224,8 @@ class Generation:
             meanwhile = partial(self.chooser.prepare, min(remaining - 2, room - 2, most_drafts), next_site)
         elif source == "draft" and self.chooser.mode == "adaptive":
 
-            def propose_beside() -> (
-                None
-            ):  # (not cut where the text would end: the drafting ahead uses that watch)
+            def propose_beside() -> None:
+                # (not cut where the text would end: the drafting ahead uses that watch meanwhile)
                 beside.extend(self._ngram.propose(context, budget))
 
             meanwhile = propose_beside
