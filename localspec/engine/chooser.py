@@ -509,8 +509,7 @@ class AdaptiveChooser:
         else:
             if ngram_next is not None and accepted == drafted:
                 drafted, accepted = drafted + 1, accepted + int(ngram_next)
-            self.ngram_acceptance[match_class(ngram_match)].record(drafted, accepted)
-            self._ngram_long_run[match_class(ngram_match)].record(drafted, accepted)
+            self._learn_ngrams(ngram_match, drafted, accepted)
 
     def record_ngrams_beside(self, known: int, agreed: int, match_length: int) -> None:
         """n-gram drafts proposed at a draft-model step and not verified: the target's picks along that step say
@@ -521,9 +520,13 @@ class AdaptiveChooser:
         if not known:
             return
         tried = min(agreed + 1, known)  # (where all the known ones agreed, later positions are unknown)
+        self._learn_ngrams(match_length, tried, agreed)
+
+    def _learn_ngrams(self, match_length: int, drafted: int, accepted: int) -> None:
+        """n-gram drafts of a match this long, `accepted` of `drafted`: into the request's rates and the long run's."""
         match = match_class(match_length)
-        self.ngram_acceptance[match].record(tried, agreed)
-        self._ngram_long_run[match].record(tried, agreed)
+        self.ngram_acceptance[match].record(drafted, accepted)
+        self._ngram_long_run[match].record(drafted, accepted)
 
     def _count_replays(self, size: int, warm: bool, capture: bool) -> None:
         """Count the replays after each capture of a pass of more than one token, while they last."""
