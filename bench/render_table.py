@@ -31,6 +31,13 @@ def usage_error(paths: list[str], doc: str | None) -> int | None:
     return 0 if paths[:1] in (["-h"], ["--help"]) else 2
 
 
+def _over(
+    speed: dict[tuple[str, str, str], float], run: tuple[str, str, str], alone: tuple[str, str, str]
+) -> float | None:
+    """`run`'s speed over a target alone's; None where none ran (`bench --no-target-alone`)."""
+    return speed[run] / speed[alone] if alone in speed else None
+
+
 def rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     alone = {(r["system"], r["workload"], r["task_id"]): r for r in runs if r["mode"] == "none"}
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
@@ -60,12 +67,8 @@ def rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "system": system,
                 "mode": mode,
                 "tok/s": speed[(workload, system, mode)],
-                "vs own alone": speed[(workload, system, mode)] / speed[(workload, system, "none")]
-                if (workload, system, "none") in speed
-                else None,
-                "vs localspec alone": speed[(workload, system, mode)] / speed[(workload, "localspec", "none")]
-                if (workload, "localspec", "none") in speed
-                else None,
+                "vs own alone": _over(speed, (workload, system, mode), (workload, system, "none")),
+                "vs localspec alone": _over(speed, (workload, system, mode), (workload, "localspec", "none")),
                 "acceptance": accepted / drafted if drafted else None,
                 "identical": f"{identical}/{compared}" if compared else "-",
             }
