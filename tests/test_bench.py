@@ -138,6 +138,8 @@ def test_step_traces_set_what_adaptive_expected_of_each_source_beside_what_it_go
         for step in run["steps"][1:]
     ]
     assert rows and {(workload, step["source"]) for workload, step in steps} == set(rows)
+    # (a step's capture price and the replays expected after it come together, where the chooser priced one)
+    assert all((step["capture_ms"] is None) == (step["replays"] is None) for _, step in steps)
     for (workload, source), row in rows.items():
         chosen = [step for w, step in steps if (w, step["source"]) == (workload, source)]
         assert int(row[2]) == len(chosen)

@@ -1337,6 +1337,10 @@ def test_a_capture_is_planned_net_of_the_replays_that_follow_it() -> None:
 
     chooser = AdaptiveChooser("adaptive", draft_max=24, has_draft_model=True, costs=costs)
     assert plan(chooser) == Plan("draft", 24)
+    # (what the capture was priced at, and the replays expected after it, are kept for step traces)
+    assert chooser.capture_priced is not None
+    priced, replays = chooser.capture_priced
+    assert replays > 1 and priced < costs.verify(25, capture=True)
     # A shorter draft is padded up to the capture (the replays pay for the padding) unless it is much shorter.
     assert [chooser.padded_size(n, after_one, largest=25) for n in (12, 20)] == [12, 25]
     # Captures never followed by a replay: each is priced as what it costs.
@@ -1345,7 +1349,11 @@ def test_a_capture_is_planned_net_of_the_replays_that_follow_it() -> None:
         chooser.record("draft", 24, 24, capture, 25, capture=True)
         chooser.record("draft", 10, 10, cold, 11)
     assert plan(chooser) == Plan("draft", 23)
+    assert chooser.capture_priced is not None and chooser.capture_priced[1] < 0.1
     assert chooser.padded_size(20, after_one, largest=25) == 20
+    # After a one-token pass there is no capture of the size before to price.
+    chooser.plan(budget=24, ngram_available=0, site=StepSite(previous=1, streak=3))
+    assert chooser.capture_priced is None
     # Draft mode keeps its plain rule: no padding to a capture.
     draft_mode = AdaptiveChooser("draft", draft_max=24, has_draft_model=True, costs=costs)
     assert draft_mode.padded_size(20, after_one, largest=25) == 20

@@ -134,6 +134,9 @@ class AdaptiveChooser:
         self._rest_backlog = 0  # the catch-up it was priced with (one it would need less of ends the rest)
         # The last plan's expected tokens per second of each source it priced (`StepRecord.priced`, for traces).
         self.priced: dict[DraftSource, float] = {}
+        # The last plan's price (seconds) of a pass repeating the one before's size as a CUDA graph capture, net of
+        # the replays it expected after it, and those replays (`StepRecord.capture_ms`, for traces); None: unpriced.
+        self.capture_priced: tuple[float, float] | None = None
         self._prepared: _Prepared | None = None
         # Replays after each capture of a pass of more than one token, and the current count (None: no capture's).
         self._replays = Ewma(PRIOR_REPLAYS, weight=0.3)
@@ -242,6 +245,7 @@ class AdaptiveChooser:
         ngram_match: length of the match that proposed it; site: where the step's pass sits."""
         budget = min(budget, self.draft_max)
         self.priced = {}
+        self.capture_priced = None
         prepared, self._prepared = self._prepared, None  # (for this plan only)
         if budget <= 0 or self.mode == "none":
             return Plan("none", 0)
@@ -424,7 +428,9 @@ class AdaptiveChooser:
         warm = costs.verify(n, warm=True, depth=depth)
         saving = max(0.0, costs.verify(n, after_draft=after_draft, depth=depth) - warm)
         capture = costs.verify(n, capture=True, after_draft=after_draft, depth=depth)
-        return max(warm, capture - replays * saving)
+        price = max(warm, capture - replays * saving)
+        self.capture_priced = (price, replays)
+        return price
 
     def plan_with_ngrams(
         self,

@@ -270,6 +270,7 @@ class Generation:
         stats.drafted_ahead = self._draft.drafted_ahead if self._draft is not None else 0
         stats.second_chains = self._draft.second_chains if self._draft is not None else 0
         if self.request.record_steps:
+            capture = self.chooser.capture_priced
             stats.steps.append(
                 StepRecord(
                     source,
@@ -281,6 +282,8 @@ class Generation:
                     round(t_verify * 1000, 3),
                     site.draft_ready,
                     {name: round(rate, 1) for name, rate in self.chooser.priced.items()},
+                    None if capture is None else round(capture[0] * 1000, 3),
+                    None if capture is None else round(capture[1], 2),
                 )
             )
         stats.target_passes += 1

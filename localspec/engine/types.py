@@ -105,6 +105,10 @@ class StepRecord:
     # Tokens per second the adaptive chooser expected of each source it priced for this step (none where a fixed
     # mode, or a re-timing of the target alone, priced nothing).
     priced: dict[str, float] = field(default_factory=dict)
+    # What the adaptive chooser priced a pass repeating the previous pass's size at (a CUDA graph capture, net of
+    # the replays it expected after it) and those replays, where it priced one.
+    capture_ms: float | None = None
+    replays: float | None = None
 
 
 @dataclass
