@@ -9,7 +9,9 @@ size in a row) or replayed it (warm), and their mean ms: on a GPU the three cost
 `adaptive`, the tokens per second the chooser expected of each source it priced against what the steps it chose
 got, and how many were close calls (another source within 5%); then the draft-model steps by what the step before
 them did (every draft taken, a draft rejected, or no drafts): the drafts they found made ahead and their drafting
-time, since drafting ahead assumes every draft is taken; last, `adaptive`'s n-gram steps by the rate it priced them at
+time, since drafting ahead assumes every draft is taken; then the steps after a pass of more than two tokens that ran
+once (a pass of its size again captures its CUDA graph): how many kept the size, went one token short or took
+another, and for `adaptive` the capture price it planned with and the replays it expected after it; last, `adaptive`'s n-gram steps by the rate it priced them at
 over the target alone, with what they saved against the target alone's warm one-token passes once the one-token
 passes right after them (cold, then a CUDA graph capture) are paid (with a traced `none` run in the file). Each
 run's first step is left out: its pass also reads the prompt's last chunk (the next pass is classed against its
@@ -172,6 +174,31 @@ def ngram_returns(runs: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str,
     return dict(rows)
 
 
+def after_one_pass(runs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, float]]:
+    """Per speculative (workload, mode): the steps after a pass of more than two tokens that ran once, where a pass
+    of its size again captures its CUDA graph: how many did (kept), went one token short or took another size;
+    for `adaptive`, the capture price it planned with and the replays it expected after it, summed where traced."""
+    rows: dict[tuple[str, str], dict[str, float]] = defaultdict(
+        lambda: dict.fromkeys(("kept", "short", "other", "priced", "capture_ms", "replays"), 0.0)
+    )
+    for run in runs:
+        if run["system"] != "localspec" or run["mode"] == "none" or not run.get("steps"):
+            continue
+        previous, streak = run["steps"][0]["pass_tokens"], 1
+        for step in run["steps"][1:]:
+            size = step["pass_tokens"]
+            if previous > 2 and streak == 1 and step["source"] != "none":
+                row = rows[(run["workload"], run["mode"])]
+                row["kept" if size == previous else "short" if size == previous - 1 else "other"] += 1
+                if step.get("capture_ms") is not None:
+                    row["priced"] += 1
+                    row["capture_ms"] += step["capture_ms"]
+                    row["replays"] += step["replays"]
+            streak = streak + 1 if size == previous else 1
+            previous = size
+    return dict(rows)
+
+
 STEPS_HEADER = (
     "workload | mode | source | steps | drafts / step | accepted / step | ready | tokens / pass | verify ms / step"
     " | draft ms / step"
@@ -183,6 +210,10 @@ CHOICES_HEADER = (
 RETURNS_HEADER = (
     "workload | n-gram drafts priced at, over the target alone | steps | tokens / step | saved ms"
     " | saved ms / step"
+)
+AFTER_ONE_HEADER = (
+    "workload | mode | steps after a pass run once | kept its size (a capture) | one token short | another size"
+    " | capture priced at, ms | replays expected"
 )
 BEFORE_HEADER = (
     "workload | mode | step before | draft-model steps | drafts made ahead / step | drafts / step"
@@ -243,6 +274,15 @@ def render(path: Path) -> str:
             per_step = [f"{row[name] / n:.1f}" for name in ("ready", "drafted", "draft_ms")]
             rows.append([workload, mode, before, f"{n:.0f}", *per_step])
         lines += ["", *markdown_table(BEFORE_HEADER, 3, rows)]
+    after_one = after_one_pass(runs)
+    if after_one:
+        rows = []
+        for (workload, mode), row in sorted(after_one.items()):
+            counts = [row[name] for name in ("kept", "short", "other")]
+            priced = row["priced"]
+            means = [f"{row[name] / priced:.1f}" if priced else "-" for name in ("capture_ms", "replays")]
+            rows.append([workload, mode, f"{sum(counts):.0f}", *(f"{n:.0f}" for n in counts), *means])
+        lines += ["", *markdown_table(AFTER_ONE_HEADER, 2, rows)]
     returns = ngram_returns(runs)
     if returns:
         rows = []

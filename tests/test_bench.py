@@ -204,6 +204,37 @@ def test_step_traces_net_each_ngram_step_against_the_warm_passes_it_replaced(tmp
     assert rows == {"< 1.25x": ["1", "1.0", "-5.0", "-5.00"], ">= 3.0x": ["2", "6.0", "14.0", "7.00"]}
 
 
+def test_step_traces_count_what_followed_a_pass_run_once(tmp_path: Path) -> None:
+    # After a 25-token pass run once, a step of 25 tokens captures its CUDA graph, one of 24 shuns it by a token;
+    # after two in a row (or a pass of two tokens or fewer) nothing is counted.
+    def sized(source: str, size: int, capture: tuple[float, float] | None = None) -> dict[str, Any]:
+        step = _step(source, size - 1, size - 1, 50.0, {})
+        step["capture_ms"], step["replays"] = capture if capture is not None else (None, None)
+        return step
+
+    steps = [
+        sized("draft", 25),  # (the first step: read with the prompt)
+        sized("draft", 25, (80.0, 2.0)),  # kept: a capture
+        sized("draft", 25, (60.0, 2.0)),  # a replay: not counted
+        sized("draft", 11),  # (after two in a row: not counted)
+        sized("draft", 8, (70.0, 0.5)),  # another size
+        sized("draft", 7, (60.0, 0.5)),  # one token short
+        sized("ngram", 2),  # another size (untraced)
+        sized("draft", 25),  # (after two tokens: not counted)
+    ]
+    run = {"system": "localspec", "workload": "humaneval", "mode": "adaptive", "task_id": "HumanEval/0"}
+    path = tmp_path / "trace.json"
+    path.write_text(json.dumps({"runs": [{**run, "steps": steps}]}))
+    table = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "step_traces.py"), str(path)],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    header = next(line for line in table.splitlines() if "steps after a pass run once" in line)
+    lines = table.splitlines()
+    row = lines[lines.index(header) + 2].strip("|").split("|")
+    assert [cell.strip() for cell in row] == ["humaneval", "adaptive", "4", "1", "1", "2", "70.0", "1.0"]
+
+
 def test_a_cost_scaled_target_is_written_once_and_labelled_everywhere(
     scaled_bench: BenchRun, tiny_models
 ) -> None:
