@@ -11,8 +11,8 @@ got, and how many were close calls (another source within 5%); then the draft-mo
 them did (every draft taken, a draft rejected, or no drafts): the drafts they found made ahead and their drafting
 time, since drafting ahead assumes every draft is taken; then the steps after a pass of more than two tokens that ran
 once (a pass of its size again captures its CUDA graph): how many kept the size, went one token short or took
-another, and for `adaptive` the capture price it planned with and the replays it expected after it; last, `adaptive`'s n-gram steps by the rate it priced them at
-over the target alone, with what they saved against the target alone's warm one-token passes once the one-token
+another, and for `adaptive` the capture price it planned with and the replays it expected after it; last,
+`adaptive`'s n-gram steps by the rate it priced them at over the target alone, with what they saved against the target alone's warm one-token passes once the one-token
 passes right after them (cold, then a CUDA graph capture) are paid (with a traced `none` run in the file). Each
 run's first step is left out: its pass also reads the prompt's last chunk (the next pass is classed against its
 size).
