@@ -3,19 +3,19 @@
 Usage: python bench/step_traces.py RESULTS.json [MORE.json ...]   (also .json.gz, as in docs/benchmarks/traces/)
 Per workload and localspec mode, a row per draft source: steps, drafts and accepted drafts per step, the share of
 steps whose drafts were ready when the step began (drafted ahead), tokens per target pass, verify and drafting ms
-per step; then the longest run of target-alone steps in a row and its task; then, per workload and speculative
-mode, how many target passes ran cold (after a pass of another size), captured a CUDA graph (the second of their
-size in a row) or replayed it (warm), and their mean ms: on a GPU the three cost very differently; then, for
-`adaptive`, the tokens per second the chooser expected of each source it priced against what the steps it chose
-got, and how many were close calls (another source within 5%); then the draft-model steps by what the step before
-them did (every draft taken, a draft rejected, or no drafts): the drafts they found made ahead and their drafting
-time, since drafting ahead assumes every draft is taken; then the steps after a pass of more than two tokens that ran
-once (a pass of its size again captures its CUDA graph): how many kept the size, went one token short or took
-another, and for `adaptive` the capture price it planned with and the replays it expected after it; last,
-`adaptive`'s n-gram steps by the rate it priced them at over the target alone, with what they saved against the target alone's warm one-token passes once the one-token
-passes right after them (cold, then a CUDA graph capture) are paid (with a traced `none` run in the file). Each
-run's first step is left out: its pass also reads the prompt's last chunk (the next pass is classed against its
-size).
+per step; then the longest run of target-alone steps in a row and its task; then, per workload and speculative mode,
+how many target passes ran cold (after a pass of another size), captured a CUDA graph (the second of their size in a
+row) or replayed it (warm), and their mean ms: on a GPU the three cost very differently; then, for `adaptive`, the
+tokens per second the chooser expected of each source it priced against what the steps it chose got, and how many
+were close calls (another source within 5%); then the draft-model steps by what the step before them did (every
+draft taken, a draft rejected, or no drafts): the drafts they found made ahead and their drafting time, since
+drafting ahead assumes every draft is taken; then the steps after a pass of more than two tokens that ran once (a
+pass of its size again captures its CUDA graph): how many kept the size, went one token short or took another, and
+for `adaptive` the capture price it planned with and the replays it expected after it; last, `adaptive`'s n-gram
+steps by the rate it priced them at over the target alone, with what they saved against the target alone's warm
+one-token passes once the one-token passes right after them (cold, then a CUDA graph capture) are paid (with a traced
+`none` run in the file). Each run's first step is left out: its pass also reads the prompt's last chunk (the next
+pass is classed against its size).
 """
 
 from __future__ import annotations
