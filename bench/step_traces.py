@@ -24,6 +24,7 @@ import bisect
 import statistics
 import sys
 from collections import defaultdict
+from collections.abc import Iterator
 from itertools import pairwise, takewhile
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,16 @@ def summarise(runs: list[dict[str, Any]]) -> tuple[Totals, Longest]:
     return dict(totals), longest
 
 
+def after_passes_in_a_row(run: dict[str, Any]) -> Iterator[tuple[dict[str, Any], int, int]]:
+    """Each step of `run` after its first, with the size of the target pass before it and how many passes of that
+    size ran in a row up to it."""
+    previous, streak = run["steps"][0]["pass_tokens"], 1
+    for step in run["steps"][1:]:
+        yield step, previous, streak
+        streak = streak + 1 if step["pass_tokens"] == previous else 1
+        previous = step["pass_tokens"]
+
+
 def pass_kinds(runs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, list[float]]]:
     """Verify ms of each speculative (workload, mode)'s passes by kind (`PASS_KINDS`), runs' first steps left out."""
     kinds: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(
@@ -68,11 +79,9 @@ def pass_kinds(runs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, li
     for run in runs:
         if run["system"] != "localspec" or run["mode"] == "none" or not run.get("steps"):
             continue
-        previous, streak = run["steps"][0]["pass_tokens"], 1
-        for step in run["steps"][1:]:
-            streak = streak + 1 if step["pass_tokens"] == previous else 1
-            previous = step["pass_tokens"]
-            kinds[(run["workload"], run["mode"])][PASS_KINDS[min(streak, 3) - 1]].append(step["verify_ms"])
+        for step, previous, streak in after_passes_in_a_row(run):
+            in_a_row = streak + 1 if step["pass_tokens"] == previous else 1
+            kinds[(run["workload"], run["mode"])][PASS_KINDS[min(in_a_row, 3) - 1]].append(step["verify_ms"])
     return dict(kinds)
 
 
@@ -184,18 +193,16 @@ def after_one_pass(runs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str
     for run in runs:
         if run["system"] != "localspec" or run["mode"] == "none" or not run.get("steps"):
             continue
-        previous, streak = run["steps"][0]["pass_tokens"], 1
-        for step in run["steps"][1:]:
+        for step, previous, streak in after_passes_in_a_row(run):
+            if previous <= 2 or streak != 1 or step["source"] == "none":
+                continue
             size = step["pass_tokens"]
-            if previous > 2 and streak == 1 and step["source"] != "none":
-                row = rows[(run["workload"], run["mode"])]
-                row["kept" if size == previous else "short" if size == previous - 1 else "other"] += 1
-                if step.get("capture_ms") is not None:
-                    row["priced"] += 1
-                    row["capture_ms"] += step["capture_ms"]
-                    row["replays"] += step["replays"]
-            streak = streak + 1 if size == previous else 1
-            previous = size
+            row = rows[(run["workload"], run["mode"])]
+            row["kept" if size == previous else "short" if size == previous - 1 else "other"] += 1
+            if step.get("capture_ms") is not None:
+                row["priced"] += 1
+                row["capture_ms"] += step["capture_ms"]
+                row["replays"] += step["replays"]
     return dict(rows)
 
 
