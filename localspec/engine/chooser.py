@@ -134,8 +134,9 @@ class AdaptiveChooser:
         self._rest_backlog = 0  # the catch-up it was priced with (one it would need less of ends the rest)
         # The last plan's expected tokens per second of each source it priced (`StepRecord.priced`, for traces).
         self.priced: dict[DraftSource, float] = {}
-        # The last plan's price (seconds) of a pass repeating the one before's size as a CUDA graph capture, net of
-        # the replays it expected after it, and those replays (`StepRecord.capture_ms`, for traces); None: unpriced.
+        # The price (seconds) last worked out for a pass repeating the one before's size as a CUDA graph capture, net
+        # of the replays expected after it, and those replays: by the last plan, or by `padded_size` after it where
+        # that priced the padding (`StepRecord.capture_ms`, for traces); None: the last plan priced none.
         self.capture_priced: tuple[float, float] | None = None
         self._prepared: _Prepared | None = None
         # Replays after each capture of a pass of more than one token, and the current count (None: no capture's).
