@@ -1346,6 +1346,7 @@ def test_a_capture_is_planned_net_of_the_replays_that_follow_it() -> None:
     # Captures never followed by a replay: each is priced as what it costs.
     capture, cold = costs.verify(25, capture=True), costs.verify(11, after_draft=True)
     for _ in range(12):
+        chooser.record("draft", 24, 24, costs.verify(25, after_draft=True), 25)
         chooser.record("draft", 24, 24, capture, 25, capture=True)
         chooser.record("draft", 10, 10, cold, 11)
     assert plan(chooser) == Plan("draft", 23)
@@ -1357,6 +1358,30 @@ def test_a_capture_is_planned_net_of_the_replays_that_follow_it() -> None:
     # Draft mode keeps its plain rule: no padding to a capture.
     draft_mode = AdaptiveChooser("draft", draft_max=24, has_draft_model=True, costs=costs)
     assert draft_mode.padded_size(20, after_one, largest=25) == 20
+
+
+def test_passes_one_token_short_of_a_capture_still_count_the_replays_it_would_have_had() -> None:
+    # A chooser that has come to shun a capture after a 25-token pass drafts 23 (a cold 24-token pass), then 24 (a
+    # cold 25-token pass), and so on: it makes no capture, so counting only the replays after captures it would
+    # never see that these runs go on and keep shunning them. A pass one token short counts as of the size.
+    from localspec.engine.estimates import PositionalAcceptance
+
+    costs = long_pass_costs()
+    chooser = AdaptiveChooser("adaptive", draft_max=24, has_draft_model=True, costs=costs)
+    chooser.draft_acceptance = PositionalAcceptance(0.97)
+    after_one = StepSite(previous=25, streak=1, draft_ready=24)
+    capture = costs.verify(25, capture=True)
+    for _ in range(12):  # captures followed by nothing: the size is no longer kept
+        chooser.record("draft", 24, 24, costs.verify(25, after_draft=True), 25)
+        chooser.record("draft", 24, 24, capture, 25, capture=True)
+        chooser.record("draft", 3, 3, costs.verify(4, after_draft=True), 4)
+    assert chooser.plan(budget=24, ngram_available=0, site=after_one) == Plan("draft", 23)
+    for _ in range(2):  # long runs of full drafts, alternating one short, as that chooser drafts them
+        for size in (25, 24, 25, 24, 25, 24):
+            chooser.record("draft", size - 1, size - 1, costs.verify(size, after_draft=True), size)
+        chooser.record("draft", 3, 1, costs.verify(4, after_draft=True), 4)
+    chooser.record("none", 0, 0, costs.verify(1, warm=True), 1, warm=True)  # (the re-timing now due)
+    assert chooser.plan(budget=24, ngram_available=0, site=after_one) == Plan("draft", 24)
 
 
 def test_n_gram_drafts_not_used_beside_draft_model_steps_are_still_learnt_from() -> None:
@@ -1406,6 +1431,7 @@ def test_an_ngram_step_that_would_capture_is_planned_net_of_the_replays_after_it
     assert plan(chooser) == Plan("ngram", 24)
     capture, cold = costs.verify(25, capture=True), costs.verify(11)
     for _ in range(12):
+        chooser.record("ngram", 24, 24, costs.verify(25), 25, ngram_match=12)
         chooser.record("ngram", 24, 24, capture, 25, ngram_match=12, capture=True)
         chooser.record("ngram", 10, 10, cold, 11, ngram_match=12)
     assert plan(chooser).k < 24

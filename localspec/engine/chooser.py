@@ -139,9 +139,9 @@ class AdaptiveChooser:
         # that priced the padding (`StepRecord.capture_ms`, for traces); None: the last plan priced none.
         self.capture_priced: tuple[float, float] | None = None
         self._prepared: _Prepared | None = None
-        # Replays after each capture of a pass of more than one token, and the current count (None: no capture's).
+        # Replays after each capture of a pass of more than one token; the current run's size and passes (0: none).
         self._replays = Ewma(PRIOR_REPLAYS, weight=0.3)
-        self._replay_run: int | None = None
+        self._run_size = self._run_passes = 0
 
     def start_request(self) -> None:
         """Whether the text repeats itself is a property of each request: n-gram acceptance starts again from the
@@ -158,7 +158,7 @@ class AdaptiveChooser:
         self._prepared = None
         self._draft_run.end()
         self._speculative_run.end()
-        self._count_replays(0, warm=False, capture=False)  # (the prompt's pass ends any run of replays)
+        self._count_replays(0)  # (the prompt's pass ends any run of replays)
 
     # ---- planning ---------------------------------------------------------------------------------------------
 
@@ -500,7 +500,7 @@ class AdaptiveChooser:
             self._alone_confirmed = abs(t_verify - priced) <= CONFIRMED * priced
         if verify_tokens:
             self.costs.record_verify(verify_tokens, t_verify, warm, capture, source == "draft", depth)
-        self._count_replays(verify_tokens, warm, capture)
+        self._count_replays(verify_tokens)
         if source == "draft":
             self._draft_run.extend(accepted + 1)
         else:
@@ -535,11 +535,14 @@ class AdaptiveChooser:
         self.ngram_acceptance[match].record(drafted, accepted)
         self._ngram_long_run[match].record(drafted, accepted)
 
-    def _count_replays(self, size: int, warm: bool, capture: bool) -> None:
-        """Count the replays after each capture of a pass of more than one token, while they last."""
-        if warm and self._replay_run is not None:
-            self._replay_run += 1
+    def _count_replays(self, size: int) -> None:
+        """Count the replays after each capture of a pass of more than one token (the passes of its size after it),
+        where a pass one token short counts as of the size: it could have been padded to it. A chooser that shuns
+        a capture drafts one short instead, and counting only what it did, it would never see that the run went
+        on and never price a capture as worth it again."""
+        if size > 1 and self._run_size - 1 <= size <= self._run_size:
+            self._run_passes += 1
             return
-        if self._replay_run is not None:
-            self._replays.add(self._replay_run)
-        self._replay_run = 0 if capture and size > 1 else None
+        if self._run_passes >= 2:  # (a run of one pass had no capture)
+            self._replays.add(self._run_passes - 2)
+        self._run_size, self._run_passes = (size, 1) if size > 1 else (0, 0)
