@@ -1360,10 +1360,11 @@ def test_a_capture_is_planned_net_of_the_replays_that_follow_it() -> None:
     assert draft_mode.padded_size(20, after_one, largest=25) == 20
 
 
-def test_passes_one_token_short_of_a_capture_still_count_the_replays_it_would_have_had() -> None:
+def test_shorter_passes_that_could_have_been_padded_count_in_a_run_of_replays() -> None:
     # A chooser that has come to shun a capture after a 25-token pass drafts 23 (a cold 24-token pass), then 24 (a
     # cold 25-token pass), and so on: it makes no capture, so counting only the replays after captures it would
-    # never see that these runs go on and keep shunning them. A pass one token short counts as of the size.
+    # never see that these runs go on and keep shunning them. A pass that could have been padded to the size at no
+    # more than its own cost counts as of the size.
     from localspec.engine.estimates import PositionalAcceptance
 
     costs = long_pass_costs()

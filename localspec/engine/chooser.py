@@ -158,7 +158,7 @@ class AdaptiveChooser:
         self._prepared = None
         self._draft_run.end()
         self._speculative_run.end()
-        self._count_replays(0)  # (the prompt's pass ends any run of replays)
+        self._count_replays(0, 0)  # (the prompt's pass ends any run of replays)
 
     # ---- planning ---------------------------------------------------------------------------------------------
 
@@ -500,7 +500,7 @@ class AdaptiveChooser:
             self._alone_confirmed = abs(t_verify - priced) <= CONFIRMED * priced
         if verify_tokens:
             self.costs.record_verify(verify_tokens, t_verify, warm, capture, source == "draft", depth)
-        self._count_replays(verify_tokens)
+        self._count_replays(verify_tokens, depth)
         if source == "draft":
             self._draft_run.extend(accepted + 1)
         else:
@@ -535,12 +535,17 @@ class AdaptiveChooser:
         self.ngram_acceptance[match].record(drafted, accepted)
         self._ngram_long_run[match].record(drafted, accepted)
 
-    def _count_replays(self, size: int) -> None:
+    def _count_replays(self, size: int, depth: int) -> None:
         """Count the replays after each capture of a pass of more than one token (the passes of its size after it),
-        where a pass one token short counts as of the size: it could have been padded to it. A chooser that shuns
-        a capture drafts one short instead, and counting only what it did, it would never see that the run went
-        on and never price a capture as worth it again."""
-        if size > 1 and self._run_size - 1 <= size <= self._run_size:
+        where a shorter pass counts as of the size if a replay of that size costs no more than it: it could have
+        been padded to it. A chooser that shuns a capture drafts one short instead, or does not pad a short draft
+        up to it, and counting only what it did, it would never see that the run could have gone on and never
+        price a capture as worth it again."""
+        run = self._run_size
+        if 1 < size <= run and (
+            size == run
+            or self.costs.verify(run, warm=True, depth=depth) <= self.costs.verify(size, depth=depth)
+        ):
             self._run_passes += 1
             return
         if self._run_passes >= 2:  # (a run of one pass had no capture)
