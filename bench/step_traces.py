@@ -61,6 +61,13 @@ def summarise(runs: list[dict[str, Any]]) -> tuple[Totals, Longest]:
     return dict(totals), longest
 
 
+def speculative_runs(runs: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """localspec's traced runs in a speculative mode (not the target alone)."""
+    return (
+        run for run in runs if run["system"] == "localspec" and run["mode"] != "none" and run.get("steps")
+    )
+
+
 def after_passes_in_a_row(run: dict[str, Any]) -> Iterator[tuple[dict[str, Any], int, int]]:
     """Each step of `run` after its first, with the size of the target pass before it and how many passes of that
     size ran in a row up to it."""
@@ -76,9 +83,7 @@ def pass_kinds(runs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, li
     kinds: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(
         lambda: {kind: [] for kind in PASS_KINDS}
     )
-    for run in runs:
-        if run["system"] != "localspec" or run["mode"] == "none" or not run.get("steps"):
-            continue
+    for run in speculative_runs(runs):
         for step, previous, streak in after_passes_in_a_row(run):
             in_a_row = streak + 1 if step["pass_tokens"] == previous else 1
             kinds[(run["workload"], run["mode"])][PASS_KINDS[min(in_a_row, 3) - 1]].append(step["verify_ms"])
@@ -127,9 +132,7 @@ def draft_steps_by_before(runs: list[dict[str, Any]]) -> dict[tuple[str, str, st
     rows: dict[tuple[str, str, str], dict[str, float]] = defaultdict(
         lambda: dict.fromkeys(("steps", "ready", "drafted", "draft_ms"), 0.0)
     )
-    for run in runs:
-        if run["system"] != "localspec" or run["mode"] == "none" or not run.get("steps"):
-            continue
+    for run in speculative_runs(runs):
         for before, step in pairwise(run["steps"]):
             if step["source"] != "draft":
                 continue
@@ -190,9 +193,7 @@ def after_one_pass(runs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str
     rows: dict[tuple[str, str], dict[str, float]] = defaultdict(
         lambda: dict.fromkeys(("kept", "short", "other", "priced", "capture_ms", "replays"), 0.0)
     )
-    for run in runs:
-        if run["system"] != "localspec" or run["mode"] == "none" or not run.get("steps"):
-            continue
+    for run in speculative_runs(runs):
         for step, previous, streak in after_passes_in_a_row(run):
             if previous <= 2 or streak != 1 or step["source"] == "none":
                 continue
