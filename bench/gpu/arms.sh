@@ -13,7 +13,6 @@ for spec in "$@"; do
     (cd /tmp && PYTHONPATH=$pkg:/tmp/site python3 -m localspec bench --target $T --draft $D --scale-layers $scale \
         --scaled-dir /tmp/scaled --prompts ${PROMPTS:-humaneval=20,fim=10,code-edit=10} \
         --modes $modes ${EXTRA:-} $flags --out $OUT/$name) 2>&1 | tee $OUT/$name.log | grep -v "^\s*$" | tail -40
-    f=$(ls $OUT/$name/*.json | head -1)  # (in $OUT from the start: a run stopped part-way keeps what it wrote)
-    gzip -c "$f" > $OUT/$name.json.gz && rm -r $OUT/$name
+    pack_run "$name"
     PYTHONPATH=$tree:/tmp/site python3 $tree/bench/render_table.py $OUT/$name.json.gz | head -30
 done

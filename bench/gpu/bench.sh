@@ -11,10 +11,4 @@ pkg=$(pkg_for "${SRC:-main}")
 # Results straight into $OUT: what a run stopped by the call's time limit wrote so far still comes back.
 (cd /tmp && PYTHONPATH=$pkg:/tmp/site python3 -m localspec bench --target $T --draft $D --scaled-dir /tmp/scaled \
     "${args[@]}" --out $OUT/$name) 2>&1 | tee $OUT/$name.log | grep -v "^\s*$" | tail -60
-# A call brings back at most 8 files: two a run, its results gzipped and its log (with llama-server's log's tail);
-# the plot stays behind.
-if [[ -d $OUT/$name ]]; then
-    [[ -f $OUT/$name/llama-server.log ]] && { echo "== llama-server.log (tail)"; tail -40 $OUT/$name/llama-server.log; } >> $OUT/$name.log
-    for f in $OUT/$name/*.json; do [[ -f $f ]] && gzip -c "$f" > $OUT/$name.json.gz; done
-    rm -r $OUT/$name
-fi
+pack_run "$name"
