@@ -17,6 +17,7 @@ from localspec.engine import CancelToken, EndRule, Engine, EngineSettings, Gener
 from localspec.engine.chooser import AdaptiveChooser, Plan, StepSite
 from localspec.engine.compat import check_compatible
 from localspec.engine.engine import TIE_MARGIN_CPU, TIE_MARGIN_GPU
+from localspec.engine.estimates import PositionalAcceptance
 from localspec.engine.pass_costs import PassCosts
 from localspec.errors import (
     ConfigError,
@@ -1326,8 +1327,6 @@ def test_a_capture_is_planned_net_of_the_replays_that_follow_it() -> None:
     # After one 25-token pass, a draft-model step of 24 drafts would capture that size's CUDA graph: dearer than a
     # cold 24-token pass, but each pass of that size after it replays the graph. Where captures are followed by
     # replays (as they are until counted) `adaptive` keeps the size; where they have not been, it drafts one short.
-    from localspec.engine.estimates import PositionalAcceptance
-
     costs = long_pass_costs()
     after_one = StepSite(previous=25, streak=1, draft_ready=24)
 
@@ -1365,8 +1364,6 @@ def test_shorter_passes_that_could_have_been_padded_count_in_a_run_of_replays() 
     # cold 25-token pass), and so on: it makes no capture, so counting only the replays after captures it would
     # never see that these runs go on and keep shunning them. A pass that could have been padded to the size at no
     # more than its own cost counts as of the size.
-    from localspec.engine.estimates import PositionalAcceptance
-
     costs = long_pass_costs()
     chooser = AdaptiveChooser("adaptive", draft_max=24, has_draft_model=True, costs=costs)
     chooser.draft_acceptance = PositionalAcceptance(0.97)
@@ -1390,8 +1387,6 @@ def test_n_gram_drafts_not_used_beside_draft_model_steps_are_still_learnt_from()
     # whose text repeats (a code edit). The draft model is priced above n-grams there, so n-grams are never tried
     # and their rate never rises: the request runs at the draft model's speed. Scored beside the draft model's
     # steps against the target's picks, the n-gram drafts are learnt from all the same.
-    from localspec.engine.estimates import PositionalAcceptance
-
     costs = long_pass_costs()
     chooser = AdaptiveChooser("adaptive", draft_max=24, has_draft_model=True, costs=costs)
     for _ in range(3):  # earlier requests: long matches copied one token right, then wrong
@@ -1419,8 +1414,6 @@ def test_n_gram_drafts_not_used_beside_draft_model_steps_are_still_learnt_from()
 def test_an_ngram_step_that_would_capture_is_planned_net_of_the_replays_after_it() -> None:
     # The same for n-gram drafts (a long copy proposes the whole budget step after step): after one 25-token pass,
     # 24 drafts keep the size while captures are followed by replays, and a shorter cold pass wins once they are not.
-    from localspec.engine.estimates import PositionalAcceptance
-
     costs = long_pass_costs()
     after_one = StepSite(previous=25, streak=1)
 
@@ -2573,7 +2566,6 @@ def test_a_rejection_late_in_a_long_draft_does_not_cut_the_next_draft_short() ->
     # accepted: 17 of 18 says 0.94, where a running average over the step's trials, the rejection last, said 0.85
     # after every such step and cut the next draft to about half.
     from localspec.engine.chooser import AdaptiveChooser
-    from localspec.engine.estimates import PositionalAcceptance
 
     costs = PassCosts(price_depth=False)
     for n, ms in ((1, 27.1), (2, 39.3), (4, 38.0), (8, 43.1), (16, 65.5), (25, 65.6)):
