@@ -1842,6 +1842,7 @@ def test_calibration_times_warm_prices_on_a_gpu_however_long_a_sweep_takes(
         calibrate(costs, target, draft, seq_id, max_size=5, quick_sweep=0.0)
         assert set(range(1, 6)) <= costs.measured_sizes()
         assert (costs.describe().count("after two of the same size") == 1) == offloaded
+        assert (costs.describe().count("capturing its CUDA graph") == 1) == offloaded
         assert (costs.describe().count("after draft-model passes") == 1) == offloaded
 
 

@@ -271,6 +271,12 @@ class PassCosts:
                 + ", ".join(f"{n}: {self.verify(n, warm=True) * 1000:.1f}" for n in sizes)
                 + ")"
             )
+        if self._capture:
+            text += (
+                " (the second of the same size, capturing its CUDA graph: "
+                + ", ".join(f"{n}: {self.verify(n, capture=True) * 1000:.1f}" for n in sizes)
+                + ")"
+            )
         if self._after_draft:
             text += (
                 " (after draft-model passes: "
