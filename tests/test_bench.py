@@ -400,6 +400,39 @@ def two_workloads_in_three_modes(endless_pair: tuple[Path, Path], rounds: int = 
         engine.close()
 
 
+def test_each_mode_learns_pass_prices_from_its_own_passes_only(endless_pair: tuple[Path, Path]) -> None:
+    """A user runs one mode. Sharing one set of prices, `adaptive` planned with passes timed by the modes run before
+    it (on a GPU, draft mode's CUDA graph captures, which `adaptive` alone would not have timed): each mode gets a
+    copy of the start-up prices, and only its own passes move it."""
+    from rich.console import Console
+
+    from localspec.benchmark import runner
+    from localspec.benchmark.workloads import Task
+    from localspec.cli.bench import _run_localspec
+    from localspec.engine import Engine, EngineSettings
+
+    target, draft = endless_pair
+    engine = Engine(EngineSettings(target_path=target, draft_path=draft, n_ctx=512, slots=1, threads=1))
+    try:
+        start_up = engine.costs
+        tasks = [Task("a", "a-0", "completion", prompt="def f(x):\n    return", max_tokens=12)]
+        prices = {mode: engine.costs.copy() for mode in ("none", "draft", "adaptive")}
+        _run_localspec(
+            engine,
+            ["none", "draft", "adaptive"],
+            tasks,
+            [runner.prompt_tokens(engine, tasks[0])],
+            Console(quiet=True),
+            prices=prices,
+        )
+        choosers = {mode: chooser for (_, mode), chooser in engine._choosers.items()}
+    finally:
+        engine.close()
+    assert set(choosers) == {"none", "draft", "adaptive"}
+    assert all(chooser.costs is prices[mode] for mode, chooser in choosers.items())
+    assert all(costs is not start_up for costs in prices.values())
+
+
 def test_each_mode_runs_a_workloads_tasks_back_to_back_after_the_target_alone(
     endless_pair: tuple[Path, Path],
 ) -> None:

@@ -1883,6 +1883,19 @@ def test_a_one_token_pass_timed_dearer_than_two_tokens_at_start_up_is_timed_agai
     assert costs.verify(1) < min(2 * costs.verify(2), 0.25)
 
 
+def test_a_copy_of_the_prices_learns_apart_from_them() -> None:
+    # `bench` gives each mode a copy of the start-up prices: one mode's passes must not move another's.
+    costs = PassCosts()
+    for n, seconds in ((1, 0.010), (2, 0.012), (8, 0.020)):
+        costs.record_verify(n, seconds)
+    before = [costs.verify(n) for n in range(1, 9)]
+    twin = costs.copy()
+    twin.record_verify(8, 0.014)  # (a faster pass is believed at once)
+    twin.record_verify(4, 0.013)  # (a size the original never measured)
+    assert [costs.verify(n) for n in range(1, 9)] == before
+    assert twin.verify(8) < costs.verify(8) and twin.verify(5) < costs.verify(5)
+
+
 def test_one_slow_pass_moves_a_price_little_and_a_lasting_change_moves_it_all_the_way() -> None:
     # Seen in a daemon on 2 cores: the first one-token pass after the prompt took 1.5-1.7x its start-up price (the
     # answer's first chunk streamed on the same cores). Counted as the price's second sample it raised it 25%, a

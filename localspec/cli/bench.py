@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from localspec.benchmark.runner import Run, ServerMode
     from localspec.benchmark.workloads import Task
     from localspec.engine import Engine, EngineSettings
+    from localspec.engine.pass_costs import PassCosts
 
 MODES = ("none", "draft", "ngram", "adaptive")
 
@@ -223,6 +224,7 @@ def run(args: argparse.Namespace) -> int:
                 start_up_prices=start_up_prices,
             )
             prompts = [runner.prompt_tokens(engine, task) for task in tasks]
+            prices = {mode: engine.costs.copy() for mode in modes}
             runs = _run_localspec(
                 engine,
                 modes,
@@ -232,11 +234,17 @@ def run(args: argparse.Namespace) -> int:
                 args.trace_steps,
                 args.rounds,
                 lambda done: keep(done, False),
+                prices,
             )
-            # The draft confidence floor follows the measured costs by default: as the runs left them.
+            # The draft confidence floor follows the measured costs by default: as `adaptive`'s runs left them.
+            engine.costs = prices.get("adaptive", engine.costs)
             draft_p_min = engine.draft_p_min()
-            end_prices = engine.costs.describe()  # the same prices as every measured pass left them
-            meta.update(draft_p_min=draft_p_min, end_prices=end_prices)
+            end_prices = engine.costs.describe()
+            meta.update(
+                draft_p_min=draft_p_min,
+                end_prices=end_prices,
+                end_prices_by_mode={mode: costs.describe() for mode, costs in prices.items()},
+            )
             console.print(f"prices after the runs: {end_prices}; draft confidence floor {draft_p_min:.2f}")
             keep(runs, False)
         finally:
@@ -279,9 +287,12 @@ def _run_localspec(
     trace_steps: bool = False,
     rounds: int = 1,
     checkpoint: Callable[[list[Run]], object] = lambda runs: None,
+    prices: dict[str, PassCosts] | None = None,
 ) -> list[Run]:
     """Every mode over every task (the target alone first), one workload at a time; `checkpoint` gets the runs
-    so far after each workload."""
+    so far after each workload. Each mode plans with prices of its own (`prices`, copies of the start-up ones
+    unless given), learnt from its own passes only, as a session in that mode would: with one set, `adaptive`
+    planned with captures and draft lengths timed by the modes run before it."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from localspec.benchmark import runner
@@ -289,8 +300,10 @@ def _run_localspec(
     from localspec.gc_pauses import freeze_long_lived
 
     runs: list[Run] = []
+    prices = prices if prices is not None else {mode: engine.costs.copy() for mode in modes}
     # Warm-up (GPU kernels, CUDA graphs, caches) so the first measured mode is not penalised.
     for mode in modes:
+        engine.costs = prices[mode]  # (its chooser, made in this run, keeps them)
         runner.run_localspec(engine, tasks[0], prompts[0][: min(len(prompts[0]), 64)], mode)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     # (the target alone first: every other mode's reference; every other round in reverse, `runner.merge_rounds`)
@@ -308,6 +321,7 @@ def _run_localspec(
             by_mode: dict[str, list[list[Run]]] = {mode: [[] for _ in indices] for mode in order}
             for mode in schedule:
                 engine.history = NgramHistory(engine.settings.history_tokens)
+                engine.costs = prices[mode]
                 for position, index in enumerate(indices):
                     task, tokens = tasks[index], prompts[index]
                     progress.update(bar, description=f"localspec {mode:<8} {task.workload} {task.task_id}")

@@ -3,6 +3,7 @@ start-up (`calibrate`) and kept current by every real pass."""
 
 from __future__ import annotations
 
+import copy
 import time
 from bisect import bisect_left
 
@@ -260,6 +261,12 @@ class PassCosts:
         if sizes:  # one size known (or only larger ones): scale the largest per token
             return table[sizes[-1]].value * n / sizes[-1]
         return self._prior_one + (n - 1) * self._prior_extra
+
+    def copy(self) -> PassCosts:
+        """An independent copy, learning from its own passes from here on (`bench` gives each mode one)."""
+        twin = copy.deepcopy(self)
+        twin._sizes = {}  # (keyed by the tables' ids, which the copy's tables do not share)
+        return twin
 
     def describe(self) -> str:
         """The main prices in milliseconds, for logs."""
