@@ -292,7 +292,7 @@ def _run_localspec(
     """Every mode over every task (the target alone first), one workload at a time; `checkpoint` gets the runs
     so far after each workload. Each mode plans with prices of its own (`prices`, copies of the start-up ones
     unless given), learnt from its own passes only, as a session in that mode would: with one set, `adaptive`
-    planned with captures and draft lengths timed by the modes run before it."""
+    planned with passes (CUDA graph captures) that only the modes run before it had timed."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from localspec.benchmark import runner
