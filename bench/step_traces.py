@@ -186,12 +186,33 @@ def ngram_returns(runs: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str,
     return dict(rows)
 
 
+LONG_PASS = (
+    20  # passes at least this long: their captures cost about alike, so a price compares with a timing
+)
+
+
 def after_one_pass(runs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, float]]:
     """Per speculative (workload, mode): the steps after a pass of more than two tokens that ran once, where a pass
     of its size again captures its CUDA graph: how many did (kept), went one token short or took another size;
-    for `adaptive`, the capture price it planned with and the replays it expected after it, summed where traced."""
+    for `adaptive`, the capture price it planned with and the replays it expected after it, summed where traced;
+    and after `LONG_PASS`-token passes, that price beside what the captures taken there cost (a price above it
+    shuns captures that would pay)."""
     rows: dict[tuple[str, str], dict[str, float]] = defaultdict(
-        lambda: dict.fromkeys(("kept", "short", "other", "priced", "capture_ms", "replays"), 0.0)
+        lambda: dict.fromkeys(
+            (
+                "kept",
+                "short",
+                "other",
+                "priced",
+                "capture_ms",
+                "replays",
+                "long_priced",
+                "long_ms",
+                "long_kept",
+                "long_took",
+            ),
+            0.0,
+        )
     )
     for run in speculative_runs(runs):
         for step, previous, streak in after_passes_in_a_row(run):
@@ -204,6 +225,13 @@ def after_one_pass(runs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str
                 row["priced"] += 1
                 row["capture_ms"] += step["capture_ms"]
                 row["replays"] += step["replays"]
+            if previous >= LONG_PASS:
+                if step.get("capture_ms") is not None:
+                    row["long_priced"] += 1
+                    row["long_ms"] += step["capture_ms"]
+                if size == previous:
+                    row["long_kept"] += 1
+                    row["long_took"] += step["verify_ms"]
     return dict(rows)
 
 
@@ -221,7 +249,7 @@ RETURNS_HEADER = (
 )
 AFTER_ONE_HEADER = (
     "workload | mode | steps after a pass run once | kept its size (a capture) | one token short | another size"
-    " | capture priced at, ms | replays expected"
+    " | capture priced at, ms | replays expected | after long passes: capture priced at / captures took, ms"
 )
 BEFORE_HEADER = (
     "workload | mode | step before | draft-model steps | drafts made ahead / step | drafts / step"
@@ -289,7 +317,11 @@ def render(path: Path) -> str:
             counts = [row[name] for name in ("kept", "short", "other")]
             priced = row["priced"]
             means = [f"{row[name] / priced:.1f}" if priced else "-" for name in ("capture_ms", "replays")]
-            rows.append([workload, mode, f"{sum(counts):.0f}", *(f"{n:.0f}" for n in counts), *means])
+            long = " / ".join(
+                f"{row[total] / row[count]:.1f}" if row[count] else "-"
+                for total, count in (("long_ms", "long_priced"), ("long_took", "long_kept"))
+            )
+            rows.append([workload, mode, f"{sum(counts):.0f}", *(f"{n:.0f}" for n in counts), *means, long])
         lines += ["", *markdown_table(AFTER_ONE_HEADER, 2, rows)]
     returns = ngram_returns(runs)
     if returns:
