@@ -186,9 +186,8 @@ def ngram_returns(runs: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str,
     return dict(rows)
 
 
-LONG_PASS = (
-    20  # passes at least this long: their captures cost about alike, so a price compares with a timing
-)
+# Passes at least this long: their captures cost about alike, so a price compares with a timing.
+LONG_PASS = 20
 
 
 def after_one_pass(runs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, float]]:
@@ -221,17 +220,17 @@ def after_one_pass(runs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str
             size = step["pass_tokens"]
             row = rows[(run["workload"], run["mode"])]
             row["kept" if size == previous else "short" if size == previous - 1 else "other"] += 1
+            long = previous >= LONG_PASS
             if step.get("capture_ms") is not None:
                 row["priced"] += 1
                 row["capture_ms"] += step["capture_ms"]
                 row["replays"] += step["replays"]
-            if previous >= LONG_PASS:
-                if step.get("capture_ms") is not None:
+                if long:
                     row["long_priced"] += 1
                     row["long_ms"] += step["capture_ms"]
-                if size == previous:
-                    row["long_kept"] += 1
-                    row["long_took"] += step["verify_ms"]
+            if long and size == previous:
+                row["long_kept"] += 1
+                row["long_took"] += step["verify_ms"]
     return dict(rows)
 
 
