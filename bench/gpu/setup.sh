@@ -8,11 +8,20 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 src=$(echo /tmp/w/llama_cpp_python-*)
 cp -r "$src/llama_cpp" /tmp/site/
 cd "$src/vendor/llama.cpp"
-packed=$repo/.gpu/build.tar.xz  # a build brought back by pack-build.sh, of these sources: unpacked in seconds
+packed=$repo/.gpu/build.tar.xz  # a build of these sources (pack-build.sh, or one made here): unpacked in seconds
+unpacked=0
 if [[ -f $packed && $(tar -xJOf "$packed" ./built-from 2>/dev/null) == "$(basename "$src")" ]]; then
-    mkdir -p build/bin && tar -xJf "$packed" -C build/bin && echo 0 > /tmp/w/build.done && echo "build unpacked"
-else
-    [[ -f $packed ]] && echo "$packed was not built from $(basename "$src"): building"
+    mkdir -p build/bin && tar -xJf "$packed" -C build/bin
+    # (a build made elsewhere may link CUDA libraries of another version than this machine's)
+    if missing=$(ldd build/bin/libggml-cuda.so build/bin/llama-server | grep "not found"); then
+        echo "the packed build needs what this machine lacks: building"; echo "$missing" | sort -u; rm -rf build
+    else
+        echo 0 > /tmp/w/build.done && echo "build unpacked" && unpacked=1
+    fi
+elif [[ -f $packed ]]; then
+    echo "$packed was not built from $(basename "$src"): building"
+fi
+if (( ! unpacked )); then
     setsid nohup sh -c 'cmake -B build -DBUILD_SHARED_LIBS=ON -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
       -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF > /tmp/w/build.log 2>&1 \
       && cmake --build build -j16 --target llama llama-server llama-bench >> /tmp/w/build.log 2>&1; echo $? > /tmp/w/build.done' \
