@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 repo=$PWD
-cuda=$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")
+cuda=$(readlink -f "${CUDA_HOME:-/usr/local/cuda}")  # (where CMake finds the toolkit)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 if [[ ! -e $cuda/lib64/libcublas.so ]]; then

@@ -13,7 +13,7 @@ unpacked=0
 if [[ -f $packed && $(tar -xJOf "$packed" ./built-from 2>/dev/null) == "$(basename "$src")" ]]; then
     mkdir -p build/bin && tar -xJf "$packed" -C build/bin
     # (a build made elsewhere may link CUDA libraries of another version than this machine's)
-    if missing=$(ldd build/bin/libggml-cuda.so build/bin/llama-server | grep "not found"); then
+    if missing=$(LD_LIBRARY_PATH=build/bin ldd build/bin/libggml-cuda.so build/bin/llama-server | grep "not found"); then
         echo "the packed build needs what this machine lacks: building"; echo "$missing" | sort -u; rm -rf build
     else
         echo 0 > /tmp/w/build.done && echo "build unpacked" && unpacked=1
