@@ -27,7 +27,7 @@ BEST_OF_THREE_UP_TO = 4  # start-up times passes of up to this many tokens 3 tim
 # interpolated (past this size a pass costs about a straight line), so a longer draft_max costs start-up little.
 DENSE_UP_TO, SPARSE_STEP = 17, 4
 ONE_TOKEN_RETRIES = 3  # times start-up re-times a one-token pass that timed dearer than a two-token one
-CAPTURE_ROUNDS = 2  # rounds of capture timings (a size's second pass in a row) on a GPU, the best of them kept
+CAPTURE_ROUNDS = 2  # rounds of capture timings (a size's second pass in a row) on a GPU, the best kept
 
 
 class PassCosts:
@@ -355,8 +355,8 @@ def calibrate(
     for n, seconds in best.items():
         costs.record_verify(n, seconds)
     if repeat:
-        # Capture (the second pass of a size in a row), then warm. Captures in two rounds, the best kept: a price
-        # timed dear here lasts, as few later passes are captures to correct it.
+        # Capture (the second pass of a size in a row) and warm prices. Captures in CAPTURE_ROUNDS rounds: one timed
+        # dear here would last, as few later passes are captures to correct it.
         captures: dict[int, float] = {}
         for capture_round in range(CAPTURE_ROUNDS):
             for n in sizes:
