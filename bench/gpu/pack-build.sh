@@ -7,7 +7,7 @@ while [[ ! -s /tmp/w/build.done ]]; do sleep 5; done
 [[ $(cat /tmp/w/build.done) == 0 ]] || { tail -30 /tmp/w/build.log; exit 1; }
 B=$(echo /tmp/w/llama_cpp_python-*/vendor/llama.cpp/build/bin)
 du -sh "$B"; ls "$B" | head -30
-basename /tmp/w/llama_cpp_python-* > "$B/built-from"  # setup.sh unpacks it only beside the same sources
-(cd "$B" && tar -cf - ./built-from ./*.so* llama-server) | xz -T16 -6 > /tmp/build.tar.xz
+source "$(dirname "$0")/llama-build.sh"
+pack_build "$B" "$(basename /tmp/w/llama_cpp_python-*)" > /tmp/build.tar.xz
 size=$(stat -c %s /tmp/build.tar.xz); echo "packed: $size bytes"
 if (( size <= 44 * 1024 * 1024 )); then split -b 15M /tmp/build.tar.xz "$OUT/build.tar.xz."; ls -la "$OUT"; else echo "too big to bring back"; fi

@@ -2,6 +2,7 @@
 # First call on a fresh GPU machine: wheels + llama_cpp into /tmp/site, one CUDA build in the background.
 set -euo pipefail
 repo=$PWD
+source bench/gpu/llama-build.sh
 mkdir -p /tmp/w /tmp/m /tmp/site
 tar -xJf .gpu/llama.tar.xz -C /tmp/w
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/whl/*.whl
@@ -22,9 +23,8 @@ elif [[ -f $packed ]]; then
     echo "$packed was not built from $(basename "$src"): building"
 fi
 if (( ! unpacked )); then
-    setsid nohup sh -c 'cmake -B build -DBUILD_SHARED_LIBS=ON -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
-      -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF > /tmp/w/build.log 2>&1 \
-      && cmake --build build -j16 --target llama llama-server llama-bench >> /tmp/w/build.log 2>&1; echo $? > /tmp/w/build.done' \
+    setsid nohup sh -c "cmake -B build $LLAMA_CMAKE_FLAGS > /tmp/w/build.log 2>&1 \
+      && cmake --build build -j16 --target llama llama-server llama-bench >> /tmp/w/build.log 2>&1; echo \$? > /tmp/w/build.done" \
       > /dev/null 2>&1 < /dev/null &
 fi
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv
