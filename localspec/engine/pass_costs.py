@@ -355,15 +355,17 @@ def calibrate(
     for n, seconds in best.items():
         costs.record_verify(n, seconds)
     if repeat:
-        # Capture (the second pass of a size in a row) and warm prices. Captures in CAPTURE_ROUNDS rounds: one timed
-        # dear here would last, as few later passes are captures to correct it.
-        captures: dict[int, float] = {}
-        for capture_round in range(CAPTURE_ROUNDS):
+        captures: dict[int, float] = {}  # (the second pass of a size in a row)
+        for n in sizes:
+            passes = [_timed_pass(target, tokens[:n], seq_id) for _ in range(4)]
+            captures[n] = passes[1]
+            costs.record_verify(n, min(passes[2:]), warm=True)
+        # Each capture timed again, the cheapest kept: one timed dear here would last, as few later passes are
+        # captures to correct it.
+        for _ in range(CAPTURE_ROUNDS - 1):
             for n in sizes:
-                passes = [_timed_pass(target, tokens[:n], seq_id) for _ in range(2 if capture_round else 4)]
-                captures[n] = min(captures.get(n, passes[1]), passes[1])
-                if not capture_round:
-                    costs.record_verify(n, min(passes[2:]), warm=True)
+                _timed_pass(target, tokens[:n], seq_id)  # (after a pass of another size)
+                captures[n] = min(captures[n], _timed_pass(target, tokens[:n], seq_id))
         for n, seconds in captures.items():
             costs.record_verify(n, seconds, capture=True)
     if draft is not None:
