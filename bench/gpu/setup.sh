@@ -18,6 +18,9 @@ if [[ -f $packed && $(tar -xJOf "$packed" ./built-from 2>/dev/null) == "$(basena
     # (a build made elsewhere may link CUDA libraries of another version than this machine's)
     if missing=$(LD_LIBRARY_PATH=build/bin ldd build/bin/libggml-cuda.so build/bin/llama-server | grep "not found"); then
         echo "the packed build needs what this machine lacks: building"; echo "$missing" | sort -u; rm -rf build
+    elif ! LLAMA_CPP_LIB_PATH=$PWD/build/bin LD_LIBRARY_PATH=$PWD/build/bin PYTHONPATH=/tmp/site \
+        python3 "$repo/bench/gpu/check_build.py"; then
+        echo "the packed build does not decode on this GPU: building"; rm -rf build
     else
         echo 0 > /tmp/w/build.done && echo "build unpacked" && unpacked=1
     fi
