@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # First call on a fresh GPU machine: wheels + llama_cpp into /tmp/site, one CUDA build in the background.
 set -euo pipefail
-# (idempotent: a batch may repeat the setup after its chunk calls, in case the machine was given back before them)
+# (idempotent: the chunk batch begins with the setup again, in case the machine was given back before the batch)
 [[ -d /tmp/site/llama_cpp ]] && { echo "setup already done on this machine"; exit 0; }
 repo=$PWD
 source bench/gpu/llama-build.sh
