@@ -2,7 +2,8 @@
 # First call on a fresh GPU machine: wheels + llama_cpp into /tmp/site, one CUDA build in the background.
 set -euo pipefail
 # (idempotent: the chunk batch begins with the setup again, in case the machine was given back before the batch)
-[[ -d /tmp/site/llama_cpp ]] && { echo "setup already done on this machine"; exit 0; }
+# (done only once the end was reached: a setup cut short is redone)
+[[ -f /tmp/w/setup.done ]] && { echo "setup already done on this machine"; exit 0; }
 repo=$PWD
 source bench/gpu/llama-build.sh
 mkdir -p /tmp/w /tmp/m /tmp/site
@@ -27,11 +28,12 @@ if [[ -f $packed && $(tar -xJOf "$packed" ./built-from 2>/dev/null) == "$(basena
 elif [[ -f $packed ]]; then
     echo "$packed was not built from $(basename "$src"): building"
 fi
-if (( ! unpacked )); then
+if (( ! unpacked )) && [[ ! -f /tmp/w/build.log ]]; then  # (a build started by a setup cut short runs on)
     setsid nohup sh -c "cmake -B build $LLAMA_CMAKE_FLAGS > /tmp/w/build.log 2>&1 \
       && cmake --build build -j16 --target llama llama-server llama-bench >> /tmp/w/build.log 2>&1; echo \$? > /tmp/w/build.done" \
       > /dev/null 2>&1 < /dev/null &
 fi
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv
 python3 --version; nproc
+touch /tmp/w/setup.done
 echo setup-started
