@@ -14,7 +14,9 @@ pass of its size again captures its CUDA graph): how many kept the size, went on
 for `adaptive` the capture price it planned with and the replays it expected after it; last, `adaptive`'s n-gram
 steps by the rate it priced them at over the target alone, with what they saved against the target alone's warm
 one-token passes once the one-token passes right after them (cold, then a CUDA graph capture) are paid (with a traced
-`none` run in the file). Each run's first step is left out: its pass also reads the prompt's last chunk (the next
+`none` run in the file); and the tokens `adaptive` expected its steps to settle beside what they settled, by source
+and, for n-gram steps, by the length of the match behind the drafts (traces with `expected`): a price that missed
+then shows whether the acceptance it assumed did. Each run's first step is left out: its pass also reads the prompt's last chunk (the next
 pass is classed against its size).
 """
 
@@ -30,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from render_table import load, usage_error  # (this script's folder is on the path)
+
+from localspec.engine.estimates import match_class
 
 SUMMED = ("drafted", "accepted", "pass_tokens", "verify_ms", "draft_ms")  # step fields added up as they are
 
@@ -186,6 +190,28 @@ def ngram_returns(runs: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str,
     return dict(rows)
 
 
+def expected_against_settled(runs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, float]]:
+    """Per (workload, source) of `adaptive`'s speculative steps, n-gram steps split by their match's class: steps,
+    and the tokens the chooser expected them to settle beside the tokens they settled."""
+    rows: dict[tuple[str, str], dict[str, float]] = defaultdict(
+        lambda: dict.fromkeys(("steps", "expected", "settled"), 0.0)
+    )
+    for run in runs:
+        if run["system"] != "localspec" or run["mode"] != "adaptive":
+            continue
+        for step in run.get("steps", [])[1:]:
+            if step.get("expected") is None or step["source"] == "none":
+                continue
+            source = step["source"]
+            if source == "ngram":
+                source = f"ngram ({match_class(step['ngram_match'])} match)"
+            row = rows[(run["workload"], source)]
+            row["steps"] += 1
+            row["expected"] += step["expected"]
+            row["settled"] += step["accepted"] + 1
+    return dict(rows)
+
+
 # Passes at least this long: their captures cost about alike, so a price compares with a timing.
 LONG_PASS = 20
 
@@ -250,6 +276,7 @@ AFTER_ONE_HEADER = (
     "workload | mode | steps after a pass run once | kept its size (a capture) | one token short | another size"
     " | capture priced at, ms | replays expected | after long passes: capture priced at / captures took, ms"
 )
+EXPECTED_HEADER = "workload | `adaptive`'s steps | steps | tokens expected / step | tokens settled / step"
 BEFORE_HEADER = (
     "workload | mode | step before | draft-model steps | drafts made ahead / step | drafts / step"
     " | drafting ms / step"
@@ -330,6 +357,18 @@ def render(path: Path) -> str:
             per_step = [f"{row['tokens'] / steps:.1f}", f"{saved:.1f}", f"{saved / steps:.2f}"]
             rows.append([workload, BAND_LABELS[band], f"{steps:.0f}", *per_step])
         lines += ["", *markdown_table(RETURNS_HEADER, 2, rows)]
+    expected = expected_against_settled(runs)
+    if expected:
+        rows = [
+            [
+                workload,
+                source,
+                f"{row['steps']:.0f}",
+                *(f"{row[name] / row['steps']:.2f}" for name in ("expected", "settled")),
+            ]
+            for (workload, source), row in sorted(expected.items())
+        ]
+        lines += ["", *markdown_table(EXPECTED_HEADER, 2, rows)]
     return "\n".join(lines)
 
 

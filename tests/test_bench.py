@@ -140,6 +140,9 @@ def test_step_traces_set_what_adaptive_expected_of_each_source_beside_what_it_go
     assert rows and {(workload, step["source"]) for workload, step in steps} == set(rows)
     # (a step's capture price and the replays expected after it come together, where the chooser priced one)
     assert all((step["capture_ms"] is None) == (step["replays"] is None) for _, step in steps)
+    # every step keeps the tokens it was expected to settle, an n-gram step also its match's length
+    assert all(step["expected"] >= 1.0 for _, step in steps)
+    assert all((step["ngram_match"] > 0) == (step["source"] == "ngram") for _, step in steps)
     for (workload, source), row in rows.items():
         chosen = [step for w, step in steps if (w, step["source"]) == (workload, source)]
         assert int(row[2]) == len(chosen)
@@ -202,6 +205,55 @@ def test_step_traces_net_each_ngram_step_against_the_warm_passes_it_replaced(tmp
         if "x" in cells[1]
     }
     assert rows == {"< 1.25x": ["1", "1.0", "-5.0", "-5.00"], ">= 3.0x": ["2", "6.0", "14.0", "7.00"]}
+
+
+def test_step_traces_set_the_tokens_adaptive_expected_beside_those_settled(tmp_path: Path) -> None:
+    # n-gram steps are split by the length of the match behind their drafts (short: up to 3 tokens, long: 8 or
+    # more); a step traced before `expected` existed, and a one-token step, are left out.
+    def step(
+        source: str, drafted: int, accepted: int, expected: float | None, match: int = 0
+    ) -> dict[str, Any]:
+        return {**_step(source, drafted, accepted, 5.0, {}), "expected": expected, "ngram_match": match}
+
+    adaptive = [
+        step("draft", 8, 8, 6.0),  # (the first step: read with the prompt)
+        step("draft", 8, 5, 6.0),
+        step("draft", 8, 7, 5.0),
+        step("ngram", 8, 1, 4.5, match=2),
+        step("ngram", 8, 0, 3.5, match=3),
+        step("ngram", 8, 8, 8.0, match=12),
+        step("none", 0, 0, 1.0),
+        {**_step("draft", 4, 4, 5.0, {})},  # (an older trace's step: no `expected`)
+    ]
+    runs = [
+        {
+            "system": "localspec",
+            "workload": "humaneval",
+            "mode": "adaptive",
+            "task_id": "HumanEval/0",
+            "steps": adaptive,
+        }
+    ]
+    path = tmp_path / "trace.json"
+    path.write_text(json.dumps({"runs": runs}))
+    table = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "step_traces.py"), str(path)],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    header = table.index("tokens expected / step")
+    rows = {
+        cells[1].strip(): [cell.strip() for cell in cells[2:]]
+        for cells in (
+            line.strip("|").split("|")
+            for line in table[header:].splitlines()
+            if line.startswith("| humaneval")
+        )
+    }
+    assert rows == {
+        "draft": ["2", "5.50", "7.00"],
+        "ngram (long match)": ["1", "8.00", "9.00"],
+        "ngram (short match)": ["2", "4.00", "1.50"],
+    }
 
 
 def test_step_traces_count_what_followed_a_pass_run_once(tmp_path: Path) -> None:

@@ -1058,6 +1058,24 @@ def test_ngram_drafts_are_judged_by_the_length_of_the_match_that_proposed_them()
     assert chooser.plan(budget=16, ngram_available=8, ngram_match=8) == Plan("ngram", 8)
 
 
+def test_the_chooser_says_how_many_tokens_its_last_plan_expected_the_step_to_settle() -> None:
+    # `adaptive` gives E(k) = 1 + a_1 + a_1 a_2 + ... of the source and length it chose (`StepRecord.expected`);
+    # a fixed mode prices nothing and expects nothing.
+    from localspec.engine.chooser import AdaptiveChooser, expected_tokens
+
+    assert expected_tokens([0.5, 0.5, 0.5]) == pytest.approx(1 + 0.5 + 0.25 + 0.125)
+    costs = x5_like_prices()
+    chooser = AdaptiveChooser("adaptive", draft_max=16, has_draft_model=True, costs=costs)
+    chooser.ngram_acceptance["long"] = PositionalAcceptance(0.97)
+    chooser.draft_acceptance = PositionalAcceptance(0.5)
+    site = StepSite(previous=9, streak=3)
+    plan = chooser.plan(budget=16, ngram_available=8, ngram_match=12, site=site)
+    assert plan.source == "ngram"
+    assert chooser.expected() == pytest.approx(expected_tokens([0.97] * plan.k))
+    fixed = AdaptiveChooser("draft", draft_max=16, has_draft_model=True, costs=costs)
+    assert fixed.plan(budget=16, ngram_available=0, site=site).source == "draft" and fixed.expected() is None
+
+
 def test_a_request_starts_with_a_probe_of_a_draft_model_that_could_pay() -> None:
     # The x5-like prices. A request where the draft model missed everywhere ends in one-token
     # passes; the next request (another text) must try the draft model at once, not after PROBE_EVERY steps

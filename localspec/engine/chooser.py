@@ -46,6 +46,15 @@ PRIOR_RUN = 64
 PRIOR_REPLAYS = 2.0
 
 
+def expected_tokens(acceptance: list[float]) -> float:
+    """Tokens a step drafting len(acceptance) tokens settles on average: 1 + a_1 + a_1 a_2 + ... (module docstring)."""
+    expected = survive = 1.0
+    for accept in acceptance:
+        survive *= accept
+        expected += survive
+    return expected
+
+
 @dataclass(frozen=True)
 class StepSite:
     """Where a step's target pass sits, as the chooser prices it.
@@ -138,6 +147,8 @@ class AdaptiveChooser:
         # of the replays expected after it, and those replays: by the last plan, or by `padded_size` after it where
         # that priced the padding (`StepRecord.capture_ms`, for traces); None: the last plan priced none.
         self.capture_priced: tuple[float, float] | None = None
+        # The last plan and the n-gram match it was made with, in `adaptive` (`expected`, for traces).
+        self._last_plan: tuple[Plan, int] | None = None
         self._prepared: _Prepared | None = None
         # Replays after each capture of a pass of more than one token; the current run's size and passes (0: none).
         self._replays = Ewma(PRIOR_REPLAYS, weight=0.3)
@@ -244,6 +255,27 @@ class AdaptiveChooser:
     ) -> Plan:
         """budget: most drafts the request can still use; ngram_available: length of the n-gram proposal;
         ngram_match: length of the match that proposed it; site: where the step's pass sits."""
+        plan = self._plan(budget, ngram_available, ngram_match, site)
+        self._last_plan = (plan, ngram_match) if self.mode == "adaptive" else None
+        return plan
+
+    def expected(self) -> float | None:
+        """Tokens the last plan expected its step to settle at the length it planned, from the acceptance rates it
+        planned with (so: before the step is recorded); None outside `adaptive`. Worked out only where asked (step
+        traces): planning runs at every step."""
+        if self._last_plan is None:
+            return None
+        plan, ngram_match = self._last_plan
+        if plan.source == "none":
+            return 1.0
+        rates = (
+            self.ngram_acceptance[match_class(ngram_match)]
+            if plan.source == "ngram"
+            else self.draft_acceptance
+        )
+        return expected_tokens(rates.first(plan.k))
+
+    def _plan(self, budget: int, ngram_available: int, ngram_match: int, site: StepSite) -> Plan:
         budget = min(budget, self.draft_max)
         self.priced = {}
         self.capture_priced = None

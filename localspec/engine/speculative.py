@@ -245,6 +245,8 @@ class Generation:
         self._pending = settled[-1]
         t_sample = time.perf_counter() - started - t_settle
 
+        # (what the plan expected, for traces: before this step's outcome moves the rates it was read from)
+        expected = self.chooser.expected() if self.request.record_steps else None
         if beside:  # (`match_length` is still the proposal's: nothing proposed since)
             known = min(len(beside), len(settled))
             self.chooser.record_ngrams_beside(
@@ -284,6 +286,8 @@ class Generation:
                     {name: round(rate, 1) for name, rate in self.chooser.priced.items()},
                     None if capture is None else round(capture[0] * 1000, 3),
                     None if capture is None else round(capture[1], 2),
+                    None if expected is None else round(expected, 2),
+                    self._ngram.match_length if source == "ngram" else 0,
                 )
             )
         stats.target_passes += 1

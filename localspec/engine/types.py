@@ -109,6 +109,11 @@ class StepRecord:
     # the replays it expected after it) and those replays, where it priced one.
     capture_ms: float | None = None
     replays: float | None = None
+    # Tokens the adaptive chooser expected the step to settle at the length it planned (its drafts' acceptance
+    # rates; a draft-model step may stop sooner where the draft model is unsure), and the length of the n-gram
+    # match behind an n-gram step's drafts: the traces then say which estimate a price that missed came from.
+    expected: float | None = None
+    ngram_match: int = 0
 
 
 @dataclass
