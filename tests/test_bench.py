@@ -162,6 +162,26 @@ def _step(
     }  # fmt: skip
 
 
+def _step_traces_of(tmp_path: Path, steps_by_mode: dict[str, list[dict[str, Any]]]) -> str:
+    """bench/step_traces.py's tables of a trace written here: one HumanEval run per mode, of these steps."""
+    runs = [
+        {
+            "system": "localspec",
+            "workload": "humaneval",
+            "mode": mode,
+            "task_id": "HumanEval/0",
+            "steps": steps,
+        }
+        for mode, steps in steps_by_mode.items()
+    ]
+    path = tmp_path / "trace.json"
+    path.write_text(json.dumps({"runs": runs}))
+    return subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "step_traces.py"), str(path)],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+
+
 def test_step_traces_net_each_ngram_step_against_the_warm_passes_it_replaced(tmp_path: Path) -> None:
     # A trace written here: the target alone's warm one-token pass costs 2 ms (its median), and adaptive's n-gram
     # steps are followed by one-token passes that ran cold (3 ms) or by another n-gram step.
@@ -181,22 +201,7 @@ def test_step_traces_net_each_ngram_step_against_the_warm_passes_it_replaced(tmp
         _step("ngram", 4, 3, 4.0, high),
         alone_step,
     ]
-    runs = [
-        {
-            "system": "localspec",
-            "workload": "humaneval",
-            "mode": mode,
-            "task_id": "HumanEval/0",
-            "steps": steps,
-        }
-        for mode, steps in (("none", alone), ("adaptive", adaptive))
-    ]
-    path = tmp_path / "trace.json"
-    path.write_text(json.dumps({"runs": runs}))
-    table = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "step_traces.py"), str(path)],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+    table = _step_traces_of(tmp_path, {"none": alone, "adaptive": adaptive})
     rows = {
         cells[1].strip(): [cell.strip() for cell in cells[2:]]
         for cells in (
@@ -225,21 +230,7 @@ def test_step_traces_set_the_tokens_adaptive_expected_beside_those_settled(tmp_p
         step("none", 0, 0, 1.0),
         {**_step("draft", 4, 4, 5.0, {})},  # (an older trace's step: no `expected`)
     ]
-    runs = [
-        {
-            "system": "localspec",
-            "workload": "humaneval",
-            "mode": "adaptive",
-            "task_id": "HumanEval/0",
-            "steps": adaptive,
-        }
-    ]
-    path = tmp_path / "trace.json"
-    path.write_text(json.dumps({"runs": runs}))
-    table = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "step_traces.py"), str(path)],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+    table = _step_traces_of(tmp_path, {"adaptive": adaptive})
     header = table.index("tokens expected / step")
     rows = {
         cells[1].strip(): [cell.strip() for cell in cells[2:]]
@@ -276,13 +267,7 @@ def test_step_traces_count_what_followed_a_pass_run_once(tmp_path: Path) -> None
         sized("ngram", 2),  # another size (untraced)
         sized("draft", 25),  # (after two tokens: not counted)
     ]
-    run = {"system": "localspec", "workload": "humaneval", "mode": "adaptive", "task_id": "HumanEval/0"}
-    path = tmp_path / "trace.json"
-    path.write_text(json.dumps({"runs": [{**run, "steps": steps}]}))
-    table = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "step_traces.py"), str(path)],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+    table = _step_traces_of(tmp_path, {"adaptive": steps})
     header = next(line for line in table.splitlines() if "steps after a pass run once" in line)
     lines = table.splitlines()
     row = lines[lines.index(header) + 2].strip("|").split("|")
