@@ -16,8 +16,8 @@ steps by the rate it priced them at over the target alone, with what they saved 
 one-token passes once the one-token passes right after them (cold, then a CUDA graph capture) are paid (with a traced
 `none` run in the file); and the tokens `adaptive` expected its steps to settle beside what they settled, by source
 and, for n-gram steps, by the length of the match behind the drafts (traces with `expected`): a price that missed
-then shows whether the acceptance it assumed did. Each run's first step is left out: its pass also reads the prompt's last chunk (the next
-pass is classed against its size).
+then shows whether the acceptance it assumed did. Each run's first step is left out: its pass also reads the
+prompt's last chunk (the next pass is classed against its size).
 """
 
 from __future__ import annotations

@@ -10,8 +10,4 @@ cp $lib/difflib.py $lib/argparse.py /tmp/src/
 cd /tmp && PYTHONPATH=$pkg:/tmp/site LOCALSPEC_HOME=/tmp/lsh-$name python3 -m localspec bench-editor /tmp/src --target $T \
     --draft $D --files 2 --against-llama-server $LS "$@" --out $OUT/$name.json 2>&1 | tee $OUT/$name.log | tail -40
 gzip -f $OUT/$name.json  # (written into $OUT as it goes: a run stopped part-way keeps what it measured)
-# Two files a run (a call brings back 8): llama-server's log's tail goes into NAME.log, as `pack_run` does.
-ls_log=$OUT/$name-llama-server.log
-if [[ -f $ls_log ]]; then
-    { echo "== llama-server.log (tail)"; tail -40 "$ls_log"; } >> "$OUT/$name.log" && rm "$ls_log"
-fi
+keep_server_log "$OUT/$name-llama-server.log" "$OUT/$name.log"  # (two files a run: a call brings back 8)

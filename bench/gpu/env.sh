@@ -23,11 +23,15 @@ pkg_for() {  # an importable copy of an arm's tree: models/, tui/, lsp/ install 
     done
     echo "$d"
 }
+keep_server_log() {  # LOG OUT_LOG: llama-server's log's tail appended to a run's log, the log itself removed
+    [[ -f $1 ]] || return 0
+    { echo "== llama-server.log (tail)"; tail -40 "$1"; } >> "$2" && rm "$1"
+}
 pack_run() {  # $OUT/NAME/ (a bench run's results) -> $OUT/NAME.json.gz, llama-server's log's tail into $OUT/NAME.log
     # A call brings back at most 8 files: two a run; the plot stays behind. A run stopped part-way keeps what it wrote.
     local dir=$OUT/$1 f
     [[ -d $dir ]] || return 0
-    [[ -f $dir/llama-server.log ]] && { echo "== llama-server.log (tail)"; tail -40 "$dir/llama-server.log"; } >> "$OUT/$1.log"
+    keep_server_log "$dir/llama-server.log" "$OUT/$1.log"
     f=$(ls "$dir"/*.json 2>/dev/null | head -1)
     [[ -n $f ]] && gzip -c "$f" > "$OUT/$1.json.gz"
     rm -r "$dir"

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # First call on a fresh GPU machine: wheels + llama_cpp into /tmp/site, one CUDA build in the background.
 set -euo pipefail
-# (idempotent: the chunk batch begins with the setup again, in case the machine was given back before the batch)
-# (done only once the end was reached: a setup cut short is redone)
+# (idempotent: the chunk batch begins with the setup again, in case the machine was given back before the batch;
+# done only once it reached its end, so a setup cut short is redone)
 [[ -f /tmp/w/setup.done ]] && { echo "setup already done on this machine"; exit 0; }
 repo=$PWD
 source bench/gpu/llama-build.sh
