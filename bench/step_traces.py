@@ -9,7 +9,8 @@ row) or replayed it (warm), and their mean ms: on a GPU the three cost very diff
 tokens per second the chooser expected of each source it priced against what the steps it chose got, and how many
 were close calls (another source within 5%); then the draft-model steps by what the step before them did (every
 draft taken, a draft rejected, or no drafts): the drafts they found made ahead and their drafting time, since
-drafting ahead assumes every draft is taken; then the steps after a pass of more than two tokens that ran once (a
+drafting ahead assumes every draft is taken; then `adaptive`'s draft-model and n-gram steps by the source of the step
+before and what it did, with the share of drafts taken and the tokens a second they got; then the steps after a pass of more than two tokens that ran once (a
 pass of its size again captures its CUDA graph): how many kept the size, went one token short or took another, and
 for `adaptive` the capture price it planned with and the replays it expected after it; last, `adaptive`'s n-gram
 steps by the rate it priced them at over the target alone, with what they saved against the target alone's warm
@@ -147,6 +148,33 @@ def draft_steps_by_before(runs: list[dict[str, Any]]) -> dict[tuple[str, str, st
     return dict(rows)
 
 
+def adaptive_steps_by_before(runs: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str, float]]:
+    """Per (workload, source, the step before: its source and `what_it_did`) of `adaptive`'s speculative steps:
+    steps, drafts, drafts taken, tokens settled and ms (verify and drafting), summed. The same source can pay very
+    differently by what came before: n-gram drafts right after the draft model's had one rejected, say."""
+    rows: dict[tuple[str, str, str], dict[str, float]] = defaultdict(
+        lambda: dict.fromkeys(("steps", "drafted", "accepted", "tokens", "ms"), 0.0)
+    )
+    for run in runs:
+        if run["system"] != "localspec" or run["mode"] != "adaptive":
+            continue
+        for before, step in pairwise(run.get("steps", [])):
+            if step["source"] == "none":
+                continue
+            after = (
+                "one-token pass"
+                if before["source"] == "none"
+                else f"{before['source']}, {what_it_did(before)}"
+            )
+            row = rows[(run["workload"], step["source"], after)]
+            row["steps"] += 1
+            row["drafted"] += step["drafted"]
+            row["accepted"] += step["accepted"]
+            row["tokens"] += step["accepted"] + 1
+            row["ms"] += step["verify_ms"] + step["draft_ms"]
+    return dict(rows)
+
+
 RETURN_PASSES = 2  # one-token passes after a pass of another size that run cold, then capture a CUDA graph
 BANDS = (1.25, 1.5, 2.0, 3.0)  # bounds of the bands of priced rate over the target alone's
 BAND_LABELS = (
@@ -277,6 +305,9 @@ AFTER_ONE_HEADER = (
     " | capture priced at, ms | replays expected | after long passes: capture priced at / captures took, ms"
 )
 EXPECTED_HEADER = "workload | `adaptive`'s steps | steps | tokens expected / step | tokens settled / step"
+ADAPTIVE_BEFORE_HEADER = (
+    "workload | `adaptive`'s steps | step before | steps | drafts / step | drafts taken | got tok/s"
+)
 BEFORE_HEADER = (
     "workload | mode | step before | draft-model steps | drafts made ahead / step | drafts / step"
     " | drafting ms / step"
@@ -336,6 +367,21 @@ def render(path: Path) -> str:
             per_step = [f"{row[name] / n:.1f}" for name in ("ready", "drafted", "draft_ms")]
             rows.append([workload, mode, before, f"{n:.0f}", *per_step])
         lines += ["", *markdown_table(BEFORE_HEADER, 3, rows)]
+    by_before = adaptive_steps_by_before(runs)
+    if by_before:
+        rows = [
+            [
+                workload,
+                source,
+                before,
+                f"{row['steps']:.0f}",
+                f"{row['drafted'] / row['steps']:.1f}",
+                f"{row['accepted'] / row['drafted']:.0%}" if row["drafted"] else "-",
+                f"{row['tokens'] / row['ms'] * 1000:.0f}" if row["ms"] else "-",
+            ]
+            for (workload, source, before), row in sorted(by_before.items())
+        ]
+        lines += ["", *markdown_table(ADAPTIVE_BEFORE_HEADER, 3, rows)]
     after_one = after_one_pass(runs)
     if after_one:
         rows = []

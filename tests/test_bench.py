@@ -247,6 +247,37 @@ def test_step_traces_set_the_tokens_adaptive_expected_beside_those_settled(tmp_p
     }
 
 
+def test_step_traces_split_adaptives_steps_by_what_the_step_before_did(tmp_path: Path) -> None:
+    # n-gram steps right after a draft-model step that had a draft rejected are counted apart from those after one
+    # whose drafts were all taken: the same source can pay very differently by what came before.
+    adaptive = [
+        _step("draft", 8, 8, 5.0, {}),  # (the first step: only a step before)
+        _step("draft", 8, 3, 5.0, {}),
+        _step("ngram", 8, 0, 4.0, {}),  # after a rejected draft: 1 token in 4 ms
+        _step("none", 0, 0, 2.0, {}),
+        _step("draft", 8, 8, 5.0, {}),  # after a one-token pass
+        _step("ngram", 8, 8, 4.0, {}),  # after every draft taken: 9 tokens in 4 ms
+        _step("ngram", 4, 2, 2.0, {}),  # after n-gram drafts all taken: 3 tokens in 2 ms
+    ]
+    table = _step_traces_of(tmp_path, {"adaptive": adaptive})
+    header = table.index("| step before | steps | drafts / step | drafts taken | got tok/s |")
+    rows = {
+        (cells[1].strip(), cells[2].strip()): [cell.strip() for cell in cells[3:]]
+        for cells in (
+            line.strip("|").split("|")
+            for line in table[header:].split("\n\n")[0].splitlines()
+            if line.startswith("| humaneval")
+        )
+    }
+    assert rows == {
+        ("draft", "draft, every draft taken"): ["1", "8.0", "38%", "800"],
+        ("draft", "one-token pass"): ["1", "8.0", "100%", "1800"],
+        ("ngram", "draft, a draft rejected"): ["1", "8.0", "0%", "250"],
+        ("ngram", "draft, every draft taken"): ["1", "8.0", "100%", "2250"],
+        ("ngram", "ngram, every draft taken"): ["1", "4.0", "50%", "1500"],
+    }
+
+
 def test_step_traces_count_what_followed_a_pass_run_once(tmp_path: Path) -> None:
     # After a 25-token pass run once, a step of 25 tokens captures its CUDA graph, one of 24 shuns it by a token;
     # after two in a row (or a pass of two tokens or fewer) nothing is counted.
