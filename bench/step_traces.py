@@ -1,24 +1,24 @@
 """Summarise the steps `localspec bench --trace-steps` kept: where each mode's target passes went.
 
 Usage: python bench/step_traces.py RESULTS.json [MORE.json ...]   (also .json.gz, as in docs/benchmarks/traces/)
-Per workload and localspec mode, a row per draft source: steps, drafts and accepted drafts per step, the share of
-steps whose drafts were ready when the step began (drafted ahead), tokens per target pass, verify and drafting ms
-per step; then the longest run of target-alone steps in a row and its task; then, per workload and speculative mode,
-how many target passes ran cold (after a pass of another size), captured a CUDA graph (the second of their size in a
-row) or replayed it (warm), and their mean ms: on a GPU the three cost very differently; then, for `adaptive`, the
-tokens per second the chooser expected of each source it priced against what the steps it chose got, and how many
-were close calls (another source within 5%); then the draft-model steps by what the step before them did (every
-draft taken, a draft rejected, or no drafts): the drafts they found made ahead and their drafting time, since
-drafting ahead assumes every draft is taken; then `adaptive`'s draft-model and n-gram steps by the source of the step
-before and what it did, with the share of drafts taken and the tokens a second they got; then the steps after a pass of more than two tokens that ran once (a
-pass of its size again captures its CUDA graph): how many kept the size, went one token short or took another, and
-for `adaptive` the capture price it planned with and the replays it expected after it; last, `adaptive`'s n-gram
+Per workload and localspec mode, a row per draft source: steps, drafts and accepted drafts per step, the share of steps
+whose drafts were ready when the step began (drafted ahead), tokens per target pass, verify and drafting ms per step;
+then the longest run of target-alone steps in a row and its task; then, per workload and speculative mode, how many
+target passes ran cold (after a pass of another size), captured a CUDA graph (the second of their size in a row) or
+replayed it (warm), and their mean ms: on a GPU the three cost very differently; then, for `adaptive`, the tokens per
+second the chooser expected of each source it priced against what the steps it chose got, and how many were close calls
+(another source within 5%); then the draft-model steps by what the step before them did (every draft taken, a draft
+rejected, or no drafts): the drafts they found made ahead and their drafting time, since drafting ahead assumes every
+draft is taken; then `adaptive`'s draft-model and n-gram steps by the source of the step before and what it did, with
+the share of drafts taken and the tokens a second they got; then the steps after a pass of more than two tokens that ran
+once (a pass of its size again captures its CUDA graph): how many kept the size, went one token short or took another,
+and for `adaptive` the capture price it planned with and the replays it expected after it; last, `adaptive`'s n-gram
 steps by the rate it priced them at over the target alone, with what they saved against the target alone's warm
 one-token passes once the one-token passes right after them (cold, then a CUDA graph capture) are paid (with a traced
-`none` run in the file); and the tokens `adaptive` expected its steps to settle beside what they settled, by source
-and, for n-gram steps, by the length of the match behind the drafts (traces with `expected`): a price that missed
-then shows whether the acceptance it assumed did. Each run's first step is left out: its pass also reads the
-prompt's last chunk (the next pass is classed against its size).
+`none` run in the file); and the tokens `adaptive` expected its steps to settle beside what they settled, by source and,
+for n-gram steps, by the length of the match behind the drafts (traces with `expected`): a price that missed then shows
+whether the acceptance it assumed did. Each run's first step is left out: its pass also reads the prompt's last chunk
+(the next pass is classed against its size).
 """
 
 from __future__ import annotations
@@ -161,12 +161,12 @@ def adaptive_steps_by_before(runs: list[dict[str, Any]]) -> dict[tuple[str, str,
         for before, step in pairwise(run.get("steps", [])):
             if step["source"] == "none":
                 continue
-            after = (
+            came_after = (
                 "one-token pass"
                 if before["source"] == "none"
                 else f"{before['source']}, {what_it_did(before)}"
             )
-            row = rows[(run["workload"], step["source"], after)]
+            row = rows[(run["workload"], step["source"], came_after)]
             row["steps"] += 1
             row["drafted"] += step["drafted"]
             row["accepted"] += step["accepted"]
