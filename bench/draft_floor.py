@@ -22,7 +22,7 @@ import json
 import math
 import statistics
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ class Answer:
     target: list[int]  # the target alone's tokens
     target_margins: list[float]  # its top-2 margin at each
     picks: list[tuple[int, float, int]]  # the draft model's (pick, margin, runner-up) before each
+    prompt: list[int] = field(default_factory=list)  # the prompt's tokens (answers kept before it lack them)
 
 
 def answers(target: Path, draft: Path, names: list[str], prompt_spec: str, max_tokens: int) -> list[Answer]:
@@ -66,7 +67,7 @@ def answers(target: Path, draft: Path, names: list[str], prompt_spec: str, max_t
                 chunk = tail[start : start + reader.n_batch]
                 reader.decode(chunk, len(prompt) - 1 + start, 0, "all")
                 picks.extend(best_two(row) for row in reader.logits(len(chunk)))
-            found.append(Answer(name, result.token_ids, result.stats.margins, picks))
+            found.append(Answer(name, result.token_ids, result.stats.margins, picks, prompt))
     reader.close()
     engine.close()
     return found

@@ -760,6 +760,33 @@ def test_bench_takes_engine_settings_from_the_config_and_its_flags_override_them
     assert [len(answer["target"]) for answer in json.loads(answers.read_text())] == [16, 16]
 
 
+def test_the_ngram_agreement_script_reads_the_draft_models_pick_at_each_answer_token(tiny_models) -> None:
+    # bench/ngram_agreement.py looks at the positions right after a miss of the draft model. A draft model with the
+    # target's weights never misses (its picks line up with the answer's tokens): no row. An unrelated one misses
+    # often, and the n-gram proposals there are split by whether their first draft is its pick.
+    def table(draft: Path) -> list[list[str]]:
+        out = subprocess.run(
+            [
+                sys.executable, str(ROOT / "bench" / "ngram_agreement.py"), str(tiny_models.target), str(draft),
+                "--workloads", "humaneval", "--prompts", "3", "--max-tokens", "48",
+            ],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        return [
+            [cell.strip() for cell in line.strip("|").split("|")]
+            for line in out.splitlines()
+            if line.startswith("| humaneval")
+        ]
+
+    assert table(tiny_models.draft_same) == []
+    rows = table(tiny_models.draft_other)
+    assert rows and {row[1] for row in rows} <= {"agrees", "differs"}
+    for row in rows:
+        ngram_right, draft_right = (int(cell.rstrip("%")) for cell in row[3:5])
+        # (agreeing, both are right or neither; differing, at most one is)
+        assert ngram_right == draft_right if row[1] == "agrees" else ngram_right + draft_right <= 100
+
+
 def test_the_planning_cost_script_times_each_kind_of_step() -> None:
     # bench/plan_cost.py times the chooser's plan with a GPU's prices for the real 1.5B: where an n-gram proposal
     # is there it plans with it (it pays at those prices), and without one it keeps to the target alone.
