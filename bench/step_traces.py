@@ -73,6 +73,11 @@ def speculative_runs(runs: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
     )
 
 
+def adaptive_runs(runs: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """localspec's traced runs in `adaptive`."""
+    return (run for run in speculative_runs(runs) if run["mode"] == "adaptive")
+
+
 def after_passes_in_a_row(run: dict[str, Any]) -> Iterator[tuple[dict[str, Any], int, int]]:
     """Each step of `run` after its first, with the size of the target pass before it and how many passes of that
     size ran in a row up to it."""
@@ -101,9 +106,7 @@ def priced_choices(runs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str
     rows: dict[tuple[str, str], dict[str, Any]] = defaultdict(
         lambda: {"steps": 0, "tokens": 0, "ms": 0.0, "close": 0, "priced": defaultdict(lambda: [0.0, 0])}
     )
-    for run in runs:
-        if run["system"] != "localspec" or run["mode"] != "adaptive" or not run.get("steps"):
-            continue
+    for run in adaptive_runs(runs):
         for step in run["steps"][1:]:
             priced = step.get("priced") or {}
             row = rows[(run["workload"], step["source"])]
@@ -155,10 +158,8 @@ def adaptive_steps_by_before(runs: list[dict[str, Any]]) -> dict[tuple[str, str,
     rows: dict[tuple[str, str, str], dict[str, float]] = defaultdict(
         lambda: dict.fromkeys(("steps", "drafted", "accepted", "tokens", "ms"), 0.0)
     )
-    for run in runs:
-        if run["system"] != "localspec" or run["mode"] != "adaptive":
-            continue
-        for before, step in pairwise(run.get("steps", [])):
+    for run in adaptive_runs(runs):
+        for before, step in pairwise(run["steps"]):
             if step["source"] == "none":
                 continue
             came_after = (
@@ -198,11 +199,11 @@ def ngram_returns(runs: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str,
     rows: dict[tuple[str, int], dict[str, float]] = defaultdict(
         lambda: dict.fromkeys(("steps", "tokens", "saved"), 0.0)
     )
-    for run in runs:
-        if run["system"] != "localspec" or run["mode"] != "adaptive" or not warm.get(run["workload"]):
+    for run in adaptive_runs(runs):
+        if not warm.get(run["workload"]):
             continue
         one = statistics.median(warm[run["workload"]])
-        steps = run.get("steps") or []
+        steps = run["steps"]
         for at, step in enumerate(steps[1:], 1):
             priced = step.get("priced") or {}
             if step["source"] != "ngram" or not priced.get("none") or "ngram" not in priced:
@@ -224,10 +225,8 @@ def expected_against_settled(runs: list[dict[str, Any]]) -> dict[tuple[str, str]
     rows: dict[tuple[str, str], dict[str, float]] = defaultdict(
         lambda: dict.fromkeys(("steps", "expected", "settled"), 0.0)
     )
-    for run in runs:
-        if run["system"] != "localspec" or run["mode"] != "adaptive":
-            continue
-        for step in run.get("steps", [])[1:]:
+    for run in adaptive_runs(runs):
+        for step in run["steps"][1:]:
             if step.get("expected") is None or step["source"] == "none":
                 continue
             source = step["source"]
