@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future
+from dataclasses import replace
 from functools import partial
 
 from localspec.engine.chooser import AdaptiveChooser, Plan, StepSite
@@ -123,6 +124,7 @@ class Generation:
         self._ahead = ahead if self._draft is not None else None
         self._indexer = indexer
         self._used_draft_model = False  # whether a step of this request drafted with the draft model
+        self._last_source: DraftSource = "none"  # the last step's source
         self._draft_reads = prefill_draft and self._draft is not None and request.max_tokens == 0
         self._plan_ahead = plan_ahead and chooser.mode == "adaptive"
 
@@ -290,6 +292,7 @@ class Generation:
                     self._ngram.match_length if source == "ngram" else 0,
                 )
             )
+        self._last_source = source
         stats.target_passes += 1
         stats.steps_by_source[source] += 1
         stats.t_draft += t_draft
@@ -436,7 +439,16 @@ class Generation:
                 drafts = drafts[:agreed]
             return drafts, self._ngram.match_length
 
-        return self.chooser.plan_with_ngrams(budget, propose, site)
+        plan, ngram = self.chooser.plan_with_ngrams(budget, propose, site)
+        if plan.source != "ngram" or ready or self._draft is None or self._last_source != "draft":
+            return plan, ngram
+        # n-gram drafts right after a draft-model step that had a draft rejected, with none made ahead: the text
+        # just went where the draft model did not, and a long n-gram proposal there mostly goes wrong at once. The
+        # draft model's first draft (its step would make it anyway) says whether the two agree: cut where they part.
+        ready = self._draft.propose(context, 1)
+        if not ready:
+            return plan, ngram
+        return self.chooser.plan_with_ngrams(budget, propose, replace(site, draft_ready=len(ready)))
 
     def _settle_alone(self, base: int, drafts: list[int], row: int) -> tuple[int, float, float]:
         """Re-evaluate the input token of `row` in a one-token pass and take the target-alone choice there."""
