@@ -3063,3 +3063,61 @@ def test_resting_the_draft_model_leaves_every_plan_as_it_was() -> None:
             backlog = 1 if plan.source == "draft" else backlog + accepted + 1
             previous = 1 if plan.source == "none" else plan.k + 1
     assert rested > 1000  # (the draft model did rest: the comparison is not empty)
+
+
+def test_an_n_gram_step_after_a_rejected_draft_is_cut_where_it_parts_from_the_draft_models_first_draft(
+    tiny_models,
+) -> None:
+    # After a draft-model step that had a draft rejected, nothing is drafted ahead for the new context, and a long
+    # n-gram proposal there mostly goes wrong at once. An n-gram plan there first has the draft model make its
+    # first draft; the proposal is cut where it parts from it, and the step planned again. A scripted chooser
+    # alternates the two sources by the steps done; each n-gram proposal it is given must be cut so.
+    import itertools
+
+    from localspec.engine.prefix_cache import common_prefix_length
+    from localspec.engine.speculative import Generation
+
+    running: list[Generation] = []
+    # (steps done, ready drafts the site counted, the draft model's ready drafts, the whole proposal, the proposal
+    # given)
+    seen: list[tuple[int, int, list[int], list[int], list[int]]] = []
+
+    class Alternating(ScriptedChooser):
+        def plan_with_ngrams(
+            self, budget: int, propose: Proposer, site: StepSite | None = None
+        ) -> tuple[Plan, list[int]]:
+            generation = running[0]
+            assert generation._draft is not None and site is not None
+            done = len(generation.stats.steps)
+            if done % 2 == 0:
+                return Plan("draft", budget), []
+            whole = generation._ngram.propose(generation._context, budget)
+            drafts = propose(budget)[0]
+            seen.append(
+                (done, site.draft_ready, generation._draft.ready_drafts(generation._context), whole, drafts)
+            )
+            return (Plan("ngram", len(drafts)), drafts) if drafts else (Plan("none", 0), [])
+
+    engine = drafting_ahead_right_away(tiny_models.target, tiny_models.draft_similar)
+    try:
+        alone = history_of_the_target_text_changed_every(engine, 12)
+        engine._choosers[("alternating", "adaptive")] = Alternating(engine, lambda *_: (Plan("none", 0), []))
+        generation = engine.generate(
+            GenerationRequest(
+                prompt="zq", max_tokens=64, speculative="adaptive", slot="alternating", record_steps=True
+            )
+        )
+        running.append(generation)
+        for _ in generation:
+            pass
+        assert generation.result is not None and generation.result.token_ids == alone
+        checked = [(ready, whole, drafts) for _, counted, ready, whole, drafts in seen if counted and ready]
+        for ready, whole, drafts in checked:
+            agreed = common_prefix_length(whole, ready)
+            assert drafts == (whole if agreed >= min(len(whole), len(ready)) else whole[:agreed])
+        # (steps planned twice: with nothing drafted ahead, then with the draft model's first draft)
+        assert any(first[0] == again[0] and again[1] == 1 for first, again in itertools.pairwise(seen))
+        assert any(drafts != whole for _, whole, drafts in checked)  # (some were cut)
+        assert any(drafts for _, _, drafts in checked)  # (some agreed with the draft model's first draft)
+    finally:
+        engine.close()
