@@ -427,7 +427,8 @@ class Generation:
         """The chooser's plan and the n-gram proposal it may use. Where the draft model has drafts ready for this
         context, the proposal ends where it first disagrees with them: past there at most one of the two is right,
         and it is nearly always the draft model (docs/BENCHMARKS.md), while a long proposal that goes wrong early
-        is the costliest n-gram step."""
+        is the costliest n-gram step. Right after a draft-model step with nothing drafted ahead (a draft was
+        rejected), an n-gram plan first has the draft model make its first draft, to cut the proposal against."""
         ready = self._draft.ready_drafts(context) if site.draft_ready and self._draft is not None else []
 
         def propose(k: int) -> tuple[list[int], int]:
@@ -442,9 +443,8 @@ class Generation:
         plan, ngram = self.chooser.plan_with_ngrams(budget, propose, site)
         if plan.source != "ngram" or ready or self._draft is None or self._last_source != "draft":
             return plan, ngram
-        # n-gram drafts right after a draft-model step that had a draft rejected, with none made ahead: the text
-        # just went where the draft model did not, and a long n-gram proposal there mostly goes wrong at once. The
-        # draft model's first draft (its step would make it anyway) says whether the two agree: cut where they part.
+        # (the text just went where the draft model did not, and an n-gram proposal there that parts from the draft
+        # model's next pick was wrong at once at every such step measured; a draft-model step would make it anyway)
         ready = self._draft.propose(context, 1)
         if not ready:
             return plan, ngram
