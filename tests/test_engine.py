@@ -7,13 +7,21 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from localspec.engine import CancelToken, EndRule, Engine, EngineSettings, GenerationRequest, SamplingParams
+from localspec.engine import (
+    CancelToken,
+    EndRule,
+    Engine,
+    EngineSettings,
+    GenerationRequest,
+    GenerationResult,
+    SamplingParams,
+)
 from localspec.engine.chooser import AdaptiveChooser, Plan, StepSite
 from localspec.engine.compat import check_compatible
 from localspec.engine.engine import TIE_MARGIN_CPU, TIE_MARGIN_GPU
@@ -27,6 +35,9 @@ from localspec.errors import (
     ModelLoadError,
     UnsupportedError,
 )
+
+if TYPE_CHECKING:
+    from localspec.engine.speculative import Generation
 
 PROMPT = "def add(a, b):\n    return a + b\n\ndef"
 NEAR_TIE = 0.05  # a top-2 logit margin the last bits of a batched pass can flip
@@ -2087,6 +2098,24 @@ def test_a_draft_model_step_after_n_gram_drafts_finds_its_drafts_made_ahead(tiny
         engine.close()
 
 
+def run_watched(
+    engine: Engine, chooser: AdaptiveChooser, slot: str, running: list[Generation], record_steps: bool = False
+) -> GenerationResult:
+    """Answer "zq" (64 tokens, `adaptive`) with `chooser` in `slot`, the generation put in `running` before its
+    first step (a scripted chooser reads its drafters' state there)."""
+    engine._choosers[(slot, "adaptive")] = chooser
+    generation = engine.generate(
+        GenerationRequest(
+            prompt="zq", max_tokens=64, speculative="adaptive", slot=slot, record_steps=record_steps
+        )
+    )
+    running.append(generation)
+    for _ in generation:
+        pass
+    assert generation.result is not None
+    return generation.result
+
+
 def history_of_the_target_text_changed_every(engine: Engine, n: int) -> list[int]:
     """The target alone's answer to "zq", returned; the history gets it with every `n`-th token changed, so that
     n-gram drafts copied from it go wrong at known places."""
@@ -2100,8 +2129,6 @@ def test_an_n_gram_proposal_ends_where_it_leaves_the_draft_models_ready_drafts(t
     # Where the draft model has drafted ahead for a step's context, an n-gram proposal is cut where it first
     # disagrees with those drafts (past there the draft model is the likelier to be right). A scripted chooser
     # alternates the two sources; each n-gram proposal it is given must be the whole proposal cut so.
-
-    from localspec.engine.speculative import Generation
 
     seen: list[tuple[list[int], list[int], list[int]]] = []  # (ready drafts, whole proposal, proposal given)
     running: list[Generation] = []
@@ -2120,14 +2147,9 @@ def test_an_n_gram_proposal_ends_where_it_leaves_the_draft_models_ready_drafts(t
     engine = drafting_ahead_right_away(tiny_models.target, tiny_models.draft_same)
     try:
         alone = history_of_the_target_text_changed_every(engine, 12)
-        engine._choosers[("alternating", "adaptive")] = ScriptedChooser(engine, alternate)
-        generation = engine.generate(
-            GenerationRequest(prompt="zq", max_tokens=64, speculative="adaptive", slot="alternating")
+        assert (
+            run_watched(engine, ScriptedChooser(engine, alternate), "alternating", running).token_ids == alone
         )
-        running.append(generation)
-        for _ in generation:
-            pass
-        assert generation.result is not None and generation.result.token_ids == alone
         for ready, whole, drafts in seen:
             agreed = next(
                 (i for i, (a, b) in enumerate(zip(whole, ready, strict=False)) if a != b), len(whole)
@@ -2144,7 +2166,6 @@ def test_each_draft_model_step_scores_the_n_gram_drafts_it_did_not_use(tiny_mode
     # target's picks along the step (`AdaptiveChooser.record_ngrams_beside`). A scripted chooser drafts with the
     # draft model only; each score must be how far the proposal agrees with the target alone's text, over no more
     # drafts than the step's picks reach.
-    from localspec.engine.speculative import Generation
 
     proposals: list[tuple[int, list[int]]] = []  # (tokens generated before the step, the whole proposal)
     scored: list[tuple[int, int]] = []
@@ -2163,17 +2184,9 @@ def test_each_draft_model_step_scores_the_n_gram_drafts_it_did_not_use(tiny_mode
     engine = make_engine(tiny_models.target, tiny_models.draft_similar, slots=1)
     try:
         alone = history_of_the_target_text_changed_every(engine, 9)
-        engine._choosers[("scoring", "adaptive")] = Scoring(engine, draft_model_only)
-        generation = engine.generate(
-            GenerationRequest(
-                prompt="zq", max_tokens=64, speculative="adaptive", slot="scoring", record_steps=True
-            )
-        )
-        running.append(generation)
-        for _ in generation:
-            pass
-        assert generation.result is not None and generation.result.token_ids == alone
-        steps = generation.result.stats.steps
+        result = run_watched(engine, Scoring(engine, draft_model_only), "scoring", running, record_steps=True)
+        assert result.token_ids == alone
+        steps = result.stats.steps
         assert len(steps) == len(proposals) and {step.source for step in steps} == {"draft"}
         expected = []
         for (done, whole), step in zip(proposals, steps, strict=True):
@@ -3075,7 +3088,6 @@ def test_an_n_gram_step_after_a_rejected_draft_is_cut_where_it_parts_from_the_dr
     import itertools
 
     from localspec.engine.prefix_cache import common_prefix_length
-    from localspec.engine.speculative import Generation
 
     running: list[Generation] = []
     # (steps done, ready drafts the site counted, the draft model's ready drafts, the whole proposal, the proposal
@@ -3101,16 +3113,8 @@ def test_an_n_gram_step_after_a_rejected_draft_is_cut_where_it_parts_from_the_dr
     engine = drafting_ahead_right_away(tiny_models.target, tiny_models.draft_similar)
     try:
         alone = history_of_the_target_text_changed_every(engine, 12)
-        engine._choosers[("alternating", "adaptive")] = Alternating(engine, lambda *_: (Plan("none", 0), []))
-        generation = engine.generate(
-            GenerationRequest(
-                prompt="zq", max_tokens=64, speculative="adaptive", slot="alternating", record_steps=True
-            )
-        )
-        running.append(generation)
-        for _ in generation:
-            pass
-        assert generation.result is not None and generation.result.token_ids == alone
+        chooser = Alternating(engine, lambda *_: (Plan("none", 0), []))
+        assert run_watched(engine, chooser, "alternating", running, record_steps=True).token_ids == alone
         checked = [(ready, whole, drafts) for _, counted, ready, whole, drafts in seen if counted and ready]
         for ready, whole, drafts in checked:
             agreed = common_prefix_length(whole, ready)
