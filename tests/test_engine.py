@@ -3082,8 +3082,9 @@ def test_an_n_gram_step_after_a_rejected_draft_is_cut_where_it_parts_from_the_dr
     tiny_models,
 ) -> None:
     # After a draft-model step that had a draft rejected, nothing is drafted ahead for the new context, and a long
-    # n-gram proposal there mostly goes wrong at once. An n-gram plan there first has the draft model make its
-    # first draft; the proposal is cut where it parts from it, and the step planned again. A scripted chooser
+    # n-gram proposal there mostly goes wrong at once. Where the draft model drafts ahead, an n-gram plan there first
+    # has the draft model make its first draft; the proposal is cut where it parts from it, and the step planned
+    # again. A scripted chooser
     # alternates the two sources by the steps done; each n-gram proposal it is given must be cut so.
     import itertools
 
@@ -3123,5 +3124,18 @@ def test_an_n_gram_step_after_a_rejected_draft_is_cut_where_it_parts_from_the_dr
         assert any(first[0] == again[0] and again[1] == 1 for first, again in itertools.pairwise(seen))
         assert any(drafts != whole for _, whole, drafts in checked)  # (some were cut)
         assert any(drafts for _, _, drafts in checked)  # (some agreed with the draft model's first draft)
+    finally:
+        engine.close()
+    # Without drafting ahead (a CPU) nothing is ever ready after a draft-model step, and a draft token costs about
+    # half a target token: no step is planned twice, and the proposals go uncut.
+    seen.clear()
+    running.clear()
+    engine = make_engine(tiny_models.target, tiny_models.draft_similar, draft_ahead=False, slots=1)
+    try:
+        alone = history_of_the_target_text_changed_every(engine, 12)
+        chooser = Alternating(engine, lambda *_: (Plan("none", 0), []))
+        assert run_watched(engine, chooser, "alternating", running, record_steps=True).token_ids == alone
+        assert len(seen) > 3 and len({done for done, *_ in seen}) == len(seen)
+        assert all(drafts == whole for *_, whole, drafts in seen)
     finally:
         engine.close()

@@ -427,8 +427,9 @@ class Generation:
         """The chooser's plan and the n-gram proposal it may use. Where the draft model has drafts ready for this
         context, the proposal ends where it first disagrees with them: past there at most one of the two is right,
         and it is nearly always the draft model (docs/BENCHMARKS.md), while a long proposal that goes wrong early
-        is the costliest n-gram step. Right after a draft-model step with nothing drafted ahead (a draft was
-        rejected), an n-gram plan first has the draft model make its first draft, to cut the proposal against."""
+        is the costliest n-gram step. Where the draft model drafts ahead, right after a draft-model step with
+        nothing drafted ahead (a draft was rejected) an n-gram plan first has the draft model make its first draft,
+        to cut the proposal against."""
         ready = self._draft.ready_drafts(context) if site.draft_ready and self._draft is not None else []
 
         def propose(k: int) -> tuple[list[int], int]:
@@ -441,10 +442,18 @@ class Generation:
             return drafts, self._ngram.match_length
 
         plan, ngram = self.chooser.plan_with_ngrams(budget, propose, site)
-        if plan.source != "ngram" or ready or self._draft is None or self._last_source != "draft":
+        if (
+            plan.source != "ngram"
+            or ready
+            or self._ahead is None
+            or self._draft is None
+            or self._last_source != "draft"
+        ):
             return plan, ngram
         # (the text just went where the draft model did not, and an n-gram proposal there that parts from the draft
-        # model's next pick was wrong at once at every such step measured; a draft-model step would make it anyway)
+        # model's next pick was wrong at once at every such step measured; a draft-model step would make it anyway.
+        # Only where the draft model drafts ahead, on a GPU: elsewhere nothing is ever ready after a draft-model
+        # step, and on a CPU a draft token costs half a target token)
         ready = self._draft.propose(context, 1)
         if not ready:
             return plan, ngram
