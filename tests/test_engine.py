@@ -3084,8 +3084,8 @@ def test_an_n_gram_step_after_a_rejected_draft_is_cut_where_it_parts_from_the_dr
     # After a draft-model step that had a draft rejected, nothing is drafted ahead for the new context, and a long
     # n-gram proposal there mostly goes wrong at once. Where the draft model drafts ahead, an n-gram plan there first
     # has the draft model make its first draft; the proposal is cut where it parts from it, and the step planned
-    # again. A scripted chooser
-    # alternates the two sources by the steps done; each n-gram proposal it is given must be cut so.
+    # again. A scripted chooser alternates the two sources by the steps done; each n-gram proposal it is given must
+    # be cut so.
     import itertools
 
     from localspec.engine.prefix_cache import common_prefix_length
@@ -3111,31 +3111,28 @@ def test_an_n_gram_step_after_a_rejected_draft_is_cut_where_it_parts_from_the_dr
             )
             return (Plan("ngram", len(drafts)), drafts) if drafts else (Plan("none", 0), [])
 
-    engine = drafting_ahead_right_away(tiny_models.target, tiny_models.draft_similar)
-    try:
-        alone = history_of_the_target_text_changed_every(engine, 12)
-        chooser = Alternating(engine, lambda *_: (Plan("none", 0), []))
-        assert run_watched(engine, chooser, "alternating", running, record_steps=True).token_ids == alone
-        checked = [(ready, whole, drafts) for _, counted, ready, whole, drafts in seen if counted and ready]
-        for ready, whole, drafts in checked:
-            agreed = common_prefix_length(whole, ready)
-            assert drafts == (whole if agreed >= min(len(whole), len(ready)) else whole[:agreed])
-        # (steps planned twice: with nothing drafted ahead, then with the draft model's first draft)
-        assert any(first[0] == again[0] and again[1] == 1 for first, again in itertools.pairwise(seen))
-        assert any(drafts != whole for _, whole, drafts in checked)  # (some were cut)
-        assert any(drafts for _, _, drafts in checked)  # (some agreed with the draft model's first draft)
-    finally:
-        engine.close()
+    def run_alternating(engine: Engine) -> None:
+        """The script's request on `engine` (closed after), its plans in `seen`; the output is the target alone's."""
+        seen.clear()
+        running.clear()
+        try:
+            alone = history_of_the_target_text_changed_every(engine, 12)
+            chooser = Alternating(engine, lambda *_: (Plan("none", 0), []))
+            assert run_watched(engine, chooser, "alternating", running, record_steps=True).token_ids == alone
+        finally:
+            engine.close()
+
+    run_alternating(drafting_ahead_right_away(tiny_models.target, tiny_models.draft_similar))
+    checked = [(ready, whole, drafts) for _, counted, ready, whole, drafts in seen if counted and ready]
+    for ready, whole, drafts in checked:
+        agreed = common_prefix_length(whole, ready)
+        assert drafts == (whole if agreed >= min(len(whole), len(ready)) else whole[:agreed])
+    # (steps planned twice: with nothing drafted ahead, then with the draft model's first draft)
+    assert any(first[0] == again[0] and again[1] == 1 for first, again in itertools.pairwise(seen))
+    assert any(drafts != whole for _, whole, drafts in checked)  # (some were cut)
+    assert any(drafts for _, _, drafts in checked)  # (some agreed with the draft model's first draft)
     # Without drafting ahead (a CPU) nothing is ever ready after a draft-model step, and a draft token costs about
     # half a target token: no step is planned twice, and the proposals go uncut.
-    seen.clear()
-    running.clear()
-    engine = make_engine(tiny_models.target, tiny_models.draft_similar, draft_ahead=False, slots=1)
-    try:
-        alone = history_of_the_target_text_changed_every(engine, 12)
-        chooser = Alternating(engine, lambda *_: (Plan("none", 0), []))
-        assert run_watched(engine, chooser, "alternating", running, record_steps=True).token_ids == alone
-        assert len(seen) > 3 and len({done for done, *_ in seen}) == len(seen)
-        assert all(drafts == whole for *_, whole, drafts in seen)
-    finally:
-        engine.close()
+    run_alternating(make_engine(tiny_models.target, tiny_models.draft_similar, draft_ahead=False, slots=1))
+    assert len(seen) > 3 and len({done for done, *_ in seen}) == len(seen)
+    assert all(drafts == whole for *_, whole, drafts in seen)
