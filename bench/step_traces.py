@@ -17,7 +17,8 @@ steps by the rate it priced them at over the target alone, with what they saved 
 one-token passes once the one-token passes right after them (cold, then a CUDA graph capture) are paid (with a traced
 `none` run in the file); and the tokens `adaptive` expected its steps to settle beside what they settled, by source and,
 for n-gram steps, by the length of the match behind the drafts (traces with `expected`): a price that missed then shows
-whether the acceptance it assumed did. Each run's first step is left out: its pass also reads the prompt's last chunk
+whether the acceptance it assumed did; last, for a `--rounds` trace, each speculative mode's steps round by round
+(`adaptive` plans later rounds with what it learnt in the ones before). Each run's first step is left out: its pass also reads the prompt's last chunk
 (the next pass is classed against its size).
 """
 
@@ -122,6 +123,27 @@ def priced_choices(runs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str
                 name != step["source"] and rate >= 0.95 * chosen for name, rate in priced.items()
             )
     return dict(rows)
+
+
+def by_round(runs: list[dict[str, Any]]) -> dict[tuple[str, str, int], dict[str, float]]:
+    """Per (workload, speculative mode, round) of a `--rounds` trace (`later_steps`): steps by source, target
+    passes' tokens, verify and drafting ms, tokens settled and the round's decode seconds, summed over its runs."""
+    rows: dict[tuple[str, str, int], dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for run in speculative_runs(runs):
+        rounds = [run["steps"], *run.get("later_steps", [])]
+        if len(rounds) < 2:
+            continue
+        for number, (steps, seconds) in enumerate(zip(rounds, run["round_seconds"], strict=True), 1):
+            row = rows[(run["workload"], run["mode"], number)]
+            row["seconds"] += seconds
+            for step in steps[1:]:
+                row[step["source"]] += 1
+                row["passes"] += 1
+                row["pass_tokens"] += step["pass_tokens"]
+                row["ms"] += step["verify_ms"] + step["draft_ms"]
+                row["tokens"] += step["accepted"] + 1
+            row["all_tokens"] += sum(step["accepted"] + 1 for step in steps)
+    return {key: dict(row) for key, row in rows.items()}
 
 
 BEFORE = ("every draft taken", "a draft rejected", "no drafts")  # what the step before a draft-model step did
@@ -303,6 +325,10 @@ AFTER_ONE_HEADER = (
     "workload | mode | steps after a pass run once | kept its size (a capture) | one token short | another size"
     " | capture priced at, ms | replays expected | after long passes: capture priced at / captures took, ms"
 )
+ROUNDS_HEADER = (
+    "workload | mode | round | steps: draft / ngram / none | tokens / pass | verify + drafting ms / token"
+    " | tokens settled / s"
+)
 EXPECTED_HEADER = "workload | `adaptive`'s steps | steps | tokens expected / step | tokens settled / step"
 ADAPTIVE_BEFORE_HEADER = (
     "workload | `adaptive`'s steps | step before | steps | drafts / step | drafts taken | got tok/s"
@@ -414,6 +440,21 @@ def render(path: Path) -> str:
             for (workload, source), row in sorted(expected.items())
         ]
         lines += ["", *markdown_table(EXPECTED_HEADER, 2, rows)]
+    rounds = by_round(runs)
+    if rounds:
+        rows = [
+            [
+                workload,
+                mode,
+                str(number),
+                " / ".join(f"{row.get(source, 0):.0f}" for source in ("draft", "ngram", "none")),
+                f"{row['pass_tokens'] / row['passes']:.2f}" if row["passes"] else "-",
+                f"{row['ms'] / row['tokens']:.2f}" if row["tokens"] else "-",
+                f"{row['all_tokens'] / row['seconds']:.1f}" if row["seconds"] else "-",
+            ]
+            for (workload, mode, number), row in sorted(rounds.items())
+        ]
+        lines += ["", *markdown_table(ROUNDS_HEADER, 3, rows)]
     return "\n".join(lines)
 
 

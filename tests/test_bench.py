@@ -278,6 +278,38 @@ def test_step_traces_split_adaptives_steps_by_what_the_step_before_did(tmp_path:
     }
 
 
+def test_step_traces_set_each_rounds_steps_side_by_side(tmp_path: Path) -> None:
+    # A `--rounds 2` trace: `adaptive` took n-gram drafts in its first round and the draft model in its second.
+    first = [
+        _step("none", 0, 0, 9.0, {}),  # (the first step: read with the prompt)
+        _step("ngram", 8, 3, 4.0, {}),  # 4 tokens in 4 ms
+        _step("none", 0, 0, 2.0, {}),  # 1 token in 2 ms
+    ]
+    second = [_step("none", 0, 0, 9.0, {}), _step("draft", 8, 8, 6.0, {})]  # 9 tokens in 6 ms
+    run = {
+        "system": "localspec",
+        "workload": "humaneval",
+        "mode": "adaptive",
+        "task_id": "HumanEval/0",
+        "steps": first,
+        "later_steps": [second],
+        "round_seconds": [0.012, 0.010],
+    }
+    path = tmp_path / "trace.json"
+    path.write_text(json.dumps({"runs": [run, {**run, "mode": "none", "later_steps": []}]}))
+    table = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "step_traces.py"), str(path)],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    header = table.index("| round |")
+    rows = [
+        [cell.strip() for cell in line.strip("|").split("|")[2:]]
+        for line in table[header:].splitlines()
+        if line.startswith("| humaneval")
+    ]
+    assert rows == [["1", "0 / 1 / 1", "5.00", "1.20", "500.0"], ["2", "1 / 0 / 0", "9.00", "0.67", "1000.0"]]
+
+
 def test_step_traces_count_what_followed_a_pass_run_once(tmp_path: Path) -> None:
     # After a 25-token pass run once, a step of 25 tokens captures its CUDA graph, one of 24 shuns it by a token;
     # after two in a row (or a pass of two tokens or fewer) nothing is counted.
@@ -448,7 +480,9 @@ def test_each_workload_starts_every_mode_with_an_empty_ngram_history(endless_pai
     assert (second.drafted, second.target_passes) == (first.drafted, first.target_passes)
 
 
-def two_workloads_in_three_modes(endless_pair: tuple[Path, Path], rounds: int = 1) -> list[Run]:
+def two_workloads_in_three_modes(
+    endless_pair: tuple[Path, Path], rounds: int = 1, trace_steps: bool = False
+) -> list[Run]:
     """`bench`'s localspec runs of two tasks in each of two workloads, modes asked as draft, none, ngram."""
     from rich.console import Console
 
@@ -467,7 +501,13 @@ def two_workloads_in_three_modes(endless_pair: tuple[Path, Path], rounds: int = 
         ]
         prompts = [runner.prompt_tokens(engine, task) for task in tasks]
         return _run_localspec(
-            engine, ["draft", "none", "ngram"], tasks, prompts, Console(quiet=True), rounds=rounds
+            engine,
+            ["draft", "none", "ngram"],
+            tasks,
+            prompts,
+            Console(quiet=True),
+            trace_steps=trace_steps,
+            rounds=rounds,
         )
     finally:
         engine.close()
@@ -541,7 +581,7 @@ def test_rounds_run_the_modes_in_turn_then_in_reverse_and_report_their_mean_time
         return run_localspec(engine, task, tokens, mode, **options)
 
     monkeypatch.setattr(runner, "run_localspec", recorded)
-    runs = two_workloads_in_three_modes(endless_pair, rounds=2)
+    runs = two_workloads_in_three_modes(endless_pair, rounds=2, trace_steps=True)
     in_turn = ("none", "draft", "ngram")
     assert calls[3:] == [
         (mode, f"{workload}-{i}")
@@ -557,6 +597,9 @@ def test_rounds_run_the_modes_in_turn_then_in_reverse_and_report_their_mean_time
         assert len(run.round_seconds) == 2 and run.tokens == 6
         assert run.decode_seconds == pytest.approx(sum(run.round_seconds) / 2)
         assert run.as_json()["round_seconds"] == run.round_seconds
+        # (the second round's steps kept beside the first's: what `adaptive` did once it had learnt)
+        assert len(run.later_steps) == 1 and run.later_steps[0] and run.later_steps[0] is not run.steps
+        assert run.as_json()["later_steps"] == run.later_steps
     assert all(run.identical for run in runs if run.mode != "none")
 
 

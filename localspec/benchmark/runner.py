@@ -47,14 +47,15 @@ class Run:
     identical: bool | None = None  # vs the same system's target-alone output
     divergence: dict[str, Any] | None = None
     steps: list[dict[str, Any]] = field(default_factory=list)  # `StepRecord`s, with `bench --trace-steps`
-    # Each round's decode seconds, with `bench --rounds`.
+    # Each round's decode seconds, with `bench --rounds`; with `--trace-steps` too, the later rounds' steps.
     round_seconds: list[float] = field(default_factory=list)
+    later_steps: list[list[dict[str, Any]]] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("margins")
         data.pop("token_ids")
-        for optional in ("steps", "round_seconds"):
+        for optional in ("steps", "round_seconds", "later_steps"):
             if not data[optional]:
                 data.pop(optional)
         return data
@@ -63,7 +64,8 @@ class Run:
 def merge_rounds(attempts: list[Run]) -> Run:
     """One run of a task in one mode from its rounds (`bench --rounds`): the first round's output, steps and
     counts, timed at the rounds' mean rate (a speculative mode may settle a near-tie otherwise in another round,
-    and so stop at another length)."""
+    and so stop at another length). The later rounds' steps are kept beside (`later_steps`): `adaptive` plans
+    them with what it learnt in the rounds before."""
     first = attempts[0]
     if len(attempts) == 1:
         return first
@@ -75,6 +77,7 @@ def merge_rounds(attempts: list[Run]) -> Run:
     }
     first.decode_seconds = sum(round_seconds) * scale
     first.round_seconds = round_seconds
+    first.later_steps = [attempt.steps for attempt in attempts[1:]] if first.steps else []
     return first
 
 

@@ -76,7 +76,7 @@ def register(subparsers: Any) -> None:
         "--trace-steps",
         action="store_true",
         help="keep every step of localspec's runs in the JSON: draft source, drafts, accepted, drafts ready, "
-        "pass size, ms",
+        "pass size, ms (every round's, with --rounds)",
     )
     parser.add_argument(
         "--rounds",
