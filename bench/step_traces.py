@@ -18,8 +18,8 @@ one-token passes once the one-token passes right after them (cold, then a CUDA g
 `none` run in the file); and the tokens `adaptive` expected its steps to settle beside what they settled, by source and,
 for n-gram steps, by the length of the match behind the drafts (traces with `expected`): a price that missed then shows
 whether the acceptance it assumed did; last, for a `--rounds` trace, each speculative mode's steps round by round
-(`adaptive` plans later rounds with what it learnt in the ones before). Each run's first step is left out: its pass also reads the prompt's last chunk
-(the next pass is classed against its size).
+(`adaptive` plans later rounds with what it learnt in the ones before). Each run's first step is left out: its pass
+also reads the prompt's last chunk (the next pass is classed against its size).
 """
 
 from __future__ import annotations
