@@ -569,7 +569,10 @@ def test_rounds_run_the_modes_in_turn_then_in_reverse_and_report_their_mean_time
     """`bench --rounds 2`: each workload's modes run back to back as in one round, then again in reverse order, so a
     machine whose speed drifts during the run weighs on every mode alike; each task and mode is reported once, at
     the mean of its rounds' times."""
+    from rich.console import Console
+
     from localspec.benchmark import runner
+    from localspec.benchmark.report import print_table
     from localspec.benchmark.workloads import Task
     from localspec.engine import Engine
 
@@ -601,6 +604,17 @@ def test_rounds_run_the_modes_in_turn_then_in_reverse_and_report_their_mean_time
         assert len(run.later_steps) == 1 and run.later_steps[0] and run.later_steps[0] is not run.steps
         assert run.as_json()["later_steps"] == run.later_steps
     assert all(run.identical for run in runs if run.mode != "none")
+    # Each mode's speed round by round, beside its mean: what a gap between two modes has to beat.
+    rows = runner.summarize(runs)
+    for row in rows:
+        speeds = row["rounds_tokens_per_second"]
+        assert len(speeds) == 2 and min(speeds) <= row["tokens_per_second"] * (1 + 1e-6)
+        assert row["tokens_per_second"] <= max(speeds) * (1 + 1e-6)
+    console = Console(record=True, width=250)
+    print_table(rows, console, "tiny")
+    shown = console.export_text()
+    assert "tok/s by round" in shown
+    assert " / ".join(f"{speed:.0f}" for speed in rows[0]["rounds_tokens_per_second"]) in shown
 
 
 def test_a_divergence_is_explained_by_the_target_alone_margin_measured_outside_the_timed_run(

@@ -22,11 +22,13 @@ def print_table(rows: list[dict[str, Any]], console: Console, target: str) -> No
     table = Table(
         title=f"localspec bench, target {target} (decode tok/s; speedup vs target alone in this run)"
     )
+    by_round = any(row.get("rounds_tokens_per_second") for row in rows)
     for column in (
         "workload",
         "system",
         "mode",
         "tok/s",
+        *(["tok/s by round"] if by_round else []),
         "speedup",
         "vs localspec alone",
         "acceptance",
@@ -43,6 +45,7 @@ def print_table(rows: list[dict[str, Any]], console: Console, target: str) -> No
             row["system"],
             row["mode"],
             f"{row['tokens_per_second']:.1f}",
+            *([_rounds(row.get("rounds_tokens_per_second"))] if by_round else []),
             _ratio(row["speedup_vs_own_target_alone"]),
             _ratio(row["speedup_vs_localspec_target_alone"]),
             f"{row['acceptance']:.2f}" if row["acceptance"] is not None else "-",
@@ -58,6 +61,10 @@ def print_table(rows: list[dict[str, Any]], console: Console, target: str) -> No
 
 def _ratio(value: float | None) -> str:
     return f"{value:.2f}x" if value is not None else "-"
+
+
+def _rounds(speeds: list[float] | None) -> str:
+    return " / ".join(f"{speed:.0f}" for speed in speeds) if speeds else "-"
 
 
 def plot(rows: list[dict[str, Any]], path: Path, target: str) -> Path:

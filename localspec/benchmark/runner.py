@@ -47,15 +47,16 @@ class Run:
     identical: bool | None = None  # vs the same system's target-alone output
     divergence: dict[str, Any] | None = None
     steps: list[dict[str, Any]] = field(default_factory=list)  # `StepRecord`s, with `bench --trace-steps`
-    # Each round's decode seconds, with `bench --rounds`; with `--trace-steps` too, the later rounds' steps.
+    # Each round's decode seconds and tokens, with `bench --rounds`; with `--trace-steps`, the later rounds' steps.
     round_seconds: list[float] = field(default_factory=list)
+    round_tokens: list[int] = field(default_factory=list)
     later_steps: list[list[dict[str, Any]]] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("margins")
         data.pop("token_ids")
-        for optional in ("steps", "round_seconds", "later_steps"):
+        for optional in ("steps", "round_seconds", "round_tokens", "later_steps"):
             if not data[optional]:
                 data.pop(optional)
         return data
@@ -77,6 +78,7 @@ def merge_rounds(attempts: list[Run]) -> Run:
     }
     first.decode_seconds = sum(round_seconds) * scale
     first.round_seconds = round_seconds
+    first.round_tokens = [attempt.tokens for attempt in attempts]
     first.later_steps = [attempt.steps for attempt in attempts[1:]] if first.steps else []
     return first
 
@@ -411,12 +413,27 @@ def summarize(runs: list[Run]) -> list[dict[str, Any]]:
                 "drafted_ahead": sum(r.drafted_ahead for r in items) if system == "localspec" else None,
                 "second_chains": sum(r.second_chains for r in items) if system == "localspec" else None,
                 "time_split": {k: round(v / seconds, 3) if seconds else 0.0 for k, v in split.items()},
+                # (`bench --rounds`: how far a mode's speed moved from round to round, beside the gaps between modes)
+                "rounds_tokens_per_second": _round_speeds(items),
                 "identical": sum(1 for r in items if r.identical),
                 "compared": sum(1 for r in items if r.identical is not None),
                 "divergences": divergences,
             }
         )
     return rows
+
+
+def _round_speeds(runs: list[Run]) -> list[float] | None:
+    """Tokens per second of each round over these runs (`bench --rounds`), or None for runs of one round."""
+    if not runs or any(len(run.round_seconds) != len(runs[0].round_seconds) for run in runs):
+        return None
+    rounds = range(len(runs[0].round_seconds))
+    return [
+        round(
+            sum(run.round_tokens[i] for run in runs) / max(1e-9, sum(run.round_seconds[i] for run in runs)), 2
+        )
+        for i in rounds
+    ] or None
 
 
 def write_json(path: Path, meta: dict[str, Any], rows: list[dict[str, Any]], runs: list[Run]) -> None:

@@ -83,7 +83,8 @@ def register(subparsers: Any) -> None:
         type=int,
         default=1,
         help="run each mode's prompts this many times, the modes in turn and in reverse order every other round, "
-        "and report the mean time (a machine whose speed drifts during the run weighs on every mode alike)",
+        "and report the mean time (a machine whose speed drifts during the run weighs on every mode alike) and "
+        "each round's speed",
     )
     parser.add_argument(
         "--no-target-alone",
