@@ -617,6 +617,32 @@ def test_rounds_run_the_modes_in_turn_then_in_reverse_and_report_their_mean_time
     assert " / ".join(f"{speed:.0f}" for speed in rows[0]["rounds_tokens_per_second"]) in shown
 
 
+def test_a_later_rounds_divergence_is_reported_with_its_round() -> None:
+    """With `bench --rounds`, a speculative mode's output must be the target alone's in every round: batched passes of
+    other shapes may settle a near-tie the other way in a later round, and the first round alone would hide it."""
+    from localspec.benchmark import runner
+
+    def output(tokens: list[int]) -> Run:
+        return runner.Run(
+            "localspec", "adaptive", "w", "t", len(tokens), 0.01, 0, 0, len(tokens), "", token_ids=tokens
+        )
+
+    reference = output([5, 6, 7, 8])
+    reference.margins = [1.0, 0.9, 0.03, 1.0]
+    merged = runner.merge_rounds([output([5, 6, 7, 8]), output([5, 6, 9, 8]), output([5, 6, 7, 8])])
+    runner.compare(merged, reference)
+    assert merged.identical is False
+    assert merged.divergence == {"position": 2, "target_alone_margin": 0.03, "round": 2}
+    assert "later_token_ids" not in merged.as_json()
+    # Compared again (as after the margins are read): every round the target alone's leaves no divergence behind.
+    merged.later_token_ids = [[5, 6, 7, 8], [5, 6, 7, 8]]
+    runner.compare(merged, reference)
+    assert merged.identical is True and merged.divergence is None
+    single = output([5, 6, 9])
+    runner.compare(single, reference)
+    assert single.identical is False and single.divergence == {"position": 2, "target_alone_margin": 0.03}
+
+
 def test_a_divergence_is_explained_by_the_target_alone_margin_measured_outside_the_timed_run(
     tiny_models,
 ) -> None:

@@ -42,6 +42,9 @@ class Run:
     settled_near_ties: int = 0  # positions re-evaluated alone because a batched pass found a near-tie there
     steps_by_source: dict[str, int] = field(default_factory=dict)
     token_ids: list[int] = field(default_factory=list)
+    later_token_ids: list[list[int]] = field(
+        default_factory=list
+    )  # the later rounds' outputs (`bench --rounds`)
     time_split: dict[str, float] = field(default_factory=dict)
     margins: list[float] = field(default_factory=list)
     identical: bool | None = None  # vs the same system's target-alone output
@@ -56,6 +59,7 @@ class Run:
         data = asdict(self)
         data.pop("margins")
         data.pop("token_ids")
+        data.pop("later_token_ids")
         for optional in ("steps", "round_seconds", "round_tokens", "later_steps"):
             if not data[optional]:
                 data.pop(optional)
@@ -65,8 +69,9 @@ class Run:
 def merge_rounds(attempts: list[Run]) -> Run:
     """One run of a task in one mode from its rounds (`bench --rounds`): the first round's output, steps and
     counts, timed at the rounds' mean rate (a speculative mode may settle a near-tie otherwise in another round,
-    and so stop at another length). The later rounds' steps are kept beside (`later_steps`): `adaptive` plans
-    them with what it learnt in the rounds before."""
+    and so stop at another length). The later rounds' outputs are kept for `compare` (each must be the target
+    alone's), and their steps beside the first's (`later_steps`): `adaptive` plans them with what it learnt in the
+    rounds before."""
     first = attempts[0]
     if len(attempts) == 1:
         return first
@@ -79,6 +84,7 @@ def merge_rounds(attempts: list[Run]) -> Run:
     first.decode_seconds = sum(round_seconds) * scale
     first.round_seconds = round_seconds
     first.round_tokens = [attempt.tokens for attempt in attempts]
+    first.later_token_ids = [attempt.token_ids for attempt in attempts[1:]]
     first.later_steps = [attempt.steps for attempt in attempts[1:]] if first.steps else []
     return first
 
@@ -154,20 +160,25 @@ def fill_margins(engine: Engine, task: Task, tokens: list[int], reference: Run) 
 
 
 def compare(run: Run, reference: Run) -> None:
-    """Mark `run` identical or not to the target-alone `reference`; at a divergence, record where and how close."""
+    """Mark `run` identical or not to the target-alone `reference`, every round's output with `bench --rounds` (a
+    near-tie may go another way in another round); at the first divergence, record where, how close, and in which
+    round."""
     if run.token_ids or reference.token_ids:
-        run.identical = run.token_ids == reference.token_ids
-        if not run.identical:
+        outputs = [run.token_ids, *run.later_token_ids]
+        run.identical, run.divergence = True, None
+        for number, tokens in enumerate(outputs, 1):
+            if tokens == reference.token_ids:
+                continue
             position = next(
-                (
-                    i
-                    for i, (a, b) in enumerate(zip(run.token_ids, reference.token_ids, strict=False))
-                    if a != b
-                ),
-                min(len(run.token_ids), len(reference.token_ids)),
+                (i for i, (a, b) in enumerate(zip(tokens, reference.token_ids, strict=False)) if a != b),
+                min(len(tokens), len(reference.token_ids)),
             )
             margin = reference.margins[position] if position < len(reference.margins) else None
+            run.identical = False
             run.divergence = {"position": position, "target_alone_margin": margin}
+            if len(outputs) > 1:
+                run.divergence["round"] = number
+            break
     else:
         run.identical = run.text == reference.text
         if not run.identical:
