@@ -42,9 +42,8 @@ class Run:
     settled_near_ties: int = 0  # positions re-evaluated alone because a batched pass found a near-tie there
     steps_by_source: dict[str, int] = field(default_factory=dict)
     token_ids: list[int] = field(default_factory=list)
-    later_token_ids: list[list[int]] = field(
-        default_factory=list
-    )  # the later rounds' outputs (`bench --rounds`)
+    # The later rounds' outputs, with `bench --rounds` (each compared with the target alone's, not written).
+    later_token_ids: list[list[int]] = field(default_factory=list)
     time_split: dict[str, float] = field(default_factory=dict)
     margins: list[float] = field(default_factory=list)
     identical: bool | None = None  # vs the same system's target-alone output
