@@ -18,6 +18,7 @@ from localspec.benchmark.child_process import ends_with_this_process
 from localspec.benchmark.workloads import Task
 from localspec.engine import Engine, GenerationRequest
 from localspec.engine.drafters import NgramHistory
+from localspec.engine.prefix_cache import common_prefix_length
 from localspec.errors import InvalidRequestError, LocalspecError
 
 TARGET_ALONE = "none"
@@ -168,10 +169,7 @@ def compare(run: Run, reference: Run) -> None:
         for number, tokens in enumerate(outputs, 1):
             if tokens == reference.token_ids:
                 continue
-            position = next(
-                (i for i, (a, b) in enumerate(zip(tokens, reference.token_ids, strict=False)) if a != b),
-                min(len(tokens), len(reference.token_ids)),
-            )
+            position = common_prefix_length(tokens, reference.token_ids)
             margin = reference.margins[position] if position < len(reference.margins) else None
             run.identical = False
             run.divergence = {"position": position, "target_alone_margin": margin}
@@ -435,15 +433,15 @@ def summarize(runs: list[Run]) -> list[dict[str, Any]]:
 
 def _round_speeds(runs: list[Run]) -> list[float] | None:
     """Tokens per second of each round over these runs (`bench --rounds`), or None for runs of one round."""
-    if not runs or any(len(run.round_seconds) != len(runs[0].round_seconds) for run in runs):
+    rounds = len(runs[0].round_seconds) if runs else 0
+    if rounds < 2 or any(len(run.round_seconds) != rounds for run in runs):
         return None
-    rounds = range(len(runs[0].round_seconds))
     return [
         round(
             sum(run.round_tokens[i] for run in runs) / max(1e-9, sum(run.round_seconds[i] for run in runs)), 2
         )
-        for i in rounds
-    ] or None
+        for i in range(rounds)
+    ]
 
 
 def write_json(path: Path, meta: dict[str, Any], rows: list[dict[str, Any]], runs: list[Run]) -> None:
