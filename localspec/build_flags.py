@@ -6,15 +6,20 @@ Run it BEFORE installing (it imports nothing from localspec):
 Why: llama.cpp's default build uses -march=native, which enables every instruction set the CPU advertises
 through cpuid, including AMX. Many VMs advertise AMX but the kernel does not permit it, and the first decode
 then dies with SIGILL. On x86-64 Linux we name the extensions the kernel reports in /proc/cpuinfo instead.
-With an NVIDIA GPU and toolkit (nvcc) present, the CUDA backend is added (LOCALSPEC_CUDA=0/1 overrides).
+With an NVIDIA GPU and toolkit (nvcc) present, the CUDA backend is added (LOCALSPEC_CUDA=0/1 overrides), with
+localspec's one change to llama.cpp's sources: `llama_patches/cuda_graph_key.cmake`, which CMake runs as the
+build configures ggml, lets the CUDA backend keep a captured graph per pass size (see that file).
 """
 
 from __future__ import annotations
 
 import os
 import platform
+import shlex
 import shutil
 from pathlib import Path
+
+CUDA_GRAPH_KEY_PATCH = Path(__file__).resolve().parent / "llama_patches" / "cuda_graph_key.cmake"
 
 # /proc/cpuinfo flag -> llama.cpp CMake option
 X86_OPTIONS = {
@@ -52,9 +57,9 @@ def cmake_args(
             args.append("-DGGML_NATIVE=OFF")
             args += [f"-D{option}=ON" for flag, option in X86_OPTIONS.items() if flag in flags]
     if has_gpu if has_gpu is not None else _has_nvidia_gpu():
-        args.append("-DGGML_CUDA=ON")
+        args += ["-DGGML_CUDA=ON", f"-DCMAKE_PROJECT_ggml_INCLUDE={CUDA_GRAPH_KEY_PATCH}"]
     return args
 
 
 if __name__ == "__main__":
-    print(" ".join(cmake_args()))
+    print(" ".join(shlex.quote(arg) for arg in cmake_args()))

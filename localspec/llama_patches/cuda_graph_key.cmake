@@ -1,0 +1,17 @@
+# Included at ggml's project() (CMAKE_PROJECT_ggml_INCLUDE, from localspec/build_flags.py where the CUDA backend
+# is built): rewrites the CUDA backend's graph-cache key in the sources being built.
+set(_file "${CMAKE_CURRENT_SOURCE_DIR}/src/ggml-cuda/ggml-cuda.cu")
+file(READ "${_file}" _source)
+string(FIND "${_source}" "GGML_CUDA_GRAPH_KEY" _done)
+set(_old "static const void * ggml_cuda_graph_get_key(ggml_cgraph * cgraph) {\n    return cgraph->nodes[0];\n}")
+string(FIND "${_source}" "${_old}" _at)
+if(_done GREATER -1)
+    message(STATUS "localspec: CUDA graph key already patched")
+elseif(_at EQUAL -1)
+    message(WARNING "localspec: ggml_cuda_graph_get_key not found as expected in ${_file}: built as is")
+else()
+    file(READ "${CMAKE_CURRENT_LIST_DIR}/cuda_graph_key.cu" _new)
+    string(REPLACE "${_old}" "${_new}" _source "${_source}")
+    file(WRITE "${_file}" "${_source}")
+    message(STATUS "localspec: CUDA graph key patched")
+endif()
