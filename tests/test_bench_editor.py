@@ -222,6 +222,24 @@ def test_the_llama_server_replay_checkpoints_after_each_line_mode(
     assert seen == [(["single"], ["single"]), (["multi", "single"], ["single", "multi"])]
 
 
+def test_llama_server_keys_its_cuda_graphs_as_upstream_whatever_the_bench_runs_with(
+    tiny_models, llama_cpp_tools: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The comparison is with the llama.cpp llama-cpp-python vendors: a build with localspec's graph-key change
+    # (localspec/llama_patches) must run llama-server with upstream's key even where the bench asks for another.
+    monkeypatch.setenv("GGML_CUDA_GRAPH_KEY", "shape")
+    server = LlamaServer(
+        llama_cpp_tools / "llama-server", tiny_models.target, server_modes(["plain"], None)[0], 512, 1, "0",
+        tmp_path / "llama-server.log",
+    )  # fmt: skip
+    try:
+        environ = Path(f"/proc/{server.process.pid}/environ").read_bytes().split(b"\0")
+    finally:
+        server.close()
+    assert b"GGML_CUDA_GRAPH_KEY=node" in environ
+    assert b"GGML_CUDA_GRAPH_KEY=shape" not in environ
+
+
 def test_a_run_that_fails_midway_keeps_what_it_measured(tiny_models, tmp_path: Path) -> None:
     # llama-server dies at start here, after localspec was measured: the results so far are in the JSON.
     project = _write_project(tmp_path / "project", files=2)

@@ -267,7 +267,9 @@ def requested_llama_server(argument: Path | None) -> Path | None:
 
 
 class LlamaServer:
-    """A llama-server process for one mode; stopped on exit."""
+    """A llama-server process for one mode; stopped on exit. It keys its CUDA graphs as upstream's llama.cpp does
+    (GGML_CUDA_GRAPH_KEY=node, see localspec/llama_patches) whatever this process is set to: the comparison is
+    with the llama.cpp that llama-cpp-python vendors."""
 
     def __init__(
         self,
@@ -305,7 +307,11 @@ class LlamaServer:
         self.command = command
         self._log = log.open("ab")
         self.process = subprocess.Popen(
-            command, stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=ends_with_this_process()
+            command,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=ends_with_this_process(),
+            env={**os.environ, "GGML_CUDA_GRAPH_KEY": "node"},
         )
         self.url = f"http://127.0.0.1:{self.port}"
         try:
