@@ -13,13 +13,17 @@ On a GPU, llama.cpp's CUDA backend replays a captured graph only while consecuti
   returns none (a chunk of its own), against one-token passes after their like. llama.cpp builds passes with and
   without outputs in two graphs of their own, and its CUDA backend keys captured graphs by the graph's first
   node: whether the one-token passes' captured graph outlives a pass without outputs is what this shows.
+- with --alternate: passes of n tokens (4, 9, 25) between one-token passes, as speculative steps alternate with
+  one-token steps: each kind's median ms and the CUDA graph events. Run it under each `GGML_CUDA_GRAPH_KEY` of a
+  build with localspec's graph-key patch (docs/BENCHMARKS.md): upstream llama.cpp keys a context's captured graph by
+  its first node alone, so each change of size re-warms the one graph; "shape" keeps one graph per pass size.
 - with --ahead: target passes of 8 to 25 tokens, cold and warm, alone and with the draft model drafting on another
   thread until the pass is done (as the engine drafts the next step while the target verifies), from the pass's
   launch or only once `decode` returned: the pass's ms and how many draft tokens were made meanwhile, against a
   draft token's ms alone. Both models' kernels share the GPU, and a cold pass launches its kernels one by one from
   the CPU, so drafting beside it may go slower than alone.
 
-    python bench/pass_shapes.py TARGET.gguf DRAFT.gguf [--after-draft | --after-prompt | --ahead]
+    python bench/pass_shapes.py TARGET.gguf DRAFT.gguf [--after-draft | --after-prompt | --alternate | --ahead]
 """
 
 from __future__ import annotations
@@ -184,6 +188,36 @@ def after_prompt(target: LlamaModel, new: int = 20, trials: int = 10) -> None:
         )
 
 
+def alternate(target: LlamaModel, n: int, trials: int = 10) -> None:
+    """Passes of n tokens, each after three one-token passes and followed by two: median ms of the n-token pass
+    and of the two one-token passes after it, and the CUDA graph events llama.cpp logged meanwhile (the first trial
+    left out: it warms up whatever graphs are kept)."""
+    spans: dict[str, list[float]] = {
+        f"n={n}": [],
+        "first one-token after it": [],
+        "second one-token after it": [],
+    }
+    events: list[str] = []
+    for trial in range(trials + 1):
+        _events.clear()
+        position = BASE
+        timings = []
+        for size in (1, 1, 1, n, 1, 1):
+            started = time.perf_counter()
+            target.decode(list(range(500, 500 + size)), position, 0, "all")
+            target.synchronize()
+            timings.append((time.perf_counter() - started) * 1000)
+            position += size
+        target.remove_from(0, BASE)
+        if trial:
+            events.extend(_events)
+            for times, ms in zip(spans.values(), timings[3:], strict=True):
+                times.append(ms)
+    counted = {event: events.count(event) for event in GRAPH_EVENTS if event in events}
+    medians = ", ".join(f"{name} {statistics.median(times):.2f} ms" for name, times in spans.items())
+    print(f"alternating, graph key {os.environ.get('GGML_CUDA_GRAPH_KEY', 'node')}: {medians}; {counted}")
+
+
 def drafting(draft: LlamaModel, go: threading.Event, stop: threading.Event, made: list[float]) -> None:
     """Once `go` is set, greedy draft tokens after the BASE ones until `stop` is, each one's finishing time in
     `made`."""
@@ -248,6 +282,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--after-draft", action="store_true", help="only the after-draft comparison")
     parser.add_argument("--after-prompt", action="store_true", help="only the after-prompt comparison")
+    parser.add_argument(
+        "--alternate", action="store_true", help="only passes of n tokens between one-token ones"
+    )
     parser.add_argument("--ahead", action="store_true", help="only target passes with drafting beside them")
     args = parser.parse_args()
     engine = Engine(
@@ -267,6 +304,12 @@ def main() -> None:
     if args.after_prompt:
         llama_cpp.llama_log_set(_record_graph_events, ctypes.c_void_p(0))
         after_prompt(target)
+        engine.close()
+        return
+    if args.alternate:
+        llama_cpp.llama_log_set(_record_graph_events, ctypes.c_void_p(0))
+        for n in (4, 9, 25):
+            alternate(target, n)
         engine.close()
         return
     if args.ahead:
