@@ -1101,3 +1101,38 @@ def test_a_plot_that_fails_leaves_the_results_and_says_how_to_draw_it_later(tmp_
     message = report.plot_in_child(broken, tmp_path / "bench-broken.png")
     assert message.startswith("plot failed (") and "python -m localspec.benchmark.report" in message
     assert not (tmp_path / "bench-broken.png").exists()
+
+
+def test_graph_keys_prices_each_pass_as_either_cuda_graph_key_would_run_it(tmp_path: Path) -> None:
+    # After a 30-token prompt pass (priced as observed: 10 ms), one-token passes and 9-token n-gram steps in turn,
+    # all within the first 256 cells of KV. Prices (ms) cold / capturing / replayed: 1 token 3 / 3.5 / 2, 9 tokens
+    # 6 / 7 / 4; a graph rebuild 0.5 ms.
+    prices = (
+        "target pass 1: 3.0, 9: 6.0, 25: 12.0 (after two of the same size: 1: 2.0, 9: 4.0, 25: 8.0) "
+        "(the second of the same size, capturing its CUDA graph: 1: 3.5, 9: 7.0, 25: 14.0); draft token 1.0"
+    )
+    one, nine = _step("none", 0, 0, 1.0, {}), _step("ngram", 8, 8, 1.0, {})
+    steps = [{**one, "pass_tokens": 30, "verify_ms": 10.0}, one, one, one, nine, one, one, nine, one, one]
+    run = {
+        "system": "localspec",
+        "workload": "humaneval",
+        "mode": "adaptive",
+        "steps": steps,
+        "decode_seconds": 0.05,
+    }
+    meta = {"target_label": "t.gguf", "end_prices": prices, "end_prices_by_mode": {"adaptive": prices}}
+    path = tmp_path / "trace.json"
+    path.write_text(json.dumps({"meta": meta, "runs": [run]}))
+    table = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "graph_keys.py"), str(path), "--rebuild", "0.5"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    row = next(line for line in table.splitlines() if line.startswith("| humaneval"))
+    observed, upstream, shape, saving = (cell.strip() for cell in row.strip("|").split("|")[2:])
+    assert observed == "19"  # 10 + nine passes of 1 ms
+    # One graph a context: 1 cold, capture, replay; 9 cold; 1 cold, capture; 9 cold; 1 cold, capture.
+    assert upstream == f"{10 + 3 + 3.5 + 2 + 6 + 3 + 3.5 + 6 + 3 + 3.5:.0f}"
+    # A graph per size: 1 cold, capture, replay; 9 cold; 1 replayed after a rebuild, replay; 9 captured after a
+    # rebuild; 1 replayed after a rebuild, replay.
+    assert shape == f"{10 + 3 + 3.5 + 2 + 6 + 2.5 + 2 + 7.5 + 2.5 + 2:.0f}"
+    assert saving == f"{(43.5 - 41) / 50:.1%}"
