@@ -19,15 +19,17 @@ of the decode time.
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
 import math
 import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from render_table import load  # (this script's folder is on the path)
+from step_traces import markdown_table
+
 KV_PAD = 256
+HEADER = "workload | mode | verify ms observed | upstream key, modelled | shape key, modelled | saving of decode time"
 TABLES = {
     "cold": r"^target pass ([^(;]*)",
     "warm": r"\(after two of the same size: ([^)]*)\)",
@@ -101,9 +103,7 @@ def main() -> None:
         "--rebuild", type=float, default=0.5, help="ms a graph rebuild costs the 1.5B (28 layers)"
     )
     args = parser.parse_args()
-    opener = gzip.open if args.result.suffix == ".gz" else open
-    with opener(args.result, "rt") as file:
-        data = json.load(file)
+    data = load(args.result)
     meta = data["meta"]
     layers = (meta.get("cost_scaled") or {}).get("layers", 1)
     rebuild = args.rebuild * layers
@@ -112,19 +112,23 @@ def main() -> None:
     for run in data["runs"]:
         if run.get("system") == "localspec" and run.get("steps"):
             groups[(run["workload"], run["mode"])].append(run)
-    print(f"{meta.get('target_label')}, a graph rebuild {rebuild:.1f} ms")
-    print(
-        "| workload | mode | verify ms observed | upstream key, modelled | shape key, modelled | saving of decode time |"
-    )
-    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    rows = []
     for (workload, mode), runs in sorted(groups.items()):
         prices = parse_prices(by_mode.get(mode) or meta["end_prices"])
         observed, upstream, shape = modelled(runs, prices, rebuild)
         decode = sum(run["decode_seconds"] for run in runs) * 1000
-        print(
-            f"| {workload} | {mode} | {observed:.0f} | {upstream:.0f} | {shape:.0f} | "
-            f"{(upstream - shape) / decode:.1%} |"
+        rows.append(
+            [
+                workload,
+                mode,
+                f"{observed:.0f}",
+                f"{upstream:.0f}",
+                f"{shape:.0f}",
+                f"{(upstream - shape) / decode:.1%}",
+            ]
         )
+    print(f"{meta.get('target_label')}, a graph rebuild {rebuild:.1f} ms")
+    print("\n".join(markdown_table(HEADER, 2, rows)))
 
 
 if __name__ == "__main__":
