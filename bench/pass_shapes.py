@@ -16,7 +16,8 @@ On a GPU, llama.cpp's CUDA backend replays a captured graph only while consecuti
 - with --alternate: passes of n tokens (4, 9, 25) between one-token passes, as speculative steps alternate with
   one-token steps: each kind's median ms and the CUDA graph events. Run it under each `GGML_CUDA_GRAPH_KEY` of a
   build with localspec's graph-key patch (docs/BENCHMARKS.md): upstream llama.cpp keys a context's captured graph by
-  its first node alone, so each change of size re-warms the one graph; "shape" keeps one graph per pass size.
+  its first node alone ("node"), so each change of size re-warms the one graph; "shape" (the engine's default)
+  keeps one graph per pass size.
 - with --ahead: target passes of 8 to 25 tokens, cold and warm, alone and with the draft model drafting on another
   thread until the pass is done (as the engine drafts the next step while the target verifies), from the pass's
   launch or only once `decode` returned: the pass's ms and how many draft tokens were made meanwhile, against a
@@ -39,6 +40,7 @@ from pathlib import Path
 
 import llama_cpp
 
+from localspec.build_flags import CUDA_GRAPH_KEY, CUDA_GRAPH_KEY_ENV
 from localspec.engine.engine import Engine, EngineSettings
 from localspec.engine.llama_model import LlamaModel, top_two
 
@@ -215,7 +217,9 @@ def alternate(target: LlamaModel, n: int, trials: int = 10) -> None:
                 times.append(ms)
     counted = {event: events.count(event) for event in GRAPH_EVENTS if event in events}
     medians = ", ".join(f"{name} {statistics.median(times):.2f} ms" for name, times in spans.items())
-    print(f"alternating, graph key {os.environ.get('GGML_CUDA_GRAPH_KEY', 'node')}: {medians}; {counted}")
+    print(
+        f"alternating, graph key {os.environ.get(CUDA_GRAPH_KEY_ENV, CUDA_GRAPH_KEY)}: {medians}; {counted}"
+    )
 
 
 def drafting(draft: LlamaModel, go: threading.Event, stop: threading.Event, made: list[float]) -> None:

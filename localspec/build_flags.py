@@ -8,7 +8,7 @@ through cpuid, including AMX. Many VMs advertise AMX but the kernel does not per
 then dies with SIGILL. On x86-64 Linux we name the extensions the kernel reports in /proc/cpuinfo instead.
 With an NVIDIA GPU and toolkit (nvcc) present, the CUDA backend is added (LOCALSPEC_CUDA=0/1 overrides), with
 localspec's one change to llama.cpp's sources: `llama_patches/cuda_graph_key.cmake`, which CMake runs as the
-build configures ggml, lets the CUDA backend keep a captured graph per pass size (see that file).
+build configures ggml, lets the CUDA backend keep a captured graph per pass size (see that file and CUDA_GRAPH_KEY).
 """
 
 from __future__ import annotations
@@ -20,6 +20,10 @@ import shutil
 from pathlib import Path
 
 CUDA_GRAPH_KEY_PATCH = Path(__file__).resolve().parent / "llama_patches" / "cuda_graph_key.cmake"
+# Read once by a build carrying that patch. localspec's engine sets "shape" as it loads (a captured CUDA graph per
+# pass size: a speculative step's passes of other sizes no longer cost the one-token passes after them their graph;
+# docs/BENCHMARKS.md, fifty-third lease) unless the environment names one; "node" is upstream's behaviour.
+CUDA_GRAPH_KEY_ENV, CUDA_GRAPH_KEY = "GGML_CUDA_GRAPH_KEY", "shape"
 
 # /proc/cpuinfo flag -> llama.cpp CMake option
 X86_OPTIONS = {

@@ -695,6 +695,23 @@ def test_threads_left_unset_follow_where_each_model_runs_and_a_setting_wins(tiny
         engine.close()
 
 
+def test_models_ask_for_a_cuda_graph_per_pass_size_unless_the_environment_names_a_key(
+    tiny_models, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A CUDA build with localspec's graph-key patch reads GGML_CUDA_GRAPH_KEY once: loading a model sets "shape"
+    # (a graph per pass size) where the user set nothing, and keeps what the user set (upstream's "node").
+    import os
+
+    from localspec.engine.llama_model import LlamaModel
+
+    monkeypatch.delenv("GGML_CUDA_GRAPH_KEY", raising=False)
+    LlamaModel(tiny_models.target, role="target", n_ctx_per_seq=256, vocab_only=True)
+    assert os.environ["GGML_CUDA_GRAPH_KEY"] == "shape"
+    monkeypatch.setenv("GGML_CUDA_GRAPH_KEY", "node")
+    LlamaModel(tiny_models.target, role="target", n_ctx_per_seq=256, vocab_only=True)
+    assert os.environ["GGML_CUDA_GRAPH_KEY"] == "node"
+
+
 def test_stats_add_up_the_requests_they_count(similar_engine: Engine) -> None:
     before = similar_engine.stats()
     results = [run(similar_engine, PROMPT, mode, max_tokens=40, slot="stats") for mode in ("draft", "none")]

@@ -1,7 +1,7 @@
 # Sourced by setup.sh, build-here.sh and pack-build.sh: how the one CUDA build of the vendored llama.cpp is
 # configured and packed, so that a build made on this machine and one made on the GPU machine are alike.
-# With localspec's CUDA graph-key change (build_flags.py), off unless GGML_CUDA_GRAPH_KEY=shape; `localspec bench`
-# runs llama-server with upstream's key whatever the run's own setting.
+# With localspec's CUDA graph-key change (build_flags.py): localspec's engine sets GGML_CUDA_GRAPH_KEY=shape unless
+# the environment names a key (node: upstream's); `localspec bench` runs llama-server with upstream's key.
 LLAMA_CMAKE_FLAGS="-DBUILD_SHARED_LIBS=ON -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAMA_BUILD_TESTS=OFF \
 -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
 -DCMAKE_PROJECT_ggml_INCLUDE=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/localspec/llama_patches/cuda_graph_key.cmake"

@@ -9,7 +9,9 @@ from typing import Any
 
 
 def machine_info() -> dict[str, Any]:
-    """Host name, processor, cores and the NVIDIA GPUs' names (an empty list without a driver)."""
+    """Host name, processor, cores, the NVIDIA GPUs' names (an empty list without a driver) and what keys the CUDA
+    backend's captured graphs (localspec's engine sets it as it loads unless it is set: `build_flags.CUDA_GRAPH_KEY`)."""
+    from localspec.build_flags import CUDA_GRAPH_KEY, CUDA_GRAPH_KEY_ENV
     from localspec.models.hardware import gpu_devices
 
     return {
@@ -17,4 +19,5 @@ def machine_info() -> dict[str, Any]:
         "processor": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(),
         "gpus": list(gpu_devices()),
+        "cuda_graph_key": os.environ.get(CUDA_GRAPH_KEY_ENV, CUDA_GRAPH_KEY),
     }

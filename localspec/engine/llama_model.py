@@ -18,6 +18,7 @@ from typing import Any
 import llama_cpp
 import numpy as np
 
+from localspec.build_flags import CUDA_GRAPH_KEY, CUDA_GRAPH_KEY_ENV
 from localspec.engine.host_memory import host_buffer
 from localspec.errors import ContextOverflowError, ModelLoadError
 
@@ -43,6 +44,7 @@ _backend_ready = False
 
 def _ensure_backend() -> None:
     global _backend_ready
+    os.environ.setdefault(CUDA_GRAPH_KEY_ENV, CUDA_GRAPH_KEY)  # (before the CUDA backend reads it, once)
     with _backend_lock:
         if not _backend_ready:
             llama_cpp.llama_backend_init()
