@@ -28,6 +28,11 @@ BEST_OF_THREE_UP_TO = 4  # start-up times passes of up to this many tokens 3 tim
 DENSE_UP_TO, SPARSE_STEP = 17, 4
 ONE_TOKEN_RETRIES = 3  # times start-up re-times a one-token pass that timed dearer than a two-token one
 CAPTURE_ROUNDS = 2  # rounds of capture timings (a size's second pass in a row) on a GPU, the best kept
+# Sweeps of cold timings (and rounds of draft-model catch-ups) on a GPU, each size's best kept. With a CUDA graph per
+# pass size (build_flags.CUDA_GRAPH_KEY) a size's first pass runs uncaptured and its second captures its graph: only
+# from the third does a pass after one of another size run as decoding meets it, replayed (with upstream's one
+# graph a context every sweep runs uncaptured). Elsewhere two sweeps and one round.
+GPU_SWEEPS = 3
 
 
 class PassCosts:
@@ -36,10 +41,13 @@ class PassCosts:
     Measured per size because batched passes are neither free nor linear (llama.cpp picks other kernels by batch
     size). One instance is shared by all requests: the costs describe the machine and the model pair, not the text.
 
-    Three prices per size, because on a GPU llama.cpp replays a captured CUDA graph only while consecutive passes
-    of a context have the same shape: "cold" (after a pass of another size: kernels launched one by one),
-    "capture" (the second in a row: the graph is captured) and "warm" (the third or later: replayed). On a CPU
-    they are the same, and the cold price stands for all three until passes of a repeated size are timed. A
+    Three prices per size, because on a GPU a pass of the size before costs less than one of another size:
+    "cold" (after a pass of another size), "capture" (the second in a row) and "warm" (the third or later). With
+    upstream llama.cpp a context keeps one CUDA graph, so a cold pass launches its kernels one by one, the second
+    captures the graph and only the third replays it; with localspec's graph per pass size (a build with
+    `llama_patches`, the default key) a cold pass replays its size's graph after llama.cpp rebuilds it on the CPU,
+    and capture and warm cost the same. The prices are timed, not assumed, so either build is priced as it runs.
+    On a CPU they are the same, and the cold price stands for all three until passes of a repeated size are timed. A
     fourth table holds passes right after draft-model passes (a draft-model step's verify pass) of a size other
     than the pass before: with the draft model working beside it they cost more than other cold passes. Of the
     size before, such a pass replays or captures the CUDA graph as any pass does (the draft model's passes leave
@@ -333,7 +341,7 @@ def calibrate(
 
     started = time.perf_counter()
     repeat = True
-    for sweep in range(2):
+    for sweep in range(GPU_SWEEPS if target.offloaded else 2):
         if sweep and not target.offloaded and time.perf_counter() - started > quick_sweep:
             repeat = False
             break
@@ -374,8 +382,13 @@ def calibrate(
         draft.decode(catch_ups, 0, seq_id, "last")  # warm-up, as for the target
         draft.remove_from(seq_id, 1)
         costs.record_draft(1, min(_timed_pass(draft, tokens[:1], seq_id) for _ in range(3)))
-        for n in catch_up_sizes:  # (each after a pass of another size, as a catch-up is)
-            costs.record_draft_pass(n, _timed_pass(draft, catch_ups[:n], seq_id, "last"))
+        catch_up_times: dict[int, float] = {}
+        for _ in range(GPU_SWEEPS if draft.offloaded else 1):
+            for n in catch_up_sizes:  # (each after a pass of another size, as a catch-up is)
+                seconds = _timed_pass(draft, catch_ups[:n], seq_id, "last")
+                catch_up_times[n] = min(catch_up_times.get(n, seconds), seconds)
+        for n, seconds in catch_up_times.items():
+            costs.record_draft_pass(n, seconds)
         if repeat:
             # A verify pass right after draft-model passes, as in a draft-model step. Best of two.
             for n in sizes:
