@@ -7,8 +7,9 @@ Why: llama.cpp's default build uses -march=native, which enables every instructi
 through cpuid, including AMX. Many VMs advertise AMX but the kernel does not permit it, and the first decode
 then dies with SIGILL. On x86-64 Linux we name the extensions the kernel reports in /proc/cpuinfo instead.
 With an NVIDIA GPU and toolkit (nvcc) present, the CUDA backend is added (LOCALSPEC_CUDA=0/1 overrides), with
-localspec's one change to llama.cpp's sources: `llama_patches/cuda_graph_key.cmake`, which CMake runs as the
-build configures ggml, lets the CUDA backend keep a captured graph per pass size (see that file and CUDA_GRAPH_KEY).
+localspec's changes to llama.cpp's sources: `llama_patches/apply.cmake`, which CMake runs as the build configures
+ggml, lets the CUDA backend keep a captured graph per pass size (CUDA_GRAPH_KEY) and pads the KV length a pass
+attends over where asked (KV_PAD_ENV).
 """
 
 from __future__ import annotations
@@ -19,11 +20,14 @@ import shlex
 import shutil
 from pathlib import Path
 
-CUDA_GRAPH_KEY_PATCH = Path(__file__).resolve().parent / "llama_patches" / "cuda_graph_key.cmake"
-# Read once by a build carrying that patch. localspec's engine sets "shape" as it loads (a captured CUDA graph per
+LLAMA_PATCHES = Path(__file__).resolve().parent / "llama_patches" / "apply.cmake"
+# Read once by a build carrying those changes. localspec's engine sets "shape" as it loads (a captured CUDA graph per
 # pass size: a speculative step's passes of other sizes no longer cost the one-token passes after them their graph;
 # docs/BENCHMARKS.md, fifty-third lease) unless the environment names one; "node" is upstream's behaviour.
 CUDA_GRAPH_KEY_ENV, CUDA_GRAPH_KEY = "GGML_CUDA_GRAPH_KEY", "shape"
+# Read once by such a build: a power of two of KV cells to pad the length a pass attends over to (upstream: 256),
+# so that passes at other context lengths keep one shape and their captured CUDA graphs. Not set by localspec.
+KV_PAD_ENV = "LLAMA_KV_PAD"
 
 # /proc/cpuinfo flag -> llama.cpp CMake option
 X86_OPTIONS = {
@@ -61,7 +65,7 @@ def cmake_args(
             args.append("-DGGML_NATIVE=OFF")
             args += [f"-D{option}=ON" for flag, option in X86_OPTIONS.items() if flag in flags]
     if has_gpu if has_gpu is not None else _has_nvidia_gpu():
-        args += ["-DGGML_CUDA=ON", f"-DCMAKE_PROJECT_ggml_INCLUDE={CUDA_GRAPH_KEY_PATCH}"]
+        args += ["-DGGML_CUDA=ON", f"-DCMAKE_PROJECT_ggml_INCLUDE={LLAMA_PATCHES}"]
     return args
 
 

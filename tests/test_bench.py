@@ -90,6 +90,7 @@ def test_bench_runs_every_workload_and_mode_and_reports_speed_acceptance_and_ide
     assert result["meta"]["cpus"] == os.cpu_count()
     # What keyed the CUDA graphs of localspec's passes (the engine's default unless the environment named one).
     assert result["meta"]["cuda_graph_key"] == os.environ.get("GGML_CUDA_GRAPH_KEY", "shape")
+    assert result["meta"]["kv_pad"] == os.environ.get("LLAMA_KV_PAD")  # (None: upstream's padding)
     runs = result["runs"]
     per_workload = {
         w: {r["task_id"] for r in runs if r["workload"] == w} for w in {r["workload"] for r in runs}

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from localspec.build_flags import CUDA_GRAPH_KEY_PATCH, cmake_args
+from localspec.build_flags import LLAMA_PATCHES, cmake_args
 
 AMX_VM = "processor: 0\nflags\t\t: fpu sse avx avx2 fma f16c avx512f avx512_vnni amx_tile amx_int8 amx_bf16\n"
 
@@ -24,22 +24,34 @@ def test_other_architectures_keep_the_native_build_and_a_gpu_adds_cuda() -> None
     assert cmake_args(cpuinfo="", machine="aarch64", has_gpu=False) == []
     assert cmake_args(cpuinfo="", machine="arm64", has_gpu=True) == [
         "-DGGML_CUDA=ON",
-        f"-DCMAKE_PROJECT_ggml_INCLUDE={CUDA_GRAPH_KEY_PATCH}",
+        f"-DCMAKE_PROJECT_ggml_INCLUDE={LLAMA_PATCHES}",
     ]
-    assert CUDA_GRAPH_KEY_PATCH.is_file()
+    assert LLAMA_PATCHES.is_file()
 
 
-def _run_patch(folder: Path) -> str:
-    """The graph-key script as CMake runs it at ggml's project(), with `folder` as ggml's source folder."""
+def _run_patches(ggml: Path) -> str:
+    """The patch script as CMake runs it at ggml's project(), with `ggml` as ggml's source folder."""
     cmake = shutil.which("cmake")
     assert cmake, "cmake builds llama.cpp (.ci/build-llama-server): it must be on PATH"
     result = subprocess.run(
-        [cmake, "-P", str(CUDA_GRAPH_KEY_PATCH)], cwd=folder, capture_output=True, text=True, check=True
+        [cmake, "-P", str(LLAMA_PATCHES)], cwd=ggml, capture_output=True, text=True, check=True
     )
     return result.stdout + result.stderr
 
 
-def test_the_graph_key_patch_rewrites_the_vendored_cuda_backend_once(
+# Each change: the file it rewrites (from llama.cpp's folder), the start of the code it replaces and the text that
+# reads the switch in the new code.
+CHANGES = {
+    "CUDA graph key": (
+        "ggml/src/ggml-cuda/ggml-cuda.cu",
+        "static const void * ggml_cuda_graph_get_key(",
+        'getenv("GGML_CUDA_GRAPH_KEY")',
+    ),
+    "KV padding": ("src/llama-kv-cache.cpp", "    const uint32_t n_pad_cur = ", 'getenv("LLAMA_KV_PAD")'),
+}
+
+
+def test_the_patches_rewrite_the_vendored_sources_once_and_nothing_else(
     tmp_path: Path, llama_cpp_tools: Path
 ) -> None:
     import llama_cpp
@@ -47,31 +59,39 @@ def test_the_graph_key_patch_rewrites_the_vendored_cuda_backend_once(
     vendored = (
         llama_cpp_tools.parent / "src" / f"llama_cpp_python-{llama_cpp.__version__}" / "vendor" / "llama.cpp"
     )
-    source = vendored / "ggml" / "src" / "ggml-cuda" / "ggml-cuda.cu"
-    assert source.is_file(), f"no vendored sources at {vendored}"
-    copy = tmp_path / "src" / "ggml-cuda" / "ggml-cuda.cu"
-    copy.parent.mkdir(parents=True)
-    shutil.copyfile(source, copy)
-    original = source.read_text()
+    originals = {}
+    for path, _, _ in CHANGES.values():
+        assert (vendored / path).is_file(), f"no vendored sources at {vendored}"
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(vendored / path, tmp_path / path)
+        originals[path] = (vendored / path).read_text()
 
-    assert "CUDA graph key patched" in _run_patch(tmp_path)
-    patched = copy.read_text()
-    assert "return cgraph->nodes[0];" not in patched
-    assert 'getenv("GGML_CUDA_GRAPH_KEY")' in patched
-    # Only the key function changed: the rest of the file is the vendored one, line for line.
-    before, _, after = original.partition("static const void * ggml_cuda_graph_get_key(")
-    assert patched.startswith(before) and patched.endswith(after.partition("\n}\n")[2])
+    printed = _run_patches(tmp_path / "ggml")
+    patched = {}
+    for name, (path, start, switch) in CHANGES.items():
+        assert f"{name} patched" in printed
+        patched[path] = (tmp_path / path).read_text()
+        assert switch in patched[path]
+        # Only the code at `start` changed (up to its function's or line's end): the rest is the vendored file.
+        before, _, after = originals[path].partition(start)
+        rest = after.partition("\n}\n" if start.endswith("(") else "\n")[2]
+        assert patched[path].startswith(before) and patched[path].endswith(rest)
+    assert "return cgraph->nodes[0];" not in patched[CHANGES["CUDA graph key"][0]]
 
-    assert "already patched" in _run_patch(tmp_path)
-    assert copy.read_text() == patched
+    printed = _run_patches(tmp_path / "ggml")
+    assert all(f"{name} already patched" in printed for name in CHANGES)
+    assert all((tmp_path / path).read_text() == text for path, text in patched.items())
 
 
-def test_the_graph_key_patch_leaves_sources_it_does_not_recognise_as_they_are(tmp_path: Path) -> None:
-    copy = tmp_path / "src" / "ggml-cuda" / "ggml-cuda.cu"
-    copy.parent.mkdir(parents=True)
-    copy.write_text("static const void * ggml_cuda_graph_get_key(ggml_cgraph * g) { return g->nodes[1]; }\n")
-    assert "not found as expected" in _run_patch(tmp_path)
-    assert "nodes[1]" in copy.read_text()
+def test_the_patches_leave_sources_they_do_not_recognise_as_they_are(tmp_path: Path) -> None:
+    cuda = tmp_path / "ggml" / "src" / "ggml-cuda" / "ggml-cuda.cu"
+    cuda.parent.mkdir(parents=True)
+    cuda.write_text("static const void * ggml_cuda_graph_get_key(ggml_cgraph * g) { return g->nodes[1]; }\n")
+    printed = _run_patches(tmp_path / "ggml")  # (and no llama-kv-cache.cpp at all)
+    assert "CUDA graph key: the code to change was not found as expected" in printed
+    assert "KV padding: the code to change was not found as expected" in printed
+    assert "nodes[1]" in cuda.read_text()
+    assert not (tmp_path / "src" / "llama-kv-cache.cpp").exists()
 
 
 def test_the_script_runs_before_localspec_is_installed(tmp_path: Path) -> None:

@@ -9,9 +9,10 @@ from typing import Any
 
 
 def machine_info() -> dict[str, Any]:
-    """Host name, processor, cores, the NVIDIA GPUs' names (an empty list without a driver) and what keys the CUDA
-    backend's captured graphs (localspec's engine sets it as it loads unless it is set: `build_flags.CUDA_GRAPH_KEY`)."""
-    from localspec.build_flags import CUDA_GRAPH_KEY, CUDA_GRAPH_KEY_ENV
+    """Host name, processor, cores, the NVIDIA GPUs' names (an empty list without a driver), what keys the CUDA
+    backend's captured graphs (localspec's engine sets it as it loads unless it is set: `build_flags.CUDA_GRAPH_KEY`)
+    and the KV padding asked for (`build_flags.KV_PAD_ENV`, None: upstream's)."""
+    from localspec.build_flags import CUDA_GRAPH_KEY, CUDA_GRAPH_KEY_ENV, KV_PAD_ENV
     from localspec.models.hardware import gpu_devices
 
     return {
@@ -20,4 +21,5 @@ def machine_info() -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "gpus": list(gpu_devices()),
         "cuda_graph_key": os.environ.get(CUDA_GRAPH_KEY_ENV, CUDA_GRAPH_KEY),
+        "kv_pad": os.environ.get(KV_PAD_ENV),
     }

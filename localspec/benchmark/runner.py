@@ -16,6 +16,7 @@ import httpx
 
 from localspec.benchmark.child_process import ends_with_this_process
 from localspec.benchmark.workloads import Task
+from localspec.build_flags import CUDA_GRAPH_KEY_ENV, KV_PAD_ENV
 from localspec.engine import Engine, GenerationRequest
 from localspec.engine.drafters import NgramHistory
 from localspec.engine.prefix_cache import common_prefix_length
@@ -267,9 +268,9 @@ def requested_llama_server(argument: Path | None) -> Path | None:
 
 
 class LlamaServer:
-    """A llama-server process for one mode; stopped on exit. It keys its CUDA graphs as upstream's llama.cpp does
-    (GGML_CUDA_GRAPH_KEY=node, see localspec/llama_patches) whatever this process is set to: the comparison is
-    with the llama.cpp that llama-cpp-python vendors."""
+    """A llama-server process for one mode; stopped on exit. It keys its CUDA graphs and pads its KV length as
+    upstream's llama.cpp does (GGML_CUDA_GRAPH_KEY=node, no LLAMA_KV_PAD: see localspec/llama_patches) whatever
+    this process is set to: the comparison is with the llama.cpp that llama-cpp-python vendors."""
 
     def __init__(
         self,
@@ -311,7 +312,7 @@ class LlamaServer:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             preexec_fn=ends_with_this_process(),
-            env={**os.environ, "GGML_CUDA_GRAPH_KEY": "node"},
+            env={**{k: v for k, v in os.environ.items() if k != KV_PAD_ENV}, CUDA_GRAPH_KEY_ENV: "node"},
         )
         self.url = f"http://127.0.0.1:{self.port}"
         try:

@@ -1,0 +1,36 @@
+# Included at ggml's project() (CMAKE_PROJECT_ggml_INCLUDE, from localspec/build_flags.py where the CUDA backend
+# is built): localspec's changes to the llama.cpp sources being built. Each is switched on at run time by an
+# environment variable and behaves as upstream without it; a source that does not read as expected is built as is.
+set(LOCALSPEC_PATCHES "${CMAKE_CURRENT_LIST_DIR}")
+
+# localspec_patch(NAME FILE MARKER OLD NEW_FILE): in FILE (a path from ggml's source folder) replaces the text OLD
+# by the text of NEW_FILE (in this folder), once: a FILE holding MARKER is patched already.
+function(localspec_patch name file marker old new_file)
+    set(_file "${CMAKE_CURRENT_SOURCE_DIR}/${file}")
+    if(EXISTS "${_file}")
+        file(READ "${_file}" _source)
+    else()
+        set(_source "")
+    endif()
+    string(FIND "${_source}" "${marker}" _done)
+    string(FIND "${_source}" "${old}" _at)
+    if(_done GREATER -1)
+        message(STATUS "localspec: ${name} already patched")
+    elseif(_at EQUAL -1)
+        message(WARNING "localspec: ${name}: the code to change was not found as expected in ${_file}: built as is")
+    else()
+        file(READ "${LOCALSPEC_PATCHES}/${new_file}" _new)
+        string(REPLACE "${old}" "${_new}" _source "${_source}")
+        file(WRITE "${_file}" "${_source}")
+        message(STATUS "localspec: ${name} patched")
+    endif()
+endfunction()
+
+# A captured CUDA graph per pass size where GGML_CUDA_GRAPH_KEY=shape (cuda_graph_key.cu).
+localspec_patch("CUDA graph key" src/ggml-cuda/ggml-cuda.cu GGML_CUDA_GRAPH_KEY
+    "static const void * ggml_cuda_graph_get_key(ggml_cgraph * cgraph) {\n    return cgraph->nodes[0];\n}"
+    cuda_graph_key.cu)
+# The KV length a pass attends over padded to LLAMA_KV_PAD cells (kv_pad.cpp).
+localspec_patch("KV padding" ../src/llama-kv-cache.cpp LLAMA_KV_PAD
+    "    const uint32_t n_pad_cur = std::max(n_pad, 256u);\n"
+    kv_pad.cpp)
