@@ -46,7 +46,7 @@ class PassCosts:
     upstream llama.cpp a context keeps one CUDA graph, so a cold pass launches its kernels one by one, the second
     captures the graph and only the third replays it; with localspec's graph per pass size (a build with
     `llama_patches`, the default key) a cold pass replays its size's graph after llama.cpp rebuilds it on the CPU,
-    and capture and warm cost the same. The prices are timed, not assumed, so either build is priced as it runs.
+    and capture and warm cost the same (while the KV length attended over stays the same). The prices are timed, not assumed, so either build is priced as it runs.
     On a CPU they are the same, and the cold price stands for all three until passes of a repeated size are timed. A
     fourth table holds passes right after draft-model passes (a draft-model step's verify pass) of a size other
     than the pass before: with the draft model working beside it they cost more than other cold passes. Of the
