@@ -46,13 +46,13 @@ class PassCosts:
     upstream llama.cpp a context keeps one CUDA graph, so a cold pass launches its kernels one by one, the second
     captures the graph and only the third replays it; with localspec's graph per pass size (a build with
     `llama_patches`, the default key) a cold pass replays its size's graph after llama.cpp rebuilds it on the CPU,
-    and capture and warm cost the same (while the KV length attended over stays the same). The prices are timed, not assumed, so either build is priced as it runs.
-    On a CPU they are the same, and the cold price stands for all three until passes of a repeated size are timed. A
-    fourth table holds passes right after draft-model passes (a draft-model step's verify pass) of a size other
-    than the pass before: with the draft model working beside it they cost more than other cold passes. Of the
-    size before, such a pass replays or captures the CUDA graph as any pass does (the draft model's passes leave
-    the target's graph alone) and is priced so; a one-token one stays apart, so that it cannot spoil the target
-    alone's prices (`_after_draft_kind`).
+    and capture and warm cost the same, while the KV length attended over stays the same. The prices are timed,
+    not assumed, so either build is priced as it runs. On a CPU they are the same, and the cold price stands for
+    all three until passes of a repeated size are timed. A fourth table holds passes right after draft-model
+    passes (a draft-model step's verify pass) of a size other than the pass before: with the draft model working
+    beside it they cost more than other cold passes. Of the size before, such a pass replays or captures the CUDA
+    graph as any pass does (the draft model's passes leave the target's graph alone) and is priced so; a one-token
+    one stays apart, so that it cannot spoil the target alone's prices (`_after_draft_kind`).
 
     The tables hold prices at the start of a sequence; a pass `depth` tokens in costs `per_position` seconds more
     per token and position (learnt from deep passes), so a size measured only at one depth prices every depth.
