@@ -66,9 +66,8 @@ def modelled(
     observed = upstream = shape = 0.0
     before = (0, 0)  # upstream: (size, KV length) of the last pass
     streak = 0
-    graphs: dict[
-        int, tuple[int, bool]
-    ] = {}  # shape: size -> (KV length its graph was last checked at, captured)
+    # shape: size -> (KV length its graph was last checked at, captured)
+    graphs: dict[int, tuple[int, bool]] = {}
     for run in runs:
         position = 0
         for step in run["steps"]:
