@@ -301,13 +301,14 @@ def test_stats_and_metrics_count_requests(daemon: RunningDaemon) -> None:
     oai.completions.create(model="m", prompt="abc", max_tokens=8)
     oai.completions.create(model="m", prompt="abc", max_tokens=8)  # same prefix: a KV cache hit
     stats = httpx.get(f"{daemon.url}/v1/stats", headers=daemon.headers, timeout=10).json()
-    assert stats["requests"]["completion"] == 2
+    assert stats["requests"]["completion"] == 2 and stats["received"] == 2
     assert stats["engine"]["tokens"] >= 2
     assert stats["engine"]["cache_hit_tokens"] > 0
     assert stats["queue_length"] == 0
     metrics = httpx.get(f"{daemon.url}/metrics", headers=daemon.headers, timeout=10)
     assert metrics.headers["content-type"].startswith("text/plain")
     assert 'localspec_requests_total{kind="completion"} 2' in metrics.text
+    assert "localspec_received_requests_total 2" in metrics.text
     assert "localspec_acceptance_ratio" in metrics.text
     assert "localspec_queue_length 0" in metrics.text
 

@@ -44,6 +44,12 @@ def prometheus_text(stats: dict[str, Any]) -> str:
         if value is not None:
             metric(name, kind, help_text, [("", value)])
     metric(
+        "localspec_received_requests_total",
+        "counter",
+        "Requests queued for the engine.",
+        [("", float(stats.get("received", 0)))],
+    )
+    metric(
         "localspec_requests_total",
         "counter",
         "Finished requests by kind.",

@@ -95,7 +95,8 @@ class _Active:
 
 @dataclass
 class DaemonCounters:
-    requests: dict[str, int] = field(default_factory=dict)  # by kind
+    received: int = 0  # jobs queued (a client that left before its body was read never becomes one)
+    requests: dict[str, int] = field(default_factory=dict)  # finished, by kind
     finish_reasons: dict[str, int] = field(default_factory=dict)
     errors: int = 0
     preemptions: int = 0
@@ -133,6 +134,8 @@ class Scheduler:
         with self._lock:
             if self._stopping:
                 raise DaemonUnavailableError("The daemon is shutting down; retry in a moment.")
+            with self._stats_lock:  # (before the worker can see it: never fewer received than finished)
+                self._counters.received += 1
             self._pending.append(job)
             self._came = min(self._came, job.priority)
             self._lock.notify()
@@ -164,6 +167,7 @@ class Scheduler:
             c = self._counters
             return {
                 "engine": dict(self._engine_stats),
+                "received": c.received,
                 "requests": dict(c.requests),
                 "finish_reasons": dict(c.finish_reasons),
                 "errors": c.errors,
