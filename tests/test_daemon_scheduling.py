@@ -8,6 +8,7 @@ the special (control) tokens zeroed. Their logit is then 0 while the best of ~26
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -17,7 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import RunningDaemon, start_daemon, stop_daemon
+from conftest import RunningDaemon, TinyModels, start_daemon, stop_daemon
 
 CHAT = [{"role": "user", "content": "Tell me everything."}]
 LONG = 1500  # tokens; ~0.2-2 s of decoding for these tiny models, depending on how busy the CPU is
@@ -247,3 +248,52 @@ def _infill_stops_a_prompt_pass(daemon: RunningDaemon, kind: str) -> None:
             assert kinds[last_infill + 1] == kind  # (the infill finished first)
             return
     raise AssertionError(f"no infill stopped a {kind}'s prompt pass in five tries")
+
+
+def test_a_request_stays_queued_or_running_in_the_stats_until_it_is_counted(tiny_models: TinyModels) -> None:
+    # The stats are read on the event loop while the worker thread moves a job along. A job that left the queue
+    # (as it was admitted) or the running set (as it ended) before it was counted let a load test see the daemon
+    # quiet with a request unanswered. Snapshots are taken on the worker at both moments: as the job is admitted
+    # (in its `prepare`) and as it ends (the scheduler asks the engine for its stats before counting the job).
+    from localspec.daemon.scheduler import Job, Scheduler
+    from localspec.engine.engine import Engine, EngineSettings
+    from localspec.engine.types import GenerationRequest
+
+    scheduler = Scheduler()
+    seen: list[dict[str, Any]] = []
+
+    class Watched:
+        """The real engine, noting the scheduler's stats whenever the scheduler asks for the engine's."""
+
+        def __init__(self, engine: Engine) -> None:
+            self.engine = engine
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.engine, name)
+
+        def stats(self) -> dict[str, Any]:
+            seen.append(scheduler.snapshot())
+            return self.engine.stats()
+
+    def prepare(backend: Any) -> GenerationRequest:
+        seen.append(scheduler.snapshot())
+        return GenerationRequest(prompt="def add(a, b):", max_tokens=4)
+
+    async def one() -> tuple[str, Any]:
+        loop = asyncio.get_running_loop()
+        job = scheduler.submit(Job(kind="completion", slot="s", prepare=prepare, loop=loop))
+        while (event := await job.events.get())[0] == "steps":
+            pass
+        return event
+
+    scheduler.install(Watched(Engine(EngineSettings(target_path=tiny_models.target, n_ctx=512, threads=1))))
+    try:
+        kind, result = asyncio.run(one())
+    finally:
+        scheduler.stop()
+    assert kind == "done" and len(result.token_ids) == 4
+    during = [s for s in seen if s["received"] == 1 and not s["requests"]]
+    assert len(during) >= 2, seen  # admitted, and ended but not yet counted
+    for snapshot in seen:
+        unanswered = snapshot["received"] - sum(snapshot["requests"].values()) - snapshot["errors"]
+        assert snapshot["queue_length"] + snapshot["active"] >= unanswered, snapshot

@@ -83,6 +83,8 @@ def wait_quiet(daemon: RunningDaemon, timeout: float = 30) -> dict[str, Any]:
     while True:
         now = stats(daemon)
         if now["queue_length"] == 0 and now["active"] == 0:
+            # (the scheduler counts a job finished before it leaves the queue or the running set)
+            assert now["received"] == sum(now["requests"].values()) + now["errors"], now
             return now
         if time.monotonic() > deadline:
             raise AssertionError(f"the daemon did not go quiet: {now}")

@@ -262,19 +262,20 @@ class Scheduler:
             self._pending.sort(key=lambda j: (j.priority, j.id))
             candidates = list(self._pending)
         busy = {a.job.slot for a in self._active}
+        # A job leaves the queue only once it is active or counted (finished or failed), so that `snapshot()`,
+        # read on another thread, never sees nothing queued or running while a job is still unanswered.
         for job in candidates:
             if job.cancel.cancelled:
-                self._remove_pending(job)
                 self._finish(job, _cancelled_result(), started=False)
+                self._remove_pending(job)
                 continue
             if self._engine is None:
                 if self._unavailable is not None:
-                    self._remove_pending(job)
                     self._fail(job, DaemonUnavailableError(self._unavailable))
+                    self._remove_pending(job)
                 continue
             if job.slot in busy or len(self._active) >= self._max_active:
                 continue
-            self._remove_pending(job)
             job.admitted_at = time.monotonic()
             try:
                 request = job.prepare(self._engine)
@@ -286,8 +287,10 @@ class Scheduler:
                 generation = self._engine.generate(request)
             except Exception as exc:
                 self._fail(job, exc)
+                self._remove_pending(job)
                 continue
             self._active.append(_Active(job, generation))
+            self._remove_pending(job)
             busy.add(job.slot)
 
     def _more_urgent_came(self, priority: int) -> bool:
@@ -309,19 +312,19 @@ class Scheduler:
         try:
             event: StepEvent | None = current.generation.step()
         except Exception as exc:
-            self._active.remove(current)
             try:
                 current.generation.close()  # release its engine slot, or a few failures would busy them all
             except Exception:
                 log.exception("closing a failed generation")
             self._fail(current.job, exc)
+            self._active.remove(current)  # (once counted: see `_admit`)
             return
         if current.job.stream:
             current.job._post_step(event if event is not None and event.text else None)
         result = current.generation.result
         if event is None or result is not None:  # (finished by this step: answer now, not a turn later)
-            self._active.remove(current)
             self._finish(current.job, result if result is not None else _cancelled_result(), started=True)
+            self._active.remove(current)
 
     def _finish(self, job: Job, result: GenerationResult, started: bool) -> None:
         reason = result.finish_reason
