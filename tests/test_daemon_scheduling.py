@@ -1,4 +1,5 @@
-"""Scheduling on a real daemon: client disconnects cancel generations; editor infill pre-empts a chat reply.
+"""Scheduling on a real daemon: client disconnects cancel generations; editor infill pre-empts a chat reply. (One
+test drives the scheduler in-process, to read its stats at moments a client cannot choose.)
 
 These need generations long enough to interrupt. The shared tiny models reach an end-of-generation token
 within ~200 tokens, so this module writes "endless" variants: the same random weights with the output rows of
