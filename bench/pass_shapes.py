@@ -40,7 +40,7 @@ from pathlib import Path
 
 import llama_cpp
 
-from localspec.build_flags import CUDA_GRAPH_KEY, CUDA_GRAPH_KEY_ENV
+from localspec.build_flags import cuda_graph_key
 from localspec.engine.engine import Engine, EngineSettings
 from localspec.engine.llama_model import LlamaModel, top_two
 
@@ -217,9 +217,7 @@ def alternate(target: LlamaModel, n: int, trials: int = 10) -> None:
                 times.append(ms)
     counted = {event: events.count(event) for event in GRAPH_EVENTS if event in events}
     medians = ", ".join(f"{name} {statistics.median(times):.2f} ms" for name, times in spans.items())
-    print(
-        f"alternating, graph key {os.environ.get(CUDA_GRAPH_KEY_ENV, CUDA_GRAPH_KEY)}: {medians}; {counted}"
-    )
+    print(f"alternating, graph key {cuda_graph_key()}: {medians}; {counted}")
 
 
 def drafting(draft: LlamaModel, go: threading.Event, stop: threading.Event, made: list[float]) -> None:

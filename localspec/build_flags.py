@@ -29,6 +29,12 @@ CUDA_GRAPH_KEY_ENV, CUDA_GRAPH_KEY = "GGML_CUDA_GRAPH_KEY", "shape"
 # so that passes at other context lengths keep one shape and their captured CUDA graphs. Not set by localspec.
 KV_PAD_ENV = "LLAMA_KV_PAD"
 
+
+def cuda_graph_key() -> str:
+    """The graph key this process's models run with: the environment's, else the one the engine sets."""
+    return os.environ.get(CUDA_GRAPH_KEY_ENV, CUDA_GRAPH_KEY)
+
+
 # /proc/cpuinfo flag -> llama.cpp CMake option
 X86_OPTIONS = {
     "avx": "GGML_AVX",

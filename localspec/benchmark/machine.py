@@ -12,7 +12,7 @@ def machine_info() -> dict[str, Any]:
     """Host name, processor, cores, the NVIDIA GPUs' names (an empty list without a driver), what keys the CUDA
     backend's captured graphs (localspec's engine sets it as it loads unless it is set: `build_flags.CUDA_GRAPH_KEY`)
     and the KV padding asked for (`build_flags.KV_PAD_ENV`, None: upstream's)."""
-    from localspec.build_flags import CUDA_GRAPH_KEY, CUDA_GRAPH_KEY_ENV, KV_PAD_ENV
+    from localspec.build_flags import KV_PAD_ENV, cuda_graph_key
     from localspec.models.hardware import gpu_devices
 
     return {
@@ -20,6 +20,6 @@ def machine_info() -> dict[str, Any]:
         "processor": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(),
         "gpus": list(gpu_devices()),
-        "cuda_graph_key": os.environ.get(CUDA_GRAPH_KEY_ENV, CUDA_GRAPH_KEY),
+        "cuda_graph_key": cuda_graph_key(),
         "kv_pad": os.environ.get(KV_PAD_ENV),
     }
