@@ -27,7 +27,7 @@ LLAMA_PATCHES = Path(__file__).resolve().parent / "llama_patches" / "apply.cmake
 CUDA_GRAPH_KEY_ENV, CUDA_GRAPH_KEY = "GGML_CUDA_GRAPH_KEY", "shape"
 # Read once by such a build: a power of two of KV cells to pad the length a pass attends over to (upstream: 256),
 # so that passes at other context lengths keep one shape and their captured CUDA graphs. Not set by localspec: an
-# editor's jumps gained 3 ms, a big target's one-token passes would read the padding's KV (docs/BENCHMARKS.md).
+# editor's jumps gained little, and a big target's one-token passes would read the padding's KV (docs/BENCHMARKS.md).
 KV_PAD_ENV = "LLAMA_KV_PAD"
 
 
