@@ -5,7 +5,9 @@ Per workload and localspec mode, a row per draft source: steps, drafts and accep
 whose drafts were ready when the step began (drafted ahead), tokens per target pass, verify and drafting ms per step;
 then the longest run of target-alone steps in a row and its task; then, per workload and speculative mode, how many
 target passes ran cold (after a pass of another size), captured a CUDA graph (the second of their size in a row) or
-replayed it (warm), and their mean ms: on a GPU the three cost very differently; then, for `adaptive`, the tokens per
+replayed it (warm), and their mean ms: on a GPU the three cost very differently; with the `shape` CUDA graph key and
+steps that carry their depth, the cold ones split by whether a graph of their size was kept at their KV length (one a
+size, replayed only at the length it was captured at); then, for `adaptive`, the tokens per
 second the chooser expected of each source it priced against what the steps it chose got, and how many were close calls
 (another source within 5%); then the draft-model steps by what the step before them did (every draft taken, a draft
 rejected, or no drafts): the drafts they found made ahead and their drafting time, since drafting ahead assumes every
@@ -43,6 +45,9 @@ SUMMED = ("drafted", "accepted", "pass_tokens", "verify_ms", "draft_ms")  # step
 Totals = dict[tuple[str, str, str], dict[str, float]]  # per (workload, mode, source)
 Longest = dict[tuple[str, str], tuple[int, str]]  # per (workload, mode): steps in a row, task
 PASS_KINDS = ("cold", "capture", "warm")  # the first, second, third or later pass of a size in a row
+# llama.cpp pads the KV length a pass attends over to this many cells (`llama_kv_cache::get_n_kv`), or to
+# `meta.kv_pad` where a build with localspec's change was asked for more.
+KV_PAD = 256
 
 
 def summarise(runs: list[dict[str, Any]]) -> tuple[Totals, Longest]:
@@ -98,6 +103,34 @@ def pass_kinds(runs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, li
         for step, previous, streak in after_passes_in_a_row(run):
             in_a_row = streak + 1 if step["pass_tokens"] == previous else 1
             kinds[(run["workload"], run["mode"])][PASS_KINDS[min(in_a_row, 3) - 1]].append(step["verify_ms"])
+    return dict(kinds)
+
+
+def cold_passes_by_graph(
+    runs: list[dict[str, Any]], pad: int
+) -> dict[tuple[str, str], tuple[list[float], list[float]]]:
+    """Verify ms of each speculative (workload, mode)'s passes after one of another size: those whose size had a
+    CUDA graph kept at their KV length (padded to `pad` cells), and the others. With the `shape` graph key llama.cpp
+    keeps a graph per pass size, which replays only at the KV length it was captured at. Traces whose steps carry
+    `depth`; each (workload, mode)'s runs are followed in order from no graph kept (the block before may have
+    left some)."""
+    kinds: dict[tuple[str, str], tuple[list[float], list[float]]] = defaultdict(lambda: ([], []))
+    kept_at: dict[tuple[str, str], dict[int, int]] = defaultdict(dict)  # pass size -> padded KV length
+    for run in speculative_runs(runs):
+        if "depth" not in run["steps"][0]:
+            continue
+        key = (run["workload"], run["mode"])
+        kept = kept_at[key]
+        first = run["steps"][
+            0
+        ]  # (its pass, the prompt's end and the first drafts, keeps a graph of its size too)
+        kept[first["pass_tokens"]] = -(-(first["depth"] + first["pass_tokens"]) // pad)
+        for step, previous, _ in after_passes_in_a_row(run):
+            size = step["pass_tokens"]
+            length = -(-(step["depth"] + size) // pad)
+            if size != previous:
+                kinds[key][0 if kept.get(size) == length else 1].append(step["verify_ms"])
+            kept[size] = length
     return dict(kinds)
 
 
@@ -314,6 +347,9 @@ STEPS_HEADER = (
     " | draft ms / step"
 )
 KINDS_HEADER = "workload | mode | cold passes (mean ms) | captures | warm"
+GRAPHS_HEADER = (
+    "workload | mode | passes after another size: its graph kept at this KV length (mean ms) | none kept"
+)
 CHOICES_HEADER = (
     "workload | `adaptive` chose | steps | priced tok/s: none / ngram / draft | got tok/s | close calls"
 )
@@ -348,7 +384,8 @@ def markdown_table(header: str, text_columns: int, rows: list[list[str]]) -> lis
 
 
 def render(path: Path) -> str:
-    runs = load(path)["runs"]
+    result = load(path)
+    runs = result["runs"]
     totals, longest = summarise(runs)
     if not totals:
         return f"{path}: no step traces (run `localspec bench --trace-steps`)"
@@ -375,6 +412,17 @@ def render(path: Path) -> str:
         for (workload, mode), by_kind in sorted(pass_kinds(runs).items())
     ]
     lines += ["", *markdown_table(KINDS_HEADER, 2, rows)]
+    meta = result.get("meta", {})
+    if meta.get("cuda_graph_key", "shape") == "shape":
+        cells = str(meta.get("kv_pad") or 0)
+        asked = int(cells) if cells.isdigit() else 0
+        pad = max(KV_PAD, asked) if asked & (asked - 1) == 0 else KV_PAD  # (not a power of two: upstream's)
+        rows = [
+            [workload, mode, *(f"{len(ms)} ({sum(ms) / len(ms):.1f})" if ms else "0" for ms in by_graph)]
+            for (workload, mode), by_graph in sorted(cold_passes_by_graph(runs, pad).items())
+        ]
+        if rows:
+            lines += ["", *markdown_table(GRAPHS_HEADER, 2, rows)]
     choices = priced_choices(runs)
     if any(row["priced"] for row in choices.values()):
         rows = []

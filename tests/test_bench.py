@@ -250,6 +250,26 @@ def test_step_traces_set_the_tokens_adaptive_expected_beside_those_settled(tmp_p
     }
 
 
+def test_step_traces_split_passes_after_another_size_by_whether_a_graph_of_theirs_was_kept(
+    tmp_path: Path,
+) -> None:
+    # With the `shape` key llama.cpp keeps one CUDA graph a pass size, replayed only at the KV length (padded to 256
+    # cells) it was captured at. Steps of sizes 9 and 1 in turn, their depth moving on: a pass of 9 after a pass of
+    # 1 finds its graph kept while the KV length stays in the same 256 cells, and none once it has moved past them.
+    def at(step: dict[str, Any], depth: int) -> dict[str, Any]:
+        return {**step, "depth": depth}
+
+    adaptive = [
+        at(_step("ngram", 8, 8, 5.0, {}), 100),  # (the first step: only a pass before)
+        at(_step("none", 0, 0, 2.0, {}), 109),  # size 1: no graph of it kept yet
+        at(_step("ngram", 8, 0, 3.0, {}), 110),  # size 9, KV 119: kept (the first step ran it at KV 109)
+        at(_step("none", 0, 0, 1.0, {}), 111),  # size 1 at KV 112: kept
+        at(_step("ngram", 8, 0, 7.0, {}), 250),  # size 9 at KV 259: past 256, none kept
+    ]
+    table = _step_traces_of(tmp_path, {"adaptive": adaptive})
+    assert "| humaneval | adaptive | 2 (2.0) | 2 (4.5) |" in table
+
+
 def test_step_traces_split_adaptives_steps_by_what_the_step_before_did(tmp_path: Path) -> None:
     # n-gram steps right after a draft-model step that had a draft rejected are counted apart from those after one
     # whose drafts were all taken: the same source can pay very differently by what came before.

@@ -2704,6 +2704,13 @@ def test_each_adaptive_step_records_what_the_chooser_expected_of_the_sources_it_
         similar_engine, text, "draft", max_tokens=16, slot="priced-draft", record_steps=True
     ).stats.steps
     assert fixed and all(step.priced == {} for step in fixed)
+    # Each step says where its pass started: after the prompt (its end read in the first step's pass), then after
+    # what the step before kept (the pending token and the drafts taken).
+    for traced in (steps, fixed):
+        first, *later = traced
+        assert later and later[0].depth >= first.depth + first.pass_tokens - first.drafted
+        for before, step in itertools.pairwise(later):
+            assert step.depth == before.depth + before.accepted + 1
 
 
 def test_draft_model_steps_draft_past_the_best_length_while_the_rate_stays_near_it() -> None:

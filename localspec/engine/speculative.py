@@ -290,6 +290,7 @@ class Generation:
                     None if capture is None else round(capture[1], 2),
                     None if expected is None else round(expected, 2),
                     self._ngram.match_length if source == "ngram" else 0,
+                    site.depth,
                 )
             )
         self._last_source = source

@@ -114,6 +114,9 @@ class StepRecord:
     # match behind an n-gram step's drafts: the traces then say which estimate a price that missed came from.
     expected: float | None = None
     ngram_match: int = 0
+    # Tokens the target's sequence held before the pass (with pass_tokens, the KV length the pass attends over: on a
+    # GPU a captured CUDA graph replays only at the KV length it was captured at, to llama.cpp's padding).
+    depth: int = 0
 
 
 @dataclass
