@@ -121,17 +121,28 @@ def cold_passes_by_graph(
             continue
         key = (run["workload"], run["mode"])
         kept = kept_at[key]
-        first = run["steps"][
-            0
-        ]  # (its pass, the prompt's end and the first drafts, keeps a graph of its size too)
-        kept[first["pass_tokens"]] = -(-(first["depth"] + first["pass_tokens"]) // pad)
+        # (the first step's pass, the prompt's end and the first drafts, keeps a graph of its size too)
+        first = run["steps"][0]
+        kept[first["pass_tokens"]] = kv_length(first, pad)
         for step, previous, _ in after_passes_in_a_row(run):
-            size = step["pass_tokens"]
-            length = -(-(step["depth"] + size) // pad)
+            size, length = step["pass_tokens"], kv_length(step, pad)
             if size != previous:
                 kinds[key][0 if kept.get(size) == length else 1].append(step["verify_ms"])
             kept[size] = length
     return dict(kinds)
+
+
+def kv_length(step: dict[str, Any], pad: int) -> int:
+    """The KV length a step's pass attended over, in units of `pad` cells."""
+    return -(-(step["depth"] + step["pass_tokens"]) // pad)
+
+
+def kv_pad(meta: dict[str, Any]) -> int:
+    """The cells llama.cpp padded the KV length to in a bench run: `KV_PAD`, or the padding asked for where it is a
+    larger power of two (`meta.kv_pad`, a build with localspec's change)."""
+    cells = str(meta.get("kv_pad") or 0)
+    asked = int(cells) if cells.isdigit() else 0
+    return max(KV_PAD, asked) if asked & (asked - 1) == 0 else KV_PAD
 
 
 def priced_choices(runs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
@@ -414,12 +425,9 @@ def render(path: Path) -> str:
     lines += ["", *markdown_table(KINDS_HEADER, 2, rows)]
     meta = result.get("meta", {})
     if meta.get("cuda_graph_key", "shape") == "shape":
-        cells = str(meta.get("kv_pad") or 0)
-        asked = int(cells) if cells.isdigit() else 0
-        pad = max(KV_PAD, asked) if asked & (asked - 1) == 0 else KV_PAD  # (not a power of two: upstream's)
         rows = [
             [workload, mode, *(f"{len(ms)} ({sum(ms) / len(ms):.1f})" if ms else "0" for ms in by_graph)]
-            for (workload, mode), by_graph in sorted(cold_passes_by_graph(runs, pad).items())
+            for (workload, mode), by_graph in sorted(cold_passes_by_graph(runs, kv_pad(meta)).items())
         ]
         if rows:
             lines += ["", *markdown_table(GRAPHS_HEADER, 2, rows)]

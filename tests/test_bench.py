@@ -165,7 +165,9 @@ def _step(
     }  # fmt: skip
 
 
-def _step_traces_of(tmp_path: Path, steps_by_mode: dict[str, list[dict[str, Any]]]) -> str:
+def _step_traces_of(
+    tmp_path: Path, steps_by_mode: dict[str, list[dict[str, Any]]], meta: dict[str, Any] | None = None
+) -> str:
     """bench/step_traces.py's tables of a trace written here: one HumanEval run per mode, of these steps."""
     runs = [
         {
@@ -178,7 +180,7 @@ def _step_traces_of(tmp_path: Path, steps_by_mode: dict[str, list[dict[str, Any]
         for mode, steps in steps_by_mode.items()
     ]
     path = tmp_path / "trace.json"
-    path.write_text(json.dumps({"runs": runs}))
+    path.write_text(json.dumps({"meta": meta or {}, "runs": runs}))
     return subprocess.run(
         [sys.executable, str(ROOT / "bench" / "step_traces.py"), str(path)],
         capture_output=True, text=True, check=True,
@@ -268,6 +270,12 @@ def test_step_traces_split_passes_after_another_size_by_whether_a_graph_of_their
     ]
     table = _step_traces_of(tmp_path, {"adaptive": adaptive})
     assert "| humaneval | adaptive | 2 (2.0) | 2 (4.5) |" in table
+    # A build asked to pad to 4,096 cells (LLAMA_KV_PAD): the last pass finds its graph too. Upstream's key keeps
+    # one graph in all, which this split does not describe: no such table then.
+    padded = _step_traces_of(tmp_path, {"adaptive": adaptive}, {"kv_pad": "4096"})
+    assert "| humaneval | adaptive | 3 (3.7) | 1 (2.0) |" in padded
+    upstream = _step_traces_of(tmp_path, {"adaptive": adaptive}, {"cuda_graph_key": "node"})
+    assert "its graph kept at this KV length" not in upstream and "cold passes" in upstream
 
 
 def test_step_traces_split_adaptives_steps_by_what_the_step_before_did(tmp_path: Path) -> None:
