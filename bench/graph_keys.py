@@ -26,9 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from render_table import load  # (this script's folder is on the path)
-from step_traces import markdown_table
+from step_traces import KV_PAD, markdown_table
 
-KV_PAD = 256
 HEADER = "workload | mode | verify ms observed | upstream key, modelled | shape key, modelled | saving of decode time"
 TABLES = {
     "cold": r"^target pass ([^(;]*)",
