@@ -46,28 +46,24 @@ class Answer:
 
 
 def answers(target: Path, draft: Path, names: list[str], prompt_spec: str, max_tokens: int) -> list[Answer]:
-    counts = workloads.prompt_counts(prompt_spec, names)
     engine = Engine(EngineSettings(target_path=target, draft_path=None, n_ctx=4096, slots=1, mode="none"))
     reader = LlamaModel(draft, role="draft", n_ctx_per_seq=4096, n_batch=512)
     found = []
-    for name in names:
-        for task in workloads.WORKLOADS[name](counts[name], max_tokens):
-            prompt = prompt_tokens(engine, task)
-            engine.reset_cache()
-            result = engine.complete(
-                GenerationRequest(
-                    prompt=prompt, max_tokens=max_tokens, speculative="none", record_margins=True
-                )
-            )
-            reader.remove_from(0, 0)
-            reader.decode(prompt[:-1], 0, 0, "none")
-            tail = [prompt[-1], *result.token_ids]
-            picks = []
-            for start in range(0, len(tail), reader.n_batch):
-                chunk = tail[start : start + reader.n_batch]
-                reader.decode(chunk, len(prompt) - 1 + start, 0, "all")
-                picks.extend(best_two(row) for row in reader.logits(len(chunk)))
-            found.append(Answer(name, result.token_ids, result.stats.margins, picks, prompt))
+    for task in workloads.tasks(prompt_spec, names, max_tokens):
+        prompt = prompt_tokens(engine, task)
+        engine.reset_cache()
+        result = engine.complete(
+            GenerationRequest(prompt=prompt, max_tokens=max_tokens, speculative="none", record_margins=True)
+        )
+        reader.remove_from(0, 0)
+        reader.decode(prompt[:-1], 0, 0, "none")
+        tail = [prompt[-1], *result.token_ids]
+        picks = []
+        for start in range(0, len(tail), reader.n_batch):
+            chunk = tail[start : start + reader.n_batch]
+            reader.decode(chunk, len(prompt) - 1 + start, 0, "all")
+            picks.extend(best_two(row) for row in reader.logits(len(chunk)))
+        found.append(Answer(task.workload, result.token_ids, result.stats.margins, picks, prompt))
     reader.close()
     engine.close()
     return found

@@ -177,8 +177,7 @@ def main() -> None:
     names = [name.strip() for name in args.workloads.split(",") if name.strip()]
     modes = [mode.strip() for mode in args.modes.split(",") if mode.strip()]
     found = kept_answers(args.answers, args.target, args.draft, names, args.prompts, args.max_tokens)
-    counts = workloads.prompt_counts(args.prompts, names)
-    tasks = [task for name in names for task in workloads.WORKLOADS[name](counts[name], args.max_tokens)]
+    tasks = workloads.tasks(args.prompts, names, args.max_tokens)
     if len(tasks) != len(found):
         raise SystemExit(
             f"{args.answers} holds {len(found)} answers for {len(tasks)} prompts: make them anew."
@@ -206,6 +205,8 @@ def main() -> None:
     engine.calibrated = True
     forced = ForcedPicks(engine.target.special_tokens()["eos"])
     prompts = [prompt_tokens(engine, task) for task in tasks]
+    if any(answer.prompt and answer.prompt != prompt for answer, prompt in zip(found, prompts, strict=True)):
+        raise SystemExit(f"{args.answers} holds answers to other prompts: make them anew.")
     by_workload: dict[str, list[tuple[Task, list[int], Answer]]] = defaultdict(list)
     for task, prompt, answer in zip(tasks, prompts, found, strict=True):
         by_workload[task.workload].append((task, prompt, answer))

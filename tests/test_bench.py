@@ -479,9 +479,32 @@ def test_prompt_counts_are_one_number_for_all_workloads_or_one_per_named_workloa
         ("0", "at least 1"),
         ("jsonl=3", "not a selected workload"),
         ("20,fim=3", "one number, or name=number"),
+        ("humaneval=5@x", "problem to start from"),
+        ("5@-1", "problem to start from"),
     ):
         with pytest.raises(LocalspecError, match=message):
             prompt_counts(bad, names)
+
+
+def test_prompts_can_be_drawn_from_later_humaneval_problems_for_a_held_out_set() -> None:
+    """`N@S` takes a workload's prompts from HumanEval's problem S on: prompts other than the ones an engine
+    change was judged on, for the same workloads."""
+    from localspec.benchmark.workloads import Selection, prompt_selection, tasks
+    from localspec.errors import LocalspecError
+
+    names = ["humaneval", "fim", "code-edit"]
+    chosen = prompt_selection("humaneval=3@100,fim=2@150", names)
+    assert chosen == {"humaneval": Selection(3, 100), "fim": Selection(2, 150), "code-edit": Selection(10, 0)}
+    ids = {name: [task.task_id for task in tasks(f"{name}=3@100", [name], 16)] for name in names}
+    assert ids["humaneval"] == ["HumanEval/100", "HumanEval/101", "HumanEval/102"]
+    assert ids["code-edit"] == ids["humaneval"]
+    # (fill-in-the-middle skips solutions under three code lines, so its problems may go further)
+    numbers = [int(task_id.split("/")[1]) for task_id in ids["fim"]]
+    assert len(numbers) == 3 and 100 <= numbers[0] < numbers[1] < numbers[2]
+    first = [task.task_id for task in tasks("2", ["humaneval"], 16)]
+    assert first == ["HumanEval/0", "HumanEval/1"]
+    with pytest.raises(LocalspecError, match="HumanEval has 164 problems"):
+        tasks("2@164", ["humaneval"], 16)
 
 
 def test_each_workload_starts_every_mode_with_an_empty_ngram_history(endless_pair: tuple[Path, Path]) -> None:

