@@ -8,8 +8,8 @@ through cpuid, including AMX. Many VMs advertise AMX but the kernel does not per
 then dies with SIGILL. On x86-64 Linux we name the extensions the kernel reports in /proc/cpuinfo instead.
 With an NVIDIA GPU and toolkit (nvcc) present, the CUDA backend is added (LOCALSPEC_CUDA=0/1 overrides), with
 localspec's changes to llama.cpp's sources: `llama_patches/apply.cmake`, which CMake runs as the build configures
-ggml, lets the CUDA backend keep a captured graph per pass size (CUDA_GRAPH_KEY) and pads the KV length a pass
-attends over where asked (KV_PAD_ENV).
+ggml, lets the CUDA backend keep a captured graph per pass size (CUDA_GRAPH_KEY) through pauses between requests
+(CUDA_GRAPH_KEEP_ENV) and pads the KV length a pass attends over where asked (KV_PAD_ENV).
 """
 
 from __future__ import annotations
@@ -25,6 +25,10 @@ LLAMA_PATCHES = Path(__file__).resolve().parent / "llama_patches" / "apply.cmake
 # pass size: a speculative step's passes of other sizes no longer cost the one-token passes after them their graph;
 # docs/BENCHMARKS.md, fifty-third lease) unless the environment names one; "node" is upstream's behaviour.
 CUDA_GRAPH_KEY_ENV, CUDA_GRAPH_KEY = "GGML_CUDA_GRAPH_KEY", "shape"
+# Read once by such a build: cached CUDA graphs are aged by this many graph lookups (a few a pass) instead of
+# upstream's 10 s, so that a pause between requests no longer drops every pass size's graph (docs/BENCHMARKS.md,
+# fifty-fifth lease). localspec's engine sets it as it loads unless the environment names a number.
+CUDA_GRAPH_KEEP_ENV, CUDA_GRAPH_KEEP_CALLS = "GGML_CUDA_GRAPH_KEEP_CALLS", "100000"
 # Read once by such a build: a power of two of KV cells to pad the length a pass attends over to (upstream: 256),
 # so that passes at other context lengths keep one shape and their captured CUDA graphs. Not set by localspec: an
 # editor's jumps gained little, and a big target's one-token passes would read the padding's KV (docs/BENCHMARKS.md).
@@ -34,6 +38,11 @@ KV_PAD_ENV = "LLAMA_KV_PAD"
 def cuda_graph_key() -> str:
     """The graph key this process's models run with: the environment's, else the one the engine sets."""
     return os.environ.get(CUDA_GRAPH_KEY_ENV, CUDA_GRAPH_KEY)
+
+
+def cuda_graph_keep_calls() -> str:
+    """The graph lookups this process's captured CUDA graphs are kept for: the environment's, else the engine's."""
+    return os.environ.get(CUDA_GRAPH_KEEP_ENV, CUDA_GRAPH_KEEP_CALLS)
 
 
 # /proc/cpuinfo flag -> llama.cpp CMake option

@@ -91,6 +91,8 @@ def test_bench_runs_every_workload_and_mode_and_reports_speed_acceptance_and_ide
     # What keyed the CUDA graphs of localspec's passes (the engine's default unless the environment named one).
     assert result["meta"]["cuda_graph_key"] == os.environ.get("GGML_CUDA_GRAPH_KEY", "shape")
     assert result["meta"]["kv_pad"] == os.environ.get("LLAMA_KV_PAD")  # (None: upstream's padding)
+    # ... and how long its captured graphs are kept: graph lookups, not upstream's 10 s.
+    assert result["meta"]["cuda_graph_keep_calls"] == os.environ.get("GGML_CUDA_GRAPH_KEEP_CALLS", "100000")
     runs = result["runs"]
     per_workload = {
         w: {r["task_id"] for r in runs if r["workload"] == w} for w in {r["workload"] for r in runs}
@@ -535,7 +537,7 @@ def test_each_workload_starts_every_mode_with_an_empty_ngram_history(endless_pai
 
 
 def two_workloads_in_three_modes(
-    endless_pair: tuple[Path, Path], rounds: int = 1, trace_steps: bool = False
+    endless_pair: tuple[Path, Path], rounds: int = 1, trace_steps: bool = False, pause: float = 0.0
 ) -> list[Run]:
     """`bench`'s localspec runs of two tasks in each of two workloads, modes asked as draft, none, ngram."""
     from rich.console import Console
@@ -562,6 +564,7 @@ def two_workloads_in_three_modes(
             Console(quiet=True),
             trace_steps=trace_steps,
             rounds=rounds,
+            pause=pause,
         )
     finally:
         engine.close()
@@ -615,6 +618,33 @@ def test_each_mode_runs_a_workloads_tasks_back_to_back_after_the_target_alone(
         for i in range(2)
     ]
     assert all(run.identical for run in runs if run.mode != "none")
+
+
+def test_pause_leaves_the_engine_idle_before_every_timed_request(
+    endless_pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`bench --pause S`: a user leaves the daemon idle between requests (long enough, upstream llama.cpp drops its
+    captured CUDA graphs), so each timed request follows S seconds of idle time, which is not timed."""
+    import time
+
+    from localspec.benchmark import runner
+    from localspec.benchmark.workloads import Task
+    from localspec.engine import Engine
+
+    spans: list[tuple[float, float]] = []
+    run_localspec = runner.run_localspec
+
+    def timed(engine: Engine, task: Task, tokens: list[int], mode: str, **options: bool) -> Run:
+        started = time.monotonic()
+        run = run_localspec(engine, task, tokens, mode, **options)
+        spans.append((started, time.monotonic()))
+        return run
+
+    monkeypatch.setattr(runner, "run_localspec", timed)
+    runs = two_workloads_in_three_modes(endless_pair, pause=0.5)  # (without it: gaps of 0.07-0.17 s here)
+    timed_spans = spans[-len(runs) :]  # (after the untimed warm-up request of each mode)
+    assert len(timed_spans) == 12
+    assert all(start - end >= 0.5 for (_, end), (start, _) in pairwise(timed_spans))
 
 
 def test_rounds_run_the_modes_in_turn_then_in_reverse_and_report_their_mean_time(

@@ -48,6 +48,11 @@ CHANGES = {
         'getenv("GGML_CUDA_GRAPH_KEY")',
     ),
     "KV padding": ("src/llama-kv-cache.cpp", "    const uint32_t n_pad_cur = ", 'getenv("LLAMA_KV_PAD")'),
+    "CUDA graph keep": (
+        "ggml/src/ggml-cuda/common.cuh",
+        "    ggml_cuda_graph * cuda_graph(",
+        'getenv("GGML_CUDA_GRAPH_KEEP_CALLS")',
+    ),
 }
 
 
@@ -77,6 +82,8 @@ def test_the_patches_rewrite_the_vendored_sources_once_and_nothing_else(
         rest = after.partition("\n}\n" if start.endswith("(") else "\n")[2]
         assert patched[path].startswith(before) and patched[path].endswith(rest)
     assert "return cgraph->nodes[0];" not in patched[CHANGES["CUDA graph key"][0]]
+    # Without the switch, graphs age as upstream's do: 10 s unused, swept every 5 s.
+    assert "keep_calls > 0 ? keep_calls : (int64_t) 10'000'000" in patched[CHANGES["CUDA graph keep"][0]]
 
     printed = _run_patches(tmp_path / "ggml")
     assert all(f"{name} already patched" in printed for name in CHANGES)
@@ -90,6 +97,7 @@ def test_the_patches_leave_sources_they_do_not_recognise_as_they_are(tmp_path: P
     printed = _run_patches(tmp_path / "ggml")  # (and no llama-kv-cache.cpp at all)
     assert "CUDA graph key: the code to change was not found as expected" in printed
     assert "KV padding: the code to change was not found as expected" in printed
+    assert "CUDA graph keep: the code to change was not found as expected" in printed
     assert "nodes[1]" in cuda.read_text()
     assert not (tmp_path / "src" / "llama-kv-cache.cpp").exists()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import itertools
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -88,6 +89,14 @@ def register(subparsers: Any) -> None:
         "each round's speed",
     )
     parser.add_argument(
+        "--pause",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait this long, untimed, before each request (localspec's and llama-server's), as a user does between "
+        "requests: llama.cpp drops a CUDA graph unused for 10 s unless told otherwise (default: 0)",
+    )
+    parser.add_argument(
         "--no-target-alone",
         action="store_true",
         help="skip localspec's target-alone run (no speedups or identity checks): compares modes or engines with "
@@ -131,6 +140,8 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidRequestError(f"Unknown mode(s) {', '.join(unknown)}; choose from {', '.join(MODES)}.")
     if args.rounds < 1:
         raise InvalidRequestError(f"--rounds must be 1 or more, not {args.rounds}.")
+    if args.pause < 0:
+        raise InvalidRequestError(f"--pause must be 0 or more seconds, not {args.pause:g}.")
     if args.no_target_alone:
         modes = [m for m in modes if m != "none"]
         if not modes:
@@ -195,6 +206,7 @@ def run(args: argparse.Namespace) -> int:
         "prompts_per_workload": counts,
         "prompts": args.prompts,
         "rounds": args.rounds,
+        "pause": args.pause,
         "n_ctx": settings.n_ctx,
         "gpu_layers": settings.target_gpu_layers,
         "draft_gpu_layers": settings.draft_gpu_layers,
@@ -236,6 +248,7 @@ def run(args: argparse.Namespace) -> int:
                 args.rounds,
                 lambda done: keep(done, False),
                 prices,
+                args.pause,
             )
             # The draft confidence floor follows the measured costs by default: as `adaptive`'s runs left them.
             engine.costs = prices.get("adaptive", engine.costs)
@@ -289,6 +302,7 @@ def _run_localspec(
     rounds: int = 1,
     checkpoint: Callable[[list[Run]], object] = lambda runs: None,
     prices: dict[str, PassCosts] | None = None,
+    pause: float = 0.0,
 ) -> list[Run]:
     """Every mode over every task (the target alone first), one workload at a time; `checkpoint` gets the runs
     so far after each workload. Each mode plans with prices of its own (`prices`, copies of the start-up ones
@@ -326,6 +340,7 @@ def _run_localspec(
                 for position, index in enumerate(indices):
                     task, tokens = tasks[index], prompts[index]
                     progress.update(bar, description=f"localspec {mode:<8} {task.workload} {task.task_id}")
+                    time.sleep(pause)  # (a user's time between requests, `--pause`)
                     by_mode[mode][position].append(
                         runner.run_localspec(engine, task, tokens, mode, record_steps=trace_steps)
                     )
@@ -388,6 +403,7 @@ def _run_llama_server(
                 first, first_tokens = mine[0]
                 server.complete(first_tokens[:64], first.max_tokens)  # warm-up, as localspec's modes get
                 for task, tokens in mine:
+                    time.sleep(args.pause)  # (as before localspec's requests)
                     runs.append(runner.run_llama_server(server, mode.name, task, tokens))
                     progress.advance(bar)
             finally:

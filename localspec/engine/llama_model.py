@@ -18,7 +18,12 @@ from typing import Any
 import llama_cpp
 import numpy as np
 
-from localspec.build_flags import CUDA_GRAPH_KEY, CUDA_GRAPH_KEY_ENV
+from localspec.build_flags import (
+    CUDA_GRAPH_KEEP_CALLS,
+    CUDA_GRAPH_KEEP_ENV,
+    CUDA_GRAPH_KEY,
+    CUDA_GRAPH_KEY_ENV,
+)
 from localspec.engine.host_memory import host_buffer
 from localspec.errors import ContextOverflowError, ModelLoadError
 
@@ -44,7 +49,8 @@ _backend_ready = False
 
 def _ensure_backend() -> None:
     global _backend_ready
-    os.environ.setdefault(CUDA_GRAPH_KEY_ENV, CUDA_GRAPH_KEY)  # (before the CUDA backend reads it, once)
+    os.environ.setdefault(CUDA_GRAPH_KEY_ENV, CUDA_GRAPH_KEY)  # (before the CUDA backend reads them, once)
+    os.environ.setdefault(CUDA_GRAPH_KEEP_ENV, CUDA_GRAPH_KEEP_CALLS)
     with _backend_lock:
         if not _backend_ready:
             llama_cpp.llama_backend_init()

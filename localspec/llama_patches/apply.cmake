@@ -34,3 +34,7 @@ localspec_patch("CUDA graph key" src/ggml-cuda/ggml-cuda.cu GGML_CUDA_GRAPH_KEY
 localspec_patch("KV padding" ../src/llama-kv-cache.cpp LLAMA_KV_PAD
     "    const uint32_t n_pad_cur = std::max(n_pad, 256u);\n"
     kv_pad.cpp)
+# Cached CUDA graphs aged by lookups, not seconds, where GGML_CUDA_GRAPH_KEEP_CALLS is set (cuda_graph_keep.cuh).
+localspec_patch("CUDA graph keep" src/ggml-cuda/common.cuh GGML_CUDA_GRAPH_KEEP_CALLS
+    "    ggml_cuda_graph * cuda_graph(const void * first_node_ptr) {\n        const int64_t time_now = ggml_time_us();\n\n        // sweep every 5s, evicting cuda graphs unused for >=10s\n        if (time_now - last_graph_eviction_sweep >= 5'000'000) {\n            last_graph_eviction_sweep = time_now;\n            for (auto it = cuda_graphs.begin(); it != cuda_graphs.end(); ) {\n                if (time_now - it->second->last_used_time >= 10'000'000) {\n"
+    cuda_graph_keep.cuh)
