@@ -647,15 +647,25 @@ def test_pause_leaves_the_engine_idle_before_every_timed_request(
     assert all(start - end >= 0.5 for (_, end), (start, _) in pairwise(timed_spans))
 
 
-def test_a_negative_pause_is_refused_before_anything_runs(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--pause", "-1"], "--pause must be 0 or more seconds, not -1."),
+        (["--rounds", "0"], "--rounds must be 1 or more, not 0."),
+        (["--modes", "adaptive,fast"], "Unknown mode(s) fast; choose from"),
+        (["--workloads", "humaneval,essays"], "Unknown workload(s) essays; choose from"),
+        (["--modes", "none", "--no-target-alone"], "--no-target-alone leaves no mode to run"),
+    ],
+)
+def test_a_bad_flag_is_refused_before_anything_runs(tmp_path: Path, flags: list[str], message: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOCALSPEC_")}
     env["LOCALSPEC_HOME"] = str(tmp_path / "home")
     completed = subprocess.run(
-        [sys.executable, "-c", WITHOUT_UI_PACKAGES, "bench", "--pause", "-1", "--out", str(tmp_path / "out")],
+        [sys.executable, "-c", WITHOUT_UI_PACKAGES, "bench", *flags, "--out", str(tmp_path / "out")],
         capture_output=True, text=True, timeout=120, env=env,
     )  # fmt: skip
     assert completed.returncode == 1
-    assert "--pause must be 0 or more seconds, not -1." in completed.stderr
+    assert message in completed.stderr
     assert not (tmp_path / "out").exists()  # (no models loaded, nothing written)
 
 
