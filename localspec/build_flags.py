@@ -6,10 +6,11 @@ Run it BEFORE installing (it imports nothing from localspec):
 Why: llama.cpp's default build uses -march=native, which enables every instruction set the CPU advertises
 through cpuid, including AMX. Many VMs advertise AMX but the kernel does not permit it, and the first decode
 then dies with SIGILL. On x86-64 Linux we name the extensions the kernel reports in /proc/cpuinfo instead.
-With an NVIDIA GPU and toolkit (nvcc) present, the CUDA backend is added (LOCALSPEC_CUDA=0/1 overrides), with
-localspec's changes to llama.cpp's sources: `llama_patches/apply.cmake`, which CMake runs as the build configures
-ggml, lets the CUDA backend keep a captured graph per pass size (CUDA_GRAPH_KEY) through pauses between requests
-(CUDA_GRAPH_KEEP_ENV) and pads the KV length a pass attends over where asked (KV_PAD_ENV).
+With an NVIDIA GPU and toolkit (nvcc) present, the CUDA backend is added (LOCALSPEC_CUDA=0/1 overrides). Every build
+carries localspec's changes to llama.cpp's sources: `llama_patches/apply.cmake`, which CMake runs as the build
+configures ggml, lets the CUDA backend keep a captured graph per pass size (CUDA_GRAPH_KEY) through pauses between
+requests (CUDA_GRAPH_KEEP_ENV), pads the KV length a pass attends over where asked (KV_PAD_ENV) and keeps the CPU's
+one-token attention in the order a verify pass sums in (CPU_FA_SPLIT_KV_ENV).
 """
 
 from __future__ import annotations
@@ -33,6 +34,11 @@ CUDA_GRAPH_KEEP_ENV, CUDA_GRAPH_KEEP_CALLS = "GGML_CUDA_GRAPH_KEEP_CALLS", "1000
 # so that passes at other context lengths keep one shape and their captured CUDA graphs. Not set by localspec: an
 # editor's jumps gained little, and a big target's one-token passes would read the padding's KV (docs/BENCHMARKS.md).
 KV_PAD_ENV = "LLAMA_KV_PAD"
+# Read once by such a build: "0" computes a one-token pass's CPU attention as a pass of several tokens computes each
+# of its rows (upstream splits a long context across threads and sums in another order), so that greedy speculative
+# output on a CPU is the target alone's bit for bit (docs/BENCHMARKS.md, session 74). localspec's engine sets it as
+# it loads unless the environment names a value.
+CPU_FA_SPLIT_KV_ENV, CPU_FA_SPLIT_KV = "GGML_CPU_FA_SPLIT_KV", "0"
 
 
 def cuda_graph_key() -> str:
@@ -43,6 +49,11 @@ def cuda_graph_key() -> str:
 def cuda_graph_keep_calls() -> str:
     """The graph lookups this process's captured CUDA graphs are kept for: the environment's, else the engine's."""
     return os.environ.get(CUDA_GRAPH_KEEP_ENV, CUDA_GRAPH_KEEP_CALLS)
+
+
+def cpu_fa_split_kv() -> str:
+    """Whether this process's one-token passes may split their CPU attention: the environment's, else the engine's."""
+    return os.environ.get(CPU_FA_SPLIT_KV_ENV, CPU_FA_SPLIT_KV)
 
 
 # /proc/cpuinfo flag -> llama.cpp CMake option
@@ -81,7 +92,8 @@ def cmake_args(
             args.append("-DGGML_NATIVE=OFF")
             args += [f"-D{option}=ON" for flag, option in X86_OPTIONS.items() if flag in flags]
     if has_gpu if has_gpu is not None else _has_nvidia_gpu():
-        args += ["-DGGML_CUDA=ON", f"-DCMAKE_PROJECT_ggml_INCLUDE={LLAMA_PATCHES}"]
+        args.append("-DGGML_CUDA=ON")
+    args.append(f"-DCMAKE_PROJECT_ggml_INCLUDE={LLAMA_PATCHES}")
     return args
 
 

@@ -93,6 +93,8 @@ def test_bench_runs_every_workload_and_mode_and_reports_speed_acceptance_and_ide
     assert result["meta"]["kv_pad"] == os.environ.get("LLAMA_KV_PAD")  # (None: upstream's padding)
     # ... and how long its captured graphs are kept: graph lookups, not upstream's 10 s.
     assert result["meta"]["cuda_graph_keep_calls"] == os.environ.get("GGML_CUDA_GRAPH_KEEP_CALLS", "100000")
+    # ... and whether a one-token pass's CPU attention split its context ("0": not, as a verify pass's rows).
+    assert result["meta"]["cpu_fa_split_kv"] == os.environ.get("GGML_CPU_FA_SPLIT_KV", "0")
     runs = result["runs"]
     per_workload = {
         w: {r["task_id"] for r in runs if r["workload"] == w} for w in {r["workload"] for r in runs}

@@ -226,11 +226,12 @@ def test_llama_server_keys_its_cuda_graphs_as_upstream_whatever_the_bench_runs_w
     tiny_models, llama_cpp_tools: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The comparison is with the llama.cpp llama-cpp-python vendors: a build with localspec's changes
-    # (localspec/llama_patches) must run llama-server with upstream's graph key, graph ageing and KV padding even
-    # where the bench asks for others.
+    # (localspec/llama_patches) must run llama-server with upstream's graph key, graph ageing, KV padding and CPU
+    # attention even where the bench asks for others.
     monkeypatch.setenv("GGML_CUDA_GRAPH_KEY", "shape")
     monkeypatch.setenv("LLAMA_KV_PAD", "4096")
     monkeypatch.setenv("GGML_CUDA_GRAPH_KEEP_CALLS", "100000")
+    monkeypatch.setenv("GGML_CPU_FA_SPLIT_KV", "0")
     server = LlamaServer(
         llama_cpp_tools / "llama-server", tiny_models.target, server_modes(["plain"], None)[0], 512, 1, "0",
         tmp_path / "llama-server.log",
@@ -241,7 +242,8 @@ def test_llama_server_keys_its_cuda_graphs_as_upstream_whatever_the_bench_runs_w
         server.close()
     assert b"GGML_CUDA_GRAPH_KEY=node" in environ
     assert b"GGML_CUDA_GRAPH_KEY=shape" not in environ
-    assert not any(entry.startswith((b"LLAMA_KV_PAD=", b"GGML_CUDA_GRAPH_KEEP_CALLS=")) for entry in environ)
+    kept_out = (b"LLAMA_KV_PAD=", b"GGML_CUDA_GRAPH_KEEP_CALLS=", b"GGML_CPU_FA_SPLIT_KV=")
+    assert not any(entry.startswith(kept_out) for entry in environ)
 
 
 def test_a_run_that_fails_midway_keeps_what_it_measured(tiny_models, tmp_path: Path) -> None:

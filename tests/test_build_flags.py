@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 from localspec.build_flags import LLAMA_PATCHES, cmake_args
@@ -15,13 +16,16 @@ AMX_VM = "processor: 0\nflags\t\t: fpu sse avx avx2 fma f16c avx512f avx512_vnni
 def test_x86_builds_name_extensions_instead_of_march_native() -> None:
     args = cmake_args(cpuinfo=AMX_VM, machine="x86_64", has_gpu=False)
     assert args[0] == "-DGGML_NATIVE=OFF"
+    assert args[-1] == f"-DCMAKE_PROJECT_ggml_INCLUDE={LLAMA_PATCHES}"  # localspec's changes, on every build
     assert {"-DGGML_AVX2=ON", "-DGGML_FMA=ON", "-DGGML_AVX512=ON", "-DGGML_AVX512_VNNI=ON"} <= set(args)
     assert not any("AMX" in arg for arg in args)
     assert "-DGGML_AVX512_BF16=ON" not in args  # not reported by this CPU
 
 
 def test_other_architectures_keep_the_native_build_and_a_gpu_adds_cuda() -> None:
-    assert cmake_args(cpuinfo="", machine="aarch64", has_gpu=False) == []
+    assert cmake_args(cpuinfo="", machine="aarch64", has_gpu=False) == [
+        f"-DCMAKE_PROJECT_ggml_INCLUDE={LLAMA_PATCHES}"
+    ]
     assert cmake_args(cpuinfo="", machine="arm64", has_gpu=True) == [
         "-DGGML_CUDA=ON",
         f"-DCMAKE_PROJECT_ggml_INCLUDE={LLAMA_PATCHES}",
@@ -36,7 +40,7 @@ def _run_patches(ggml: Path) -> str:
     result = subprocess.run(
         [cmake, "-P", str(LLAMA_PATCHES)], cwd=ggml, capture_output=True, text=True, check=True
     )
-    return result.stdout + result.stderr
+    return " ".join((result.stdout + result.stderr).split())  # (CMake wraps a warning's lines)
 
 
 # Each change: the file it rewrites (from llama.cpp's folder), the start of the code it replaces and the text that
@@ -53,6 +57,11 @@ CHANGES = {
         "    ggml_cuda_graph * cuda_graph(",
         'getenv("GGML_CUDA_GRAPH_KEEP_CALLS")',
     ),
+    "CPU attention split": (
+        "ggml/src/ggml-cpu/ops.cpp",
+        "    const bool use_split_kv_path = ",
+        'getenv("GGML_CPU_FA_SPLIT_KV")',
+    ),
 }
 
 
@@ -61,15 +70,18 @@ def test_the_patches_rewrite_the_vendored_sources_once_and_nothing_else(
 ) -> None:
     import llama_cpp
 
-    vendored = (
-        llama_cpp_tools.parent / "src" / f"llama_cpp_python-{llama_cpp.__version__}" / "vendor" / "llama.cpp"
-    )
+    # The sdist .ci/build-llama-server downloaded: its sources as shipped (the build patched its unpacked copy).
+    name = f"llama_cpp_python-{llama_cpp.__version__}"
+    sdist = llama_cpp_tools.parent / "src" / f"{name}.tar.gz"
+    assert sdist.is_file(), f"no llama-cpp-python sdist at {sdist}"
     originals = {}
-    for path, _, _ in CHANGES.values():
-        assert (vendored / path).is_file(), f"no vendored sources at {vendored}"
-        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(vendored / path, tmp_path / path)
-        originals[path] = (vendored / path).read_text()
+    with tarfile.open(sdist) as archive:
+        for path, _, _ in CHANGES.values():
+            member = archive.extractfile(f"{name}/vendor/llama.cpp/{path}")
+            assert member is not None, f"{path} is not in {sdist}"
+            originals[path] = member.read().decode()
+            (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / path).write_text(originals[path])
 
     printed = _run_patches(tmp_path / "ggml")
     patched = {}
@@ -98,6 +110,7 @@ def test_the_patches_leave_sources_they_do_not_recognise_as_they_are(tmp_path: P
     assert "CUDA graph key: the code to change was not found as expected" in printed
     assert "KV padding: the code to change was not found as expected" in printed
     assert "CUDA graph keep: the code to change was not found as expected" in printed
+    assert "CPU attention split: the code to change was not found as expected" in printed
     assert "nodes[1]" in cuda.read_text()
     assert not (tmp_path / "src" / "llama-kv-cache.cpp").exists()
 

@@ -367,6 +367,35 @@ def test_a_short_pass_deep_in_its_sequence_is_padded_on_a_cpu_and_leaves_only_it
     assert (rows["padded"].argmax(axis=1) == rows["exact"].argmax(axis=1)).all()
 
 
+def test_each_row_of_a_verify_pass_is_a_one_token_pass_bit_for_bit_deep_in_a_sequence_on_a_cpu(
+    smollm2_path: Path,
+) -> None:
+    # Greedy speculative output is the target alone's where every row of a verify pass is computed as a one-token
+    # pass computes it. Attending 512 cells or more, upstream's CPU attention splits a one-token pass's context
+    # across threads and sums the parts in another order than a pass of several tokens; the engine switches that off
+    # (build_flags.CPU_FA_SPLIT_KV, in every build through llama_patches/apply.cmake). SmolLM2's Q4_1 weights take
+    # the same matrix kernel at every pass size (float32 weights, as the tiny models', do not past one token).
+    import numpy as np
+
+    from localspec.engine.llama_model import LlamaModel
+
+    prompt = [(i * 37) % 5000 + 1 for i in range(600)]  # attends 768 cells (llama.cpp pads to 256)
+    drafts = [(i * 11) % 5000 + 1 for i in range(16)]
+    model = LlamaModel(smollm2_path, role="target", n_ctx_per_seq=1024, n_seq=2, n_threads=2, gpu_layers=0)
+    try:
+        one_token = []
+        model.decode(prompt, 0, 0, "none")
+        for i, token in enumerate(drafts):
+            model.decode([token], len(prompt) + i, 0, "last")
+            one_token.append(model.logits(1)[0].copy())
+        model.decode(prompt, 0, 1, "none")
+        assert model.decode(drafts, len(prompt), 1, "all") == len(drafts)
+        verify = model.logits(len(drafts)).copy()
+    finally:
+        model.close()
+    assert np.array_equal(np.stack(one_token), verify)
+
+
 def test_prompt_cache_reuses_the_common_prefix(similar_engine: Engine) -> None:
     first = run(similar_engine, PROMPT, "draft", max_tokens=8, slot="cache")
     assert first.stats.cached_tokens == 0 or first.stats.cached_tokens < first.stats.prompt_tokens

@@ -16,7 +16,7 @@ import httpx
 
 from localspec.benchmark.child_process import ends_with_this_process
 from localspec.benchmark.workloads import Task
-from localspec.build_flags import CUDA_GRAPH_KEEP_ENV, CUDA_GRAPH_KEY_ENV, KV_PAD_ENV
+from localspec.build_flags import CPU_FA_SPLIT_KV_ENV, CUDA_GRAPH_KEEP_ENV, CUDA_GRAPH_KEY_ENV, KV_PAD_ENV
 from localspec.engine import Engine, GenerationRequest
 from localspec.engine.drafters import NgramHistory
 from localspec.engine.prefix_cache import common_prefix_length
@@ -313,7 +313,11 @@ class LlamaServer:
             stderr=subprocess.STDOUT,
             preexec_fn=ends_with_this_process(),
             env={
-                **{k: v for k, v in os.environ.items() if k not in (KV_PAD_ENV, CUDA_GRAPH_KEEP_ENV)},
+                **{
+                    k: v
+                    for k, v in os.environ.items()
+                    if k not in (KV_PAD_ENV, CUDA_GRAPH_KEEP_ENV, CPU_FA_SPLIT_KV_ENV)
+                },
                 CUDA_GRAPH_KEY_ENV: "node",
             },
         )

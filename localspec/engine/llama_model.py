@@ -19,6 +19,8 @@ import llama_cpp
 import numpy as np
 
 from localspec.build_flags import (
+    CPU_FA_SPLIT_KV,
+    CPU_FA_SPLIT_KV_ENV,
     CUDA_GRAPH_KEEP_CALLS,
     CUDA_GRAPH_KEEP_ENV,
     CUDA_GRAPH_KEY,
@@ -51,6 +53,7 @@ def _ensure_backend() -> None:
     global _backend_ready
     os.environ.setdefault(CUDA_GRAPH_KEY_ENV, CUDA_GRAPH_KEY)  # (before the CUDA backend reads them, once)
     os.environ.setdefault(CUDA_GRAPH_KEEP_ENV, CUDA_GRAPH_KEEP_CALLS)
+    os.environ.setdefault(CPU_FA_SPLIT_KV_ENV, CPU_FA_SPLIT_KV)
     with _backend_lock:
         if not _backend_ready:
             llama_cpp.llama_backend_init()
