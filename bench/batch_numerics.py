@@ -1,12 +1,15 @@
 """How far a batched pass's logits are from the one-token passes of the target alone: what `tie_margin` must cover.
 
-For each prompt the target alone decodes greedily one token a pass; then the same tokens are fed again in
-passes of n tokens (as a speculative step whose drafts were all accepted: each pass writes the KV the next one
-reads). Per pass size it prints how many rows came out bitwise identical, the largest change of the top-2
-margin, the share of rows a given `tie_margin` would re-evaluate alone, and every row whose greedy choice
-changed, with the target alone's margin there.
+For each prompt the target alone decodes greedily one token a pass; then, after the same pass over the prompt, the
+same tokens are fed again in passes of n tokens, each starting at the last token taken (as a speculative step whose
+drafts were all accepted: each pass writes the KV the next one reads). Per pass size it prints how many rows came
+out bitwise identical, the largest change of the top-2 margin, the share of rows a given `tie_margin` would
+re-evaluate alone, and every row whose greedy choice changed, with the target alone's margin there. Code edits
+reach deeper than HumanEval (on a CPU a one-token pass attending 512 cells or more sums its attention in another
+order unless `build_flags.CPU_FA_SPLIT_KV` keeps it off).
 
-    python bench/batch_numerics.py TARGET.gguf [--prompts 10] [--tokens 128] [--sizes 2,4,8,9,16]
+    python bench/batch_numerics.py TARGET.gguf [--workload humaneval|code-edit] [--prompts 10] [--tokens 128]
+        [--sizes 2,4,8,9,16]
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from pathlib import Path
 import llama_cpp  # noqa: F401
 import numpy as np
 
-from localspec.benchmark.workloads import humaneval
+from localspec.benchmark.workloads import code_edit, humaneval
 from localspec.engine.engine import Engine, EngineSettings
 from localspec.engine.llama_model import LlamaModel, top_two
 
@@ -40,14 +43,15 @@ def target_alone(model: LlamaModel, prompt: list[int], tokens: int) -> tuple[lis
 
 
 def batched(model: LlamaModel, prompt: list[int], output: list[int], size: int) -> np.ndarray:
-    """The logits rows for the same positions when `output` is fed in passes of `size` tokens."""
+    """The logits rows for the same positions when `output` is fed in passes of `size` tokens after the prompt's
+    pass (whose row, the first, is the target alone's)."""
     model.remove_from(0, 0)
-    model.decode(prompt[:-1], 0, 0, "none")
-    inputs = [prompt[-1], *output[:-1]]
-    rows = []
+    model.decode(prompt, 0, 0, "last")
+    rows = [model.logits(1).copy()]
+    inputs = output[:-1]
     for start in range(0, len(inputs), size):
         chunk = inputs[start : start + size]
-        n = model.decode(chunk, len(prompt) - 1 + start, 0, "all")
+        n = model.decode(chunk, len(prompt) + start, 0, "all")
         rows.append(model.logits(n).copy())
     return np.concatenate(rows)
 
@@ -61,7 +65,8 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("target", type=Path)
-    parser.add_argument("--prompts", type=int, default=10, help="HumanEval prompts (default 10)")
+    parser.add_argument("--workload", choices=("humaneval", "code-edit"), default="humaneval")
+    parser.add_argument("--prompts", type=int, default=10, help="prompts (default 10)")
     parser.add_argument("--tokens", type=int, default=128, help="tokens decoded per prompt (default 128)")
     parser.add_argument("--sizes", default="2,4,8,9,16", help="pass sizes to compare (default 2,4,8,9,16)")
     parser.add_argument("--gpu-layers", type=int, default=-1)
@@ -83,8 +88,11 @@ def main() -> None:
     found: dict[int, dict[str, list[float]]] = {n: {"delta": [], "flips": [], "margins": []} for n in sizes}
     identical = dict.fromkeys(sizes, 0)
     total = 0
-    for task in humaneval(args.prompts, args.tokens):
-        prompt = model.tokenize(task.prompt, add_bos=model.adds_bos(), parse_special=False)
+    workload = humaneval if args.workload == "humaneval" else code_edit
+    for task in workload(args.prompts, args.tokens):
+        chat = task.kind == "chat"
+        text = engine.chat_prompt(task.messages) if chat else task.prompt
+        prompt = model.tokenize(text, add_bos=model.adds_bos(), parse_special=chat)
         output, alone = target_alone(model, prompt, args.tokens)
         reference = [margin(row) for row in alone]
         alone_margins += reference
@@ -98,7 +106,7 @@ def main() -> None:
                 found[n]["delta"].append(abs(batched_margin - reference[position]))
                 if int(np.argmax(row)) != output[position]:
                     found[n]["flips"].append(reference[position])
-    print(f"{args.target.name}: {args.prompts} HumanEval prompts, {total} positions")
+    print(f"{args.target.name}: {args.prompts} {args.workload} prompts, {total} positions")
     print(
         "pass size | identical rows | |margin change| p50 / p99 / max | rows below tie_margin "
         + " / ".join(str(t) for t in TIE_MARGINS)
