@@ -35,9 +35,10 @@ CUDA_GRAPH_KEEP_ENV, CUDA_GRAPH_KEEP_CALLS = "GGML_CUDA_GRAPH_KEEP_CALLS", "1000
 # editor's jumps gained little, and a big target's one-token passes would read the padding's KV (docs/BENCHMARKS.md).
 KV_PAD_ENV = "LLAMA_KV_PAD"
 # Read once by such a build: "0" computes a one-token pass's CPU attention as a pass of several tokens computes each
-# of its rows (upstream splits a long context across threads and sums in another order), so that greedy speculative
-# output on a CPU is the target alone's bit for bit (docs/BENCHMARKS.md, session 74). localspec's engine sets it as
-# it loads unless the environment names a value.
+# of its rows (upstream splits a long context across threads and sums in another order), so that a verify pass's
+# rows are one-token passes' bit for bit wherever the matrix kernels agree too (passes of 2-3 tokens with the
+# default pair: docs/BENCHMARKS.md, session 74). localspec's engine sets it as it loads unless the environment
+# names a value.
 CPU_FA_SPLIT_KV_ENV, CPU_FA_SPLIT_KV = "GGML_CPU_FA_SPLIT_KV", "0"
 
 
