@@ -439,9 +439,7 @@ def test_a_freed_page_locked_buffer_serves_the_next_copy_of_about_its_size() -> 
     assert capacity(1_000_000) - 1_000_000 <= 1_000_000 // 16
 
 
-def test_a_draft_model_whose_sequences_share_cells_comes_back_whole_from_a_copy(
-    tiny_models, reference
-) -> None:
+def test_a_draft_model_whose_sequences_share_cells_comes_back_whole_from_a_copy(tiny_models) -> None:
     # Drafting ahead, the draft model has a second sequence per slot, all sharing one KV buffer (so a second chain
     # of drafts costs no copy). A slot's saved copy must still bring back exactly what its draft sequence held:
     # the draft model then drafts what it drafts on a slot that evaluated the prompt itself.
@@ -455,21 +453,24 @@ def test_a_draft_model_whose_sequences_share_cells_comes_back_whole_from_a_copy(
             tie_margin=None,
         )
 
+    # (Compared with a fresh engine's draft-mode run, not with the target alone: on a CPU the first step's drafts
+    # ride the prompt's last pass, whose other size makes these float32 models' prompt rows differ in their last
+    # bits from the target alone's, and their answers hold near-ties of a few thousandths. docs/BENCHMARKS.md,
+    # session 74.)
     engine = ahead_engine()
     try:
         for prefix in (TEXT[:1500], TEXT[900:2400]):
-            request = infill(engine, prefix, mode="draft", max_tokens=24)
-            assert engine.complete(request).text == fresh(reference, request)
+            engine.complete(infill(engine, prefix, mode="draft", max_tokens=24))
         back = infill(engine, TEXT[:1500] + "def ", mode="draft", max_tokens=24)
         restored = engine.complete(back)
         assert engine.snapshots.describe()["restores"] == 1
     finally:
         engine.close()
-    assert restored.text == fresh(reference, back)
     engine = ahead_engine()
     try:
         evaluated = engine.complete(back)
     finally:
         engine.close()
+    assert restored.text == evaluated.text
     assert restored.stats.drafted == evaluated.stats.drafted > 0
     assert restored.stats.accepted == evaluated.stats.accepted
