@@ -48,3 +48,30 @@ def test_real_model_ngram_mode_is_lossless_on_code(smollm2_path: Path) -> None:
         assert ngram.token_ids == alone.token_ids
     finally:
         engine.close()
+
+
+def test_real_model_ngram_mode_gives_the_target_alones_logits_bit_for_bit_deep_in_a_long_prompt(
+    smollm2_path: Path,
+) -> None:
+    # On a CPU SmolLM2's Q4_1 weights take the same matrix kernel at every pass size, and the engine keeps a
+    # one-token pass's attention from splitting the context (build_flags.CPU_FA_SPLIT_KV): every row of an n-gram
+    # step's verify pass is then what the target alone computes there, 600 tokens deep, and so is each token's
+    # top-2 margin, to the last bit (not only the text).
+    source = (Path(__file__).resolve().parent.parent / "localspec" / "engine" / "chooser.py").read_text()
+    engine = Engine(
+        EngineSettings(target_path=smollm2_path, n_ctx=2048, slots=1, target_gpu_layers=0, threads=2)
+    )
+    try:
+        margins = {}
+        for mode in ("none", "ngram"):
+            engine.reset_cache()
+            request = GenerationRequest(
+                prompt=source[:2200], max_tokens=64, speculative=mode, record_margins=True
+            )
+            result = engine.complete(request)
+            margins[mode] = result.stats.margins
+            assert result.stats.prompt_tokens > 512  # (past 512 cells attended, where upstream splits)
+        assert result.stats.steps_by_source["ngram"] > 0
+        assert margins["ngram"] == margins["none"]
+    finally:
+        engine.close()
