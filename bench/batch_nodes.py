@@ -48,7 +48,7 @@ class GgmlTensor(ctypes.Structure):
 
 def ggml_base() -> ctypes.CDLL:
     """libggml-base beside the libllama llama-cpp-python loaded: copies a node's data off any backend."""
-    lib = ctypes.CDLL(str(llama_model._library_dir() / "libggml-base.so"))
+    lib = ctypes.CDLL(str(next(llama_model._library_dir().glob("libggml-base.*"))))  # (as shared_threadpool)
     lib.ggml_backend_tensor_get.argtypes = [
         ctypes.c_void_p,
         ctypes.c_void_p,
